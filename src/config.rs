@@ -1,0 +1,268 @@
+//! Settings: command-line flags and an optional YAML file (`--config`), merged once at start into a validated
+//! [`Config`]. Flags win over the file; the file wins over defaults.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+/// Flags of `berth serve`. Every one is optional here so that the file can supply it.
+#[derive(Debug, Default, Clone, clap::Args)]
+pub struct ServeArgs {
+    /// YAML file with the same settings (camelCase keys); flags win.
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Address to listen on [default: 127.0.0.1:8443].
+    #[arg(long, value_name = "ADDR")]
+    pub listen: Option<SocketAddr>,
+    /// Where content is stored [default: ./data].
+    #[arg(long, value_name = "DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// Where tls.crt/tls.key are read (or generated with a CA) [default: ./certs].
+    #[arg(long, value_name = "DIR")]
+    pub cert_dir: Option<PathBuf>,
+    /// Extra DNS name or IP address for a generated serving certificate (repeatable).
+    #[arg(long = "san", value_name = "NAME")]
+    pub sans: Vec<String>,
+    /// Serve plain HTTP (local development, or behind a TLS-terminating ingress).
+    #[arg(long)]
+    pub plain_http: bool,
+    /// Uploads untouched for this long are deleted, e.g. 30m, 24h [default: 24h].
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    pub upload_max_age: Option<Duration>,
+    /// How long in-flight requests may run after SIGTERM/SIGINT [default: 25s].
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    pub shutdown_timeout: Option<Duration>,
+    /// HTTP worker threads [default: the number of CPUs].
+    #[arg(long, value_name = "N")]
+    pub workers: Option<usize>,
+}
+
+/// The YAML file: the same settings as the flags.
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct FileConfig {
+    listen: Option<SocketAddr>,
+    data_dir: Option<PathBuf>,
+    cert_dir: Option<PathBuf>,
+    #[serde(default)]
+    san: Vec<String>,
+    plain_http: Option<bool>,
+    upload_max_age: Option<String>,
+    shutdown_timeout: Option<String>,
+    workers: Option<usize>,
+}
+
+/// Validated settings of `berth serve`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Config {
+    pub listen: SocketAddr,
+    pub data_dir: PathBuf,
+    pub cert_dir: PathBuf,
+    pub sans: Vec<String>,
+    pub plain_http: bool,
+    pub upload_max_age: Duration,
+    pub shutdown_timeout: Duration,
+    pub workers: usize,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The config file could not be read.
+    #[error("config file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    /// The config file is not valid YAML of the expected shape.
+    #[error("config file {path}: {message}")]
+    Parse { path: PathBuf, message: String },
+    /// A value is out of range.
+    #[error("{0}")]
+    Invalid(String),
+}
+
+/// Parses durations like `90s`, `30m`, `24h`, `7d`, `500ms` (a bare number is seconds).
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    let text = text.trim();
+    let split = text
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    let value: u64 = number
+        .parse()
+        .map_err(|_| format!("invalid duration {text:?}: expected e.g. 30s, 5m, 24h"))?;
+    let seconds = match unit {
+        "ms" => return Ok(Duration::from_millis(value)),
+        "" | "s" => 1,
+        "m" => 60,
+        "h" => 3600,
+        "d" => 86_400,
+        _ => {
+            return Err(format!(
+                "invalid duration {text:?}: unknown unit {unit:?} (ms, s, m, h, d)"
+            ))
+        }
+    };
+    value
+        .checked_mul(seconds)
+        .map(Duration::from_secs)
+        .ok_or_else(|| format!("duration {text:?} is too large"))
+}
+
+fn read_file(path: &Path) -> Result<FileConfig, ConfigError> {
+    let raw = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        path: path.to_owned(),
+        source,
+    })?;
+    serde_yaml_ng::from_str::<Option<FileConfig>>(&raw)
+        .map(Option::unwrap_or_default)
+        .map_err(|e| ConfigError::Parse {
+            path: path.to_owned(),
+            message: e.to_string(),
+        })
+}
+
+impl Config {
+    pub fn from_args(args: &ServeArgs) -> Result<Config, ConfigError> {
+        let file = match &args.config {
+            Some(path) => read_file(path)?,
+            None => FileConfig::default(),
+        };
+        let file_duration =
+            |value: &Option<String>, key: &str| -> Result<Option<Duration>, ConfigError> {
+                value
+                    .as_deref()
+                    .map(parse_duration)
+                    .transpose()
+                    .map_err(|e| ConfigError::Invalid(format!("{key}: {e}")))
+            };
+        let mut sans = file.san.clone();
+        sans.extend(args.sans.iter().cloned());
+        let workers = args.workers.or(file.workers).unwrap_or_else(|| {
+            std::thread::available_parallelism()
+                .map(|n| n.get())
+                .unwrap_or(1)
+        });
+        if workers == 0 {
+            return Err(ConfigError::Invalid("workers must be at least 1".into()));
+        }
+        Ok(Config {
+            listen: args
+                .listen
+                .or(file.listen)
+                .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 8443))),
+            data_dir: args
+                .data_dir
+                .clone()
+                .or(file.data_dir)
+                .unwrap_or_else(|| PathBuf::from("./data")),
+            cert_dir: args
+                .cert_dir
+                .clone()
+                .or(file.cert_dir)
+                .unwrap_or_else(|| PathBuf::from("./certs")),
+            sans,
+            plain_http: args.plain_http || file.plain_http.unwrap_or(false),
+            upload_max_age: match args.upload_max_age {
+                Some(age) => age,
+                None => file_duration(&file.upload_max_age, "uploadMaxAge")?
+                    .unwrap_or(Duration::from_secs(24 * 3600)),
+            },
+            shutdown_timeout: match args.shutdown_timeout {
+                Some(timeout) => timeout,
+                None => file_duration(&file.shutdown_timeout, "shutdownTimeout")?
+                    .unwrap_or(Duration::from_secs(25)),
+            },
+            workers,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations() {
+        let cases: &[(&str, Option<Duration>)] = &[
+            ("30", Some(Duration::from_secs(30))),
+            ("30s", Some(Duration::from_secs(30))),
+            ("5m", Some(Duration::from_secs(300))),
+            ("24h", Some(Duration::from_secs(86_400))),
+            ("2d", Some(Duration::from_secs(172_800))),
+            ("250ms", Some(Duration::from_millis(250))),
+            ("", None),
+            ("m", None),
+            ("5w", None),
+            ("-5s", None),
+            ("99999999999999999999d", None),
+        ];
+        for (text, expected) in cases {
+            assert_eq!(parse_duration(text).ok(), *expected, "{text:?}");
+        }
+    }
+
+    #[test]
+    fn defaults() {
+        let config = Config::from_args(&ServeArgs::default()).expect("defaults");
+        assert_eq!(config.listen.to_string(), "127.0.0.1:8443");
+        assert_eq!(config.data_dir, PathBuf::from("./data"));
+        assert_eq!(config.cert_dir, PathBuf::from("./certs"));
+        assert!(!config.plain_http);
+        assert_eq!(config.upload_max_age, Duration::from_secs(86_400));
+    }
+
+    #[test]
+    fn flags_win_over_the_file() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("berth.yaml");
+        std::fs::write(
+            &path,
+            "listen: 0.0.0.0:9000\ndataDir: /srv/data\nsan: [a.example]\nplainHttp: true\nuploadMaxAge: 1h\n",
+        )
+        .expect("write");
+        let args = ServeArgs {
+            config: Some(path),
+            data_dir: Some("/flag/data".into()),
+            sans: vec!["b.example".into()],
+            ..ServeArgs::default()
+        };
+        let config = Config::from_args(&args).expect("config");
+        assert_eq!(config.listen.to_string(), "0.0.0.0:9000");
+        assert_eq!(config.data_dir, PathBuf::from("/flag/data"));
+        assert_eq!(config.sans, ["a.example", "b.example"]);
+        assert!(config.plain_http);
+        assert_eq!(config.upload_max_age, Duration::from_secs(3600));
+    }
+
+    #[test]
+    fn file_errors_name_the_problem() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("berth.yaml");
+        std::fs::write(&path, "lisen: 0.0.0.0:9000\n").expect("write");
+        let error = Config::from_args(&ServeArgs {
+            config: Some(path.clone()),
+            ..ServeArgs::default()
+        })
+        .expect_err("unknown field");
+        assert!(error.to_string().contains("lisen"), "{error}");
+        std::fs::write(&path, "uploadMaxAge: soon\n").expect("write");
+        let error = Config::from_args(&ServeArgs {
+            config: Some(path),
+            ..ServeArgs::default()
+        })
+        .expect_err("bad duration");
+        assert!(error.to_string().contains("uploadMaxAge"), "{error}");
+        let missing = ServeArgs {
+            config: Some(dir.path().join("nope.yaml")),
+            ..ServeArgs::default()
+        };
+        assert!(matches!(
+            Config::from_args(&missing),
+            Err(ConfigError::Read { .. })
+        ));
+    }
+}

@@ -1,0 +1,20 @@
+//! berth: an OCI registry that runs inside a Kubernetes cluster and guards it.
+//!
+//! One actix-web server on one listener serves the OCI Distribution API under `/v2/` ([`registry`]) and health
+//! endpoints ([`health`]); admission webhooks will join them on the same listener. [`config`] turns flags and a
+//! YAML file into a validated [`config::Config`]; [`tls`] generates, loads and reloads certificates; [`server`]
+//! wires it all together. [`configure`] is the one route table, used by the binary and by tests.
+
+pub mod config;
+pub mod health;
+pub mod registry;
+pub mod server;
+pub mod tls;
+
+use actix_web::web;
+
+/// Mounts every subsystem's routes. The caller provides `web::Data<registry::Registry>`.
+pub fn configure(cfg: &mut web::ServiceConfig) {
+    health::configure(cfg);
+    registry::configure(cfg);
+}

@@ -1,0 +1,71 @@
+//! Blob handlers: `GET`/`HEAD` (with `Range`) and `DELETE` of `/v2/<name>/blobs/<digest>`. Thin: parse, call the
+//! service, shape the response.
+
+use actix_web::body::SizedStream;
+use actix_web::http::header;
+use actix_web::{HttpRequest, HttpResponse};
+
+use super::error::Result;
+use super::names::{Digest, RepoName};
+use super::ranges::parse_range;
+use super::service::Registry;
+
+pub async fn get(
+    registry: &Registry,
+    req: &HttpRequest,
+    repo: &RepoName,
+    digest: &str,
+    head: bool,
+) -> Result<HttpResponse> {
+    let digest = Digest::parse(digest)?;
+    let range_header = req
+        .headers()
+        .get(header::RANGE)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
+    let mut response = if head {
+        let size = registry.blob_size(repo, &digest).await?;
+        let mut response = HttpResponse::Ok();
+        response.no_chunking(size);
+        response.insert_header((header::CONTENT_LENGTH, size));
+        return Ok(blob_headers(&mut response, &digest).finish());
+    } else {
+        HttpResponse::Ok()
+    };
+    let range_of = |size| match &range_header {
+        Some(range) => parse_range(range, size),
+        None => Ok(None),
+    };
+    let (content, range) = registry.blob_read(repo, &digest, range_of).await?;
+    let length = match range {
+        Some(range) => {
+            response.status(actix_web::http::StatusCode::PARTIAL_CONTENT);
+            response.insert_header((
+                header::CONTENT_RANGE,
+                format!("bytes {}-{}/{}", range.first, range.last, content.size),
+            ));
+            range.len()
+        }
+        None => content.size,
+    };
+    Ok(blob_headers(&mut response, &digest).body(SizedStream::new(length, content.stream)))
+}
+
+fn blob_headers<'a>(
+    response: &'a mut actix_web::HttpResponseBuilder,
+    digest: &Digest,
+) -> &'a mut actix_web::HttpResponseBuilder {
+    response
+        .content_type("application/octet-stream")
+        .insert_header(("Docker-Content-Digest", digest.to_string()))
+        .insert_header((header::ACCEPT_RANGES, "bytes"))
+        .insert_header((header::ETAG, format!("\"{digest}\"")))
+        // Content addressed: the bytes behind a digest never change.
+        .insert_header((header::CACHE_CONTROL, "max-age=31536000"))
+}
+
+pub async fn delete(registry: &Registry, repo: &RepoName, digest: &str) -> Result<HttpResponse> {
+    let digest = Digest::parse(digest)?;
+    registry.blob_delete(repo, &digest).await?;
+    Ok(HttpResponse::Accepted().finish())
+}

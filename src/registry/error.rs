@@ -1,0 +1,325 @@
+//! The registry's errors and their one mapping to HTTP: status, OCI error code, JSON envelope.
+//!
+//! Every handler returns `Result<HttpResponse, RegistryError>`; this module is the only place that decides what a
+//! client sees for a failure. Client mistakes are 4xx with the distribution-spec code; storage failures are a 500
+//! whose cause is logged here and not shown to the client.
+
+use actix_web::http::{header, StatusCode};
+use actix_web::{HttpResponse, ResponseError};
+use serde::Serialize;
+
+use super::storage::StorageError;
+
+/// The error codes of the OCI distribution-spec, serialised as the spec writes them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum ErrorCode {
+    BlobUnknown,
+    BlobUploadInvalid,
+    BlobUploadUnknown,
+    DigestInvalid,
+    ManifestBlobUnknown,
+    ManifestInvalid,
+    ManifestUnknown,
+    NameInvalid,
+    NameUnknown,
+    SizeInvalid,
+    Unsupported,
+    Unknown,
+}
+
+/// Everything that can go wrong answering a registry request.
+#[derive(Debug, thiserror::Error)]
+pub enum RegistryError {
+    /// The blob is not in the repository (or not at all).
+    #[error("blob unknown to registry: {0}")]
+    BlobUnknown(String),
+    /// The upload cannot be completed as asked.
+    #[error("blob upload invalid: {0}")]
+    BlobUploadInvalid(String),
+    /// No such upload session (never existed, finished, cancelled or expired).
+    #[error("blob upload unknown to registry: {0}")]
+    BlobUploadUnknown(String),
+    /// A chunk that does not start where the upload ends; `received` bytes are stored.
+    #[error("chunk out of order: upload {upload} holds {received} bytes, chunk starts at {start}")]
+    ChunkOutOfOrder {
+        upload: String,
+        location: String,
+        received: u64,
+        start: u64,
+    },
+    /// A malformed digest, or content that does not hash to the digest given.
+    #[error("{0}")]
+    DigestInvalid(String),
+    /// A manifest references a blob or child manifest that is not in the repository.
+    #[error("manifest references {0}, which is not in this repository")]
+    ManifestBlobUnknown(String),
+    /// A manifest that cannot be accepted.
+    #[error("manifest invalid: {0}")]
+    ManifestInvalid(String),
+    /// A reference that is neither a tag nor a digest.
+    #[error("invalid manifest reference {0:?}: neither a tag nor a digest")]
+    ManifestInvalidReference(String),
+    /// The manifest is not in the repository.
+    #[error("manifest unknown: {0}")]
+    ManifestUnknown(String),
+    /// A repository name outside the spec's grammar.
+    #[error("invalid repository name {0:?}")]
+    NameInvalid(String),
+    /// A repository with no content.
+    #[error("repository name not known to registry: {0}")]
+    NameUnknown(String),
+    /// A declared length that does not match the content.
+    #[error("{0}")]
+    SizeInvalid(String),
+    /// A manifest larger than berth accepts.
+    #[error("manifest of {size} bytes is larger than the limit of {limit} bytes")]
+    ManifestTooLarge { size: u64, limit: u64 },
+    /// A `Range` request header that cannot be served.
+    #[error("range {range:?} cannot be satisfied for a blob of {size} bytes")]
+    RangeNotSatisfiable { range: String, size: u64 },
+    /// A query parameter that is not understood.
+    #[error("{0}")]
+    BadRequest(String),
+    /// An operation berth does not offer.
+    #[error("{0}")]
+    Unsupported(String),
+    /// The route does not exist.
+    #[error("no such endpoint: {0}")]
+    NotFound(String),
+    /// The method is not allowed on the route.
+    #[error("method not allowed")]
+    MethodNotAllowed(&'static str),
+    /// The client went away or sent a broken body.
+    #[error("request body could not be read: {0}")]
+    Body(String),
+    /// A storage failure: the client did nothing wrong.
+    #[error("storage failure: {0}")]
+    Storage(#[from] StorageError),
+}
+
+pub type Result<T, E = RegistryError> = std::result::Result<T, E>;
+
+impl RegistryError {
+    /// The OCI error code this error is reported with.
+    pub fn code(&self) -> ErrorCode {
+        use RegistryError::*;
+        match self {
+            BlobUnknown(_) => ErrorCode::BlobUnknown,
+            BlobUploadInvalid(_) | ChunkOutOfOrder { .. } | Body(_) => ErrorCode::BlobUploadInvalid,
+            BlobUploadUnknown(_) => ErrorCode::BlobUploadUnknown,
+            DigestInvalid(_) => ErrorCode::DigestInvalid,
+            ManifestBlobUnknown(_) => ErrorCode::ManifestBlobUnknown,
+            ManifestInvalid(_) | ManifestInvalidReference(_) => ErrorCode::ManifestInvalid,
+            ManifestUnknown(_) => ErrorCode::ManifestUnknown,
+            NameInvalid(_) => ErrorCode::NameInvalid,
+            NameUnknown(_) => ErrorCode::NameUnknown,
+            SizeInvalid(_) | ManifestTooLarge { .. } => ErrorCode::SizeInvalid,
+            RangeNotSatisfiable { .. } | BadRequest(_) | NotFound(_) | MethodNotAllowed(_) => {
+                ErrorCode::Unsupported
+            }
+            Unsupported(_) => ErrorCode::Unsupported,
+            Storage(_) => ErrorCode::Unknown,
+        }
+    }
+}
+
+#[derive(Serialize)]
+struct Envelope<'a> {
+    errors: [ErrorBody<'a>; 1],
+}
+
+#[derive(Serialize)]
+struct ErrorBody<'a> {
+    code: ErrorCode,
+    message: &'a str,
+}
+
+impl ResponseError for RegistryError {
+    fn status_code(&self) -> StatusCode {
+        use RegistryError::*;
+        match self {
+            BlobUnknown(_) | BlobUploadUnknown(_) | ManifestUnknown(_) | NameUnknown(_)
+            | NotFound(_) => StatusCode::NOT_FOUND,
+            ChunkOutOfOrder { .. } | RangeNotSatisfiable { .. } => {
+                StatusCode::RANGE_NOT_SATISFIABLE
+            }
+            ManifestTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
+            Unsupported(_) => StatusCode::METHOD_NOT_ALLOWED,
+            Storage(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            BlobUploadInvalid(_)
+            | DigestInvalid(_)
+            | ManifestBlobUnknown(_)
+            | ManifestInvalid(_)
+            | ManifestInvalidReference(_)
+            | NameInvalid(_)
+            | SizeInvalid(_)
+            | BadRequest(_)
+            | Body(_) => StatusCode::BAD_REQUEST,
+        }
+    }
+
+    fn error_response(&self) -> HttpResponse {
+        let status = self.status_code();
+        let message = self.to_string();
+        if status.is_server_error() {
+            log::error!("request failed: {message}");
+        }
+        let mut response = HttpResponse::build(status);
+        match self {
+            RegistryError::ChunkOutOfOrder {
+                location, received, ..
+            } => {
+                response.insert_header((header::LOCATION, location.as_str()));
+                response.insert_header((header::RANGE, upload_range(*received)));
+            }
+            RegistryError::RangeNotSatisfiable { size, .. } => {
+                response.insert_header((header::CONTENT_RANGE, format!("bytes */{size}")));
+            }
+            RegistryError::MethodNotAllowed(allow) => {
+                response.insert_header((header::ALLOW, *allow));
+            }
+            _ => {}
+        }
+        // 5xx bodies do not invent a spec code or leak storage paths; the cause is in the log.
+        let message = if status.is_server_error() {
+            "internal error; see the registry's log"
+        } else {
+            &message
+        };
+        let body = Envelope {
+            errors: [ErrorBody {
+                code: self.code(),
+                message,
+            }],
+        };
+        response.json(body)
+    }
+}
+
+/// The `Range` header value for an upload holding `received` bytes: `0-<last byte>`, or `0-0` when empty
+/// (the form docker and the conformance suite expect).
+pub fn upload_range(received: u64) -> String {
+    format!("0-{}", received.saturating_sub(1))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use actix_web::body::MessageBody;
+
+    fn check(error: RegistryError, status: u16, code: &str) {
+        let response = error.error_response();
+        assert_eq!(response.status().as_u16(), status, "{error}");
+        let body = response.into_body().try_into_bytes().unwrap_or_default();
+        let json: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
+        assert_eq!(json["errors"][0]["code"], code, "{error}");
+        assert!(json["errors"][0]["message"].is_string(), "{error}");
+    }
+
+    #[test]
+    fn each_error_maps_to_its_status_and_code() {
+        check(RegistryError::BlobUnknown("d".into()), 404, "BLOB_UNKNOWN");
+        check(
+            RegistryError::BlobUploadInvalid("x".into()),
+            400,
+            "BLOB_UPLOAD_INVALID",
+        );
+        check(
+            RegistryError::BlobUploadUnknown("u".into()),
+            404,
+            "BLOB_UPLOAD_UNKNOWN",
+        );
+        check(
+            RegistryError::ChunkOutOfOrder {
+                upload: "u".into(),
+                location: "/l".into(),
+                received: 10,
+                start: 20,
+            },
+            416,
+            "BLOB_UPLOAD_INVALID",
+        );
+        check(
+            RegistryError::DigestInvalid("x".into()),
+            400,
+            "DIGEST_INVALID",
+        );
+        check(
+            RegistryError::ManifestBlobUnknown("d".into()),
+            400,
+            "MANIFEST_BLOB_UNKNOWN",
+        );
+        check(
+            RegistryError::ManifestInvalid("x".into()),
+            400,
+            "MANIFEST_INVALID",
+        );
+        check(
+            RegistryError::ManifestInvalidReference("x".into()),
+            400,
+            "MANIFEST_INVALID",
+        );
+        check(
+            RegistryError::ManifestUnknown("x".into()),
+            404,
+            "MANIFEST_UNKNOWN",
+        );
+        check(RegistryError::NameInvalid("X".into()), 400, "NAME_INVALID");
+        check(RegistryError::NameUnknown("x".into()), 404, "NAME_UNKNOWN");
+        check(RegistryError::SizeInvalid("x".into()), 400, "SIZE_INVALID");
+        check(
+            RegistryError::ManifestTooLarge { size: 5, limit: 4 },
+            413,
+            "SIZE_INVALID",
+        );
+        check(
+            RegistryError::RangeNotSatisfiable {
+                range: "x".into(),
+                size: 1,
+            },
+            416,
+            "UNSUPPORTED",
+        );
+        check(RegistryError::Unsupported("x".into()), 405, "UNSUPPORTED");
+        check(
+            RegistryError::Storage(StorageError::Corrupt("x".into())),
+            500,
+            "UNKNOWN",
+        );
+    }
+
+    #[test]
+    fn chunk_out_of_order_reports_what_was_received() {
+        let response = RegistryError::ChunkOutOfOrder {
+            upload: "u".into(),
+            location: "/v2/a/blobs/uploads/u".into(),
+            received: 10,
+            start: 20,
+        }
+        .error_response();
+        assert_eq!(
+            response
+                .headers()
+                .get(header::RANGE)
+                .and_then(|v| v.to_str().ok()),
+            Some("0-9")
+        );
+        assert_eq!(
+            response
+                .headers()
+                .get(header::LOCATION)
+                .and_then(|v| v.to_str().ok()),
+            Some("/v2/a/blobs/uploads/u")
+        );
+    }
+
+    #[test]
+    fn server_errors_do_not_leak_causes() {
+        let response =
+            RegistryError::Storage(StorageError::Corrupt("/secret/path".into())).error_response();
+        let body = response.into_body().try_into_bytes().unwrap_or_default();
+        assert!(!String::from_utf8_lossy(&body).contains("/secret/path"));
+    }
+}

@@ -1,0 +1,93 @@
+//! Manifest handlers: `GET`/`HEAD`/`PUT`/`DELETE` of `/v2/<name>/manifests/<reference>`.
+
+use actix_web::http::header;
+use actix_web::{web, HttpRequest, HttpResponse};
+use bytes::BytesMut;
+use futures_util::StreamExt;
+
+use super::error::{RegistryError, Result};
+use super::manifest::MAX_MANIFEST_BYTES;
+use super::names::{Reference, RepoName};
+use super::service::Registry;
+
+pub async fn get(
+    registry: &Registry,
+    repo: &RepoName,
+    reference: &str,
+    head: bool,
+) -> Result<HttpResponse> {
+    let reference = Reference::parse(reference)?;
+    let (digest, manifest) = registry.manifest_get(repo, &reference).await?;
+    let mut response = HttpResponse::Ok();
+    response
+        .insert_header((header::CONTENT_TYPE, manifest.media_type))
+        .insert_header(("Docker-Content-Digest", digest.to_string()))
+        .insert_header((header::ETAG, format!("\"{digest}\"")));
+    if head {
+        response.no_chunking(manifest.bytes.len() as u64);
+        response.insert_header((header::CONTENT_LENGTH, manifest.bytes.len()));
+        return Ok(response.finish());
+    }
+    Ok(response.body(manifest.bytes))
+}
+
+/// Reads the whole body, refusing more than the manifest size limit.
+async fn read_limited(req: &HttpRequest, mut body: web::Payload) -> Result<bytes::Bytes> {
+    let too_large = |size| RegistryError::ManifestTooLarge {
+        size,
+        limit: MAX_MANIFEST_BYTES,
+    };
+    let declared = req
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if let Some(declared) = declared.filter(|&d| d > MAX_MANIFEST_BYTES) {
+        return Err(too_large(declared));
+    }
+    let mut bytes = BytesMut::with_capacity(declared.unwrap_or(4096) as usize);
+    while let Some(chunk) = body.next().await {
+        let chunk = chunk.map_err(|e| RegistryError::Body(e.to_string()))?;
+        if (bytes.len() + chunk.len()) as u64 > MAX_MANIFEST_BYTES {
+            return Err(too_large((bytes.len() + chunk.len()) as u64));
+        }
+        bytes.extend_from_slice(&chunk);
+    }
+    Ok(bytes.freeze())
+}
+
+pub async fn put(
+    registry: &Registry,
+    req: &HttpRequest,
+    repo: &RepoName,
+    reference: &str,
+    body: web::Payload,
+) -> Result<HttpResponse> {
+    let reference = Reference::parse(reference)?;
+    let bytes = read_limited(req, body).await?;
+    let content_type = req
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok());
+    let pushed = registry
+        .manifest_put(repo, &reference, content_type, bytes)
+        .await?;
+    let mut response = HttpResponse::Created();
+    response
+        .insert_header((
+            header::LOCATION,
+            format!("/v2/{repo}/manifests/{}", pushed.digest),
+        ))
+        .insert_header(("Docker-Content-Digest", pushed.digest.to_string()))
+        .insert_header((header::CONTENT_LENGTH, 0));
+    if let Some(subject) = pushed.subject {
+        response.insert_header(("OCI-Subject", subject.to_string()));
+    }
+    Ok(response.finish())
+}
+
+pub async fn delete(registry: &Registry, repo: &RepoName, reference: &str) -> Result<HttpResponse> {
+    let reference = Reference::parse(reference)?;
+    registry.manifest_delete(repo, &reference).await?;
+    Ok(HttpResponse::Accepted().finish())
+}

@@ -1,0 +1,340 @@
+//! Validated newtypes for everything a client names in a URL: repositories, tags, digests, upload ids.
+//!
+//! Each type can only be built by parsing, so once a handler holds one it is known to be safe to use as a
+//! storage key (no `/..`, no absolute paths, no upper case where the grammar forbids it). Pure: no I/O.
+
+use std::fmt;
+use std::sync::LazyLock;
+
+use regex::Regex;
+use sha2::{Digest as _, Sha256, Sha512};
+
+use super::error::RegistryError;
+
+/// Longest repository name the distribution-spec allows (including slashes): "MUST be less than 256 characters".
+const MAX_NAME_LEN: usize = 255;
+
+static NAME_COMPONENT: LazyLock<Regex> =
+    LazyLock::new(|| Regex::new(r"^[a-z0-9]+(?:(?:\.|_|__|-+)[a-z0-9]+)*$").expect("static regex"));
+static TAG: LazyLock<Regex> =
+    LazyLock::new(|| Regex::new(r"^[a-zA-Z0-9_][a-zA-Z0-9._-]{0,127}$").expect("static regex"));
+static UPLOAD_ID: LazyLock<Regex> =
+    LazyLock::new(|| Regex::new(r"^[0-9a-f]{32}$").expect("static regex"));
+
+/// A repository name per the distribution-spec grammar: `[a-z0-9]+((\.|_|__|-+)[a-z0-9]+)*(/…)*`, < 256 characters.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct RepoName(String);
+
+impl RepoName {
+    pub fn parse(name: &str) -> Result<Self, RegistryError> {
+        let valid = !name.is_empty()
+            && name.len() <= MAX_NAME_LEN
+            && name
+                .split('/')
+                .all(|component| NAME_COMPONENT.is_match(component));
+        if valid {
+            Ok(RepoName(name.to_owned()))
+        } else {
+            Err(RegistryError::NameInvalid(name.to_owned()))
+        }
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    /// The path components, each a valid name component (never empty, never `.` or `..`).
+    pub fn components(&self) -> impl Iterator<Item = &str> {
+        self.0.split('/')
+    }
+}
+
+impl fmt::Display for RepoName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// A tag: `[a-zA-Z0-9_][a-zA-Z0-9._-]{0,127}`. Never starts with `.` or `-`, so it is a safe file name.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Tag(String);
+
+impl Tag {
+    pub fn parse(tag: &str) -> Option<Self> {
+        TAG.is_match(tag).then(|| Tag(tag.to_owned()))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for Tag {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// The hash algorithms berth verifies. Others are rejected: a digest that cannot be verified is never accepted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Algorithm {
+    Sha256,
+    Sha512,
+}
+
+impl Algorithm {
+    pub fn name(self) -> &'static str {
+        match self {
+            Algorithm::Sha256 => "sha256",
+            Algorithm::Sha512 => "sha512",
+        }
+    }
+
+    fn hex_len(self) -> usize {
+        match self {
+            Algorithm::Sha256 => 64,
+            Algorithm::Sha512 => 128,
+        }
+    }
+}
+
+/// A content digest `algorithm:hex` with a supported algorithm and lowercase hex of the right length.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Digest {
+    algorithm: Algorithm,
+    hex: String,
+}
+
+impl Digest {
+    pub fn parse(digest: &str) -> Result<Self, RegistryError> {
+        let invalid = |why: &str| RegistryError::DigestInvalid(format!("{why}: {digest:?}"));
+        let (algorithm, hex) = digest
+            .split_once(':')
+            .ok_or_else(|| invalid("digest has no algorithm"))?;
+        let algorithm = match algorithm {
+            "sha256" => Algorithm::Sha256,
+            "sha512" => Algorithm::Sha512,
+            _ => {
+                return Err(invalid(
+                    "unsupported digest algorithm (sha256 and sha512 are)",
+                ))
+            }
+        };
+        let well_formed = hex.len() == algorithm.hex_len()
+            && hex
+                .bytes()
+                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
+        if !well_formed {
+            return Err(invalid(
+                "digest is not lowercase hex of the algorithm's length",
+            ));
+        }
+        Ok(Digest {
+            algorithm,
+            hex: hex.to_owned(),
+        })
+    }
+
+    /// The sha256 digest of `bytes`.
+    pub fn sha256_of(bytes: &[u8]) -> Self {
+        Digest {
+            algorithm: Algorithm::Sha256,
+            hex: hex::encode(Sha256::digest(bytes)),
+        }
+    }
+
+    /// The digest of `bytes` with the given algorithm.
+    pub fn compute(algorithm: Algorithm, bytes: &[u8]) -> Self {
+        let hex = match algorithm {
+            Algorithm::Sha256 => hex::encode(Sha256::digest(bytes)),
+            Algorithm::Sha512 => hex::encode(Sha512::digest(bytes)),
+        };
+        Digest { algorithm, hex }
+    }
+
+    pub(crate) fn from_parts(algorithm: Algorithm, hex: String) -> Self {
+        Digest { algorithm, hex }
+    }
+
+    pub fn algorithm(&self) -> Algorithm {
+        self.algorithm
+    }
+
+    /// The hex part; only `[0-9a-f]`, so it is a safe path component.
+    pub fn hex(&self) -> &str {
+        &self.hex
+    }
+}
+
+impl fmt::Display for Digest {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}:{}", self.algorithm.name(), self.hex)
+    }
+}
+
+/// What follows `/manifests/`: a tag or a digest.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Reference {
+    Tag(Tag),
+    Digest(Digest),
+}
+
+impl Reference {
+    pub fn parse(reference: &str) -> Result<Self, RegistryError> {
+        if reference.contains(':') {
+            return Digest::parse(reference).map(Reference::Digest);
+        }
+        Tag::parse(reference)
+            .map(Reference::Tag)
+            .ok_or_else(|| RegistryError::ManifestInvalidReference(reference.to_owned()))
+    }
+}
+
+impl fmt::Display for Reference {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Reference::Tag(tag) => tag.fmt(f),
+            Reference::Digest(digest) => digest.fmt(f),
+        }
+    }
+}
+
+/// An upload session id: 32 lowercase hex characters (a v4 UUID without dashes).
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct UploadId(String);
+
+impl UploadId {
+    pub fn new_random() -> Self {
+        UploadId(uuid::Uuid::new_v4().simple().to_string())
+    }
+
+    pub fn parse(id: &str) -> Option<Self> {
+        UPLOAD_ID.is_match(id).then(|| UploadId(id.to_owned()))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for UploadId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn repository_names() {
+        let cases: &[(&str, bool)] = &[
+            ("a", true),
+            ("library/ubuntu", true),
+            ("a/b/c/d/e/f", true),
+            ("my-app.v2/sub_dir__x/y---z", true),
+            ("0", true),
+            ("", false),
+            ("A", false),
+            ("a//b", false),
+            ("/a", false),
+            ("a/", false),
+            ("a/../b", false),
+            ("..", false),
+            (".a", false),
+            ("a-", false),
+            ("a___b", false),
+            ("a b", false),
+            ("a/_layers", false),
+            ("a%2fb", false),
+        ];
+        for (name, ok) in cases {
+            assert_eq!(RepoName::parse(name).is_ok(), *ok, "{name:?}");
+        }
+        assert!(RepoName::parse(&"a".repeat(255)).is_ok());
+        assert!(RepoName::parse(&"a".repeat(256)).is_err());
+    }
+
+    #[test]
+    fn tags() {
+        let cases: &[(&str, bool)] = &[
+            ("latest", true),
+            ("v1.2.3", true),
+            ("_x", true),
+            ("A-b_C.d", true),
+            ("", false),
+            (".hidden", false),
+            ("-x", false),
+            ("a/b", false),
+            ("a:b", false),
+            ("..", false),
+        ];
+        for (tag, ok) in cases {
+            assert_eq!(Tag::parse(tag).is_some(), *ok, "{tag:?}");
+        }
+        assert!(Tag::parse(&"a".repeat(128)).is_some());
+        assert!(Tag::parse(&"a".repeat(129)).is_none());
+    }
+
+    #[test]
+    fn digests() {
+        let sha256 = format!("sha256:{}", "a".repeat(64));
+        let sha512 = format!("sha512:{}", "0".repeat(128));
+        let cases: Vec<(String, bool)> = vec![
+            (sha256.clone(), true),
+            (sha512, true),
+            ("sha256:../../etc".into(), false),
+            (format!("sha256:{}", "A".repeat(64)), false),
+            (format!("sha256:{}", "a".repeat(63)), false),
+            (format!("sha256:{}", "a".repeat(65)), false),
+            (format!("md5:{}", "a".repeat(32)), false),
+            ("sha256".into(), false),
+            ("".into(), false),
+            (format!("sha512:{}", "a".repeat(64)), false),
+        ];
+        for (digest, ok) in cases {
+            assert_eq!(Digest::parse(&digest).is_ok(), ok, "{digest:?}");
+        }
+        assert_eq!(
+            Digest::parse(&sha256).map(|d| d.to_string()).ok(),
+            Some(sha256)
+        );
+    }
+
+    #[test]
+    fn digest_of_known_content() {
+        assert_eq!(
+            Digest::sha256_of(b"").to_string(),
+            "sha256:e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"
+        );
+        assert!(Digest::compute(Algorithm::Sha512, b"")
+            .to_string()
+            .starts_with("sha512:cf83e1357eefb8bd"));
+    }
+
+    #[test]
+    fn references() {
+        assert!(matches!(Reference::parse("v1"), Ok(Reference::Tag(_))));
+        assert!(matches!(
+            Reference::parse(&format!("sha256:{}", "b".repeat(64))),
+            Ok(Reference::Digest(_))
+        ));
+        assert!(matches!(
+            Reference::parse("sha256:xyz"),
+            Err(RegistryError::DigestInvalid(_))
+        ));
+        assert!(matches!(
+            Reference::parse("bad/tag"),
+            Err(RegistryError::ManifestInvalidReference(_))
+        ));
+    }
+
+    #[test]
+    fn upload_ids() {
+        let id = UploadId::new_random();
+        assert_eq!(UploadId::parse(id.as_str()), Some(id));
+        assert!(UploadId::parse("../x").is_none());
+        assert!(UploadId::parse("").is_none());
+    }
+}

@@ -1,0 +1,271 @@
+//! The registry's route table, in one place: `/v2/…` paths are parsed into a [`Route`] (repository names have any
+//! number of slashes, so the resource is recognised from the end of the path) and dispatched by method.
+
+use std::collections::HashMap;
+
+use actix_web::http::Method;
+use actix_web::middleware::DefaultHeaders;
+use actix_web::{web, HttpRequest, HttpResponse};
+
+use super::error::{RegistryError, Result};
+use super::names::RepoName;
+use super::service::Registry;
+use super::{blobs, listings, manifests, referrers, uploads};
+
+/// A parsed registry path. The `String`s are still to be validated by the handler (tag, digest, upload id).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Route {
+    /// `/v2/`
+    Base,
+    /// `/v2/_catalog`
+    Catalog,
+    /// `/v2/<name>/tags/list`
+    Tags(RepoName),
+    /// `/v2/<name>/manifests/<reference>`
+    Manifest(RepoName, String),
+    /// `/v2/<name>/blobs/<digest>`
+    Blob(RepoName, String),
+    /// `/v2/<name>/blobs/uploads/`
+    Uploads(RepoName),
+    /// `/v2/<name>/blobs/uploads/<id>`
+    Upload(RepoName, String),
+    /// `/v2/<name>/referrers/<digest>`
+    Referrers(RepoName, String),
+}
+
+/// Decodes `%XX` escapes in one path segment (clients may send `sha256%3A…`). Invalid escapes are kept as they
+/// are; the validators then reject the segment.
+fn percent_decode(segment: &str) -> String {
+    if !segment.contains('%') {
+        return segment.to_owned();
+    }
+    let hex = |b: u8| (b as char).to_digit(16).map(|v| v as u8);
+    let bytes = segment.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%' && i + 2 < bytes.len() {
+            if let (Some(high), Some(low)) = (hex(bytes[i + 1]), hex(bytes[i + 2])) {
+                out.push(high * 16 + low);
+                i += 3;
+                continue;
+            }
+        }
+        out.push(bytes[i]);
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// Parses the path of a request under `/v2` (the full path, e.g. `/v2/library/ubuntu/manifests/latest`).
+pub fn parse_route(path: &str) -> Result<Route> {
+    let not_found = || RegistryError::NotFound(path.to_owned());
+    let rest = path.strip_prefix("/v2").ok_or_else(not_found)?;
+    let rest = rest.strip_prefix('/').unwrap_or(rest);
+    if rest.is_empty() {
+        return Ok(Route::Base);
+    }
+    if rest == "_catalog" {
+        return Ok(Route::Catalog);
+    }
+    // Only the last segment (a reference, digest or upload id) is decoded: an escaped `/` never splits a name.
+    let mut segments: Vec<String> = rest.split('/').map(str::to_owned).collect();
+    if let Some(last) = segments.last_mut() {
+        *last = percent_decode(last);
+    }
+    let n = segments.len();
+    let name = |end: usize| -> Result<RepoName> {
+        if end == 0 {
+            return Err(not_found());
+        }
+        RepoName::parse(&segments[..end].join("/"))
+    };
+    let at = |i: usize| segments.get(i).map(String::as_str);
+    if n >= 3 && at(n - 2) == Some("tags") && at(n - 1) == Some("list") {
+        return Ok(Route::Tags(name(n - 2)?));
+    }
+    if n >= 4 && at(n - 3) == Some("blobs") && at(n - 2) == Some("uploads") {
+        let id = &segments[n - 1];
+        return Ok(if id.is_empty() {
+            Route::Uploads(name(n - 3)?)
+        } else {
+            Route::Upload(name(n - 3)?, id.clone())
+        });
+    }
+    if n >= 2 {
+        let last = segments[n - 1].clone();
+        match at(n - 2) {
+            Some("manifests") => return Ok(Route::Manifest(name(n - 2)?, last)),
+            Some("blobs") if last == "uploads" => return Ok(Route::Uploads(name(n - 2)?)),
+            Some("blobs") => return Ok(Route::Blob(name(n - 2)?, last)),
+            Some("referrers") => return Ok(Route::Referrers(name(n - 2)?, last)),
+            _ => {}
+        }
+    }
+    Err(not_found())
+}
+
+/// The query string as a map; a malformed one is a client error.
+pub type Query = HashMap<String, String>;
+
+fn parse_query(req: &HttpRequest) -> Result<Query> {
+    web::Query::<Query>::from_query(req.query_string())
+        .map(web::Query::into_inner)
+        .map_err(|e| RegistryError::BadRequest(format!("malformed query string: {e}")))
+}
+
+/// Mounts the registry API under `/v2`.
+pub fn configure(cfg: &mut web::ServiceConfig) {
+    cfg.service(
+        web::scope("/v2")
+            .wrap(DefaultHeaders::new().add(("Docker-Distribution-API-Version", "registry/2.0")))
+            .default_service(web::to(dispatch)),
+    );
+}
+
+async fn dispatch(
+    req: HttpRequest,
+    body: web::Payload,
+    registry: web::Data<Registry>,
+) -> Result<HttpResponse> {
+    let route = parse_route(req.path())?;
+    let query = parse_query(&req)?;
+    let registry = registry.get_ref();
+    let method = req.method().clone();
+    let head = method == Method::HEAD;
+    match (route, method) {
+        (Route::Base, Method::GET | Method::HEAD) => Ok(HttpResponse::Ok()
+            .content_type("application/json")
+            .body("{}")),
+        (Route::Catalog, Method::GET) => listings::catalog(registry, &query).await,
+        (Route::Tags(repo), Method::GET) => listings::tags(registry, &repo, &query).await,
+        (Route::Manifest(repo, reference), Method::GET | Method::HEAD) => {
+            manifests::get(registry, &repo, &reference, head).await
+        }
+        (Route::Manifest(repo, reference), Method::PUT) => {
+            manifests::put(registry, &req, &repo, &reference, body).await
+        }
+        (Route::Manifest(repo, reference), Method::DELETE) => {
+            manifests::delete(registry, &repo, &reference).await
+        }
+        (Route::Blob(repo, digest), Method::GET | Method::HEAD) => {
+            blobs::get(registry, &req, &repo, &digest, head).await
+        }
+        (Route::Blob(repo, digest), Method::DELETE) => {
+            blobs::delete(registry, &repo, &digest).await
+        }
+        (Route::Uploads(repo), Method::POST) => uploads::start(registry, &repo, &query, body).await,
+        (Route::Upload(repo, id), Method::GET) => uploads::status(registry, &repo, &id).await,
+        (Route::Upload(repo, id), Method::PATCH) => {
+            uploads::patch(registry, &req, &repo, &id, body).await
+        }
+        (Route::Upload(repo, id), Method::PUT) => {
+            uploads::finish(registry, &req, &repo, &id, &query, body).await
+        }
+        (Route::Upload(repo, id), Method::DELETE) => uploads::cancel(registry, &repo, &id).await,
+        (Route::Referrers(repo, digest), Method::GET) => {
+            referrers::list(registry, &repo, &digest, &query).await
+        }
+        (route, _) => Err(RegistryError::MethodNotAllowed(allowed_methods(&route))),
+    }
+}
+
+fn allowed_methods(route: &Route) -> &'static str {
+    match route {
+        Route::Base | Route::Blob(..) => "GET, HEAD, DELETE",
+        Route::Catalog | Route::Tags(_) | Route::Referrers(..) => "GET",
+        Route::Manifest(..) => "GET, HEAD, PUT, DELETE",
+        Route::Uploads(_) => "POST",
+        Route::Upload(..) => "GET, PATCH, PUT, DELETE",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn repo(name: &str) -> RepoName {
+        RepoName::parse(name).expect("valid")
+    }
+
+    #[test]
+    fn route_table() {
+        let d = format!("sha256:{}", "a".repeat(64));
+        let cases: Vec<(String, Route)> = vec![
+            ("/v2/".into(), Route::Base),
+            ("/v2".into(), Route::Base),
+            ("/v2/_catalog".into(), Route::Catalog),
+            ("/v2/a/tags/list".into(), Route::Tags(repo("a"))),
+            ("/v2/a/b/c/tags/list".into(), Route::Tags(repo("a/b/c"))),
+            (
+                "/v2/a/manifests/latest".into(),
+                Route::Manifest(repo("a"), "latest".into()),
+            ),
+            (
+                format!("/v2/x/y/manifests/{d}"),
+                Route::Manifest(repo("x/y"), d.clone()),
+            ),
+            (
+                format!("/v2/x/manifests/{}", d.replace(':', "%3A")),
+                Route::Manifest(repo("x"), d.clone()),
+            ),
+            (
+                format!("/v2/x/blobs/{d}"),
+                Route::Blob(repo("x"), d.clone()),
+            ),
+            ("/v2/x/blobs/uploads/".into(), Route::Uploads(repo("x"))),
+            ("/v2/x/blobs/uploads".into(), Route::Uploads(repo("x"))),
+            (
+                "/v2/x/y/blobs/uploads/abc".into(),
+                Route::Upload(repo("x/y"), "abc".into()),
+            ),
+            (
+                format!("/v2/x/referrers/{d}"),
+                Route::Referrers(repo("x"), d.clone()),
+            ),
+            // Repositories may be named like the resources.
+            (
+                "/v2/blobs/uploads/blobs/uploads/".into(),
+                Route::Uploads(repo("blobs/uploads")),
+            ),
+            (
+                "/v2/manifests/manifests/v1".into(),
+                Route::Manifest(repo("manifests"), "v1".into()),
+            ),
+            (
+                "/v2/tags/list/tags/list".into(),
+                Route::Tags(repo("tags/list")),
+            ),
+        ];
+        for (path, expected) in cases {
+            assert_eq!(parse_route(&path).ok(), Some(expected), "{path}");
+        }
+    }
+
+    #[test]
+    fn bad_paths() {
+        for path in [
+            "/v2/x",
+            "/v2/manifests/v1",
+            "/v2/x/unknown/y",
+            "/v2/tags/list",
+            "/v3/x/tags/list",
+        ] {
+            assert!(
+                matches!(parse_route(path), Err(RegistryError::NotFound(_))),
+                "{path}"
+            );
+        }
+        for path in [
+            "/v2/A/tags/list",
+            "/v2/a/../b/manifests/v1",
+            "/v2/a//b/blobs/x",
+            "/v2/a%2Fb/tags/list",
+        ] {
+            assert!(
+                matches!(parse_route(path), Err(RegistryError::NameInvalid(_))),
+                "{path}"
+            );
+        }
+    }
+}

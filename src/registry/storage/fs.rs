@@ -1,0 +1,719 @@
+//! The local filesystem backend: content-addressed, deduplicated, crash-safe.
+//!
+//! Layout under the data directory (documented in the README's architecture section):
+//! ```text
+//! blobs/<alg>/<hex[..2]>/<hex>                      content, immutable once renamed into place
+//! uploads/<id>/data, uploads/<id>/info.json          an upload in progress (its size is the file's length)
+//! repositories/<name>/_blobs/<alg>/<hex>             empty file: the blob is visible in <name>
+//! repositories/<name>/_manifests/<alg>/<hex>         the manifest's media type; its bytes are the blob <alg>:<hex>
+//! repositories/<name>/_tags/<tag>                    the digest the tag points at
+//! repositories/<name>/_referrers/<alg>/<subject-hex>/<alg>-<hex>   the referrer's descriptor (JSON)
+//! tmp/                                               files being written, renamed into place when complete
+//! ```
+//! Every file that becomes visible is written to `tmp/`, fsynced and renamed, so a crash leaves either the old or the
+//! new state. Repository name components cannot start with `_` (grammar), so `_blobs` never collides with a child.
+//! This is the only module that builds paths; it gets them only from validated names.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Read, Seek, SeekFrom, Write};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime};
+
+use async_trait::async_trait;
+use bytes::{Bytes, BytesMut};
+use tokio::sync::mpsc;
+
+use super::{
+    BlobContent, ByteRange, ByteStream, Result, Storage, StorageError, StoredManifest, UploadInfo,
+    UploadWriter,
+};
+use crate::registry::names::{Digest, RepoName, Tag, UploadId};
+
+/// Read size when streaming a blob out.
+const READ_CHUNK: usize = 256 * 1024;
+
+pub struct FsStorage {
+    root: PathBuf,
+}
+
+fn io_err(what: impl Into<String>) -> impl FnOnce(io::Error) -> StorageError {
+    let what = what.into();
+    move |source| StorageError::Io { what, source }
+}
+
+/// Runs blocking filesystem work off the async workers.
+async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T> + Send + 'static) -> Result<T> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|join| StorageError::Io {
+            what: "storage task".into(),
+            source: io::Error::other(join.to_string()),
+        })?
+}
+
+/// `Ok(None)` for a missing file, the error otherwise.
+fn not_found_is_none<T>(result: io::Result<T>) -> io::Result<Option<T>> {
+    match result {
+        Ok(value) => Ok(Some(value)),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
+/// Paths, all derived from validated names.
+#[derive(Clone)]
+struct Layout {
+    root: PathBuf,
+}
+
+impl Layout {
+    fn blob(&self, digest: &Digest) -> PathBuf {
+        let hex = digest.hex();
+        self.root
+            .join("blobs")
+            .join(digest.algorithm().name())
+            .join(&hex[..2])
+            .join(hex)
+    }
+    fn upload_dir(&self, id: &UploadId) -> PathBuf {
+        self.root.join("uploads").join(id.as_str())
+    }
+    fn upload_data(&self, id: &UploadId) -> PathBuf {
+        self.upload_dir(id).join("data")
+    }
+    fn upload_info(&self, id: &UploadId) -> PathBuf {
+        self.upload_dir(id).join("info.json")
+    }
+    fn repo(&self, repo: &RepoName) -> PathBuf {
+        let mut path = self.root.join("repositories");
+        path.extend(repo.components());
+        path
+    }
+    fn blob_link(&self, repo: &RepoName, digest: &Digest) -> PathBuf {
+        self.repo(repo)
+            .join("_blobs")
+            .join(digest.algorithm().name())
+            .join(digest.hex())
+    }
+    fn manifest(&self, repo: &RepoName, digest: &Digest) -> PathBuf {
+        self.repo(repo)
+            .join("_manifests")
+            .join(digest.algorithm().name())
+            .join(digest.hex())
+    }
+    fn tags(&self, repo: &RepoName) -> PathBuf {
+        self.repo(repo).join("_tags")
+    }
+    fn tag(&self, repo: &RepoName, tag: &Tag) -> PathBuf {
+        self.tags(repo).join(tag.as_str())
+    }
+    fn referrers(&self, repo: &RepoName, subject: &Digest) -> PathBuf {
+        self.repo(repo)
+            .join("_referrers")
+            .join(subject.algorithm().name())
+            .join(subject.hex())
+    }
+    fn referrer(&self, repo: &RepoName, subject: &Digest, referrer: &Digest) -> PathBuf {
+        self.referrers(repo, subject).join(format!(
+            "{}-{}",
+            referrer.algorithm().name(),
+            referrer.hex()
+        ))
+    }
+    fn tmp(&self) -> PathBuf {
+        self.root.join("tmp")
+    }
+
+    /// Writes `bytes` to `target` atomically: a temporary file, fsync, rename, fsync of the directory.
+    fn write_atomic(&self, target: &Path, bytes: &[u8]) -> Result<()> {
+        let tmp = self.tmp().join(uuid::Uuid::new_v4().simple().to_string());
+        let what = || format!("write {}", target.display());
+        let result = (|| {
+            let mut file = File::create(&tmp)?;
+            file.write_all(bytes)?;
+            file.sync_all()?;
+            self.rename_into_place(&tmp, target)
+        })();
+        if result.is_err() {
+            let _ = fs::remove_file(&tmp);
+        }
+        result.map_err(io_err(what()))
+    }
+
+    /// Renames `from` to `to`, creating `to`'s directory, and fsyncs that directory so the rename is durable.
+    fn rename_into_place(&self, from: &Path, to: &Path) -> io::Result<()> {
+        let dir = to
+            .parent()
+            .ok_or_else(|| io::Error::other("target has no parent"))?;
+        fs::create_dir_all(dir)?;
+        fs::rename(from, to)?;
+        File::open(dir)?.sync_all()
+    }
+}
+
+impl FsStorage {
+    /// Opens (creating if needed) the data directory and clears leftovers of interrupted writes in `tmp/`.
+    pub fn open(root: impl Into<PathBuf>) -> Result<Self> {
+        let root = root.into();
+        for dir in ["blobs", "uploads", "repositories", "tmp"] {
+            let path = root.join(dir);
+            fs::create_dir_all(&path).map_err(io_err(format!("create {}", path.display())))?;
+        }
+        let tmp = root.join("tmp");
+        if let Ok(entries) = fs::read_dir(&tmp) {
+            for entry in entries.flatten() {
+                let _ = fs::remove_file(entry.path());
+            }
+        }
+        Ok(FsStorage { root })
+    }
+
+    fn layout(&self) -> Layout {
+        Layout {
+            root: self.root.clone(),
+        }
+    }
+}
+
+/// Streams `len` bytes of `file` from its current position, reading on the blocking pool.
+fn file_stream(file: File, len: u64) -> ByteStream {
+    let (tx, rx) = mpsc::channel::<io::Result<Bytes>>(4);
+    tokio::task::spawn_blocking(move || {
+        let mut file = file;
+        let mut remaining = len;
+        while remaining > 0 {
+            let want = remaining.min(READ_CHUNK as u64) as usize;
+            let mut buf = BytesMut::zeroed(want);
+            let result = match file.read(&mut buf) {
+                Ok(0) => Err(io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    "blob shorter than recorded",
+                )),
+                Ok(n) => {
+                    buf.truncate(n);
+                    remaining -= n as u64;
+                    Ok(buf.freeze())
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => Err(e),
+            };
+            let failed = result.is_err();
+            if tx.blocking_send(result).is_err() || failed {
+                return;
+            }
+        }
+    });
+    Box::pin(futures_util::stream::unfold(rx, |mut rx| async move {
+        rx.recv().await.map(|item| (item, rx))
+    }))
+}
+
+/// Writes an upload on a blocking thread fed through a bounded channel, so network reads, hashing and disk writes
+/// overlap.
+struct FsUploadWriter {
+    tx: Option<mpsc::Sender<Bytes>>,
+    done: tokio::task::JoinHandle<io::Result<u64>>,
+    what: String,
+}
+
+#[async_trait]
+impl UploadWriter for FsUploadWriter {
+    async fn write(&mut self, chunk: Bytes) -> Result<()> {
+        let Some(tx) = &self.tx else { return Ok(()) };
+        if tx.send(chunk).await.is_err() {
+            // The writer thread stopped: its error is reported by finish.
+            self.tx = None;
+            return Err(StorageError::Io {
+                what: self.what.clone(),
+                source: io::Error::other("upload writer stopped"),
+            });
+        }
+        Ok(())
+    }
+
+    async fn finish(mut self: Box<Self>) -> Result<u64> {
+        self.tx = None;
+        let what = self.what.clone();
+        match (&mut self.done).await {
+            Ok(result) => result.map_err(io_err(what)),
+            Err(join) => Err(StorageError::Io {
+                what,
+                source: io::Error::other(join.to_string()),
+            }),
+        }
+    }
+}
+
+#[async_trait]
+impl Storage for FsStorage {
+    async fn blob_size(&self, digest: &Digest) -> Result<Option<u64>> {
+        let path = self.layout().blob(digest);
+        blocking(move || {
+            not_found_is_none(fs::metadata(&path))
+                .map(|meta| meta.map(|m| m.len()))
+                .map_err(io_err(format!("stat {}", path.display())))
+        })
+        .await
+    }
+
+    async fn blob_read(
+        &self,
+        digest: &Digest,
+        range: Option<ByteRange>,
+    ) -> Result<Option<BlobContent>> {
+        let path = self.layout().blob(digest);
+        let opened = blocking(move || {
+            let what = format!("open {}", path.display());
+            let Some(mut file) =
+                not_found_is_none(File::open(&path)).map_err(io_err(what.clone()))?
+            else {
+                return Ok(None);
+            };
+            let size = file.metadata().map_err(io_err(what.clone()))?.len();
+            let len = match range {
+                Some(range) => {
+                    file.seek(SeekFrom::Start(range.first))
+                        .map_err(io_err(what))?;
+                    range.len()
+                }
+                None => size,
+            };
+            Ok(Some((file, size, len)))
+        })
+        .await?;
+        Ok(opened.map(|(file, size, len)| BlobContent {
+            size,
+            stream: file_stream(file, len),
+        }))
+    }
+
+    async fn upload_create(&self, id: &UploadId, info: &UploadInfo) -> Result<()> {
+        let layout = self.layout();
+        let id = id.clone();
+        let info = serde_json::to_vec(info).map_err(|e| StorageError::Corrupt(e.to_string()))?;
+        blocking(move || {
+            let dir = layout.upload_dir(&id);
+            fs::create_dir_all(&dir).map_err(io_err(format!("create {}", dir.display())))?;
+            let data = layout.upload_data(&id);
+            File::create(&data).map_err(io_err(format!("create {}", data.display())))?;
+            layout.write_atomic(&layout.upload_info(&id), &info)
+        })
+        .await
+    }
+
+    async fn upload_info(&self, id: &UploadId) -> Result<Option<UploadInfo>> {
+        let layout = self.layout();
+        let id = id.clone();
+        blocking(move || {
+            let info_path = layout.upload_info(&id);
+            let Some(raw) = not_found_is_none(fs::read(&info_path))
+                .map_err(io_err(format!("read {}", info_path.display())))?
+            else {
+                return Ok(None);
+            };
+            let mut info: UploadInfo = serde_json::from_slice(&raw)
+                .map_err(|e| StorageError::Corrupt(format!("{}: {e}", info_path.display())))?;
+            let data = layout.upload_data(&id);
+            let Some(meta) = not_found_is_none(fs::metadata(&data))
+                .map_err(io_err(format!("stat {}", data.display())))?
+            else {
+                return Ok(None);
+            };
+            info.size = meta.len();
+            Ok(Some(info))
+        })
+        .await
+    }
+
+    async fn upload_writer(&self, id: &UploadId) -> Result<Box<dyn UploadWriter>> {
+        let path = self.layout().upload_data(id);
+        let what = format!("append to {}", path.display());
+        let file = {
+            let path = path.clone();
+            let id = id.clone();
+            blocking(move || match OpenOptions::new().append(true).open(&path) {
+                Ok(file) => Ok(file),
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                    Err(StorageError::UploadMissing(id))
+                }
+                Err(e) => Err(StorageError::Io {
+                    what: format!("open {}", path.display()),
+                    source: e,
+                }),
+            })
+            .await?
+        };
+        let (tx, mut rx) = mpsc::channel::<Bytes>(8);
+        let done = tokio::task::spawn_blocking(move || {
+            let mut file = file;
+            while let Some(chunk) = rx.blocking_recv() {
+                file.write_all(&chunk)?;
+            }
+            file.flush()?;
+            Ok(file.metadata()?.len())
+        });
+        Ok(Box::new(FsUploadWriter {
+            tx: Some(tx),
+            done,
+            what,
+        }))
+    }
+
+    async fn upload_read(&self, id: &UploadId) -> Result<ByteStream> {
+        let path = self.layout().upload_data(id);
+        let id = id.clone();
+        let (file, len) = blocking(move || {
+            let what = format!("open {}", path.display());
+            let file = not_found_is_none(File::open(&path)).map_err(io_err(what.clone()))?;
+            let file = file.ok_or(StorageError::UploadMissing(id))?;
+            let len = file.metadata().map_err(io_err(what))?.len();
+            Ok((file, len))
+        })
+        .await?;
+        Ok(file_stream(file, len))
+    }
+
+    async fn upload_truncate(&self, id: &UploadId, size: u64) -> Result<()> {
+        let path = self.layout().upload_data(id);
+        blocking(move || {
+            let what = format!("truncate {}", path.display());
+            let file = OpenOptions::new()
+                .write(true)
+                .open(&path)
+                .map_err(io_err(what.clone()))?;
+            file.set_len(size).map_err(io_err(what))
+        })
+        .await
+    }
+
+    async fn upload_commit(&self, id: &UploadId, digest: &Digest) -> Result<()> {
+        let layout = self.layout();
+        let id = id.clone();
+        let digest = digest.clone();
+        blocking(move || {
+            let data = layout.upload_data(&id);
+            let target = layout.blob(&digest);
+            let what = format!("commit upload {id} as {}", target.display());
+            let present = fs::metadata(&target).is_ok();
+            if !present {
+                let file = File::open(&data).map_err(io_err(what.clone()))?;
+                file.sync_all().map_err(io_err(what.clone()))?;
+                layout
+                    .rename_into_place(&data, &target)
+                    .map_err(io_err(what))?;
+            }
+            let dir = layout.upload_dir(&id);
+            fs::remove_dir_all(&dir).map_err(io_err(format!("remove {}", dir.display())))
+        })
+        .await
+    }
+
+    async fn upload_delete(&self, id: &UploadId) -> Result<()> {
+        let dir = self.layout().upload_dir(id);
+        blocking(move || match fs::remove_dir_all(&dir) {
+            Err(e) if e.kind() != io::ErrorKind::NotFound => {
+                Err(io_err(format!("remove {}", dir.display()))(e))
+            }
+            _ => Ok(()),
+        })
+        .await
+    }
+
+    async fn uploads(&self) -> Result<Vec<(UploadId, SystemTime)>> {
+        let dir = self.root.join("uploads");
+        blocking(move || {
+            let mut found = Vec::new();
+            let entries = fs::read_dir(&dir).map_err(io_err(format!("list {}", dir.display())))?;
+            for entry in entries.flatten() {
+                let Some(id) = entry.file_name().to_str().and_then(UploadId::parse) else {
+                    continue;
+                };
+                let modified = entry
+                    .path()
+                    .join("data")
+                    .metadata()
+                    .and_then(|m| m.modified())
+                    .unwrap_or(SystemTime::UNIX_EPOCH + Duration::ZERO);
+                found.push((id, modified));
+            }
+            Ok(found)
+        })
+        .await
+    }
+
+    async fn blob_link(&self, repo: &RepoName, digest: &Digest) -> Result<()> {
+        let layout = self.layout();
+        let path = layout.blob_link(repo, digest);
+        blocking(move || {
+            if path.exists() {
+                return Ok(());
+            }
+            layout.write_atomic(&path, b"")
+        })
+        .await
+    }
+
+    async fn blob_linked(&self, repo: &RepoName, digest: &Digest) -> Result<bool> {
+        let path = self.layout().blob_link(repo, digest);
+        blocking(move || {
+            not_found_is_none(fs::metadata(&path))
+                .map(|m| m.is_some())
+                .map_err(io_err(format!("stat {}", path.display())))
+        })
+        .await
+    }
+
+    async fn blob_unlink(&self, repo: &RepoName, digest: &Digest) -> Result<bool> {
+        let path = self.layout().blob_link(repo, digest);
+        blocking(move || remove_if_present(&path)).await
+    }
+
+    async fn manifest_put(
+        &self,
+        repo: &RepoName,
+        digest: &Digest,
+        manifest: &StoredManifest,
+    ) -> Result<()> {
+        let layout = self.layout();
+        let (repo, digest, manifest) = (repo.clone(), digest.clone(), manifest.clone());
+        blocking(move || {
+            let blob = layout.blob(&digest);
+            if !blob.exists() {
+                layout.write_atomic(&blob, &manifest.bytes)?;
+            }
+            layout.write_atomic(
+                &layout.manifest(&repo, &digest),
+                manifest.media_type.as_bytes(),
+            )
+        })
+        .await
+    }
+
+    async fn manifest_get(
+        &self,
+        repo: &RepoName,
+        digest: &Digest,
+    ) -> Result<Option<StoredManifest>> {
+        let layout = self.layout();
+        let (repo, digest) = (repo.clone(), digest.clone());
+        blocking(move || {
+            let link = layout.manifest(&repo, &digest);
+            let Some(media_type) = not_found_is_none(fs::read_to_string(&link))
+                .map_err(io_err(format!("read {}", link.display())))?
+            else {
+                return Ok(None);
+            };
+            let blob = layout.blob(&digest);
+            let bytes = fs::read(&blob).map_err(io_err(format!("read {}", blob.display())))?;
+            Ok(Some(StoredManifest {
+                media_type,
+                bytes: Bytes::from(bytes),
+            }))
+        })
+        .await
+    }
+
+    async fn manifest_delete(&self, repo: &RepoName, digest: &Digest) -> Result<bool> {
+        let path = self.layout().manifest(repo, digest);
+        blocking(move || remove_if_present(&path)).await
+    }
+
+    async fn tag_set(&self, repo: &RepoName, tag: &Tag, digest: &Digest) -> Result<()> {
+        let layout = self.layout();
+        let path = layout.tag(repo, tag);
+        let value = digest.to_string();
+        blocking(move || layout.write_atomic(&path, value.as_bytes())).await
+    }
+
+    async fn tag_get(&self, repo: &RepoName, tag: &Tag) -> Result<Option<Digest>> {
+        let path = self.layout().tag(repo, tag);
+        blocking(move || {
+            let Some(raw) = not_found_is_none(fs::read_to_string(&path))
+                .map_err(io_err(format!("read {}", path.display())))?
+            else {
+                return Ok(None);
+            };
+            Digest::parse(raw.trim()).map(Some).map_err(|_| {
+                StorageError::Corrupt(format!("{} holds {raw:?}, not a digest", path.display()))
+            })
+        })
+        .await
+    }
+
+    async fn tag_delete(&self, repo: &RepoName, tag: &Tag) -> Result<bool> {
+        let path = self.layout().tag(repo, tag);
+        blocking(move || remove_if_present(&path)).await
+    }
+
+    async fn tags(&self, repo: &RepoName) -> Result<Option<Vec<Tag>>> {
+        let layout = self.layout();
+        let repo = repo.clone();
+        blocking(move || {
+            let repo_dir = layout.repo(&repo);
+            if !is_repository(&repo_dir) {
+                return Ok(None);
+            }
+            let dir = layout.tags(&repo);
+            let mut tags: Vec<Tag> = match not_found_is_none(fs::read_dir(&dir))
+                .map_err(io_err(format!("list {}", dir.display())))?
+            {
+                None => Vec::new(),
+                Some(entries) => entries
+                    .flatten()
+                    .filter_map(|e| e.file_name().to_str().and_then(Tag::parse))
+                    .collect(),
+            };
+            tags.sort_unstable();
+            Ok(Some(tags))
+        })
+        .await
+    }
+
+    async fn repositories(&self) -> Result<Vec<RepoName>> {
+        let dir = self.root.join("repositories");
+        blocking(move || {
+            let mut found = Vec::new();
+            collect_repositories(&dir, "", &mut found)
+                .map_err(io_err(format!("list {}", dir.display())))?;
+            found.sort_unstable();
+            Ok(found)
+        })
+        .await
+    }
+
+    async fn referrer_add(
+        &self,
+        repo: &RepoName,
+        subject: &Digest,
+        referrer: &Digest,
+        descriptor: &[u8],
+    ) -> Result<()> {
+        let layout = self.layout();
+        let path = layout.referrer(repo, subject, referrer);
+        let descriptor = descriptor.to_vec();
+        blocking(move || layout.write_atomic(&path, &descriptor)).await
+    }
+
+    async fn referrer_remove(
+        &self,
+        repo: &RepoName,
+        subject: &Digest,
+        referrer: &Digest,
+    ) -> Result<()> {
+        let path = self.layout().referrer(repo, subject, referrer);
+        blocking(move || remove_if_present(&path).map(|_| ())).await
+    }
+
+    async fn referrers(&self, repo: &RepoName, subject: &Digest) -> Result<Vec<Bytes>> {
+        let dir = self.layout().referrers(repo, subject);
+        blocking(move || {
+            let what = format!("list {}", dir.display());
+            let Some(entries) =
+                not_found_is_none(fs::read_dir(&dir)).map_err(io_err(what.clone()))?
+            else {
+                return Ok(Vec::new());
+            };
+            let mut paths: Vec<PathBuf> = entries.flatten().map(|e| e.path()).collect();
+            paths.sort_unstable();
+            let mut descriptors = Vec::with_capacity(paths.len());
+            for path in paths {
+                // A referrer removed between listing and reading is simply skipped.
+                if let Some(bytes) = not_found_is_none(fs::read(&path))
+                    .map_err(io_err(format!("read {}", path.display())))?
+                {
+                    descriptors.push(Bytes::from(bytes));
+                }
+            }
+            Ok(descriptors)
+        })
+        .await
+    }
+
+    async fn check_writable(&self) -> Result<()> {
+        let layout = self.layout();
+        blocking(move || {
+            let probe = layout
+                .tmp()
+                .join(format!("ready-{}", uuid::Uuid::new_v4().simple()));
+            let result = fs::write(&probe, b"ok").and_then(|_| fs::remove_file(&probe));
+            result.map_err(io_err(format!("write {}", probe.display())))
+        })
+        .await
+    }
+}
+
+fn remove_if_present(path: &Path) -> Result<bool> {
+    match fs::remove_file(path) {
+        Ok(()) => Ok(true),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(false),
+        Err(e) => Err(io_err(format!("remove {}", path.display()))(e)),
+    }
+}
+
+/// A directory is a repository when it holds any of the content directories.
+fn is_repository(dir: &Path) -> bool {
+    ["_manifests", "_tags", "_blobs"]
+        .iter()
+        .any(|sub| dir.join(sub).is_dir())
+}
+
+fn collect_repositories(dir: &Path, prefix: &str, found: &mut Vec<RepoName>) -> io::Result<()> {
+    let Some(entries) = not_found_is_none(fs::read_dir(dir))? else {
+        return Ok(());
+    };
+    for entry in entries {
+        let entry = entry?;
+        let Some(name) = entry.file_name().to_str().map(str::to_owned) else {
+            continue;
+        };
+        if name.starts_with('_') || !entry.file_type()?.is_dir() {
+            continue;
+        }
+        let full = if prefix.is_empty() {
+            name
+        } else {
+            format!("{prefix}/{name}")
+        };
+        let path = entry.path();
+        if is_repository(&path) {
+            if let Ok(repo) = RepoName::parse(&full) {
+                found.push(repo);
+            }
+        }
+        collect_repositories(&path, &full, found)?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn filesystem_backend_passes_the_shared_suite() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let storage = FsStorage::open(dir.path()).expect("open");
+        super::super::suite::run(&storage).await;
+        // Nothing is left in tmp/ after a run.
+        assert_eq!(
+            fs::read_dir(dir.path().join("tmp"))
+                .map(|d| d.count())
+                .unwrap_or(usize::MAX),
+            0
+        );
+    }
+
+    #[tokio::test]
+    async fn open_clears_interrupted_writes() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        FsStorage::open(dir.path()).expect("open");
+        fs::write(dir.path().join("tmp/half-written"), b"partial").expect("write");
+        FsStorage::open(dir.path()).expect("reopen");
+        assert_eq!(
+            fs::read_dir(dir.path().join("tmp"))
+                .map(|d| d.count())
+                .unwrap_or(usize::MAX),
+            0
+        );
+    }
+}

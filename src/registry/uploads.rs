@@ -1,0 +1,137 @@
+//! Upload handlers: start (`POST`, also monolithic and mount), status (`GET`), chunk (`PATCH`), complete (`PUT`)
+//! and cancel (`DELETE`) under `/v2/<name>/blobs/uploads/`.
+
+use actix_web::http::header;
+use actix_web::{web, HttpRequest, HttpResponse};
+
+use super::error::{upload_range, RegistryError, Result};
+use super::names::{Digest, RepoName, UploadId};
+use super::ranges::parse_content_range;
+use super::routes::Query;
+use super::service::Registry;
+
+fn upload_location(repo: &RepoName, id: &UploadId) -> String {
+    format!("/v2/{repo}/blobs/uploads/{id}")
+}
+
+fn blob_location(repo: &RepoName, digest: &Digest) -> String {
+    format!("/v2/{repo}/blobs/{digest}")
+}
+
+fn upload_id(id: &str) -> Result<UploadId> {
+    UploadId::parse(id).ok_or_else(|| RegistryError::BlobUploadUnknown(id.to_owned()))
+}
+
+/// 202 with where the upload continues and how much it holds.
+fn in_progress(repo: &RepoName, id: &UploadId, size: u64) -> HttpResponse {
+    HttpResponse::Accepted()
+        .insert_header((header::LOCATION, upload_location(repo, id)))
+        .insert_header((header::RANGE, upload_range(size)))
+        .insert_header(("Docker-Upload-UUID", id.to_string()))
+        .insert_header((header::CONTENT_LENGTH, 0))
+        .finish()
+}
+
+/// 201 for a blob now visible in `repo`.
+fn created(repo: &RepoName, digest: &Digest) -> HttpResponse {
+    HttpResponse::Created()
+        .insert_header((header::LOCATION, blob_location(repo, digest)))
+        .insert_header(("Docker-Content-Digest", digest.to_string()))
+        .insert_header((header::CONTENT_LENGTH, 0))
+        .finish()
+}
+
+fn content_range(req: &HttpRequest) -> Result<Option<(u64, u64)>> {
+    match req.headers().get(header::CONTENT_RANGE) {
+        None => Ok(None),
+        Some(value) => {
+            let value = value.to_str().map_err(|_| {
+                RegistryError::BlobUploadInvalid("Content-Range is not ASCII".into())
+            })?;
+            parse_content_range(value).map(Some)
+        }
+    }
+}
+
+pub async fn start(
+    registry: &Registry,
+    repo: &RepoName,
+    query: &Query,
+    body: web::Payload,
+) -> Result<HttpResponse> {
+    if let Some(mount) = query.get("mount") {
+        let digest = Digest::parse(mount)?;
+        let from = query
+            .get("from")
+            .map(|from| RepoName::parse(from))
+            .transpose()?;
+        if registry.blob_mount(repo, &digest, from.as_ref()).await? {
+            return Ok(created(repo, &digest));
+        }
+        // Not mountable: the client proceeds with an ordinary upload.
+    } else if let Some(digest) = query.get("digest") {
+        let digest = Digest::parse(digest)?;
+        registry.upload_monolithic(repo, &digest, body).await?;
+        return Ok(created(repo, &digest));
+    }
+    let id = registry.upload_start(repo).await?;
+    Ok(in_progress(repo, &id, 0))
+}
+
+pub async fn status(registry: &Registry, repo: &RepoName, id: &str) -> Result<HttpResponse> {
+    let id = upload_id(id)?;
+    let size = registry.upload_size(repo, &id).await?;
+    Ok(HttpResponse::NoContent()
+        .insert_header((header::LOCATION, upload_location(repo, &id)))
+        .insert_header((header::RANGE, upload_range(size)))
+        .insert_header(("Docker-Upload-UUID", id.to_string()))
+        .finish())
+}
+
+pub async fn patch(
+    registry: &Registry,
+    req: &HttpRequest,
+    repo: &RepoName,
+    id: &str,
+    body: web::Payload,
+) -> Result<HttpResponse> {
+    let id = upload_id(id)?;
+    let range = content_range(req)?;
+    let size = registry
+        .upload_append(repo, &id, &upload_location(repo, &id), range, body)
+        .await?;
+    Ok(in_progress(repo, &id, size))
+}
+
+pub async fn finish(
+    registry: &Registry,
+    req: &HttpRequest,
+    repo: &RepoName,
+    id: &str,
+    query: &Query,
+    body: web::Payload,
+) -> Result<HttpResponse> {
+    let id = upload_id(id)?;
+    let digest = query.get("digest").ok_or_else(|| {
+        RegistryError::DigestInvalid("the closing PUT needs ?digest=<digest>".into())
+    })?;
+    let digest = Digest::parse(digest)?;
+    let range = content_range(req)?;
+    let has_body = range.is_some()
+        || req
+            .headers()
+            .get(header::CONTENT_LENGTH)
+            .is_some_and(|v| v != "0")
+        || req.headers().contains_key(header::TRANSFER_ENCODING);
+    let body = has_body.then_some(body);
+    registry
+        .upload_finish(repo, &id, &upload_location(repo, &id), &digest, range, body)
+        .await?;
+    Ok(created(repo, &digest))
+}
+
+pub async fn cancel(registry: &Registry, repo: &RepoName, id: &str) -> Result<HttpResponse> {
+    let id = upload_id(id)?;
+    registry.upload_cancel(repo, &id).await?;
+    Ok(HttpResponse::NoContent().finish())
+}

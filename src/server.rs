@@ -1,0 +1,97 @@
+//! Starting `berth serve`: storage, the registry service, background tasks, and one actix-web server on one
+//! listener (TLS with a reloading certificate, or plain HTTP). Graceful shutdown on SIGTERM/SIGINT is actix's:
+//! stop accepting, let in-flight requests finish within the configured timeout, exit.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use actix_web::middleware::Logger;
+use actix_web::{web, App, HttpServer};
+
+use crate::config::Config;
+use crate::registry::storage::fs::FsStorage;
+use crate::registry::Registry;
+use crate::tls;
+
+/// How often stale uploads are looked for.
+const UPLOAD_SWEEP_INTERVAL: Duration = Duration::from_secs(600);
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    /// The data directory cannot be used.
+    #[error("data directory {path}: {source}")]
+    Storage {
+        path: std::path::PathBuf,
+        #[source]
+        source: crate::registry::storage::StorageError,
+    },
+    /// Certificates could not be generated or loaded.
+    #[error(transparent)]
+    Tls(#[from] tls::TlsError),
+    /// The listener could not be bound, or the server failed.
+    #[error("listening on {addr}: {source}")]
+    Listen {
+        addr: std::net::SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// Runs the server until it is told to stop.
+pub async fn serve(config: Config) -> Result<(), ServeError> {
+    let storage = FsStorage::open(&config.data_dir).map_err(|source| ServeError::Storage {
+        path: config.data_dir.clone(),
+        source,
+    })?;
+    let registry = web::Data::new(Registry::new(Arc::new(storage)));
+
+    let sweeper = registry.clone();
+    let max_age = config.upload_max_age;
+    actix_web::rt::spawn(async move {
+        loop {
+            match sweeper.expire_uploads(max_age).await {
+                Ok(0) => {}
+                Ok(n) => log::info!("expired {n} uploads older than {max_age:?}"),
+                Err(e) => log::warn!("expiring stale uploads: {e}"),
+            }
+            tokio::time::sleep(UPLOAD_SWEEP_INTERVAL).await;
+        }
+    });
+
+    let app_registry = registry.clone();
+    let server = HttpServer::new(move || {
+        App::new()
+            .app_data(app_registry.clone())
+            .wrap(Logger::new(r#"%a "%r" %s %b %Dms"#))
+            .configure(crate::configure)
+    })
+    .workers(config.workers)
+    .shutdown_timeout(config.shutdown_timeout.as_secs());
+
+    let addr = config.listen;
+    let listen_error = |source| ServeError::Listen { addr, source };
+    let server = if config.plain_http {
+        log::warn!("serving plain HTTP on {addr}: use this only for local development or behind a TLS-terminating proxy");
+        server.bind(addr).map_err(listen_error)?
+    } else {
+        tls::ensure_serving_cert(&config.cert_dir, &config.sans)?;
+        let cert = tls::ReloadingCert::load(&config.cert_dir)?;
+        actix_web::rt::spawn(cert.clone().watch());
+        let tls_config = tls::server_config(cert)?;
+        log::info!(
+            "serving HTTPS on {addr} with the certificate in {} (clients trust {})",
+            config.cert_dir.display(),
+            config.cert_dir.join(tls::CA_CERT).display()
+        );
+        server
+            .bind_rustls_0_23(addr, tls_config)
+            .map_err(listen_error)?
+    };
+    log::info!(
+        "berth listening on {addr}, data in {}",
+        config.data_dir.display()
+    );
+    server.run().await.map_err(listen_error)?;
+    log::info!("berth stopped");
+    Ok(())
+}

@@ -1,0 +1,332 @@
+//! Certificates: generate a small CA and a serving certificate (rcgen), load PEM files, and serve them through a
+//! resolver that swaps in new files when they change on disk, without a restart.
+
+use std::fs;
+use std::io::Write;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use arc_swap::ArcSwap;
+use rcgen::{
+    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
+    Issuer, KeyPair, KeyUsagePurpose,
+};
+use rustls::crypto::ring::default_provider;
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use rustls::server::{ClientHello, ResolvesServerCert};
+use rustls::sign::CertifiedKey;
+
+pub const CA_CERT: &str = "ca.crt";
+pub const CA_KEY: &str = "ca.key";
+pub const TLS_CERT: &str = "tls.crt";
+pub const TLS_KEY: &str = "tls.key";
+
+/// How long a generated serving certificate is valid.
+const SERVING_VALIDITY: Duration = Duration::from_secs(365 * 24 * 3600);
+/// How long a generated CA is valid.
+const CA_VALIDITY: Duration = Duration::from_secs(10 * 365 * 24 * 3600);
+/// How often the certificate files are checked for changes.
+const RELOAD_INTERVAL: Duration = Duration::from_secs(2);
+
+#[derive(Debug, thiserror::Error)]
+pub enum TlsError {
+    /// A file could not be read or written.
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    /// Certificate generation failed.
+    #[error("generating certificates: {0}")]
+    Generate(#[from] rcgen::Error),
+    /// A PEM file holds no usable certificate or key.
+    #[error("{path}: {why}")]
+    Pem { path: PathBuf, why: String },
+    /// rustls refused the configuration.
+    #[error("tls configuration: {0}")]
+    Rustls(#[from] rustls::Error),
+}
+
+pub type Result<T, E = TlsError> = std::result::Result<T, E>;
+
+fn io_error(path: &Path) -> impl FnOnce(std::io::Error) -> TlsError + '_ {
+    move |source| TlsError::Io {
+        path: path.to_owned(),
+        source,
+    }
+}
+
+/// Writes `contents` to `path`, readable by the owner only when `secret`.
+fn write_file(path: &Path, contents: &str, secret: bool) -> Result<()> {
+    let mut options = fs::OpenOptions::new();
+    options.write(true).create(true).truncate(true);
+    if secret {
+        options.mode(0o600);
+    }
+    let mut file = options.open(path).map_err(io_error(path))?;
+    file.write_all(contents.as_bytes())
+        .map_err(io_error(path))?;
+    file.sync_all().map_err(io_error(path))
+}
+
+fn validity(params: &mut CertificateParams, lifetime: Duration) {
+    let now = time::OffsetDateTime::now_utc();
+    // An hour of slack for clocks that are a little behind.
+    params.not_before = now - time::Duration::hours(1);
+    params.not_after = now + time::Duration::seconds(lifetime.as_secs() as i64);
+}
+
+/// A CA (certificate and key, PEM).
+pub struct CaPem {
+    pub cert: String,
+    pub key: String,
+}
+
+/// Generates a new CA.
+pub fn generate_ca(common_name: &str) -> Result<CaPem> {
+    let key = KeyPair::generate()?;
+    let mut params = CertificateParams::new(Vec::<String>::new())?;
+    params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
+    params.distinguished_name = DistinguishedName::new();
+    params
+        .distinguished_name
+        .push(DnType::CommonName, common_name);
+    params.key_usages = vec![
+        KeyUsagePurpose::KeyCertSign,
+        KeyUsagePurpose::CrlSign,
+        KeyUsagePurpose::DigitalSignature,
+    ];
+    validity(&mut params, CA_VALIDITY);
+    let cert = params.self_signed(&key)?;
+    Ok(CaPem {
+        cert: cert.pem(),
+        key: key.serialize_pem(),
+    })
+}
+
+/// Issues a serving certificate for `names` (DNS names or IP addresses), signed by `ca`. Returns (cert, key) PEM.
+pub fn issue_serving_cert(ca: &CaPem, names: &[String]) -> Result<(String, String)> {
+    let ca_key = KeyPair::from_pem(&ca.key)?;
+    let issuer = Issuer::from_ca_cert_pem(&ca.cert, ca_key)?;
+    let key = KeyPair::generate()?;
+    let mut params = CertificateParams::new(names.to_vec())?;
+    params.distinguished_name = DistinguishedName::new();
+    params.distinguished_name.push(
+        DnType::CommonName,
+        names.first().map(String::as_str).unwrap_or("berth"),
+    );
+    params.key_usages = vec![
+        KeyUsagePurpose::DigitalSignature,
+        KeyUsagePurpose::KeyEncipherment,
+    ];
+    params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+    validity(&mut params, SERVING_VALIDITY);
+    let cert = params.signed_by(&key, &issuer)?;
+    // The chain: serving certificate, then the CA, so clients that only trust the CA can verify.
+    Ok((format!("{}{}", cert.pem(), ca.cert), key.serialize_pem()))
+}
+
+/// Makes sure `dir` holds `tls.crt`/`tls.key`. When they are missing, issues them for `localhost`, `127.0.0.1` and
+/// `extra_names`, signed by `ca.crt`/`ca.key` in `dir` (generated first when missing). Returns true if it wrote files.
+pub fn ensure_serving_cert(dir: &Path, extra_names: &[String]) -> Result<bool> {
+    if dir.join(TLS_CERT).exists() && dir.join(TLS_KEY).exists() {
+        return Ok(false);
+    }
+    fs::create_dir_all(dir).map_err(io_error(dir))?;
+    let (ca_cert_path, ca_key_path) = (dir.join(CA_CERT), dir.join(CA_KEY));
+    let ca = if ca_cert_path.exists() && ca_key_path.exists() {
+        CaPem {
+            cert: fs::read_to_string(&ca_cert_path).map_err(io_error(&ca_cert_path))?,
+            key: fs::read_to_string(&ca_key_path).map_err(io_error(&ca_key_path))?,
+        }
+    } else {
+        let ca = generate_ca("berth CA")?;
+        write_file(&ca_key_path, &ca.key, true)?;
+        write_file(&ca_cert_path, &ca.cert, false)?;
+        ca
+    };
+    let mut names = vec!["localhost".to_owned(), "127.0.0.1".to_owned()];
+    for name in extra_names {
+        if !names.contains(name) {
+            names.push(name.clone());
+        }
+    }
+    let (cert, key) = issue_serving_cert(&ca, &names)?;
+    // Key first: the reloader picks up a new pair when the certificate changes.
+    write_file(&dir.join(TLS_KEY), &key, true)?;
+    write_file(&dir.join(TLS_CERT), &cert, false)?;
+    log::info!(
+        "generated a serving certificate for {} in {}; clients trust it through {}",
+        names.join(", "),
+        dir.display(),
+        ca_cert_path.display()
+    );
+    Ok(true)
+}
+
+/// Loads a certificate chain and key from PEM files.
+pub fn load_certified_key(cert_path: &Path, key_path: &Path) -> Result<CertifiedKey> {
+    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(cert_path)
+        .map_err(|e| TlsError::Pem {
+            path: cert_path.to_owned(),
+            why: e.to_string(),
+        })?
+        .collect::<std::result::Result<_, _>>()
+        .map_err(|e| TlsError::Pem {
+            path: cert_path.to_owned(),
+            why: e.to_string(),
+        })?;
+    if certs.is_empty() {
+        return Err(TlsError::Pem {
+            path: cert_path.to_owned(),
+            why: "no certificate in the file".into(),
+        });
+    }
+    let key = PrivateKeyDer::from_pem_file(key_path).map_err(|e| TlsError::Pem {
+        path: key_path.to_owned(),
+        why: e.to_string(),
+    })?;
+    let provider = default_provider();
+    let signing_key = provider
+        .key_provider
+        .load_private_key(key)
+        .map_err(|e| TlsError::Pem {
+            path: key_path.to_owned(),
+            why: e.to_string(),
+        })?;
+    let certified = CertifiedKey::new(certs, signing_key);
+    certified.keys_match().map_err(|e| TlsError::Pem {
+        path: key_path.to_owned(),
+        why: format!(
+            "does not match the certificate in {}: {e}",
+            cert_path.display()
+        ),
+    })?;
+    Ok(certified)
+}
+
+/// Serves the current certificate; [`ReloadingCert::watch`] replaces it when the files change.
+#[derive(Debug)]
+pub struct ReloadingCert {
+    current: ArcSwap<CertifiedKey>,
+    cert_path: PathBuf,
+    key_path: PathBuf,
+}
+
+impl ReloadingCert {
+    pub fn load(dir: &Path) -> Result<Arc<Self>> {
+        let (cert_path, key_path) = (dir.join(TLS_CERT), dir.join(TLS_KEY));
+        let current = load_certified_key(&cert_path, &key_path)?;
+        Ok(Arc::new(ReloadingCert {
+            current: ArcSwap::from_pointee(current),
+            cert_path,
+            key_path,
+        }))
+    }
+
+    fn modified(&self) -> Option<(SystemTime, SystemTime)> {
+        let cert = fs::metadata(&self.cert_path)
+            .and_then(|m| m.modified())
+            .ok()?;
+        let key = fs::metadata(&self.key_path)
+            .and_then(|m| m.modified())
+            .ok()?;
+        Some((cert, key))
+    }
+
+    /// Polls the files and swaps in a new pair when they change and load cleanly; a broken pair is logged and the
+    /// previous one stays in use. Runs until the process ends.
+    pub async fn watch(self: Arc<Self>) {
+        let mut seen = self.modified();
+        loop {
+            tokio::time::sleep(RELOAD_INTERVAL).await;
+            let now = self.modified();
+            if now == seen {
+                continue;
+            }
+            match load_certified_key(&self.cert_path, &self.key_path) {
+                Ok(key) => {
+                    self.current.store(Arc::new(key));
+                    seen = now;
+                    log::info!(
+                        "reloaded the serving certificate from {}",
+                        self.cert_path.display()
+                    );
+                }
+                // Possibly half-way through an update of the two files: try again next round.
+                Err(e) => {
+                    log::warn!("certificate change not loaded, keeping the previous one: {e}")
+                }
+            }
+        }
+    }
+}
+
+impl ResolvesServerCert for ReloadingCert {
+    fn resolve(&self, _client_hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        Some(self.current.load_full())
+    }
+}
+
+/// A rustls server configuration (TLS 1.2 and 1.3, ALPN h2 and http/1.1) serving `cert`.
+pub fn server_config(cert: Arc<ReloadingCert>) -> Result<rustls::ServerConfig> {
+    let mut config = rustls::ServerConfig::builder_with_provider(Arc::new(default_provider()))
+        .with_safe_default_protocol_versions()?
+        .with_no_client_auth()
+        .with_cert_resolver(cert);
+    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    Ok(config)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn generated_certificates_load_and_are_private() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        assert!(ensure_serving_cert(dir.path(), &["registry.example".into()]).expect("generate"));
+        for (file, mode) in [(CA_KEY, 0o600), (TLS_KEY, 0o600)] {
+            use std::os::unix::fs::PermissionsExt;
+            let actual = fs::metadata(dir.path().join(file))
+                .expect("stat")
+                .permissions()
+                .mode()
+                & 0o777;
+            assert_eq!(actual, mode, "{file}");
+        }
+        let loaded = ReloadingCert::load(dir.path()).expect("load");
+        assert_eq!(
+            loaded.current.load().cert.len(),
+            2,
+            "serving certificate and CA"
+        );
+        // A second call keeps the existing files.
+        assert!(!ensure_serving_cert(dir.path(), &[]).expect("second call"));
+    }
+
+    #[test]
+    fn reissue_keeps_the_ca() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        ensure_serving_cert(dir.path(), &[]).expect("generate");
+        let ca = fs::read(dir.path().join(CA_CERT)).expect("ca");
+        fs::remove_file(dir.path().join(TLS_CERT)).expect("rm");
+        assert!(ensure_serving_cert(dir.path(), &[]).expect("reissue"));
+        assert_eq!(fs::read(dir.path().join(CA_CERT)).expect("ca"), ca);
+    }
+
+    #[test]
+    fn mismatched_key_is_refused() {
+        let one = tempfile::tempdir().expect("tempdir");
+        let two = tempfile::tempdir().expect("tempdir");
+        ensure_serving_cert(one.path(), &[]).expect("generate");
+        ensure_serving_cert(two.path(), &[]).expect("generate");
+        let error = load_certified_key(&one.path().join(TLS_CERT), &two.path().join(TLS_KEY))
+            .expect_err("mismatch");
+        assert!(error.to_string().contains("does not match"), "{error}");
+    }
+}
