@@ -25,10 +25,11 @@ pub async fn get(
         .map(str::to_owned);
     let mut response = if head {
         let size = registry.blob_size(repo, &digest).await?;
-        let mut response = HttpResponse::Ok();
-        response.no_chunking(size);
-        response.insert_header((header::CONTENT_LENGTH, size));
-        return Ok(blob_headers(&mut response, &digest).finish());
+        // HEAD: actix sends the headers of this sized body (Content-Length) and never polls it.
+        let nothing = futures_util::stream::empty::<Result<bytes::Bytes, std::io::Error>>();
+        return Ok(
+            blob_headers(&mut HttpResponse::Ok(), &digest).body(SizedStream::new(size, nothing))
+        );
     } else {
         HttpResponse::Ok()
     };

@@ -25,6 +25,8 @@ pub enum ErrorCode {
     NameUnknown,
     SizeInvalid,
     Unsupported,
+    /// Not in the spec's table; distribution's code for a bad `n`, which clients know.
+    PaginationNumberInvalid,
     Unknown,
 }
 
@@ -81,6 +83,9 @@ pub enum RegistryError {
     /// A query parameter that is not understood.
     #[error("{0}")]
     BadRequest(String),
+    /// A page size that is not a non-negative integer.
+    #[error("{0}")]
+    PaginationNumberInvalid(String),
     /// An operation berth does not offer.
     #[error("{0}")]
     Unsupported(String),
@@ -119,6 +124,7 @@ impl RegistryError {
                 ErrorCode::Unsupported
             }
             Unsupported(_) => ErrorCode::Unsupported,
+            PaginationNumberInvalid(_) => ErrorCode::PaginationNumberInvalid,
             Storage(_) => ErrorCode::Unknown,
         }
     }
@@ -156,6 +162,7 @@ impl ResponseError for RegistryError {
             | NameInvalid(_)
             | SizeInvalid(_)
             | BadRequest(_)
+            | PaginationNumberInvalid(_)
             | Body(_) => StatusCode::BAD_REQUEST,
         }
     }

@@ -15,7 +15,9 @@ fn page_size(query: &Query) -> Result<Option<usize>> {
         .get("n")
         .map(|n| {
             n.parse::<usize>().map_err(|_| {
-                RegistryError::BadRequest(format!("n must be a non-negative integer, got {n:?}"))
+                RegistryError::PaginationNumberInvalid(format!(
+                    "n must be a non-negative integer, got {n:?}"
+                ))
             })
         })
         .transpose()

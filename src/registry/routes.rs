@@ -140,7 +140,7 @@ async fn dispatch(
         (Route::Catalog, Method::GET) => listings::catalog(registry, &query).await,
         (Route::Tags(repo), Method::GET) => listings::tags(registry, &repo, &query).await,
         (Route::Manifest(repo, reference), Method::GET | Method::HEAD) => {
-            manifests::get(registry, &repo, &reference, head).await
+            manifests::get(registry, &repo, &reference).await
         }
         (Route::Manifest(repo, reference), Method::PUT) => {
             manifests::put(registry, &req, &repo, &reference, body).await

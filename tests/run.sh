@@ -1,0 +1,45 @@
+#!/usr/bin/env bash
+# berth's test entry point (the README's test command).
+#
+# Installs, when missing, the real registry clients that tests/clients.rs
+# drives (skopeo, podman, buildah, containerd's ctr) plus busybox-static for
+# the test image, then runs the whole test suite. Works from any cwd; needs
+# root (apt-get) on a Debian 12 machine. Exits non-zero on any failure.
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+
+# package -> a file it must provide
+declare -A needs=(
+    [skopeo]=/usr/bin/skopeo
+    [podman]=/usr/bin/podman
+    [buildah]=/usr/bin/buildah
+    [containerd]=/usr/bin/ctr
+    [busybox-static]=/bin/busybox
+)
+missing=()
+for pkg in "${!needs[@]}"; do
+    status=$(dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null || true)
+    if [[ "$status" != "install ok installed" || ! -x "${needs[$pkg]}" ]]; then
+        missing+=("$pkg")
+    fi
+done
+if ((${#missing[@]})); then
+    echo "run.sh: installing missing packages: ${missing[*]}"
+    if [[ $(id -u) -ne 0 ]]; then
+        echo "run.sh: need root to apt-get install ${missing[*]}" >&2
+        exit 1
+    fi
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -q
+    apt-get install -y -q "${missing[@]}"
+fi
+for bin in skopeo podman buildah containerd ctr gzip tar sha256sum; do
+    command -v "$bin" >/dev/null || { echo "run.sh: $bin still missing" >&2; exit 1; }
+done
+
+# 2 cores: two tests at a time (each starts its own berth and clients).
+if cargo nextest --version >/dev/null 2>&1; then
+    exec cargo nextest run --no-fail-fast --test-threads 2 "$@"
+else
+    exec cargo test --no-fail-fast "$@" -- --test-threads 2
+fi
