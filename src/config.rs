@@ -37,6 +37,15 @@ pub struct ServeArgs {
     /// HTTP worker threads [default: the number of CPUs].
     #[arg(long, value_name = "N")]
     pub workers: Option<usize>,
+    /// Image policy file; read at start (invalid: berth refuses to start) and watched.
+    #[arg(long, value_name = "FILE", conflicts_with = "policy_configmap")]
+    pub policy_file: Option<PathBuf>,
+    /// Image policy ConfigMap (key policy.yaml), watched through the Kubernetes API.
+    #[arg(long, value_name = "NAMESPACE/NAME")]
+    pub policy_configmap: Option<String>,
+    /// berth's own namespace, never validated nor mutated [default: $POD_NAMESPACE, else berth-system].
+    #[arg(long, value_name = "NAMESPACE")]
+    pub namespace: Option<String>,
 }
 
 /// The YAML file: the same settings as the flags.
@@ -52,6 +61,9 @@ struct FileConfig {
     upload_max_age: Option<String>,
     shutdown_timeout: Option<String>,
     workers: Option<usize>,
+    policy_file: Option<PathBuf>,
+    policy_configmap: Option<String>,
+    namespace: Option<String>,
 }
 
 /// Validated settings of `berth serve`.
@@ -65,6 +77,20 @@ pub struct Config {
     pub upload_max_age: Duration,
     pub shutdown_timeout: Duration,
     pub workers: usize,
+    pub policy: PolicySource,
+    pub namespace: String,
+}
+
+/// Where the image policy comes from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PolicySource {
+    /// The built-in default: allow all, rewrite nothing.
+    Default,
+    File(PathBuf),
+    ConfigMap {
+        namespace: String,
+        name: String,
+    },
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -149,6 +175,42 @@ impl Config {
         if workers == 0 {
             return Err(ConfigError::Invalid("workers must be at least 1".into()));
         }
+        let policy_file = args.policy_file.clone().or(file.policy_file);
+        let policy_configmap = args.policy_configmap.clone().or(file.policy_configmap);
+        let policy = match (policy_file, policy_configmap) {
+            (Some(_), Some(_)) => {
+                return Err(ConfigError::Invalid(
+                    "give either a policy file or a policy ConfigMap, not both".into(),
+                ))
+            }
+            (Some(path), None) => PolicySource::File(path),
+            (None, Some(reference)) => match reference.split_once('/') {
+                Some((namespace, name))
+                    if !namespace.is_empty() && !name.is_empty() && !name.contains('/') =>
+                {
+                    PolicySource::ConfigMap {
+                        namespace: namespace.to_owned(),
+                        name: name.to_owned(),
+                    }
+                }
+                _ => {
+                    return Err(ConfigError::Invalid(format!(
+                        "policy ConfigMap {reference:?} must be written NAMESPACE/NAME"
+                    )))
+                }
+            },
+            (None, None) => PolicySource::Default,
+        };
+        let namespace = args
+            .namespace
+            .clone()
+            .or(file.namespace)
+            .or_else(|| {
+                std::env::var("POD_NAMESPACE")
+                    .ok()
+                    .filter(|n| !n.is_empty())
+            })
+            .unwrap_or_else(|| "berth-system".to_owned());
         Ok(Config {
             listen: args
                 .listen
@@ -177,6 +239,8 @@ impl Config {
                     .unwrap_or(Duration::from_secs(25)),
             },
             workers,
+            policy,
+            namespace,
         })
     }
 }
@@ -213,6 +277,40 @@ mod tests {
         assert_eq!(config.cert_dir, PathBuf::from("./certs"));
         assert!(!config.plain_http);
         assert_eq!(config.upload_max_age, Duration::from_secs(86_400));
+        assert_eq!(config.policy, PolicySource::Default);
+    }
+
+    #[test]
+    fn policy_sources() {
+        let args = ServeArgs {
+            policy_configmap: Some("berth-system/berth-policy".into()),
+            ..ServeArgs::default()
+        };
+        assert_eq!(
+            Config::from_args(&args).map(|c| c.policy).ok(),
+            Some(PolicySource::ConfigMap {
+                namespace: "berth-system".into(),
+                name: "berth-policy".into()
+            })
+        );
+        for bad in ["berth-policy", "/x", "a/", "a/b/c"] {
+            let args = ServeArgs {
+                policy_configmap: Some(bad.into()),
+                ..ServeArgs::default()
+            };
+            assert!(
+                matches!(Config::from_args(&args), Err(ConfigError::Invalid(_))),
+                "{bad}"
+            );
+        }
+        let args = ServeArgs {
+            policy_file: Some("p.yaml".into()),
+            namespace: Some("ops".into()),
+            ..ServeArgs::default()
+        };
+        let config = Config::from_args(&args).expect("config");
+        assert_eq!(config.policy, PolicySource::File("p.yaml".into()));
+        assert_eq!(config.namespace, "ops");
     }
 
     #[test]

@@ -1,8 +1,9 @@
-//! `/healthz` (the process answers) and `/readyz` (storage accepts writes), outside `/v2/`.
+//! `/healthz` (the process answers) and `/readyz` (storage accepts writes; policy details), outside `/v2/`.
 
 use actix_web::{web, HttpResponse};
 use serde_json::json;
 
+use crate::admission::PolicyStore;
 use crate::registry::Registry;
 
 pub fn configure(cfg: &mut web::ServiceConfig) {
@@ -14,13 +15,17 @@ async fn healthz() -> HttpResponse {
     HttpResponse::Ok().content_type("text/plain").body("ok\n")
 }
 
-async fn readyz(registry: web::Data<Registry>) -> HttpResponse {
+/// Ready while storage accepts writes; also reports the policy in force (source, digest, load time, last error).
+async fn readyz(registry: web::Data<Registry>, policy: web::Data<PolicyStore>) -> HttpResponse {
+    let policy = policy.status();
     match registry.storage().check_writable().await {
-        Ok(()) => HttpResponse::Ok().json(json!({ "status": "ready", "storage": "writable" })),
+        Ok(()) => HttpResponse::Ok()
+            .json(json!({ "status": "ready", "storage": "writable", "policy": policy })),
         Err(e) => {
             log::warn!("not ready: {e}");
-            HttpResponse::ServiceUnavailable()
-                .json(json!({ "status": "not ready", "storage": e.to_string() }))
+            HttpResponse::ServiceUnavailable().json(json!({
+                "status": "not ready", "storage": e.to_string(), "policy": policy
+            }))
         }
     }
 }

@@ -1,10 +1,11 @@
 //! berth: an OCI registry that runs inside a Kubernetes cluster and guards it.
 //!
-//! One actix-web server on one listener serves the OCI Distribution API under `/v2/` ([`registry`]) and health
-//! endpoints ([`health`]); admission webhooks will join them on the same listener. [`config`] turns flags and a
+//! One actix-web server on one listener serves the OCI Distribution API under `/v2/` ([`registry`]), the
+//! admission webhooks `/validate` and `/mutate` ([`admission`]) and health endpoints ([`health`]). [`config`] turns flags and a
 //! YAML file into a validated [`config::Config`]; [`tls`] generates, loads and reloads certificates; [`server`]
 //! wires it all together. [`configure`] is the one route table, used by the binary and by tests.
 
+pub mod admission;
 pub mod config;
 pub mod health;
 pub mod registry;
@@ -13,8 +14,10 @@ pub mod tls;
 
 use actix_web::web;
 
-/// Mounts every subsystem's routes. The caller provides `web::Data<registry::Registry>`.
+/// Mounts every subsystem's routes. The caller provides `web::Data` of `registry::Registry`,
+/// `admission::PolicyStore` and `admission::AdmissionSettings`.
 pub fn configure(cfg: &mut web::ServiceConfig) {
     health::configure(cfg);
+    admission::configure(cfg);
     registry::configure(cfg);
 }

@@ -1,10 +1,13 @@
 //! The `berth` command: parses the command line, builds the configuration, runs. The only place errors are printed
 //! and turned into exit codes.
 
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+use berth::admission::debug;
+use berth::admission::policy::Policy;
 use berth::config::{Config, ServeArgs};
 
 #[derive(Parser)]
@@ -20,8 +23,68 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Run the registry (and, later, the admission webhooks) on one listener.
+    /// Run the registry and the admission webhooks on one listener.
     Serve(ServeArgs),
+    /// Check and debug image policies before applying them.
+    #[command(subcommand)]
+    Policy(PolicyCommand),
+}
+
+#[derive(Subcommand)]
+enum PolicyCommand {
+    /// Compile a policy and report its errors (exit 1) or a summary.
+    Check {
+        /// The policy YAML file.
+        file: PathBuf,
+    },
+    /// Show the decision on an image, or the validate and mutate responses to a whole AdmissionReview.
+    Eval {
+        /// The policy YAML file.
+        file: PathBuf,
+        /// An image reference as a pod would write it.
+        #[arg(long, required_unless_present = "review", conflicts_with = "review")]
+        image: Option<String>,
+        /// The namespace the pod would be in.
+        #[arg(long, default_value = "default")]
+        namespace: String,
+        /// An AdmissionReview JSON file (as the API server would send it).
+        #[arg(long, value_name = "REVIEW.json")]
+        review: Option<PathBuf>,
+        /// berth's own namespace (never validated nor mutated).
+        #[arg(long, default_value = "berth-system")]
+        berth_namespace: String,
+    },
+}
+
+fn read(path: &Path) -> Result<String, String> {
+    std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))
+}
+
+fn policy_command(command: PolicyCommand) -> Result<String, String> {
+    match command {
+        PolicyCommand::Check { file } => {
+            debug::check(&read(&file)?).map_err(|e| format!("{}: {e}", file.display()))
+        }
+        PolicyCommand::Eval {
+            file,
+            image,
+            namespace,
+            review,
+            berth_namespace,
+        } => {
+            let policy =
+                Policy::from_yaml(&read(&file)?).map_err(|e| format!("{}: {e}", file.display()))?;
+            match (image, review) {
+                (Some(image), _) => Ok(debug::eval_image(&policy, &image, &namespace)),
+                (None, Some(review)) => {
+                    debug::eval_review(&policy, &read(&review)?, &berth_namespace)
+                        .map(|out| out + "\n")
+                        .map_err(|e| format!("{}: {e}", review.display()))
+                }
+                (None, None) => Err("give --image or --review".into()),
+            }
+        }
+    }
 }
 
 fn main() -> ExitCode {
@@ -44,5 +107,15 @@ fn main() -> ExitCode {
                 }
             }
         }
+        Command::Policy(command) => match policy_command(command) {
+            Ok(out) => {
+                print!("{out}");
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("berth: {e}");
+                ExitCode::FAILURE
+            }
+        },
     }
 }

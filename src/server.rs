@@ -8,7 +8,9 @@ use std::time::Duration;
 use actix_web::middleware::Logger;
 use actix_web::{web, App, HttpServer};
 
-use crate::config::Config;
+use crate::admission::source::{self, ActivePolicy};
+use crate::admission::{AdmissionSettings, PolicyStore};
+use crate::config::{Config, PolicySource};
 use crate::registry::storage::fs::FsStorage;
 use crate::registry::Registry;
 use crate::tls;
@@ -25,6 +27,12 @@ pub enum ServeError {
         #[source]
         source: crate::registry::storage::StorageError,
     },
+    /// The policy file is missing or invalid.
+    #[error(transparent)]
+    Policy(#[from] source::SourceError),
+    /// No Kubernetes client for the policy ConfigMap.
+    #[error("kubernetes client for the policy ConfigMap: {0}")]
+    Kube(#[from] kube::Error),
     /// Certificates could not be generated or loaded.
     #[error(transparent)]
     Tls(#[from] tls::TlsError),
@@ -45,6 +53,11 @@ pub async fn serve(config: Config) -> Result<(), ServeError> {
     })?;
     let registry = web::Data::new(Registry::new(Arc::new(storage)));
 
+    let policy = start_policy(&config).await?;
+    let settings = web::Data::new(AdmissionSettings {
+        namespace: config.namespace.clone(),
+    });
+
     let sweeper = registry.clone();
     let max_age = config.upload_max_age;
     actix_web::rt::spawn(async move {
@@ -62,6 +75,8 @@ pub async fn serve(config: Config) -> Result<(), ServeError> {
     let server = HttpServer::new(move || {
         App::new()
             .app_data(app_registry.clone())
+            .app_data(policy.clone())
+            .app_data(settings.clone())
             .wrap(Logger::new(r#"%a "%r" %s %b %Dms"#))
             .configure(crate::configure)
     })
@@ -94,4 +109,31 @@ pub async fn serve(config: Config) -> Result<(), ServeError> {
     server.run().await.map_err(listen_error)?;
     log::info!("berth stopped");
     Ok(())
+}
+
+/// Loads the policy (a bad file stops the start) and starts watching its source.
+async fn start_policy(config: &Config) -> Result<web::Data<PolicyStore>, ServeError> {
+    match &config.policy {
+        PolicySource::Default => Ok(web::Data::new(PolicyStore::new(
+            ActivePolicy::builtin_default(),
+        ))),
+        PolicySource::File(path) => {
+            let store = web::Data::new(PolicyStore::new(source::load_file(path)?));
+            actix_web::rt::spawn(source::watch_file(store.clone().into_inner(), path.clone()));
+            Ok(store)
+        }
+        PolicySource::ConfigMap { namespace, name } => {
+            let client = kube::Client::try_default().await?;
+            let store = web::Data::new(PolicyStore::new(ActivePolicy::builtin_default()));
+            log::info!("watching the policy ConfigMap {namespace}/{name}; until it is read, the built-in default applies");
+            let watched = source::watch_configmap(
+                store.clone().into_inner(),
+                client,
+                namespace.clone(),
+                name.clone(),
+            );
+            actix_web::rt::spawn(watched);
+            Ok(store)
+        }
+    }
 }

@@ -1,0 +1,276 @@
+//! Image references as pods write them, parsed and normalised per the distribution reference grammar:
+//! `nginx` → `docker.io/library/nginx:latest`, `user/app:1` → `docker.io/user/app:1`, `localhost:5000/a@sha256:…`,
+//! `[::1]:5000/x:tag@sha256:…`. Pure: no I/O.
+
+use std::fmt;
+use std::sync::LazyLock;
+
+use regex::Regex;
+
+const DEFAULT_DOMAIN: &str = "docker.io";
+const LEGACY_DEFAULT_DOMAIN: &str = "index.docker.io";
+const OFFICIAL_REPOSITORY_PREFIX: &str = "library/";
+/// Longest `domain/path` the grammar allows.
+const MAX_NAME_LEN: usize = 255;
+
+static DOMAIN: LazyLock<Regex> = LazyLock::new(|| {
+    let component = r"(?:[a-zA-Z0-9]|[a-zA-Z0-9][a-zA-Z0-9-]*[a-zA-Z0-9])";
+    let ipv6 = r"\[[a-fA-F0-9:]+\]";
+    Regex::new(&format!(
+        r"^(?:{component}(?:\.{component})*|{ipv6})(?::[0-9]+)?$"
+    ))
+    .expect("static regex")
+});
+static PATH_COMPONENT: LazyLock<Regex> =
+    LazyLock::new(|| Regex::new(r"^[a-z0-9]+(?:(?:[_.]|__|-+)[a-z0-9]+)*$").expect("static regex"));
+static TAG: LazyLock<Regex> =
+    LazyLock::new(|| Regex::new(r"^[\w][\w.-]{0,127}$").expect("static regex"));
+
+/// A parsed, normalised image reference.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct ImageRef {
+    /// Registry host, with port if any (`docker.io`, `registry:5000`, `[::1]:5000`).
+    pub domain: String,
+    /// Repository path within the registry (`library/nginx`).
+    pub path: String,
+    pub tag: Option<String>,
+    pub digest: Option<String>,
+}
+
+/// Why a reference could not be parsed; the message names the reference.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("invalid image reference {reference:?}: {reason}")]
+pub struct ReferenceError {
+    pub reference: String,
+    pub reason: &'static str,
+}
+
+fn valid_digest(digest: &str) -> bool {
+    let Some((algorithm, hex)) = digest.split_once(':') else {
+        return false;
+    };
+    let expected_len = match algorithm {
+        "sha256" => 64,
+        "sha384" => 96,
+        "sha512" => 128,
+        _ => return false,
+    };
+    hex.len() == expected_len
+        && hex
+            .bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+}
+
+impl ImageRef {
+    pub fn parse(reference: &str) -> Result<ImageRef, ReferenceError> {
+        let error = |reason| ReferenceError {
+            reference: reference.to_owned(),
+            reason,
+        };
+        if reference.is_empty() {
+            return Err(error("empty reference"));
+        }
+        if reference.trim() != reference {
+            return Err(error("surrounding whitespace"));
+        }
+        let (rest, digest) = match reference.split_once('@') {
+            Some((rest, digest)) => {
+                if !valid_digest(digest) {
+                    return Err(error(
+                        "bad digest (expected sha256:<64 lowercase hex>, or sha384/sha512)",
+                    ));
+                }
+                (rest, Some(digest.to_owned()))
+            }
+            None => (reference, None),
+        };
+        // A tag follows the last ':' that comes after the last '/' (a ':' before it is a port).
+        let last_slash = rest.rfind('/').map_or(0, |i| i + 1);
+        let (name, tag) = match rest[last_slash..].rfind(':') {
+            Some(i) => {
+                let tag = &rest[last_slash + i + 1..];
+                if !TAG.is_match(tag) {
+                    return Err(error("bad tag"));
+                }
+                (&rest[..last_slash + i], Some(tag.to_owned()))
+            }
+            None => (rest, None),
+        };
+        if name.is_empty() {
+            return Err(error("no repository name"));
+        }
+        // The first component is a registry host when it looks like one (has '.' or ':', is localhost, or has
+        // upper case, which repositories cannot); otherwise the image is on Docker Hub.
+        let (domain, path) = match name.split_once('/') {
+            Some((first, remainder))
+                if first.contains(['.', ':'])
+                    || first == "localhost"
+                    || first.chars().any(|c| c.is_ascii_uppercase()) =>
+            {
+                if !DOMAIN.is_match(first) {
+                    return Err(error("bad registry host"));
+                }
+                (first.to_owned(), remainder.to_owned())
+            }
+            _ => (DEFAULT_DOMAIN.to_owned(), name.to_owned()),
+        };
+        let domain = if domain == LEGACY_DEFAULT_DOMAIN {
+            DEFAULT_DOMAIN.to_owned()
+        } else {
+            domain
+        };
+        if path.chars().any(|c| c.is_ascii_uppercase()) {
+            return Err(error("repository names must be lowercase"));
+        }
+        if !path
+            .split('/')
+            .all(|component| PATH_COMPONENT.is_match(component))
+        {
+            return Err(error("bad repository name"));
+        }
+        let path = if domain == DEFAULT_DOMAIN && !path.contains('/') {
+            format!("{OFFICIAL_REPOSITORY_PREFIX}{path}")
+        } else {
+            path
+        };
+        if domain.len() + 1 + path.len() > MAX_NAME_LEN {
+            return Err(error("name longer than 255 characters"));
+        }
+        Ok(ImageRef {
+            domain,
+            path,
+            tag,
+            digest,
+        })
+    }
+
+    /// `domain/path`.
+    pub fn repository(&self) -> String {
+        format!("{}/{}", self.domain, self.path)
+    }
+}
+
+/// The normalised form: `domain/path[:tag][@digest]`, with `:latest` when neither tag nor digest is given.
+impl fmt::Display for ImageRef {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.domain, self.path)?;
+        match (&self.tag, &self.digest) {
+            (None, None) => write!(f, ":latest"),
+            (tag, digest) => {
+                if let Some(tag) = tag {
+                    write!(f, ":{tag}")?;
+                }
+                if let Some(digest) = digest {
+                    write!(f, "@{digest}")?;
+                }
+                Ok(())
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn check(input: &str, expected: Result<&str, &str>) {
+        let got = ImageRef::parse(input)
+            .map(|r| r.to_string())
+            .map_err(|e| e.reason);
+        assert_eq!(got.as_deref().map_err(|e| *e), expected, "{input:?}");
+    }
+
+    #[test]
+    fn normalisation() {
+        let d = format!("sha256:{}", "a".repeat(64));
+        let cases: Vec<(String, Result<String, &str>)> = vec![
+            ("nginx".into(), Ok("docker.io/library/nginx:latest".into())),
+            (
+                "nginx:1.25".into(),
+                Ok("docker.io/library/nginx:1.25".into()),
+            ),
+            ("user/app:1".into(), Ok("docker.io/user/app:1".into())),
+            (
+                "docker.io/nginx".into(),
+                Ok("docker.io/library/nginx:latest".into()),
+            ),
+            (
+                "index.docker.io/library/nginx".into(),
+                Ok("docker.io/library/nginx:latest".into()),
+            ),
+            (
+                "registry:5000/a/b".into(),
+                Ok("registry:5000/a/b:latest".into()),
+            ),
+            (
+                format!("registry:5000/a/b@{d}"),
+                Ok(format!("registry:5000/a/b@{d}")),
+            ),
+            (
+                format!("nginx:1.25@{d}"),
+                Ok(format!("docker.io/library/nginx:1.25@{d}")),
+            ),
+            (
+                format!("nginx@{d}"),
+                Ok(format!("docker.io/library/nginx@{d}")),
+            ),
+            ("localhost/x".into(), Ok("localhost/x:latest".into())),
+            ("localhost:5000/x:v".into(), Ok("localhost:5000/x:v".into())),
+            ("[::1]:5000/x:v".into(), Ok("[::1]:5000/x:v".into())),
+            ("[fe80::1]/a/b".into(), Ok("[fe80::1]/a/b:latest".into())),
+            (
+                "127.0.0.1:5050/proxy/docker.io/library/nginx:1".into(),
+                Ok("127.0.0.1:5050/proxy/docker.io/library/nginx:1".into()),
+            ),
+            (
+                "Registry.Example/a".into(),
+                Ok("Registry.Example/a:latest".into()),
+            ),
+            (
+                "gcr.io/a/b/c/d:tag_1.0-x".into(),
+                Ok("gcr.io/a/b/c/d:tag_1.0-x".into()),
+            ),
+            ("a__b/c--d".into(), Ok("docker.io/a__b/c--d:latest".into())),
+            ("".into(), Err("empty reference")),
+            ("Nginx".into(), Err("repository names must be lowercase")),
+            (
+                "docker.io/Library/nginx".into(),
+                Err("repository names must be lowercase"),
+            ),
+            (
+                "nginx@sha256:abc".into(),
+                Err("bad digest (expected sha256:<64 lowercase hex>, or sha384/sha512)"),
+            ),
+            (
+                format!("nginx@{}", d.to_uppercase()),
+                Err("bad digest (expected sha256:<64 lowercase hex>, or sha384/sha512)"),
+            ),
+            ("nginx:".into(), Err("bad tag")),
+            ("nginx:-x".into(), Err("bad tag")),
+            (":tag".into(), Err("no repository name")),
+            ("a//b".into(), Err("bad repository name")),
+            ("a/b/".into(), Err("bad repository name")),
+            ("-a".into(), Err("bad repository name")),
+            (" nginx".into(), Err("surrounding whitespace")),
+            ("bad_host.example:port/x".into(), Err("bad registry host")),
+            (
+                format!("{}/x", "a".repeat(260)),
+                Err("name longer than 255 characters"),
+            ),
+        ];
+        for (input, expected) in &cases {
+            check(input, expected.as_deref().map_err(|e| *e));
+        }
+    }
+
+    #[test]
+    fn parts() {
+        let image = ImageRef::parse("registry:5000/team/app:v1").expect("valid");
+        assert_eq!(image.domain, "registry:5000");
+        assert_eq!(image.path, "team/app");
+        assert_eq!(image.tag.as_deref(), Some("v1"));
+        assert_eq!(image.repository(), "registry:5000/team/app");
+        let error = ImageRef::parse("team/App").expect_err("invalid");
+        assert!(error.to_string().contains("\"team/App\""), "{error}");
+    }
+}

@@ -1,0 +1,594 @@
+//! The image policy: YAML spec → compiled [`Policy`] (every regex compiled once, implicitly anchored) → decisions.
+//! Pure: no I/O, no HTTP. Errors name the rule, the field and the pattern.
+
+use serde::Deserialize;
+use serde_yaml_ng::Value;
+
+use super::image::{ImageRef, ReferenceError};
+
+/// `enforce` denies; `audit` never denies, turning what would be denied into warnings.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Mode {
+    #[default]
+    Enforce,
+    Audit,
+}
+
+/// What happens to an image no rule matches.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DefaultAction {
+    #[default]
+    Allow,
+    Deny,
+}
+
+/// A rule's action.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Action {
+    Allow,
+    Deny,
+    Warn,
+}
+
+/// When a rewrite applies.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum When {
+    #[default]
+    Always,
+    /// Only if berth can serve the target (its store holds the manifest, or a proxy upstream serves it).
+    Available,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct PolicySpec {
+    #[serde(default)]
+    description: Option<String>,
+    #[serde(default)]
+    mode: Mode,
+    #[serde(default)]
+    default_action: DefaultAction,
+    #[serde(default)]
+    default_message: Option<String>,
+    #[serde(default)]
+    exclude_namespaces: Vec<String>,
+    #[serde(default)]
+    rules: Vec<Value>,
+    #[serde(default)]
+    rewrites: Vec<Value>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct RuleSpec {
+    name: String,
+    action: Action,
+    images: Vec<String>,
+    #[serde(default)]
+    namespaces: Option<Vec<String>>,
+    #[serde(default)]
+    message: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct RewriteSpec {
+    name: String,
+    #[serde(rename = "match")]
+    pattern: String,
+    replace: String,
+    #[serde(default)]
+    when: When,
+    #[serde(default)]
+    namespaces: Option<Vec<String>>,
+}
+
+/// A policy that cannot be loaded; the message says where and why.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("invalid policy: {0}")]
+pub struct PolicyError(pub String);
+
+/// A regex matched against a whole string.
+#[derive(Debug, Clone)]
+struct Pattern {
+    source: String,
+    regex: regex::Regex,
+}
+
+impl Pattern {
+    fn compile(source: &str, context: &str) -> Result<Pattern, PolicyError> {
+        regex::Regex::new(&format!("^(?:{source})$"))
+            .map(|regex| Pattern {
+                source: source.to_owned(),
+                regex,
+            })
+            .map_err(|e| PolicyError(format!("{context}: invalid regex {source:?}: {e}")))
+    }
+
+    fn matches(&self, text: &str) -> bool {
+        self.regex.is_match(text)
+    }
+}
+
+fn compile_all(
+    sources: &[String],
+    context: &str,
+    field: &str,
+) -> Result<Vec<Pattern>, PolicyError> {
+    sources
+        .iter()
+        .enumerate()
+        .map(|(i, source)| Pattern::compile(source, &format!("{context}: field {field}[{i}]")))
+        .collect()
+}
+
+#[derive(Debug, Clone)]
+struct Rule {
+    name: String,
+    action: Action,
+    images: Vec<Pattern>,
+    namespaces: Option<Vec<Pattern>>,
+    message: Option<String>,
+}
+
+#[derive(Debug, Clone)]
+struct Rewrite {
+    name: String,
+    pattern: Pattern,
+    replace: String,
+    when: When,
+    namespaces: Option<Vec<Pattern>>,
+}
+
+/// A compiled policy, shared immutably and swapped whole on reload.
+#[derive(Debug, Clone, Default)]
+pub struct Policy {
+    pub description: Option<String>,
+    pub mode: Mode,
+    pub default_action: DefaultAction,
+    default_message: Option<String>,
+    exclude_namespaces: Vec<Pattern>,
+    rules: Vec<Rule>,
+    rewrites: Vec<Rewrite>,
+}
+
+/// The verdict on one image.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verdict {
+    Allow,
+    Warn,
+    Deny,
+}
+
+/// The decision on one image, with what decided it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ImageDecision {
+    /// The image as written in the pod.
+    pub image: String,
+    /// Its normalised form, if it parses.
+    pub normalized: Option<String>,
+    pub verdict: Verdict,
+    /// The rule that decided (`defaultAction` when none matched and the default denies).
+    pub rule: Option<String>,
+    pub message: Option<String>,
+}
+
+/// A rewrite that applies to an image.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PlannedRewrite {
+    pub rule: String,
+    pub when: When,
+    pub target: Result<ImageRef, ReferenceError>,
+}
+
+/// Which name a rule or rewrite error is reported under.
+fn entry_context(kind: &str, index: usize, value: &Value) -> String {
+    match value.get("name").and_then(Value::as_str) {
+        Some(name) => format!("{kind}[{index}] {name:?}"),
+        None => format!("{kind}[{index}]"),
+    }
+}
+
+fn unique(names: impl Iterator<Item = String>, kind: &str) -> Result<(), PolicyError> {
+    let mut seen = std::collections::BTreeSet::new();
+    for name in names {
+        if name.trim().is_empty() {
+            return Err(PolicyError(format!(
+                "every entry of {kind} needs a non-empty name"
+            )));
+        }
+        if !seen.insert(name.clone()) {
+            return Err(PolicyError(format!(
+                "{kind}: the name {name:?} is used twice"
+            )));
+        }
+    }
+    Ok(())
+}
+
+impl Policy {
+    /// Allow everything, rewrite nothing: what berth runs without a policy.
+    pub fn allow_all() -> Policy {
+        Policy::default()
+    }
+
+    pub fn from_yaml(text: &str) -> Result<Policy, PolicyError> {
+        let spec: Option<PolicySpec> =
+            serde_yaml_ng::from_str(text).map_err(|e| PolicyError(e.to_string()))?;
+        let Some(spec) = spec else {
+            return Ok(Policy::allow_all());
+        };
+        let exclude_namespaces = compile_all(
+            &spec.exclude_namespaces,
+            "excludeNamespaces",
+            "excludeNamespaces",
+        )?;
+
+        let mut rules = Vec::with_capacity(spec.rules.len());
+        for (index, value) in spec.rules.iter().enumerate() {
+            let context = entry_context("rules", index, value);
+            let rule: RuleSpec = serde_yaml_ng::from_value(value.clone())
+                .map_err(|e| PolicyError(format!("{context}: {e}")))?;
+            if rule.images.is_empty() {
+                return Err(PolicyError(format!(
+                    "{context}: field images is empty; a rule needs at least one pattern"
+                )));
+            }
+            rules.push(Rule {
+                images: compile_all(&rule.images, &context, "images")?,
+                namespaces: rule
+                    .namespaces
+                    .as_deref()
+                    .map(|n| compile_all(n, &context, "namespaces"))
+                    .transpose()?,
+                name: rule.name,
+                action: rule.action,
+                message: rule.message,
+            });
+        }
+        unique(rules.iter().map(|r| r.name.clone()), "rules")?;
+
+        let mut rewrites = Vec::with_capacity(spec.rewrites.len());
+        for (index, value) in spec.rewrites.iter().enumerate() {
+            let context = entry_context("rewrites", index, value);
+            let rewrite: RewriteSpec = serde_yaml_ng::from_value(value.clone())
+                .map_err(|e| PolicyError(format!("{context}: {e}")))?;
+            rewrites.push(Rewrite {
+                pattern: Pattern::compile(&rewrite.pattern, &format!("{context}: field match"))?,
+                namespaces: rewrite
+                    .namespaces
+                    .as_deref()
+                    .map(|n| compile_all(n, &context, "namespaces"))
+                    .transpose()?,
+                name: rewrite.name,
+                replace: rewrite.replace,
+                when: rewrite.when,
+            });
+        }
+        unique(rewrites.iter().map(|r| r.name.clone()), "rewrites")?;
+
+        Ok(Policy {
+            description: spec.description,
+            mode: spec.mode,
+            default_action: spec.default_action,
+            default_message: spec.default_message,
+            exclude_namespaces,
+            rules,
+            rewrites,
+        })
+    }
+
+    /// A one-line summary for logs and the CLI.
+    pub fn summary(&self) -> String {
+        format!(
+            "mode {:?}, default {:?}, {} rules, {} rewrites, {} excluded namespace patterns",
+            self.mode,
+            self.default_action,
+            self.rules.len(),
+            self.rewrites.len(),
+            self.exclude_namespaces.len()
+        )
+        .to_lowercase()
+    }
+
+    pub fn rule_names(&self) -> impl Iterator<Item = &str> {
+        self.rules.iter().map(|r| r.name.as_str())
+    }
+
+    pub fn rewrite_names(&self) -> impl Iterator<Item = &str> {
+        self.rewrites.iter().map(|r| r.name.as_str())
+    }
+
+    /// Namespaces the policy never validates nor mutates.
+    pub fn excludes(&self, namespace: &str) -> bool {
+        self.exclude_namespaces.iter().any(|p| p.matches(namespace))
+    }
+
+    /// The decision for `image` in `namespace`: the first matching rule, else the default action.
+    pub fn decide(&self, image: &str, namespace: &str) -> ImageDecision {
+        let parsed = match ImageRef::parse(image) {
+            Ok(parsed) => parsed,
+            Err(e) => {
+                return self.apply_mode(ImageDecision {
+                    image: image.to_owned(),
+                    normalized: None,
+                    verdict: Verdict::Deny,
+                    rule: None,
+                    message: Some(e.to_string()),
+                })
+            }
+        };
+        let normalized = parsed.to_string();
+        let in_scope = |namespaces: &Option<Vec<Pattern>>| {
+            namespaces
+                .as_ref()
+                .is_none_or(|patterns| patterns.iter().any(|p| p.matches(namespace)))
+        };
+        let matched = self.rules.iter().find(|rule| {
+            in_scope(&rule.namespaces) && rule.images.iter().any(|p| p.matches(&normalized))
+        });
+        let decision = match matched {
+            Some(rule) => ImageDecision {
+                image: image.to_owned(),
+                normalized: Some(normalized),
+                verdict: match rule.action {
+                    Action::Allow => Verdict::Allow,
+                    Action::Warn => Verdict::Warn,
+                    Action::Deny => Verdict::Deny,
+                },
+                rule: Some(rule.name.clone()),
+                message: rule.message.clone(),
+            },
+            None => match self.default_action {
+                DefaultAction::Allow => ImageDecision {
+                    image: image.to_owned(),
+                    normalized: Some(normalized),
+                    verdict: Verdict::Allow,
+                    rule: None,
+                    message: None,
+                },
+                DefaultAction::Deny => ImageDecision {
+                    image: image.to_owned(),
+                    normalized: Some(normalized),
+                    verdict: Verdict::Deny,
+                    rule: Some("defaultAction".to_owned()),
+                    message: Some(self.default_message.clone().unwrap_or_else(|| {
+                        "no rule allows this image and the default action is deny".into()
+                    })),
+                },
+            },
+        };
+        self.apply_mode(decision)
+    }
+
+    fn apply_mode(&self, mut decision: ImageDecision) -> ImageDecision {
+        if self.mode == Mode::Audit && decision.verdict == Verdict::Deny {
+            decision.verdict = Verdict::Warn;
+            let message = decision.message.take().unwrap_or_default();
+            decision.message = Some(format!("audit mode, would be denied: {message}"));
+        }
+        decision
+    }
+
+    /// The first rewrite whose `match` covers the normalised `image` in `namespace`, with its target. `None` when
+    /// no rewrite matches, or the image already points at the target's registry (so a second pass changes nothing).
+    pub fn plan_rewrite(&self, image: &ImageRef, namespace: &str) -> Option<PlannedRewrite> {
+        let normalized = image.to_string();
+        let rewrite = self.rewrites.iter().find(|rewrite| {
+            rewrite
+                .namespaces
+                .as_ref()
+                .is_none_or(|patterns| patterns.iter().any(|p| p.matches(namespace)))
+                && rewrite.pattern.matches(&normalized)
+        })?;
+        let replaced = rewrite
+            .pattern
+            .regex
+            .replace(&normalized, rewrite.replace.as_str())
+            .into_owned();
+        let target = ImageRef::parse(&replaced);
+        if let Ok(target) = &target {
+            if target.domain == image.domain {
+                return None;
+            }
+        }
+        Some(PlannedRewrite {
+            rule: rewrite.name.clone(),
+            when: rewrite.when,
+            target,
+        })
+    }
+
+    /// The source patterns of every rule (for `berth policy check`).
+    pub fn patterns(&self) -> impl Iterator<Item = (&str, &str)> {
+        self.rules.iter().flat_map(|r| {
+            r.images
+                .iter()
+                .map(move |p| (r.name.as_str(), p.source.as_str()))
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const POLICY: &str = r#"
+mode: enforce
+defaultAction: allow
+excludeNamespaces: [kube-system, "tmp-.*"]
+rules:
+  - name: no-latest
+    action: deny
+    images: ['.*:latest']
+    namespaces: ['prod-.*']
+    message: "pin a version; :latest is not allowed in production"
+  - name: trusted
+    action: allow
+    images: ['registry\.internal/.*']
+  - name: hub-warning
+    action: warn
+    images: ['docker\.io/.*']
+    message: "prefer the internal registry"
+  - name: evil
+    action: deny
+    images: ['evil\.example/.*']
+rewrites:
+  - name: hub-via-cache
+    match: 'docker\.io/(.+)'
+    replace: '127.0.0.1:5050/proxy/docker.io/$1'
+    when: available
+  - name: internal
+    match: 'registry\.internal/(.+)'
+    replace: '127.0.0.1:5050/$1'
+"#;
+
+    fn policy() -> Policy {
+        Policy::from_yaml(POLICY).expect("valid policy")
+    }
+
+    #[test]
+    fn first_matching_rule_decides() {
+        let policy = policy();
+        let cases: &[(&str, &str, Verdict, Option<&str>)] = &[
+            ("nginx", "prod-web", Verdict::Deny, Some("no-latest")),
+            ("nginx", "dev", Verdict::Warn, Some("hub-warning")),
+            ("nginx:1.25", "prod-web", Verdict::Warn, Some("hub-warning")),
+            (
+                "registry.internal/app:latest",
+                "prod-web",
+                Verdict::Deny,
+                Some("no-latest"),
+            ),
+            (
+                "registry.internal/app:1",
+                "prod-web",
+                Verdict::Allow,
+                Some("trusted"),
+            ),
+            ("evil.example/x:1", "dev", Verdict::Deny, Some("evil")),
+            ("quay.io/x:1", "dev", Verdict::Allow, None),
+            ("Bad/Image", "dev", Verdict::Deny, None),
+            // Implicitly anchored: a partial match is no match.
+            (
+                "registry.internal.evil.example/x:1",
+                "dev",
+                Verdict::Allow,
+                None,
+            ),
+        ];
+        for (image, namespace, verdict, rule) in cases {
+            let decision = policy.decide(image, namespace);
+            assert_eq!(
+                decision.verdict, *verdict,
+                "{image} in {namespace}: {decision:?}"
+            );
+            assert_eq!(decision.rule.as_deref(), *rule, "{image} in {namespace}");
+        }
+        let decision = policy.decide("nginx", "prod-web");
+        assert_eq!(
+            decision.normalized.as_deref(),
+            Some("docker.io/library/nginx:latest")
+        );
+        assert_eq!(
+            decision.message.as_deref(),
+            Some("pin a version; :latest is not allowed in production")
+        );
+        assert!(policy
+            .decide("", "dev")
+            .message
+            .unwrap_or_default()
+            .contains("empty reference"));
+    }
+
+    #[test]
+    fn default_deny_and_audit_mode() {
+        let deny = Policy::from_yaml("defaultAction: deny\nrules: [{name: ok, action: allow, images: ['docker\\.io/ok/.*']}]")
+            .expect("valid");
+        assert_eq!(deny.decide("docker.io/ok/x:1", "a").verdict, Verdict::Allow);
+        let decision = deny.decide("other:1", "a");
+        assert_eq!(
+            (decision.verdict, decision.rule.as_deref()),
+            (Verdict::Deny, Some("defaultAction"))
+        );
+
+        let audit = Policy::from_yaml("mode: audit\ndefaultAction: deny").expect("valid");
+        let decision = audit.decide("other:1", "a");
+        assert_eq!(decision.verdict, Verdict::Warn);
+        assert!(decision
+            .message
+            .unwrap_or_default()
+            .starts_with("audit mode, would be denied"));
+        assert_eq!(audit.decide("Bad/Ref", "a").verdict, Verdict::Warn);
+    }
+
+    #[test]
+    fn exclusions() {
+        let policy = policy();
+        assert!(policy.excludes("kube-system"));
+        assert!(policy.excludes("tmp-123"));
+        assert!(!policy.excludes("kube-system-2"));
+        assert!(!policy.excludes("default"));
+    }
+
+    #[test]
+    fn rewrites_and_idempotence() {
+        let policy = policy();
+        let image = ImageRef::parse("nginx:1.25").expect("valid");
+        let planned = policy.plan_rewrite(&image, "dev").expect("rewrite");
+        assert_eq!(planned.rule, "hub-via-cache");
+        assert_eq!(planned.when, When::Available);
+        let target = planned.target.expect("valid target");
+        assert_eq!(
+            target.to_string(),
+            "127.0.0.1:5050/proxy/docker.io/library/nginx:1.25"
+        );
+        // Already at the target registry: nothing to do.
+        assert_eq!(policy.plan_rewrite(&target, "dev"), None);
+        let internal =
+            ImageRef::parse(&("registry.internal/team/app@sha256:".to_owned() + &"b".repeat(64)))
+                .expect("ok");
+        let planned = policy.plan_rewrite(&internal, "dev").expect("rewrite");
+        assert_eq!(planned.when, When::Always);
+        assert_eq!(
+            planned.target.map(|t| t.to_string()).ok(),
+            Some(format!("127.0.0.1:5050/team/app@sha256:{}", "b".repeat(64)))
+        );
+        assert_eq!(
+            policy.plan_rewrite(&ImageRef::parse("quay.io/x").expect("ok"), "dev"),
+            None
+        );
+    }
+
+    #[test]
+    fn errors_name_the_rule_field_and_pattern() {
+        let cases: &[(&str, &[&str])] = &[
+            ("rules: [{name: broken, action: deny, images: ['ok', '(']}]", &["\"broken\"", "images[1]", "\"(\""]),
+            ("rules: [{name: typo, action: deny, imagez: ['x']}]", &["\"typo\"", "imagez"]),
+            ("rules: [{name: act, action: maybe, images: ['x']}]", &["\"act\"", "maybe"]),
+            ("rules: [{action: deny, images: ['x']}]", &["rules[0]", "name"]),
+            ("rules: [{name: e, action: deny, images: []}]", &["\"e\"", "images is empty"]),
+            ("rules: [{name: a, action: deny, images: [x]}, {name: a, action: allow, images: [y]}]", &["\"a\"", "twice"]),
+            ("rewrites: [{name: rw, match: '[', replace: x}]", &["\"rw\"", "field match", "\"[\""]),
+            ("rewrites: [{name: rw, match: 'x', replace: y, when: sometimes}]", &["\"rw\"", "sometimes"]),
+            ("excludeNamespaces: ['(']", &["excludeNamespaces[0]", "\"(\""]),
+            ("mode: strict", &["strict"]),
+            ("unknownTop: 1", &["unknownTop"]),
+            ("rules: {}", &["rules"]),
+        ];
+        for (yaml, needles) in cases {
+            let error = Policy::from_yaml(yaml).expect_err(yaml).to_string();
+            for needle in *needles {
+                assert!(error.contains(needle), "{yaml}: {error:?} lacks {needle:?}");
+            }
+        }
+        assert_eq!(
+            Policy::from_yaml("").map(|p| p.summary()).ok(),
+            Some(Policy::allow_all().summary())
+        );
+    }
+}

@@ -1,0 +1,163 @@
+//! `POST /validate` and `POST /mutate`: read the AdmissionReview, run the pure decision, answer. Never a 5xx: a
+//! review that cannot be read gets `allowed: false` with a message saying why.
+
+use actix_web::{web, HttpResponse};
+use futures_util::StreamExt;
+use kube::core::admission::{AdmissionRequest, AdmissionResponse, AdmissionReview};
+use kube::core::DynamicObject;
+
+use super::image::ImageRef;
+use super::review::{self, MutationPlan};
+use super::source::PolicyStore;
+use crate::registry::names::{Reference, RepoName};
+use crate::registry::Registry;
+
+/// Largest review berth reads (the API server caps objects at about 3 MiB).
+const MAX_REVIEW_BYTES: usize = 8 * 1024 * 1024;
+
+/// Settings the webhooks need besides the policy.
+#[derive(Debug, Clone)]
+pub struct AdmissionSettings {
+    /// berth's own namespace: never validated nor mutated.
+    pub namespace: String,
+}
+
+pub fn configure(cfg: &mut web::ServiceConfig) {
+    cfg.route("/validate", web::post().to(validate))
+        .route("/mutate", web::post().to(mutate));
+}
+
+/// Reads the body into a review request, or says why it cannot.
+async fn read_request(mut body: web::Payload) -> Result<AdmissionRequest<DynamicObject>, String> {
+    let mut bytes = web::BytesMut::new();
+    while let Some(chunk) = body.next().await {
+        let chunk = chunk.map_err(|e| format!("cannot read the AdmissionReview body: {e}"))?;
+        if bytes.len() + chunk.len() > MAX_REVIEW_BYTES {
+            return Err(format!(
+                "AdmissionReview larger than {MAX_REVIEW_BYTES} bytes"
+            ));
+        }
+        bytes.extend_from_slice(&chunk);
+    }
+    let review: AdmissionReview<DynamicObject> = serde_json::from_slice(&bytes)
+        .map_err(|e| format!("cannot read the AdmissionReview: {e}"))?;
+    review
+        .try_into()
+        .map_err(|_| "the AdmissionReview has no request".to_owned())
+}
+
+fn answer(response: AdmissionResponse) -> HttpResponse {
+    HttpResponse::Ok().json(response.into_review())
+}
+
+fn refuse_unreadable(endpoint: &str, why: String) -> HttpResponse {
+    log::warn!("{endpoint}: {why}");
+    answer(AdmissionResponse::invalid(why))
+}
+
+async fn validate(
+    body: web::Payload,
+    store: web::Data<PolicyStore>,
+    settings: web::Data<AdmissionSettings>,
+) -> HttpResponse {
+    let request = match read_request(body).await {
+        Ok(request) => request,
+        Err(why) => return refuse_unreadable("/validate", why),
+    };
+    let active = store.current();
+    let response = review::validate(&request, &active.policy, &settings.namespace);
+    if !response.allowed {
+        log::info!(
+            "validate {}: denied: {}",
+            describe(&request),
+            response.result.message
+        );
+    } else if let Some(warnings) = &response.warnings {
+        log::info!(
+            "validate {}: allowed with warnings: {}",
+            describe(&request),
+            warnings.join("; ")
+        );
+    }
+    answer(response)
+}
+
+async fn mutate(
+    body: web::Payload,
+    store: web::Data<PolicyStore>,
+    settings: web::Data<AdmissionSettings>,
+    registry: web::Data<Registry>,
+) -> HttpResponse {
+    let request = match read_request(body).await {
+        Ok(request) => request,
+        Err(why) => return refuse_unreadable("/mutate", why),
+    };
+    let active = store.current();
+    let plan = review::plan_mutation(&request, &active.policy, &settings.namespace);
+    let available = availability(&plan, &registry).await;
+    let (patch, warnings) = review::build_patch(&plan, &available);
+    let mut response = AdmissionResponse::from(&request);
+    if !warnings.is_empty() {
+        log::info!("mutate {}: {}", describe(&request), warnings.join("; "));
+        response.warnings = Some(warnings);
+    }
+    if let Some(patch) = patch {
+        log::info!(
+            "mutate {}: {}",
+            describe(&request),
+            serde_json::to_string(&patch).unwrap_or_default()
+        );
+        response = match response.with_patch(patch) {
+            Ok(response) => response,
+            // Cannot happen for a patch of strings; if it did, the pod is admitted unchanged.
+            Err(e) => {
+                log::error!(
+                    "mutate {}: patch not encoded, pod left unchanged: {e}",
+                    describe(&request)
+                );
+                AdmissionResponse::from(&request)
+            }
+        };
+    }
+    answer(response)
+}
+
+/// For each candidate: `when: always`, or the registry holds the target manifest.
+async fn availability(plan: &MutationPlan, registry: &Registry) -> Vec<bool> {
+    let mut available = Vec::with_capacity(plan.candidates.len());
+    for candidate in &plan.candidates {
+        let ok = match candidate.when {
+            super::policy::When::Always => true,
+            super::policy::When::Available => holds(registry, &candidate.target).await,
+        };
+        available.push(ok);
+    }
+    available
+}
+
+/// Whether berth's store holds the manifest `target` names (its repository path, by digest or tag).
+pub async fn holds(registry: &Registry, target: &ImageRef) -> bool {
+    let Ok(repo) = RepoName::parse(&target.path) else {
+        return false;
+    };
+    let reference = match (&target.digest, &target.tag) {
+        (Some(digest), _) => digest.clone(),
+        (None, Some(tag)) => tag.clone(),
+        (None, None) => "latest".to_owned(),
+    };
+    let Ok(reference) = Reference::parse(&reference) else {
+        return false;
+    };
+    registry.manifest_get(&repo, &reference).await.is_ok()
+}
+
+fn describe(request: &AdmissionRequest<DynamicObject>) -> String {
+    format!(
+        "{:?} {} {}/{} (uid {})",
+        request.operation,
+        request.kind.kind,
+        request.namespace.as_deref().unwrap_or_default(),
+        request.name,
+        request.uid
+    )
+}
