@@ -1,6 +1,6 @@
 //! Starting `berth serve`: storage, the registry service, background tasks, and one actix-web server on one
-//! listener (TLS with a reloading certificate, or plain HTTP). Graceful shutdown on SIGTERM/SIGINT is actix's:
-//! stop accepting, let in-flight requests finish within the configured timeout, exit.
+//! listener (TLS with a reloading certificate, or plain HTTP). Graceful shutdown on SIGTERM and SIGINT alike: stop
+//! accepting, let in-flight requests finish within the configured timeout, exit.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -36,6 +36,9 @@ pub enum ServeError {
     /// Certificates could not be generated or loaded.
     #[error(transparent)]
     Tls(#[from] tls::TlsError),
+    /// The SIGTERM/SIGINT handlers could not be installed.
+    #[error("installing the SIGTERM/SIGINT handlers: {0}")]
+    Signals(#[source] std::io::Error),
     /// The listener could not be bound, or the server failed.
     #[error("listening on {addr}: {source}")]
     Listen {
@@ -81,7 +84,8 @@ pub async fn serve(config: Config) -> Result<(), ServeError> {
             .configure(crate::configure)
     })
     .workers(config.workers)
-    .shutdown_timeout(config.shutdown_timeout.as_secs());
+    .shutdown_timeout(config.shutdown_timeout.as_secs())
+    .shutdown_signal(shutdown_requested().map_err(ServeError::Signals)?);
 
     let addr = config.listen;
     let listen_error = |source| ServeError::Listen { addr, source };
@@ -109,6 +113,21 @@ pub async fn serve(config: Config) -> Result<(), ServeError> {
     server.run().await.map_err(listen_error)?;
     log::info!("berth stopped");
     Ok(())
+}
+
+/// Resolves on the first SIGTERM or SIGINT. Replaces actix's own handlers, which cut in-flight requests on SIGINT
+/// (a forced stop); berth lets them finish on both, within the shutdown timeout.
+fn shutdown_requested() -> std::io::Result<impl std::future::Future<Output = ()> + Send + 'static> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    Ok(async move {
+        let name = tokio::select! {
+            _ = term.recv() => "SIGTERM",
+            _ = int.recv() => "SIGINT",
+        };
+        log::info!("{name} received: no new connections, finishing in-flight requests");
+    })
 }
 
 /// Loads the policy (a bad file stops the start) and starts watching its source.

@@ -592,3 +592,107 @@ rewrites:
         );
     }
 }
+
+/// The example policies shipped in `policies/` load, and decide as their comments say.
+#[cfg(test)]
+mod shipped_policies {
+    use super::*;
+
+    fn load(text: &str) -> Policy {
+        Policy::from_yaml(text).expect("shipped policy loads")
+    }
+
+    #[test]
+    fn default_policy() {
+        let policy = load(include_str!("../../policies/default.yaml"));
+        assert_eq!(policy.decide("nginx:1.25", "apps").verdict, Verdict::Allow);
+        assert_eq!(policy.decide("nginx", "apps").verdict, Verdict::Warn);
+        assert!(policy.excludes("kube-system"));
+        assert_eq!(
+            policy.plan_rewrite(&ImageRef::parse("nginx").expect("ok"), "apps"),
+            None
+        );
+    }
+
+    #[test]
+    fn production_policy() {
+        let policy = load(include_str!("../../policies/production.yaml"));
+        let cases: &[(&str, &str, Verdict, Option<&str>)] = &[
+            ("nginx", "prod-web", Verdict::Deny, Some("no-latest")),
+            (
+                "nginx:1.25",
+                "prod-web",
+                Verdict::Allow,
+                Some("official-hub-images"),
+            ),
+            (
+                "bitnami/redis:7",
+                "prod-web",
+                Verdict::Deny,
+                Some("defaultAction"),
+            ),
+            (
+                "bitnami/redis:7",
+                "dev-x",
+                Verdict::Warn,
+                Some("hub-outside-production"),
+            ),
+            (
+                "127.0.0.1:5050/team/app:1",
+                "prod-web",
+                Verdict::Allow,
+                Some("in-cluster-registry"),
+            ),
+            (
+                "berth.berth-system.svc:443/team/app:1",
+                "prod-web",
+                Verdict::Allow,
+                Some("in-cluster-registry"),
+            ),
+            (
+                "registry.k8s.io/pause:3.9",
+                "prod-web",
+                Verdict::Allow,
+                Some("kubernetes-images"),
+            ),
+            (
+                "quay.io/x/y:1",
+                "prod-web",
+                Verdict::Deny,
+                Some("defaultAction"),
+            ),
+        ];
+        for (image, namespace, verdict, rule) in cases {
+            let decision = policy.decide(image, namespace);
+            assert_eq!(
+                (decision.verdict, decision.rule.as_deref()),
+                (*verdict, *rule),
+                "{image} in {namespace}"
+            );
+        }
+    }
+
+    #[test]
+    fn cache_everything_policy() {
+        let policy = load(include_str!("../../policies/cache-everything.yaml"));
+        let rewrite = |image: &str| {
+            let planned = policy.plan_rewrite(&ImageRef::parse(image).expect("ok"), "apps")?;
+            assert_eq!(planned.when, When::Available);
+            planned.target.ok().map(|t| t.to_string())
+        };
+        assert_eq!(
+            rewrite("nginx:1.25").as_deref(),
+            Some("127.0.0.1:5050/proxy/docker.io/library/nginx:1.25")
+        );
+        assert_eq!(
+            rewrite("ghcr.io/o/r:1").as_deref(),
+            Some("127.0.0.1:5050/proxy/ghcr.io/o/r:1")
+        );
+        assert_eq!(rewrite("registry.internal/x:1"), None);
+        assert_eq!(rewrite("127.0.0.1:5050/proxy/ghcr.io/o/r:1"), None);
+        assert_eq!(
+            policy.decide("anything/at:all", "apps").verdict,
+            Verdict::Allow
+        );
+    }
+}

@@ -128,6 +128,18 @@ impl RegistryError {
             Storage(_) => ErrorCode::Unknown,
         }
     }
+
+    /// On reads, a reference that is neither a tag nor a digest names nothing that could exist: it is not found
+    /// (404 `MANIFEST_UNKNOWN`, as the conformance suite expects), where a push of it is invalid. A malformed
+    /// digest stays `DIGEST_INVALID`.
+    pub fn unknown_if_invalid_reference(self) -> Self {
+        match self {
+            RegistryError::ManifestInvalidReference(reference) => {
+                RegistryError::ManifestUnknown(reference)
+            }
+            other => other,
+        }
+    }
 }
 
 #[derive(Serialize)]
@@ -294,6 +306,20 @@ mod tests {
             RegistryError::Storage(StorageError::Corrupt("x".into())),
             500,
             "UNKNOWN",
+        );
+    }
+
+    #[test]
+    fn an_invalid_reference_is_unknown_on_reads() {
+        check(
+            RegistryError::ManifestInvalidReference(".x".into()).unknown_if_invalid_reference(),
+            404,
+            "MANIFEST_UNKNOWN",
+        );
+        check(
+            RegistryError::DigestInvalid("sha256:x".into()).unknown_if_invalid_reference(),
+            400,
+            "DIGEST_INVALID",
         );
     }
 

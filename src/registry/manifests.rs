@@ -12,7 +12,8 @@ use super::service::Registry;
 
 /// `GET` and `HEAD` alike: for `HEAD`, actix sends the headers (with Content-Length) and drops the body.
 pub async fn get(registry: &Registry, repo: &RepoName, reference: &str) -> Result<HttpResponse> {
-    let reference = Reference::parse(reference)?;
+    let reference =
+        Reference::parse(reference).map_err(RegistryError::unknown_if_invalid_reference)?;
     let (digest, manifest) = registry.manifest_get(repo, &reference).await?;
     let mut response = HttpResponse::Ok();
     response

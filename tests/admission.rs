@@ -1,0 +1,420 @@
+//! The admission webhooks through the real HTTP endpoints of a running berth over TLS: fixture AdmissionReviews
+//! from tests/fixtures, exact decisions, messages and patches; policy reload from a watched file; the policy CLI.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use base64::Engine as _;
+use serde_json::{json, Value};
+
+use crate::api::{sha256, Api};
+use crate::support::{poll_until, Berth, Options};
+
+fn fixture(name: &str) -> String {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures")
+        .join(name);
+    std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}
+
+/// A berth over TLS whose policy is a copy of tests/fixtures/policy.yaml (so tests can change it).
+struct Webhooks {
+    berth: Berth,
+    api: Api,
+    policy_path: PathBuf,
+    _policy_dir: tempfile::TempDir,
+}
+
+fn start() -> Webhooks {
+    let policy_dir = tempfile::tempdir().expect("tempdir");
+    let policy_path = policy_dir.path().join("policy.yaml");
+    std::fs::write(&policy_path, fixture("policy.yaml")).expect("write policy");
+    let berth = Berth::start(Options {
+        extra_args: vec!["--policy-file".into(), policy_path.display().to_string()],
+        ..Options::default()
+    });
+    let api = Api::new(&berth);
+    Webhooks {
+        berth,
+        api,
+        policy_path,
+        _policy_dir: policy_dir,
+    }
+}
+
+impl Webhooks {
+    /// POSTs a review body to an endpoint; the answer is always 200 with an AdmissionReview.
+    fn review(&self, endpoint: &str, body: impl Into<reqwest::blocking::Body>) -> Value {
+        let response = self
+            .api
+            .client
+            .post(self.api.url(endpoint))
+            .header("content-type", "application/json")
+            .body(body)
+            .send()
+            .expect("POST review");
+        assert_eq!(response.status().as_u16(), 200, "{endpoint}");
+        let review: Value = response.json().expect("AdmissionReview JSON");
+        assert_eq!(review["apiVersion"], "admission.k8s.io/v1");
+        assert_eq!(review["kind"], "AdmissionReview");
+        review["response"].clone()
+    }
+}
+
+/// The decoded JSON patch of a response. kube-rs serialises the patch bytes as a JSON array of numbers (which the
+/// API server's Go decoder accepts for `[]byte`); a base64 string is accepted here too.
+fn patch_of(response: &Value) -> Option<Value> {
+    let bytes: Vec<u8> = match &response["patch"] {
+        Value::Null => return None,
+        Value::String(encoded) => base64::engine::general_purpose::STANDARD
+            .decode(encoded)
+            .expect("base64 patch"),
+        Value::Array(numbers) => numbers
+            .iter()
+            .map(|n| n.as_u64().and_then(|n| u8::try_from(n).ok()).expect("byte"))
+            .collect(),
+        other => panic!("unexpected patch {other}"),
+    };
+    assert_eq!(response["patchType"], "JSONPatch");
+    Some(serde_json::from_slice(&bytes).expect("patch JSON"))
+}
+
+#[test]
+fn validate_decides_every_container_of_pods_and_workloads() {
+    let hooks = start();
+    let response = hooks.review("/validate", fixture("pod-create.json"));
+    assert_eq!(response["uid"], "7f0b2ad4-0a39-4c1b-9f0e-000000000001");
+    assert_eq!(response["allowed"], false);
+    assert_eq!(response["status"]["code"], 403);
+    assert_eq!(
+        response["status"]["message"],
+        "berth denied Pod prod-shop/web: \
+         container \"web\" image \"nginx\" (docker.io/library/nginx:latest) is denied by rule \"no-latest\": pin a version; \
+         container \"debug\" image \"evil.example/tools:1\" is denied by rule \"evil\": images from evil.example are forbidden"
+    );
+    assert_eq!(
+        response["warnings"],
+        json!(["container \"migrate\" image \"busybox:1.36\" (docker.io/library/busybox:1.36): rule \"hub-warning\": prefer the in-cluster registry"])
+    );
+
+    let response = hooks.review("/validate", fixture("pod-ephemeral.json"));
+    assert_eq!(response["allowed"], false);
+    assert_eq!(
+        response["status"]["message"],
+        "berth denied Pod apps/api: container \"debugger\" image \"evil.example/shell:1\" is denied by rule \"evil\": images from evil.example are forbidden"
+    );
+
+    let response = hooks.review("/validate", fixture("pod-update.json"));
+    assert_eq!(response["allowed"], false);
+    assert_eq!(
+        response["status"]["message"],
+        "berth denied Pod prod-shop/api: container \"api\" image \"quay.io/team/api:latest\" is denied by rule \"no-latest\": pin a version"
+    );
+
+    let response = hooks.review("/validate", fixture("deployment.json"));
+    assert_eq!(response["allowed"], false);
+    assert_eq!(
+        response["status"]["message"],
+        "berth denied Deployment prod-shop/shop: container \"shop\" image \"docker.io/team/shop:latest\" is denied by rule \"no-latest\": pin a version"
+    );
+    assert_eq!(
+        response["warnings"],
+        json!(null),
+        "a denied image is not also warned about"
+    );
+
+    let response = hooks.review("/validate", fixture("cronjob.json"));
+    assert_eq!(response["allowed"], false);
+    assert_eq!(
+        response["status"]["message"],
+        "berth denied CronJob apps/report: container \"fetch\" image \"evil.example/fetch:2\" is denied by rule \"evil\": images from evil.example are forbidden"
+    );
+
+    let response = hooks.review("/validate", fixture("pod-delete.json"));
+    assert_eq!(response["allowed"], true);
+    assert_eq!(response["uid"], "7f0b2ad4-0a39-4c1b-9f0e-000000000005");
+    assert!(response.get("warnings").is_none());
+
+    // Templates are never mutated (GitOps tools would see drift).
+    let response = hooks.review("/mutate", fixture("deployment.json"));
+    assert_eq!(response["allowed"], true);
+    assert_eq!(patch_of(&response), None);
+}
+
+#[test]
+fn unreadable_reviews_are_refused_with_a_message_never_a_500() {
+    let hooks = start();
+    let huge = format!("{{\"padding\": \"{}\"}}", "x".repeat(9 * 1024 * 1024));
+    let cases: Vec<(&str, Vec<u8>, &str)> = vec![
+        (
+            "malformed",
+            fixture("malformed.json").into_bytes(),
+            "cannot read the AdmissionReview",
+        ),
+        (
+            "not JSON",
+            b"hello".to_vec(),
+            "cannot read the AdmissionReview",
+        ),
+        ("empty", Vec::new(), "cannot read the AdmissionReview"),
+        (
+            "no request",
+            br#"{"apiVersion":"admission.k8s.io/v1","kind":"AdmissionReview"}"#.to_vec(),
+            "has no request",
+        ),
+        ("huge", huge.into_bytes(), "larger than"),
+    ];
+    for endpoint in ["/validate", "/mutate"] {
+        for (what, body, needle) in &cases {
+            let response = hooks.review(endpoint, body.clone());
+            assert_eq!(response["allowed"], false, "{endpoint} {what}");
+            let message = response["status"]["message"].as_str().unwrap_or_default();
+            assert!(message.contains(needle), "{endpoint} {what}: {message:?}");
+        }
+    }
+    assert!(!hooks.berth.log().contains("panicked"));
+}
+
+#[test]
+fn mutate_rewrites_available_images_and_is_idempotent() {
+    let hooks = start();
+    // berth holds library/busybox:1.36, so the `when: available` rewrite of busybox applies; nginx:1.25 is not held.
+    let (_, busybox_digest) = hooks.api.push_image("library/busybox", "1.36", 21);
+
+    let response = hooks.review("/mutate", fixture("pod-mutate.json"));
+    assert_eq!(response["uid"], "7f0b2ad4-0a39-4c1b-9f0e-000000000002");
+    assert_eq!(response["allowed"], true);
+    let patch = patch_of(&response).expect("a patch");
+    assert_eq!(
+        patch,
+        json!([
+            {"op": "replace", "path": "/spec/initContainers/0/image", "value": "127.0.0.1:5050/library/busybox:1.36"},
+            {"op": "replace", "path": "/spec/containers/1/image", "value": "127.0.0.1:5050/k8s/pause:3.9"},
+            {"op": "add", "path": "/metadata/annotations/berth.dev~1original-images",
+             "value": "{\"migrate\":\"busybox:1.36\",\"pause\":\"registry.k8s.io/pause:3.9\"}"}
+        ])
+    );
+    assert_eq!(
+        response["warnings"],
+        json!(["container \"web\": 127.0.0.1:5050/library/nginx:1.25 is not available from berth, image \"nginx:1.25\" left unchanged (rewrite \"hub-via-berth\")"])
+    );
+
+    // Kubernetes may reinvoke the webhook on the mutated pod: nothing more changes.
+    let mut review: Value = serde_json::from_str(&fixture("pod-mutate.json")).expect("fixture");
+    let ops: json_patch::Patch = serde_json::from_value(patch).expect("patch");
+    json_patch::patch(&mut review["request"]["object"], &ops).expect("patch applies to the pod");
+    let again = hooks.review("/mutate", review.to_string());
+    assert_eq!(patch_of(&again), None, "second pass: {again}");
+
+    // A digest-pinned image is available by digest.
+    let mut review: Value = serde_json::from_str(&fixture("pod-mutate.json")).expect("fixture");
+    review["request"]["object"]["spec"]["initContainers"][0]["image"] =
+        json!(format!("busybox@{busybox_digest}"));
+    let response = hooks.review("/mutate", review.to_string());
+    let patch = patch_of(&response).expect("a patch");
+    assert_eq!(
+        patch[0]["value"],
+        format!("127.0.0.1:5050/library/busybox@{busybox_digest}")
+    );
+
+    // Excluded namespaces are untouched.
+    let mut review: Value = serde_json::from_str(&fixture("pod-mutate.json")).expect("fixture");
+    review["request"]["namespace"] = json!("kube-system");
+    assert_eq!(patch_of(&hooks.review("/mutate", review.to_string())), None);
+    // The validated result of the mutation is allowed (the rewritten images and their originals pass the policy).
+    let mut review: Value = serde_json::from_str(&fixture("pod-mutate.json")).expect("fixture");
+    let mutated = hooks.review("/mutate", review.to_string());
+    let ops: json_patch::Patch =
+        serde_json::from_value(patch_of(&mutated).expect("patch")).expect("patch");
+    json_patch::patch(&mut review["request"]["object"], &ops).expect("applies");
+    assert_eq!(
+        hooks.review("/validate", review.to_string())["allowed"],
+        true
+    );
+}
+
+#[test]
+fn a_changed_policy_file_is_live_within_two_seconds_and_a_bad_one_changes_nothing() {
+    let hooks = start();
+    let ready: Value = hooks.api.get("/readyz").json().expect("readyz");
+    let initial = ready["policy"]["digest"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    assert_eq!(initial, sha256(fixture("policy.yaml").as_bytes()));
+    assert_eq!(
+        ready["policy"]["source"],
+        format!("file:{}", hooks.policy_path.display())
+    );
+
+    let quay = "rules:\n  - {name: no-quay, action: deny, images: ['quay\\.io/.*'], message: quay is gone}\n";
+    std::fs::write(&hooks.policy_path, quay).expect("write");
+    let written = Instant::now();
+    poll_until(Duration::from_secs(10), "the new policy to decide", || {
+        let response = hooks.review("/validate", fixture("pod-ephemeral.json"));
+        let message = response["status"]["message"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned();
+        message.contains("rule \"no-quay\"").then_some(())
+    });
+    let elapsed = written.elapsed();
+    assert!(
+        elapsed < Duration::from_secs(2),
+        "the change took {elapsed:?}"
+    );
+
+    std::fs::write(
+        &hooks.policy_path,
+        "rules: [{name: broken, action: deny, images: ['(']}]\n",
+    )
+    .expect("write");
+    let error = poll_until(
+        Duration::from_secs(10),
+        "the invalid policy to be reported",
+        || {
+            let ready: Value = hooks.api.get("/readyz").json().ok()?;
+            ready["policy"]["lastError"].as_str().map(str::to_owned)
+        },
+    );
+    assert!(
+        error.contains("\"broken\"") && error.contains("invalid regex"),
+        "{error}"
+    );
+    let ready: Value = hooks.api.get("/readyz").json().expect("readyz");
+    assert_eq!(
+        ready["policy"]["digest"],
+        sha256(quay.as_bytes()),
+        "the last good policy stays in force"
+    );
+    let response = hooks.review("/validate", fixture("pod-ephemeral.json"));
+    assert!(response["status"]["message"]
+        .as_str()
+        .unwrap_or_default()
+        .contains("rule \"no-quay\""));
+    assert!(
+        hooks.berth.log().contains("not loaded, keeping"),
+        "the rejection is logged"
+    );
+}
+
+fn berth_command(args: &[&str]) -> (i32, String, String) {
+    let output = Command::new(env!("CARGO_BIN_EXE_berth"))
+        .args(args)
+        .output()
+        .expect("run berth");
+    (
+        output.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&output.stdout).into_owned(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
+}
+
+fn repo_file(path: &str) -> String {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join(path)
+        .display()
+        .to_string()
+}
+
+#[test]
+fn policy_cli_checks_and_explains() {
+    for shipped in [
+        "policies/default.yaml",
+        "policies/production.yaml",
+        "policies/cache-everything.yaml",
+    ] {
+        let (code, out, err) = berth_command(&["policy", "check", &repo_file(shipped)]);
+        assert_eq!(code, 0, "{shipped}: {err}");
+        assert!(out.starts_with("policy is valid: "), "{out}");
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    let bad = dir.path().join("bad.yaml");
+    std::fs::write(
+        &bad,
+        "rules:\n  - name: typo\n    action: deny\n    imagez: ['x']\n",
+    )
+    .expect("write");
+    let (code, _, err) = berth_command(&["policy", "check", &bad.display().to_string()]);
+    assert_eq!(code, 1);
+    assert!(err.contains("\"typo\"") && err.contains("imagez"), "{err}");
+
+    let (code, out, _) = berth_command(&[
+        "policy",
+        "eval",
+        &repo_file("policies/production.yaml"),
+        "--image",
+        "nginx",
+        "--namespace",
+        "prod-web",
+    ]);
+    assert_eq!(code, 0);
+    assert!(
+        out.contains("normalized: docker.io/library/nginx:latest"),
+        "{out}"
+    );
+    assert!(out.contains("decision:   deny"), "{out}");
+    assert!(out.contains("rule:       no-latest"), "{out}");
+    let (_, out, _) = berth_command(&[
+        "policy",
+        "eval",
+        &repo_file("policies/cache-everything.yaml"),
+        "--image",
+        "ghcr.io/o/r:1",
+    ]);
+    assert!(
+        out.contains("rewrite:    127.0.0.1:5050/proxy/ghcr.io/o/r:1"),
+        "{out}"
+    );
+
+    let (code, out, err) = berth_command(&[
+        "policy",
+        "eval",
+        &repo_file("tests/fixtures/policy.yaml"),
+        "--review",
+        &repo_file("tests/fixtures/pod-create.json"),
+    ]);
+    assert_eq!(code, 0, "{err}");
+    let printed: Value = serde_json::from_str(&out).expect("eval --review prints JSON");
+    assert_eq!(printed["validate"]["allowed"], false);
+    assert!(printed["validate"]["status"]["message"]
+        .as_str()
+        .unwrap_or_default()
+        .contains("rule \"no-latest\""));
+    // The patch is printed decoded.
+    assert_eq!(printed["mutate"]["patch"][0]["op"], "replace");
+    assert_eq!(
+        printed["mutate"]["patch"][0]["path"],
+        "/spec/initContainers/0/image"
+    );
+}
+
+#[test]
+fn an_invalid_policy_file_stops_the_start() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let bad = dir.path().join("policy.yaml");
+    std::fs::write(&bad, "rewrites: [{name: rw, match: '[', replace: x}]\n").expect("write");
+    let data = dir.path().join("data");
+    let output = Command::new(env!("CARGO_BIN_EXE_berth"))
+        .args([
+            "serve",
+            "--plain-http",
+            "--listen",
+            "127.0.0.1:0",
+            "--data-dir",
+        ])
+        .arg(&data)
+        .arg("--policy-file")
+        .arg(&bad)
+        .output()
+        .expect("run berth");
+    assert_eq!(output.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("policy.yaml")
+            && stderr.contains("\"rw\"")
+            && stderr.contains("field match"),
+        "{stderr}"
+    );
+}
