@@ -528,7 +528,7 @@ fn digest_mismatch_stores_nothing() {
     assert!(files_under(&berth.data_dir.join("uploads")).is_empty());
 }
 
-fn files_under(dir: &Path) -> Vec<String> {
+pub fn files_under(dir: &Path) -> Vec<String> {
     let mut found = Vec::new();
     let Ok(entries) = std::fs::read_dir(dir) else {
         return found;

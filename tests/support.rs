@@ -5,7 +5,7 @@
 use std::fs::{self, File, OpenOptions};
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command, ExitStatus, Stdio};
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -21,6 +21,8 @@ pub struct Options {
     pub extra_args: Vec<String>,
     /// Use this data directory instead of a fresh temporary one.
     pub data_dir: Option<PathBuf>,
+    /// With `plain_http`, do not pass `--plain-http`: the setting comes from a `--config` file in `extra_args`.
+    pub plain_http_in_config: bool,
 }
 
 /// A running `berth serve` child process.
@@ -32,6 +34,10 @@ pub struct Berth {
     pub data_dir: PathBuf,
     pub cert_dir: PathBuf,
     pub plain_http: bool,
+    /// berth's working directory and `TMPDIR`: an empty directory, so files created outside the data directory
+    /// show up in [`Berth::files_outside_data_dir`].
+    pub work_dir: PathBuf,
+    plain_http_flag: bool,
     extra_args: Vec<String>,
     log_path: PathBuf,
     child: Option<Child>,
@@ -58,8 +64,10 @@ impl Berth {
             .clone()
             .unwrap_or_else(|| tmp.path().join("data"));
         let cert_dir = tmp.path().join("certs");
+        let work_dir = tmp.path().join("work");
         fs::create_dir_all(&data_dir).expect("create data dir");
         fs::create_dir_all(&cert_dir).expect("create cert dir");
+        fs::create_dir_all(&work_dir).expect("create work dir");
         let host = format!("127.0.0.1:{}", free_port());
         let scheme = if opts.plain_http { "http" } else { "https" };
         let mut berth = Berth {
@@ -68,6 +76,8 @@ impl Berth {
             data_dir,
             cert_dir,
             plain_http: opts.plain_http,
+            work_dir,
+            plain_http_flag: opts.plain_http && !opts.plain_http_in_config,
             extra_args: opts.extra_args,
             log_path: tmp.path().join("berth.log"),
             child: None,
@@ -111,6 +121,65 @@ impl Berth {
         }
     }
 
+    /// The server's process id (panics when it is not running).
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("berth is not running").id()
+    }
+
+    /// Wait for the server to exit by itself (after a signal, say) and return its status; panics with the log
+    /// (after killing it) when it is still running at `deadline`.
+    pub fn wait_exit(&mut self, deadline: Duration) -> ExitStatus {
+        let end = Instant::now() + deadline;
+        let child = self.child.as_mut().expect("berth is not running");
+        loop {
+            match child.try_wait() {
+                Ok(Some(status)) => {
+                    self.child = None;
+                    return status;
+                }
+                Ok(None) if Instant::now() < end => thread::sleep(Duration::from_millis(50)),
+                Ok(None) => {
+                    self.kill9();
+                    panic!(
+                        "berth on {} still running {deadline:?} later\n--- berth log ---\n{}",
+                        self.host,
+                        self.log()
+                    );
+                }
+                Err(e) => panic!("waiting for berth on {}: {e}", self.host),
+            }
+        }
+    }
+
+    /// Every file under this instance's temporary directory except the data directory and the log: the
+    /// certificates, and anything berth wrote to its working directory or `TMPDIR`. Sorted.
+    pub fn files_outside_data_dir(&self) -> Vec<PathBuf> {
+        fn walk(dir: &Path, skip: &[&Path], found: &mut Vec<PathBuf>) {
+            let Ok(entries) = fs::read_dir(dir) else {
+                return;
+            };
+            for entry in entries.flatten() {
+                let path = entry.path();
+                if skip.contains(&path.as_path()) {
+                    continue;
+                }
+                if path.is_dir() {
+                    walk(&path, skip, found);
+                } else {
+                    found.push(path);
+                }
+            }
+        }
+        let mut found = Vec::new();
+        walk(
+            self.tmp.path(),
+            &[self.data_dir.as_path(), self.log_path.as_path()],
+            &mut found,
+        );
+        found.sort();
+        found
+    }
+
     /// Start the server again on the same port with the same directories
     /// (kills it first if it is still running).
     pub fn restart(&mut self) {
@@ -140,10 +209,12 @@ impl Berth {
             .arg(&self.data_dir)
             .arg("--cert-dir")
             .arg(&self.cert_dir);
-        if self.plain_http {
+        if self.plain_http_flag {
             cmd.arg("--plain-http");
         }
         cmd.args(&self.extra_args)
+            .current_dir(&self.work_dir)
+            .env("TMPDIR", &self.work_dir)
             .env("RUST_LOG", "info")
             .stdin(Stdio::null())
             .stdout(Stdio::from(log))

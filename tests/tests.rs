@@ -1,3 +1,6 @@
+mod admission;
 mod api;
 mod clients;
+mod conformance;
+mod lifecycle;
 mod support;
