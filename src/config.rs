@@ -46,6 +46,19 @@ pub struct ServeArgs {
     /// berth's own namespace, never validated nor mutated [default: $POD_NAMESPACE, else berth-system].
     #[arg(long, value_name = "NAMESPACE")]
     pub namespace: Option<String>,
+    /// Manage the webhook certificates in the cluster: a Secret with a CA and serving certificate, and the
+    /// caBundle of the webhook configurations.
+    #[arg(long)]
+    pub manage_webhook_certs: bool,
+    /// Name of the Validating- and MutatingWebhookConfiguration whose caBundle berth keeps [default: berth].
+    #[arg(long, value_name = "NAME")]
+    pub webhook_config: Option<String>,
+    /// The Secret holding the managed certificates [default: <namespace>/berth-tls].
+    #[arg(long, value_name = "NAMESPACE/NAME")]
+    pub tls_secret: Option<String>,
+    /// The Service name the webhooks reach berth by [default: berth].
+    #[arg(long, value_name = "NAME")]
+    pub service_name: Option<String>,
 }
 
 /// The YAML file: the same settings as the flags.
@@ -64,6 +77,10 @@ struct FileConfig {
     policy_file: Option<PathBuf>,
     policy_configmap: Option<String>,
     namespace: Option<String>,
+    manage_webhook_certs: Option<bool>,
+    webhook_config: Option<String>,
+    tls_secret: Option<String>,
+    service_name: Option<String>,
 }
 
 /// Validated settings of `berth serve`.
@@ -79,6 +96,32 @@ pub struct Config {
     pub workers: usize,
     pub policy: PolicySource,
     pub namespace: String,
+    /// Set when berth manages its webhook certificates in the cluster.
+    pub managed_certs: Option<ManagedCerts>,
+}
+
+/// Where the managed webhook certificates live.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ManagedCerts {
+    pub secret_namespace: String,
+    pub secret_name: String,
+    pub webhook_config: String,
+    /// Every name the serving certificate covers: the Service's DNS names and each `--san`.
+    pub names: Vec<String>,
+}
+
+/// Splits `NAMESPACE/NAME`.
+fn namespaced(reference: &str, what: &str) -> Result<(String, String), ConfigError> {
+    match reference.split_once('/') {
+        Some((namespace, name))
+            if !namespace.is_empty() && !name.is_empty() && !name.contains('/') =>
+        {
+            Ok((namespace.to_owned(), name.to_owned()))
+        }
+        _ => Err(ConfigError::Invalid(format!(
+            "{what} {reference:?} must be written NAMESPACE/NAME"
+        ))),
+    }
 }
 
 /// Where the image policy comes from.
@@ -211,6 +254,40 @@ impl Config {
                     .filter(|n| !n.is_empty())
             })
             .unwrap_or_else(|| "berth-system".to_owned());
+        let managed_certs =
+            if args.manage_webhook_certs || file.manage_webhook_certs.unwrap_or(false) {
+                let (secret_namespace, secret_name) =
+                    match args.tls_secret.clone().or(file.tls_secret) {
+                        Some(reference) => namespaced(&reference, "TLS Secret")?,
+                        None => (namespace.clone(), "berth-tls".to_owned()),
+                    };
+                let service = args
+                    .service_name
+                    .clone()
+                    .or(file.service_name)
+                    .unwrap_or_else(|| "berth".to_owned());
+                let mut names = vec![
+                    format!("{service}.{namespace}.svc"),
+                    format!("{service}.{namespace}.svc.cluster.local"),
+                ];
+                for san in &sans {
+                    if !names.contains(san) {
+                        names.push(san.clone());
+                    }
+                }
+                Some(ManagedCerts {
+                    secret_namespace,
+                    secret_name,
+                    webhook_config: args
+                        .webhook_config
+                        .clone()
+                        .or(file.webhook_config)
+                        .unwrap_or_else(|| "berth".into()),
+                    names,
+                })
+            } else {
+                None
+            };
         Ok(Config {
             listen: args
                 .listen
@@ -241,6 +318,7 @@ impl Config {
             workers,
             policy,
             namespace,
+            managed_certs,
         })
     }
 }
@@ -311,6 +389,45 @@ mod tests {
         let config = Config::from_args(&args).expect("config");
         assert_eq!(config.policy, PolicySource::File("p.yaml".into()));
         assert_eq!(config.namespace, "ops");
+        assert_eq!(config.managed_certs, None);
+    }
+
+    #[test]
+    fn managed_certificates() {
+        let args = ServeArgs {
+            manage_webhook_certs: true,
+            namespace: Some("berth-system".into()),
+            sans: vec!["127.0.0.1".into()],
+            ..ServeArgs::default()
+        };
+        let managed = Config::from_args(&args)
+            .expect("config")
+            .managed_certs
+            .expect("managed");
+        assert_eq!(
+            (
+                managed.secret_namespace.as_str(),
+                managed.secret_name.as_str()
+            ),
+            ("berth-system", "berth-tls")
+        );
+        assert_eq!(managed.webhook_config, "berth");
+        assert_eq!(
+            managed.names,
+            [
+                "berth.berth-system.svc",
+                "berth.berth-system.svc.cluster.local",
+                "127.0.0.1"
+            ]
+        );
+        let args = ServeArgs {
+            tls_secret: Some("nope".into()),
+            ..args
+        };
+        assert!(matches!(
+            Config::from_args(&args),
+            Err(ConfigError::Invalid(_))
+        ));
     }
 
     #[test]

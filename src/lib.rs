@@ -3,11 +3,14 @@
 //! One actix-web server on one listener serves the OCI Distribution API under `/v2/` ([`registry`]), the
 //! admission webhooks `/validate` and `/mutate` ([`admission`]) and health endpoints ([`health`]). [`config`] turns flags and a
 //! YAML file into a validated [`config::Config`]; [`tls`] generates, loads and reloads certificates; [`server`]
-//! wires it all together. [`configure`] is the one route table, used by the binary and by tests.
+//! wires it all together. [`cluster`] manages the webhook certificates in a cluster, and [`node_proxy`] is the
+//! node-local pull endpoint (`berth node-proxy`). [`configure`] is the one route table, used by the binary and by tests.
 
 pub mod admission;
+pub mod cluster;
 pub mod config;
 pub mod health;
+pub mod node_proxy;
 pub mod registry;
 pub mod server;
 pub mod tls;

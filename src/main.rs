@@ -24,10 +24,57 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Run the registry and the admission webhooks on one listener.
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
     /// Check and debug image policies before applying them.
     #[command(subcommand)]
     Policy(PolicyCommand),
+    /// The node-local pull endpoint: plain HTTP on loopback, forwarding pulls to berth over TLS.
+    NodeProxy(berth::node_proxy::NodeProxyArgs),
+    /// Certificates for manual or local use.
+    #[command(subcommand)]
+    Certs(CertsCommand),
+}
+
+#[derive(Subcommand)]
+enum CertsCommand {
+    /// Write a CA (ca.crt, ca.key) and a serving certificate (tls.crt, tls.key) into a directory.
+    Init {
+        /// Directory to write into (created if missing).
+        #[arg(long, value_name = "DIR")]
+        out: PathBuf,
+        /// DNS names of the serving certificate.
+        #[arg(long = "dns", value_name = "NAME", num_args = 1..)]
+        dns: Vec<String>,
+        /// IP addresses of the serving certificate.
+        #[arg(long = "ip", value_name = "IP", num_args = 1..)]
+        ips: Vec<std::net::IpAddr>,
+        /// Replace certificates already in the directory.
+        #[arg(long)]
+        force: bool,
+    },
+}
+
+fn certs_command(command: CertsCommand) -> Result<String, String> {
+    let CertsCommand::Init {
+        out,
+        dns,
+        ips,
+        force,
+    } = command;
+    let names: Vec<String> = dns
+        .into_iter()
+        .chain(ips.iter().map(|ip| ip.to_string()))
+        .collect();
+    if names.is_empty() {
+        return Err("give at least one --dns NAME or --ip IP".into());
+    }
+    berth::tls::write_new_cert_set(&out, &names, force).map_err(|e| e.to_string())?;
+    Ok(format!(
+        "wrote ca.crt, ca.key, tls.crt and tls.key for {} to {}\nclients trust {}\n",
+        names.join(", "),
+        out.display(),
+        out.join(berth::tls::CA_CERT).display()
+    ))
 }
 
 #[derive(Subcommand)]
@@ -107,6 +154,25 @@ fn main() -> ExitCode {
                 }
             }
         }
+        Command::NodeProxy(args) => {
+            match actix_web::rt::System::new().block_on(berth::node_proxy::run(args)) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("berth: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+        Command::Certs(command) => match certs_command(command) {
+            Ok(out) => {
+                print!("{out}");
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("berth: {e}");
+                ExitCode::FAILURE
+            }
+        },
         Command::Policy(command) => match policy_command(command) {
             Ok(out) => {
                 print!("{out}");

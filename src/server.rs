@@ -36,6 +36,9 @@ pub enum ServeError {
     /// Certificates could not be generated or loaded.
     #[error(transparent)]
     Tls(#[from] tls::TlsError),
+    /// The managed webhook certificates could not be set up.
+    #[error("managed webhook certificates: {0}")]
+    Certs(#[from] crate::cluster::webhook_certs::CertsError),
     /// The SIGTERM/SIGINT handlers could not be installed.
     #[error("installing the SIGTERM/SIGINT handlers: {0}")]
     Signals(#[source] std::io::Error),
@@ -93,7 +96,12 @@ pub async fn serve(config: Config) -> Result<(), ServeError> {
         log::warn!("serving plain HTTP on {addr}: use this only for local development or behind a TLS-terminating proxy");
         server.bind(addr).map_err(listen_error)?
     } else {
-        tls::ensure_serving_cert(&config.cert_dir, &config.sans)?;
+        match &config.managed_certs {
+            Some(managed) => start_managed_certs(&config, managed).await?,
+            None => {
+                tls::ensure_serving_cert(&config.cert_dir, &config.sans)?;
+            }
+        }
         let cert = tls::ReloadingCert::load(&config.cert_dir)?;
         actix_web::rt::spawn(cert.clone().watch());
         let tls_config = tls::server_config(cert)?;
@@ -155,4 +163,32 @@ async fn start_policy(config: &Config) -> Result<web::Data<PolicyStore>, ServeEr
             Ok(store)
         }
     }
+}
+
+/// Makes the managed Secret valid, installs its serving pair in the cert dir, patches the caBundles, and keeps doing
+/// so in the background. A failure here stops the start (the pod restarts and tries again).
+async fn start_managed_certs(
+    config: &Config,
+    managed: &crate::config::ManagedCerts,
+) -> Result<(), ServeError> {
+    let client = kube::Client::try_default().await?;
+    let certs = crate::cluster::WebhookCerts {
+        secret_namespace: managed.secret_namespace.clone(),
+        secret_name: managed.secret_name.clone(),
+        webhook_config: managed.webhook_config.clone(),
+        names: managed.names.clone(),
+        cert_dir: config.cert_dir.clone(),
+    };
+    let bundle = certs.ensure(&client).await?;
+    if let Err(e) = certs.patch_ca_bundles(&client, &bundle.ca_cert).await {
+        log::warn!("{e}; will retry");
+    }
+    log::info!(
+        "webhook certificate from secret {}/{} covers {}",
+        managed.secret_namespace,
+        managed.secret_name,
+        managed.names.join(", ")
+    );
+    actix_web::rt::spawn(certs.maintain(client));
+    Ok(())
 }

@@ -168,6 +168,30 @@ pub fn ensure_serving_cert(dir: &Path, extra_names: &[String]) -> Result<bool> {
     Ok(true)
 }
 
+/// Writes a new CA and a serving certificate for `names` into `dir` (`berth certs init`). Existing files are kept
+/// unless `force`.
+pub fn write_new_cert_set(dir: &Path, names: &[String], force: bool) -> Result<()> {
+    let files = [CA_CERT, CA_KEY, TLS_CERT, TLS_KEY];
+    if !force {
+        if let Some(existing) = files.iter().map(|f| dir.join(f)).find(|p| p.exists()) {
+            return Err(TlsError::Io {
+                path: existing,
+                source: std::io::Error::new(
+                    std::io::ErrorKind::AlreadyExists,
+                    "already exists (use --force to replace)",
+                ),
+            });
+        }
+    }
+    fs::create_dir_all(dir).map_err(io_error(dir))?;
+    let ca = generate_ca("berth CA")?;
+    let (cert, key) = issue_serving_cert(&ca, names)?;
+    write_file(&dir.join(CA_KEY), &ca.key, true)?;
+    write_file(&dir.join(CA_CERT), &ca.cert, false)?;
+    write_file(&dir.join(TLS_KEY), &key, true)?;
+    write_file(&dir.join(TLS_CERT), &cert, false)
+}
+
 /// Loads a certificate chain and key from PEM files.
 pub fn load_certified_key(cert_path: &Path, key_path: &Path) -> Result<CertifiedKey> {
     let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(cert_path)
@@ -207,6 +231,88 @@ pub fn load_certified_key(cert_path: &Path, key_path: &Path) -> Result<Certified
         ),
     })?;
     Ok(certified)
+}
+
+/// What berth needs to know about a certificate it may reuse.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CertInfo {
+    pub not_before_unix: i64,
+    pub not_after_unix: i64,
+    /// DNS names and IP addresses (as text) of the subject alternative names.
+    pub names: Vec<String>,
+    pub is_ca: bool,
+}
+
+/// Reads the first certificate of a PEM chain.
+pub fn inspect_cert(pem: &str) -> Result<CertInfo> {
+    let pem_error = |why: String| TlsError::Pem {
+        path: PathBuf::from("(certificate)"),
+        why,
+    };
+    let der = CertificateDer::pem_slice_iter(pem.as_bytes())
+        .next()
+        .ok_or_else(|| pem_error("no certificate in the PEM".into()))?
+        .map_err(|e| pem_error(e.to_string()))?;
+    let (_, cert) =
+        x509_parser::parse_x509_certificate(&der).map_err(|e| pem_error(e.to_string()))?;
+    let mut names = Vec::new();
+    if let Ok(Some(san)) = cert.subject_alternative_name() {
+        for name in &san.value.general_names {
+            match name {
+                x509_parser::extensions::GeneralName::DNSName(dns) => names.push((*dns).to_owned()),
+                x509_parser::extensions::GeneralName::IPAddress(bytes) => {
+                    let ip = match bytes.len() {
+                        4 => <[u8; 4]>::try_from(*bytes)
+                            .ok()
+                            .map(|b| std::net::IpAddr::from(b).to_string()),
+                        16 => <[u8; 16]>::try_from(*bytes)
+                            .ok()
+                            .map(|b| std::net::IpAddr::from(b).to_string()),
+                        _ => None,
+                    };
+                    names.extend(ip);
+                }
+                _ => {}
+            }
+        }
+    }
+    Ok(CertInfo {
+        not_before_unix: cert.validity().not_before.timestamp(),
+        not_after_unix: cert.validity().not_after.timestamp(),
+        names,
+        is_ca: cert.is_ca(),
+    })
+}
+
+/// Whether `key_pem` is the private key of the first certificate in `cert_pem`.
+pub fn key_matches(cert_pem: &str, key_pem: &str) -> bool {
+    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(cert_pem.as_bytes())
+        .filter_map(|c| c.ok())
+        .collect();
+    let Ok(key) = PrivateKeyDer::from_pem_slice(key_pem.as_bytes()) else {
+        return false;
+    };
+    let Ok(signing_key) = default_provider().key_provider.load_private_key(key) else {
+        return false;
+    };
+    !certs.is_empty() && CertifiedKey::new(certs, signing_key).keys_match().is_ok()
+}
+
+/// Writes a serving pair (and the CA certificate) into `dir` for the reloader: key first, then certificate, each
+/// through a temporary file and a rename.
+pub fn install_serving_pair(dir: &Path, ca_cert: &str, cert: &str, key: &str) -> Result<()> {
+    fs::create_dir_all(dir).map_err(io_error(dir))?;
+    for (name, contents, secret) in [
+        (TLS_KEY, key, true),
+        (CA_CERT, ca_cert, false),
+        (TLS_CERT, cert, false),
+    ] {
+        let target = dir.join(name);
+        let tmp = dir.join(format!(".{name}.tmp"));
+        write_file(&tmp, contents, secret)?;
+        fs::rename(&tmp, &target).map_err(io_error(&target))?;
+    }
+    Ok(())
 }
 
 /// Serves the current certificate; [`ReloadingCert::watch`] replaces it when the files change.
@@ -317,6 +423,28 @@ mod tests {
         fs::remove_file(dir.path().join(TLS_CERT)).expect("rm");
         assert!(ensure_serving_cert(dir.path(), &[]).expect("reissue"));
         assert_eq!(fs::read(dir.path().join(CA_CERT)).expect("ca"), ca);
+    }
+
+    #[test]
+    fn inspected_certificates() {
+        let ca = generate_ca("test CA").expect("ca");
+        let (cert, key) = issue_serving_cert(
+            &ca,
+            &["svc.example".into(), "10.1.2.3".into(), "::1".into()],
+        )
+        .expect("cert");
+        let info = inspect_cert(&cert).expect("inspect");
+        assert_eq!(info.names, ["svc.example", "10.1.2.3", "::1"]);
+        assert!(!info.is_ca);
+        let lifetime = info.not_after_unix - info.not_before_unix;
+        assert!(
+            (SERVING_VALIDITY.as_secs() as i64..=SERVING_VALIDITY.as_secs() as i64 + 3600)
+                .contains(&lifetime)
+        );
+        assert!(inspect_cert(&ca.cert).expect("ca").is_ca);
+        assert!(key_matches(&cert, &key));
+        assert!(!key_matches(&cert, &ca.key));
+        assert!(inspect_cert("garbage").is_err());
     }
 
     #[test]

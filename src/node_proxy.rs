@@ -1,0 +1,230 @@
+//! `berth node-proxy`: the node-local pull endpoint. Plain HTTP on the node's loopback (containerd pulls from
+//! `127.0.0.1` over plain HTTP without node configuration), forwarding registry pulls (`GET`/`HEAD` under `/v2/`) to
+//! the central berth over verified TLS, streaming both ways without buffering whole blobs. Pushes are refused with a
+//! clear `UNSUPPORTED` naming the real registry. An unreachable berth is a quick 503 (the kubelet's back-off applies).
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use actix_web::body::{BodyStream, SizedStream};
+use actix_web::http::{header, Method, StatusCode};
+use actix_web::middleware::Logger;
+use actix_web::{web, App, HttpRequest, HttpResponse, HttpServer};
+use futures_util::TryStreamExt;
+use serde_json::json;
+
+/// Flags of `berth node-proxy`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct NodeProxyArgs {
+    /// Address to listen on; keep it on loopback.
+    #[arg(long, default_value = "127.0.0.1:5050")]
+    pub listen: SocketAddr,
+    /// The central berth, e.g. https://berth.berth-system.svc:443.
+    #[arg(long)]
+    pub upstream: String,
+    /// CA that signed berth's serving certificate (the `ca.crt` of its Secret).
+    #[arg(long, value_name = "FILE")]
+    pub ca_file: Option<PathBuf>,
+    /// How long to wait for a connection to berth before answering 503.
+    #[arg(long, default_value = "2s", value_parser = crate::config::parse_duration)]
+    pub connect_timeout: Duration,
+    /// How long a response from berth may stall before the pull is cut off.
+    #[arg(long, default_value = "60s", value_parser = crate::config::parse_duration)]
+    pub read_timeout: Duration,
+    /// HTTP worker threads.
+    #[arg(long, default_value_t = 2)]
+    pub workers: usize,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum NodeProxyError {
+    /// The upstream URL is not an http(s) URL.
+    #[error("upstream {0:?} must be an http:// or https:// URL")]
+    Upstream(String),
+    /// The CA file cannot be read or parsed.
+    #[error("CA file {path}: {why}")]
+    Ca { path: PathBuf, why: String },
+    /// The HTTP client cannot be built.
+    #[error("http client: {0}")]
+    Client(#[from] reqwest::Error),
+    /// The listener failed.
+    #[error("listening on {addr}: {source}")]
+    Listen {
+        addr: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// Request headers a pull needs passed on.
+const FORWARDED_REQUEST_HEADERS: [header::HeaderName; 5] = [
+    header::ACCEPT,
+    header::RANGE,
+    header::IF_NONE_MATCH,
+    header::AUTHORIZATION,
+    header::USER_AGENT,
+];
+/// Response headers passed back (Content-Length is set from the body size).
+const FORWARDED_RESPONSE_HEADERS: [&str; 9] = [
+    "content-type",
+    "docker-content-digest",
+    "docker-distribution-api-version",
+    "content-range",
+    "accept-ranges",
+    "etag",
+    "cache-control",
+    "www-authenticate",
+    "oci-filters-applied",
+];
+
+struct Upstream {
+    base: String,
+    client: reqwest::Client,
+}
+
+fn build_client(
+    args: &NodeProxyArgs,
+    ca: Option<&reqwest::Certificate>,
+) -> Result<reqwest::Client, reqwest::Error> {
+    let mut builder = reqwest::Client::builder()
+        .no_proxy()
+        .connect_timeout(args.connect_timeout)
+        .read_timeout(args.read_timeout)
+        .redirect(reqwest::redirect::Policy::none());
+    if let Some(ca) = ca {
+        builder = builder
+            .tls_built_in_root_certs(false)
+            .add_root_certificate(ca.clone());
+    }
+    builder.build()
+}
+
+/// Runs the node proxy until SIGTERM/SIGINT.
+pub async fn run(args: NodeProxyArgs) -> Result<(), NodeProxyError> {
+    let base = args.upstream.trim_end_matches('/').to_owned();
+    if !(base.starts_with("https://") || base.starts_with("http://")) {
+        return Err(NodeProxyError::Upstream(args.upstream.clone()));
+    }
+    let ca = match &args.ca_file {
+        Some(path) => {
+            let pem = std::fs::read(path).map_err(|e| NodeProxyError::Ca {
+                path: path.clone(),
+                why: e.to_string(),
+            })?;
+            Some(
+                reqwest::Certificate::from_pem(&pem).map_err(|e| NodeProxyError::Ca {
+                    path: path.clone(),
+                    why: e.to_string(),
+                })?,
+            )
+        }
+        None => None,
+    };
+    // Fail at start, not at the first pull, if the client cannot be built.
+    build_client(&args, ca.as_ref())?;
+    let addr = args.listen;
+    if !addr.ip().is_loopback() {
+        log::warn!("node-proxy listening on {addr}, not on loopback: pulls are served without TLS to the network");
+    }
+    log::info!("node-proxy on http://{addr} forwarding pulls to {base}");
+    let workers = args.workers.max(1);
+    let server = HttpServer::new(move || {
+        // One client per worker: each worker has its own runtime, and its connections stay on it.
+        let client = build_client(&args, ca.as_ref()).unwrap_or_default();
+        App::new()
+            .app_data(web::Data::new(Upstream {
+                base: base.clone(),
+                client,
+            }))
+            .wrap(Logger::new(r#"%a "%r" %s %b %Dms"#))
+            .route(
+                "/healthz",
+                web::get().to(|| async { HttpResponse::Ok().body("ok\n") }),
+            )
+            .default_service(web::to(forward))
+    })
+    .workers(workers)
+    .shutdown_timeout(10)
+    .bind(addr)
+    .map_err(|source| NodeProxyError::Listen { addr, source })?;
+    server
+        .run()
+        .await
+        .map_err(|source| NodeProxyError::Listen { addr, source })
+}
+
+fn oci_error(status: StatusCode, code: &str, message: String) -> HttpResponse {
+    HttpResponse::build(status).json(json!({ "errors": [{ "code": code, "message": message }] }))
+}
+
+async fn forward(req: HttpRequest, upstream: web::Data<Upstream>) -> HttpResponse {
+    let path_and_query = req
+        .uri()
+        .path_and_query()
+        .map(|pq| pq.as_str())
+        .unwrap_or("/");
+    if !(req.path() == "/v2" || req.path().starts_with("/v2/")) {
+        return oci_error(
+            StatusCode::NOT_FOUND,
+            "UNSUPPORTED",
+            format!("no such endpoint: {}", req.path()),
+        );
+    }
+    let method = match *req.method() {
+        Method::GET => reqwest::Method::GET,
+        Method::HEAD => reqwest::Method::HEAD,
+        _ => {
+            return oci_error(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "UNSUPPORTED",
+                format!(
+                    "the node-local endpoint only serves pulls; push to the registry at {} instead",
+                    upstream.base
+                ),
+            )
+        }
+    };
+    let mut request = upstream
+        .client
+        .request(method, format!("{}{path_and_query}", upstream.base));
+    for name in FORWARDED_REQUEST_HEADERS {
+        if let Some(value) = req.headers().get(&name) {
+            request = request.header(name.as_str(), value.as_bytes());
+        }
+    }
+    let response = match request.send().await {
+        Ok(response) => response,
+        Err(e) => {
+            log::warn!(
+                "{} {path_and_query}: berth at {} unreachable: {e}",
+                req.method(),
+                upstream.base
+            );
+            let mut response = oci_error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "UNKNOWN",
+                format!("berth at {} is unreachable; retry later", upstream.base),
+            );
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, header::HeaderValue::from_static("5"));
+            return response;
+        }
+    };
+    let status =
+        StatusCode::from_u16(response.status().as_u16()).unwrap_or(StatusCode::BAD_GATEWAY);
+    let mut builder = HttpResponse::build(status);
+    for name in FORWARDED_RESPONSE_HEADERS {
+        if let Some(value) = response.headers().get(name) {
+            builder.insert_header((name, value.as_bytes()));
+        }
+    }
+    let length = response.content_length();
+    let body = response.bytes_stream().map_err(std::io::Error::other);
+    match length {
+        // HEAD: the length of what a GET would send; actix sends the headers only.
+        Some(length) => builder.body(SizedStream::new(length, body)),
+        None => builder.body(BodyStream::new(body)),
+    }
+}
