@@ -1122,6 +1122,26 @@ fn containerd_ctr_pull_plain_http() {
     assert_eq!(daemon.listed_digest(&reference), Some(digest));
 }
 
+/// The node's path: containerd pulls `127.0.0.1:PORT/<repo>:<tag>` from `berth node-proxy` with no hosts.toml and
+/// no --plain-http: containerd 1.6 speaks plain HTTP to loopback registries without configuration.
+#[test]
+fn containerd_pulls_through_node_proxy_without_configuration() {
+    let berth = Berth::start(Options::default());
+    let env = ClientEnv::new(&berth);
+    let digest = push_fixture(&berth, &env, "team/hello:v1");
+    let proxy = crate::node_proxy::NodeProxy::start(&berth);
+    let daemon = Containerd::start();
+    let reference = format!("{}/team/hello:v1", proxy.host);
+    ok(daemon.ctr(&["images", "pull", "--snapshotter", "native", &reference]));
+    assert_eq!(daemon.listed_digest(&reference), Some(digest));
+    let check = ok(daemon.ctr(&["images", "check", &format!("name=={reference}")]));
+    assert!(check.contains("complete"), "ctr images check: {check}");
+    assert!(
+        proxy.log().contains("/v2/team/hello/manifests/v1"),
+        "the pull went through the node proxy"
+    );
+}
+
 // ---------------------------------------------------------------------------
 // A 200 MB layer
 // ---------------------------------------------------------------------------

@@ -21,6 +21,8 @@ pub struct Options {
     pub extra_args: Vec<String>,
     /// Use this data directory instead of a fresh temporary one.
     pub data_dir: Option<PathBuf>,
+    /// Use this certificate directory instead of a fresh temporary one.
+    pub cert_dir: Option<PathBuf>,
     /// With `plain_http`, do not pass `--plain-http`: the setting comes from a `--config` file in `extra_args`.
     pub plain_http_in_config: bool,
 }
@@ -63,7 +65,10 @@ impl Berth {
             .data_dir
             .clone()
             .unwrap_or_else(|| tmp.path().join("data"));
-        let cert_dir = tmp.path().join("certs");
+        let cert_dir = opts
+            .cert_dir
+            .clone()
+            .unwrap_or_else(|| tmp.path().join("certs"));
         let work_dir = tmp.path().join("work");
         fs::create_dir_all(&data_dir).expect("create data dir");
         fs::create_dir_all(&cert_dir).expect("create cert dir");

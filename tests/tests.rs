@@ -3,4 +3,5 @@ mod api;
 mod clients;
 mod conformance;
 mod lifecycle;
+mod node_proxy;
 mod support;

@@ -1,0 +1,228 @@
+//! `berth node-proxy` against a real berth over TLS: pulls stream through, pushes are refused with a clear error,
+//! an unreachable berth is a quick 503; and `berth certs init`.
+
+use std::net::TcpListener;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use reqwest::blocking::Client;
+use reqwest::StatusCode;
+use serde_json::Value;
+
+use crate::api::{content, expect_error, header, sha256, Api};
+use crate::support::{poll_until, Berth, Options};
+
+/// A running node proxy; killed on drop.
+pub struct NodeProxy {
+    pub base: String,
+    pub host: String,
+    child: Child,
+    log: tempfile::NamedTempFile,
+}
+
+impl NodeProxy {
+    pub fn start(berth: &Berth) -> NodeProxy {
+        let port = TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("free port")
+            .port();
+        let host = format!("127.0.0.1:{port}");
+        let log = tempfile::NamedTempFile::new().expect("log file");
+        let child = Command::new(env!("CARGO_BIN_EXE_berth"))
+            .args([
+                "node-proxy",
+                "--listen",
+                &host,
+                "--upstream",
+                &berth.base_url,
+                "--ca-file",
+            ])
+            .arg(berth.ca_file())
+            .stdout(Stdio::null())
+            .stderr(log.reopen().expect("log"))
+            .spawn()
+            .expect("start node-proxy");
+        let proxy = NodeProxy {
+            base: format!("http://{host}"),
+            host,
+            child,
+            log,
+        };
+        let client = Client::new();
+        poll_until(Duration::from_secs(20), "node-proxy /healthz", || {
+            client
+                .get(format!("{}/healthz", proxy.base))
+                .send()
+                .ok()
+                .filter(|r| r.status().is_success())
+        });
+        proxy
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.log.path()).unwrap_or_default()
+    }
+}
+
+impl Drop for NodeProxy {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[test]
+fn pulls_stream_through_and_pushes_are_refused() {
+    let mut berth = Berth::start(Options::default());
+    let api = Api::new(&berth);
+    let (manifest, digest) = api.push_image("team/app", "1.0", 31);
+    let big = content(64 * 1024 * 1024, 32);
+    let big_digest = api.push_blob("team/app", &big);
+    let proxy = NodeProxy::start(&berth);
+    let plain = Client::builder().no_proxy().build().expect("client");
+
+    assert_eq!(
+        plain
+            .get(format!("{}/v2/", proxy.base))
+            .send()
+            .expect("GET /v2/")
+            .status(),
+        StatusCode::OK
+    );
+    let response = plain
+        .get(format!("{}/v2/team/app/manifests/1.0", proxy.base))
+        .header("accept", "application/vnd.oci.image.manifest.v1+json")
+        .send()
+        .expect("GET manifest");
+    assert_eq!(response.status(), StatusCode::OK);
+    assert_eq!(header(response.headers(), "docker-content-digest"), digest);
+    assert_eq!(
+        header(response.headers(), "content-type"),
+        "application/vnd.oci.image.manifest.v1+json"
+    );
+    assert_eq!(response.bytes().expect("body").as_ref(), &manifest[..]);
+    let head = plain
+        .head(format!("{}/v2/team/app/blobs/{big_digest}", proxy.base))
+        .send()
+        .expect("HEAD");
+    assert_eq!(
+        header(head.headers(), "content-length"),
+        big.len().to_string()
+    );
+    let body = plain
+        .get(format!("{}/v2/team/app/blobs/{big_digest}", proxy.base))
+        .send()
+        .expect("GET blob");
+    assert_eq!(sha256(&body.bytes().expect("body")), big_digest);
+    let ranged = plain
+        .get(format!("{}/v2/team/app/blobs/{big_digest}", proxy.base))
+        .header("range", "bytes=10-19")
+        .send()
+        .expect("range");
+    assert_eq!(ranged.status(), StatusCode::PARTIAL_CONTENT);
+    assert_eq!(ranged.bytes().expect("body").as_ref(), &big[10..20]);
+    expect_error(
+        plain
+            .get(format!("{}/v2/team/other/manifests/1.0", proxy.base))
+            .send()
+            .expect("GET"),
+        404,
+        "MANIFEST_UNKNOWN",
+    );
+
+    // Pushes get UNSUPPORTED naming the real registry.
+    for (method, path) in [
+        ("POST", "/v2/team/app/blobs/uploads/"),
+        ("PUT", "/v2/team/app/manifests/x"),
+        ("DELETE", "/v2/team/app/manifests/1.0"),
+    ] {
+        let method = reqwest::Method::from_bytes(method.as_bytes()).expect("method");
+        let response = plain
+            .request(method.clone(), format!("{}{path}", proxy.base))
+            .send()
+            .expect("request");
+        let message = expect_error(response, 405, "UNSUPPORTED");
+        assert!(
+            message.contains(&berth.base_url),
+            "{method} {path}: {message}"
+        );
+    }
+
+    // berth gone: a quick 503 with Retry-After, not a hang.
+    berth.kill9();
+    let started = Instant::now();
+    let response = plain
+        .get(format!("{}/v2/team/app/manifests/1.0", proxy.base))
+        .send()
+        .expect("GET");
+    assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "took {:?}",
+        started.elapsed()
+    );
+    assert_eq!(header(response.headers(), "retry-after"), "5");
+    let body: Value = response.json().expect("json");
+    assert!(body["errors"][0]["message"]
+        .as_str()
+        .unwrap_or_default()
+        .contains("unreachable"));
+    assert!(!proxy.log().contains("panicked"));
+}
+
+#[test]
+fn certs_init_writes_a_usable_set() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let out = dir.path().join("certs");
+    let run = |extra: &[&str]| {
+        Command::new(env!("CARGO_BIN_EXE_berth"))
+            .args(["certs", "init", "--out"])
+            .arg(&out)
+            .args([
+                "--dns",
+                "registry.example",
+                "localhost",
+                "--ip",
+                "127.0.0.1",
+            ])
+            .args(extra)
+            .output()
+            .expect("run berth certs init")
+    };
+    let output = run(&[]);
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let info =
+        berth::tls::inspect_cert(&std::fs::read_to_string(out.join("tls.crt")).expect("tls.crt"))
+            .expect("parse");
+    assert_eq!(info.names, ["registry.example", "localhost", "127.0.0.1"]);
+    // It refuses to overwrite without --force.
+    let again = run(&[]);
+    assert!(!again.status.success());
+    assert!(String::from_utf8_lossy(&again.stderr).contains("already exists"));
+    assert!(run(&["--force"]).status.success());
+
+    // berth serves the set as it is (no regeneration), and clients trusting its CA connect.
+    let berth = Berth::start(Options {
+        cert_dir: Some(out.clone()),
+        ..Options::default()
+    });
+    let pem = std::fs::read(out.join("ca.crt")).expect("ca");
+    let client = Client::builder()
+        .no_proxy()
+        .add_root_certificate(reqwest::Certificate::from_pem(&pem).expect("pem"))
+        .build()
+        .expect("client");
+    let url = berth.base_url.replace("127.0.0.1", "localhost");
+    assert_eq!(
+        client
+            .get(format!("{url}/v2/"))
+            .send()
+            .expect("GET")
+            .status(),
+        StatusCode::OK
+    );
+}
