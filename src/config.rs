@@ -81,6 +81,8 @@ struct FileConfig {
     webhook_config: Option<String>,
     tls_secret: Option<String>,
     service_name: Option<String>,
+    #[serde(default)]
+    proxy: Option<crate::proxy::config::ProxySpec>,
 }
 
 /// Validated settings of `berth serve`.
@@ -98,6 +100,8 @@ pub struct Config {
     pub namespace: String,
     /// Set when berth manages its webhook certificates in the cluster.
     pub managed_certs: Option<ManagedCerts>,
+    /// Upstream registries served through the pull-through cache (config file only).
+    pub proxy: crate::proxy::config::ProxyConfig,
 }
 
 /// Where the managed webhook certificates live.
@@ -288,6 +292,10 @@ impl Config {
             } else {
                 None
             };
+        let proxy = match &file.proxy {
+            Some(spec) => spec.validate().map_err(ConfigError::Invalid)?,
+            None => crate::proxy::config::ProxyConfig::default(),
+        };
         Ok(Config {
             listen: args
                 .listen
@@ -319,6 +327,7 @@ impl Config {
             policy,
             namespace,
             managed_certs,
+            proxy,
         })
     }
 }

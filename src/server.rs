@@ -39,6 +39,9 @@ pub enum ServeError {
     /// The managed webhook certificates could not be set up.
     #[error("managed webhook certificates: {0}")]
     Certs(#[from] crate::cluster::webhook_certs::CertsError),
+    /// An upstream of the proxy cannot be set up.
+    #[error("proxy: {0}")]
+    Proxy(#[source] crate::proxy::upstream::UpstreamError),
     /// The SIGTERM/SIGINT handlers could not be installed.
     #[error("installing the SIGTERM/SIGINT handlers: {0}")]
     Signals(#[source] std::io::Error),
@@ -57,7 +60,23 @@ pub async fn serve(config: Config) -> Result<(), ServeError> {
         path: config.data_dir.clone(),
         source,
     })?;
-    let registry = web::Data::new(Registry::new(Arc::new(storage)));
+    let storage: Arc<dyn crate::registry::storage::Storage> = Arc::new(storage);
+    let registry = web::Data::new(Registry::new(storage.clone()));
+    let proxy = crate::proxy::Proxy::new(&config.proxy, storage).map_err(ServeError::Proxy)?;
+    proxy.load_usage().await.map_err(|e| {
+        ServeError::Proxy(crate::proxy::upstream::UpstreamError::Setup {
+            upstream: "(cache)".into(),
+            why: e.to_string(),
+        })
+    })?;
+    let upstreams: Vec<&str> = proxy.upstream_names().collect();
+    if !upstreams.is_empty() {
+        log::info!(
+            "proxying upstreams {} under /v2/proxy/<upstream>/ and ?ns=<upstream>",
+            upstreams.join(", ")
+        );
+    }
+    let proxy = web::Data::new(proxy);
 
     let policy = start_policy(&config).await?;
     let settings = web::Data::new(AdmissionSettings {
@@ -81,6 +100,7 @@ pub async fn serve(config: Config) -> Result<(), ServeError> {
     let server = HttpServer::new(move || {
         App::new()
             .app_data(app_registry.clone())
+            .app_data(proxy.clone())
             .app_data(policy.clone())
             .app_data(settings.clone())
             .wrap(Logger::new(r#"%a "%r" %s %b %Dms"#))

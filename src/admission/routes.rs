@@ -9,6 +9,7 @@ use kube::core::DynamicObject;
 use super::image::ImageRef;
 use super::review::{self, MutationPlan};
 use super::source::PolicyStore;
+use crate::proxy::Proxy;
 use crate::registry::names::{Reference, RepoName};
 use crate::registry::Registry;
 
@@ -87,6 +88,7 @@ async fn mutate(
     store: web::Data<PolicyStore>,
     settings: web::Data<AdmissionSettings>,
     registry: web::Data<Registry>,
+    proxy: web::Data<Proxy>,
 ) -> HttpResponse {
     let request = match read_request(body).await {
         Ok(request) => request,
@@ -94,7 +96,7 @@ async fn mutate(
     };
     let active = store.current();
     let plan = review::plan_mutation(&request, &active.policy, &settings.namespace);
-    let available = availability(&plan, &registry).await;
+    let available = availability(&plan, &registry, &proxy).await;
     let (patch, warnings) = review::build_patch(&plan, &available);
     let mut response = AdmissionResponse::from(&request);
     if !warnings.is_empty() {
@@ -122,13 +124,16 @@ async fn mutate(
     answer(response)
 }
 
-/// For each candidate: `when: always`, or the registry holds the target manifest.
-async fn availability(plan: &MutationPlan, registry: &Registry) -> Vec<bool> {
+/// For each candidate: `when: always`, or berth can serve the target (its store holds the manifest, or a
+/// configured upstream of the proxy serves that repository).
+async fn availability(plan: &MutationPlan, registry: &Registry, proxy: &Proxy) -> Vec<bool> {
     let mut available = Vec::with_capacity(plan.candidates.len());
     for candidate in &plan.candidates {
         let ok = match candidate.when {
             super::policy::When::Always => true,
-            super::policy::When::Available => holds(registry, &candidate.target).await,
+            super::policy::When::Available => {
+                proxy.serves(&candidate.target.path) || holds(registry, &candidate.target).await
+            }
         };
         available.push(ok);
     }

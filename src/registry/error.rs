@@ -25,6 +25,8 @@ pub enum ErrorCode {
     NameUnknown,
     SizeInvalid,
     Unsupported,
+    /// The spec's code for rate limiting (passed on from an upstream registry).
+    Toomanyrequests,
     /// Not in the spec's table; distribution's code for a bad `n`, which clients know.
     PaginationNumberInvalid,
     Unknown,
@@ -98,6 +100,18 @@ pub enum RegistryError {
     /// The client went away or sent a broken body.
     #[error("request body could not be read: {0}")]
     Body(String),
+    /// A proxied upstream registry cannot be reached, or failed, and nothing is cached.
+    #[error("upstream {upstream}: {why}")]
+    UpstreamUnavailable { upstream: String, why: String },
+    /// A proxied upstream answered with something unusable (an error status, wrong content).
+    #[error("upstream {upstream}: {why}")]
+    UpstreamFailed { upstream: String, why: String },
+    /// A proxied upstream rate-limits berth.
+    #[error("upstream {upstream} is rate limiting; retry later")]
+    UpstreamTooManyRequests {
+        upstream: String,
+        retry_after: Option<String>,
+    },
     /// A storage failure: the client did nothing wrong.
     #[error("storage failure: {0}")]
     Storage(#[from] StorageError),
@@ -125,7 +139,8 @@ impl RegistryError {
             }
             Unsupported(_) => ErrorCode::Unsupported,
             PaginationNumberInvalid(_) => ErrorCode::PaginationNumberInvalid,
-            Storage(_) => ErrorCode::Unknown,
+            UpstreamUnavailable { .. } | UpstreamFailed { .. } | Storage(_) => ErrorCode::Unknown,
+            UpstreamTooManyRequests { .. } => ErrorCode::Toomanyrequests,
         }
     }
 
@@ -166,6 +181,9 @@ impl ResponseError for RegistryError {
             MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
             Unsupported(_) => StatusCode::METHOD_NOT_ALLOWED,
             Storage(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            UpstreamUnavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
+            UpstreamFailed { .. } => StatusCode::BAD_GATEWAY,
+            UpstreamTooManyRequests { .. } => StatusCode::TOO_MANY_REQUESTS,
             BlobUploadInvalid(_)
             | DigestInvalid(_)
             | ManifestBlobUnknown(_)
@@ -199,10 +217,17 @@ impl ResponseError for RegistryError {
             RegistryError::MethodNotAllowed(allow) => {
                 response.insert_header((header::ALLOW, *allow));
             }
+            RegistryError::UpstreamTooManyRequests { retry_after, .. } => {
+                response
+                    .insert_header((header::RETRY_AFTER, retry_after.as_deref().unwrap_or("60")));
+            }
+            RegistryError::UpstreamUnavailable { .. } => {
+                response.insert_header((header::RETRY_AFTER, "5"));
+            }
             _ => {}
         }
-        // 5xx bodies do not invent a spec code or leak storage paths; the cause is in the log.
-        let message = if status.is_server_error() {
+        // Storage failures do not leak paths; the cause is in the log. Upstream failures name the upstream.
+        let message = if matches!(self, RegistryError::Storage(_)) {
             "internal error; see the registry's log"
         } else {
             &message

@@ -11,6 +11,7 @@ use super::error::{RegistryError, Result};
 use super::names::RepoName;
 use super::service::Registry;
 use super::{blobs, listings, manifests, referrers, uploads};
+use crate::proxy::Proxy;
 
 /// A parsed registry path. The `String`s are still to be validated by the handler (tag, digest, upload id).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -31,6 +32,21 @@ pub enum Route {
     Upload(RepoName, String),
     /// `/v2/<name>/referrers/<digest>`
     Referrers(RepoName, String),
+}
+
+impl Route {
+    /// The repository the route addresses, if any.
+    pub fn repository(&self) -> Option<&RepoName> {
+        match self {
+            Route::Base | Route::Catalog => None,
+            Route::Tags(repo)
+            | Route::Manifest(repo, _)
+            | Route::Blob(repo, _)
+            | Route::Uploads(repo)
+            | Route::Upload(repo, _)
+            | Route::Referrers(repo, _) => Some(repo),
+        }
+    }
 }
 
 /// Decodes `%XX` escapes in one path segment (clients may send `sha256%3A…`). Invalid escapes are kept as they
@@ -127,10 +143,18 @@ async fn dispatch(
     req: HttpRequest,
     body: web::Payload,
     registry: web::Data<Registry>,
+    proxy: web::Data<Proxy>,
 ) -> Result<HttpResponse> {
     let route = parse_route(req.path())?;
     let query = parse_query(&req)?;
     let registry = registry.get_ref();
+    if let Some(target) = route
+        .repository()
+        .and_then(|repo| proxy.resolve(repo, query.get("ns").map(String::as_str)))
+    {
+        return crate::proxy::routes::dispatch(&proxy.into_inner(), registry, target, route, &req)
+            .await;
+    }
     let method = req.method().clone();
     let head = method == Method::HEAD;
     match (route, method) {

@@ -373,6 +373,31 @@ impl Storage for FsStorage {
         Ok(file_stream(file, len))
     }
 
+    async fn upload_read_at(&self, id: &UploadId, offset: u64, max: usize) -> Result<Bytes> {
+        let path = self.layout().upload_data(id);
+        let id = id.clone();
+        blocking(move || {
+            let what = format!("read {}", path.display());
+            let file = not_found_is_none(File::open(&path)).map_err(io_err(what.clone()))?;
+            let mut file = file.ok_or(StorageError::UploadMissing(id))?;
+            file.seek(SeekFrom::Start(offset))
+                .map_err(io_err(what.clone()))?;
+            let mut buf = BytesMut::zeroed(max);
+            let mut filled = 0;
+            while filled < max {
+                match file.read(&mut buf[filled..]) {
+                    Ok(0) => break,
+                    Ok(n) => filled += n,
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                    Err(e) => return Err(io_err(what)(e)),
+                }
+            }
+            buf.truncate(filled);
+            Ok(buf.freeze())
+        })
+        .await
+    }
+
     async fn upload_truncate(&self, id: &UploadId, size: u64) -> Result<()> {
         let path = self.layout().upload_data(id);
         blocking(move || {
@@ -465,6 +490,43 @@ impl Storage for FsStorage {
 
     async fn blob_unlink(&self, repo: &RepoName, digest: &Digest) -> Result<bool> {
         let path = self.layout().blob_link(repo, digest);
+        blocking(move || remove_if_present(&path)).await
+    }
+
+    async fn blobs_linked(&self, repo: &RepoName) -> Result<Vec<Digest>> {
+        let dir = self.layout().repo(repo).join("_blobs");
+        blocking(move || {
+            let mut found = Vec::new();
+            let what = format!("list {}", dir.display());
+            let Some(algorithms) =
+                not_found_is_none(fs::read_dir(&dir)).map_err(io_err(what.clone()))?
+            else {
+                return Ok(found);
+            };
+            for algorithm in algorithms.flatten() {
+                let Some(name) = algorithm.file_name().to_str().map(str::to_owned) else {
+                    continue;
+                };
+                for entry in fs::read_dir(algorithm.path())
+                    .map_err(io_err(what.clone()))?
+                    .flatten()
+                {
+                    let Some(hex) = entry.file_name().to_str().map(str::to_owned) else {
+                        continue;
+                    };
+                    if let Ok(digest) = Digest::parse(&format!("{name}:{hex}")) {
+                        found.push(digest);
+                    }
+                }
+            }
+            found.sort();
+            Ok(found)
+        })
+        .await
+    }
+
+    async fn blob_delete(&self, digest: &Digest) -> Result<bool> {
+        let path = self.layout().blob(digest);
         blocking(move || remove_if_present(&path)).await
     }
 

@@ -118,6 +118,9 @@ pub trait Storage: Send + Sync + 'static {
     async fn upload_writer(&self, id: &UploadId) -> Result<Box<dyn UploadWriter>>;
     /// Everything received so far (used to re-hash after a restart).
     async fn upload_read(&self, id: &UploadId) -> Result<ByteStream>;
+    /// Up to `max` bytes of the upload from `offset`: what is stored now (empty at the end). Lets readers follow an
+    /// upload that is still being written.
+    async fn upload_read_at(&self, id: &UploadId, offset: u64, max: usize) -> Result<Bytes>;
     /// Cuts the upload back to `size` bytes (after a failed append).
     async fn upload_truncate(&self, id: &UploadId, size: u64) -> Result<()>;
     /// Makes the upload's bytes durably the blob `digest` and removes the upload. The caller has verified the digest.
@@ -131,6 +134,10 @@ pub trait Storage: Send + Sync + 'static {
     async fn blob_linked(&self, repo: &RepoName, digest: &Digest) -> Result<bool>;
     /// Removes the link; false if there was none.
     async fn blob_unlink(&self, repo: &RepoName, digest: &Digest) -> Result<bool>;
+    /// The blobs linked in `repo`.
+    async fn blobs_linked(&self, repo: &RepoName) -> Result<Vec<Digest>>;
+    /// Deletes the blob's content. The caller makes sure no repository links it any more.
+    async fn blob_delete(&self, digest: &Digest) -> Result<bool>;
 
     // --- manifests and tags
     /// Stores the manifest bytes durably and makes them visible in `repo` under `digest` (already verified).

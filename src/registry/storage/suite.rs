@@ -93,6 +93,19 @@ async fn uploads(storage: &dyn Storage) {
         b"hello world"
     );
 
+    assert_eq!(
+        storage.upload_read_at(&id, 6, 100).await.expect("read at"),
+        Bytes::from_static(b"world")
+    );
+    assert_eq!(
+        storage.upload_read_at(&id, 0, 5).await.expect("read at"),
+        Bytes::from_static(b"hello")
+    );
+    assert!(storage
+        .upload_read_at(&id, 11, 10)
+        .await
+        .expect("read at the end")
+        .is_empty());
     storage.upload_truncate(&id, 5).await.expect("truncate");
     assert_eq!(
         collect(storage.upload_read(&id).await.expect("read")).await,
@@ -172,6 +185,24 @@ async fn blobs(storage: &dyn Storage) {
         .expect("read")
         .expect("present");
     assert_eq!(collect(whole.stream).await, content);
+
+    assert_eq!(
+        storage.blobs_linked(&a).await.expect("linked"),
+        vec![digest.clone()]
+    );
+    assert!(storage
+        .blobs_linked(&repo("suite/none"))
+        .await
+        .expect("linked")
+        .is_empty());
+    let doomed = push_blob(storage, &repo("suite/doomed"), b"to be deleted").await;
+    assert!(storage
+        .blob_unlink(&repo("suite/doomed"), &doomed)
+        .await
+        .expect("unlink"));
+    assert!(storage.blob_delete(&doomed).await.expect("delete"));
+    assert!(!storage.blob_delete(&doomed).await.expect("delete again"));
+    assert_eq!(storage.blob_size(&doomed).await.expect("size"), None);
 
     let missing = Digest::sha256_of(b"never stored");
     assert_eq!(storage.blob_size(&missing).await.expect("size"), None);

@@ -1,0 +1,101 @@
+//! Requests for proxied repositories, dispatched here by the registry's route table: pulls are served from the
+//! cache or the upstream; everything else is refused, since proxied repositories are read-only.
+
+use std::sync::Arc;
+
+use actix_web::body::{BodyStream, SizedStream};
+use actix_web::http::{header, Method};
+use actix_web::{HttpRequest, HttpResponse};
+
+use super::{Proxy, ProxyTarget};
+use crate::registry::error::{RegistryError, Result};
+use crate::registry::names::{Digest, Reference};
+use crate::registry::routes::Route;
+use crate::registry::{blobs, Registry};
+
+pub async fn dispatch(
+    proxy: &Arc<Proxy>,
+    registry: &Registry,
+    target: ProxyTarget,
+    route: Route,
+    req: &HttpRequest,
+) -> Result<HttpResponse> {
+    let method = req.method().clone();
+    match (route, method) {
+        (Route::Manifest(_, reference), Method::GET | Method::HEAD) => {
+            let reference = Reference::parse(&reference)
+                .map_err(RegistryError::unknown_if_invalid_reference)?;
+            let (digest, manifest) = proxy.manifest(&target, &reference).await?;
+            Ok(HttpResponse::Ok()
+                .insert_header((header::CONTENT_TYPE, manifest.media_type))
+                .insert_header(("Docker-Content-Digest", digest.to_string()))
+                .insert_header((header::ETAG, format!("\"{digest}\"")))
+                .body(manifest.bytes))
+        }
+        (Route::Blob(_, digest), method @ (Method::GET | Method::HEAD)) => {
+            let parsed = Digest::parse(&digest)?;
+            // Cached: the local path serves it, with Range and HEAD.
+            if registry
+                .storage()
+                .blob_linked(&target.local_repo, &parsed)
+                .await?
+            {
+                return blobs::get(
+                    registry,
+                    req,
+                    &target.local_repo,
+                    &digest,
+                    method == Method::HEAD,
+                )
+                .await;
+            }
+            if method == Method::HEAD {
+                let size = proxy.blob_size(&target, &parsed).await?;
+                let nothing = futures_util::stream::empty::<Result<bytes::Bytes, std::io::Error>>();
+                return Ok(blob_response(&parsed).body(SizedStream::new(size, nothing)));
+            }
+            // Not cached yet: stream the shared fetch (a Range is ignored until the blob is cached, as HTTP allows).
+            let (size, stream) = proxy.blob(&target, &parsed).await?;
+            Ok(match size {
+                Some(size) => blob_response(&parsed).body(SizedStream::new(size, stream)),
+                None => blob_response(&parsed).body(BodyStream::new(stream)),
+            })
+        }
+        (Route::Tags(_), Method::GET) => {
+            match super::upstream_tags(&target, req.query_string()).await {
+                Ok((status, content_type, body)) => {
+                    let status = actix_web::http::StatusCode::from_u16(status)
+                        .unwrap_or(actix_web::http::StatusCode::BAD_GATEWAY);
+                    Ok(HttpResponse::build(status)
+                        .content_type(content_type)
+                        .body(body))
+                }
+                Err(e) => {
+                    log::warn!("tags of {} from the cache: {e}", target.local_repo);
+                    let page = registry.tags(&target.local_repo, None, None).await?;
+                    let tags: Vec<&str> = page.items.iter().map(|t| t.as_str()).collect();
+                    Ok(HttpResponse::Ok()
+                        .json(serde_json::json!({ "name": target.upstream_repo, "tags": tags })))
+                }
+            }
+        }
+        (Route::Referrers(..), Method::GET) => Err(RegistryError::Unsupported(format!(
+            "the referrers of proxied repositories are not served; ask the upstream {}",
+            target.upstream.name()
+        ))),
+        _ => Err(RegistryError::Unsupported(format!(
+            "{} is a read-only proxy of upstream {}: push and delete there",
+            target.local_repo,
+            target.upstream.name()
+        ))),
+    }
+}
+
+fn blob_response(digest: &Digest) -> actix_web::HttpResponseBuilder {
+    let mut response = HttpResponse::Ok();
+    response
+        .content_type("application/octet-stream")
+        .insert_header(("Docker-Content-Digest", digest.to_string()))
+        .insert_header((header::ETAG, format!("\"{digest}\"")));
+    response
+}
