@@ -3,8 +3,10 @@
 #
 # Installs, when missing, the real registry clients that tests/clients.rs
 # drives (skopeo, podman, buildah, containerd's ctr) plus busybox-static for
-# the test image, then runs the whole test suite. Works from any cwd; needs
-# root (apt-get) on a Debian 12 machine. Exits non-zero on any failure.
+# the test image, makes sure a real kube-apiserver + etcd are there for
+# tests/cluster.rs (tests/k8s/ensure-apiserver.sh), then runs the whole test
+# suite. Works from any cwd; needs root (apt-get) on a Debian 12 machine.
+# Exits non-zero on any failure.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
@@ -36,6 +38,20 @@ fi
 for bin in skopeo podman buildah containerd ctr gzip tar sha256sum; do
     command -v "$bin" >/dev/null || { echo "run.sh: $bin still missing" >&2; exit 1; }
 done
+
+# A real kube-apiserver (v1.20.2, built from Debian's source package and cached
+# in /var/cache/berth-test; ~10 min the first time) plus etcd and kubectl for
+# tests/cluster.rs. Seconds when already cached.
+bash tests/k8s/ensure-apiserver.sh
+
+# kubernetes-validate (PyPI; it ships the Kubernetes schemas, so it validates
+# offline) for tests/manifests.rs.
+if ! command -v kubernetes-validate >/dev/null; then
+    echo "run.sh: installing kubernetes-validate"
+    python3 -m pip install --quiet --disable-pip-version-check --root-user-action=ignore kubernetes-validate==1.37.0
+    hash -r
+    command -v kubernetes-validate >/dev/null || { echo "run.sh: kubernetes-validate still missing" >&2; exit 1; }
+fi
 
 # 2 cores: two tests at a time (each starts its own berth and clients).
 if cargo nextest --version >/dev/null 2>&1; then

@@ -23,6 +23,10 @@ pub struct Options {
     pub data_dir: Option<PathBuf>,
     /// Use this certificate directory instead of a fresh temporary one.
     pub cert_dir: Option<PathBuf>,
+    /// Listen on this port instead of a free one picked at start.
+    pub port: Option<u16>,
+    /// Extra environment variables for the berth process (e.g. KUBECONFIG).
+    pub env: Vec<(String, String)>,
     /// With `plain_http`, do not pass `--plain-http`: the setting comes from a `--config` file in `extra_args`.
     pub plain_http_in_config: bool,
 }
@@ -41,6 +45,7 @@ pub struct Berth {
     pub work_dir: PathBuf,
     plain_http_flag: bool,
     extra_args: Vec<String>,
+    env: Vec<(String, String)>,
     log_path: PathBuf,
     child: Option<Child>,
     // Dropped last: holds data_dir (unless given), cert_dir and the log.
@@ -48,7 +53,7 @@ pub struct Berth {
 }
 
 /// Bind 127.0.0.1:0, take the port the kernel picked and release it.
-fn free_port() -> u16 {
+pub fn free_port() -> u16 {
     let listener = TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
     listener.local_addr().expect("local_addr").port()
 }
@@ -73,7 +78,7 @@ impl Berth {
         fs::create_dir_all(&data_dir).expect("create data dir");
         fs::create_dir_all(&cert_dir).expect("create cert dir");
         fs::create_dir_all(&work_dir).expect("create work dir");
-        let host = format!("127.0.0.1:{}", free_port());
+        let host = format!("127.0.0.1:{}", opts.port.unwrap_or_else(free_port));
         let scheme = if opts.plain_http { "http" } else { "https" };
         let mut berth = Berth {
             base_url: format!("{scheme}://{host}"),
@@ -84,6 +89,7 @@ impl Berth {
             work_dir,
             plain_http_flag: opts.plain_http && !opts.plain_http_in_config,
             extra_args: opts.extra_args,
+            env: opts.env,
             log_path: tmp.path().join("berth.log"),
             child: None,
             tmp,
@@ -218,6 +224,7 @@ impl Berth {
             cmd.arg("--plain-http");
         }
         cmd.args(&self.extra_args)
+            .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
             .current_dir(&self.work_dir)
             .env("TMPDIR", &self.work_dir)
             .env("RUST_LOG", "info")

@@ -1,7 +1,10 @@
 mod admission;
 mod api;
 mod clients;
+mod cluster;
 mod conformance;
+mod e2e;
 mod lifecycle;
+mod manifests;
 mod node_proxy;
 mod support;

@@ -1,0 +1,350 @@
+//! berth with a real kube-apiserver (tests/cluster.rs): the manifests installed through a test overlay whose webhooks
+//! call berth at `https://127.0.0.1:PORT`, berth running outside the cluster as its ServiceAccount with
+//! `--manage-webhook-certs`, and the API server calling it over verified TLS for real pods and workloads.
+
+use std::path::Path;
+use std::process::Output;
+use std::time::{Duration, Instant};
+
+use base64::Engine as _;
+use serde_json::Value;
+
+use crate::cluster::Cluster;
+use crate::manifests::{documents, render, BASE, FAIL_CLOSED};
+use crate::support::{free_port, poll_until, Berth, Options};
+
+const POLICY: &str = r#"apiVersion: v1
+kind: ConfigMap
+metadata:
+  name: berth-policy
+  namespace: berth-system
+data:
+  policy.yaml: |
+    defaultAction: allow
+    rules:
+      - name: evil
+        action: deny
+        images: ['evil\.example/.*']
+        message: "images from evil.example are forbidden"
+    rewrites:
+      - name: hub-via-node
+        match: 'docker\.io/(.+)'
+        replace: '127.0.0.1:5050/$1'
+"#;
+
+/// A kustomization on top of `base_dir` whose webhooks call berth at `host` by URL.
+fn test_overlay(dir: &Path, base_dir: &str, host: &str) -> String {
+    // kustomize wants a relative path to a base: climb from the overlay to / and descend to the base.
+    let absolute = Path::new(env!("CARGO_MANIFEST_DIR")).join(base_dir);
+    let depth = dir.components().count().saturating_sub(1);
+    let base =
+        Path::new(&"../".repeat(depth)).join(absolute.strip_prefix("/").unwrap_or(&absolute));
+    let patch = |kind: &str, path: &str| {
+        format!(
+            "  - target: {{kind: {kind}, name: berth}}\n    patch: |-\n      - op: replace\n        path: /webhooks/0/clientConfig\n        value: {{url: \"https://{host}{path}\"}}\n"
+        )
+    };
+    let kustomization = format!(
+        "resources:\n  - {}\npatches:\n{}{}",
+        base.display(),
+        patch("ValidatingWebhookConfiguration", "/validate"),
+        patch("MutatingWebhookConfiguration", "/mutate")
+    );
+    std::fs::create_dir_all(dir).expect("overlay dir");
+    std::fs::write(dir.join("kustomization.yaml"), kustomization).expect("write kustomization");
+    render(dir)
+}
+
+fn stdout(output: &Output) -> String {
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+fn stderr(output: &Output) -> String {
+    String::from_utf8_lossy(&output.stderr).into_owned()
+}
+
+fn pod(name: &str, image: &str) -> String {
+    format!(
+        "apiVersion: v1\nkind: Pod\nmetadata:\n  name: {name}\n  namespace: apps\nspec:\n  containers:\n    - name: main\n      image: {image}\n"
+    )
+}
+
+fn deployment(name: &str, image: &str) -> String {
+    format!(
+        "apiVersion: apps/v1\nkind: Deployment\nmetadata:\n  name: {name}\n  namespace: apps\nspec:\n  selector:\n    matchLabels: {{app: {name}}}\n  template:\n    metadata:\n      labels: {{app: {name}}}\n    spec:\n      containers:\n        - name: main\n          image: {image}\n"
+    )
+}
+
+/// `kubectl create --dry-run=server`: the API server runs the webhooks but stores nothing.
+fn dry_run(cluster: &Cluster, yaml: &str) -> Output {
+    cluster.kubectl_as(
+        &cluster.kubeconfig,
+        &["create", "--dry-run=server", "-o", "json", "-f", "-"],
+        Some(yaml),
+    )
+}
+
+fn webhook_ca_bundles(cluster: &Cluster) -> Vec<String> {
+    let mut bundles = Vec::new();
+    for kind in [
+        "validatingwebhookconfiguration",
+        "mutatingwebhookconfiguration",
+    ] {
+        let json: Value =
+            serde_json::from_str(&cluster.kubectl_ok(&["get", kind, "berth", "-o", "json"]))
+                .expect("json");
+        for webhook in json["webhooks"].as_array().into_iter().flatten() {
+            bundles.push(
+                webhook["clientConfig"]["caBundle"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_owned(),
+            );
+        }
+    }
+    bundles
+}
+
+#[test]
+fn berth_guards_a_real_api_server() {
+    let cluster = Cluster::start();
+    let work = tempfile::tempdir().expect("tempdir");
+    let port = free_port();
+    let host = format!("127.0.0.1:{port}");
+
+    // The manifests pass server-side validation (dry-run) as shipped (their namespace must exist for that), then
+    // install with URL webhooks.
+    cluster.kubectl_ok(&["create", "namespace", "berth-system"]);
+    for dir in [BASE, FAIL_CLOSED] {
+        let output = cluster.kubectl_as(
+            &cluster.kubeconfig,
+            &["apply", "--dry-run=server", "-f", "-"],
+            Some(&render(dir)),
+        );
+        assert!(output.status.success(), "{dir}: {}", stderr(&output));
+    }
+    let installed = test_overlay(&work.path().join("overlay"), BASE, &host);
+    assert!(documents(&installed).len() >= 10);
+    // Kubernetes 1.20 has no kubernetes.io/metadata.name label: exclude kube-system by berth's label.
+    cluster.kubectl_ok(&["label", "namespace", "kube-system", "berth.dev/ignore=true"]);
+    let output = cluster.apply_yaml(&installed);
+    assert!(output.status.success(), "install: {}", stderr(&output));
+    let output = cluster.apply_yaml(POLICY);
+    assert!(output.status.success(), "policy: {}", stderr(&output));
+    cluster.kubectl_ok(&["create", "namespace", "apps"]);
+
+    // berth runs as its ServiceAccount, with the RBAC of the manifests and nothing more.
+    let kubeconfig = cluster.kubeconfig_for(
+        "system:serviceaccount:berth-system:berth",
+        &[
+            "system:serviceaccounts",
+            "system:serviceaccounts:berth-system",
+        ],
+    );
+    let mut berth = Berth::start(Options {
+        port: Some(port),
+        env: vec![("KUBECONFIG".into(), kubeconfig.display().to_string())],
+        extra_args: [
+            "--policy-configmap",
+            "berth-system/berth-policy",
+            "--namespace",
+            "berth-system",
+            "--manage-webhook-certs",
+            "--webhook-config",
+            "berth",
+            "--tls-secret",
+            "berth-system/berth-tls",
+            "--san",
+            "127.0.0.1",
+        ]
+        .map(String::from)
+        .to_vec(),
+        ..Options::default()
+    });
+
+    // 1. berth created its Secret and patched its CA into every webhook's caBundle.
+    let secret: Value = serde_json::from_str(&cluster.kubectl_ok(&[
+        "get",
+        "secret",
+        "-n",
+        "berth-system",
+        "berth-tls",
+        "-o",
+        "json",
+    ]))
+    .expect("secret json");
+    assert_eq!(secret["type"], "kubernetes.io/tls");
+    let ca_b64 = secret["data"]["ca.crt"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    let ca_pem = base64::engine::general_purpose::STANDARD
+        .decode(&ca_b64)
+        .expect("base64");
+    assert!(String::from_utf8_lossy(&ca_pem).contains("BEGIN CERTIFICATE"));
+    poll_until(
+        Duration::from_secs(20),
+        "caBundle patched into both webhook configurations",
+        || {
+            let bundles = webhook_ca_bundles(&cluster);
+            (bundles.len() == 2 && bundles.iter().all(|b| *b == ca_b64)).then_some(())
+        },
+    );
+    // The served certificate is the Secret's.
+    let served = std::fs::read_to_string(berth.cert_dir.join("tls.crt")).expect("tls.crt");
+    let in_secret = base64::engine::general_purpose::STANDARD
+        .decode(secret["data"]["tls.crt"].as_str().unwrap_or_default())
+        .expect("base64");
+    assert_eq!(served.as_bytes(), &in_secret[..]);
+    // Least privilege: berth's identity cannot read other Secrets or change other webhook configurations.
+    let denied = cluster.kubectl_as(&kubeconfig, &["get", "secrets", "-n", "kube-system"], None);
+    assert!(
+        !denied.status.success(),
+        "berth may list kube-system secrets"
+    );
+    // A caBundle changed by someone else is put back.
+    cluster.kubectl_ok(&[
+        "patch",
+        "mutatingwebhookconfiguration",
+        "berth",
+        "--type=json",
+        "-p",
+        r#"[{"op":"replace","path":"/webhooks/0/clientConfig/caBundle","value":"YnJva2Vu"}]"#,
+    ]);
+    poll_until(
+        Duration::from_secs(20),
+        "the caBundle to be re-patched",
+        || {
+            webhook_ca_bundles(&cluster)
+                .iter()
+                .all(|b| *b == ca_b64)
+                .then_some(())
+        },
+    );
+
+    // 2. Allowed images are created rewritten and annotated; denied pods and workloads are refused with berth's
+    // message, printed by kubectl.
+    let output = cluster.apply_yaml(&pod("good", "busybox:1.36"));
+    assert!(output.status.success(), "{}", stderr(&output));
+    let created: Value = serde_json::from_str(
+        &cluster.kubectl_ok(&["get", "pod", "-n", "apps", "good", "-o", "json"]),
+    )
+    .expect("json");
+    assert_eq!(
+        created["spec"]["containers"][0]["image"],
+        "127.0.0.1:5050/library/busybox:1.36"
+    );
+    assert_eq!(
+        created["metadata"]["annotations"]["berth.dev/original-images"],
+        r#"{"main":"busybox:1.36"}"#
+    );
+    let refused = cluster.apply_yaml(&pod("bad", "evil.example/miner:1"));
+    assert!(!refused.status.success());
+    assert!(
+        stderr(&refused).contains(
+            r#"berth denied Pod apps/bad: container "main" image "evil.example/miner:1" is denied by rule "evil": images from evil.example are forbidden"#
+        ),
+        "{}",
+        stderr(&refused)
+    );
+    let refused = cluster.apply_yaml(&deployment("bad-deploy", "evil.example/miner:1"));
+    assert!(!refused.status.success());
+    assert!(
+        stderr(&refused).contains("berth denied Deployment apps/bad-deploy"),
+        "{}",
+        stderr(&refused)
+    );
+    // Templates stay as written.
+    let output = cluster.apply_yaml(&deployment("web", "nginx:1.25"));
+    assert!(output.status.success(), "{}", stderr(&output));
+    let web: Value = serde_json::from_str(&cluster.kubectl_ok(&[
+        "get",
+        "deployment",
+        "-n",
+        "apps",
+        "web",
+        "-o",
+        "json",
+    ]))
+    .expect("json");
+    assert_eq!(
+        web["spec"]["template"]["spec"]["containers"][0]["image"],
+        "nginx:1.25"
+    );
+
+    // 3. A changed policy ConfigMap decides within 2 s; an invalid one changes nothing and is reported.
+    let stricter = POLICY.replace(r"evil\.example/.*", r"(evil\.example|quay\.io)/.*");
+    let probe = pod("probe", "quay.io/team/app:1");
+    assert!(dry_run(&cluster, &probe).status.success());
+    let output = cluster.apply_yaml(&stricter);
+    assert!(output.status.success(), "{}", stderr(&output));
+    let applied = Instant::now();
+    poll_until(
+        Duration::from_secs(15),
+        "the new policy to refuse quay.io",
+        || (!dry_run(&cluster, &probe).status.success()).then_some(()),
+    );
+    let elapsed = applied.elapsed();
+    assert!(
+        elapsed < Duration::from_secs(2),
+        "the policy change took {elapsed:?}"
+    );
+    let broken = stricter.replace("action: deny", "action: maybe");
+    let output = cluster.apply_yaml(&broken);
+    assert!(output.status.success(), "{}", stderr(&output));
+    let client = berth.client();
+    let error = poll_until(
+        Duration::from_secs(15),
+        "the invalid policy to be reported",
+        || {
+            let ready: Value = client
+                .get(format!("{}/readyz", berth.base_url))
+                .send()
+                .ok()?
+                .json()
+                .ok()?;
+            ready["policy"]["lastError"].as_str().map(str::to_owned)
+        },
+    );
+    assert!(error.contains("maybe"), "{error}");
+    assert!(
+        !dry_run(&cluster, &probe).status.success(),
+        "the last good policy still refuses quay.io"
+    );
+
+    // 4. berth down: pods are created unmutated (failurePolicy Ignore); with the fail-closed overlay, refused.
+    berth.kill9();
+    let output = cluster.apply_yaml(&pod("while-down", "busybox:1.36"));
+    assert!(output.status.success(), "fail open: {}", stderr(&output));
+    let created: Value = serde_json::from_str(&cluster.kubectl_ok(&[
+        "get",
+        "pod",
+        "-n",
+        "apps",
+        "while-down",
+        "-o",
+        "json",
+    ]))
+    .expect("json");
+    assert_eq!(created["spec"]["containers"][0]["image"], "busybox:1.36");
+    let closed = test_overlay(&work.path().join("closed"), FAIL_CLOSED, &host);
+    let output = cluster.apply_yaml(&closed);
+    assert!(
+        output.status.success(),
+        "fail-closed overlay: {}",
+        stderr(&output)
+    );
+    let refused = cluster.apply_yaml(&pod("refused-while-down", "busybox:1.36"));
+    assert!(
+        !refused.status.success(),
+        "fail closed must refuse while berth is down"
+    );
+    assert!(
+        stderr(&refused).contains("validate.berth.dev"),
+        "{}",
+        stderr(&refused)
+    );
+    // The caBundle survived the re-apply (the manifests do not carry one).
+    assert!(webhook_ca_bundles(&cluster).iter().all(|b| *b == ca_b64));
+    let _ = stdout(&output);
+}
