@@ -80,7 +80,46 @@ const FORWARDED_RESPONSE_HEADERS: [&str; 9] = [
 
 struct Upstream {
     base: String,
-    client: reqwest::Client,
+    /// Replaced whole when the CA file changes (berth's CA was rotated).
+    client: arc_swap::ArcSwap<reqwest::Client>,
+}
+
+/// How often the CA file is checked for a change.
+const CA_POLL: Duration = Duration::from_secs(10);
+
+fn read_ca(path: &std::path::Path) -> Result<(Vec<u8>, reqwest::Certificate), NodeProxyError> {
+    let pem = std::fs::read(path).map_err(|e| NodeProxyError::Ca {
+        path: path.to_owned(),
+        why: e.to_string(),
+    })?;
+    let ca = reqwest::Certificate::from_pem(&pem).map_err(|e| NodeProxyError::Ca {
+        path: path.to_owned(),
+        why: e.to_string(),
+    })?;
+    Ok((pem, ca))
+}
+
+/// Rebuilds the client when the CA file's content changes (a Secret volume updates in place); a broken file is
+/// logged and the previous client stays in use.
+async fn watch_ca(upstream: web::Data<Upstream>, args: NodeProxyArgs, mut last: Vec<u8>) {
+    let Some(path) = args.ca_file.clone() else {
+        return;
+    };
+    loop {
+        tokio::time::sleep(CA_POLL).await;
+        match read_ca(&path) {
+            Ok((pem, _)) if pem == last => {}
+            Ok((pem, ca)) => match build_client(&args, Some(&ca)) {
+                Ok(client) => {
+                    upstream.client.store(std::sync::Arc::new(client));
+                    last = pem;
+                    log::info!("reloaded the CA from {}", path.display());
+                }
+                Err(e) => log::warn!("CA from {} not loaded: {e}", path.display()),
+            },
+            Err(e) => log::warn!("{e}; keeping the previous CA"),
+        }
+    }
 }
 
 fn build_client(
@@ -106,23 +145,20 @@ pub async fn run(args: NodeProxyArgs) -> Result<(), NodeProxyError> {
     if !(base.starts_with("https://") || base.starts_with("http://")) {
         return Err(NodeProxyError::Upstream(args.upstream.clone()));
     }
-    let ca = match &args.ca_file {
+    let (pem, ca) = match &args.ca_file {
         Some(path) => {
-            let pem = std::fs::read(path).map_err(|e| NodeProxyError::Ca {
-                path: path.clone(),
-                why: e.to_string(),
-            })?;
-            Some(
-                reqwest::Certificate::from_pem(&pem).map_err(|e| NodeProxyError::Ca {
-                    path: path.clone(),
-                    why: e.to_string(),
-                })?,
-            )
+            let (pem, ca) = read_ca(path)?;
+            (pem, Some(ca))
         }
-        None => None,
+        None => (Vec::new(), None),
     };
     // Fail at start, not at the first pull, if the client cannot be built.
-    build_client(&args, ca.as_ref())?;
+    let client = build_client(&args, ca.as_ref())?;
+    let upstream = web::Data::new(Upstream {
+        base: base.clone(),
+        client: arc_swap::ArcSwap::from_pointee(client),
+    });
+    actix_web::rt::spawn(watch_ca(upstream.clone(), args.clone(), pem));
     let addr = args.listen;
     if !addr.ip().is_loopback() {
         log::warn!("node-proxy listening on {addr}, not on loopback: pulls are served without TLS to the network");
@@ -130,13 +166,8 @@ pub async fn run(args: NodeProxyArgs) -> Result<(), NodeProxyError> {
     log::info!("node-proxy on http://{addr} forwarding pulls to {base}");
     let workers = args.workers.max(1);
     let server = HttpServer::new(move || {
-        // One client per worker: each worker has its own runtime, and its connections stay on it.
-        let client = build_client(&args, ca.as_ref()).unwrap_or_default();
         App::new()
-            .app_data(web::Data::new(Upstream {
-                base: base.clone(),
-                client,
-            }))
+            .app_data(upstream.clone())
             .wrap(Logger::new(r#"%a "%r" %s %b %Dms"#))
             .route(
                 "/healthz",
@@ -185,9 +216,8 @@ async fn forward(req: HttpRequest, upstream: web::Data<Upstream>) -> HttpRespons
             )
         }
     };
-    let mut request = upstream
-        .client
-        .request(method, format!("{}{path_and_query}", upstream.base));
+    let client = upstream.client.load_full();
+    let mut request = client.request(method, format!("{}{path_and_query}", upstream.base));
     for name in FORWARDED_REQUEST_HEADERS {
         if let Some(value) = req.headers().get(&name) {
             request = request.header(name.as_str(), value.as_bytes());

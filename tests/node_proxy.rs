@@ -22,6 +22,11 @@ pub struct NodeProxy {
 
 impl NodeProxy {
     pub fn start(berth: &Berth) -> NodeProxy {
+        NodeProxy::start_with_ca(berth, &berth.ca_file())
+    }
+
+    /// A node proxy trusting the CA in `ca_file` (which a test may replace while it runs).
+    pub fn start_with_ca(berth: &Berth, ca_file: &std::path::Path) -> NodeProxy {
         let port = TcpListener::bind("127.0.0.1:0")
             .and_then(|l| l.local_addr())
             .expect("free port")
@@ -168,6 +173,50 @@ fn pulls_stream_through_and_pushes_are_refused() {
         .unwrap_or_default()
         .contains("unreachable"));
     assert!(!proxy.log().contains("panicked"));
+}
+
+#[test]
+fn a_rotated_ca_is_picked_up_without_a_restart() {
+    let mut berth = Berth::start(Options::default());
+    let api = Api::new(&berth);
+    let (_, digest) = api.push_image("team/app", "1.0", 33);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let ca_file = dir.path().join("ca.crt");
+    std::fs::copy(berth.ca_file(), &ca_file).expect("copy ca");
+    let proxy = NodeProxy::start_with_ca(&berth, &ca_file);
+    let plain = Client::builder().no_proxy().build().expect("client");
+    let manifest_status = || {
+        plain
+            .get(format!("{}/v2/team/app/manifests/{digest}", proxy.base))
+            .send()
+            .map(|r| r.status())
+            .unwrap_or(StatusCode::BAD_GATEWAY)
+    };
+    assert_eq!(manifest_status(), StatusCode::OK);
+
+    // berth switches to a certificate from a new CA: the proxy no longer trusts it.
+    let ca = berth::tls::generate_ca("rotated CA").expect("ca");
+    let (cert, key) =
+        berth::tls::issue_serving_cert(&ca, &["localhost".into(), "127.0.0.1".into()])
+            .expect("cert");
+    std::fs::write(berth.cert_dir.join("tls.key"), key).expect("write key");
+    std::fs::write(berth.cert_dir.join("tls.crt"), cert).expect("write cert");
+    std::fs::write(berth.cert_dir.join("ca.crt"), &ca.cert).expect("write ca");
+    // A restart drops the proxy's pooled connections, so the next pull needs a new handshake.
+    berth.restart();
+    assert_eq!(
+        manifest_status(),
+        StatusCode::SERVICE_UNAVAILABLE,
+        "the old CA must not verify the new certificate"
+    );
+    // The new CA arrives in the proxy's file (as a Secret volume update would bring it): pulls work again.
+    std::fs::write(&ca_file, &ca.cert).expect("write ca");
+    poll_until(
+        Duration::from_secs(30),
+        "the node proxy to trust the new CA",
+        || (manifest_status() == StatusCode::OK).then_some(()),
+    );
+    assert!(proxy.log().contains("reloaded the CA"), "{}", proxy.log());
 }
 
 #[test]
