@@ -42,7 +42,7 @@ impl NodeProxy {
                 &berth.base_url,
                 "--ca-file",
             ])
-            .arg(berth.ca_file())
+            .arg(ca_file)
             .stdout(Stdio::null())
             .stderr(log.reopen().expect("log"))
             .spawn()

@@ -13,7 +13,7 @@
 # github.com/modern-go/reflect2 1.0.1 with Debian's 1.0.2 (1.0.1 makes the
 # server die with SIGSEGV a couple of minutes after start under Go >= 1.18),
 # and runs `make WHAT=cmd/kube-apiserver` with Go 1.19, offline. Cold build:
-# about 10 minutes on 2 cores. The build happens in a temporary dir and the
+# 5-10 minutes on 2 cores. The build happens in a temporary dir and the
 # binary is moved into place only on success; a lock keeps two runs from
 # building at once. Prints progress on stderr only; stdout stays empty.
 set -euo pipefail
@@ -182,7 +182,7 @@ cp -rL "$R2_SRC/." "$R2_DST/"
 find "$R2_DST" -name '*_test.go' -delete
 [[ -f "$R2_DST/go_above_118.go" ]] || die "reflect2 from $R2_SRC is not >= 1.0.2 (no go_above_118.go)"
 
-log "building kube-apiserver $K8S_VERSION with $("$GO_ROOT/bin/go" version | cut -d' ' -f3) (about 10 min on 2 cores; log: $BUILD_LOG)"
+log "building kube-apiserver $K8S_VERSION with $("$GO_ROOT/bin/go" version | cut -d' ' -f3) (5-10 min on 2 cores; log: $BUILD_LOG)"
 build() {
     cd "$SRC"
     env -u GOFLAGS -u GOPATH -u GOROOT -u GO111MODULE -u GOBIN \
