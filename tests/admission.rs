@@ -64,7 +64,7 @@ impl Webhooks {
 
 /// The decoded JSON patch of a response. kube-rs serialises the patch bytes as a JSON array of numbers (which the
 /// API server's Go decoder accepts for `[]byte`); a base64 string is accepted here too.
-fn patch_of(response: &Value) -> Option<Value> {
+pub(crate) fn patch_of(response: &Value) -> Option<Value> {
     let bytes: Vec<u8> = match &response["patch"] {
         Value::Null => return None,
         Value::String(encoded) => base64::engine::general_purpose::STANDARD

@@ -32,7 +32,7 @@ const BIG_TIMEOUT: Duration = Duration::from_secs(600);
 // ---------------------------------------------------------------------------
 
 /// Absolute path of `name` found in PATH (plus the sbin dirs), or a clear panic.
-fn require_tool(name: &str) -> PathBuf {
+pub(crate) fn require_tool(name: &str) -> PathBuf {
     let path = std::env::var("PATH").unwrap_or_default();
     let dirs = path
         .split(':')
@@ -56,7 +56,7 @@ fn require_tool(name: &str) -> PathBuf {
 }
 
 /// A command for `tool` with proxies removed (all traffic stays on 127.0.0.1).
-fn tool(name: &str) -> Command {
+pub(crate) fn tool(name: &str) -> Command {
     let mut cmd = Command::new(require_tool(name));
     for var in [
         "HTTP_PROXY",
@@ -72,15 +72,15 @@ fn tool(name: &str) -> Command {
     cmd
 }
 
-struct Output {
-    status: ExitStatus,
-    stdout: String,
-    stderr: String,
+pub(crate) struct Output {
+    pub(crate) status: ExitStatus,
+    pub(crate) stdout: String,
+    pub(crate) stderr: String,
     desc: String,
 }
 
 impl Output {
-    fn describe(&self) -> String {
+    pub(crate) fn describe(&self) -> String {
         format!(
             "command: {}\nstatus: {}\n--- stdout ---\n{}\n--- stderr ---\n{}",
             self.desc, self.status, self.stdout, self.stderr
@@ -90,7 +90,7 @@ impl Output {
 
 /// Run `cmd` to completion with a deadline; kills its whole process group
 /// and panics if the deadline passes.
-fn run(mut cmd: Command, timeout: Duration) -> Output {
+pub(crate) fn run(mut cmd: Command, timeout: Duration) -> Output {
     let desc = format!("{cmd:?}");
     cmd.stdin(Stdio::null())
         .stdout(Stdio::piped())
@@ -148,18 +148,18 @@ fn kill_group(child: &mut Child) {
 }
 
 /// Run and require exit status 0; returns stdout.
-fn ok(cmd: Command) -> String {
+pub(crate) fn ok(cmd: Command) -> String {
     ok_within(cmd, CMD_TIMEOUT)
 }
 
-fn ok_within(cmd: Command, timeout: Duration) -> String {
+pub(crate) fn ok_within(cmd: Command, timeout: Duration) -> String {
     let out = run(cmd, timeout);
     assert!(out.status.success(), "command failed\n{}", out.describe());
     out.stdout
 }
 
 /// Run and require a non-zero exit status; returns the output.
-fn fails(cmd: Command) -> Output {
+pub(crate) fn fails(cmd: Command) -> Output {
     let out = run(cmd, CMD_TIMEOUT);
     assert!(
         !out.status.success(),
@@ -179,7 +179,7 @@ fn sha256_digest(data: &[u8]) -> String {
 
 /// `sha256:<hex>` of a (possibly huge) file, via coreutils' sha256sum (fast
 /// even though the tests are built without optimisation).
-fn sha256_file(path: &Path) -> String {
+pub(crate) fn sha256_file(path: &Path) -> String {
     let mut cmd = Command::new("sha256sum");
     cmd.arg(path);
     let out = ok(cmd);
@@ -220,14 +220,14 @@ fn tempdir(prefix: &str) -> tempfile::TempDir {
 /// An isolated environment for skopeo/buildah/podman: its own storage
 /// (vfs driver), registries.conf, containers.conf, auth file, TMPDIR and a
 /// cert dir holding berth's CA as `ca.crt`.
-struct ClientEnv {
+pub(crate) struct ClientEnv {
     dir: tempfile::TempDir,
-    certs: PathBuf,
+    pub(crate) certs: PathBuf,
     tls: bool,
 }
 
 impl ClientEnv {
-    fn new(berth: &Berth) -> ClientEnv {
+    pub(crate) fn new(berth: &Berth) -> ClientEnv {
         let dir = tempdir("berth-clients-");
         let d = dir.path();
         for sub in ["storage", "run", "tmp", "libpod-tmp", "certs"] {
@@ -269,11 +269,11 @@ impl ClientEnv {
         }
     }
 
-    fn path(&self) -> &Path {
+    pub(crate) fn path(&self) -> &Path {
         self.dir.path()
     }
 
-    fn cmd(&self, name: &str, args: &[&str]) -> Command {
+    pub(crate) fn cmd(&self, name: &str, args: &[&str]) -> Command {
         let d = self.path();
         let mut cmd = tool(name);
         cmd.args(args);
@@ -289,7 +289,7 @@ impl ClientEnv {
     /// `name SUBCOMMAND... [trust flags] ARGS...`: the registry trust flags
     /// go right after the subcommand (buildah rejects options after the
     /// image name).
-    fn reg_cmd(&self, name: &str, sub: &[&str], args: &[&str]) -> Command {
+    pub(crate) fn reg_cmd(&self, name: &str, sub: &[&str], args: &[&str]) -> Command {
         let mut cmd = self.cmd(name, sub);
         if self.tls {
             cmd.arg("--cert-dir").arg(&self.certs);
@@ -300,12 +300,12 @@ impl ClientEnv {
         cmd
     }
 
-    fn skopeo(&self, sub: &str, args: &[&str]) -> Command {
+    pub(crate) fn skopeo(&self, sub: &str, args: &[&str]) -> Command {
         self.reg_cmd("skopeo", &[sub], args)
     }
 
     /// `skopeo copy` trusting berth on both sides.
-    fn skopeo_copy(&self, extra: &[&str], src: &str, dst: &str) -> Command {
+    pub(crate) fn skopeo_copy(&self, extra: &[&str], src: &str, dst: &str) -> Command {
         let mut cmd = self.cmd("skopeo", &["copy"]);
         if self.tls {
             cmd.arg("--src-cert-dir").arg(&self.certs);
@@ -318,7 +318,7 @@ impl ClientEnv {
         cmd
     }
 
-    fn inspect(&self, image: &str) -> Value {
+    pub(crate) fn inspect(&self, image: &str) -> Value {
         let out = ok(self.skopeo("inspect", &[image]));
         parse_json(&out, "skopeo inspect output")
     }
@@ -389,23 +389,23 @@ fn gzip(data: &[u8]) -> Vec<u8> {
 
 /// One image written into an OCI image layout directory.
 #[derive(Debug, Clone)]
-struct Fixture {
+pub(crate) struct Fixture {
     /// Exact manifest bytes and their digest.
-    manifest: Vec<u8>,
-    digest: String,
-    config_digest: String,
+    pub(crate) manifest: Vec<u8>,
+    pub(crate) digest: String,
+    pub(crate) config_digest: String,
     /// (digest, size) of each layer blob.
-    layers: Vec<(String, u64)>,
+    pub(crate) layers: Vec<(String, u64)>,
 }
 
 /// An OCI image layout (`oci:` / `oci-archive:` source for skopeo).
-struct OciLayout {
-    dir: PathBuf,
+pub(crate) struct OciLayout {
+    pub(crate) dir: PathBuf,
     index: Vec<Value>,
 }
 
 impl OciLayout {
-    fn new(dir: PathBuf) -> OciLayout {
+    pub(crate) fn new(dir: PathBuf) -> OciLayout {
         fs::create_dir_all(dir.join("blobs/sha256")).unwrap();
         write_file(dir.join("oci-layout"), r#"{"imageLayoutVersion":"1.0.0"}"#);
         OciLayout { dir, index: vec![] }
@@ -495,7 +495,7 @@ impl OciLayout {
     }
 
     /// A one-layer image holding `files`.
-    fn add_simple_image(
+    pub(crate) fn add_simple_image(
         &mut self,
         tag: &str,
         labels: &[(&str, &str)],
@@ -942,14 +942,14 @@ fn podman_manifest_push_all_and_pull_by_platform() {
 
 /// A private containerd daemon (own root, state, socket; no CRI plugin;
 /// `native` snapshotter used by the pulls).
-struct Containerd {
+pub(crate) struct Containerd {
     child: Option<Child>,
-    dir: tempfile::TempDir,
+    pub(crate) dir: tempfile::TempDir,
     sock: PathBuf,
 }
 
 impl Containerd {
-    fn start() -> Containerd {
+    pub(crate) fn start() -> Containerd {
         let bin = require_tool("containerd");
         require_tool("ctr");
         let dir = tempdir("berth-containerd-");
@@ -1012,7 +1012,7 @@ disabled_plugins = [
         c
     }
 
-    fn ctr(&self, args: &[&str]) -> Command {
+    pub(crate) fn ctr(&self, args: &[&str]) -> Command {
         let mut cmd = tool("ctr");
         cmd.arg("--address").arg(&self.sock).args(args);
         cmd
@@ -1023,7 +1023,7 @@ disabled_plugins = [
     }
 
     /// Digest of `reference` in `ctr images ls`, if listed.
-    fn listed_digest(&self, reference: &str) -> Option<String> {
+    pub(crate) fn listed_digest(&self, reference: &str) -> Option<String> {
         let out = ok(self.ctr(&["images", "ls"]));
         out.lines().find_map(|line| {
             let cols: Vec<&str> = line.split_whitespace().collect();
@@ -1044,7 +1044,7 @@ impl Drop for Containerd {
 }
 
 /// Push a small image to `berth` with skopeo; returns its manifest digest.
-fn push_fixture(berth: &Berth, env: &ClientEnv, reference: &str) -> String {
+pub(crate) fn push_fixture(berth: &Berth, env: &ClientEnv, reference: &str) -> String {
     let mut layout = OciLayout::new(env.path().join("ctr-layout"));
     let fx = layout.add_simple_image(
         "x",

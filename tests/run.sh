@@ -3,7 +3,8 @@
 #
 # Installs, when missing, the real registry clients that tests/clients.rs
 # drives (skopeo, podman, buildah, containerd's ctr) plus busybox-static for
-# the test image, makes sure a real kube-apiserver + etcd are there for
+# the test image, and docker-registry + apache2-utils (htpasswd) as an upstream
+# for tests/proxy.rs, makes sure a real kube-apiserver + etcd are there for
 # tests/cluster.rs (tests/k8s/ensure-apiserver.sh), then runs the whole test
 # suite. Works from any cwd; needs root (apt-get) on a Debian 12 machine.
 # Exits non-zero on any failure.
@@ -17,6 +18,8 @@ declare -A needs=(
     [buildah]=/usr/bin/buildah
     [containerd]=/usr/bin/ctr
     [busybox-static]=/bin/busybox
+    [docker-registry]=/usr/bin/docker-registry
+    [apache2-utils]=/usr/bin/htpasswd
 )
 missing=()
 for pkg in "${!needs[@]}"; do

@@ -7,4 +7,5 @@ mod e2e;
 mod lifecycle;
 mod manifests;
 mod node_proxy;
+mod proxy;
 mod support;

@@ -268,6 +268,14 @@ impl Proxy {
         }
     }
 
+    /// Marks a cached proxied blob as just used, for the least-recently-used eviction. Cached blobs are served by
+    /// the registry's own handler, which knows nothing of this bookkeeping.
+    pub fn used(&self, digest: &Digest) {
+        if let Some(usage) = lock(&self.usage).get_mut(digest) {
+            usage.last_used = Instant::now();
+        }
+    }
+
     // ----- manifests
 
     fn is_fresh(&self, repo: &RepoName, tag: &Tag, ttl: Duration) -> bool {
@@ -852,6 +860,17 @@ impl BlobFetch {
     }
 }
 
+/// How much of a fetch in progress a follower may send: what is written, but never the last byte of a blob whose
+/// size the upstream announced. That byte waits for the digest check, so a client never receives a complete body
+/// of unverified bytes: a failed check breaks its transfer off one byte short. (Without a size the body is chunked,
+/// and an error before its final chunk breaks it off just the same.)
+fn servable(size: Option<u64>, written: u64) -> u64 {
+    match size {
+        Some(size) => written.min(size.saturating_sub(1)),
+        None => written,
+    }
+}
+
 /// Streams a blob that is being fetched: reads what the fetch has written so far, waits for more, and switches to
 /// the committed blob when the fetch is done. A failed fetch ends the stream with an error (the client sees a
 /// broken transfer, never wrong bytes as complete).
@@ -884,9 +903,12 @@ fn follow(
                         let current = state.borrow_and_update().clone();
                         match current {
                             FetchState::Streaming {
-                                written, upload, ..
-                            } if written > offset => {
-                                let max = (written - offset).min(FOLLOW_READ as u64) as usize;
+                                size,
+                                written,
+                                upload,
+                            } if servable(size, written) > offset => {
+                                let max = (servable(size, written) - offset).min(FOLLOW_READ as u64)
+                                    as usize;
                                 match storage.upload_read_at(&upload, offset, max).await {
                                     Ok(bytes) if !bytes.is_empty() => {
                                         let next = offset + bytes.len() as u64;
@@ -984,4 +1006,18 @@ pub async fn upstream_tags(target: &ProxyTarget, query: &str) -> Result<(u16, St
         .await
         .map_err(|e| storage_io("upstream tags/list", std::io::Error::other(e)))?;
     Ok((status, content_type, body))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::servable;
+
+    #[test]
+    fn the_last_byte_of_a_sized_blob_waits_for_verification() {
+        assert_eq!(servable(Some(10), 4), 4);
+        assert_eq!(servable(Some(10), 9), 9);
+        assert_eq!(servable(Some(10), 10), 9);
+        assert_eq!(servable(Some(0), 0), 0);
+        assert_eq!(servable(None, 10), 10);
+    }
 }

@@ -40,6 +40,9 @@ pub async fn dispatch(
                 .blob_linked(&target.local_repo, &parsed)
                 .await?
             {
+                if method == Method::GET {
+                    proxy.used(&parsed);
+                }
                 return blobs::get(
                     registry,
                     req,
