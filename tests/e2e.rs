@@ -348,3 +348,87 @@ fn berth_guards_a_real_api_server() {
     assert!(webhook_ca_bundles(&cluster).iter().all(|b| *b == ca_b64));
     let _ = stdout(&output);
 }
+
+/// Several replicas starting at once against a cluster without the Secret end with one Secret and one CA, and every
+/// replica serves a certificate from it.
+#[test]
+fn replicas_racing_on_first_start_share_one_secret() {
+    let cluster = Cluster::start();
+    let work = tempfile::tempdir().expect("tempdir");
+    cluster.kubectl_ok(&["create", "namespace", "berth-system"]);
+    let installed = test_overlay(&work.path().join("overlay"), BASE, "127.0.0.1:9");
+    let output = cluster.apply_yaml(&installed);
+    assert!(output.status.success(), "install: {}", stderr(&output));
+    let kubeconfig = cluster.kubeconfig_for(
+        "system:serviceaccount:berth-system:berth",
+        &[
+            "system:serviceaccounts",
+            "system:serviceaccounts:berth-system",
+        ],
+    );
+    let replicas: Vec<Berth> = std::thread::scope(|scope| {
+        let handles: Vec<_> = (0..3)
+            .map(|_| {
+                let kubeconfig = kubeconfig.display().to_string();
+                scope.spawn(move || {
+                    Berth::start(Options {
+                        env: vec![("KUBECONFIG".into(), kubeconfig)],
+                        extra_args: [
+                            "--namespace",
+                            "berth-system",
+                            "--manage-webhook-certs",
+                            "--san",
+                            "127.0.0.1",
+                        ]
+                        .map(String::from)
+                        .to_vec(),
+                        ..Options::default()
+                    })
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| h.join().expect("replica started"))
+            .collect()
+    });
+    let secrets = cluster.kubectl_ok(&["get", "secrets", "-n", "berth-system", "-o", "name"]);
+    assert_eq!(
+        secrets.lines().filter(|l| l.contains("berth-tls")).count(),
+        1,
+        "{secrets}"
+    );
+    let secret: Value = serde_json::from_str(&cluster.kubectl_ok(&[
+        "get",
+        "secret",
+        "-n",
+        "berth-system",
+        "berth-tls",
+        "-o",
+        "json",
+    ]))
+    .expect("secret json");
+    let ca = base64::engine::general_purpose::STANDARD
+        .decode(secret["data"]["ca.crt"].as_str().unwrap_or_default())
+        .expect("base64");
+    let ca = String::from_utf8(ca).expect("pem");
+    for replica in &replicas {
+        let served = std::fs::read_to_string(replica.cert_dir.join("tls.crt")).expect("tls.crt");
+        assert!(
+            served.contains(ca.trim()),
+            "a replica serves a certificate from another CA"
+        );
+        // And a client trusting only the Secret's CA reaches it.
+        let client = reqwest::blocking::Client::builder()
+            .no_proxy()
+            .add_root_certificate(reqwest::Certificate::from_pem(ca.as_bytes()).expect("pem"))
+            .build()
+            .expect("client");
+        let status = client
+            .get(format!("{}/v2/", replica.base_url))
+            .send()
+            .expect("GET /v2/")
+            .status();
+        assert_eq!(status.as_u16(), 200);
+    }
+}
