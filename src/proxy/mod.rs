@@ -364,24 +364,23 @@ impl Proxy {
                 Err(e) => return Err(e),
             }
         }
-        match self
+        let fetched = self
             .fetch_manifest(target, &Reference::Tag(tag.clone()))
-            .await
-        {
-            Ok((digest, manifest)) => {
+            .await;
+        match (fetched, cached) {
+            (Ok((digest, manifest)), _) => {
                 self.storage.tag_set(repo, tag, &digest).await?;
                 self.mark_fresh(repo, tag);
                 Ok((digest, manifest))
             }
-            Err(e) if is_transient(&e) && cached.is_some() => {
-                let cached = cached.unwrap_or_else(|| unreachable!("checked above"));
+            (Err(e), Some(cached)) if is_transient(&e) => {
                 log::warn!(
                     "serving cached {repo}:{tag} ({}) because the upstream failed: {e}",
                     cached.0
                 );
                 Ok(cached)
             }
-            Err(e) => Err(e),
+            (Err(e), _) => Err(e),
         }
     }
 
