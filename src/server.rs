@@ -81,6 +81,12 @@ pub async fn serve(config: Config) -> Result<(), ServeError> {
     let policy = start_policy(&config).await?;
     let settings = web::Data::new(AdmissionSettings {
         namespace: config.namespace.clone(),
+        proxy_upstreams: config
+            .proxy
+            .upstreams
+            .iter()
+            .map(|u| u.name.clone())
+            .collect(),
     });
 
     let sweeper = registry.clone();

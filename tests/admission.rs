@@ -252,7 +252,7 @@ fn a_changed_policy_file_is_live_within_two_seconds_and_a_bad_one_changes_nothin
     std::fs::write(&hooks.policy_path, quay).expect("write");
     let written = Instant::now();
     poll_until(Duration::from_secs(10), "the new policy to decide", || {
-        let response = hooks.review("/validate", fixture("pod-ephemeral.json"));
+        let response = hooks.review("/validate", fixture("pod-update.json"));
         let message = response["status"]["message"]
             .as_str()
             .unwrap_or_default()
@@ -288,7 +288,7 @@ fn a_changed_policy_file_is_live_within_two_seconds_and_a_bad_one_changes_nothin
         sha256(quay.as_bytes()),
         "the last good policy stays in force"
     );
-    let response = hooks.review("/validate", fixture("pod-ephemeral.json"));
+    let response = hooks.review("/validate", fixture("pod-update.json"));
     assert!(response["status"]["message"]
         .as_str()
         .unwrap_or_default()

@@ -106,8 +106,9 @@ pub fn eval_review(
     let request: AdmissionRequest<DynamicObject> = review
         .try_into()
         .map_err(|_| "the AdmissionReview has no request".to_owned())?;
-    let validated = review::validate(&request, policy, own_namespace);
-    let plan = review::plan_mutation(&request, policy, own_namespace);
+    let scope = review::Scope::new(own_namespace);
+    let validated = review::validate(&request, policy, &scope);
+    let plan = review::plan_mutation(&request, policy, &scope);
     let (patch, warnings) = review::build_patch(&plan, &vec![true; plan.candidates.len()]);
     let mut mutated = AdmissionResponse::from(&request);
     if !warnings.is_empty() {

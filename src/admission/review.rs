@@ -134,16 +134,71 @@ fn recorded_originals(object: &DynamicObject) -> BTreeMap<String, String> {
         .unwrap_or_default()
 }
 
+/// What the webhooks know about the berth they run in, besides the policy.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Scope {
+    /// berth's own namespace: never validated nor mutated.
+    pub namespace: String,
+    /// Names of the proxy's upstreams: `<host>/proxy/<upstream>/<repo>` is `<upstream>/<repo>` in disguise.
+    pub proxy_upstreams: Vec<String>,
+}
+
+impl Scope {
+    pub fn new(namespace: &str) -> Scope {
+        Scope {
+            namespace: namespace.to_owned(),
+            proxy_upstreams: Vec::new(),
+        }
+    }
+
+    /// The upstream image behind a proxied reference (`127.0.0.1:5050/proxy/docker.io/library/nginx:1` →
+    /// `docker.io/library/nginx:1`), so that a pod cannot reach a denied image by naming the proxy path.
+    fn proxied_image(&self, image: &str) -> Option<String> {
+        let parsed = ImageRef::parse(image).ok()?;
+        let (upstream, rest) = parsed.path.strip_prefix("proxy/")?.split_once('/')?;
+        if !self.proxy_upstreams.iter().any(|u| u == upstream) {
+            return None;
+        }
+        let mut behind = format!("{upstream}/{rest}");
+        if let Some(tag) = &parsed.tag {
+            behind.push(':');
+            behind.push_str(tag);
+        }
+        if let Some(digest) = &parsed.digest {
+            behind.push('@');
+            behind.push_str(digest);
+        }
+        Some(behind)
+    }
+}
+
 /// Whether a review is out of berth's scope: not a create/update, berth's own namespace, or excluded by policy.
-fn skipped(
-    request: &AdmissionRequest<DynamicObject>,
-    policy: &Policy,
-    own_namespace: &str,
-) -> bool {
+fn skipped(request: &AdmissionRequest<DynamicObject>, policy: &Policy, scope: &Scope) -> bool {
     let namespace = request.namespace.as_deref().unwrap_or_default();
     !matches!(request.operation, Operation::Create | Operation::Update)
-        || namespace == own_namespace
+        || namespace == scope.namespace
         || policy.excludes(namespace)
+}
+
+/// On UPDATE, the images the old object already had, by container list and name: those are not decided again, so a
+/// policy change never blocks scaling, finalizer removal or label changes of what already runs.
+fn previous_images(
+    request: &AdmissionRequest<DynamicObject>,
+) -> BTreeMap<(&'static str, String), String> {
+    let mut previous = BTreeMap::new();
+    if request.operation != Operation::Update {
+        return previous;
+    }
+    if let Some(spec) = request
+        .old_object
+        .as_ref()
+        .and_then(|old| pod_spec(request, old))
+    {
+        for container in container_images(spec) {
+            previous.insert((container.kind.field(), container.name), container.image);
+        }
+    }
+    previous
 }
 
 /// `/validate`: allows or denies the object by the policy. A denial names, for every offending image, the container,
@@ -151,15 +206,19 @@ fn skipped(
 pub fn validate(
     request: &AdmissionRequest<DynamicObject>,
     policy: &Policy,
-    own_namespace: &str,
+    scope: &Scope,
 ) -> AdmissionResponse {
     let mut response = AdmissionResponse::from(request);
-    if skipped(request, policy, own_namespace) {
+    if skipped(request, policy, scope) {
         return response;
     }
     let Some(object) = request.object.as_ref() else {
         return response;
     };
+    // An object being deleted only loses finalizers: never stand in its way.
+    if object.metadata.deletion_timestamp.is_some() {
+        return response;
+    }
     let Some(spec) = pod_spec(request, object) else {
         return response;
     };
@@ -170,16 +229,26 @@ pub fn validate(
         BTreeMap::new()
     };
 
+    let previous = previous_images(request);
     let mut denials = Vec::new();
     let mut warnings = Vec::new();
     for container in container_images(spec) {
-        // A rewritten pod is judged by its original image too, so a rewrite never launders a denied image.
+        let key = (container.kind.field(), container.name.clone());
+        if previous.get(&key) == Some(&container.image) {
+            continue;
+        }
+        // A rewritten pod is judged by its original image too, so a rewrite never launders a denied image; and a
+        // proxied reference by the upstream image behind it.
         let original = originals
             .get(&container.name)
-            .filter(|o| **o != container.image);
-        let checks = std::iter::once((&container.image, "image"))
-            .chain(original.map(|o| (o, "original image")));
+            .filter(|o| **o != container.image)
+            .cloned();
+        let proxied = scope.proxied_image(&container.image);
+        let checks = std::iter::once((container.image.clone(), "image"))
+            .chain(original.map(|o| (o, "original image")))
+            .chain(proxied.map(|p| (p, "proxied image")));
         for (image, label) in checks {
+            let image = &image;
             let decision = policy.decide(image, namespace);
             let what = match &decision.normalized {
                 Some(normalized) if normalized != image => {
@@ -243,10 +312,10 @@ pub struct MutationPlan {
 pub fn plan_mutation(
     request: &AdmissionRequest<DynamicObject>,
     policy: &Policy,
-    own_namespace: &str,
+    scope: &Scope,
 ) -> MutationPlan {
     let mut plan = MutationPlan::default();
-    if skipped(request, policy, own_namespace)
+    if skipped(request, policy, scope)
         || request.operation != Operation::Create
         || !request.kind.group.is_empty()
         || request.kind.kind != "Pod"
@@ -307,10 +376,9 @@ pub fn build_patch(plan: &MutationPlan, available: &[bool]) -> (Option<Patch>, V
             ]),
             value: Value::String(candidate.target.to_string()),
         }));
-        // The first original is kept: a reinvocation must not record a rewritten image as the original.
-        originals
-            .entry(container.name.clone())
-            .or_insert_with(|| container.image.clone());
+        // What the pod asks for now is the original: a recorded value for this container is the pod author's claim,
+        // not berth's record (reinvocations never get here for a rewritten container, it is already at its target).
+        originals.insert(container.name.clone(), container.image.clone());
     }
     if operations.is_empty() {
         return (None, warnings);
@@ -366,6 +434,13 @@ rewrites:
         review.try_into().expect("request")
     }
 
+    fn scope() -> Scope {
+        Scope {
+            namespace: "berth-system".into(),
+            proxy_upstreams: vec!["docker.io".into()],
+        }
+    }
+
     fn pod(containers: Value, annotations: Option<Value>) -> Value {
         let mut metadata = json!({"name": "p"});
         if let Some(annotations) = annotations {
@@ -384,7 +459,7 @@ rewrites:
         let response = validate(
             &request(("", "Pod"), "CREATE", "prod", pod(spec.clone(), None)),
             &policy,
-            "berth-system",
+            &scope(),
         );
         assert!(!response.allowed);
         assert_eq!(response.result.code, 403);
@@ -403,7 +478,7 @@ rewrites:
         let response = validate(
             &request(("batch", "CronJob"), "CREATE", "prod", cronjob),
             &policy,
-            "berth-system",
+            &scope(),
         );
         assert!(!response.allowed);
         assert!(
@@ -425,7 +500,7 @@ rewrites:
             let response = validate(
                 &request(kind, operation, namespace, pod(spec.clone(), None)),
                 &policy,
-                "berth-system",
+                &scope(),
             );
             assert!(response.allowed, "{kind:?} {operation} {namespace}");
             assert_eq!(response.warnings, None);
@@ -440,7 +515,7 @@ rewrites:
         let response = validate(
             &request(("", "Pod"), "CREATE", "prod", pod(spec, Some(annotations))),
             &policy,
-            "b",
+            &scope(),
         );
         assert!(!response.allowed);
         assert!(
@@ -461,7 +536,7 @@ rewrites:
             "containers": [{"name": "web", "image": "nginx:1.25"}, {"name": "other", "image": "quay.io/x:1"}]
         });
         let create = request(("", "Pod"), "CREATE", "prod", pod(spec, None));
-        let plan = plan_mutation(&create, &policy, "berth-system");
+        let plan = plan_mutation(&create, &policy, &scope());
         assert_eq!(plan.candidates.len(), 2);
         let (patch, warnings) = build_patch(&plan, &[true, true]);
         assert!(warnings.is_empty());
@@ -489,7 +564,7 @@ rewrites:
         let again = plan_mutation(
             &request(("", "Pod"), "CREATE", "prod", mutated),
             &policy,
-            "berth-system",
+            &scope(),
         );
         assert_eq!(build_patch(&again, &[]).0, None);
 
@@ -501,7 +576,7 @@ rewrites:
         let plan = plan_mutation(
             &request(("", "Pod"), "CREATE", "prod", with_annotations),
             &policy,
-            "berth-system",
+            &scope(),
         );
         let (patch, warnings) = build_patch(&plan, &[false]);
         assert_eq!(patch, None);
@@ -540,12 +615,83 @@ rewrites:
             ),
         ] {
             assert!(
-                plan_mutation(&review, &policy, "berth-system")
+                plan_mutation(&review, &policy, &scope())
                     .candidates
                     .is_empty(),
                 "{:?}",
                 review.kind
             );
         }
+    }
+
+    #[test]
+    fn a_forged_original_is_overwritten_and_a_proxy_path_is_judged_by_its_upstream_image() {
+        let policy = Policy::from_yaml(
+            "rules: [{name: evil, action: deny, images: ['docker\\.io/evil/.*']}]\nrewrites: [{name: hub, match: 'docker\\.io/(.+)', replace: '127.0.0.1:5050/proxy/docker.io/$1'}]",
+        )
+        .expect("policy");
+        // The pod claims an innocent original for an evil image; the rewrite records what the pod really asked for.
+        let forged = json!({ORIGINAL_IMAGES_ANNOTATION: "{\"web\":\"nginx:1.25\"}"});
+        let spec = json!({"containers": [{"name": "web", "image": "evil/miner:1"}]});
+        let create = request(("", "Pod"), "CREATE", "prod", pod(spec, Some(forged)));
+        let plan = plan_mutation(&create, &policy, &scope());
+        let (patch, _) = build_patch(&plan, &[true]);
+        let patch = serde_json::to_value(patch.expect("patch")).expect("json");
+        assert_eq!(patch[1]["value"], "{\"web\":\"evil/miner:1\"}");
+
+        // Naming the proxy path directly is judged as the upstream image.
+        let spec = json!({"containers": [{"name": "web", "image": "127.0.0.1:5050/proxy/docker.io/evil/miner:1"}]});
+        let response = validate(
+            &request(("", "Pod"), "CREATE", "prod", pod(spec, None)),
+            &policy,
+            &scope(),
+        );
+        assert!(!response.allowed);
+        assert!(
+            response
+                .result
+                .message
+                .contains("proxied image \"docker.io/evil/miner:1\""),
+            "{}",
+            response.result.message
+        );
+        // Not for an upstream berth does not proxy.
+        let spec = json!({"containers": [{"name": "web", "image": "127.0.0.1:5050/proxy/other/evil/miner:1"}]});
+        let response = validate(
+            &request(("", "Pod"), "CREATE", "prod", pod(spec, None)),
+            &policy,
+            &scope(),
+        );
+        assert!(response.allowed);
+    }
+
+    #[test]
+    fn updates_decide_only_new_images_and_deletions_pass() {
+        let policy = Policy::from_yaml(POLICY).expect("policy");
+        let old = pod(
+            json!({"containers": [{"name": "web", "image": "nginx"}]}),
+            None,
+        );
+        // Only labels changed: the already-running :latest image is not decided again.
+        let mut relabelled = old.clone();
+        relabelled["metadata"]["labels"] = json!({"x": "y"});
+        let mut update = request(("", "Pod"), "UPDATE", "prod", relabelled);
+        update.old_object = serde_json::from_value(old.clone()).ok();
+        assert!(validate(&update, &policy, &scope()).allowed);
+        // A changed image is decided.
+        let changed = pod(
+            json!({"containers": [{"name": "web", "image": "busybox"}]}),
+            None,
+        );
+        let mut update = request(("", "Pod"), "UPDATE", "prod", changed);
+        update.old_object = serde_json::from_value(old.clone()).ok();
+        assert!(!validate(&update, &policy, &scope()).allowed);
+        // An object being deleted (finalizers going) always passes.
+        let mut deleting = old.clone();
+        deleting["metadata"]["deletionTimestamp"] = json!("2026-01-01T00:00:00Z");
+        deleting["spec"]["containers"][0]["image"] = json!("busybox");
+        let mut update = request(("", "Pod"), "UPDATE", "prod", deleting);
+        update.old_object = serde_json::from_value(old).ok();
+        assert!(validate(&update, &policy, &scope()).allowed);
     }
 }

@@ -17,11 +17,7 @@ use crate::registry::Registry;
 const MAX_REVIEW_BYTES: usize = 8 * 1024 * 1024;
 
 /// Settings the webhooks need besides the policy.
-#[derive(Debug, Clone)]
-pub struct AdmissionSettings {
-    /// berth's own namespace: never validated nor mutated.
-    pub namespace: String,
-}
+pub type AdmissionSettings = super::review::Scope;
 
 pub fn configure(cfg: &mut web::ServiceConfig) {
     cfg.route("/validate", web::post().to(validate))
@@ -66,7 +62,7 @@ async fn validate(
         Err(why) => return refuse_unreadable("/validate", why),
     };
     let active = store.current();
-    let response = review::validate(&request, &active.policy, &settings.namespace);
+    let response = review::validate(&request, &active.policy, &settings);
     if !response.allowed {
         log::info!(
             "validate {}: denied: {}",
@@ -95,7 +91,7 @@ async fn mutate(
         Err(why) => return refuse_unreadable("/mutate", why),
     };
     let active = store.current();
-    let plan = review::plan_mutation(&request, &active.policy, &settings.namespace);
+    let plan = review::plan_mutation(&request, &active.policy, &settings);
     let available = availability(&plan, &registry, &proxy).await;
     let (patch, warnings) = review::build_patch(&plan, &available);
     let mut response = AdmissionResponse::from(&request);
