@@ -250,7 +250,12 @@ async fn forward(req: HttpRequest, upstream: web::Data<Upstream>) -> HttpRespons
             builder.insert_header((name, value.as_bytes()));
         }
     }
-    let length = response.content_length();
+    // A HEAD answer has no body: its length is the header's.
+    let length = if req.method() == Method::HEAD {
+        crate::proxy::upstream::header_content_length(response.headers())
+    } else {
+        response.content_length()
+    };
     let body = response.bytes_stream().map_err(std::io::Error::other);
     match length {
         // HEAD: the length of what a GET would send; actix sends the headers only.

@@ -62,7 +62,8 @@ pub async fn serve(config: Config) -> Result<(), ServeError> {
     })?;
     let storage: Arc<dyn crate::registry::storage::Storage> = Arc::new(storage);
     let registry = web::Data::new(Registry::new(storage.clone()));
-    let proxy = crate::proxy::Proxy::new(&config.proxy, storage).map_err(ServeError::Proxy)?;
+    let proxy = crate::proxy::Proxy::new(&config.proxy, storage, registry.content_gate())
+        .map_err(ServeError::Proxy)?;
     proxy.load_usage().await.map_err(|e| {
         ServeError::Proxy(crate::proxy::upstream::UpstreamError::Setup {
             upstream: "(cache)".into(),

@@ -5,7 +5,7 @@
 //! in the store under `proxy/<upstream>/<repository>` and are read-only; least recently used proxied blobs are
 //! evicted past `maxSize`, pushed content never.
 //!
-//! Knows nothing of actix-web (see `routes.rs`); talks to upstreams through `upstream.rs`.
+//! Knows nothing of actix-web (see `routes.rs`; fetches run as tokio tasks); talks to upstreams through `upstream.rs`.
 
 pub mod config;
 pub mod routes;
@@ -39,6 +39,10 @@ pub const PROXY_PREFIX: &str = "proxy";
 const FLUSH_BYTES: usize = 512 * 1024;
 /// A pause of the upstream this long flushes what has arrived, so slow upstreams still stream.
 const FLUSH_PAUSE: Duration = Duration::from_millis(20);
+/// After a failed revalidation, the cached tag is served without asking again for this long.
+const STALE_RETRY: Duration = Duration::from_secs(30);
+/// Largest token or tag-list answer read from an upstream.
+const MAX_SMALL_BODY: usize = 4 * 1024 * 1024;
 /// Largest read a follower does at once.
 const FOLLOW_READ: usize = 1024 * 1024;
 
@@ -70,19 +74,24 @@ enum FetchState {
 struct Usage {
     size: u64,
     last_used: Instant,
-    repo: RepoName,
+    /// Every proxied repository the blob is cached for (a layer shared by images of several repositories).
+    repos: std::collections::BTreeSet<RepoName>,
 }
 
 pub struct Proxy {
     upstreams: BTreeMap<String, Arc<Upstream>>,
     storage: Arc<dyn Storage>,
     /// (local repo, tag) → when it was last confirmed with the upstream.
+    /// (local repo, tag) → until when the cached tag is trusted without asking the upstream.
     fresh_tags: Mutex<HashMap<(RepoName, Tag), Instant>>,
     /// One lock per manifest reference being fetched, so concurrent requests share one upstream fetch.
     manifest_locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
     blob_fetches: Mutex<HashMap<Digest, watch::Receiver<FetchState>>>,
     usage: Mutex<HashMap<Digest, Usage>>,
     max_size: Option<u64>,
+    /// Shared with the registry: held for reading while content is committed or linked, for writing while eviction
+    /// decides that a blob is unused and deletes it, so a concurrent push never loses its layer.
+    content_gate: Arc<tokio::sync::RwLock<()>>,
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -150,15 +159,12 @@ fn is_transient(error: &RegistryError) -> bool {
     )
 }
 
-fn storage_io(what: &str, e: std::io::Error) -> RegistryError {
-    RegistryError::Storage(StorageError::Io {
-        what: what.to_owned(),
-        source: e,
-    })
-}
-
 impl Proxy {
-    pub fn new(config: &ProxyConfig, storage: Arc<dyn Storage>) -> Result<Proxy, UpstreamError> {
+    pub fn new(
+        config: &ProxyConfig,
+        storage: Arc<dyn Storage>,
+        content_gate: Arc<tokio::sync::RwLock<()>>,
+    ) -> Result<Proxy, UpstreamError> {
         let mut upstreams = BTreeMap::new();
         for upstream in &config.upstreams {
             upstreams.insert(
@@ -174,13 +180,8 @@ impl Proxy {
             blob_fetches: Mutex::new(HashMap::new()),
             usage: Mutex::new(HashMap::new()),
             max_size: config.max_size,
+            content_gate,
         })
-    }
-
-    /// A proxy with no upstreams: every repository is local.
-    pub fn disabled(storage: Arc<dyn Storage>) -> Proxy {
-        Proxy::new(&ProxyConfig::default(), storage)
-            .unwrap_or_else(|_| unreachable!("no upstreams, nothing to fail"))
     }
 
     pub fn upstream_names(&self) -> impl Iterator<Item = &str> {
@@ -232,7 +233,11 @@ impl Proxy {
         }
         let mut found = Vec::new();
         for repo in self.storage.repositories().await? {
-            if !repo.as_str().starts_with("proxy/") {
+            // Only the caches of configured upstreams; anything else under proxy/ is not berth's to evict.
+            if self
+                .resolve(&repo, None)
+                .is_none_or(|target| target.local_repo != repo)
+            {
                 continue;
             }
             for digest in self.storage.blobs_linked(&repo).await? {
@@ -241,30 +246,22 @@ impl Proxy {
                 }
             }
         }
-        let mut usage = lock(&self.usage);
         for (digest, size, repo) in found {
-            usage.insert(
-                digest,
-                Usage {
-                    size,
-                    last_used: Instant::now(),
-                    repo,
-                },
-            );
+            self.touch(&digest, size, &repo);
         }
         Ok(())
     }
 
     fn touch(&self, digest: &Digest, size: u64, repo: &RepoName) {
         if self.max_size.is_some() {
-            lock(&self.usage).insert(
-                digest.clone(),
-                Usage {
-                    size,
-                    last_used: Instant::now(),
-                    repo: repo.clone(),
-                },
-            );
+            let mut usage = lock(&self.usage);
+            let entry = usage.entry(digest.clone()).or_insert_with(|| Usage {
+                size,
+                last_used: Instant::now(),
+                repos: Default::default(),
+            });
+            entry.last_used = Instant::now();
+            entry.repos.insert(repo.clone());
         }
     }
 
@@ -278,14 +275,16 @@ impl Proxy {
 
     // ----- manifests
 
-    fn is_fresh(&self, repo: &RepoName, tag: &Tag, ttl: Duration) -> bool {
+    fn is_fresh(&self, repo: &RepoName, tag: &Tag) -> bool {
         lock(&self.fresh_tags)
             .get(&(repo.clone(), tag.clone()))
-            .is_some_and(|at| at.elapsed() < ttl)
+            .is_some_and(|until| Instant::now() < *until)
     }
 
-    fn mark_fresh(&self, repo: &RepoName, tag: &Tag) {
-        lock(&self.fresh_tags).insert((repo.clone(), tag.clone()), Instant::now());
+    /// Trusts the cached tag for `duration` (its tagTtl; or a short while after a failed revalidation, so that the
+    /// requests queued behind it do not each wait for the failing upstream again).
+    fn mark_fresh(&self, repo: &RepoName, tag: &Tag, duration: Duration) {
+        lock(&self.fresh_tags).insert((repo.clone(), tag.clone()), Instant::now() + duration);
     }
 
     fn manifest_lock(&self, key: String) -> Arc<tokio::sync::Mutex<()>> {
@@ -337,12 +336,12 @@ impl Proxy {
             None => None,
         };
         if let Some(cached) = &cached {
-            if self.is_fresh(repo, tag, target.upstream.config.tag_ttl) {
+            if self.is_fresh(repo, tag) {
                 return Ok(cached.clone());
             }
             match self.head_manifest(target, tag).await {
                 Ok(Some(digest)) if digest == cached.0 => {
-                    self.mark_fresh(repo, tag);
+                    self.mark_fresh(repo, tag, target.upstream.config.tag_ttl);
                     return Ok(cached.clone());
                 }
                 Ok(Some(_moved)) => {}
@@ -359,6 +358,7 @@ impl Proxy {
                         "serving cached {repo}:{tag} ({}) because revalidation failed: {e}",
                         cached.0
                     );
+                    self.mark_fresh(repo, tag, STALE_RETRY);
                     return Ok(cached.clone());
                 }
                 Err(e) => return Err(e),
@@ -370,7 +370,7 @@ impl Proxy {
         match (fetched, cached) {
             (Ok((digest, manifest)), _) => {
                 self.storage.tag_set(repo, tag, &digest).await?;
-                self.mark_fresh(repo, tag);
+                self.mark_fresh(repo, tag, target.upstream.config.tag_ttl);
                 Ok((digest, manifest))
             }
             (Err(e), Some(cached)) if is_transient(&e) => {
@@ -464,10 +464,9 @@ impl Proxy {
                 "manifest {reference} is larger than {MAX_MANIFEST_BYTES} bytes"
             )));
         }
-        let bytes = response
-            .bytes()
+        let bytes = upstream::read_limited(response, MAX_MANIFEST_BYTES as usize)
             .await
-            .map_err(|e| failed(format!("manifest {reference} broke off: {e}")))?;
+            .map_err(|why| failed(format!("manifest {reference}: {why}")))?;
         let digest = match reference {
             Reference::Digest(expected) => {
                 let actual = Digest::compute(expected.algorithm(), &bytes);
@@ -525,12 +524,13 @@ impl Proxy {
                 unknown,
             ));
         }
-        response
-            .content_length()
-            .ok_or_else(|| RegistryError::UpstreamFailed {
+        // A HEAD response has no body, so the length must come from the header itself.
+        upstream::header_content_length(response.headers()).ok_or_else(|| {
+            RegistryError::UpstreamFailed {
                 upstream: upstream.name().to_owned(),
                 why: format!("no Content-Length for blob {digest}"),
-            })
+            }
+        })
     }
 
     /// A blob of a proxied repository: `(size if known, bytes)`. Cached blobs come from the store; others stream
@@ -592,7 +592,11 @@ impl Proxy {
         digest: &Digest,
     ) -> watch::Receiver<FetchState> {
         let mut fetches = lock(&self.blob_fetches);
-        if let Some(state) = fetches.get(digest) {
+        // A fetch whose task died (its sender is gone) is replaced rather than waited on forever.
+        if let Some(state) = fetches
+            .get(digest)
+            .filter(|state| state.has_changed().is_ok())
+        {
             return state.clone();
         }
         let (sender, receiver) = watch::channel(FetchState::Connecting);
@@ -604,7 +608,7 @@ impl Proxy {
             digest: digest.clone(),
             state: sender,
         };
-        actix_web::rt::spawn(fetch.run());
+        tokio::spawn(fetch.run());
         receiver
     }
 
@@ -625,7 +629,7 @@ impl Proxy {
         let Some(max) = self.max_size else {
             return Ok(());
         };
-        let victims: Vec<(Digest, RepoName, u64)> = {
+        let victims: Vec<(Digest, Vec<RepoName>, u64)> = {
             let usage = lock(&self.usage);
             let mut total: u64 = usage.values().map(|u| u.size).sum();
             if total <= max {
@@ -643,16 +647,23 @@ impl Proxy {
                     break;
                 }
                 total -= usage.size;
-                victims.push((digest.clone(), usage.repo.clone(), usage.size));
+                victims.push((
+                    digest.clone(),
+                    usage.repos.iter().cloned().collect(),
+                    usage.size,
+                ));
             }
             victims
         };
-        let repositories = self.storage.repositories().await?;
-        for (digest, repo, size) in victims {
-            self.storage.blob_unlink(&repo, &digest).await?;
+        for (digest, repos, size) in victims {
+            // Exclusive: no push, mount or fetch commits or links content while this one is judged unused.
+            let _gate = self.content_gate.write().await;
+            for repo in &repos {
+                self.storage.blob_unlink(repo, &digest).await?;
+            }
             let mut still_used = false;
-            for other in &repositories {
-                if self.storage.blob_linked(other, &digest).await? {
+            for other in self.storage.repositories().await? {
+                if self.storage.blob_linked(&other, &digest).await? {
                     still_used = true;
                     break;
                 }
@@ -661,7 +672,11 @@ impl Proxy {
                 self.storage.blob_delete(&digest).await?;
             }
             lock(&self.usage).remove(&digest);
-            log::info!("evicted proxied blob {digest} ({size} bytes) from {repo}");
+            let names: Vec<&str> = repos.iter().map(RepoName::as_str).collect();
+            log::info!(
+                "evicted proxied blob {digest} ({size} bytes) from {}",
+                names.join(", ")
+            );
         }
         Ok(())
     }
@@ -688,10 +703,10 @@ fn clone_error(error: &RegistryError) -> RegistryError {
             upstream: upstream.clone(),
             why: why.clone(),
         },
-        other => RegistryError::UpstreamFailed {
-            upstream: "(proxy)".into(),
-            why: other.to_string(),
-        },
+        other => RegistryError::Storage(StorageError::Io {
+            what: "shared blob fetch".into(),
+            source: std::io::Error::other(other.to_string()),
+        }),
     }
 }
 
@@ -729,10 +744,6 @@ impl BlobFetch {
 
     async fn fetch(&self) -> Result<u64> {
         let upstream = &self.target.upstream;
-        let failed = |why: String| RegistryError::UpstreamFailed {
-            upstream: upstream.name().to_owned(),
-            why,
-        };
         let response = upstream
             .send(
                 Method::GET,
@@ -763,20 +774,10 @@ impl BlobFetch {
         };
         self.storage.upload_create(&id, &info).await?;
         let result = self.copy(response, &id, size).await;
-        match result {
-            Ok(written) => Ok(written),
-            Err(e) => {
-                let _ = self.storage.upload_delete(&id).await;
-                Err(e)
-            }
+        if result.is_err() {
+            let _ = self.storage.upload_delete(&id).await;
         }
-        .and_then(|written| match size {
-            Some(size) if size != written => Err(failed(format!(
-                "sent {written} bytes of {size} for {}",
-                self.digest
-            ))),
-            _ => Ok(written),
-        })
+        result
     }
 
     /// Streams the upstream body into the upload (and the hasher), publishing progress; verifies and commits.
@@ -846,6 +847,7 @@ impl BlobFetch {
                 ),
             });
         }
+        let _gate = self.proxy.content_gate.read().await;
         self.storage.upload_commit(id, &self.digest).await?;
         self.storage
             .blob_link(&self.target.local_repo, &self.digest)
@@ -981,30 +983,41 @@ fn storage_io_error(e: StorageError) -> std::io::Error {
     std::io::Error::other(e.to_string())
 }
 
-/// Passes a `tags/list` request to the upstream: `(status, content type, body)`.
-pub async fn upstream_tags(target: &ProxyTarget, query: &str) -> Result<(u16, String, Bytes)> {
+/// Passes a `tags/list` request to the upstream: `(content type, body)` of a successful answer; failures map like
+/// every other upstream answer (404 → NAME_UNKNOWN, 429 → TOOMANYREQUESTS, …).
+pub async fn upstream_tags(target: &ProxyTarget, query: &str) -> Result<(String, Bytes)> {
     let path = if query.is_empty() {
         "tags/list".to_owned()
     } else {
         format!("tags/list?{query}")
     };
-    let response = target
-        .upstream
+    let upstream = &target.upstream;
+    let response = upstream
         .send(Method::GET, &target.upstream_repo, &path, HeaderMap::new())
         .await
         .map_err(upstream_error)?;
-    let status = response.status().as_u16();
+    if !response.status().is_success() {
+        let unknown = RegistryError::NameUnknown(target.upstream_repo.clone());
+        return Err(status_error(
+            upstream,
+            response.status(),
+            response.headers(),
+            unknown,
+        ));
+    }
     let content_type = response
         .headers()
         .get("content-type")
         .and_then(|v| v.to_str().ok())
         .unwrap_or("application/json")
         .to_owned();
-    let body = response
-        .bytes()
+    let body = upstream::read_limited(response, MAX_SMALL_BODY)
         .await
-        .map_err(|e| storage_io("upstream tags/list", std::io::Error::other(e)))?;
-    Ok((status, content_type, body))
+        .map_err(|why| RegistryError::UpstreamFailed {
+            upstream: upstream.name().to_owned(),
+            why: format!("tags of {}: {why}", target.upstream_repo),
+        })?;
+    Ok((content_type, body))
 }
 
 #[cfg(test)]

@@ -66,20 +66,23 @@ pub async fn dispatch(
         }
         (Route::Tags(_), Method::GET) => {
             match super::upstream_tags(&target, req.query_string()).await {
-                Ok((status, content_type, body)) => {
-                    let status = actix_web::http::StatusCode::from_u16(status)
-                        .unwrap_or(actix_web::http::StatusCode::BAD_GATEWAY);
-                    Ok(HttpResponse::build(status)
-                        .content_type(content_type)
-                        .body(body))
+                Ok((content_type, body)) => {
+                    Ok(HttpResponse::Ok().content_type(content_type).body(body))
                 }
-                Err(e) => {
+                // The upstream is down: the tags cached so far, if there are any.
+                Err(
+                    e @ (RegistryError::UpstreamUnavailable { .. }
+                    | RegistryError::UpstreamTooManyRequests { .. }),
+                ) => {
+                    let Ok(page) = registry.tags(&target.local_repo, None, None).await else {
+                        return Err(e);
+                    };
                     log::warn!("tags of {} from the cache: {e}", target.local_repo);
-                    let page = registry.tags(&target.local_repo, None, None).await?;
                     let tags: Vec<&str> = page.items.iter().map(|t| t.as_str()).collect();
                     Ok(HttpResponse::Ok()
                         .json(serde_json::json!({ "name": target.upstream_repo, "tags": tags })))
                 }
+                Err(e) => Err(e),
             }
         }
         (Route::Referrers(..), Method::GET) => Err(RegistryError::Unsupported(format!(

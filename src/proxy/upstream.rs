@@ -40,6 +40,35 @@ pub enum UpstreamError {
     Setup { upstream: String, why: String },
 }
 
+/// The `Content-Length` header's value (for HEAD answers, whose body is empty whatever the header says).
+pub fn header_content_length(headers: &HeaderMap) -> Option<u64> {
+    headers
+        .get(reqwest::header::CONTENT_LENGTH)?
+        .to_str()
+        .ok()?
+        .trim()
+        .parse()
+        .ok()
+}
+
+/// Reads a whole answer of at most `max` bytes; a longer one (declared or streamed) is refused.
+pub async fn read_limited(response: Response, max: usize) -> Result<bytes::Bytes, String> {
+    use futures_util::StreamExt;
+    if response.content_length().is_some_and(|n| n > max as u64) {
+        return Err(format!("answer larger than {max} bytes"));
+    }
+    let mut body = response.bytes_stream();
+    let mut bytes = bytes::BytesMut::new();
+    while let Some(chunk) = body.next().await {
+        let chunk = chunk.map_err(|e| format!("answer broke off: {e}"))?;
+        if bytes.len() + chunk.len() > max {
+            return Err(format!("answer larger than {max} bytes"));
+        }
+        bytes.extend_from_slice(&chunk);
+    }
+    Ok(bytes.freeze())
+}
+
 /// A parsed `WWW-Authenticate` challenge.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Challenge {
@@ -249,7 +278,9 @@ impl Upstream {
         if !response.status().is_success() {
             return Err(failed(format!("status {}", response.status())));
         }
-        let body: TokenResponse = response.json().await.map_err(|e| failed(e.to_string()))?;
+        let body = read_limited(response, 64 * 1024).await.map_err(failed)?;
+        let body: TokenResponse =
+            serde_json::from_slice(&body).map_err(|e| failed(e.to_string()))?;
         let token = body
             .token
             .or(body.access_token)

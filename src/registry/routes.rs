@@ -155,6 +155,17 @@ async fn dispatch(
         return crate::proxy::routes::dispatch(&proxy.into_inner(), registry, target, route, &req)
             .await;
     }
+    // proxy/… belongs to the pull-through cache: nothing may be pushed there, even for an upstream not configured.
+    let writes = !matches!(*req.method(), Method::GET | Method::HEAD);
+    if writes
+        && route
+            .repository()
+            .is_some_and(|repo| repo.as_str().starts_with("proxy/"))
+    {
+        return Err(RegistryError::Unsupported(
+            "repositories under proxy/ are reserved for the pull-through cache".into(),
+        ));
+    }
     let method = req.method().clone();
     let head = method == Method::HEAD;
     match (route, method) {
@@ -196,7 +207,8 @@ async fn dispatch(
 
 fn allowed_methods(route: &Route) -> &'static str {
     match route {
-        Route::Base | Route::Blob(..) => "GET, HEAD, DELETE",
+        Route::Base => "GET, HEAD",
+        Route::Blob(..) => "GET, HEAD, DELETE",
         Route::Catalog | Route::Tags(_) | Route::Referrers(..) => "GET",
         Route::Manifest(..) => "GET, HEAD, PUT, DELETE",
         Route::Uploads(_) => "POST",

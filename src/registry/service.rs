@@ -43,6 +43,9 @@ pub struct PushedManifest {
 
 pub struct Registry {
     storage: Arc<dyn Storage>,
+    /// Held for reading while content is committed or linked; the proxy's eviction holds it for writing while it
+    /// decides a blob is unused and deletes it.
+    content_gate: Arc<tokio::sync::RwLock<()>>,
     /// One slot per upload touched since start; its mutex serialises requests on the same upload.
     sessions: Mutex<HashMap<UploadId, SessionSlot>>,
 }
@@ -92,12 +95,18 @@ impl Registry {
     pub fn new(storage: Arc<dyn Storage>) -> Self {
         Registry {
             storage,
+            content_gate: Arc::default(),
             sessions: Mutex::new(HashMap::new()),
         }
     }
 
     pub fn storage(&self) -> &Arc<dyn Storage> {
         &self.storage
+    }
+
+    /// The gate that serialises content deletion (the proxy's eviction) with commits and links.
+    pub fn content_gate(&self) -> Arc<tokio::sync::RwLock<()>> {
+        self.content_gate.clone()
     }
 
     // ----- blobs
@@ -147,6 +156,8 @@ impl Registry {
         digest: &Digest,
         from: Option<&RepoName>,
     ) -> Result<bool> {
+        // Held across the check and the link, so eviction cannot delete the content in between.
+        let _gate = self.content_gate.read().await;
         if self.storage.blob_size(digest).await?.is_none() {
             return Ok(false);
         }
@@ -228,6 +239,8 @@ impl Registry {
         B: Stream<Item = std::result::Result<Bytes, E>> + Unpin,
         E: Display,
     {
+        // Unknown ids never get a session slot (the map would grow with every guessed id).
+        self.upload_size(repo, id).await?;
         let slot = self.slot(id);
         let mut session = slot.lock().await;
         let size = self.upload_size(repo, id).await?;
@@ -319,19 +332,22 @@ impl Registry {
         let mut writer = self.storage.upload_writer(id).await?;
         let pipe = HashPipe::spawn(hash.hasher);
         let mut hashed = hash.hashed;
-        while let Some(chunk) = body.next().await {
-            let chunk = chunk.map_err(|e| RegistryError::Body(e.to_string()))?;
-            hashed += chunk.len() as u64;
-            pipe.feed(chunk.clone())
-                .await
-                .map_err(|e| RegistryError::Body(e.to_string()))?;
-            writer.write(chunk).await?;
+        let copied: Result<()> = async {
+            while let Some(chunk) = body.next().await {
+                let chunk = chunk.map_err(|e| RegistryError::Body(e.to_string()))?;
+                hashed += chunk.len() as u64;
+                pipe.feed(chunk.clone()).await.map_err(pipe_failure)?;
+                writer.write(chunk).await?;
+            }
+            Ok(())
         }
-        let size = writer.finish().await?;
-        let hasher = pipe
-            .finish()
-            .await
-            .map_err(|e| RegistryError::Body(e.to_string()))?;
+        .await;
+        // Even when the copy failed: wait until every queued chunk is on disk, so the caller's rollback (a
+        // truncation) happens after the last write, never before a late one.
+        let size = writer.finish().await;
+        let hasher = pipe.finish().await.map_err(pipe_failure);
+        copied?;
+        let (size, hasher) = (size?, hasher?);
         if size != hashed {
             return Err(RegistryError::Storage(
                 super::storage::StorageError::Corrupt(format!(
@@ -360,6 +376,7 @@ impl Registry {
         if let Some(body) = body {
             self.upload_append(repo, id, location, range, body).await?;
         }
+        self.upload_size(repo, id).await?;
         let slot = self.slot(id);
         let mut session = slot.lock().await;
         let size = self.upload_size(repo, id).await?;
@@ -375,8 +392,10 @@ impl Registry {
                 "upload of {size} bytes has digest {actual}, not {digest}; the upload is discarded"
             )));
         }
+        let gate = self.content_gate.read().await;
         self.storage.upload_commit(id, digest).await?;
         self.storage.blob_link(repo, digest).await?;
+        drop(gate);
         drop(session);
         self.forget(id);
         log::info!("blob {digest} ({size} bytes) pushed to {repo}");
@@ -420,6 +439,7 @@ impl Registry {
 
     /// Cancels an upload.
     pub async fn upload_cancel(&self, repo: &RepoName, id: &UploadId) -> Result<()> {
+        self.upload_size(repo, id).await?;
         let slot = self.slot(id);
         let _session = slot.lock().await;
         self.upload_size(repo, id).await?;
@@ -640,6 +660,14 @@ impl Registry {
         }
         Ok(descriptors)
     }
+}
+
+/// The hashing thread failing is the server's problem, not the client's.
+fn pipe_failure(e: super::hashing::PipeClosed) -> RegistryError {
+    RegistryError::Storage(super::storage::StorageError::Io {
+        what: "hashing an upload".into(),
+        source: std::io::Error::other(e.to_string()),
+    })
 }
 
 /// digest → the sizes the manifest declares for it (a blob may appear more than once).
