@@ -134,54 +134,41 @@ fn policy_command(command: PolicyCommand) -> Result<String, String> {
     }
 }
 
+/// Prints what a command produced, or its error, and turns that into the exit code.
+fn exit<E: std::fmt::Display>(result: Result<String, E>) -> ExitCode {
+    match result {
+        Ok(out) => {
+            print!("{out}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("berth: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
 fn main() -> ExitCode {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
     let cli = Cli::parse();
     match cli.command {
-        Command::Serve(args) => {
-            let config = match Config::from_args(&args) {
-                Ok(config) => config,
-                Err(e) => {
-                    eprintln!("berth: {e}");
-                    return ExitCode::from(2);
-                }
-            };
-            match actix_web::rt::System::new().block_on(berth::server::serve(config)) {
-                Ok(()) => ExitCode::SUCCESS,
-                Err(e) => {
-                    eprintln!("berth: {e}");
-                    ExitCode::FAILURE
-                }
-            }
-        }
-        Command::NodeProxy(args) => {
-            match actix_web::rt::System::new().block_on(berth::node_proxy::run(args)) {
-                Ok(()) => ExitCode::SUCCESS,
-                Err(e) => {
-                    eprintln!("berth: {e}");
-                    ExitCode::FAILURE
-                }
-            }
-        }
-        Command::Certs(command) => match certs_command(command) {
-            Ok(out) => {
-                print!("{out}");
-                ExitCode::SUCCESS
-            }
+        Command::Serve(args) => match Config::from_args(&args) {
+            Ok(config) => exit(
+                actix_web::rt::System::new()
+                    .block_on(berth::server::serve(config))
+                    .map(|()| String::new()),
+            ),
             Err(e) => {
                 eprintln!("berth: {e}");
-                ExitCode::FAILURE
+                ExitCode::from(2)
             }
         },
-        Command::Policy(command) => match policy_command(command) {
-            Ok(out) => {
-                print!("{out}");
-                ExitCode::SUCCESS
-            }
-            Err(e) => {
-                eprintln!("berth: {e}");
-                ExitCode::FAILURE
-            }
-        },
+        Command::NodeProxy(args) => exit(
+            actix_web::rt::System::new()
+                .block_on(berth::node_proxy::run(args))
+                .map(|()| String::new()),
+        ),
+        Command::Certs(command) => exit(certs_command(command)),
+        Command::Policy(command) => exit(policy_command(command)),
     }
 }

@@ -56,6 +56,41 @@ pub struct ProxyTarget {
     pub local_repo: RepoName,
 }
 
+impl ProxyTarget {
+    /// Sends a request for this repository to the upstream; any answer but a success becomes the error a client
+    /// gets (`not_found` for a 404).
+    async fn request(
+        &self,
+        method: Method,
+        path: &str,
+        headers: HeaderMap,
+        not_found: impl FnOnce() -> RegistryError,
+    ) -> Result<reqwest::Response> {
+        let upstream = &self.upstream;
+        let response = upstream
+            .send(method, &self.upstream_repo, path, headers)
+            .await
+            .map_err(upstream_error)?;
+        if response.status().is_success() {
+            return Ok(response);
+        }
+        Err(status_error(
+            upstream,
+            response.status(),
+            response.headers(),
+            not_found(),
+        ))
+    }
+}
+
+/// What the upstream says a tag points at.
+enum UpstreamTag {
+    Missing,
+    At(Digest),
+    /// It exists, but the answer carried no usable digest: a GET decides.
+    Unknown,
+}
+
 /// Progress of one upstream blob fetch, watched by every client streaming it.
 #[derive(Debug, Clone)]
 enum FetchState {
@@ -340,12 +375,12 @@ impl Proxy {
                 return Ok(cached.clone());
             }
             match self.head_manifest(target, tag).await {
-                Ok(Some(digest)) if digest == cached.0 => {
+                Ok(UpstreamTag::At(digest)) if digest == cached.0 => {
                     self.mark_fresh(repo, tag, target.upstream.config.tag_ttl);
                     return Ok(cached.clone());
                 }
-                Ok(Some(_moved)) => {}
-                Ok(None) => {
+                Ok(UpstreamTag::At(_) | UpstreamTag::Unknown) => {}
+                Ok(UpstreamTag::Missing) => {
                     // Authoritative: the tag is gone upstream.
                     self.storage.tag_delete(repo, tag).await?;
                     return Err(RegistryError::ManifestUnknown(format!(
@@ -390,39 +425,27 @@ impl Proxy {
         headers
     }
 
-    /// The digest the upstream's tag points at (`None`: no such tag).
-    async fn head_manifest(&self, target: &ProxyTarget, tag: &Tag) -> Result<Option<Digest>> {
-        let upstream = &target.upstream;
-        let response = upstream
-            .send(
-                Method::HEAD,
-                &target.upstream_repo,
-                &format!("manifests/{tag}"),
-                Self::manifest_headers(),
-            )
+    /// What the upstream's tag points at, asked with a cheap HEAD.
+    async fn head_manifest(&self, target: &ProxyTarget, tag: &Tag) -> Result<UpstreamTag> {
+        let path = format!("manifests/{tag}");
+        let response = match target
+            .request(Method::HEAD, &path, Self::manifest_headers(), || {
+                RegistryError::ManifestUnknown(tag.to_string())
+            })
             .await
-            .map_err(upstream_error)?;
-        let status = response.status();
-        if status == StatusCode::NOT_FOUND {
-            return Ok(None);
-        }
-        if !status.is_success() {
-            return Err(status_error(
-                upstream,
-                status,
-                response.headers(),
-                RegistryError::ManifestUnknown(tag.to_string()),
-            ));
-        }
+        {
+            Ok(response) => response,
+            Err(RegistryError::ManifestUnknown(_)) => return Ok(UpstreamTag::Missing),
+            Err(e) => return Err(e),
+        };
         let digest = response
             .headers()
             .get("docker-content-digest")
             .and_then(|v| v.to_str().ok());
-        match digest.map(Digest::parse) {
-            Some(Ok(digest)) => Ok(Some(digest)),
-            // No usable digest header: a GET decides.
-            _ => Ok(Some(Digest::sha256_of(b"unknown"))),
-        }
+        Ok(match digest.map(Digest::parse) {
+            Some(Ok(digest)) => UpstreamTag::At(digest),
+            _ => UpstreamTag::Unknown,
+        })
     }
 
     /// Fetches a manifest from the upstream, verifies it, and caches it under its digest.
@@ -432,21 +455,12 @@ impl Proxy {
         reference: &Reference,
     ) -> Result<(Digest, StoredManifest)> {
         let upstream = &target.upstream;
-        let response = upstream
-            .send(
-                Method::GET,
-                &target.upstream_repo,
-                &format!("manifests/{reference}"),
-                Self::manifest_headers(),
-            )
-            .await
-            .map_err(upstream_error)?;
-        let status = response.status();
-        if !status.is_success() {
-            let unknown =
-                RegistryError::ManifestUnknown(format!("{}:{reference}", target.upstream_repo));
-            return Err(status_error(upstream, status, response.headers(), unknown));
-        }
+        let path = format!("manifests/{reference}");
+        let response = target
+            .request(Method::GET, &path, Self::manifest_headers(), || {
+                RegistryError::ManifestUnknown(format!("{}:{reference}", target.upstream_repo))
+            })
+            .await?;
         let content_type = response
             .headers()
             .get("content-type")
@@ -506,24 +520,12 @@ impl Proxy {
             }
         }
         let upstream = &target.upstream;
-        let response = upstream
-            .send(
-                Method::HEAD,
-                &target.upstream_repo,
-                &format!("blobs/{digest}"),
-                HeaderMap::new(),
-            )
-            .await
-            .map_err(upstream_error)?;
-        if !response.status().is_success() {
-            let unknown = RegistryError::BlobUnknown(digest.to_string());
-            return Err(status_error(
-                upstream,
-                response.status(),
-                response.headers(),
-                unknown,
-            ));
-        }
+        let path = format!("blobs/{digest}");
+        let response = target
+            .request(Method::HEAD, &path, HeaderMap::new(), || {
+                RegistryError::BlobUnknown(digest.to_string())
+            })
+            .await?;
         // A HEAD response has no body, so the length must come from the header itself.
         upstream::header_content_length(response.headers()).ok_or_else(|| {
             RegistryError::UpstreamFailed {
@@ -743,25 +745,13 @@ impl BlobFetch {
     }
 
     async fn fetch(&self) -> Result<u64> {
-        let upstream = &self.target.upstream;
-        let response = upstream
-            .send(
-                Method::GET,
-                &self.target.upstream_repo,
-                &format!("blobs/{}", self.digest),
-                HeaderMap::new(),
-            )
-            .await
-            .map_err(upstream_error)?;
-        if !response.status().is_success() {
-            let unknown = RegistryError::BlobUnknown(self.digest.to_string());
-            return Err(status_error(
-                upstream,
-                response.status(),
-                response.headers(),
-                unknown,
-            ));
-        }
+        let path = format!("blobs/{}", self.digest);
+        let response = self
+            .target
+            .request(Method::GET, &path, HeaderMap::new(), || {
+                RegistryError::BlobUnknown(self.digest.to_string())
+            })
+            .await?;
         let size = response.content_length();
         let id = UploadId::new_random();
         let info = UploadInfo {
@@ -992,19 +982,11 @@ pub async fn upstream_tags(target: &ProxyTarget, query: &str) -> Result<(String,
         format!("tags/list?{query}")
     };
     let upstream = &target.upstream;
-    let response = upstream
-        .send(Method::GET, &target.upstream_repo, &path, HeaderMap::new())
-        .await
-        .map_err(upstream_error)?;
-    if !response.status().is_success() {
-        let unknown = RegistryError::NameUnknown(target.upstream_repo.clone());
-        return Err(status_error(
-            upstream,
-            response.status(),
-            response.headers(),
-            unknown,
-        ));
-    }
+    let response = target
+        .request(Method::GET, &path, HeaderMap::new(), || {
+            RegistryError::NameUnknown(target.upstream_repo.clone())
+        })
+        .await?;
     let content_type = response
         .headers()
         .get("content-type")
