@@ -52,6 +52,8 @@ bash tests/k8s/ensure-apiserver.sh
 if ! command -v kubernetes-validate >/dev/null; then
     echo "run.sh: installing kubernetes-validate"
     python3 -m pip install --quiet --disable-pip-version-check --root-user-action=ignore kubernetes-validate==1.37.0
+    # Under pyenv the new console script needs a shim.
+    if command -v pyenv >/dev/null; then pyenv rehash; fi
     hash -r
     command -v kubernetes-validate >/dev/null || { echo "run.sh: kubernetes-validate still missing" >&2; exit 1; }
 fi
