@@ -7,12 +7,12 @@ use std::hint::black_box;
 use berth::admission::image::ImageRef;
 use berth::admission::policy::Policy;
 use berth::admission::review;
+use berth::admission::review::Workload;
 use berth::registry::hashing::Hasher;
 use berth::registry::manifest;
 use berth::registry::names::Algorithm;
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use kube::core::admission::{AdmissionRequest, AdmissionReview};
-use kube::core::DynamicObject;
 
 const POLICY: &str = include_str!("policy-50.yaml");
 const REVIEW: &str = include_str!("pod-review.json");
@@ -56,13 +56,13 @@ fn policy(c: &mut Criterion) {
     });
     group.finish();
 
-    let review: AdmissionReview<DynamicObject> = serde_json::from_str(REVIEW).expect("review");
-    let request: AdmissionRequest<DynamicObject> = review.try_into().expect("request");
+    let review: AdmissionReview<Workload> = serde_json::from_str(REVIEW).expect("review");
+    let request: AdmissionRequest<Workload> = review.try_into().expect("request");
     let mut group = c.benchmark_group("review (benches/pod-review.json)");
     group.throughput(Throughput::Bytes(REVIEW.len() as u64));
     group.bench_function("parse JSON", |b| {
         b.iter(|| {
-            let review: AdmissionReview<DynamicObject> =
+            let review: AdmissionReview<Workload> =
                 serde_json::from_str(black_box(REVIEW)).expect("review");
             black_box(review)
         })

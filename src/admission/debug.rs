@@ -3,8 +3,7 @@
 
 use std::fmt::Write as _;
 
-use kube::core::admission::{AdmissionRequest, AdmissionResponse, AdmissionReview};
-use kube::core::DynamicObject;
+use kube::core::admission::{AdmissionResponse, AdmissionReview};
 use serde_json::{json, Value};
 
 use super::image::ImageRef;
@@ -101,9 +100,9 @@ pub fn eval_review(
     review_json: &str,
     own_namespace: &str,
 ) -> Result<String, String> {
-    let review: AdmissionReview<DynamicObject> = serde_json::from_str(review_json)
+    let review: AdmissionReview<review::Workload> = serde_json::from_str(review_json)
         .map_err(|e| format!("cannot read the AdmissionReview: {e}"))?;
-    let request: AdmissionRequest<DynamicObject> = review
+    let request: review::Request = review
         .try_into()
         .map_err(|_| "the AdmissionReview has no request".to_owned())?;
     let scope = review::Scope::new(own_namespace);

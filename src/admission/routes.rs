@@ -3,8 +3,7 @@
 
 use actix_web::{web, HttpResponse};
 use futures_util::StreamExt;
-use kube::core::admission::{AdmissionRequest, AdmissionResponse, AdmissionReview};
-use kube::core::DynamicObject;
+use kube::core::admission::{AdmissionResponse, AdmissionReview};
 
 use super::image::ImageRef;
 use super::review::{self, MutationPlan};
@@ -25,7 +24,7 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
 }
 
 /// Reads the body into a review request, or says why it cannot.
-async fn read_request(mut body: web::Payload) -> Result<AdmissionRequest<DynamicObject>, String> {
+async fn read_request(mut body: web::Payload) -> Result<review::Request, String> {
     let mut bytes = web::BytesMut::new();
     while let Some(chunk) = body.next().await {
         let chunk = chunk.map_err(|e| format!("cannot read the AdmissionReview body: {e}"))?;
@@ -36,7 +35,7 @@ async fn read_request(mut body: web::Payload) -> Result<AdmissionRequest<Dynamic
         }
         bytes.extend_from_slice(&chunk);
     }
-    let review: AdmissionReview<DynamicObject> = serde_json::from_slice(&bytes)
+    let review: AdmissionReview<review::Workload> = serde_json::from_slice(&bytes)
         .map_err(|e| format!("cannot read the AdmissionReview: {e}"))?;
     review
         .try_into()
@@ -152,7 +151,7 @@ pub async fn holds(registry: &Registry, target: &ImageRef) -> bool {
     registry.manifest_get(&repo, &reference).await.is_ok()
 }
 
-fn describe(request: &AdmissionRequest<DynamicObject>) -> String {
+fn describe(request: &review::Request) -> String {
     format!(
         "{:?} {} {}/{} (uid {})",
         request.operation,
