@@ -741,7 +741,8 @@ fn proxy_fetches_a_bearer_token_once_and_reuses_it() {
     let py = PyUpstream::start(&["--token", "puller:s3cret", "--layer-size", "300000"]);
     let proxy = start_proxy(
         &[
-            // tagTtl 1ms: every pull by tag revalidates with the upstream (one more authorized request).
+            // tagTtl 0s: every pull by tag revalidates with the upstream (one more authorized request). (1ms was
+            // flaky: two pulls can land within a millisecond.)
             upstream(
                 "tok",
                 &py.url,
@@ -749,7 +750,7 @@ fn proxy_fetches_a_bearer_token_once_and_reuses_it() {
                     ("insecure", "true".into()),
                     ("username", "puller".into()),
                     ("password", "s3cret".into()),
-                    ("tagTtl", "1ms".into()),
+                    ("tagTtl", "0s".into()),
                 ],
             ),
             upstream(
