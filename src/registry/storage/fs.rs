@@ -152,10 +152,31 @@ impl Layout {
         let dir = to
             .parent()
             .ok_or_else(|| io::Error::other("target has no parent"))?;
-        fs::create_dir_all(dir)?;
+        create_dir_all_durably(dir)?;
         fs::rename(from, to)?;
         File::open(dir)?.sync_all()
     }
+}
+
+/// Creates `dir` and any missing parents, fsyncing the parent of each directory it creates, so that after a power
+/// loss a renamed file never survives without the directory it was renamed into.
+fn create_dir_all_durably(dir: &Path) -> io::Result<()> {
+    let mut missing = Vec::new();
+    let mut current = Some(dir);
+    while let Some(path) = current.filter(|p| !p.exists()) {
+        missing.push(path);
+        current = path.parent();
+    }
+    if missing.is_empty() {
+        return Ok(());
+    }
+    fs::create_dir_all(dir)?;
+    for created in missing.iter().rev() {
+        if let Some(parent) = created.parent() {
+            File::open(parent)?.sync_all()?;
+        }
+    }
+    Ok(())
 }
 
 impl FsStorage {
