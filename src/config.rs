@@ -157,16 +157,20 @@ pub enum ConfigError {
     Invalid(String),
 }
 
-/// Parses durations like `90s`, `30m`, `24h`, `7d`, `500ms` (a bare number is seconds).
-pub fn parse_duration(text: &str) -> Result<Duration, String> {
-    let text = text.trim();
+/// Splits `500MB` into `(500, "MB")`: leading digits, then the (trimmed) unit. `None` without digits.
+pub(crate) fn split_quantity(text: &str) -> Option<(u64, &str)> {
     let split = text
         .find(|c: char| !c.is_ascii_digit())
         .unwrap_or(text.len());
     let (number, unit) = text.split_at(split);
-    let value: u64 = number
-        .parse()
-        .map_err(|_| format!("invalid duration {text:?}: expected e.g. 30s, 5m, 24h"))?;
+    Some((number.parse().ok()?, unit.trim()))
+}
+
+/// Parses durations like `90s`, `30m`, `24h`, `7d`, `500ms` (a bare number is seconds).
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    let text = text.trim();
+    let (value, unit) = split_quantity(text)
+        .ok_or_else(|| format!("invalid duration {text:?}: expected e.g. 30s, 5m, 24h"))?;
     let seconds = match unit {
         "ms" => return Ok(Duration::from_millis(value)),
         "" | "s" => 1,

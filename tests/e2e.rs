@@ -84,6 +84,27 @@ fn dry_run(cluster: &Cluster, yaml: &str) -> Output {
     )
 }
 
+/// The Secret berth manages, as JSON.
+fn berth_tls_secret(cluster: &Cluster) -> Value {
+    let json = cluster.kubectl_ok(&[
+        "get",
+        "secret",
+        "-n",
+        "berth-system",
+        "berth-tls",
+        "-o",
+        "json",
+    ]);
+    serde_json::from_str(&json).expect("secret json")
+}
+
+/// A key of a Secret's data, decoded.
+fn secret_key(secret: &Value, key: &str) -> Vec<u8> {
+    base64::engine::general_purpose::STANDARD
+        .decode(secret["data"][key].as_str().unwrap_or_default())
+        .expect("base64")
+}
+
 fn webhook_ca_bundles(cluster: &Cluster) -> Vec<String> {
     let mut bundles = Vec::new();
     for kind in [
@@ -163,25 +184,13 @@ fn berth_guards_a_real_api_server() {
     });
 
     // 1. berth created its Secret and patched its CA into every webhook's caBundle.
-    let secret: Value = serde_json::from_str(&cluster.kubectl_ok(&[
-        "get",
-        "secret",
-        "-n",
-        "berth-system",
-        "berth-tls",
-        "-o",
-        "json",
-    ]))
-    .expect("secret json");
+    let secret = berth_tls_secret(&cluster);
     assert_eq!(secret["type"], "kubernetes.io/tls");
     let ca_b64 = secret["data"]["ca.crt"]
         .as_str()
         .unwrap_or_default()
         .to_owned();
-    let ca_pem = base64::engine::general_purpose::STANDARD
-        .decode(&ca_b64)
-        .expect("base64");
-    assert!(String::from_utf8_lossy(&ca_pem).contains("BEGIN CERTIFICATE"));
+    assert!(String::from_utf8_lossy(&secret_key(&secret, "ca.crt")).contains("BEGIN CERTIFICATE"));
     poll_until(
         Duration::from_secs(20),
         "caBundle patched into both webhook configurations",
@@ -192,10 +201,7 @@ fn berth_guards_a_real_api_server() {
     );
     // The served certificate is the Secret's.
     let served = std::fs::read_to_string(berth.cert_dir.join("tls.crt")).expect("tls.crt");
-    let in_secret = base64::engine::general_purpose::STANDARD
-        .decode(secret["data"]["tls.crt"].as_str().unwrap_or_default())
-        .expect("base64");
-    assert_eq!(served.as_bytes(), &in_secret[..]);
+    assert_eq!(served.as_bytes(), &secret_key(&secret, "tls.crt")[..]);
     // Least privilege: berth's identity cannot read other Secrets or change other webhook configurations.
     let denied = cluster.kubectl_as(&kubeconfig, &["get", "secrets", "-n", "kube-system"], None);
     assert!(
@@ -398,20 +404,8 @@ fn replicas_racing_on_first_start_share_one_secret() {
         1,
         "{secrets}"
     );
-    let secret: Value = serde_json::from_str(&cluster.kubectl_ok(&[
-        "get",
-        "secret",
-        "-n",
-        "berth-system",
-        "berth-tls",
-        "-o",
-        "json",
-    ]))
-    .expect("secret json");
-    let ca = base64::engine::general_purpose::STANDARD
-        .decode(secret["data"]["ca.crt"].as_str().unwrap_or_default())
-        .expect("base64");
-    let ca = String::from_utf8(ca).expect("pem");
+    let secret = berth_tls_secret(&cluster);
+    let ca = String::from_utf8(secret_key(&secret, "ca.crt")).expect("pem");
     for replica in &replicas {
         let served = std::fs::read_to_string(replica.cert_dir.join("tls.crt")).expect("tls.crt");
         assert!(

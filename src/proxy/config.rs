@@ -63,14 +63,9 @@ pub const DEFAULT_TAG_TTL: Duration = Duration::from_secs(300);
 /// Parses sizes like `500MB`, `20GiB`, `1024` (bytes).
 pub fn parse_size(text: &str) -> Result<u64, String> {
     let text = text.trim();
-    let split = text
-        .find(|c: char| !c.is_ascii_digit())
-        .unwrap_or(text.len());
-    let (number, unit) = text.split_at(split);
-    let value: u64 = number
-        .parse()
-        .map_err(|_| format!("invalid size {text:?}: expected e.g. 500MB or 20GiB"))?;
-    let factor: u64 = match unit.trim() {
+    let (value, unit) = crate::config::split_quantity(text)
+        .ok_or_else(|| format!("invalid size {text:?}: expected e.g. 500MB or 20GiB"))?;
+    let factor: u64 = match unit {
         "" | "B" => 1,
         "KB" => 1000,
         "MB" => 1000u64.pow(2),
