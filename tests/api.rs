@@ -520,6 +520,12 @@ fn digest_mismatch_stores_nothing() {
         .send()
         .expect("PUT");
     expect_error(response, 400, "DIGEST_INVALID");
+    // Only what the failed PUT appended is rolled back; the session (empty before it) stays, so the client can
+    // retry the PUT or cancel.
+    let status = api.get(&location);
+    assert_eq!(status.status(), StatusCode::NO_CONTENT);
+    assert_eq!(header(status.headers(), RANGE.as_str()), "0-0");
+    assert_eq!(api.delete(&location).status(), StatusCode::NO_CONTENT);
     expect_error(api.get(&location), 404, "BLOB_UPLOAD_UNKNOWN");
 
     // Nothing was committed: no blob file, no upload left behind.
@@ -589,18 +595,48 @@ fn cross_repository_and_anonymous_mounts() {
     );
     assert_eq!(response.status(), StatusCode::ACCEPTED);
 
-    // Anonymous mount (no `from`).
+    // Anonymous mount (no `from`) into a repository that already holds the blob: mounted.
     let response = api.post(
-        &format!("/v2/fourth/blobs/uploads/?mount={digest}"),
+        &format!("/v2/target/blobs/uploads/?mount={digest}"),
         Vec::new(),
     );
     assert_eq!(response.status(), StatusCode::CREATED);
     assert_eq!(
-        api.get(&format!("/v2/fourth/blobs/{digest}"))
-            .bytes()
-            .expect("body")
-            .as_ref(),
-        &bytes[..]
+        header(response.headers(), LOCATION.as_str()),
+        format!("/v2/target/blobs/{digest}")
+    );
+}
+
+/// Issue 9: an anonymous mount (`?mount=` without `from`) succeeded whenever any repository held the digest, so a
+/// guessed digest revealed content of another repository and then copied it (walking every repository on the way).
+/// Until authorization can say which repositories the caller may read, it mounts only what the target already
+/// holds; otherwise it is an ordinary upload, which reveals nothing.
+#[test]
+fn anonymous_mount_is_not_an_existence_oracle() {
+    let (_berth, api) = tls_berth();
+    let bytes = content(5_000, 17);
+    let digest = api.push_blob("private/secrets", &bytes);
+    let unknown = sha256(b"never pushed");
+    for guess in [&digest, &unknown] {
+        let response = api.post(
+            &format!("/v2/attacker/blobs/uploads/?mount={guess}"),
+            Vec::new(),
+        );
+        assert_eq!(
+            response.status(),
+            StatusCode::ACCEPTED,
+            "a stored and an unknown digest must look the same"
+        );
+        assert!(
+            header(response.headers(), LOCATION.as_str())
+                .starts_with("/v2/attacker/blobs/uploads/"),
+            "an ordinary upload session"
+        );
+    }
+    expect_error(
+        api.get(&format!("/v2/attacker/blobs/{digest}")),
+        404,
+        "BLOB_UNKNOWN",
     );
 }
 
@@ -835,11 +871,11 @@ fn manifest_validation() {
     }
 
     // An index needs its children in the repository.
-    let (_, child) = api.push_image("v/repo", "child", 11);
+    let (child_bytes, child) = api.push_image("v/repo", "child", 11);
     let index = |children: &[&str]| {
         let manifests: Vec<Value> = children
             .iter()
-            .map(|d| json!({"mediaType": OCI_MANIFEST, "digest": d, "size": 1, "platform": {"architecture": "amd64", "os": "linux"}}))
+            .map(|d| json!({"mediaType": OCI_MANIFEST, "digest": d, "size": child_bytes.len(), "platform": {"architecture": "amd64", "os": "linux"}}))
             .collect();
         serde_json::to_vec(
             &json!({"schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": manifests}),
@@ -872,6 +908,76 @@ fn manifest_validation() {
     let response = api.get("/v2/v/repo/manifests/multi");
     assert_eq!(header(response.headers(), CONTENT_TYPE.as_str()), OCI_INDEX);
     assert_eq!(response.bytes().expect("body").as_ref(), &body[..]);
+}
+
+/// Issue 9: a manifest was accepted when *any* descriptor of a digest declared the right size, index children's
+/// sizes were not checked, and a layer whose media type merely contained "nondistributable" could be missing.
+#[test]
+fn manifest_checks_every_descriptor_size_and_exact_non_distributable_types() {
+    let berth = Berth::start(Options {
+        plain_http: true,
+        ..Options::default()
+    });
+    let api = Api::new(&berth);
+    let config = api.push_blob("sizes", b"{}");
+    let layer = content(10, 31);
+    let layer_digest = api.push_blob("sizes", &layer);
+    let image = |layers: Value| {
+        serde_json::to_vec(&json!({
+            "schemaVersion": 2, "mediaType": OCI_MANIFEST,
+            "config": {"mediaType": EMPTY_CONFIG, "digest": config, "size": 2},
+            "layers": layers,
+        }))
+        .expect("json")
+    };
+    let layer_of = |size: usize| json!({"mediaType": "application/vnd.oci.image.layer.v1.tar", "digest": layer_digest, "size": size});
+    // The same blob twice, once with a wrong size.
+    for layers in [
+        json!([layer_of(10), layer_of(11)]),
+        json!([layer_of(11), layer_of(10)]),
+    ] {
+        let message = expect_error(
+            api.put_manifest("sizes", "twice", OCI_MANIFEST, &image(layers)),
+            400,
+            "MANIFEST_INVALID",
+        );
+        assert!(message.contains("11"), "{message}");
+    }
+    let good = image(json!([layer_of(10), layer_of(10)]));
+    assert_eq!(
+        api.put_manifest("sizes", "twice", OCI_MANIFEST, &good)
+            .status(),
+        StatusCode::CREATED
+    );
+    // An index child with a wrong size.
+    let child = |size: usize| {
+        serde_json::to_vec(
+            &json!({"schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": [
+            {"mediaType": OCI_MANIFEST, "digest": sha256(&good), "size": size}]}),
+        )
+        .expect("json")
+    };
+    expect_error(
+        api.put_manifest("sizes", "index", OCI_INDEX, &child(good.len() + 1)),
+        400,
+        "MANIFEST_INVALID",
+    );
+    assert_eq!(
+        api.put_manifest("sizes", "index", OCI_INDEX, &child(good.len()))
+            .status(),
+        StatusCode::CREATED
+    );
+    // An invented media type that contains the word does not exempt a missing blob.
+    let missing = sha256(b"not pushed");
+    let invented = image(
+        json!([{"mediaType": "application/x.nondistributable.rootfs.foreign",
+        "digest": missing, "size": 3, "urls": ["https://example.invalid/l"]}]),
+    );
+    expect_error(
+        api.put_manifest("sizes", "invented", OCI_MANIFEST, &invented),
+        400,
+        "MANIFEST_BLOB_UNKNOWN",
+    );
 }
 
 #[test]
@@ -1055,6 +1161,107 @@ fn tags_and_catalog_are_sorted_and_paginated() {
     assert_eq!(page["repositories"], json!(["list/b", "list/c"]));
 }
 
+/// Issue 9: a `Range` that cannot be used (a unit in capitals, garbage, several ranges) got 416; HTTP says the
+/// unit is case-insensitive and an unusable range is ignored (200, the whole blob). A well-formed range outside the
+/// blob stays 416.
+#[test]
+fn unusable_range_headers_get_the_whole_blob() {
+    let berth = Berth::start(Options {
+        plain_http: true,
+        ..Options::default()
+    });
+    let api = Api::new(&berth);
+    let bytes = content(1000, 21);
+    let digest = api.push_blob("ranges", &bytes);
+    let get = |range: &str| {
+        api.client
+            .get(api.url(&format!("/v2/ranges/blobs/{digest}")))
+            .header(RANGE, range)
+            .send()
+            .expect("GET")
+    };
+    let response = get("Bytes=10-19");
+    assert_eq!(
+        response.status(),
+        StatusCode::PARTIAL_CONTENT,
+        "Bytes=10-19"
+    );
+    assert_eq!(
+        header(response.headers(), CONTENT_RANGE.as_str()),
+        "bytes 10-19/1000"
+    );
+    assert_eq!(response.bytes().expect("body").as_ref(), &bytes[10..20]);
+    for range in [
+        "bytes=abc",
+        "bytes=0-1,5-6",
+        "items=0-1",
+        "bytes=+1-2",
+        "bytes=-",
+    ] {
+        let response = get(range);
+        assert_eq!(response.status(), StatusCode::OK, "{range}");
+        assert_eq!(
+            header(response.headers(), CONTENT_RANGE.as_str()),
+            "",
+            "{range}"
+        );
+        assert_eq!(
+            response.bytes().expect("body").as_ref(),
+            &bytes[..],
+            "{range}"
+        );
+    }
+    let response = get("bytes=1000-");
+    assert_eq!(
+        header(response.headers(), CONTENT_RANGE.as_str()),
+        "bytes */1000"
+    );
+    expect_error(response, 416, "UNSUPPORTED");
+}
+
+/// Issue 9: `Content-Range: 0-18446744073709551615` overflowed the chunk's length (a debug build panicked, a
+/// release build wrapped and answered 202); `+0-+0` and `0-1/abc` were accepted. Each is a 416 that reports what the
+/// upload holds, and the upload is unharmed.
+#[test]
+fn content_range_numbers_are_checked() {
+    let berth = Berth::start(Options {
+        plain_http: true,
+        ..Options::default()
+    });
+    let api = Api::new(&berth);
+    let location = api.start_upload("chunks");
+    let patch = |range: &str, body: &'static [u8]| {
+        api.client
+            .patch(api.url(&location))
+            .header(CONTENT_RANGE, range)
+            .body(body)
+            .send()
+            .expect("PATCH")
+    };
+    for range in ["0-18446744073709551615", "+0-+4", "0-4/abc", "0-4/3"] {
+        let response = patch(range, b"hello");
+        assert_eq!(header(response.headers(), RANGE.as_str()), "0-0", "{range}");
+        expect_error(response, 416, "BLOB_UPLOAD_INVALID");
+    }
+    let response = patch("0-4", b"hello");
+    assert_eq!(response.status(), StatusCode::ACCEPTED);
+    let response = patch("5-18446744073709551615", b"world");
+    expect_error(response, 400, "SIZE_INVALID");
+    let response = patch("5-9", b"world");
+    assert_eq!(response.status(), StatusCode::ACCEPTED);
+    let response = api
+        .client
+        .put(api.url(&format!("{location}?digest={}", sha256(b"helloworld"))))
+        .send()
+        .expect("PUT");
+    assert_eq!(response.status(), StatusCode::CREATED);
+    assert!(
+        !berth.log().contains("panicked"),
+        "server panicked:\n{}",
+        berth.log()
+    );
+}
+
 #[test]
 fn bad_input_gets_a_clear_4xx_and_nothing_outside_the_data_dir() {
     let berth = Berth::start(Options {
@@ -1115,7 +1322,9 @@ fn bad_input_gets_a_clear_4xx_and_nothing_outside_the_data_dir() {
         .body("x")
         .send()
         .expect("PATCH");
-    expect_error(response, 400, "BLOB_UPLOAD_INVALID");
+    // The spec's answer to a malformed Content-Range: 416, with what the upload holds.
+    assert_eq!(header(response.headers(), RANGE.as_str()), "0-0");
+    expect_error(response, 416, "BLOB_UPLOAD_INVALID");
     let response = api
         .client
         .patch(api.url(&location))

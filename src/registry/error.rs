@@ -44,6 +44,15 @@ pub enum RegistryError {
     /// No such upload session (never existed, finished, cancelled or expired).
     #[error("blob upload unknown to registry: {0}")]
     BlobUploadUnknown(String),
+    /// A `Content-Range` on an upload chunk that is not `<first>-<last>` of one chunk; `received` bytes are stored.
+    #[error("invalid Content-Range {header:?} for upload {upload}: {why}")]
+    ContentRangeInvalid {
+        header: String,
+        why: String,
+        upload: String,
+        location: String,
+        received: u64,
+    },
     /// A chunk that does not start where the upload ends; `received` bytes are stored.
     #[error("chunk out of order: upload {upload} holds {received} bytes, chunk starts at {start}")]
     ChunkOutOfOrder {
@@ -64,6 +73,12 @@ pub enum RegistryError {
     /// A reference that is neither a tag nor a digest.
     #[error("invalid manifest reference {0:?}: neither a tag nor a digest")]
     ManifestInvalidReference(String),
+    /// A `?tag=` value outside the tag grammar.
+    #[error("invalid tag {0:?} in ?tag=: a tag is 1 to 128 of [A-Za-z0-9_.-] and does not start with . or -")]
+    TagInvalid(String),
+    /// More `?tag=` parameters than one push may carry.
+    #[error("{count} tags in one push; at most {limit} are accepted")]
+    TooManyTags { count: usize, limit: usize },
     /// The manifest is not in the repository.
     #[error("manifest unknown: {0}")]
     ManifestUnknown(String),
@@ -125,11 +140,16 @@ impl RegistryError {
         use RegistryError::*;
         match self {
             BlobUnknown(_) => ErrorCode::BlobUnknown,
-            BlobUploadInvalid(_) | ChunkOutOfOrder { .. } | Body(_) => ErrorCode::BlobUploadInvalid,
+            BlobUploadInvalid(_)
+            | ChunkOutOfOrder { .. }
+            | ContentRangeInvalid { .. }
+            | Body(_) => ErrorCode::BlobUploadInvalid,
             BlobUploadUnknown(_) => ErrorCode::BlobUploadUnknown,
             DigestInvalid(_) => ErrorCode::DigestInvalid,
             ManifestBlobUnknown(_) => ErrorCode::ManifestBlobUnknown,
-            ManifestInvalid(_) | ManifestInvalidReference(_) => ErrorCode::ManifestInvalid,
+            ManifestInvalid(_) | ManifestInvalidReference(_) | TagInvalid(_) => {
+                ErrorCode::ManifestInvalid
+            }
             ManifestUnknown(_) => ErrorCode::ManifestUnknown,
             NameInvalid(_) => ErrorCode::NameInvalid,
             NameUnknown(_) => ErrorCode::NameUnknown,
@@ -137,7 +157,7 @@ impl RegistryError {
             RangeNotSatisfiable { .. } | BadRequest(_) | NotFound(_) | MethodNotAllowed(_) => {
                 ErrorCode::Unsupported
             }
-            Unsupported(_) => ErrorCode::Unsupported,
+            Unsupported(_) | TooManyTags { .. } => ErrorCode::Unsupported,
             PaginationNumberInvalid(_) => ErrorCode::PaginationNumberInvalid,
             UpstreamUnavailable { .. } | UpstreamFailed { .. } | Storage(_) => ErrorCode::Unknown,
             UpstreamTooManyRequests { .. } => ErrorCode::Toomanyrequests,
@@ -174,9 +194,10 @@ impl ResponseError for RegistryError {
         match self {
             BlobUnknown(_) | BlobUploadUnknown(_) | ManifestUnknown(_) | NameUnknown(_)
             | NotFound(_) => StatusCode::NOT_FOUND,
-            ChunkOutOfOrder { .. } | RangeNotSatisfiable { .. } => {
+            ChunkOutOfOrder { .. } | ContentRangeInvalid { .. } | RangeNotSatisfiable { .. } => {
                 StatusCode::RANGE_NOT_SATISFIABLE
             }
+            TooManyTags { .. } => StatusCode::URI_TOO_LONG,
             ManifestTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
             Unsupported(_) => StatusCode::METHOD_NOT_ALLOWED,
@@ -189,6 +210,7 @@ impl ResponseError for RegistryError {
             | ManifestBlobUnknown(_)
             | ManifestInvalid(_)
             | ManifestInvalidReference(_)
+            | TagInvalid(_)
             | NameInvalid(_)
             | SizeInvalid(_)
             | BadRequest(_)
@@ -206,6 +228,9 @@ impl ResponseError for RegistryError {
         let mut response = HttpResponse::build(status);
         match self {
             RegistryError::ChunkOutOfOrder {
+                location, received, ..
+            }
+            | RegistryError::ContentRangeInvalid {
                 location, received, ..
             } => {
                 response.insert_header((header::LOCATION, location.as_str()));
@@ -286,9 +311,33 @@ mod tests {
             "BLOB_UPLOAD_INVALID",
         );
         check(
+            RegistryError::ContentRangeInvalid {
+                header: "+0-+0".into(),
+                why: "x".into(),
+                upload: "u".into(),
+                location: "/l".into(),
+                received: 0,
+            },
+            416,
+            "BLOB_UPLOAD_INVALID",
+        );
+        check(
             RegistryError::DigestInvalid("x".into()),
             400,
             "DIGEST_INVALID",
+        );
+        check(
+            RegistryError::TagInvalid(".x".into()),
+            400,
+            "MANIFEST_INVALID",
+        );
+        check(
+            RegistryError::TooManyTags {
+                count: 101,
+                limit: 100,
+            },
+            414,
+            "UNSUPPORTED",
         );
         check(
             RegistryError::ManifestBlobUnknown("d".into()),

@@ -61,16 +61,24 @@ struct RawManifest {
     annotations: Option<BTreeMap<String, String>>,
 }
 
+/// Content a manifest names and that must be in the repository: its digest and the size the descriptor declares.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Required {
+    pub digest: Digest,
+    pub size: u64,
+}
+
 /// What the registry needs to know about a pushed manifest.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ParsedManifest {
     pub kind: Kind,
     /// The media type it is stored and served with.
     pub media_type: String,
-    /// Blobs (config and distributable layers) that must be in the repository.
-    pub blobs: Vec<Digest>,
-    /// Child manifests (of an index) that must be in the repository.
-    pub children: Vec<Digest>,
+    /// Blobs (config and distributable layers) that must be in the repository, one entry per descriptor (a blob
+    /// named twice is checked twice: each descriptor must declare the stored size).
+    pub blobs: Vec<Required>,
+    /// Child manifests (of an index) that must be in the repository, one entry per descriptor.
+    pub children: Vec<Required>,
     pub subject: Option<Digest>,
     /// `artifactType`, or for an image manifest without one, the config's media type (as the referrers API reports).
     pub artifact_type: Option<String>,
@@ -91,9 +99,19 @@ impl ParsedManifest {
     }
 }
 
-/// Layers that registries need not hold: their bytes live elsewhere (`urls`) by the image's author's choice.
+/// The layer media types that registries need not hold, exactly as the OCI image-spec and Docker's schema 2 name
+/// them: their bytes live elsewhere (`urls`) by the image's author's choice. Any other media type is a blob that
+/// must be pushed, even one whose name merely contains these words.
+pub const NON_DISTRIBUTABLE_LAYERS: &[&str] = &[
+    "application/vnd.oci.image.layer.nondistributable.v1.tar",
+    "application/vnd.oci.image.layer.nondistributable.v1.tar+gzip",
+    "application/vnd.oci.image.layer.nondistributable.v1.tar+zstd",
+    "application/vnd.docker.image.rootfs.foreign.diff.tar",
+    "application/vnd.docker.image.rootfs.foreign.diff.tar.gzip",
+];
+
 fn is_non_distributable(media_type: &str) -> bool {
-    media_type.contains("nondistributable") || media_type.contains("rootfs.foreign")
+    NON_DISTRIBUTABLE_LAYERS.contains(&media_type)
 }
 
 fn invalid(why: impl Into<String>) -> RegistryError {
@@ -101,13 +119,16 @@ fn invalid(why: impl Into<String>) -> RegistryError {
 }
 
 fn descriptor_digest(descriptor: &Descriptor, role: &str) -> Result<Digest, RegistryError> {
-    if descriptor.size < 0 {
-        return Err(invalid(format!(
-            "{role} {} has a negative size",
-            descriptor.digest
-        )));
-    }
-    Digest::parse(&descriptor.digest).map_err(|e| invalid(format!("{role} digest: {e}")))
+    required(descriptor, role).map(|required| required.digest)
+}
+
+/// The digest and size a descriptor declares; a negative size is invalid.
+fn required(descriptor: &Descriptor, role: &str) -> Result<Required, RegistryError> {
+    let size = u64::try_from(descriptor.size)
+        .map_err(|_| invalid(format!("{role} {} has a negative size", descriptor.digest)))?;
+    let digest =
+        Digest::parse(&descriptor.digest).map_err(|e| invalid(format!("{role} digest: {e}")))?;
+    Ok(Required { digest, size })
 }
 
 /// The media type given in a `Content-Type` header, without parameters; `None` when it says nothing useful.
@@ -163,11 +184,11 @@ pub fn parse(bytes: &[u8], content_type: Option<&str>) -> Result<ParsedManifest,
                 .config
                 .as_ref()
                 .ok_or_else(|| invalid(format!("{media_type} requires a config")))?;
-            blobs.push(descriptor_digest(config, "config")?);
+            blobs.push(required(config, "config")?);
             for layer in raw.layers.iter().flatten() {
-                let digest = descriptor_digest(layer, "layer")?;
+                let layer_blob = required(layer, "layer")?;
                 if !is_non_distributable(&layer.media_type) {
-                    blobs.push(digest);
+                    blobs.push(layer_blob);
                 }
             }
             if artifact_type.is_none() {
@@ -185,7 +206,7 @@ pub fn parse(bytes: &[u8], content_type: Option<&str>) -> Result<ParsedManifest,
                 .as_ref()
                 .ok_or_else(|| invalid(format!("{media_type} requires manifests")))?;
             for child in manifests {
-                children.push(descriptor_digest(child, "child manifest")?);
+                children.push(required(child, "child manifest")?);
             }
         }
     }
@@ -228,8 +249,12 @@ mod tests {
         let parsed = parse(image("").as_bytes(), Some(OCI_MANIFEST)).expect("valid");
         assert_eq!(parsed.kind, Kind::Image);
         assert_eq!(parsed.media_type, OCI_MANIFEST);
-        let blobs: Vec<String> = parsed.blobs.iter().map(|d| d.to_string()).collect();
-        assert_eq!(blobs, [digest("config"), digest("layer")]);
+        let blobs: Vec<(String, u64)> = parsed
+            .blobs
+            .iter()
+            .map(|r| (r.digest.to_string(), r.size))
+            .collect();
+        assert_eq!(blobs, [(digest("config"), 2), (digest("layer"), 3)]);
         assert_eq!(
             parsed.artifact_type.as_deref(),
             Some("application/vnd.oci.image.config.v1+json")
@@ -274,9 +299,9 @@ mod tests {
             parsed
                 .children
                 .iter()
-                .map(|d| d.to_string())
+                .map(|r| (r.digest.to_string(), r.size))
                 .collect::<Vec<_>>(),
-            [digest("child")]
+            [(digest("child"), 5)]
         );
         // Without a Content-Type or mediaType the shape decides.
         assert_eq!(
@@ -303,7 +328,7 @@ mod tests {
             parsed
                 .blobs
                 .iter()
-                .map(|d| d.to_string())
+                .map(|r| r.digest.to_string())
                 .collect::<Vec<_>>(),
             [digest("config")]
         );
@@ -313,6 +338,36 @@ mod tests {
             Some(&format!("{DOCKER_MANIFEST}; charset=utf-8"))
         )
         .is_ok());
+    }
+
+    /// Issue 9: a layer was exempt from being pushed when its media type merely contained "nondistributable" or
+    /// "rootfs.foreign". Only the spec's exact media types are exempt.
+    #[test]
+    fn non_distributable_layers_are_recognised_by_exact_media_type() {
+        let check = |layer_type: &str, exempt: bool| {
+            let body = image("").replace("application/vnd.oci.image.layer.v1.tar+gzip", layer_type);
+            let parsed = parse(body.as_bytes(), Some(OCI_MANIFEST)).expect("valid");
+            let required: Vec<String> = parsed.blobs.iter().map(|r| r.digest.to_string()).collect();
+            let expected = if exempt {
+                vec![digest("config")]
+            } else {
+                vec![digest("config"), digest("layer")]
+            };
+            assert_eq!(required, expected, "layer media type {layer_type:?}");
+        };
+        for exact in NON_DISTRIBUTABLE_LAYERS {
+            check(exact, true);
+        }
+        for invented in [
+            "application/x.nondistributable",
+            "application/vnd.oci.image.layer.nondistributable.v1.tar+gzip+x",
+            "application/vnd.example.rootfs.foreign",
+            "APPLICATION/VND.OCI.IMAGE.LAYER.NONDISTRIBUTABLE.V1.TAR",
+            "application/vnd.oci.image.layer.v1.tar+gzip",
+            "",
+        ] {
+            check(invented, false);
+        }
     }
 
     #[test]

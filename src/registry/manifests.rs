@@ -7,7 +7,8 @@ use futures_util::StreamExt;
 
 use super::error::{RegistryError, Result};
 use super::manifest::MAX_MANIFEST_BYTES;
-use super::names::{Reference, RepoName};
+use super::names::{Reference, RepoName, Tag};
+use super::routes::Query;
 use super::service::Registry;
 
 /// `GET` and `HEAD` alike: for `HEAD`, actix sends the headers (with Content-Length) and drops the body.
@@ -48,21 +49,48 @@ async fn read_limited(req: &HttpRequest, mut body: web::Payload) -> Result<bytes
     Ok(bytes.freeze())
 }
 
+/// The most `?tag=` parameters one push may carry (the spec asks for at least 10); more is a 414.
+pub const MAX_TAGS_PER_PUSH: usize = 100;
+
+/// The tags of a push by digest (`?tag=a&tag=b`), validated. A push by tag takes none: its tag is in the path.
+fn query_tags(reference: &Reference, query: &Query) -> Result<Vec<Tag>> {
+    let raw: Vec<&str> = query.get_all("tag").collect();
+    if raw.is_empty() {
+        return Ok(Vec::new());
+    }
+    if let Reference::Tag(tag) = reference {
+        return Err(RegistryError::BadRequest(format!(
+            "?tag= is accepted only when pushing by digest; this push names tag {tag} in its path"
+        )));
+    }
+    if raw.len() > MAX_TAGS_PER_PUSH {
+        return Err(RegistryError::TooManyTags {
+            count: raw.len(),
+            limit: MAX_TAGS_PER_PUSH,
+        });
+    }
+    raw.into_iter()
+        .map(|tag| Tag::parse(tag).ok_or_else(|| RegistryError::TagInvalid(tag.to_owned())))
+        .collect()
+}
+
 pub async fn put(
     registry: &Registry,
     req: &HttpRequest,
     repo: &RepoName,
     reference: &str,
+    query: &Query,
     body: web::Payload,
 ) -> Result<HttpResponse> {
     let reference = Reference::parse(reference)?;
+    let tags = query_tags(&reference, query)?;
     let bytes = read_limited(req, body).await?;
     let content_type = req
         .headers()
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok());
     let pushed = registry
-        .manifest_put(repo, &reference, content_type, bytes)
+        .manifest_put(repo, &reference, &tags, content_type, bytes)
         .await?;
     let mut response = HttpResponse::Created();
     response
@@ -74,6 +102,12 @@ pub async fn put(
         .insert_header((header::CONTENT_LENGTH, 0));
     if let Some(subject) = pushed.subject {
         response.insert_header(("OCI-Subject", subject.to_string()));
+    }
+    // One `OCI-Tag` field per tag the push set from `?tag=` (the spec's confirmation that they were applied).
+    if !tags.is_empty() {
+        for tag in &pushed.tags {
+            response.append_header(("OCI-Tag", tag.as_str()));
+        }
     }
     Ok(response.finish())
 }

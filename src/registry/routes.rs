@@ -1,8 +1,6 @@
 //! The registry's route table, in one place: `/v2/…` paths are parsed into a [`Route`] (repository names have any
 //! number of slashes, so the resource is recognised from the end of the path) and dispatched by method.
 
-use std::collections::HashMap;
-
 use actix_web::http::Method;
 use actix_web::middleware::DefaultHeaders;
 use actix_web::{web, HttpRequest, HttpResponse};
@@ -121,13 +119,35 @@ pub fn parse_route(path: &str) -> Result<Route> {
     Err(not_found())
 }
 
-/// The query string as a map; a malformed one is a client error.
-pub type Query = HashMap<String, String>;
+/// The query string: every `key=value` pair in the order given. A key may repeat (`?tag=a&tag=b` pushes two tags),
+/// so this is a list, not a map.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Query(Vec<(String, String)>);
+
+impl Query {
+    /// Parses (and percent-decodes) a query string; a malformed one is a client error.
+    pub fn parse(query: &str) -> Result<Query> {
+        web::Query::<Vec<(String, String)>>::from_query(query)
+            .map(|pairs| Query(pairs.into_inner()))
+            .map_err(|e| RegistryError::BadRequest(format!("malformed query string: {e}")))
+    }
+
+    /// The first value of `key`.
+    pub fn get(&self, key: &str) -> Option<&String> {
+        self.0.iter().find(|(k, _)| k == key).map(|(_, v)| v)
+    }
+
+    /// Every value of `key`, in order.
+    pub fn get_all<'a>(&'a self, key: &'a str) -> impl Iterator<Item = &'a str> + 'a {
+        self.0
+            .iter()
+            .filter(move |(k, _)| k == key)
+            .map(|(_, v)| v.as_str())
+    }
+}
 
 fn parse_query(req: &HttpRequest) -> Result<Query> {
-    web::Query::<Query>::from_query(req.query_string())
-        .map(web::Query::into_inner)
-        .map_err(|e| RegistryError::BadRequest(format!("malformed query string: {e}")))
+    Query::parse(req.query_string())
 }
 
 /// Mounts the registry API under `/v2`.
@@ -178,7 +198,7 @@ async fn dispatch(
             manifests::get(registry, &repo, &reference).await
         }
         (Route::Manifest(repo, reference), Method::PUT) => {
-            manifests::put(registry, &req, &repo, &reference, body).await
+            manifests::put(registry, &req, &repo, &reference, &query, body).await
         }
         (Route::Manifest(repo, reference), Method::DELETE) => {
             manifests::delete(registry, &repo, &reference).await
@@ -276,6 +296,18 @@ mod tests {
         for (path, expected) in cases {
             assert_eq!(parse_route(&path).ok(), Some(expected), "{path}");
         }
+    }
+
+    #[test]
+    fn query_keeps_repeated_keys_in_order() {
+        let query = Query::parse("tag=a&digest=sha256%3Ax&tag=b&tag=a%2Bb&empty=").expect("valid");
+        assert_eq!(query.get_all("tag").collect::<Vec<_>>(), ["a", "b", "a+b"]);
+        assert_eq!(query.get("tag").map(String::as_str), Some("a"));
+        assert_eq!(query.get("digest").map(String::as_str), Some("sha256:x"));
+        assert_eq!(query.get("empty").map(String::as_str), Some(""));
+        assert_eq!(query.get("missing"), None);
+        assert_eq!(query.get_all("missing").count(), 0);
+        assert_eq!(Query::parse("").ok(), Some(Query::default()));
     }
 
     #[test]

@@ -39,6 +39,41 @@ pub struct Page<T> {
 pub struct PushedManifest {
     pub digest: Digest,
     pub subject: Option<Digest>,
+    /// Every tag now pointing at it (the reference's and the `?tag=` ones), in the order given.
+    pub tags: Vec<Tag>,
+}
+
+/// How many locks [`RepoLocks`] stripes repositories over.
+const REPO_LOCK_STRIPES: usize = 64;
+
+/// Serialises the changes to one repository's manifests, tags and referrers.
+///
+/// Invariant: `manifest_put` (validate, store, referrer, tags) and `manifest_delete` (read, compare, remove) of a
+/// repository run under its lock, so concurrent pushes and deletes take effect in some serial order: a tag never
+/// outlives the manifest it names, and a delete never removes a tag that a concurrent push just moved elsewhere.
+/// Reads take no lock (each storage read is atomic). Repositories are hashed onto a fixed number of locks, so
+/// memory does not grow with the number of repositories; two repositories sharing a stripe only wait for each
+/// other. The lock is in-process: several replicas over one shared backend need the backend's conditional writes
+/// instead (see `Storage::tag_delete_if`).
+struct RepoLocks(Box<[tokio::sync::Mutex<()>]>);
+
+impl RepoLocks {
+    fn new() -> Self {
+        RepoLocks(
+            (0..REPO_LOCK_STRIPES)
+                .map(|_| tokio::sync::Mutex::new(()))
+                .collect(),
+        )
+    }
+
+    fn get(&self, repo: &RepoName) -> &tokio::sync::Mutex<()> {
+        use std::hash::{Hash, Hasher as _};
+        let mut hasher = std::hash::DefaultHasher::new();
+        repo.as_str().hash(&mut hasher);
+        // The remainder is below the number of stripes, so it fits a usize and indexes in bounds.
+        let stripe = (hasher.finish() % self.0.len() as u64) as usize;
+        &self.0[stripe]
+    }
 }
 
 pub struct Registry {
@@ -48,6 +83,8 @@ pub struct Registry {
     content_gate: Arc<tokio::sync::RwLock<()>>,
     /// One slot per upload touched since start; its mutex serialises requests on the same upload.
     sessions: Mutex<HashMap<UploadId, SessionSlot>>,
+    /// Serialises manifest and tag changes per repository.
+    repo_locks: RepoLocks,
 }
 
 fn now_unix() -> u64 {
@@ -97,6 +134,7 @@ impl Registry {
             storage,
             content_gate: Arc::default(),
             sessions: Mutex::new(HashMap::new()),
+            repo_locks: RepoLocks::new(),
         }
     }
 
@@ -148,8 +186,14 @@ impl Registry {
         }
     }
 
-    /// Makes a blob visible in `repo` if it is visible in `from` (or, without `from`, in any repository).
-    /// Returns false when it cannot be mounted; the caller then starts a normal upload.
+    /// Makes a blob visible in `repo` if it is visible in `from`. Returns false when it cannot be mounted; the
+    /// caller then starts a normal upload.
+    ///
+    /// Without `from` (an anonymous mount) the mount succeeds only when the blob is already visible in `repo`:
+    /// berth cannot yet tell which repositories the caller may read, so it never looks elsewhere. That keeps a
+    /// guessed digest from revealing (or copying) content of another repository, and costs one lookup instead of
+    /// a walk over every repository. When authorization arrives, it can widen this to the repositories the caller
+    /// may pull from.
     pub async fn blob_mount(
         &self,
         repo: &RepoName,
@@ -161,25 +205,14 @@ impl Registry {
         if self.storage.blob_size(digest).await?.is_none() {
             return Ok(false);
         }
-        let visible = match from {
-            Some(from) => self.storage.blob_linked(from, digest).await?,
-            // Anonymous mount: every repository is readable by every client today, so a stored blob that some
-            // repository holds may be mounted. When authorization arrives, this must ask it per repository.
-            None => {
-                let mut visible = false;
-                for candidate in self.storage.repositories().await? {
-                    if self.storage.blob_linked(&candidate, digest).await? {
-                        visible = true;
-                        break;
-                    }
-                }
-                visible
-            }
-        };
-        if visible {
+        let source = from.unwrap_or(repo);
+        if !self.storage.blob_linked(source, digest).await? {
+            return Ok(false);
+        }
+        if source != repo {
             self.storage.blob_link(repo, digest).await?;
         }
-        Ok(visible)
+        Ok(true)
     }
 
     // ----- uploads
@@ -225,8 +258,9 @@ impl Registry {
         }
     }
 
-    /// Appends a request body to an upload. `start`, from `Content-Range`, must be where the upload ends.
-    /// A failed append leaves the upload as it was before the request. Returns the new size.
+    /// Appends a request body to an upload. `range` (from `Content-Range`, inclusive) must start where the upload
+    /// ends and announce the body's length. A failed append leaves the upload as it was before the request.
+    /// Returns the new size.
     pub async fn upload_append<B, E>(
         &self,
         repo: &RepoName,
@@ -245,13 +279,9 @@ impl Registry {
         let mut session = slot.lock().await;
         let size = self.upload_size(repo, id).await?;
         if let Some((start, _)) = range {
+            // Refused before anything is read or hashed.
             if start != size {
-                return Err(RegistryError::ChunkOutOfOrder {
-                    upload: id.to_string(),
-                    location: location.to_owned(),
-                    received: size,
-                    start,
-                });
+                return Err(out_of_order(id, location, size, start));
             }
         }
         // Keep hashing with the algorithm the session started with (a monolithic push knows its digest up front).
@@ -261,23 +291,69 @@ impl Registry {
         let hash = self
             .current_hash(id, size, session.take(), algorithm)
             .await?;
-        match self.append(id, hash.clone(), body).await {
-            Ok(appended) => {
-                if let Some((start, end)) = range {
-                    let announced = end.checked_sub(start).map(|d| d + 1);
-                    let received = appended.hashed - size;
-                    if announced != Some(received) {
-                        self.storage.upload_truncate(id, size).await?;
+        let appended = self
+            .append_locked(id, location, range, size, hash, &mut session, body)
+            .await?;
+        let new_size = appended.hashed;
+        *session = Some(appended);
+        Ok(new_size)
+    }
+
+    /// Appends one request's body to an upload of `size` bytes whose running hash is `hash`; the caller holds the
+    /// session's lock. On failure the upload is cut back to `size` and `session` keeps `hash`, so a retry from the
+    /// reported offset is consistent.
+    #[allow(clippy::too_many_arguments)]
+    async fn append_locked<B, E>(
+        &self,
+        id: &UploadId,
+        location: &str,
+        range: Option<(u64, u64)>,
+        size: u64,
+        hash: UploadHash,
+        session: &mut Option<UploadHash>,
+        body: B,
+    ) -> Result<UploadHash>
+    where
+        B: Stream<Item = std::result::Result<Bytes, E>> + Unpin,
+        E: Display,
+    {
+        // Every number here comes from the client: checked, never wrapped.
+        let announced = match range {
+            None => None,
+            Some((start, end)) => {
+                if start != size {
+                    *session = Some(hash);
+                    return Err(out_of_order(id, location, size, start));
+                }
+                match end.checked_sub(start).and_then(|d| d.checked_add(1)) {
+                    Some(length) => Some((start, end, length)),
+                    None => {
                         *session = Some(hash);
-                        return Err(RegistryError::SizeInvalid(format!(
-                            "Content-Range {start}-{end} announces {} bytes, the body had {received}",
-                            announced.map_or_else(|| "a negative number of".to_owned(), |n| n.to_string())
+                        return Err(RegistryError::BlobUploadInvalid(format!(
+                            "Content-Range {start}-{end} does not describe a chunk"
                         )));
                     }
                 }
-                let new_size = appended.hashed;
-                *session = Some(appended);
-                Ok(new_size)
+            }
+        };
+        match self.append(id, hash.clone(), body).await {
+            Ok(appended) => {
+                let received = appended.hashed.checked_sub(size).ok_or_else(|| {
+                    RegistryError::Storage(super::storage::StorageError::Corrupt(format!(
+                        "upload {id} shrank from {size} to {} bytes while appending",
+                        appended.hashed
+                    )))
+                })?;
+                if let Some((start, end, length)) = announced {
+                    if length != received {
+                        self.storage.upload_truncate(id, size).await?;
+                        *session = Some(hash);
+                        return Err(RegistryError::SizeInvalid(format!(
+                            "Content-Range {start}-{end} announces {length} bytes, the body had {received}"
+                        )));
+                    }
+                }
+                Ok(appended)
             }
             Err(error) => {
                 // Roll back to the state before this request, so a retry from the reported offset is consistent.
@@ -358,8 +434,13 @@ impl Registry {
         Ok(UploadHash { hasher, hashed })
     }
 
-    /// Completes an upload: appends an optional final body, verifies the digest, and makes the blob visible in
-    /// `repo`. A digest mismatch discards the upload: nothing is stored.
+    /// Completes an upload: appends the request's body (if it has one), verifies the digest, and makes the blob
+    /// visible in `repo`.
+    ///
+    /// Whether there is a final chunk is decided by the body itself: an empty body is no body. Headers cannot tell
+    /// (over HTTP/2 a streamed body has neither `Content-Length` nor `Transfer-Encoding`). On a digest mismatch
+    /// only the bytes this request appended are rolled back: the chunks acknowledged earlier stay, and so does the
+    /// session, so the client can retry the `PUT` (or cancel the upload).
     pub async fn upload_finish<B, E>(
         &self,
         repo: &RepoName,
@@ -373,23 +454,58 @@ impl Registry {
         B: Stream<Item = std::result::Result<Bytes, E>> + Unpin,
         E: Display,
     {
-        if let Some(body) = body {
-            self.upload_append(repo, id, location, range, body).await?;
-        }
         self.upload_size(repo, id).await?;
         let slot = self.slot(id);
         let mut session = slot.lock().await;
         let size = self.upload_size(repo, id).await?;
-        let hash = self
+        if let Some((start, _)) = range {
+            if start != size {
+                return Err(out_of_order(id, location, size, start));
+            }
+        }
+        let before = self
             .current_hash(id, size, session.take(), digest.algorithm())
             .await?;
-        let actual = hash.hasher.digest();
+        let chunk = match body {
+            None => None,
+            Some(mut body) => match body.next().await {
+                None if range.is_none() => None,
+                first => Some(futures_util::stream::iter(first).chain(body)),
+            },
+        };
+        let hash = match chunk {
+            Some(chunk) => {
+                self.append_locked(
+                    id,
+                    location,
+                    range,
+                    size,
+                    before.clone(),
+                    &mut session,
+                    chunk,
+                )
+                .await?
+            }
+            None => {
+                if let Some((start, end)) = range {
+                    *session = Some(before);
+                    return Err(RegistryError::SizeInvalid(format!(
+                        "Content-Range {start}-{end} announces a chunk, the request has no body"
+                    )));
+                }
+                before.clone()
+            }
+        };
+        let actual = hash.hasher.clone().digest();
         if &actual != digest {
-            self.storage.upload_delete(id).await?;
-            drop(session);
-            self.forget(id);
+            let total = hash.hashed;
+            if total != size {
+                self.storage.upload_truncate(id, size).await?;
+            }
+            *session = Some(before);
             return Err(RegistryError::DigestInvalid(format!(
-                "upload of {size} bytes has digest {actual}, not {digest}; the upload is discarded"
+                "upload of {total} bytes has digest {actual}, not {digest}; the upload keeps the {size} bytes \
+                 received before this request, so the PUT can be retried"
             )));
         }
         let gate = self.content_gate.read().await;
@@ -398,7 +514,7 @@ impl Registry {
         drop(gate);
         drop(session);
         self.forget(id);
-        log::info!("blob {digest} ({size} bytes) pushed to {repo}");
+        log::info!("blob {digest} ({} bytes) pushed to {repo}", hash.hashed);
         Ok(())
     }
 
@@ -493,11 +609,18 @@ impl Registry {
         Ok((digest, manifest))
     }
 
-    /// Validates and stores a manifest; tags it when `reference` is a tag.
+    /// The lock that serialises the manifest and tag changes of `repo` (see [`RepoLocks`]).
+    fn repo_lock(&self, repo: &RepoName) -> &tokio::sync::Mutex<()> {
+        self.repo_locks.get(repo)
+    }
+
+    /// Validates and stores a manifest; tags it with `reference` when that is a tag, and with each of `tags`
+    /// (the `?tag=` parameters of a push by digest).
     pub async fn manifest_put(
         &self,
         repo: &RepoName,
         reference: &Reference,
+        tags: &[Tag],
         content_type: Option<&str>,
         bytes: Bytes,
     ) -> Result<PushedManifest> {
@@ -508,7 +631,7 @@ impl Registry {
             });
         }
         let parsed = manifest::parse(&bytes, content_type)?;
-        let digest = match reference {
+        let (digest, mut all_tags) = match reference {
             Reference::Digest(expected) => {
                 let actual = Digest::compute(expected.algorithm(), &bytes);
                 if &actual != expected {
@@ -516,11 +639,17 @@ impl Registry {
                         "manifest has digest {actual}, pushed as {expected}"
                     )));
                 }
-                actual
+                (actual, Vec::new())
             }
-            Reference::Tag(_) => Digest::sha256_of(&bytes),
+            Reference::Tag(tag) => (Digest::sha256_of(&bytes), vec![tag.clone()]),
         };
-        self.check_references(repo, &bytes, &parsed).await?;
+        for tag in tags {
+            if !all_tags.contains(tag) {
+                all_tags.push(tag.clone());
+            }
+        }
+        let _repo = self.repo_lock(repo).lock().await;
+        self.check_references(repo, &parsed).await?;
         let stored = StoredManifest {
             media_type: parsed.media_type.clone(),
             bytes,
@@ -535,53 +664,60 @@ impl Registry {
                 .referrer_add(repo, subject, &digest, &descriptor)
                 .await?;
         }
-        if let Reference::Tag(tag) = reference {
+        for tag in &all_tags {
             self.storage.tag_set(repo, tag, &digest).await?;
         }
         log::info!(
-            "manifest {digest} ({}) pushed to {repo} as {reference}",
-            parsed.media_type
+            "manifest {digest} ({}) pushed to {repo} as {reference}{}",
+            parsed.media_type,
+            if tags.is_empty() {
+                String::new()
+            } else {
+                format!(
+                    " with tags {}",
+                    tags.iter().map(Tag::as_str).collect::<Vec<_>>().join(", ")
+                )
+            }
         );
         Ok(PushedManifest {
             digest,
             subject: parsed.subject,
+            tags: all_tags,
         })
     }
 
-    /// Every blob a manifest names must be visible in `repo` with the size it declares; every child manifest
-    /// must be in `repo`.
-    async fn check_references(
-        &self,
-        repo: &RepoName,
-        bytes: &[u8],
-        parsed: &ParsedManifest,
-    ) -> Result<()> {
-        let declared_sizes = declared_sizes(bytes);
+    /// Every blob a manifest names must be visible in `repo`, and every child manifest must be in `repo`, each
+    /// with exactly the size its descriptor declares (a digest named twice is checked twice).
+    async fn check_references(&self, repo: &RepoName, parsed: &ParsedManifest) -> Result<()> {
         for blob in &parsed.blobs {
-            if !self.storage.blob_linked(repo, blob).await? {
-                return Err(RegistryError::ManifestBlobUnknown(format!("blob {blob}")));
-            }
-            let stored = self.storage.blob_size(blob).await?;
-            let Some(stored) = stored else {
-                return Err(RegistryError::ManifestBlobUnknown(format!("blob {blob}")));
+            let digest = &blob.digest;
+            let stored = if self.storage.blob_linked(repo, digest).await? {
+                self.storage.blob_size(digest).await?
+            } else {
+                None
             };
-            if let Some(declared) = declared_sizes.get(&blob.to_string()) {
-                if !declared.contains(&(stored as i64)) {
-                    return Err(RegistryError::ManifestInvalid(format!(
-                        "blob {blob} is {stored} bytes, the manifest says {}",
-                        declared
-                            .iter()
-                            .map(i64::to_string)
-                            .collect::<Vec<_>>()
-                            .join(" or ")
-                    )));
-                }
+            let Some(stored) = stored else {
+                return Err(RegistryError::ManifestBlobUnknown(format!("blob {digest}")));
+            };
+            if stored != blob.size {
+                return Err(RegistryError::ManifestInvalid(format!(
+                    "blob {digest} is {stored} bytes, a descriptor says {}",
+                    blob.size
+                )));
             }
         }
         for child in &parsed.children {
-            if self.storage.manifest_get(repo, child).await?.is_none() {
+            let digest = &child.digest;
+            let Some(stored) = self.storage.manifest_get(repo, digest).await? else {
                 return Err(RegistryError::ManifestBlobUnknown(format!(
-                    "manifest {child}"
+                    "manifest {digest}"
+                )));
+            };
+            let stored = stored.bytes.len() as u64;
+            if stored != child.size {
+                return Err(RegistryError::ManifestInvalid(format!(
+                    "child manifest {digest} is {stored} bytes, a descriptor says {}",
+                    child.size
                 )));
             }
         }
@@ -590,6 +726,7 @@ impl Registry {
 
     /// Deletes a manifest by digest (with its tags and referrer entry) or a tag.
     pub async fn manifest_delete(&self, repo: &RepoName, reference: &Reference) -> Result<()> {
+        let _repo = self.repo_lock(repo).lock().await;
         match reference {
             Reference::Tag(tag) => {
                 if self.storage.tag_delete(repo, tag).await? {
@@ -604,9 +741,7 @@ impl Registry {
                     return Err(RegistryError::ManifestUnknown(format!("{repo}@{digest}")));
                 };
                 for tag in self.storage.tags(repo).await?.unwrap_or_default() {
-                    if self.storage.tag_get(repo, &tag).await?.as_ref() == Some(digest) {
-                        self.storage.tag_delete(repo, &tag).await?;
-                    }
+                    self.storage.tag_delete_if(repo, &tag, digest).await?;
                 }
                 if let Ok(parsed) = manifest::parse(&stored.bytes, Some(&stored.media_type)) {
                     if let Some(subject) = parsed.subject {
@@ -662,6 +797,16 @@ impl Registry {
     }
 }
 
+/// A chunk that does not start where the upload ends: 416 with what was received.
+fn out_of_order(id: &UploadId, location: &str, received: u64, start: u64) -> RegistryError {
+    RegistryError::ChunkOutOfOrder {
+        upload: id.to_string(),
+        location: location.to_owned(),
+        received,
+        start,
+    }
+}
+
 /// The hashing thread failing is the server's problem, not the client's.
 fn pipe_failure(e: super::hashing::PipeClosed) -> RegistryError {
     RegistryError::Storage(super::storage::StorageError::Io {
@@ -670,29 +815,226 @@ fn pipe_failure(e: super::hashing::PipeClosed) -> RegistryError {
     })
 }
 
-/// digest → the sizes the manifest declares for it (a blob may appear more than once).
-fn declared_sizes(bytes: &[u8]) -> HashMap<String, Vec<i64>> {
-    #[derive(serde::Deserialize)]
-    struct Sizes {
-        config: Option<Descriptor>,
-        #[serde(default)]
-        layers: Vec<Descriptor>,
-    }
-    let mut sizes: HashMap<String, Vec<i64>> = HashMap::new();
-    if let Ok(parsed) = serde_json::from_slice::<Sizes>(bytes) {
-        for descriptor in parsed.config.into_iter().chain(parsed.layers) {
-            sizes
-                .entry(descriptor.digest)
-                .or_default()
-                .push(descriptor.size);
-        }
-    }
-    sizes
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::registry::storage::fs::FsStorage;
+
+    type Chunks = futures_util::stream::Iter<std::vec::IntoIter<std::io::Result<Bytes>>>;
+
+    fn body(parts: &[&[u8]]) -> Chunks {
+        let chunks: Vec<std::io::Result<Bytes>> = parts
+            .iter()
+            .map(|part| Ok(Bytes::copy_from_slice(part)))
+            .collect();
+        futures_util::stream::iter(chunks)
+    }
+
+    fn registry() -> (tempfile::TempDir, Arc<Registry>) {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let storage = FsStorage::open(dir.path()).expect("open storage");
+        (dir, Arc::new(Registry::new(Arc::new(storage))))
+    }
+
+    fn repo(name: &str) -> RepoName {
+        RepoName::parse(name).expect("valid name")
+    }
+
+    fn tag(name: &str) -> Tag {
+        Tag::parse(name).expect("valid tag")
+    }
+
+    /// Pushes a config and a layer to `repo` (once); returns an image manifest naming them, made unique by `seed`.
+    async fn image(registry: &Registry, repo: &RepoName, seed: u64) -> Bytes {
+        let config = br#"{"architecture":"amd64","os":"linux"}"#.to_vec();
+        let layer = b"layer".to_vec();
+        for blob in [&config, &layer] {
+            let digest = Digest::sha256_of(blob);
+            if registry.blob_size(repo, &digest).await.is_err() {
+                registry
+                    .upload_monolithic(repo, &digest, body(&[blob]))
+                    .await
+                    .expect("push blob");
+            }
+        }
+        let manifest = serde_json::json!({
+            "schemaVersion": 2,
+            "mediaType": manifest::OCI_MANIFEST,
+            "config": {"mediaType": "application/vnd.oci.image.config.v1+json",
+                       "digest": Digest::sha256_of(&config).to_string(), "size": config.len()},
+            "layers": [{"mediaType": "application/vnd.oci.image.layer.v1.tar",
+                        "digest": Digest::sha256_of(&layer).to_string(), "size": layer.len()}],
+            "annotations": {"seed": seed.to_string()},
+        });
+        Bytes::from(serde_json::to_vec(&manifest).expect("json"))
+    }
+
+    async fn put(
+        registry: &Registry,
+        repo: &RepoName,
+        reference: &Reference,
+        bytes: &Bytes,
+    ) -> Result<Digest> {
+        registry
+            .manifest_put(
+                repo,
+                reference,
+                &[],
+                Some(manifest::OCI_MANIFEST),
+                bytes.clone(),
+            )
+            .await
+            .map(|pushed| pushed.digest)
+    }
+
+    /// Issue 9: a manifest PUT by tag racing a DELETE of the same manifest by digest could leave a tag that
+    /// `tags/list` lists but that answers 404. Every round must end as one of the two serial orders would:
+    /// PUT then DELETE (no manifest, no tag) or DELETE then PUT (the manifest, tagged).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn put_by_tag_racing_delete_by_digest_never_leaves_a_dangling_tag() {
+        let (_dir, registry) = registry();
+        let repo = repo("race/put-delete");
+        let bytes = image(&registry, &repo, 1).await;
+        let digest = Digest::sha256_of(&bytes);
+        let by_digest = Reference::Digest(digest.clone());
+        for round in 0..300 {
+            let t = tag(&format!("t{round}"));
+            put(&registry, &repo, &by_digest, &bytes)
+                .await
+                .expect("push by digest");
+            let start = Arc::new(tokio::sync::Barrier::new(2));
+            let pusher = tokio::spawn({
+                let (registry, repo, bytes, start) =
+                    (registry.clone(), repo.clone(), bytes.clone(), start.clone());
+                let by_tag = Reference::Tag(t.clone());
+                async move {
+                    start.wait().await;
+                    put(&registry, &repo, &by_tag, &bytes).await
+                }
+            });
+            let deleter = tokio::spawn({
+                let (registry, repo, by_digest, start) = (
+                    registry.clone(),
+                    repo.clone(),
+                    by_digest.clone(),
+                    start.clone(),
+                );
+                async move {
+                    start.wait().await;
+                    registry.manifest_delete(&repo, &by_digest).await
+                }
+            });
+            pusher
+                .await
+                .expect("join")
+                .expect("PUT by tag is acknowledged");
+            deleter
+                .await
+                .expect("join")
+                .expect("DELETE by digest is acknowledged");
+            let tagged = registry
+                .storage()
+                .tag_get(&repo, &t)
+                .await
+                .expect("tag_get");
+            let stored = registry
+                .storage()
+                .manifest_get(&repo, &digest)
+                .await
+                .expect("manifest_get")
+                .is_some();
+            match (tagged, stored) {
+                // PUT, then DELETE.
+                (None, false) => {}
+                // DELETE, then PUT.
+                (Some(tagged), true) => assert_eq!(tagged, digest, "round {round}"),
+                (tagged, stored) => panic!(
+                    "round {round}: tag {t} -> {tagged:?} with the manifest stored: {stored}; no serial order gives that"
+                ),
+            }
+            let listed = registry.tags(&repo, None, None).await.expect("tags").items;
+            for listed in listed {
+                let resolved = registry
+                    .manifest_get(&repo, &Reference::Tag(listed.clone()))
+                    .await;
+                assert!(
+                    resolved.is_ok(),
+                    "round {round}: listed tag {listed} answers {resolved:?}"
+                );
+            }
+        }
+    }
+
+    /// Issue 9: a DELETE of manifest M1 racing a PUT that moves tag `t` from M1 to M2 could delete `t` although
+    /// the PUT got 201 (the delete read the tag, compared, then removed it). In both serial orders `t` ends at M2.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn delete_racing_a_tag_move_never_loses_the_moved_tag() {
+        let (_dir, registry) = registry();
+        let repo = repo("race/move");
+        let m2 = image(&registry, &repo, 2).await;
+        let m2_digest = put(
+            &registry,
+            &repo,
+            &Reference::Digest(Digest::sha256_of(&m2)),
+            &m2,
+        )
+        .await
+        .expect("push M2");
+        for round in 0..300 {
+            let m1 = image(&registry, &repo, 1000 + round).await;
+            let t = Reference::Tag(tag(&format!("t{round}")));
+            let m1_digest = put(&registry, &repo, &t, &m1).await.expect("push M1 as t");
+            let start = Arc::new(tokio::sync::Barrier::new(2));
+            let mover = tokio::spawn({
+                let (registry, repo, t, m2, start) = (
+                    registry.clone(),
+                    repo.clone(),
+                    t.clone(),
+                    m2.clone(),
+                    start.clone(),
+                );
+                async move {
+                    start.wait().await;
+                    put(&registry, &repo, &t, &m2).await
+                }
+            });
+            let deleter = tokio::spawn({
+                let (registry, repo, start) = (registry.clone(), repo.clone(), start.clone());
+                let m1 = Reference::Digest(m1_digest.clone());
+                async move {
+                    start.wait().await;
+                    registry.manifest_delete(&repo, &m1).await
+                }
+            });
+            mover
+                .await
+                .expect("join")
+                .expect("PUT moving t is acknowledged");
+            deleter
+                .await
+                .expect("join")
+                .expect("DELETE of M1 is acknowledged");
+            let Reference::Tag(t) = t else { unreachable!() };
+            assert_eq!(
+                registry
+                    .storage()
+                    .tag_get(&repo, &t)
+                    .await
+                    .expect("tag_get"),
+                Some(m2_digest.clone()),
+                "round {round}: tag {t} must point at M2 in either serial order"
+            );
+            assert_eq!(
+                registry
+                    .storage()
+                    .manifest_get(&repo, &m1_digest)
+                    .await
+                    .expect("get"),
+                None,
+                "round {round}: M1 was deleted"
+            );
+        }
+    }
 
     fn strings<T: AsRef<str>>(page: &Page<T>) -> Vec<&str> {
         page.items.iter().map(|i| i.as_ref()).collect()

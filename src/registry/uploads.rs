@@ -6,7 +6,7 @@ use actix_web::{web, HttpRequest, HttpResponse};
 
 use super::error::{upload_range, RegistryError, Result};
 use super::names::{Digest, RepoName, UploadId};
-use super::ranges::parse_content_range;
+use super::ranges::{parse_content_range, InvalidContentRange};
 use super::routes::Query;
 use super::service::Registry;
 
@@ -41,15 +41,30 @@ fn created(repo: &RepoName, digest: &Digest) -> HttpResponse {
         .finish()
 }
 
-fn content_range(req: &HttpRequest) -> Result<Option<(u64, u64)>> {
-    match req.headers().get(header::CONTENT_RANGE) {
-        None => Ok(None),
-        Some(value) => {
-            let value = value.to_str().map_err(|_| {
-                RegistryError::BlobUploadInvalid("Content-Range is not ASCII".into())
-            })?;
-            parse_content_range(value).map(Some)
-        }
+/// The chunk's `Content-Range`, if any. A malformed one is a 416 that reports what the upload holds, so the client
+/// can resume from there.
+async fn content_range(
+    registry: &Registry,
+    req: &HttpRequest,
+    repo: &RepoName,
+    id: &UploadId,
+) -> Result<Option<(u64, u64)>> {
+    let Some(value) = req.headers().get(header::CONTENT_RANGE) else {
+        return Ok(None);
+    };
+    let parsed = value
+        .to_str()
+        .map_err(|_| InvalidContentRange("not ASCII".into()))
+        .and_then(parse_content_range);
+    match parsed {
+        Ok(range) => Ok(Some(range)),
+        Err(why) => Err(RegistryError::ContentRangeInvalid {
+            header: String::from_utf8_lossy(value.as_bytes()).into_owned(),
+            why: why.to_string(),
+            upload: id.to_string(),
+            location: upload_location(repo, id),
+            received: registry.upload_size(repo, id).await?,
+        }),
     }
 }
 
@@ -96,7 +111,7 @@ pub async fn patch(
     body: web::Payload,
 ) -> Result<HttpResponse> {
     let id = upload_id(id)?;
-    let range = content_range(req)?;
+    let range = content_range(registry, req, repo, &id).await?;
     let size = registry
         .upload_append(repo, &id, &upload_location(repo, &id), range, body)
         .await?;
@@ -116,16 +131,18 @@ pub async fn finish(
         RegistryError::DigestInvalid("the closing PUT needs ?digest=<digest>".into())
     })?;
     let digest = Digest::parse(digest)?;
-    let range = content_range(req)?;
-    let has_body = range.is_some()
-        || req
-            .headers()
-            .get(header::CONTENT_LENGTH)
-            .is_some_and(|v| v != "0")
-        || req.headers().contains_key(header::TRANSFER_ENCODING);
-    let body = has_body.then_some(body);
+    let range = content_range(registry, req, repo, &id).await?;
+    // Whether a final chunk came is for the service to see in the body itself: over HTTP/2 a streamed body has
+    // neither Content-Length nor Transfer-Encoding, so the headers cannot tell.
     registry
-        .upload_finish(repo, &id, &upload_location(repo, &id), &digest, range, body)
+        .upload_finish(
+            repo,
+            &id,
+            &upload_location(repo, &id),
+            &digest,
+            range,
+            Some(body),
+        )
         .await?;
     Ok(created(repo, &digest))
 }

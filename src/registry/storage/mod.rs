@@ -7,6 +7,11 @@
 //! - a committed blob or manifest is durable before the call returns, and is never visible half-written;
 //! - tag, link and manifest updates are atomic (a reader sees the old or the new state, nothing in between);
 //! - an upload's size is exactly the bytes appended so far, and survives a restart of the process.
+//!
+//! Read-compare-write sequences over tags and manifests (a delete that removes only the tags still naming a
+//! manifest) are made atomic by the registry service, which serialises the changes of one repository; the trait
+//! names them ([`Storage::tag_delete_if`]) so that a backend shared by several processes can implement them with
+//! conditional writes.
 
 pub mod fs;
 #[cfg(test)]
@@ -157,6 +162,18 @@ pub trait Storage: Send + Sync + 'static {
     async fn tag_set(&self, repo: &RepoName, tag: &Tag, digest: &Digest) -> Result<()>;
     async fn tag_get(&self, repo: &RepoName, tag: &Tag) -> Result<Option<Digest>>;
     async fn tag_delete(&self, repo: &RepoName, tag: &Tag) -> Result<bool>;
+    /// Removes the tag only if it points at `digest`; true if it did.
+    ///
+    /// The default reads, compares and removes. That is atomic only because the registry service serialises the
+    /// tag changes of a repository within its process; a backend shared by several processes (S3 behind several
+    /// replicas) overrides it with a conditional delete (compare-and-swap) of its own.
+    async fn tag_delete_if(&self, repo: &RepoName, tag: &Tag, digest: &Digest) -> Result<bool> {
+        if self.tag_get(repo, tag).await?.as_ref() == Some(digest) {
+            self.tag_delete(repo, tag).await
+        } else {
+            Ok(false)
+        }
+    }
     /// The repository's tags in byte order, or `None` if the repository has no content at all.
     async fn tags(&self, repo: &RepoName) -> Result<Option<Vec<Tag>>>;
     /// Every repository with content, in byte order.

@@ -261,7 +261,7 @@ async fn manifests_and_tags(storage: &dyn Storage) {
         .expect("move tag");
     assert_eq!(
         storage.tag_get(&r, &tag("latest")).await.expect("get"),
-        Some(other)
+        Some(other.clone())
     );
     assert!(storage
         .tag_delete(&r, &tag("latest"))
@@ -271,6 +271,32 @@ async fn manifests_and_tags(storage: &dyn Storage) {
         .tag_delete(&r, &tag("latest"))
         .await
         .expect("delete again"));
+
+    // A conditional delete removes a tag only while it still names the given manifest.
+    storage
+        .tag_set(&r, &tag("moving"), &other)
+        .await
+        .expect("tag");
+    assert!(!storage
+        .tag_delete_if(&r, &tag("moving"), &digest)
+        .await
+        .expect("delete if it names another manifest"));
+    assert_eq!(
+        storage.tag_get(&r, &tag("moving")).await.expect("get"),
+        Some(other.clone())
+    );
+    assert!(storage
+        .tag_delete_if(&r, &tag("moving"), &other)
+        .await
+        .expect("delete if it names this manifest"));
+    assert_eq!(
+        storage.tag_get(&r, &tag("moving")).await.expect("get"),
+        None
+    );
+    assert!(!storage
+        .tag_delete_if(&r, &tag("moving"), &other)
+        .await
+        .expect("delete if absent"));
     assert_eq!(
         storage.tag_get(&r, &tag("latest")).await.expect("get"),
         None
