@@ -484,6 +484,61 @@ fn uploads_post_put_chunked_streamed_status_and_cancel() {
     expect_error(api.get(&elsewhere), 404, "BLOB_UPLOAD_UNKNOWN");
 }
 
+/// Issue 9: over HTTP/2 a streamed closing `PUT` has neither `Content-Length` nor `Transfer-Encoding`; berth took
+/// it for bodiless, failed the digest and deleted the whole upload, chunks acknowledged with 202 included. The body
+/// decides now; and a wrong digest on the `PUT` rolls back only that request's bytes, so the client can retry.
+#[test]
+fn http2_streamed_closing_put_commits_and_a_wrong_digest_keeps_earlier_chunks() {
+    let (_berth, api) = tls_berth();
+    let bytes = content(200_000, 41);
+    let (first, rest) = bytes.split_at(70_000);
+    let digest = sha256(&bytes);
+    let streamed = |data: &[u8]| reqwest::blocking::Body::new(std::io::Cursor::new(data.to_vec()));
+    let patch_first = |location: &str| {
+        let response = api
+            .client
+            .patch(api.url(location))
+            .header(CONTENT_RANGE, format!("0-{}", first.len() - 1))
+            .body(first.to_vec())
+            .send()
+            .expect("PATCH");
+        assert_eq!(response.version(), reqwest::Version::HTTP_2);
+        assert_eq!(response.status(), StatusCode::ACCEPTED);
+    };
+    let close = |location: &str, digest: &str| {
+        let response = api
+            .client
+            .put(api.url(&format!("{location}?digest={digest}")))
+            .body(streamed(rest))
+            .send()
+            .expect("PUT");
+        assert_eq!(response.version(), reqwest::Version::HTTP_2);
+        response
+    };
+
+    // A streamed final chunk in the closing PUT completes the blob.
+    let location = api.start_upload("h2/app");
+    patch_first(&location);
+    let response = close(&location, &digest);
+    assert_eq!(response.status(), StatusCode::CREATED);
+    let pulled = api.get(&format!("/v2/h2/app/blobs/{digest}"));
+    assert_eq!(pulled.bytes().expect("body").as_ref(), &bytes[..]);
+
+    // A wrong digest: 400, the acknowledged chunk stays, and the retried PUT completes the blob.
+    let location = api.start_upload("h2/retry");
+    patch_first(&location);
+    expect_error(close(&location, &sha256(b"wrong")), 400, "DIGEST_INVALID");
+    let status = api.get(&location);
+    assert_eq!(status.status(), StatusCode::NO_CONTENT);
+    assert_eq!(
+        header(status.headers(), RANGE.as_str()),
+        format!("0-{}", first.len() - 1)
+    );
+    assert_eq!(close(&location, &digest).status(), StatusCode::CREATED);
+    let pulled = api.get(&format!("/v2/h2/retry/blobs/{digest}"));
+    assert_eq!(pulled.bytes().expect("body").as_ref(), &bytes[..]);
+}
+
 #[test]
 fn digest_mismatch_stores_nothing() {
     let (berth, api) = tls_berth();
@@ -977,6 +1032,93 @@ fn manifest_checks_every_descriptor_size_and_exact_non_distributable_types() {
         api.put_manifest("sizes", "invented", OCI_MANIFEST, &invented),
         400,
         "MANIFEST_BLOB_UNKNOWN",
+    );
+}
+
+/// Issue 9 (spec gap): `PUT /v2/<name>/manifests/<digest>?tag=a&tag=b` ignored the tags. It tags the manifest with
+/// each and confirms them in `OCI-Tag`, so a manifest pushed by a non-canonical (sha512) digest can be tagged in
+/// the same request.
+#[test]
+fn manifest_push_by_sha512_digest_with_tag_parameters() {
+    let berth = Berth::start(Options {
+        plain_http: true,
+        ..Options::default()
+    });
+    let api = Api::new(&berth);
+    let config = api.push_blob("tagged", b"{}");
+    let manifest = serde_json::to_vec(&json!({
+        "schemaVersion": 2, "mediaType": OCI_MANIFEST,
+        "config": {"mediaType": EMPTY_CONFIG, "digest": config, "size": 2},
+        "layers": [],
+    }))
+    .expect("json");
+    let digest = format!("sha512:{}", hex::encode(Sha512::digest(&manifest)));
+    let response = api.put_manifest(
+        "tagged",
+        &format!("{digest}?tag=v1.2.3&tag=latest&tag=v1.2.3"),
+        OCI_MANIFEST,
+        &manifest,
+    );
+    assert_eq!(response.status(), StatusCode::CREATED);
+    assert_eq!(header(response.headers(), "docker-content-digest"), digest);
+    let confirmed: Vec<&str> = response
+        .headers()
+        .get_all("oci-tag")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(str::trim)
+        .collect();
+    assert_eq!(confirmed, ["v1.2.3", "latest"]);
+    for tag in ["v1.2.3", "latest"] {
+        let pulled = api.get(&format!("/v2/tagged/manifests/{tag}"));
+        assert_eq!(pulled.status(), StatusCode::OK, "{tag}");
+        assert_eq!(
+            header(pulled.headers(), "docker-content-digest"),
+            digest,
+            "{tag}"
+        );
+        assert_eq!(
+            pulled.bytes().expect("body").as_ref(),
+            &manifest[..],
+            "{tag}"
+        );
+    }
+    let tags: Value = api.get("/v2/tagged/tags/list").json().expect("json");
+    assert_eq!(tags["tags"], json!(["latest", "v1.2.3"]));
+
+    // A bad tag refuses the whole push; tag parameters belong to a push by digest; the count is bounded.
+    expect_error(
+        api.put_manifest(
+            "tagged",
+            &format!("{digest}?tag=ok&tag=.bad"),
+            OCI_MANIFEST,
+            &manifest,
+        ),
+        400,
+        "MANIFEST_INVALID",
+    );
+    expect_error(
+        api.put_manifest("tagged", "v2?tag=other", OCI_MANIFEST, &manifest),
+        400,
+        "UNSUPPORTED",
+    );
+    let many: String = (0..101).map(|i| format!("tag=t{i}&")).collect();
+    expect_error(
+        api.put_manifest(
+            "tagged",
+            &format!("{digest}?{many}"),
+            OCI_MANIFEST,
+            &manifest,
+        ),
+        414,
+        "UNSUPPORTED",
+    );
+    let tags: Value = api.get("/v2/tagged/tags/list").json().expect("json");
+    assert_eq!(
+        tags["tags"],
+        json!(["latest", "v1.2.3"]),
+        "refused pushes tag nothing"
     );
 }
 
