@@ -887,6 +887,69 @@ mod tests {
             .map(|pushed| pushed.digest)
     }
 
+    /// Issue 9: a closing PUT whose digest does not match destroyed the whole upload, chunks acknowledged earlier
+    /// included. Only its own bytes are rolled back; the retried PUT completes the blob. A failed monolithic push
+    /// still leaves nothing.
+    #[tokio::test]
+    async fn a_wrong_digest_on_the_closing_put_keeps_earlier_chunks() {
+        let (_dir, registry) = registry();
+        let repo = repo("uploads/retry");
+        let id = registry.upload_start(&repo).await.expect("start");
+        let location = format!("/v2/{repo}/blobs/uploads/{id}");
+        let size = registry
+            .upload_append(&repo, &id, &location, Some((0, 4)), body(&[b"hel", b"lo"]))
+            .await
+            .expect("PATCH");
+        assert_eq!(size, 5);
+        let wrong = Digest::sha256_of(b"something else");
+        let refused = registry
+            .upload_finish(&repo, &id, &location, &wrong, None, Some(body(&[b"world"])))
+            .await;
+        assert!(
+            matches!(refused, Err(RegistryError::DigestInvalid(_))),
+            "{refused:?}"
+        );
+        assert_eq!(registry.upload_size(&repo, &id).await.expect("size"), 5);
+        // An empty closing body is no body: the digest of the five bytes is checked, and refused again.
+        let refused = registry
+            .upload_finish(&repo, &id, &location, &wrong, None, Some(body(&[])))
+            .await;
+        assert!(
+            matches!(refused, Err(RegistryError::DigestInvalid(_))),
+            "{refused:?}"
+        );
+        let right = Digest::sha256_of(b"helloworld");
+        registry
+            .upload_finish(
+                &repo,
+                &id,
+                &location,
+                &right,
+                Some((5, 9)),
+                Some(body(&[b"world"])),
+            )
+            .await
+            .expect("retried PUT");
+        assert_eq!(registry.blob_size(&repo, &right).await.expect("blob"), 10);
+
+        let monolithic = registry
+            .upload_monolithic(&repo, &wrong, body(&[b"helloworld"]))
+            .await;
+        assert!(
+            matches!(monolithic, Err(RegistryError::DigestInvalid(_))),
+            "{monolithic:?}"
+        );
+        assert!(
+            registry
+                .storage()
+                .uploads()
+                .await
+                .expect("uploads")
+                .is_empty(),
+            "a failed monolithic push leaves no upload"
+        );
+    }
+
     /// Issue 9: a manifest PUT by tag racing a DELETE of the same manifest by digest could leave a tag that
     /// `tags/list` lists but that answers 404. Every round must end as one of the two serial orders would:
     /// PUT then DELETE (no manifest, no tag) or DELETE then PUT (the manifest, tagged).
