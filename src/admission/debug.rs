@@ -3,7 +3,7 @@
 
 use std::fmt::Write as _;
 
-use kube::core::admission::{AdmissionResponse, AdmissionReview};
+use kube::core::admission::AdmissionResponse;
 use serde_json::{json, Value};
 
 use super::image::ImageRef;
@@ -100,11 +100,7 @@ pub fn eval_review(
     review_json: &str,
     own_namespace: &str,
 ) -> Result<String, String> {
-    let review: AdmissionReview<review::Workload> = serde_json::from_str(review_json)
-        .map_err(|e| format!("cannot read the AdmissionReview: {e}"))?;
-    let request: review::Request = review
-        .try_into()
-        .map_err(|_| "the AdmissionReview has no request".to_owned())?;
+    let request = review::read_review(review_json.as_bytes()).map_err(|e| e.to_string())?;
     let scope = review::Scope::new(own_namespace);
     let validated = review::validate(&request, policy, &scope);
     let plan = review::plan_mutation(&request, policy, &scope);
