@@ -310,6 +310,32 @@ impl Scope {
         self
     }
 
+    /// Adds the upstream named by every path of berth's proxy among `images`, as if each were configured: for
+    /// `berth policy eval`, which has no proxy configuration.
+    pub fn assuming_upstreams_of<'a>(mut self, images: impl IntoIterator<Item = &'a str>) -> Scope {
+        for image in images {
+            let Ok(image) = ImageRef::parse(image) else {
+                continue;
+            };
+            let upstream = image
+                .path
+                .strip_prefix("proxy/")
+                .and_then(|rest| rest.split_once('/'))
+                .map(|(upstream, _)| upstream.to_owned());
+            if let Some(upstream) = upstream {
+                if !self.proxy_upstreams.contains(&upstream) {
+                    self.proxy_upstreams.push(upstream);
+                }
+            }
+        }
+        self
+    }
+
+    /// The upstream image `/validate` decides instead of `image` when `image` is a path of berth's proxy.
+    pub fn upstream_behind(&self, image: &str, policy: &Policy) -> Option<String> {
+        self.proxied_image(&ImageRef::parse(image).ok()?, policy)
+    }
+
     /// Whether a normalised registry host is one of berth's own addresses: one of [`Scope::own_hosts`], or a host
     /// the policy's rewrites send pods to.
     fn is_own_host(&self, host: &str, policy: &Policy) -> bool {
