@@ -155,9 +155,11 @@ pub fn read_review(body: &[u8]) -> Result<Request, ReviewError> {
     let review: AdmissionReview<Workload> =
         serde_json::from_slice(body).map_err(ReviewError::Unreadable)?;
     if review.types.api_version != REVIEW_API_VERSION || review.types.kind != REVIEW_KIND {
+        // Echoed in the refusal: a few characters say what was sent, a megabyte would not.
+        let shown = |text: String| text.chars().take(100).collect();
         return Err(ReviewError::UnsupportedType {
-            api_version: review.types.api_version,
-            kind: review.types.kind,
+            api_version: shown(review.types.api_version),
+            kind: shown(review.types.kind),
         });
     }
     review.try_into().map_err(|_| ReviewError::NoRequest)
@@ -1014,6 +1016,32 @@ rewrites:
         assert!(!check("berth.example.com/proxy/quay.io/other/app:1", None));
     }
 
+    #[test]
+    fn berths_own_hosts_are_normalised_names() {
+        let scope = Scope::new("infra").with_hosts(
+            [
+                "::1",
+                "Berth.Example.com",
+                "berth.example.com:443",
+                "not a host",
+                "10.0.0.7",
+            ]
+            .map(String::from),
+        );
+        assert_eq!(
+            scope.own_hosts,
+            [
+                "127.0.0.1:5050",
+                "localhost:5050",
+                "berth.infra.svc.cluster.local",
+                "berth.infra.svc",
+                "[::1]",
+                "berth.example.com",
+                "10.0.0.7"
+            ]
+        );
+    }
+
     /// Issue 9, item 6: any apiVersion and kind was decided and echoed back.
     #[test]
     fn only_v1_admission_reviews_are_read() {
@@ -1050,6 +1078,13 @@ rewrites:
                 format!("berth reads only admission.k8s.io/v1 AdmissionReview, not apiVersion {api_version:?} kind {kind:?}")
             );
         }
+        // What was sent is shown, not echoed whole.
+        let long = "v".repeat(100_000);
+        let error = read_review(body(&long, "AdmissionReview").as_bytes())
+            .map(|r| r.uid)
+            .expect_err("long")
+            .to_string();
+        assert!(error.len() < 300, "{} bytes of message", error.len());
         let error =
             read_review(b"{\"apiVersion\":\"admission.k8s.io/v1\",\"kind\":\"AdmissionReview\"}")
                 .map(|r| r.uid)
