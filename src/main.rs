@@ -122,7 +122,12 @@ fn policy_command(command: PolicyCommand) -> Result<String, String> {
             let policy =
                 Policy::from_yaml(&read(&file)?).map_err(|e| format!("{}: {e}", file.display()))?;
             match (image, review) {
-                (Some(image), _) => Ok(debug::eval_image(&policy, &image, &namespace)),
+                (Some(image), _) => Ok(debug::eval_image(
+                    &policy,
+                    &image,
+                    &namespace,
+                    &berth_namespace,
+                )),
                 (None, Some(review)) => {
                     debug::eval_review(&policy, &read(&review)?, &berth_namespace)
                         .map(|out| out + "\n")

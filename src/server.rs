@@ -80,15 +80,19 @@ pub async fn serve(config: Config) -> Result<(), ServeError> {
     let proxy = web::Data::new(proxy);
 
     let policy = start_policy(&config).await?;
-    let settings = web::Data::new(AdmissionSettings {
-        namespace: config.namespace.clone(),
-        proxy_upstreams: config
-            .proxy
-            .upstreams
-            .iter()
-            .map(|u| u.name.clone())
-            .collect(),
-    });
+    // berth's own addresses: the node proxy and the default Service names (in `Scope::new`), the names of its
+    // managed certificate (the Service it is reached by) and every `--san`.
+    let own_names = config
+        .managed_certs
+        .iter()
+        .flat_map(|m| m.names.iter())
+        .chain(&config.sans)
+        .cloned();
+    let settings = web::Data::new(
+        AdmissionSettings::new(&config.namespace)
+            .with_hosts(own_names)
+            .with_proxy_upstreams(config.proxy.upstreams.iter().map(|u| u.name.clone())),
+    );
 
     let sweeper = registry.clone();
     let max_age = config.upload_max_age;

@@ -27,9 +27,13 @@ struct Webhooks {
 }
 
 fn start() -> Webhooks {
+    start_with_policy(&fixture("policy.yaml"))
+}
+
+fn start_with_policy(policy: &str) -> Webhooks {
     let policy_dir = tempfile::tempdir().expect("tempdir");
     let policy_path = policy_dir.path().join("policy.yaml");
-    std::fs::write(&policy_path, fixture("policy.yaml")).expect("write policy");
+    std::fs::write(&policy_path, policy).expect("write policy");
     let berth = Berth::start(Options {
         extra_args: vec!["--policy-file".into(), policy_path.display().to_string()],
         ..Options::default()
@@ -62,20 +66,16 @@ impl Webhooks {
     }
 }
 
-/// The decoded JSON patch of a response. kube-rs serialises the patch bytes as a JSON array of numbers (which the
-/// API server's Go decoder accepts for `[]byte`); a base64 string is accepted here too.
+/// The decoded JSON patch of a response: a base64 string (standard alphabet, padded), as the API server requires.
 pub(crate) fn patch_of(response: &Value) -> Option<Value> {
-    let bytes: Vec<u8> = match &response["patch"] {
+    let encoded = match &response["patch"] {
         Value::Null => return None,
-        Value::String(encoded) => base64::engine::general_purpose::STANDARD
-            .decode(encoded)
-            .expect("base64 patch"),
-        Value::Array(numbers) => numbers
-            .iter()
-            .map(|n| n.as_u64().and_then(|n| u8::try_from(n).ok()).expect("byte"))
-            .collect(),
-        other => panic!("unexpected patch {other}"),
+        Value::String(encoded) => encoded,
+        other => panic!("the patch must be a base64 string, not {other}"),
     };
+    let bytes = base64::engine::general_purpose::STANDARD
+        .decode(encoded)
+        .expect("base64 patch");
     assert_eq!(response["patchType"], "JSONPatch");
     Some(serde_json::from_slice(&bytes).expect("patch JSON"))
 }
@@ -231,6 +231,133 @@ fn mutate_rewrites_available_images_and_is_idempotent() {
     assert_eq!(
         hooks.review("/validate", review.to_string())["allowed"],
         true
+    );
+}
+
+/// A review of a pod in `apps` creating `containers`, with `annotations`.
+fn pod_review(containers: Value, annotations: Value) -> Value {
+    json!({
+        "apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview",
+        "request": {
+            "uid": "u-1", "kind": {"group": "", "version": "v1", "kind": "Pod"},
+            "resource": {"group": "", "version": "v1", "resource": "pods"},
+            "name": "p", "namespace": "apps", "operation": "CREATE", "userInfo": {"username": "bob"},
+            "object": {"apiVersion": "v1", "kind": "Pod",
+                       "metadata": {"name": "p", "namespace": "apps", "annotations": annotations},
+                       "spec": {"containers": containers}},
+            "oldObject": null, "dryRun": false
+        }
+    })
+}
+
+/// Issue 9, item 1: with `defaultAction: deny`, `/validate` decided the image `/mutate` had just written, which no
+/// rule allows, and refused every pod berth rewrote.
+#[test]
+fn default_deny_admits_the_pods_berth_rewrote() {
+    let hooks = start_with_policy(
+        r#"
+defaultAction: deny
+rules:
+  - {name: hub-official, action: allow, images: ['docker\.io/library/.*']}
+rewrites:
+  - {name: hub-via-cache, match: 'docker\.io/(.+)', replace: '127.0.0.1:5050/proxy/docker.io/$1'}
+"#,
+    );
+    let mut review = pod_review(json!([{"name": "web", "image": "nginx:1.25"}]), json!({}));
+    let mutated = hooks.review("/mutate", review.to_string());
+    let ops: json_patch::Patch =
+        serde_json::from_value(patch_of(&mutated).expect("a patch")).expect("patch");
+    json_patch::patch(&mut review["request"]["object"], &ops).expect("applies");
+    let pod = &review["request"]["object"];
+    assert_eq!(
+        pod["spec"]["containers"][0]["image"],
+        "127.0.0.1:5050/proxy/docker.io/library/nginx:1.25"
+    );
+    let response = hooks.review("/validate", review.to_string());
+    assert_eq!(response["allowed"], true, "{response}");
+
+    // A forged annotation gains nothing: the image itself is decided.
+    let forged = pod_review(
+        json!([{"name": "web", "image": "quay.io/evil/miner:1"}]),
+        json!({"berth.dev/original-images": "{\"web\":\"nginx:1.25\"}"}),
+    );
+    let response = hooks.review("/validate", forged.to_string());
+    assert_eq!(response["allowed"], false);
+    assert!(
+        response["status"]["message"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("image \"quay.io/evil/miner:1\" is denied by rule \"defaultAction\""),
+        "{response}"
+    );
+}
+
+/// Issue 9, item 6: reviews of any apiVersion and kind were decided and echoed back.
+#[test]
+fn reviews_of_another_api_version_or_kind_are_refused() {
+    let hooks = start();
+    for (api_version, kind) in [
+        ("admission.k8s.io/v1beta1", "AdmissionReview"),
+        ("admission.k8s.io/v1", "ConversionReview"),
+        ("v1", "Pod"),
+    ] {
+        // A DELETE, which a v1 review has allowed.
+        let mut review: Value = serde_json::from_str(&fixture("pod-delete.json")).expect("fixture");
+        review["apiVersion"] = json!(api_version);
+        review["kind"] = json!(kind);
+        for endpoint in ["/validate", "/mutate"] {
+            let response = hooks.review(endpoint, review.to_string());
+            assert_eq!(
+                response["allowed"], false,
+                "{endpoint} {api_version} {kind}"
+            );
+            assert_eq!(
+                response["status"]["message"],
+                format!("berth reads only admission.k8s.io/v1 AdmissionReview, not apiVersion {api_version:?} kind {kind:?}"),
+                "{endpoint}"
+            );
+        }
+    }
+}
+
+/// Issue 9, item 4: the patch went out as a JSON array of byte values (kube-core's `Vec<u8>`), so a 3 MiB review
+/// got a 38.8 MB answer. It is base64 now, and the answer stays proportional to the patch.
+#[test]
+fn mutate_answers_with_a_base64_patch_proportional_to_the_review() {
+    let hooks = start();
+    // About 1 MiB of review: containers whose images the fixture policy always rewrites (`k8s-always`).
+    let containers: Vec<Value> = (0..6000)
+        .map(|i| json!({"name": format!("c{i}"), "image": format!("registry.k8s.io/team/{}-{i}:1", "a".repeat(120))}))
+        .collect();
+    let review = pod_review(json!(containers), json!({})).to_string();
+    let response = hooks
+        .api
+        .client
+        .post(hooks.api.url("/mutate"))
+        .header("content-type", "application/json")
+        .body(review.clone())
+        .send()
+        .expect("POST review");
+    assert_eq!(response.status().as_u16(), 200);
+    let body = response.bytes().expect("body");
+    let reply: Value = serde_json::from_slice(&body).expect("AdmissionReview JSON");
+    let patch = patch_of(&reply["response"]).expect("a patch");
+    assert_eq!(patch.as_array().map(Vec::len), Some(6001));
+    assert_eq!(
+        patch[5999]["value"],
+        format!("127.0.0.1:5050/k8s/team/{}-5999:1", "a".repeat(120))
+    );
+    let patch_len = serde_json::to_vec(&patch).expect("json").len();
+    assert!(
+        body.len() <= patch_len / 3 * 4 + 4096,
+        "{} bytes of answer for a {patch_len}-byte patch",
+        body.len()
+    );
+    assert!(
+        body.len() <= 4 * review.len(),
+        "{} bytes of answer for a {}-byte review",
+        body.len(),
+        review.len()
     );
 }
 

@@ -355,6 +355,150 @@ fn berth_guards_a_real_api_server() {
     let _ = stdout(&output);
 }
 
+/// Issue 9, item 1: the report's policy, with `defaultAction: deny`.
+const DEFAULT_DENY_POLICY: &str = r#"apiVersion: v1
+kind: ConfigMap
+metadata:
+  name: berth-policy
+  namespace: berth-system
+data:
+  policy.yaml: |
+    defaultAction: deny
+    rules:
+      - name: hub-official
+        action: allow
+        images: ['docker\.io/library/.*']
+    rewrites:
+      - name: hub-via-cache
+        match: 'docker\.io/(.+)'
+        replace: '127.0.0.1:5050/proxy/docker.io/$1'
+"#;
+
+/// Issue 9, item 1: with `defaultAction: deny` and a rewrite to berth's proxy, `kubectl run --image=nginx:1.25` was
+/// refused: `/mutate` rewrote the image, then `/validate` decided the rewritten reference, which no rule allows.
+#[test]
+fn default_deny_with_a_rewrite_admits_the_pods_berth_rewrote() {
+    let cluster = Cluster::start();
+    let work = tempfile::tempdir().expect("tempdir");
+    let port = free_port();
+    let host = format!("127.0.0.1:{port}");
+    cluster.kubectl_ok(&["create", "namespace", "berth-system"]);
+    cluster.kubectl_ok(&["label", "namespace", "kube-system", "berth.dev/ignore=true"]);
+    let installed = test_overlay(&work.path().join("overlay"), BASE, &host);
+    let output = cluster.apply_yaml(&installed);
+    assert!(output.status.success(), "install: {}", stderr(&output));
+    let output = cluster.apply_yaml(DEFAULT_DENY_POLICY);
+    assert!(output.status.success(), "policy: {}", stderr(&output));
+    cluster.kubectl_ok(&["create", "namespace", "apps"]);
+
+    // berth proxies docker.io (never reached here: pods stay Pending without a kubelet).
+    let config = work.path().join("config.yaml");
+    std::fs::write(
+        &config,
+        "proxy:\n  upstreams:\n    - name: docker.io\n      url: 'https://127.0.0.1:9'\n",
+    )
+    .expect("write config");
+    let kubeconfig = cluster.kubeconfig_for(
+        "system:serviceaccount:berth-system:berth",
+        &[
+            "system:serviceaccounts",
+            "system:serviceaccounts:berth-system",
+        ],
+    );
+    let _berth = Berth::start(Options {
+        port: Some(port),
+        env: vec![("KUBECONFIG".into(), kubeconfig.display().to_string())],
+        extra_args: vec![
+            "--config".into(),
+            config.display().to_string(),
+            "--policy-configmap".into(),
+            "berth-system/berth-policy".into(),
+            "--namespace".into(),
+            "berth-system".into(),
+            "--manage-webhook-certs".into(),
+            "--webhook-config".into(),
+            "berth".into(),
+            "--san".into(),
+            "127.0.0.1".into(),
+        ],
+        ..Options::default()
+    });
+    let rewritten = "127.0.0.1:5050/proxy/docker.io/library/nginx:1.25";
+    // The webhooks are live once berth patched their caBundle and the API server picked it up.
+    poll_until(
+        Duration::from_secs(30),
+        "berth to refuse a dry-run pod",
+        || {
+            stderr(&dry_run(&cluster, &pod("probe", "quay.io/team/app:1")))
+                .contains("berth denied")
+                .then_some(())
+        },
+    );
+
+    // `kubectl run` of an allowed image: admitted, rewritten, the original recorded.
+    let output = cluster.kubectl(&["run", "ok1", "-n", "apps", "--image=nginx:1.25"]);
+    assert!(output.status.success(), "kubectl run: {}", stderr(&output));
+    let created: Value = serde_json::from_str(
+        &cluster.kubectl_ok(&["get", "pod", "-n", "apps", "ok1", "-o", "json"]),
+    )
+    .expect("json");
+    assert_eq!(created["spec"]["containers"][0]["image"], rewritten);
+    assert_eq!(
+        created["metadata"]["annotations"]["berth.dev/original-images"],
+        r#"{"ok1":"nginx:1.25"}"#
+    );
+    // The proxy path written by hand is decided as the upstream image behind it.
+    let output = cluster.apply_yaml(&pod("direct", rewritten));
+    assert!(output.status.success(), "proxy path: {}", stderr(&output));
+
+    // An image no rule allows is still denied, however it is written.
+    let refused = cluster.kubectl(&["run", "bad", "-n", "apps", "--image=quay.io/team/app:1"]);
+    assert!(!refused.status.success());
+    assert!(
+        stderr(&refused).contains(
+            r#"berth denied Pod apps/bad: container "bad" image "quay.io/team/app:1" is denied by rule "defaultAction""#
+        ),
+        "{}",
+        stderr(&refused)
+    );
+    let refused = cluster.apply_yaml(&pod(
+        "evil-host",
+        "evil.example/proxy/docker.io/library/nginx:1.25",
+    ));
+    assert!(!refused.status.success(), "a proxy path on another host");
+    assert!(
+        stderr(&refused)
+            .contains(r#"image "evil.example/proxy/docker.io/library/nginx:1.25" is denied"#),
+        "{}",
+        stderr(&refused)
+    );
+
+    // A forged annotation claiming an allowed original gains nothing.
+    for (name, image, denied) in [
+        (
+            "forged",
+            "quay.io/evil/miner:1",
+            r#"image "quay.io/evil/miner:1" is denied"#,
+        ),
+        (
+            "forged-proxied",
+            "127.0.0.1:5050/proxy/docker.io/evil/miner:1",
+            r#"proxied image "docker.io/evil/miner:1" is denied"#,
+        ),
+    ] {
+        let forged = format!(
+            "apiVersion: v1\nkind: Pod\nmetadata:\n  name: {name}\n  namespace: apps\n  annotations:\n    berth.dev/original-images: '{{\"main\":\"nginx:1.25\"}}'\nspec:\n  containers:\n    - name: main\n      image: {image}\n"
+        );
+        let refused = cluster.apply_yaml(&forged);
+        assert!(!refused.status.success(), "{name} admitted");
+        assert!(
+            stderr(&refused).contains(denied),
+            "{name}: {}",
+            stderr(&refused)
+        );
+    }
+}
+
 /// Several replicas starting at once against a cluster without the Secret end with one Secret and one CA, and every
 /// replica serves a certificate from it.
 #[test]

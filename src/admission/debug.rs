@@ -3,7 +3,7 @@
 
 use std::fmt::Write as _;
 
-use kube::core::admission::{AdmissionResponse, AdmissionReview};
+use kube::core::admission::AdmissionResponse;
 use serde_json::{json, Value};
 
 use super::image::ImageRef;
@@ -26,11 +26,21 @@ pub fn check(text: &str) -> Result<String, PolicyError> {
     Ok(out)
 }
 
-/// The decision on one image, the rule that decided, and the rewritten image.
-pub fn eval_image(policy: &Policy, image: &str, namespace: &str) -> String {
-    let decision = policy.decide(image, namespace);
+/// The decision on one image, the rule that decided, and the rewritten image. A path of berth's proxy is decided as
+/// the upstream image behind it, as `/validate` does (every upstream is assumed configured: the CLI has no proxy
+/// configuration).
+pub fn eval_image(policy: &Policy, image: &str, namespace: &str, own_namespace: &str) -> String {
+    let scope = review::Scope::new(own_namespace).assuming_upstreams_of([image]);
+    let upstream = scope.upstream_behind(image, policy);
+    let decision = policy.decide(upstream.as_deref().unwrap_or(image), namespace);
     let mut out = String::new();
     let _ = writeln!(out, "image:      {image}");
+    if let Some(upstream) = &upstream {
+        let _ = writeln!(
+            out,
+            "proxied:    {upstream} (a path of berth's proxy is decided as the upstream image)"
+        );
+    }
     let _ = writeln!(
         out,
         "normalized: {}",
@@ -84,6 +94,27 @@ pub fn eval_image(policy: &Policy, image: &str, namespace: &str) -> String {
     out
 }
 
+/// Every string under an `image` key anywhere in `value`.
+fn every_image(value: &Value) -> Vec<String> {
+    let mut images = Vec::new();
+    let mut stack = vec![value];
+    while let Some(value) = stack.pop() {
+        match value {
+            Value::Object(map) => {
+                for (key, value) in map {
+                    match value {
+                        Value::String(image) if key == "image" => images.push(image.clone()),
+                        _ => stack.push(value),
+                    }
+                }
+            }
+            Value::Array(values) => stack.extend(values),
+            _ => {}
+        }
+    }
+    images
+}
+
 fn response_json(response: &AdmissionResponse) -> Value {
     let mut value = serde_json::to_value(response).unwrap_or_default();
     // Decode the base64 patch so users can read it.
@@ -100,12 +131,16 @@ pub fn eval_review(
     review_json: &str,
     own_namespace: &str,
 ) -> Result<String, String> {
-    let review: AdmissionReview<review::Workload> = serde_json::from_str(review_json)
-        .map_err(|e| format!("cannot read the AdmissionReview: {e}"))?;
-    let request: review::Request = review
-        .try_into()
-        .map_err(|_| "the AdmissionReview has no request".to_owned())?;
-    let scope = review::Scope::new(own_namespace);
+    let request = review::read_review(review_json.as_bytes()).map_err(|e| e.to_string())?;
+    // Like `when: available`, every upstream a proxy path names is assumed configured.
+    let images: Vec<String> = request
+        .object
+        .as_ref()
+        .and_then(|object| object.spec.as_ref())
+        .map(every_image)
+        .unwrap_or_default();
+    let scope =
+        review::Scope::new(own_namespace).assuming_upstreams_of(images.iter().map(String::as_str));
     let validated = review::validate(&request, policy, &scope);
     let plan = review::plan_mutation(&request, policy, &scope);
     let (patch, warnings) = review::build_patch(&plan, &vec![true; plan.candidates.len()]);
@@ -119,7 +154,62 @@ pub fn eval_review(
     let out = json!({
         "validate": response_json(&validated),
         "mutate": response_json(&mutated),
-        "note": "rewrites with `when: available` are assumed available here",
+        "note": "rewrites with `when: available` are assumed available here, and every upstream a proxy path names configured",
     });
     serde_json::to_string_pretty(&out).map_err(|e| e.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const POLICY: &str = r#"
+defaultAction: deny
+rules: [{name: hub-official, action: allow, images: ['docker\.io/library/.*']}]
+rewrites: [{name: hub, match: 'docker\.io/(.+)', replace: '127.0.0.1:5050/proxy/docker.io/$1'}]
+"#;
+
+    /// `policy eval` decides as `/validate` does: a path of berth's proxy by the upstream image behind it.
+    #[test]
+    fn eval_decides_a_proxy_path_as_its_upstream_image() {
+        let policy = Policy::from_yaml(POLICY).expect("policy");
+        let out = eval_image(
+            &policy,
+            "127.0.0.1:5050/proxy/docker.io/library/nginx:1.25",
+            "apps",
+            "berth-system",
+        );
+        assert!(
+            out.contains("proxied:    docker.io/library/nginx:1.25"),
+            "{out}"
+        );
+        assert!(out.contains("decision:   allow"), "{out}");
+        let out = eval_image(
+            &policy,
+            "evil.example/proxy/docker.io/library/nginx:1.25",
+            "apps",
+            "berth-system",
+        );
+        assert!(!out.contains("proxied:"), "{out}");
+        assert!(out.contains("decision:   deny"), "{out}");
+
+        let review = json!({"apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview", "request": {
+            "uid": "u", "kind": {"group": "", "version": "v1", "kind": "Pod"},
+            "resource": {"group": "", "version": "v1", "resource": "pods"},
+            "name": "p", "namespace": "apps", "operation": "CREATE", "userInfo": {},
+            "object": {"metadata": {"name": "p"}, "spec": {"containers": [
+                {"name": "a", "image": "127.0.0.1:5050/proxy/docker.io/library/nginx:1.25"},
+                {"name": "b", "image": "nginx:1.25"}
+            ]}}
+        }});
+        let out: Value = serde_json::from_str(
+            &eval_review(&policy, &review.to_string(), "berth-system").expect("eval"),
+        )
+        .expect("json");
+        assert_eq!(out["validate"]["allowed"], true, "{out}");
+        assert_eq!(
+            out["mutate"]["patch"][0]["value"],
+            "127.0.0.1:5050/proxy/docker.io/library/nginx:1.25"
+        );
+    }
 }

@@ -1,6 +1,7 @@
 //! Image references as pods write them, parsed and normalised per the distribution reference grammar:
 //! `nginx` → `docker.io/library/nginx:latest`, `user/app:1` → `docker.io/user/app:1`, `localhost:5000/a@sha256:…`,
-//! `[::1]:5000/x:tag@sha256:…`. Pure: no I/O.
+//! `[::1]:5000/x:tag@sha256:…`. The registry host is normalised too ([`normalize_host`]): one registry has one
+//! spelling, so a rule on a host cannot be dodged by writing the host another way. Pure: no I/O.
 
 use std::fmt;
 use std::sync::LazyLock;
@@ -12,6 +13,8 @@ const LEGACY_DEFAULT_DOMAIN: &str = "index.docker.io";
 const OFFICIAL_REPOSITORY_PREFIX: &str = "library/";
 /// Longest `domain/path` the grammar allows.
 const MAX_NAME_LEN: usize = 255;
+/// A reference names no scheme; clients reach a registry over HTTPS first, so HTTPS's port is the host itself.
+const DEFAULT_HTTPS_PORT: u16 = 443;
 
 static DOMAIN: LazyLock<Regex> = LazyLock::new(|| {
     let component = r"(?:[a-zA-Z0-9]|[a-zA-Z0-9][a-zA-Z0-9-]*[a-zA-Z0-9])";
@@ -29,7 +32,7 @@ static TAG: LazyLock<Regex> =
 /// A parsed, normalised image reference.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct ImageRef {
-    /// Registry host, with port if any (`docker.io`, `registry:5000`, `[::1]:5000`).
+    /// Registry host as [`normalize_host`] spells it, with port if any (`docker.io`, `registry:5000`, `[::1]:5000`).
     pub domain: String,
     /// Repository path within the registry (`library/nginx`).
     pub path: String,
@@ -43,6 +46,40 @@ pub struct ImageRef {
 pub struct ReferenceError {
     pub reference: String,
     pub reason: &'static str,
+}
+
+/// The one spelling of a registry host (`host[:port]`, as the reference grammar allows it): lower case (host names
+/// are case-insensitive), the port as a plain decimal number, and no port at all for 443, HTTPS's default, which
+/// is what a client uses for a host without one. Port 80 is kept: a client asked for `host` tries HTTPS on 443
+/// first, so `host:80` is not the same endpoint. `index.docker.io` is `docker.io`. The error is the reason.
+pub fn normalize_host(host: &str) -> Result<String, &'static str> {
+    if !DOMAIN.is_match(host) {
+        return Err("bad registry host");
+    }
+    let host = host.to_ascii_lowercase();
+    // A ':' after the closing bracket of an IPv6 address, or any ':' in a name, starts the port.
+    let name_end = host.rfind(']').map_or(0, |i| i + 1);
+    let (name, port) = match host[name_end..].rfind(':') {
+        Some(i) => (&host[..name_end + i], Some(&host[name_end + i + 1..])),
+        None => (host.as_str(), None),
+    };
+    let port = match port {
+        None => None,
+        Some(digits) => match digits.parse::<u16>() {
+            Ok(0) | Err(_) => return Err("bad registry port (expected 1-65535)"),
+            Ok(DEFAULT_HTTPS_PORT) => None,
+            Ok(port) => Some(port),
+        },
+    };
+    let name = if name == LEGACY_DEFAULT_DOMAIN {
+        DEFAULT_DOMAIN
+    } else {
+        name
+    };
+    Ok(match port {
+        Some(port) => format!("{name}:{port}"),
+        None => name.to_owned(),
+    })
 }
 
 fn valid_digest(digest: &str) -> bool {
@@ -107,17 +144,9 @@ impl ImageRef {
                     || first == "localhost"
                     || first.chars().any(|c| c.is_ascii_uppercase()) =>
             {
-                if !DOMAIN.is_match(first) {
-                    return Err(error("bad registry host"));
-                }
-                (first.to_owned(), remainder.to_owned())
+                (normalize_host(first).map_err(error)?, remainder.to_owned())
             }
             _ => (DEFAULT_DOMAIN.to_owned(), name.to_owned()),
-        };
-        let domain = if domain == LEGACY_DEFAULT_DOMAIN {
-            DEFAULT_DOMAIN.to_owned()
-        } else {
-            domain
         };
         if path.chars().any(|c| c.is_ascii_uppercase()) {
             return Err(error("repository names must be lowercase"));
@@ -224,7 +253,7 @@ mod tests {
             ),
             (
                 "Registry.Example/a".into(),
-                Ok("Registry.Example/a:latest".into()),
+                Ok("registry.example/a:latest".into()),
             ),
             (
                 "gcr.io/a/b/c/d:tag_1.0-x".into(),
@@ -261,6 +290,55 @@ mod tests {
         for (input, expected) in &cases {
             check(input, expected.as_deref().map_err(|e| *e));
         }
+    }
+
+    /// Issue 9, item 5: a rule denying `evil\.example\.com/.*` let `EVIL.EXAMPLE.COM/x:1`, `Evil.Example.Com/x:1` and
+    /// `evil.example.com:443/x:1` through, because hosts were matched as written.
+    #[test]
+    fn host_names_are_normalised_not_matched_as_written() {
+        let cases: &[(&str, Result<&str, &str>)] = &[
+            ("EVIL.EXAMPLE.COM/x:1", Ok("evil.example.com/x:1")),
+            ("Evil.Example.Com/x:1", Ok("evil.example.com/x:1")),
+            ("evil.example.com:443/x:1", Ok("evil.example.com/x:1")),
+            ("EVIL.example.com:443/x:1", Ok("evil.example.com/x:1")),
+            ("evil.example.com:0443/x:1", Ok("evil.example.com/x:1")),
+            ("evil.example.com:00080/x:1", Ok("evil.example.com:80/x:1")),
+            // Port 80 and every other port stay: they are other endpoints.
+            ("evil.example.com:80/x:1", Ok("evil.example.com:80/x:1")),
+            ("evil.example.com:8443/x:1", Ok("evil.example.com:8443/x:1")),
+            ("LOCALHOST:443/x", Ok("localhost/x:latest")),
+            ("localhost:5000/x", Ok("localhost:5000/x:latest")),
+            ("[FE80::1]:443/x", Ok("[fe80::1]/x:latest")),
+            ("[::1]:5000/x", Ok("[::1]:5000/x:latest")),
+            ("Docker.IO/nginx", Ok("docker.io/library/nginx:latest")),
+            ("docker.io:443/nginx", Ok("docker.io/library/nginx:latest")),
+            (
+                "Index.Docker.IO:443/nginx",
+                Ok("docker.io/library/nginx:latest"),
+            ),
+            ("127.0.0.1:443/x", Ok("127.0.0.1/x:latest")),
+            (
+                "evil.example.com:0/x",
+                Err("bad registry port (expected 1-65535)"),
+            ),
+            (
+                "evil.example.com:65536/x",
+                Err("bad registry port (expected 1-65535)"),
+            ),
+            (
+                "evil.example.com:99999999999999999999999/x",
+                Err("bad registry port (expected 1-65535)"),
+            ),
+            ("evil.example.com./x", Err("bad registry host")),
+            ("evil.example.com:/x", Err("bad registry host")),
+        ];
+        for (input, expected) in cases {
+            check(input, *expected);
+        }
+        assert_eq!(
+            normalize_host("Berth.Berth-System.SVC:443"),
+            Ok("berth.berth-system.svc".into())
+        );
     }
 
     #[test]

@@ -4,7 +4,7 @@
 use serde::Deserialize;
 use serde_yaml_ng::Value;
 
-use super::image::{ImageRef, ReferenceError};
+use super::image::{normalize_host, ImageRef, ReferenceError};
 
 /// `enforce` denies; `audit` never denies, turning what would be denied into warnings.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
@@ -154,6 +154,20 @@ pub struct Policy {
     exclude_namespaces: Vec<Pattern>,
     rules: Vec<Rule>,
     rewrites: Vec<Rewrite>,
+    /// The registry hosts the rewrites name literally in `replace`, normalised: where the policy sends pods instead of
+    /// the original, so berth's own addresses.
+    rewrite_hosts: Vec<String>,
+}
+
+/// The registry host a rewrite's replacement names literally (`127.0.0.1:5050/proxy/docker.io/$1` →
+/// `127.0.0.1:5050`), normalised; `None` when the host comes from the match (`$1/…`) or there is none (a Docker Hub
+/// name).
+fn literal_target_host(replace: &str) -> Option<String> {
+    let (first, _) = replace.split_once('/')?;
+    if first.contains('$') || !(first.contains(['.', ':']) || first == "localhost") {
+        return None;
+    }
+    normalize_host(first).ok()
 }
 
 /// The verdict on one image.
@@ -270,6 +284,12 @@ impl Policy {
             });
         }
         unique(rewrites.iter().map(|r| r.name.clone()), "rewrites")?;
+        let mut rewrite_hosts: Vec<String> = rewrites
+            .iter()
+            .filter_map(|r| literal_target_host(&r.replace))
+            .collect();
+        rewrite_hosts.sort();
+        rewrite_hosts.dedup();
 
         Ok(Policy {
             description: spec.description,
@@ -279,7 +299,13 @@ impl Policy {
             exclude_namespaces,
             rules,
             rewrites,
+            rewrite_hosts,
         })
+    }
+
+    /// The normalised registry hosts the rewrites send pods to (only those written literally in `replace`).
+    pub fn rewrite_hosts(&self) -> &[String] {
+        &self.rewrite_hosts
     }
 
     /// A one-line summary for logs and the CLI.
@@ -505,6 +531,35 @@ rewrites:
             .contains("empty reference"));
     }
 
+    /// Issue 9, item 5: rules saw the host as written, so other spellings of a denied host got through.
+    #[test]
+    fn a_rule_on_a_host_covers_every_spelling_of_it() {
+        let policy = Policy::from_yaml(
+            "rules: [{name: evil, action: deny, images: ['evil\\.example\\.com/.*']}]",
+        )
+        .expect("valid");
+        for image in [
+            "evil.example.com/x:1",
+            "EVIL.EXAMPLE.COM/x:1",
+            "Evil.Example.Com/x:1",
+            "evil.example.com:443/x:1",
+            "EVIL.example.com:0443/x:1",
+        ] {
+            let decision = policy.decide(image, "apps");
+            assert_eq!(
+                (decision.verdict, decision.rule.as_deref()),
+                (Verdict::Deny, Some("evil")),
+                "{image}"
+            );
+            assert_eq!(decision.normalized.as_deref(), Some("evil.example.com/x:1"));
+        }
+        // Another port is another endpoint; the rule's author covers it with `(:[0-9]+)?` if they mean it.
+        assert_eq!(
+            policy.decide("evil.example.com:8443/x:1", "apps").verdict,
+            Verdict::Allow
+        );
+    }
+
     #[test]
     fn default_deny_and_audit_mode() {
         let deny = Policy::from_yaml("defaultAction: deny\nrules: [{name: ok, action: allow, images: ['docker\\.io/ok/.*']}]")
@@ -561,6 +616,25 @@ rewrites:
         assert_eq!(
             policy.plan_rewrite(&ImageRef::parse("quay.io/x").expect("ok"), "dev"),
             None
+        );
+    }
+
+    #[test]
+    fn rewrite_hosts_are_the_literal_normalised_targets() {
+        let policy = Policy::from_yaml(
+            r#"
+rewrites:
+  - {name: a, match: 'docker\.io/(.+)', replace: '127.0.0.1:5050/proxy/docker.io/$1'}
+  - {name: b, match: 'quay\.io/(.+)', replace: 'Berth.Berth-System.svc:443/proxy/quay.io/$1'}
+  - {name: c, match: 'ghcr\.io/(.+)', replace: '127.0.0.1:5050/proxy/ghcr.io/$1'}
+  - {name: d, match: '([^/]+)/(.+)', replace: '$1/mirror/$2'}
+  - {name: e, match: 'x\.io/(.+)', replace: 'team/$1'}
+"#,
+        )
+        .expect("valid");
+        assert_eq!(
+            policy.rewrite_hosts(),
+            ["127.0.0.1:5050", "berth.berth-system.svc"]
         );
     }
 

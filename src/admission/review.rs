@@ -1,17 +1,19 @@
-//! AdmissionReview in, AdmissionResponse out: finds the pod spec in a Pod or workload, decides every container
-//! image by the policy (`/validate`), and plans pod image rewrites as a typed JSON patch (`/mutate`).
+//! AdmissionReview in, AdmissionResponse out: reads only `admission.k8s.io/v1` reviews, finds the pod spec in a Pod
+//! or workload, decides every container image by the policy (`/validate`), plans pod image rewrites as a typed JSON
+//! patch (`/mutate`), and writes the answer as Kubernetes reads it (the patch in base64).
 //! Pure: the one question that needs storage (is a rewrite target available?) is answered by the caller.
 
 use std::collections::BTreeMap;
 
+use base64::Engine as _;
 use json_patch::jsonptr::PointerBuf;
 use json_patch::{AddOperation, Patch, PatchOperation, ReplaceOperation};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
-use kube::core::admission::{AdmissionRequest, AdmissionResponse, Operation};
+use kube::core::admission::{AdmissionRequest, AdmissionResponse, AdmissionReview, Operation};
 use serde_json::Value;
 
-use super::image::ImageRef;
-use super::policy::{Policy, Verdict, When};
+use super::image::{normalize_host, ImageRef};
+use super::policy::{PlannedRewrite, Policy, Verdict, When};
 
 /// Where berth records the images it rewrote: a JSON map of container name → original image.
 pub const ORIGINAL_IMAGES_ANNOTATION: &str = "berth.dev/original-images";
@@ -128,6 +130,91 @@ impl kube::Resource for Workload {
 /// A review request as berth reads it.
 pub type Request = AdmissionRequest<Workload>;
 
+/// The one review type berth reads and answers: `admission.k8s.io/v1` `AdmissionReview`.
+pub const REVIEW_API_VERSION: &str = "admission.k8s.io/v1";
+pub const REVIEW_KIND: &str = "AdmissionReview";
+
+/// Why a webhook body is not a review berth can decide; answered with `allowed: false` and this message.
+#[derive(Debug, thiserror::Error)]
+pub enum ReviewError {
+    /// The body is not the JSON of an AdmissionReview.
+    #[error("cannot read the AdmissionReview: {0}")]
+    Unreadable(#[source] serde_json::Error),
+    /// Another apiVersion or kind: its fields may mean something else, so it is not decided.
+    #[error(
+        "berth reads only {REVIEW_API_VERSION} {REVIEW_KIND}, not apiVersion {api_version:?} kind {kind:?}"
+    )]
+    UnsupportedType { api_version: String, kind: String },
+    /// An AdmissionReview without `request` (a response, or empty).
+    #[error("the AdmissionReview has no request")]
+    NoRequest,
+}
+
+/// Reads a webhook body as an `admission.k8s.io/v1` `AdmissionReview` request.
+pub fn read_review(body: &[u8]) -> Result<Request, ReviewError> {
+    let review: AdmissionReview<Workload> =
+        serde_json::from_slice(body).map_err(ReviewError::Unreadable)?;
+    if review.types.api_version != REVIEW_API_VERSION || review.types.kind != REVIEW_KIND {
+        // Echoed in the refusal: a few characters say what was sent, a megabyte would not.
+        let shown = |text: String| text.chars().take(100).collect();
+        return Err(ReviewError::UnsupportedType {
+            api_version: shown(review.types.api_version),
+            kind: shown(review.types.kind),
+        });
+    }
+    review.try_into().map_err(|_| ReviewError::NoRequest)
+}
+
+/// The AdmissionReview berth answers with. kube-core's own serialisation writes `response.patch` (a `Vec<u8>`) as a
+/// JSON array of numbers, up to four bytes of response per patch byte; Kubernetes' `patch` is a Go `[]byte`, which
+/// JSON carries as a base64 string, so that is what berth sends.
+#[derive(Debug, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Reply<'a> {
+    api_version: &'static str,
+    kind: &'static str,
+    response: ReplyResponse<'a>,
+}
+
+#[derive(Debug, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+struct ReplyResponse<'a> {
+    uid: &'a str,
+    allowed: bool,
+    status: &'a kube::core::Status,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    patch: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    patch_type: Option<&'static str>,
+    #[serde(skip_serializing_if = "std::collections::HashMap::is_empty")]
+    audit_annotations: &'a std::collections::HashMap<String, String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    warnings: Option<&'a [String]>,
+}
+
+impl<'a> Reply<'a> {
+    pub fn new(response: &'a AdmissionResponse) -> Reply<'a> {
+        let patch = response
+            .patch
+            .as_deref()
+            .map(|bytes| base64::engine::general_purpose::STANDARD.encode(bytes));
+        Reply {
+            api_version: REVIEW_API_VERSION,
+            kind: REVIEW_KIND,
+            response: ReplyResponse {
+                uid: &response.uid,
+                allowed: response.allowed,
+                status: &response.result,
+                // kube-core sets a patch only with its one patch type, JSONPatch.
+                patch_type: patch.as_ref().map(|_| "JSONPatch"),
+                patch,
+                audit_annotations: &response.audit_annotations,
+                warnings: response.warnings.as_deref(),
+            },
+        }
+    }
+}
+
 /// The pod spec inside the object, for the kinds berth checks.
 fn pod_spec<'a>(request: &Request, object: &'a Workload) -> Option<&'a Value> {
     let path = pod_spec_path(&request.kind.group, &request.kind.kind)?;
@@ -170,42 +257,158 @@ fn recorded_originals(object: &Workload) -> BTreeMap<String, String> {
         .unwrap_or_default()
 }
 
+/// berth's node-local pull endpoint (`berth node-proxy`, manifests/base/node-proxy.yaml) on every node's loopback.
+pub const NODE_PROXY_HOSTS: [&str; 2] = ["127.0.0.1:5050", "localhost:5050"];
+
 /// What the webhooks know about the berth they run in, besides the policy.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Scope {
     /// berth's own namespace: never validated nor mutated.
     pub namespace: String,
-    /// Names of the proxy's upstreams: `<host>/proxy/<upstream>/<repo>` is `<upstream>/<repo>` in disguise.
+    /// Names of the proxy's upstreams: `<berth>/proxy/<upstream>/<repo>` is `<upstream>/<repo>` in disguise.
     pub proxy_upstreams: Vec<String>,
+    /// berth's own addresses, as normalised registry hosts (besides the policy's rewrite targets): only a proxy path
+    /// on one of these is berth's proxy; on any other host, `…/proxy/docker.io/…` is just a repository name.
+    pub own_hosts: Vec<String>,
 }
 
 impl Scope {
+    /// The scope of a berth in `namespace` reached by the default Service name `berth` and the node proxy.
     pub fn new(namespace: &str) -> Scope {
+        let service = format!("berth.{namespace}.svc");
         Scope {
             namespace: namespace.to_owned(),
             proxy_upstreams: Vec::new(),
+            own_hosts: Vec::new(),
         }
+        .with_hosts(
+            NODE_PROXY_HOSTS
+                .iter()
+                .map(|h| h.to_string())
+                .chain([format!("{service}.cluster.local"), service]),
+        )
     }
 
-    /// The upstream image behind a proxied reference (`127.0.0.1:5050/proxy/docker.io/library/nginx:1` →
-    /// `docker.io/library/nginx:1`), so that a pod cannot reach a denied image by naming the proxy path.
-    fn proxied_image(&self, image: &str) -> Option<String> {
-        let parsed = ImageRef::parse(image).ok()?;
-        let (upstream, rest) = parsed.path.strip_prefix("proxy/")?.split_once('/')?;
+    /// Adds names berth is reached by (certificate names: DNS names or IP addresses, optionally with a port). A name
+    /// that is not a registry host is skipped.
+    pub fn with_hosts(mut self, names: impl IntoIterator<Item = String>) -> Scope {
+        for name in names {
+            // An IPv6 address in a certificate has no brackets; in an image reference it has.
+            let name = match name.parse::<std::net::Ipv6Addr>() {
+                Ok(ip) => format!("[{ip}]"),
+                Err(_) => name,
+            };
+            if let Ok(host) = normalize_host(&name) {
+                if !self.own_hosts.contains(&host) {
+                    self.own_hosts.push(host);
+                }
+            }
+        }
+        self
+    }
+
+    pub fn with_proxy_upstreams(mut self, upstreams: impl IntoIterator<Item = String>) -> Scope {
+        self.proxy_upstreams.extend(upstreams);
+        self
+    }
+
+    /// Adds the upstream named by every path of berth's proxy among `images`, as if each were configured: for
+    /// `berth policy eval`, which has no proxy configuration.
+    pub fn assuming_upstreams_of<'a>(mut self, images: impl IntoIterator<Item = &'a str>) -> Scope {
+        for image in images {
+            let Ok(image) = ImageRef::parse(image) else {
+                continue;
+            };
+            let upstream = image
+                .path
+                .strip_prefix("proxy/")
+                .and_then(|rest| rest.split_once('/'))
+                .map(|(upstream, _)| upstream.to_owned());
+            if let Some(upstream) = upstream {
+                if !self.proxy_upstreams.contains(&upstream) {
+                    self.proxy_upstreams.push(upstream);
+                }
+            }
+        }
+        self
+    }
+
+    /// The upstream image `/validate` decides instead of `image` when `image` is a path of berth's proxy.
+    pub fn upstream_behind(&self, image: &str, policy: &Policy) -> Option<String> {
+        self.proxied_image(&ImageRef::parse(image).ok()?, policy)
+    }
+
+    /// Whether a normalised registry host is one of berth's own addresses: one of [`Scope::own_hosts`], or a host
+    /// the policy's rewrites send pods to.
+    fn is_own_host(&self, host: &str, policy: &Policy) -> bool {
+        self.own_hosts.iter().any(|h| h == host) || policy.rewrite_hosts().iter().any(|h| h == host)
+    }
+
+    /// The upstream image behind a reference to berth's proxy (`127.0.0.1:5050/proxy/docker.io/library/nginx:1` →
+    /// `docker.io/library/nginx:1`): only on one of berth's own hosts and for a configured upstream, because
+    /// `evil.example/proxy/docker.io/library/nginx` is an image of evil.example, whatever its path says.
+    fn proxied_image(&self, image: &ImageRef, policy: &Policy) -> Option<String> {
+        if !self.is_own_host(&image.domain, policy) {
+            return None;
+        }
+        let (upstream, rest) = image.path.strip_prefix("proxy/")?.split_once('/')?;
         if !self.proxy_upstreams.iter().any(|u| u == upstream) {
             return None;
         }
         let mut behind = format!("{upstream}/{rest}");
-        if let Some(tag) = &parsed.tag {
+        if let Some(tag) = &image.tag {
             behind.push(':');
             behind.push_str(tag);
         }
-        if let Some(digest) = &parsed.digest {
+        if let Some(digest) = &image.digest {
             behind.push('@');
             behind.push_str(digest);
         }
         Some(behind)
     }
+}
+
+/// Whether `image` is what the policy's rewrite of `original` gives in `namespace` (compared normalised): then berth's
+/// `/mutate` made it, or the pod asks for exactly what `/mutate` would have made of `original`. Either way the pod
+/// runs `original` by another address, so deciding `original` is deciding the pod.
+fn rewritten_from(original: &str, image: &ImageRef, policy: &Policy, namespace: &str) -> bool {
+    let Ok(original) = ImageRef::parse(original) else {
+        return false;
+    };
+    match policy.plan_rewrite(&original, namespace) {
+        Some(PlannedRewrite {
+            target: Ok(target), ..
+        }) => target.to_string() == image.to_string(),
+        _ => false,
+    }
+}
+
+/// The images `/validate` decides for one container, each with how the denial message names it:
+/// - berth's rewrite of the recorded original (see [`rewritten_from`]): the original only;
+/// - otherwise the image, or for a path of berth's proxy the upstream image behind it instead; and a recorded
+///   original the rewrite does not explain (forged, or from another policy) as well, so it can only deny more.
+fn images_to_decide(
+    image: &str,
+    recorded_original: Option<&str>,
+    policy: &Policy,
+    scope: &Scope,
+    namespace: &str,
+) -> Vec<(String, &'static str)> {
+    let parsed = ImageRef::parse(image).ok();
+    let original = recorded_original.filter(|o| *o != image);
+    if let (Some(original), Some(parsed)) = (original, &parsed) {
+        if rewritten_from(original, parsed, policy, namespace) {
+            return vec![(original.to_owned(), "original image")];
+        }
+    }
+    let mut images = match parsed.and_then(|p| scope.proxied_image(&p, policy)) {
+        Some(upstream) => vec![(upstream, "proxied image")],
+        None => vec![(image.to_owned(), "image")],
+    };
+    if let Some(original) = original {
+        images.push((original.to_owned(), "original image"));
+    }
+    images
 }
 
 /// Whether a review is out of berth's scope: not a create/update, berth's own namespace, or excluded by policy.
@@ -267,16 +470,13 @@ pub fn validate(request: &Request, policy: &Policy, scope: &Scope) -> AdmissionR
         if previous.get(&key) == Some(&container.image) {
             continue;
         }
-        // A rewritten pod is judged by its original image too, so a rewrite never launders a denied image; and a
-        // proxied reference by the upstream image behind it.
-        let original = originals
-            .get(&container.name)
-            .filter(|o| **o != container.image)
-            .cloned();
-        let proxied = scope.proxied_image(&container.image);
-        let checks = std::iter::once((container.image.clone(), "image"))
-            .chain(original.map(|o| (o, "original image")))
-            .chain(proxied.map(|p| (p, "proxied image")));
+        let checks = images_to_decide(
+            &container.image,
+            originals.get(&container.name).map(String::as_str),
+            policy,
+            scope,
+            namespace,
+        );
         for (image, label) in checks {
             let image = &image;
             let decision = policy.decide(image, namespace);
@@ -427,7 +627,6 @@ pub fn build_patch(plan: &MutationPlan, available: &[bool]) -> (Option<Patch>, V
 #[cfg(test)]
 mod tests {
     use super::*;
-    use kube::core::admission::AdmissionReview;
     use serde_json::json;
 
     const POLICY: &str = r#"
@@ -455,10 +654,7 @@ rewrites:
     }
 
     fn scope() -> Scope {
-        Scope {
-            namespace: "berth-system".into(),
-            proxy_upstreams: vec!["docker.io".into()],
-        }
+        Scope::new("berth-system").with_proxy_upstreams(["docker.io".to_owned()])
     }
 
     fn pod(containers: Value, annotations: Option<Value>) -> Value {
@@ -683,6 +879,332 @@ rewrites:
             &scope(),
         );
         assert!(response.allowed);
+    }
+
+    /// Issue 9, item 1: the policy of the report. `/validate` decided the image `/mutate` had just written, which no
+    /// rule allows, so the default action refused every pod berth rewrote.
+    const DEFAULT_DENY: &str = r#"
+defaultAction: deny
+rules:
+  - {name: hub-official, action: allow, images: ['docker\.io/library/.*']}
+rewrites:
+  - {name: hub-via-cache, match: 'docker\.io/(.+)', replace: '127.0.0.1:5050/proxy/docker.io/$1'}
+"#;
+
+    /// Validates a pod with one container `web` running `image`, with `original` recorded for it.
+    fn validate_one(policy: &Policy, image: &str, original: Option<&str>) -> AdmissionResponse {
+        let annotations = original.map(|o| {
+            json!({ORIGINAL_IMAGES_ANNOTATION: serde_json::to_string(&json!({"web": o})).expect("json")})
+        });
+        let spec = json!({"containers": [{"name": "web", "image": image}]});
+        validate(
+            &request(("", "Pod"), "CREATE", "apps", pod(spec, annotations)),
+            policy,
+            &scope(),
+        )
+    }
+
+    #[test]
+    fn default_deny_with_a_rewrite_admits_the_pods_berth_rewrote() {
+        let policy = Policy::from_yaml(DEFAULT_DENY).expect("policy");
+        let proxied = "127.0.0.1:5050/proxy/docker.io/library/nginx:1.25";
+        let evil_proxied = "127.0.0.1:5050/proxy/docker.io/evil/miner:1";
+        // (image, recorded original, Ok(()) if allowed or Err(what the denial says))
+        let cases: &[(&str, Option<&str>, Result<(), &str>)] = &[
+            // What /mutate made of nginx:1.25: decided as nginx:1.25.
+            (proxied, Some("nginx:1.25"), Ok(())),
+            (proxied, Some("docker.io/library/nginx:1.25"), Ok(())),
+            // The same path written by hand (or /mutate was down): decided as the upstream image behind it.
+            (proxied, None, Ok(())),
+            ("localhost:5050/proxy/docker.io/library/nginx:1.25", None, Ok(())),
+            ("berth.berth-system.svc:443/proxy/docker.io/library/nginx:1.25", None, Ok(())),
+            ("Berth.Berth-System.svc.cluster.local/proxy/docker.io/nginx:1.25", None, Ok(())),
+            // The original is what is decided, so a rewrite launders nothing.
+            ("nginx:1.25", None, Ok(())),
+            ("evil/miner:1", None, Err("image \"evil/miner:1\" (docker.io/evil/miner:1) is denied by rule \"defaultAction\"")),
+            (evil_proxied, Some("evil/miner:1"), Err("original image \"evil/miner:1\" (docker.io/evil/miner:1) is denied")),
+            (evil_proxied, None, Err("proxied image \"docker.io/evil/miner:1\" is denied")),
+            // A forged original the rewrite does not explain gains nothing: the image itself is decided too.
+            (evil_proxied, Some("nginx:1.25"), Err("proxied image \"docker.io/evil/miner:1\" is denied")),
+            ("quay.io/evil/miner:1", Some("nginx:1.25"), Err("image \"quay.io/evil/miner:1\" is denied")),
+            // And a forged original can only deny more.
+            (proxied, Some("evil/miner:1"), Err("original image \"evil/miner:1\" (docker.io/evil/miner:1) is denied")),
+            // A proxy path is berth's only on berth's own hosts: elsewhere it is a repository like any other.
+            ("evil.example/proxy/docker.io/library/nginx:1.25", None, Err("image \"evil.example/proxy/docker.io/library/nginx:1.25\" is denied")),
+            ("evil.example/proxy/docker.io/library/nginx:1.25", Some("nginx:1.25"), Err("image \"evil.example/proxy/docker.io/library/nginx:1.25\" is denied")),
+            ("127.0.0.1:5051/proxy/docker.io/library/nginx:1.25", None, Err("is denied")),
+            // An upstream berth does not proxy is not behind the path.
+            ("127.0.0.1:5050/proxy/quay.io/library/nginx:1.25", None, Err("image \"127.0.0.1:5050/proxy/quay.io/library/nginx:1.25\" is denied")),
+        ];
+        for (image, original, expected) in cases {
+            let response = validate_one(&policy, image, *original);
+            match expected {
+                Ok(()) => assert!(
+                    response.allowed,
+                    "{image} (original {original:?}): {}",
+                    response.result.message
+                ),
+                Err(needle) => {
+                    assert!(!response.allowed, "{image} (original {original:?}) allowed");
+                    assert!(
+                        response.result.message.contains(needle),
+                        "{image} (original {original:?}): {:?} lacks {needle:?}",
+                        response.result.message
+                    );
+                }
+            }
+        }
+
+        // The whole round trip: /mutate's output passes /validate.
+        let spec = json!({"containers": [{"name": "web", "image": "nginx:1.25"}]});
+        let mut object = pod(spec, None);
+        let plan = plan_mutation(
+            &request(("", "Pod"), "CREATE", "apps", object.clone()),
+            &policy,
+            &scope(),
+        );
+        let (patch, _) = build_patch(&plan, &[true]);
+        json_patch::patch(&mut object, &patch.expect("a patch")).expect("applies");
+        assert_eq!(object["spec"]["containers"][0]["image"], proxied);
+        let response = validate(
+            &request(("", "Pod"), "CREATE", "apps", object),
+            &policy,
+            &scope(),
+        );
+        assert!(response.allowed, "{}", response.result.message);
+    }
+
+    /// A rewrite to a host of the policy's own is berth's address too, and a verified original decides there as well.
+    #[test]
+    fn the_policys_rewrite_targets_are_berths_own_hosts() {
+        let policy = Policy::from_yaml(
+            r#"
+defaultAction: deny
+rules: [{name: internal, action: allow, images: ['registry\.internal/.*', 'quay\.io/team/.*']}]
+rewrites:
+  - {name: internal, match: 'registry\.internal/(.+)', replace: 'berth.example.com/$1'}
+  - {name: quay, match: 'quay\.io/(.+)', replace: 'berth.example.com/proxy/quay.io/$1'}
+"#,
+        )
+        .expect("policy");
+        let scope = Scope::new("berth-system").with_proxy_upstreams(["quay.io".to_owned()]);
+        let check = |image: &str, original: Option<&str>| {
+            let annotations = original.map(|o| {
+                json!({ORIGINAL_IMAGES_ANNOTATION: serde_json::to_string(&json!({"web": o})).expect("json")})
+            });
+            let spec = json!({"containers": [{"name": "web", "image": image}]});
+            validate(
+                &request(("", "Pod"), "CREATE", "apps", pod(spec, annotations)),
+                &policy,
+                &scope,
+            )
+            .allowed
+        };
+        assert!(check(
+            "berth.example.com/team/app:1",
+            Some("registry.internal/team/app:1")
+        ));
+        assert!(!check("berth.example.com/team/app:1", None));
+        assert!(!check(
+            "berth.example.com/team/app:1",
+            Some("registry.internal/team/other:1")
+        ));
+        assert!(check(
+            "BERTH.example.com:443/proxy/quay.io/team/app:1",
+            None
+        ));
+        assert!(!check("berth.example.com/proxy/quay.io/other/app:1", None));
+    }
+
+    #[test]
+    fn berths_own_hosts_are_normalised_names() {
+        let scope = Scope::new("infra").with_hosts(
+            [
+                "::1",
+                "Berth.Example.com",
+                "berth.example.com:443",
+                "not a host",
+                "10.0.0.7",
+            ]
+            .map(String::from),
+        );
+        assert_eq!(
+            scope.own_hosts,
+            [
+                "127.0.0.1:5050",
+                "localhost:5050",
+                "berth.infra.svc.cluster.local",
+                "berth.infra.svc",
+                "[::1]",
+                "berth.example.com",
+                "10.0.0.7"
+            ]
+        );
+    }
+
+    /// Issue 9, item 6: any apiVersion and kind was decided and echoed back.
+    #[test]
+    fn only_v1_admission_reviews_are_read() {
+        let body = |api_version: &str, kind: &str| {
+            json!({"apiVersion": api_version, "kind": kind, "request": {
+                "uid": "u-1", "kind": {"group": "", "version": "v1", "kind": "Pod"},
+                "resource": {"group": "", "version": "v1", "resource": "pods"},
+                "name": "p", "namespace": "apps", "operation": "CREATE", "userInfo": {},
+                "object": pod(json!({"containers": [{"name": "web", "image": "nginx:1.25"}]}), None)
+            }})
+            .to_string()
+        };
+        assert_eq!(
+            read_review(body("admission.k8s.io/v1", "AdmissionReview").as_bytes())
+                .map(|r| r.uid)
+                .ok()
+                .as_deref(),
+            Some("u-1")
+        );
+        for (api_version, kind) in [
+            ("admission.k8s.io/v1beta1", "AdmissionReview"),
+            ("admission.k8s.io/v2", "AdmissionReview"),
+            ("apiextensions.k8s.io/v1", "ConversionReview"),
+            ("admission.k8s.io/v1", "Pod"),
+            ("v1", "Pod"),
+            ("", ""),
+        ] {
+            let error = read_review(body(api_version, kind).as_bytes())
+                .map(|r| r.uid)
+                .expect_err(kind)
+                .to_string();
+            assert_eq!(
+                error,
+                format!("berth reads only admission.k8s.io/v1 AdmissionReview, not apiVersion {api_version:?} kind {kind:?}")
+            );
+        }
+        // What was sent is shown, not echoed whole.
+        let long = "v".repeat(100_000);
+        let error = read_review(body(&long, "AdmissionReview").as_bytes())
+            .map(|r| r.uid)
+            .expect_err("long")
+            .to_string();
+        assert!(error.len() < 300, "{} bytes of message", error.len());
+        let error =
+            read_review(b"{\"apiVersion\":\"admission.k8s.io/v1\",\"kind\":\"AdmissionReview\"}")
+                .map(|r| r.uid)
+                .expect_err("no request");
+        assert_eq!(error.to_string(), "the AdmissionReview has no request");
+        assert!(read_review(b"[]")
+            .map(|r| r.uid)
+            .expect_err("not a review")
+            .to_string()
+            .starts_with("cannot read the AdmissionReview: "));
+    }
+
+    /// Issue 9, item 4: kube-core wrote the patch as a JSON array of byte values (a 3 MiB review gave a 38.8 MB
+    /// answer); Kubernetes reads base64.
+    #[test]
+    fn the_patch_is_sent_as_base64() {
+        let policy = Policy::from_yaml(POLICY).expect("policy");
+        let containers: Vec<Value> = (0..2000)
+            .map(|i| json!({"name": format!("c{i}"), "image": format!("team/app-{i}:1")}))
+            .collect();
+        let create = request(
+            ("", "Pod"),
+            "CREATE",
+            "prod",
+            pod(json!({"containers": containers}), None),
+        );
+        let plan = plan_mutation(&create, &policy, &scope());
+        let (patch, _) = build_patch(&plan, &vec![true; plan.candidates.len()]);
+        let patch = patch.expect("a patch");
+        let patch_json = serde_json::to_vec(&patch).expect("json");
+        let response = AdmissionResponse::from(&create)
+            .with_patch(patch)
+            .expect("patch");
+        let body = serde_json::to_vec(&Reply::new(&response)).expect("reply");
+        let reply: Value = serde_json::from_slice(&body).expect("json");
+        assert_eq!(reply["apiVersion"], "admission.k8s.io/v1");
+        assert_eq!(reply["kind"], "AdmissionReview");
+        assert_eq!(reply["response"]["uid"], "u-1");
+        assert_eq!(reply["response"]["allowed"], true);
+        assert_eq!(reply["response"]["patchType"], "JSONPatch");
+        let encoded = reply["response"]["patch"]
+            .as_str()
+            .expect("patch is a string");
+        let decoded = base64::engine::general_purpose::STANDARD
+            .decode(encoded)
+            .expect("standard base64");
+        assert_eq!(decoded, patch_json);
+        // Base64 is 4 bytes per 3: the answer is the patch and a little more, not four times it.
+        assert!(
+            body.len() <= patch_json.len() / 3 * 4 + 512,
+            "{} bytes of answer for {} bytes of patch",
+            body.len(),
+            patch_json.len()
+        );
+
+        // Without a patch there is no patch field at all, and a denial keeps its status.
+        let denied = AdmissionResponse::from(&create).deny("no");
+        let reply: Value = serde_json::to_value(Reply::new(&denied)).expect("json");
+        assert_eq!(reply["response"].get("patch"), None);
+        assert_eq!(reply["response"].get("patchType"), None);
+        assert_eq!(reply["response"]["allowed"], false);
+        assert_eq!(reply["response"]["status"]["message"], "no");
+    }
+
+    /// Issue 9, item 6 (small ones): the README said the first recorded original is kept, the code overwrote it. The
+    /// code is right: what the pod asks for is the original, the recorded value is only the pod author's claim. A
+    /// reinvocation keeps berth's record, because a container already at its target is not rewritten again.
+    #[test]
+    fn a_rewrite_records_what_the_pod_asks_for_over_a_recorded_claim() {
+        let policy = Policy::from_yaml(DEFAULT_DENY).expect("policy");
+        let forged =
+            json!({ORIGINAL_IMAGES_ANNOTATION: "{\"web\":\"nginx:1.25\",\"side\":\"busybox:1\"}"});
+        let spec = json!({"containers": [
+            {"name": "web", "image": "evil/miner:1"},
+            {"name": "side", "image": "quay.io/x:1"}
+        ]});
+        let mut object = pod(spec, Some(forged));
+        let plan = plan_mutation(
+            &request(("", "Pod"), "CREATE", "apps", object.clone()),
+            &policy,
+            &scope(),
+        );
+        let (patch, _) = build_patch(&plan, &[true]);
+        let patch = patch.expect("a patch");
+        json_patch::patch(&mut object, &patch).expect("applies");
+        let recorded: BTreeMap<String, String> = serde_json::from_str(
+            object["metadata"]["annotations"][ORIGINAL_IMAGES_ANNOTATION]
+                .as_str()
+                .expect("annotation"),
+        )
+        .expect("map");
+        assert_eq!(
+            recorded["web"], "evil/miner:1",
+            "the claim did not survive the rewrite"
+        );
+        // An entry for a container berth did not rewrite stays as written; /validate trusts it only when the
+        // policy's rewrite explains the image.
+        assert_eq!(recorded["side"], "busybox:1");
+        let response = validate(
+            &request(("", "Pod"), "CREATE", "apps", object.clone()),
+            &policy,
+            &scope(),
+        );
+        assert!(!response.allowed);
+        assert!(
+            response
+                .result
+                .message
+                .contains("original image \"evil/miner:1\""),
+            "{}",
+            response.result.message
+        );
+
+        // Reinvoked on its own output, /mutate changes nothing, so the first record stays.
+        let again = plan_mutation(
+            &request(("", "Pod"), "CREATE", "apps", object),
+            &policy,
+            &scope(),
+        );
+        assert_eq!(build_patch(&again, &[]).0, None);
     }
 
     #[test]

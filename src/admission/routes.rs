@@ -3,7 +3,7 @@
 
 use actix_web::{web, HttpResponse};
 use futures_util::StreamExt;
-use kube::core::admission::{AdmissionResponse, AdmissionReview};
+use kube::core::admission::AdmissionResponse;
 
 use super::image::ImageRef;
 use super::review::{self, MutationPlan};
@@ -35,15 +35,11 @@ async fn read_request(mut body: web::Payload) -> Result<review::Request, String>
         }
         bytes.extend_from_slice(&chunk);
     }
-    let review: AdmissionReview<review::Workload> = serde_json::from_slice(&bytes)
-        .map_err(|e| format!("cannot read the AdmissionReview: {e}"))?;
-    review
-        .try_into()
-        .map_err(|_| "the AdmissionReview has no request".to_owned())
+    review::read_review(&bytes).map_err(|e| e.to_string())
 }
 
 fn answer(response: AdmissionResponse) -> HttpResponse {
-    HttpResponse::Ok().json(response.into_review())
+    HttpResponse::Ok().json(review::Reply::new(&response))
 }
 
 fn refuse_unreadable(endpoint: &str, why: String) -> HttpResponse {
