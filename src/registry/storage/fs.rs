@@ -863,6 +863,29 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_failed_upload_create_leaves_no_data_file_without_info() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let storage = FsStorage::open(dir.path()).expect("open");
+        // The info is written through tmp/: with tmp/ unusable, creating the data file succeeds and the info fails.
+        fs::remove_dir(dir.path().join("tmp")).expect("remove tmp");
+        fs::write(dir.path().join("tmp"), b"not a directory").expect("block tmp");
+        let info = UploadInfo {
+            repository: "r".into(),
+            size: 0,
+            started_unix: 1,
+            monolithic: false,
+        };
+        let created = storage.upload_create(&UploadId::new_random(), &info).await;
+        assert!(created.is_err());
+        assert_eq!(
+            fs::read_dir(dir.path().join("uploads"))
+                .map(|d| d.count())
+                .unwrap_or(usize::MAX),
+            0
+        );
+    }
+
+    #[tokio::test]
     async fn open_clears_interrupted_writes() {
         let dir = tempfile::tempdir().expect("tempdir");
         FsStorage::open(dir.path()).expect("open");
