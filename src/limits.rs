@@ -176,8 +176,9 @@ impl BodyLimits {
 pub struct LimitedBody {
     inner: Payload,
     idle: Duration,
-    /// Armed when the consumer asks for data and none is ready; reset after each chunk.
-    timer: Pin<Box<Sleep>>,
+    /// Armed when the consumer asks for data and none is ready; reset after each chunk. Made on first use, so a
+    /// request whose body is never read (a GET) costs no timer.
+    timer: Option<Pin<Box<Sleep>>>,
     armed: bool,
     /// For buffered bodies: when the whole body must have arrived, and the reservation each chunk grows.
     deadline: Option<(Instant, Duration)>,
@@ -195,7 +196,7 @@ impl LimitedBody {
         LimitedBody {
             inner,
             idle,
-            timer: Box::pin(tokio::time::sleep(idle)),
+            timer: None,
             armed: false,
             deadline,
             reservation,
@@ -230,15 +231,18 @@ impl Stream for LimitedBody {
             Poll::Ready(other) => Poll::Ready(other),
             Poll::Pending => {
                 let now = Instant::now();
+                let timer = this
+                    .timer
+                    .get_or_insert_with(|| Box::pin(tokio::time::sleep(Duration::ZERO)));
                 if !this.armed {
                     this.armed = true;
                     let mut due = now + this.idle;
                     if let Some((deadline, _)) = this.deadline {
                         due = due.min(deadline);
                     }
-                    this.timer.as_mut().reset(due);
+                    timer.as_mut().reset(due);
                 }
-                if this.timer.as_mut().poll(cx).is_pending() {
+                if timer.as_mut().poll(cx).is_pending() {
                     return Poll::Pending;
                 }
                 match this.deadline {
