@@ -34,6 +34,25 @@ pub struct ServeArgs {
     /// How long in-flight requests may run after SIGTERM/SIGINT [default: 25s].
     #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
     pub shutdown_timeout: Option<Duration>,
+    /// Longest pause in any request body before berth gives up on it [default: 30s].
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    pub body_idle_timeout: Option<Duration>,
+    /// Longest time a manifest or AdmissionReview body may take to arrive in all [default: 30s].
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    pub body_timeout: Option<Duration>,
+    /// Memory for manifest and AdmissionReview bodies being received, shared by all clients, e.g. 64MiB
+    /// [default: 64MiB].
+    #[arg(long, value_name = "SIZE", value_parser = crate::proxy::config::parse_size)]
+    pub body_memory: Option<u64>,
+    /// Upload sessions that may exist at once [default: 1024].
+    #[arg(long, value_name = "N")]
+    pub max_upload_sessions: Option<usize>,
+    /// Requests that may send blob data at once [default: 128].
+    #[arg(long, value_name = "N")]
+    pub max_concurrent_uploads: Option<usize>,
+    /// Longest time data sent to a client may stay unacknowledged (TCP_USER_TIMEOUT) [default: 60s].
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    pub send_timeout: Option<Duration>,
     /// HTTP worker threads [default: the number of CPUs].
     #[arg(long, value_name = "N")]
     pub workers: Option<usize>,
@@ -74,6 +93,12 @@ struct FileConfig {
     upload_max_age: Option<String>,
     shutdown_timeout: Option<String>,
     workers: Option<usize>,
+    body_idle_timeout: Option<String>,
+    body_timeout: Option<String>,
+    body_memory: Option<String>,
+    max_upload_sessions: Option<usize>,
+    max_concurrent_uploads: Option<usize>,
+    send_timeout: Option<String>,
     policy_file: Option<PathBuf>,
     policy_configmap: Option<String>,
     namespace: Option<String>,
@@ -96,12 +121,123 @@ pub struct Config {
     pub upload_max_age: Duration,
     pub shutdown_timeout: Duration,
     pub workers: usize,
+    /// Bounds on what slow or hostile clients can hold.
+    pub limits: Limits,
     pub policy: PolicySource,
     pub namespace: String,
     /// Set when berth manages its webhook certificates in the cluster.
     pub managed_certs: Option<ManagedCerts>,
     /// Upstream registries served through the pull-through cache (config file only).
     pub proxy: crate::proxy::config::ProxyConfig,
+}
+
+/// Bounds on request bodies, uploads and connections (the README's "Limits" table).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Limits {
+    pub body_idle_timeout: Duration,
+    pub body_timeout: Duration,
+    pub body_memory: u64,
+    pub max_upload_sessions: usize,
+    pub max_concurrent_uploads: usize,
+    pub send_timeout: Duration,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            body_idle_timeout: Duration::from_secs(30),
+            body_timeout: Duration::from_secs(30),
+            body_memory: 64 << 20,
+            max_upload_sessions: 1024,
+            max_concurrent_uploads: 128,
+            send_timeout: Duration::from_secs(60),
+        }
+    }
+}
+
+impl Limits {
+    fn from_sources(args: &ServeArgs, file: &FileConfig) -> Result<Limits, ConfigError> {
+        let defaults = Limits::default();
+        let duration = |flag: Option<Duration>,
+                        value: &Option<String>,
+                        key: &str,
+                        default: Duration|
+         -> Result<Duration, ConfigError> {
+            let chosen = match flag {
+                Some(d) => d,
+                None => value
+                    .as_deref()
+                    .map(parse_duration)
+                    .transpose()
+                    .map_err(|e| ConfigError::Invalid(format!("{key}: {e}")))?
+                    .unwrap_or(default),
+            };
+            if chosen.is_zero() {
+                return Err(ConfigError::Invalid(format!("{key} must be more than 0")));
+            }
+            Ok(chosen)
+        };
+        let count = |flag: Option<usize>,
+                     value: Option<usize>,
+                     key: &str,
+                     default: usize|
+         -> Result<usize, ConfigError> {
+            match flag.or(value).unwrap_or(default) {
+                0 => Err(ConfigError::Invalid(format!("{key} must be at least 1"))),
+                n => Ok(n),
+            }
+        };
+        let body_memory = match args.body_memory {
+            Some(size) => size,
+            None => file
+                .body_memory
+                .as_deref()
+                .map(crate::proxy::config::parse_size)
+                .transpose()
+                .map_err(|e| ConfigError::Invalid(format!("bodyMemory: {e}")))?
+                .unwrap_or(defaults.body_memory),
+        };
+        // Room for at least one manifest of the largest size, or the limit refuses every big one.
+        if body_memory < 2 * crate::registry::manifest::MAX_MANIFEST_BYTES {
+            return Err(ConfigError::Invalid(format!(
+                "bodyMemory must be at least {} bytes (twice the largest manifest)",
+                2 * crate::registry::manifest::MAX_MANIFEST_BYTES
+            )));
+        }
+        Ok(Limits {
+            body_idle_timeout: duration(
+                args.body_idle_timeout,
+                &file.body_idle_timeout,
+                "bodyIdleTimeout",
+                defaults.body_idle_timeout,
+            )?,
+            body_timeout: duration(
+                args.body_timeout,
+                &file.body_timeout,
+                "bodyTimeout",
+                defaults.body_timeout,
+            )?,
+            body_memory,
+            max_upload_sessions: count(
+                args.max_upload_sessions,
+                file.max_upload_sessions,
+                "maxUploadSessions",
+                defaults.max_upload_sessions,
+            )?,
+            max_concurrent_uploads: count(
+                args.max_concurrent_uploads,
+                file.max_concurrent_uploads,
+                "maxConcurrentUploads",
+                defaults.max_concurrent_uploads,
+            )?,
+            send_timeout: duration(
+                args.send_timeout,
+                &file.send_timeout,
+                "sendTimeout",
+                defaults.send_timeout,
+            )?,
+        })
+    }
 }
 
 /// Where the managed webhook certificates live.
@@ -226,6 +362,7 @@ impl Config {
         if workers == 0 {
             return Err(ConfigError::Invalid("workers must be at least 1".into()));
         }
+        let limits = Limits::from_sources(args, &file)?;
         let policy_file = args.policy_file.clone().or(file.policy_file);
         let policy_configmap = args.policy_configmap.clone().or(file.policy_configmap);
         let policy = match (policy_file, policy_configmap) {
@@ -328,6 +465,7 @@ impl Config {
                     .unwrap_or(Duration::from_secs(25)),
             },
             workers,
+            limits,
             policy,
             namespace,
             managed_certs,
@@ -464,6 +602,49 @@ mod tests {
         assert_eq!(config.sans, ["a.example", "b.example"]);
         assert!(config.plain_http);
         assert_eq!(config.upload_max_age, Duration::from_secs(3600));
+    }
+
+    #[test]
+    fn limits_from_flags_and_file() {
+        assert_eq!(
+            Config::from_args(&ServeArgs::default())
+                .map(|c| c.limits)
+                .ok(),
+            Some(Limits::default())
+        );
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("berth.yaml");
+        std::fs::write(
+            &path,
+            "bodyIdleTimeout: 5s\nbodyMemory: 16MiB\nmaxUploadSessions: 10\nsendTimeout: 20s\n",
+        )
+        .expect("write");
+        let args = ServeArgs {
+            config: Some(path.clone()),
+            max_upload_sessions: Some(3),
+            max_concurrent_uploads: Some(2),
+            ..ServeArgs::default()
+        };
+        let limits = Config::from_args(&args).expect("config").limits;
+        assert_eq!(limits.body_idle_timeout, Duration::from_secs(5));
+        assert_eq!(limits.body_timeout, Duration::from_secs(30));
+        assert_eq!(limits.body_memory, 16 << 20);
+        assert_eq!(limits.max_upload_sessions, 3);
+        assert_eq!(limits.max_concurrent_uploads, 2);
+        assert_eq!(limits.send_timeout, Duration::from_secs(20));
+        for bad in [
+            "maxUploadSessions: 0\n",
+            "bodyTimeout: 0s\n",
+            "bodyMemory: 1MiB\n",
+        ] {
+            std::fs::write(&path, bad).expect("write");
+            let error = Config::from_args(&ServeArgs {
+                config: Some(path.clone()),
+                ..ServeArgs::default()
+            })
+            .expect_err(bad);
+            assert!(matches!(error, ConfigError::Invalid(_)), "{bad}: {error}");
+        }
     }
 
     #[test]

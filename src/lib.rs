@@ -10,6 +10,7 @@ pub mod admission;
 pub mod cluster;
 pub mod config;
 pub mod health;
+pub mod limits;
 pub mod node_proxy;
 pub mod proxy;
 pub mod registry;

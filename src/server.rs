@@ -5,18 +5,32 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use actix_web::middleware::Logger;
+use actix_web::middleware::{from_fn, Logger};
 use actix_web::{web, App, HttpServer};
 
 use crate::admission::source::{self, ActivePolicy};
 use crate::admission::{AdmissionSettings, PolicyStore};
 use crate::config::{Config, PolicySource};
+use crate::limits::BodyLimits;
+use crate::registry::service::UploadLimits;
 use crate::registry::storage::fs::FsStorage;
 use crate::registry::Registry;
 use crate::tls;
 
 /// How often stale uploads are looked for.
 const UPLOAD_SWEEP_INTERVAL: Duration = Duration::from_secs(600);
+
+/// TLS handshakes one worker runs at once (actix's default is 256). A connection that never sends a ClientHello
+/// holds a slot until [`TLS_HANDSHAKE_TIMEOUT`]; with 256, 600 such connections made every new client wait for the
+/// timeout. A pending handshake costs a socket and a few KB of TLS state, so 1024 a worker stays a few MB.
+const TLS_HANDSHAKES_PER_WORKER: usize = 1024;
+
+/// Longest a TLS handshake may take (actix's default, made explicit): it bounds how long an idle connection holds a
+/// handshake slot.
+const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// Pending connections the kernel queues before berth accepts them.
+const LISTEN_BACKLOG: i32 = 1024;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ServeError {
@@ -61,7 +75,35 @@ pub async fn serve(config: Config) -> Result<(), ServeError> {
         source,
     })?;
     let storage: Arc<dyn crate::registry::storage::Storage> = Arc::new(storage);
-    let registry = web::Data::new(Registry::new(storage.clone()));
+    let limits = &config.limits;
+    let registry = web::Data::new(Registry::with_limits(
+        storage.clone(),
+        UploadLimits {
+            max_sessions: limits.max_upload_sessions,
+            max_streams: limits.max_concurrent_uploads,
+        },
+    ));
+    let recovered = registry
+        .recover_uploads()
+        .await
+        .map_err(|e| ServeError::Storage {
+            path: config.data_dir.clone(),
+            source: crate::registry::storage::StorageError::Corrupt(format!(
+                "listing uploads: {e}"
+            )),
+        })?;
+    if recovered.deleted > 0 {
+        log::info!(
+            "deleted {} interrupted uploads that cannot be resumed; {} upload sessions kept",
+            recovered.deleted,
+            recovered.kept
+        );
+    }
+    let body_limits = web::Data::new(BodyLimits::new(
+        limits.body_idle_timeout,
+        limits.body_timeout,
+        usize::try_from(limits.body_memory).unwrap_or(usize::MAX),
+    ));
     let proxy = crate::proxy::Proxy::new(&config.proxy, storage, registry.content_gate())
         .map_err(ServeError::Proxy)?;
     proxy.load_usage().await.map_err(|e| {
@@ -114,18 +156,23 @@ pub async fn serve(config: Config) -> Result<(), ServeError> {
             .app_data(proxy.clone())
             .app_data(policy.clone())
             .app_data(settings.clone())
+            .app_data(body_limits.clone())
+            .wrap(from_fn(crate::limits::limit_bodies))
             .wrap(Logger::new(r#"%a "%r" %s %b %Dms"#))
             .configure(crate::configure)
     })
     .workers(config.workers)
+    .max_connection_rate(TLS_HANDSHAKES_PER_WORKER)
+    .tls_handshake_timeout(TLS_HANDSHAKE_TIMEOUT)
     .shutdown_timeout(config.shutdown_timeout.as_secs())
     .shutdown_signal(shutdown_requested().map_err(ServeError::Signals)?);
 
     let addr = config.listen;
     let listen_error = |source| ServeError::Listen { addr, source };
+    let listener = listener(addr, config.limits.send_timeout).map_err(listen_error)?;
     let server = if config.plain_http {
         log::warn!("serving plain HTTP on {addr}: use this only for local development or behind a TLS-terminating proxy");
-        server.bind(addr).map_err(listen_error)?
+        server.listen(listener).map_err(listen_error)?
     } else {
         match &config.managed_certs {
             Some(managed) => start_managed_certs(&config, managed).await?,
@@ -142,7 +189,7 @@ pub async fn serve(config: Config) -> Result<(), ServeError> {
             config.cert_dir.join(tls::CA_CERT).display()
         );
         server
-            .bind_rustls_0_23(addr, tls_config)
+            .listen_rustls_0_23(listener, tls_config)
             .map_err(listen_error)?
     };
     log::info!(
@@ -152,6 +199,24 @@ pub async fn serve(config: Config) -> Result<(), ServeError> {
     server.run().await.map_err(listen_error)?;
     log::info!("berth stopped");
     Ok(())
+}
+
+/// The listening socket. Its `TCP_USER_TIMEOUT` (inherited by every accepted connection on Linux) drops a
+/// connection whose sent data stays unacknowledged for `send_timeout`, a client that stopped reading (a zero
+/// receive window) included: actix-web has no write timeout, and without this a stalled reader holds its response
+/// for as long as the kernel retries (about 15 minutes).
+fn listener(
+    addr: std::net::SocketAddr,
+    send_timeout: Duration,
+) -> std::io::Result<std::net::TcpListener> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+    socket.set_reuse_address(true)?;
+    socket.set_tcp_user_timeout(Some(send_timeout))?;
+    socket.bind(&addr.into())?;
+    socket.listen(LISTEN_BACKLOG)?;
+    socket.set_nonblocking(true)?;
+    Ok(socket.into())
 }
 
 /// Resolves on the first SIGTERM or SIGINT. Replaces actix's own handlers, which cut in-flight requests on SIGINT
@@ -222,4 +287,25 @@ async fn start_managed_certs(
     );
     actix_web::rt::spawn(certs.maintain(client));
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn accepted_connections_inherit_the_send_timeout() {
+        let timeout = Duration::from_secs(7);
+        let listener = listener("127.0.0.1:0".parse().expect("addr"), timeout).expect("listen");
+        let addr = listener.local_addr().expect("addr");
+        let _client = std::net::TcpStream::connect(addr).expect("connect");
+        listener.set_nonblocking(false).expect("blocking");
+        let (accepted, _) = listener.accept().expect("accept");
+        assert_eq!(
+            socket2::SockRef::from(&accepted)
+                .tcp_user_timeout()
+                .expect("getsockopt"),
+            Some(timeout)
+        );
+    }
 }

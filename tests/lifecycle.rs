@@ -653,3 +653,109 @@ fn invalid_config_file_fails_fast_naming_the_key() {
     );
     assert!(!data_dir.exists(), "berth started on a bad config");
 }
+
+/// A monolithic upload (`POST ?digest=`) cut off by a crash can never be resumed (nobody knows its id): it is
+/// deleted at the next start instead of staying for --upload-max-age. An ordinary session is kept.
+#[test]
+fn interrupted_monolithic_upload_is_deleted_at_start() {
+    use std::io::Write as _;
+    let mut berth = Berth::start(Options {
+        plain_http: true,
+        ..Options::default()
+    });
+    let api = Api::new(&berth);
+    let session = api.start_upload("crash/mono");
+    patch_chunk(&api, &session, 0, b"kept bytes");
+    let blob = content(4 * MIB, 11);
+    let mut stream = TcpStream::connect(&berth.host).expect("connect");
+    write!(
+        stream,
+        "POST /v2/crash/mono/blobs/uploads/?digest={} HTTP/1.1\r\nHost: {}\r\nContent-Length: {}\r\n\r\n",
+        sha256(&blob),
+        berth.host,
+        blob.len()
+    )
+    .expect("write head");
+    stream.write_all(&blob[..MIB]).expect("write a part");
+    let uploads = berth.data_dir.join("uploads");
+    let stored = |dir: &std::path::Path| -> Vec<(String, u64)> {
+        std::fs::read_dir(dir)
+            .map(|entries| {
+                entries
+                    .flatten()
+                    .map(|e| {
+                        let size = e.path().join("data").metadata().map_or(0, |m| m.len());
+                        (e.file_name().to_string_lossy().into_owned(), size)
+                    })
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    poll_until(
+        Duration::from_secs(10),
+        "the monolithic upload's first MiB on disk",
+        || (stored(&uploads).iter().any(|(_, size)| *size == MIB as u64)).then_some(()),
+    );
+    berth.restart();
+    let session_id = session.rsplit('/').next().expect("upload id").to_owned();
+    let left: Vec<String> = stored(&uploads).into_iter().map(|(id, _)| id).collect();
+    assert_eq!(left, [session_id]);
+    assert!(berth.log().contains("deleted 1 interrupted uploads"));
+    let api = Api::new(&berth);
+    assert_eq!(upload_status(&api, &session), 10);
+    drop(stream);
+}
+
+/// Unmounts a test's tmpfs when dropped.
+struct Mounted(std::path::PathBuf);
+
+impl Drop for Mounted {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(&self.0).status();
+    }
+}
+
+/// On ENOSPC every /readyz probe left an empty file in tmp/, and a failed upload start left a data file without
+/// its info. Now a full disk leaves nothing behind. (Mounts a 1 MiB tmpfs: needs root, like tests/run.sh.)
+#[test]
+fn a_full_disk_leaves_no_debris() {
+    use std::io::Write as _;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mounted = Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=1m", "tmpfs"])
+        .arg(dir.path())
+        .status()
+        .expect("run mount");
+    assert!(
+        mounted.success(),
+        "mounting a tmpfs failed: this test needs root"
+    );
+    let _unmount = Mounted(dir.path().to_owned());
+    let data_dir = dir.path().join("data");
+    let berth = Berth::start(Options {
+        plain_http: true,
+        data_dir: Some(data_dir.clone()),
+        ..Options::default()
+    });
+    let api = Api::new(&berth);
+    assert_eq!(api.get("/readyz").status(), StatusCode::OK);
+    let mut filler = std::fs::File::create(dir.path().join("filler")).expect("filler");
+    let block = vec![0u8; 64 * 1024];
+    while filler.write_all(&block).is_ok() {}
+    drop(filler);
+    for _ in 0..3 {
+        assert_eq!(api.get("/readyz").status(), StatusCode::SERVICE_UNAVAILABLE);
+    }
+    let refused = api.post("/v2/full/blobs/uploads/", Vec::new());
+    assert_eq!(refused.status(), StatusCode::INTERNAL_SERVER_ERROR);
+    let entries = |sub: &str| -> Vec<std::path::PathBuf> {
+        std::fs::read_dir(data_dir.join(sub))
+            .map(|d| d.flatten().map(|e| e.path()).collect())
+            .unwrap_or_default()
+    };
+    assert_eq!(entries("tmp"), Vec::<std::path::PathBuf>::new());
+    assert_eq!(entries("uploads"), Vec::<std::path::PathBuf>::new());
+    std::fs::remove_file(dir.path().join("filler")).expect("free the disk");
+    assert_eq!(api.get("/readyz").status(), StatusCode::OK);
+    drop(berth);
+}

@@ -1,3 +1,4 @@
+mod abuse;
 mod admission;
 mod api;
 mod clients;

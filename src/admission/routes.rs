@@ -2,7 +2,6 @@
 //! review that cannot be read gets `allowed: false` with a message saying why.
 
 use actix_web::{web, HttpResponse};
-use futures_util::StreamExt;
 use kube::core::admission::AdmissionResponse;
 
 use super::image::ImageRef;
@@ -12,8 +11,11 @@ use crate::proxy::Proxy;
 use crate::registry::names::{Reference, RepoName};
 use crate::registry::Registry;
 
-/// Largest review berth reads (the API server caps objects at about 3 MiB).
-const MAX_REVIEW_BYTES: usize = 8 * 1024 * 1024;
+/// Largest review berth reads: 3 MiB is the largest request body the API server accepts for the object (its
+/// `MaxRequestBodyBytes`), an UPDATE also carries the stored `oldObject` (at most etcd's default 1.5 MiB request
+/// limit), and 64 KiB covers the review's own fields (user info, options). A larger body is not one the API server
+/// sent.
+const MAX_REVIEW_BYTES: u64 = (3 << 20) + (3 << 19) + (64 << 10);
 
 /// Settings the webhooks need besides the policy.
 pub type AdmissionSettings = super::review::Scope;
@@ -24,17 +26,11 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
 }
 
 /// Reads the body into a review request, or says why it cannot.
-async fn read_request(mut body: web::Payload) -> Result<review::Request, String> {
-    let mut bytes = web::BytesMut::new();
-    while let Some(chunk) = body.next().await {
-        let chunk = chunk.map_err(|e| format!("cannot read the AdmissionReview body: {e}"))?;
-        if bytes.len() + chunk.len() > MAX_REVIEW_BYTES {
-            return Err(format!(
-                "AdmissionReview larger than {MAX_REVIEW_BYTES} bytes"
-            ));
-        }
-        bytes.extend_from_slice(&chunk);
-    }
+async fn read_request(body: web::Payload) -> Result<review::Request, String> {
+    // Time and shared memory are bounded by crate::limits; the size here.
+    let bytes = crate::limits::read_to_limit(body, None, MAX_REVIEW_BYTES)
+        .await
+        .map_err(|e| format!("cannot read the AdmissionReview: {e}"))?;
     review::read_review(&bytes).map_err(|e| e.to_string())
 }
 

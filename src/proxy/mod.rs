@@ -761,6 +761,7 @@ impl BlobFetch {
                 .duration_since(std::time::UNIX_EPOCH)
                 .map(|d| d.as_secs())
                 .unwrap_or(0),
+            monolithic: true,
         };
         self.storage.upload_create(&id, &info).await?;
         let result = self.copy(response, &id, size).await;

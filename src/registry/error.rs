@@ -127,6 +127,13 @@ pub enum RegistryError {
         upstream: String,
         retry_after: Option<String>,
     },
+    /// berth is at one of its limits (upload sessions, concurrent uploads, memory for request bodies); the client
+    /// may retry after `retry_after` seconds.
+    #[error("{why}")]
+    Busy { why: String, retry_after: u32 },
+    /// The client paused too long while sending a body berth has to wait for.
+    #[error("{0}")]
+    BodyTimeout(String),
     /// A storage failure: the client did nothing wrong.
     #[error("storage failure: {0}")]
     Storage(#[from] StorageError),
@@ -160,7 +167,8 @@ impl RegistryError {
             Unsupported(_) | TooManyTags { .. } => ErrorCode::Unsupported,
             PaginationNumberInvalid(_) => ErrorCode::PaginationNumberInvalid,
             UpstreamUnavailable { .. } | UpstreamFailed { .. } | Storage(_) => ErrorCode::Unknown,
-            UpstreamTooManyRequests { .. } => ErrorCode::Toomanyrequests,
+            UpstreamTooManyRequests { .. } | Busy { .. } => ErrorCode::Toomanyrequests,
+            BodyTimeout(_) => ErrorCode::BlobUploadInvalid,
         }
     }
 
@@ -204,7 +212,8 @@ impl ResponseError for RegistryError {
             Storage(_) => StatusCode::INTERNAL_SERVER_ERROR,
             UpstreamUnavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
             UpstreamFailed { .. } => StatusCode::BAD_GATEWAY,
-            UpstreamTooManyRequests { .. } => StatusCode::TOO_MANY_REQUESTS,
+            UpstreamTooManyRequests { .. } | Busy { .. } => StatusCode::TOO_MANY_REQUESTS,
+            BodyTimeout(_) => StatusCode::REQUEST_TIMEOUT,
             BlobUploadInvalid(_)
             | DigestInvalid(_)
             | ManifestBlobUnknown(_)
@@ -245,6 +254,9 @@ impl ResponseError for RegistryError {
             RegistryError::UpstreamTooManyRequests { retry_after, .. } => {
                 response
                     .insert_header((header::RETRY_AFTER, retry_after.as_deref().unwrap_or("60")));
+            }
+            RegistryError::Busy { retry_after, .. } => {
+                response.insert_header((header::RETRY_AFTER, retry_after.to_string()));
             }
             RegistryError::UpstreamUnavailable { .. } => {
                 response.insert_header((header::RETRY_AFTER, "5"));
@@ -377,6 +389,19 @@ mod tests {
         );
         check(RegistryError::Unsupported("x".into()), 405, "UNSUPPORTED");
         check(
+            RegistryError::Busy {
+                why: "x".into(),
+                retry_after: 5,
+            },
+            429,
+            "TOOMANYREQUESTS",
+        );
+        check(
+            RegistryError::BodyTimeout("x".into()),
+            408,
+            "BLOB_UPLOAD_INVALID",
+        );
+        check(
             RegistryError::Storage(StorageError::Corrupt("x".into())),
             500,
             "UNKNOWN",
@@ -419,6 +444,22 @@ mod tests {
                 .get(header::LOCATION)
                 .and_then(|v| v.to_str().ok()),
             Some("/v2/a/blobs/uploads/u")
+        );
+    }
+
+    #[test]
+    fn busy_says_when_to_retry() {
+        let response = RegistryError::Busy {
+            why: "x".into(),
+            retry_after: 7,
+        }
+        .error_response();
+        assert_eq!(
+            response
+                .headers()
+                .get(header::RETRY_AFTER)
+                .and_then(|v| v.to_str().ok()),
+            Some("7")
         );
     }
 

@@ -1,5 +1,5 @@
-//! Hashing content while it streams: a [`Hasher`] for the supported algorithms and a [`HashPipe`] that runs it on
-//! a blocking thread so hashing overlaps with reading the network and writing the disk.
+//! Hashing content while it streams: a [`Hasher`] for the supported algorithms, [`update_blocking`] that hashes one
+//! batch on the blocking pool, and a [`HashPipe`] that runs a hasher on a blocking thread of its own.
 
 use bytes::Bytes;
 use sha2::{Digest as _, Sha256, Sha512};
@@ -46,7 +46,22 @@ impl Hasher {
     }
 }
 
-/// A hasher fed from async code and run on the blocking pool.
+/// Hashes `chunks` in one short task on the blocking pool and gives the hasher back: nothing is held between
+/// batches, so a client's pace never costs a thread.
+pub async fn update_blocking(hasher: Hasher, chunks: Vec<Bytes>) -> Result<Hasher, PipeClosed> {
+    tokio::task::spawn_blocking(move || {
+        let mut hasher = hasher;
+        for chunk in &chunks {
+            hasher.update(chunk);
+        }
+        hasher
+    })
+    .await
+    .map_err(|_| PipeClosed)
+}
+
+/// A hasher fed from async code and run on the blocking pool. It holds a blocking thread until it is finished, so
+/// it is only for content whose pace berth controls (a proxy fetch from an upstream), never a client's upload.
 pub struct HashPipe {
     tx: mpsc::Sender<Bytes>,
     done: tokio::task::JoinHandle<Hasher>,
@@ -98,6 +113,19 @@ mod tests {
             }
             let digest = pipe.finish().await.expect("finish").digest();
             assert_eq!(digest, Digest::compute(algorithm, &content));
+        }
+    }
+
+    #[tokio::test]
+    async fn batches_hash_like_one_shot() {
+        let content: Vec<u8> = (0..300_000u32).map(|i| (i * 13) as u8).collect();
+        for algorithm in [Algorithm::Sha256, Algorithm::Sha512] {
+            let mut hasher = Hasher::new(algorithm);
+            for batch in content.chunks(100_000) {
+                let chunks = batch.chunks(7_000).map(Bytes::copy_from_slice).collect();
+                hasher = update_blocking(hasher, chunks).await.expect("hash");
+            }
+            assert_eq!(hasher.digest(), Digest::compute(algorithm, &content));
         }
     }
 }

@@ -2,14 +2,13 @@
 
 use actix_web::http::header;
 use actix_web::{web, HttpRequest, HttpResponse};
-use bytes::BytesMut;
-use futures_util::StreamExt;
 
 use super::error::{RegistryError, Result};
 use super::manifest::MAX_MANIFEST_BYTES;
 use super::names::{Reference, RepoName, Tag};
 use super::routes::Query;
 use super::service::Registry;
+use crate::limits::{read_to_limit, BodyLimitError, ReadError};
 
 /// `GET` and `HEAD` alike: for `HEAD`, actix sends the headers (with Content-Length) and drops the body.
 pub async fn get(registry: &Registry, repo: &RepoName, reference: &str) -> Result<HttpResponse> {
@@ -24,29 +23,25 @@ pub async fn get(registry: &Registry, repo: &RepoName, reference: &str) -> Resul
     Ok(response.body(manifest.bytes))
 }
 
-/// Reads the whole body, refusing more than the manifest size limit.
-async fn read_limited(req: &HttpRequest, mut body: web::Payload) -> Result<bytes::Bytes> {
-    let too_large = |size| RegistryError::ManifestTooLarge {
-        size,
-        limit: MAX_MANIFEST_BYTES,
-    };
+/// Reads the whole body, refusing more than the manifest size limit. The time it may take and the memory all
+/// manifest bodies together may hold are bounded by [`crate::limits`].
+async fn read_limited(req: &HttpRequest, body: web::Payload) -> Result<bytes::Bytes> {
     let declared = req
         .headers()
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
-    if let Some(declared) = declared.filter(|&d| d > MAX_MANIFEST_BYTES) {
-        return Err(too_large(declared));
-    }
-    let mut bytes = BytesMut::with_capacity(declared.unwrap_or(4096) as usize);
-    while let Some(chunk) = body.next().await {
-        let chunk = chunk.map_err(|e| RegistryError::Body(e.to_string()))?;
-        if (bytes.len() + chunk.len()) as u64 > MAX_MANIFEST_BYTES {
-            return Err(too_large((bytes.len() + chunk.len()) as u64));
-        }
-        bytes.extend_from_slice(&chunk);
-    }
-    Ok(bytes.freeze())
+    read_to_limit(body, declared, MAX_MANIFEST_BYTES)
+        .await
+        .map_err(|e| match e {
+            ReadError::TooLarge { size, limit } => RegistryError::ManifestTooLarge { size, limit },
+            ReadError::Limit(BodyLimitError::Busy { .. }) => RegistryError::Busy {
+                why: e.to_string(),
+                retry_after: 5,
+            },
+            ReadError::Limit(limit) => RegistryError::BodyTimeout(limit.to_string()),
+            ReadError::Broken(why) => RegistryError::Body(why),
+        })
 }
 
 /// The most `?tag=` parameters one push may carry (the spec asks for at least 10); more is a 414.

@@ -4,19 +4,19 @@
 //! Knows nothing of actix-web: it takes validated names and byte streams and returns values or a `RegistryError`.
 //! Content becomes visible only here, and only after its digest is verified.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::fmt::Display;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 use futures_util::{Stream, StreamExt};
 
 use super::error::{RegistryError, Result};
-use super::hashing::{HashPipe, Hasher};
+use super::hashing::{self, Hasher};
 use super::manifest::{self, Descriptor, ParsedManifest};
 use super::names::{Algorithm, Digest, Reference, RepoName, Tag, UploadId};
-use super::storage::{BlobContent, ByteRange, Storage, StoredManifest, UploadInfo};
+use super::storage::{BlobContent, ByteRange, Storage, StoredManifest, UploadInfo, UploadWriter};
 
 /// The running hash of an upload. It is valid while `hashed` equals the upload's stored size; after a restart (or a
 /// failed append) it is rebuilt by reading the stored bytes back.
@@ -81,10 +81,50 @@ pub struct Registry {
     /// Held for reading while content is committed or linked; the proxy's eviction holds it for writing while it
     /// decides a blob is unused and deletes it.
     content_gate: Arc<tokio::sync::RwLock<()>>,
-    /// One slot per upload touched since start; its mutex serialises requests on the same upload.
+    /// One slot per upload session that exists (found on disk at start, or started since); its mutex serialises
+    /// requests on the same upload. Its size is the number of sessions, capped by `limits.max_sessions`.
     sessions: Mutex<HashMap<UploadId, SessionSlot>>,
     /// Serialises manifest and tag changes per repository.
     repo_locks: RepoLocks,
+    limits: UploadLimits,
+    /// One permit per request streaming bytes into an upload.
+    streams: Arc<tokio::sync::Semaphore>,
+    /// When the session map was last compared with the uploads on disk.
+    last_resync: Mutex<Option<Instant>>,
+}
+
+/// Bounds on uploads (the README's limits table).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct UploadLimits {
+    /// Upload sessions that may exist at once (started and not yet finished, cancelled or expired).
+    pub max_sessions: usize,
+    /// Requests that may stream bytes into uploads at once (`PATCH`, a `PUT` with a body, `POST ?digest=`).
+    pub max_streams: usize,
+}
+
+impl Default for UploadLimits {
+    fn default() -> Self {
+        UploadLimits {
+            max_sessions: 1024,
+            max_streams: 128,
+        }
+    }
+}
+
+/// Largest batch of received bytes handed to one write and one hash task. While a batch is written and hashed, the
+/// next one is received, so each upload holds at most two batches in memory.
+const UPLOAD_BATCH: usize = 512 * 1024;
+
+/// How often, at most, a full session map is compared with the uploads on disk.
+const RESYNC_INTERVAL: Duration = Duration::from_secs(5);
+
+/// What [`Registry::recover_uploads`] did at start.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct RecoveredUploads {
+    /// Resumable sessions kept.
+    pub kept: usize,
+    /// Interrupted monolithic uploads and incomplete upload directories deleted.
+    pub deleted: usize,
 }
 
 fn now_unix() -> u64 {
@@ -130,11 +170,18 @@ impl AsRef<str> for RepoName {
 
 impl Registry {
     pub fn new(storage: Arc<dyn Storage>) -> Self {
+        Self::with_limits(storage, UploadLimits::default())
+    }
+
+    pub fn with_limits(storage: Arc<dyn Storage>, limits: UploadLimits) -> Self {
         Registry {
             storage,
             content_gate: Arc::default(),
             sessions: Mutex::new(HashMap::new()),
             repo_locks: RepoLocks::new(),
+            limits,
+            streams: Arc::new(tokio::sync::Semaphore::new(limits.max_streams)),
+            last_resync: Mutex::new(None),
         }
     }
 
@@ -233,20 +280,134 @@ impl Registry {
         sessions.remove(id);
     }
 
-    /// Starts an upload session in `repo`.
-    pub async fn upload_start(&self, repo: &RepoName) -> Result<UploadId> {
+    fn sessions(&self) -> std::sync::MutexGuard<'_, HashMap<UploadId, SessionSlot>> {
+        self.sessions
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Adds a session for `id` if the cap allows; the returned slot is held while the upload is created, which
+    /// keeps a resync from dropping it before it is on disk.
+    fn try_reserve(&self, id: &UploadId) -> Option<SessionSlot> {
+        let mut sessions = self.sessions();
+        if sessions.len() >= self.limits.max_sessions {
+            return None;
+        }
+        Some(sessions.entry(id.clone()).or_default().clone())
+    }
+
+    /// Reserves a session for a new upload, or says berth has too many. A full map is first compared with the
+    /// uploads on disk (at most every few seconds), so that an entry left behind by a race never blocks uploads.
+    async fn reserve_session(&self, id: &UploadId) -> Result<SessionSlot> {
+        if let Some(slot) = self.try_reserve(id) {
+            return Ok(slot);
+        }
+        let due = {
+            let mut last = self
+                .last_resync
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner());
+            let due = last.is_none_or(|at| at.elapsed() >= RESYNC_INTERVAL);
+            if due {
+                *last = Some(Instant::now());
+            }
+            due
+        };
+        if due {
+            let on_disk: HashSet<UploadId> = self
+                .storage
+                .uploads()
+                .await?
+                .into_iter()
+                .map(|(id, _)| id)
+                .collect();
+            // A slot someone holds (a request in progress, a reservation) stays.
+            self.sessions()
+                .retain(|id, slot| on_disk.contains(id) || Arc::strong_count(slot) > 1);
+            if let Some(slot) = self.try_reserve(id) {
+                return Ok(slot);
+            }
+        }
+        Err(RegistryError::Busy {
+            why: format!(
+                "too many upload sessions in progress (the limit is {}); finish or cancel some, or retry later",
+                self.limits.max_sessions
+            ),
+            retry_after: 60,
+        })
+    }
+
+    fn too_many_streams(&self) -> RegistryError {
+        RegistryError::Busy {
+            why: format!(
+                "too many uploads are sending data at once (the limit is {}); retry later",
+                self.limits.max_streams
+            ),
+            retry_after: 5,
+        }
+    }
+
+    /// Creates an upload on disk with a reserved session, or gives the reservation back.
+    async fn create_upload(
+        &self,
+        repo: &RepoName,
+        monolithic: bool,
+        hash: UploadHash,
+    ) -> Result<UploadId> {
         let id = UploadId::new_random();
+        let slot = self.reserve_session(&id).await?;
         let info = UploadInfo {
             repository: repo.to_string(),
             size: 0,
             started_unix: now_unix(),
+            monolithic,
         };
-        self.storage.upload_create(&id, &info).await?;
-        *self.slot(&id).lock().await = Some(UploadHash {
+        if let Err(e) = self.storage.upload_create(&id, &info).await {
+            drop(slot);
+            self.forget(&id);
+            return Err(e.into());
+        }
+        *slot.lock().await = Some(hash);
+        Ok(id)
+    }
+
+    /// Starts an upload session in `repo`.
+    pub async fn upload_start(&self, repo: &RepoName) -> Result<UploadId> {
+        let hash = UploadHash {
             hasher: Hasher::new(Algorithm::Sha256),
             hashed: 0,
-        });
-        Ok(id)
+        };
+        self.create_upload(repo, false, hash).await
+    }
+
+    /// Number of upload sessions berth knows of.
+    pub fn upload_sessions(&self) -> usize {
+        self.sessions().len()
+    }
+
+    /// At start: deletes uploads nobody can resume (monolithic pushes and proxy fetches interrupted by a crash,
+    /// directories without their info) and counts the others as sessions.
+    pub async fn recover_uploads(&self) -> Result<RecoveredUploads> {
+        let mut recovered = RecoveredUploads::default();
+        for (id, _) in self.storage.uploads().await? {
+            let resumable = match self.storage.upload_info(&id).await {
+                Ok(Some(info)) => !info.monolithic,
+                Ok(None) => false,
+                Err(e) => {
+                    // Kept (and counted): an operator may want to look at it; it expires with its age.
+                    log::warn!("upload {id}: {e}");
+                    true
+                }
+            };
+            if resumable {
+                self.sessions().entry(id).or_default();
+                recovered.kept += 1;
+            } else {
+                self.storage.upload_delete(&id).await?;
+                recovered.deleted += 1;
+            }
+        }
+        Ok(recovered)
     }
 
     /// The upload's size, if it exists and belongs to `repo`.
@@ -399,31 +560,93 @@ impl Registry {
         Ok(UploadHash { hasher, hashed })
     }
 
-    /// Streams `body` into the upload and the hasher at once.
+    /// Streams `body` into the upload and the hasher. Received bytes are batched; each batch is written and hashed
+    /// by short tasks on the blocking pool while the next batch is received (a pipeline of depth one), so no thread
+    /// waits for the client and each upload holds at most two batches in memory.
     async fn append<B, E>(&self, id: &UploadId, hash: UploadHash, mut body: B) -> Result<UploadHash>
     where
         B: Stream<Item = std::result::Result<Bytes, E>> + Unpin,
         E: Display,
     {
-        let mut writer = self.storage.upload_writer(id).await?;
-        let pipe = HashPipe::spawn(hash.hasher);
+        let _stream = self
+            .streams
+            .clone()
+            .try_acquire_owned()
+            .map_err(|_| self.too_many_streams())?;
+        let mut writer = Some(self.storage.upload_writer(id).await?);
+        let mut hasher = Some(hash.hasher);
         let mut hashed = hash.hashed;
-        let copied: Result<()> = async {
-            while let Some(chunk) = body.next().await {
-                let chunk = chunk.map_err(|e| RegistryError::Body(e.to_string()))?;
-                hashed += chunk.len() as u64;
-                pipe.feed(chunk.clone()).await.map_err(pipe_failure)?;
-                writer.write(chunk).await?;
+        let mut batch: Vec<Bytes> = Vec::new();
+        let mut batched = 0usize;
+        let mut ended = false;
+        let mut pending: Option<futures_util::future::BoxFuture<'static, Batched>> = None;
+        let copied: Result<()> = loop {
+            if pending.is_none() && !batch.is_empty() {
+                let (Some(current), Some(out)) = (hasher.take(), writer.take()) else {
+                    break Err(pipe_failure(hashing::PipeClosed));
+                };
+                let chunks = std::mem::take(&mut batch);
+                let len = std::mem::take(&mut batched) as u64;
+                pending = Some(Box::pin(write_and_hash(out, current, chunks, len)));
             }
-            Ok(())
-        }
-        .await;
-        // Even when the copy failed: wait until every queued chunk is on disk, so the caller's rollback (a
+            if pending.is_none() && ended {
+                break Ok(());
+            }
+            let receive = !ended && batched < UPLOAD_BATCH;
+            tokio::select! {
+                Some((out, done)) = futures_util::future::OptionFuture::from(pending.as_mut()), if pending.is_some() => {
+                    pending = None;
+                    writer = Some(out);
+                    match done {
+                        Ok((next, len)) => {
+                            hasher = Some(next);
+                            hashed = match hashed.checked_add(len) {
+                                Some(total) => total,
+                                None => break Err(RegistryError::SizeInvalid("upload too large".into())),
+                            };
+                        }
+                        Err(e) => break Err(e),
+                    }
+                }
+                next = body.next(), if receive => match next {
+                    None => ended = true,
+                    Some(Err(e)) => break Err(RegistryError::Body(e.to_string())),
+                    Some(Ok(chunk)) => {
+                        batched = batched.saturating_add(chunk.len());
+                        batch.push(chunk);
+                    }
+                },
+                else => break Ok(()),
+            }
+        };
+        // Even when the copy failed: wait until the batch in flight is on disk, so the caller's rollback (a
         // truncation) happens after the last write, never before a late one.
-        let size = writer.finish().await;
-        let hasher = pipe.finish().await.map_err(pipe_failure);
-        copied?;
-        let (size, hasher) = (size?, hasher?);
+        let mut outcome = copied;
+        if let Some(last) = pending.take() {
+            let (out, done) = last.await;
+            writer = Some(out);
+            match done {
+                Ok((next, len)) => {
+                    hasher = Some(next);
+                    hashed = hashed.saturating_add(len);
+                }
+                Err(e) => {
+                    if outcome.is_ok() {
+                        outcome = Err(e);
+                    }
+                }
+            }
+        }
+        let size = match writer {
+            Some(writer) => writer.finish().await,
+            None => Err(super::storage::StorageError::Io {
+                what: format!("append to upload {id}"),
+                source: std::io::Error::other("upload writer lost"),
+            }),
+        };
+        outcome?;
+        let size = size?;
+        let hasher = hasher.ok_or_else(|| pipe_failure(hashing::PipeClosed))?;
         if size != hashed {
             return Err(RegistryError::Storage(
                 super::storage::StorageError::Corrupt(format!(
@@ -529,18 +752,15 @@ impl Registry {
         B: Stream<Item = std::result::Result<Bytes, E>> + Unpin,
         E: Display,
     {
-        let id = UploadId::new_random();
-        let info = UploadInfo {
-            repository: repo.to_string(),
-            size: 0,
-            started_unix: now_unix(),
-        };
-        self.storage.upload_create(&id, &info).await?;
+        // Refused before anything is created when every upload stream is in use.
+        if self.streams.available_permits() == 0 {
+            return Err(self.too_many_streams());
+        }
         let hash = UploadHash {
             hasher: Hasher::new(digest.algorithm()),
             hashed: 0,
         };
-        *self.slot(&id).lock().await = Some(hash);
+        let id = self.create_upload(repo, true, hash).await?;
         let location = format!("/v2/{repo}/blobs/uploads/{id}");
         let result = self
             .upload_finish(repo, &id, &location, digest, None, Some(body))
@@ -805,6 +1025,26 @@ fn out_of_order(id: &UploadId, location: &str, received: u64, start: u64) -> Reg
         received,
         start,
     }
+}
+
+/// A writer given back by [`write_and_hash`], with the hasher and length of the batch, or why it failed.
+type Batched = (Box<dyn UploadWriter>, Result<(Hasher, u64)>);
+
+/// Writes one batch and hashes it at the same time, each on the blocking pool; gives the writer back.
+async fn write_and_hash(
+    mut writer: Box<dyn UploadWriter>,
+    hasher: Hasher,
+    chunks: Vec<Bytes>,
+    len: u64,
+) -> Batched {
+    let hashing = hashing::update_blocking(hasher, chunks.clone());
+    let (hashed, written) = futures_util::future::join(hashing, writer.write_batch(chunks)).await;
+    let result = match (written, hashed) {
+        (Err(e), _) => Err(e.into()),
+        (Ok(()), Err(e)) => Err(pipe_failure(e)),
+        (Ok(()), Ok(hasher)) => Ok((hasher, len)),
+    };
+    (writer, result)
 }
 
 /// The hashing thread failing is the server's problem, not the client's.

@@ -15,13 +15,13 @@
 //! This is the only module that builds paths; it gets them only from validated names.
 
 use std::fs::{self, File, OpenOptions};
+use std::future::Future as _;
 use std::io::{self, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
 use async_trait::async_trait;
 use bytes::{Bytes, BytesMut};
-use tokio::sync::mpsc;
 
 use super::{
     BlobContent, ByteRange, ByteStream, Result, Storage, StorageError, StoredManifest, UploadInfo,
@@ -203,73 +203,141 @@ impl FsStorage {
     }
 }
 
-/// Streams `len` bytes of `file` from its current position, reading on the blocking pool.
+/// Streams `len` bytes of `file` from its current position: each poll for more starts one read of at most
+/// [`READ_CHUNK`] bytes on the blocking pool. Nothing is read ahead of the consumer, so a client that stops reading
+/// holds the open file and at most one chunk, and no thread.
 fn file_stream(file: File, len: u64) -> ByteStream {
-    let (tx, rx) = mpsc::channel::<io::Result<Bytes>>(4);
-    tokio::task::spawn_blocking(move || {
-        let mut file = file;
-        let mut remaining = len;
-        while remaining > 0 {
-            let want = remaining.min(READ_CHUNK as u64) as usize;
-            // read_to_end reads into the vector's spare capacity without zeroing it first (a memset of every
-            // chunk showed in pull profiles); `take` stops it at `want` bytes.
-            let mut buf = Vec::with_capacity(want);
-            let result = match (&mut file).take(want as u64).read_to_end(&mut buf) {
-                Ok(0) => Err(io::Error::new(
-                    io::ErrorKind::UnexpectedEof,
-                    "blob shorter than recorded",
-                )),
-                Ok(n) => {
-                    remaining -= n as u64;
-                    Ok(Bytes::from(buf))
-                }
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(e) => Err(e),
-            };
-            let failed = result.is_err();
-            if tx.blocking_send(result).is_err() || failed {
-                return;
-            }
-        }
-    });
-    Box::pin(futures_util::stream::unfold(rx, |mut rx| async move {
-        rx.recv().await.map(|item| (item, rx))
-    }))
+    Box::pin(FileStream {
+        file: Some(file),
+        remaining: len,
+        reading: None,
+    })
 }
 
-/// Writes an upload on a blocking thread fed through a bounded channel, so network reads, hashing and disk writes
-/// overlap.
+type ChunkRead = tokio::task::JoinHandle<(File, io::Result<Bytes>)>;
+
+struct FileStream {
+    /// `None` while a read is in flight (the read owns it), or after the end or an error.
+    file: Option<File>,
+    remaining: u64,
+    reading: Option<ChunkRead>,
+}
+
+/// Reads up to `want` bytes at the file's position.
+fn read_chunk(file: &mut File, want: usize) -> io::Result<Bytes> {
+    // read_to_end reads into the vector's spare capacity without zeroing it first (a memset of every chunk showed
+    // in pull profiles); `take` stops it at `want` bytes.
+    let mut buf = Vec::with_capacity(want);
+    loop {
+        match file.take(want as u64).read_to_end(&mut buf) {
+            Ok(0) => {
+                return Err(io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    "blob shorter than recorded",
+                ))
+            }
+            Ok(_) => return Ok(Bytes::from(buf)),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+impl futures_util::Stream for FileStream {
+    type Item = io::Result<Bytes>;
+
+    fn poll_next(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Self::Item>> {
+        use std::task::Poll;
+        let this = &mut *self;
+        if this.reading.is_none() {
+            if this.remaining == 0 {
+                return Poll::Ready(None);
+            }
+            let Some(mut file) = this.file.take() else {
+                return Poll::Ready(None);
+            };
+            let want = this.remaining.min(READ_CHUNK as u64) as usize;
+            this.reading = Some(tokio::task::spawn_blocking(move || {
+                let read = read_chunk(&mut file, want);
+                (file, read)
+            }));
+        }
+        let Some(reading) = this.reading.as_mut() else {
+            return Poll::Ready(None);
+        };
+        let outcome = match std::pin::Pin::new(reading).poll(cx) {
+            Poll::Pending => return Poll::Pending,
+            Poll::Ready(outcome) => outcome,
+        };
+        this.reading = None;
+        match outcome {
+            Ok((file, Ok(chunk))) => {
+                this.remaining = this.remaining.saturating_sub(chunk.len() as u64);
+                this.file = Some(file);
+                Poll::Ready(Some(Ok(chunk)))
+            }
+            Ok((_, Err(e))) => {
+                this.remaining = 0;
+                Poll::Ready(Some(Err(e)))
+            }
+            Err(join) => {
+                this.remaining = 0;
+                Poll::Ready(Some(Err(io::Error::other(join.to_string()))))
+            }
+        }
+    }
+}
+
+/// Appends to an upload. Each batch is written by one task on the blocking pool, which gives the file back when
+/// done: no thread is held between batches, however slowly the client sends them.
 struct FsUploadWriter {
-    tx: Option<mpsc::Sender<Bytes>>,
-    done: tokio::task::JoinHandle<io::Result<u64>>,
+    /// `None` only if a write task was lost (it panicked).
+    file: Option<File>,
     what: String,
+}
+
+impl FsUploadWriter {
+    fn lost(&self) -> StorageError {
+        StorageError::Io {
+            what: self.what.clone(),
+            source: io::Error::other("upload writer stopped"),
+        }
+    }
 }
 
 #[async_trait]
 impl UploadWriter for FsUploadWriter {
     async fn write(&mut self, chunk: Bytes) -> Result<()> {
-        let Some(tx) = &self.tx else { return Ok(()) };
-        if tx.send(chunk).await.is_err() {
-            // The writer thread stopped: its error is reported by finish.
-            self.tx = None;
-            return Err(StorageError::Io {
-                what: self.what.clone(),
-                source: io::Error::other("upload writer stopped"),
-            });
+        self.write_batch(vec![chunk]).await
+    }
+
+    async fn write_batch(&mut self, chunks: Vec<Bytes>) -> Result<()> {
+        let Some(mut file) = self.file.take() else {
+            return Err(self.lost());
+        };
+        let written = tokio::task::spawn_blocking(move || {
+            let result = chunks.iter().try_for_each(|chunk| file.write_all(chunk));
+            (file, result)
+        })
+        .await;
+        match written {
+            Ok((file, result)) => {
+                self.file = Some(file);
+                result.map_err(io_err(self.what.clone()))
+            }
+            Err(_) => Err(self.lost()),
         }
-        Ok(())
     }
 
     async fn finish(mut self: Box<Self>) -> Result<u64> {
-        self.tx = None;
+        let Some(file) = self.file.take() else {
+            return Err(self.lost());
+        };
         let what = self.what.clone();
-        match (&mut self.done).await {
-            Ok(result) => result.map_err(io_err(what)),
-            Err(join) => Err(StorageError::Io {
-                what,
-                source: io::Error::other(join.to_string()),
-            }),
-        }
+        blocking(move || file.metadata().map(|m| m.len()).map_err(io_err(what))).await
     }
 }
 
@@ -322,9 +390,16 @@ impl Storage for FsStorage {
         blocking(move || {
             let dir = layout.upload_dir(&id);
             fs::create_dir_all(&dir).map_err(io_err(format!("create {}", dir.display())))?;
-            let data = layout.upload_data(&id);
-            File::create(&data).map_err(io_err(format!("create {}", data.display())))?;
-            layout.write_atomic(&layout.upload_info(&id), &info)
+            let created = (|| {
+                let data = layout.upload_data(&id);
+                File::create(&data).map_err(io_err(format!("create {}", data.display())))?;
+                layout.write_atomic(&layout.upload_info(&id), &info)
+            })();
+            if created.is_err() {
+                // No data file without its info (a disk that is full fails the second write, not the first).
+                let _ = fs::remove_dir_all(&dir);
+            }
+            created
         })
         .await
     }
@@ -371,18 +446,8 @@ impl Storage for FsStorage {
             })
             .await?
         };
-        let (tx, mut rx) = mpsc::channel::<Bytes>(8);
-        let done = tokio::task::spawn_blocking(move || {
-            let mut file = file;
-            while let Some(chunk) = rx.blocking_recv() {
-                file.write_all(&chunk)?;
-            }
-            file.flush()?;
-            Ok(file.metadata()?.len())
-        });
         Ok(Box::new(FsUploadWriter {
-            tx: Some(tx),
-            done,
+            file: Some(file),
             what,
         }))
     }
@@ -722,8 +787,15 @@ impl Storage for FsStorage {
             let probe = layout
                 .tmp()
                 .join(format!("ready-{}", uuid::Uuid::new_v4().simple()));
-            let result = fs::write(&probe, b"ok").and_then(|_| fs::remove_file(&probe));
-            result.map_err(io_err(format!("write {}", probe.display())))
+            let written = fs::write(&probe, b"ok");
+            // Removed whether or not the write succeeded: on a full disk the file is created, then the write fails.
+            let removed = match fs::remove_file(&probe) {
+                Err(e) if e.kind() == io::ErrorKind::NotFound && written.is_err() => Ok(()),
+                other => other,
+            };
+            written
+                .and(removed)
+                .map_err(io_err(format!("write {}", probe.display())))
         })
         .await
     }
@@ -784,6 +856,29 @@ mod tests {
         // Nothing is left in tmp/ after a run.
         assert_eq!(
             fs::read_dir(dir.path().join("tmp"))
+                .map(|d| d.count())
+                .unwrap_or(usize::MAX),
+            0
+        );
+    }
+
+    #[tokio::test]
+    async fn a_failed_upload_create_leaves_no_data_file_without_info() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let storage = FsStorage::open(dir.path()).expect("open");
+        // The info is written through tmp/: with tmp/ unusable, creating the data file succeeds and the info fails.
+        fs::remove_dir(dir.path().join("tmp")).expect("remove tmp");
+        fs::write(dir.path().join("tmp"), b"not a directory").expect("block tmp");
+        let info = UploadInfo {
+            repository: "r".into(),
+            size: 0,
+            started_unix: 1,
+            monolithic: false,
+        };
+        let created = storage.upload_create(&UploadId::new_random(), &info).await;
+        assert!(created.is_err());
+        assert_eq!(
+            fs::read_dir(dir.path().join("uploads"))
                 .map(|d| d.count())
                 .unwrap_or(usize::MAX),
             0

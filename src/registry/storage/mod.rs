@@ -68,6 +68,10 @@ pub struct UploadInfo {
     pub size: u64,
     /// When the session was started (seconds since the Unix epoch).
     pub started_unix: u64,
+    /// Written by one request (`POST ?digest=`, a proxy fetch): nobody can resume it, so an upload left behind by a
+    /// crash is deleted at the next start.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub monolithic: bool,
 }
 
 /// A stored manifest: its exact bytes and the media type it was pushed with.
@@ -99,6 +103,13 @@ impl ByteRange {
 #[async_trait]
 pub trait UploadWriter: Send {
     async fn write(&mut self, chunk: Bytes) -> Result<()>;
+    /// Appends a batch of chunks, in order. Backends override it to write a batch in one step.
+    async fn write_batch(&mut self, chunks: Vec<Bytes>) -> Result<()> {
+        for chunk in chunks {
+            self.write(chunk).await?;
+        }
+        Ok(())
+    }
     /// Flushes and returns the upload's new total size.
     async fn finish(self: Box<Self>) -> Result<u64>;
 }

@@ -29,6 +29,7 @@ async fn push_blob(storage: &dyn Storage, repo_name: &RepoName, content: &[u8]) 
         repository: repo_name.to_string(),
         size: 0,
         started_unix: 1,
+        monolithic: false,
     };
     storage
         .upload_create(&id, &info)
@@ -65,6 +66,7 @@ async fn uploads(storage: &dyn Storage) {
         repository: "up/load".into(),
         size: 0,
         started_unix: 42,
+        monolithic: false,
     };
     storage.upload_create(&id, &info).await.expect("create");
     assert_eq!(
