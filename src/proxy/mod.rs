@@ -135,19 +135,16 @@ fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
         .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
+/// The error a client gets; its message names the upstream and carries no URL (the cause was logged by `upstream`).
 fn upstream_error(error: UpstreamError) -> RegistryError {
     match error {
         UpstreamError::Unreachable { upstream, source } => RegistryError::UpstreamUnavailable {
             upstream,
-            why: format!("unreachable: {source}"),
+            why: format!("unreachable ({})", upstream::describe(&source)),
         },
-        UpstreamError::Token {
+        UpstreamError::Token { upstream, why } => RegistryError::UpstreamFailed {
             upstream,
-            realm,
-            why,
-        } => RegistryError::UpstreamFailed {
-            upstream,
-            why: format!("token from {realm} failed: {why}"),
+            why: format!("token request failed: {why}"),
         },
         UpstreamError::Setup { upstream, why } => RegistryError::UpstreamFailed { upstream, why },
     }
@@ -778,9 +775,16 @@ impl BlobFetch {
         size: Option<u64>,
     ) -> Result<u64> {
         let upstream = self.target.upstream.name().to_owned();
-        let broke = |e: reqwest::Error| RegistryError::UpstreamUnavailable {
-            upstream: upstream.clone(),
-            why: format!("blob transfer broke off: {e}"),
+        let broke = |e: reqwest::Error| {
+            log::warn!(
+                "upstream {upstream}: blob {} broke off: {}",
+                self.digest,
+                upstream::cause_chain(&e)
+            );
+            RegistryError::UpstreamUnavailable {
+                upstream: upstream.clone(),
+                why: format!("blob transfer broke off ({})", upstream::describe(&e)),
+            }
         };
         self.state.send_replace(FetchState::Streaming {
             size,
