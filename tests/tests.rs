@@ -8,4 +8,5 @@ mod lifecycle;
 mod manifests;
 mod node_proxy;
 mod proxy;
+mod randomized;
 mod support;
