@@ -811,6 +811,41 @@ fn proxy_fetches_a_bearer_token_once_and_reuses_it() {
     assert_eq!(py.stats()["token_requests"], 2);
 }
 
+#[test]
+fn proxy_survives_a_token_whose_expires_in_overflows_the_clock() {
+    let py = PyUpstream::start(&[
+        "--token",
+        "puller:s3cret",
+        "--token-expires-in",
+        "18446744073709551615",
+    ]);
+    let proxy = start_proxy(
+        &[upstream(
+            "tok",
+            &py.url,
+            &[
+                ("insecure", "true".into()),
+                ("username", "puller".into()),
+                ("password", "s3cret".into()),
+            ],
+        )],
+        "",
+        plain(),
+    );
+    assert_eq!(
+        digest_of(
+            proxy.api.get("/v2/proxy/tok/team/app/manifests/v1"),
+            "by tag"
+        ),
+        py.get("manifest_digest")
+    );
+    assert!(
+        !proxy.berth.log().contains("panicked"),
+        "{}",
+        proxy.berth.log()
+    );
+}
+
 // ---------------------------------------------------------------------------
 // 7. Basic auth: docker-registry with htpasswd; containerd pulls docker.io through berth
 // ---------------------------------------------------------------------------

@@ -18,6 +18,8 @@ application/vnd.docker.distribution.manifest.list.v2+json, application/vnd.docke
 
 /// Tokens without `expires_in` live this long (the distribution token spec's default).
 const DEFAULT_TOKEN_LIFETIME: Duration = Duration::from_secs(60);
+/// A token is cached at most this long, whatever its `expires_in` says.
+const MAX_TOKEN_LIFETIME: Duration = Duration::from_secs(24 * 3600);
 
 /// Errors of talking to an upstream. Their messages are what clients see, so they name the upstream by its
 /// configured name and never carry a URL (the upstream's address, a token realm, a redirect target with its
@@ -142,6 +144,17 @@ pub fn parse_challenge(value: &str) -> Option<Challenge> {
         service: fields.remove("service"),
         scope: fields.remove("scope"),
     })
+}
+
+/// Until when a token fetched at `now` is used: its `expires_in` (the upstream's number, so capped: a huge one
+/// must not overflow the clock), less 5 s so a request never carries a token that expires in flight. Pure.
+fn token_expiry(now: Instant, expires_in: Option<u64>) -> Instant {
+    let lifetime = expires_in
+        .map(Duration::from_secs)
+        .unwrap_or(DEFAULT_TOKEN_LIFETIME)
+        .min(MAX_TOKEN_LIFETIME)
+        .saturating_sub(Duration::from_secs(5));
+    now.checked_add(lifetime).unwrap_or(now)
 }
 
 struct CachedToken {
@@ -340,12 +353,7 @@ impl Upstream {
             .token
             .or(body.access_token)
             .ok_or_else(|| failed("no token in the answer".into()))?;
-        let lifetime = body
-            .expires_in
-            .map(Duration::from_secs)
-            .unwrap_or(DEFAULT_TOKEN_LIFETIME);
-        // Refresh a little early so a request never carries a token that expires in flight.
-        let expires = Instant::now() + lifetime.saturating_sub(Duration::from_secs(5));
+        let expires = token_expiry(Instant::now(), body.expires_in);
         self.tokens
             .lock()
             .unwrap_or_else(|p| p.into_inner())
@@ -363,6 +371,18 @@ impl Upstream {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_huge_token_expires_in_does_not_overflow_the_clock() {
+        let now = Instant::now();
+        assert_eq!(
+            token_expiry(now, Some(u64::MAX)),
+            now + MAX_TOKEN_LIFETIME - Duration::from_secs(5)
+        );
+        assert_eq!(token_expiry(now, Some(300)), now + Duration::from_secs(295));
+        assert_eq!(token_expiry(now, None), now + Duration::from_secs(55));
+        assert_eq!(token_expiry(now, Some(0)), now);
+    }
 
     #[test]
     fn challenges() {
