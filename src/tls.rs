@@ -183,6 +183,7 @@ pub fn ensure_serving_cert(dir: &Path, extra_names: &[String]) -> Result<bool> {
     fs::create_dir_all(dir).map_err(io_error(dir))?;
     let (ca_cert_path, ca_key_path) = (dir.join(CA_CERT), dir.join(CA_KEY));
     let ca = if ca_cert_path.exists() && ca_key_path.exists() {
+        warn_if_readable_by_others(&ca_key_path);
         CaPem {
             cert: fs::read_to_string(&ca_cert_path).map_err(io_error(&ca_cert_path))?,
             key: fs::read_to_string(&ca_key_path).map_err(io_error(&ca_key_path))?,
