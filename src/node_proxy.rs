@@ -2,6 +2,8 @@
 //! `127.0.0.1` over plain HTTP without node configuration), forwarding registry pulls (`GET`/`HEAD` under `/v2/`) to
 //! the central berth over verified TLS, streaming both ways without buffering whole blobs. Pushes are refused with a
 //! clear `UNSUPPORTED` naming the real registry. An unreachable berth is a quick 503 (the kubelet's back-off applies).
+//! Only paths of the registry's route grammar are forwarded, rewritten in canonical form: nothing outside `/v2/`
+//! (no `/readyz`, no `/mutate`) is reachable through it, however the path is spelled.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -10,9 +12,13 @@ use std::time::Duration;
 use actix_web::body::{BodyStream, SizedStream};
 use actix_web::http::{header, Method, StatusCode};
 use actix_web::middleware::Logger;
-use actix_web::{web, App, HttpRequest, HttpResponse, HttpServer};
+use actix_web::{web, App, HttpRequest, HttpResponse, HttpServer, ResponseError};
 use futures_util::TryStreamExt;
 use serde_json::json;
+
+use crate::registry::names::{Digest, Reference};
+use crate::registry::routes::{parse_route, Route};
+use crate::registry::RegistryError;
 
 /// Flags of `berth node-proxy`.
 #[derive(Debug, Clone, clap::Args)]
@@ -189,32 +195,57 @@ fn oci_error(status: StatusCode, code: &str, message: String) -> HttpResponse {
     HttpResponse::build(status).json(json!({ "errors": [{ "code": code, "message": message }] }))
 }
 
+/// The path berth is asked for: `path` parsed by the registry's own route grammar ([`parse_route`]) and written
+/// out again in canonical form, so only registry pulls leave the node and no dot segment, escape or odd spelling
+/// reaches berth (an HTTP client resolves `/v2/../readyz` and `/v2/%2e%2e/readyz` to `/readyz`). Pure.
+///
+/// A path outside the grammar, or a reference or digest berth would refuse, is answered here with the error berth
+/// gives for it.
+pub fn upstream_path(path: &str) -> Result<String, RegistryError> {
+    Ok(match parse_route(path)? {
+        Route::Base => "/v2/".to_owned(),
+        Route::Catalog => "/v2/_catalog".to_owned(),
+        Route::Tags(repo) => format!("/v2/{repo}/tags/list"),
+        Route::Manifest(repo, reference) => {
+            let reference = Reference::parse(&reference)
+                .map_err(RegistryError::unknown_if_invalid_reference)?;
+            format!("/v2/{repo}/manifests/{reference}")
+        }
+        Route::Blob(repo, digest) => format!("/v2/{repo}/blobs/{}", Digest::parse(&digest)?),
+        Route::Referrers(repo, digest) => {
+            format!("/v2/{repo}/referrers/{}", Digest::parse(&digest)?)
+        }
+        Route::Uploads(_) | Route::Upload(..) => {
+            return Err(RegistryError::Unsupported(
+                "the node-local endpoint only serves pulls; uploads go to the registry".into(),
+            ))
+        }
+    })
+}
+
 async fn forward(req: HttpRequest, upstream: web::Data<Upstream>) -> HttpResponse {
-    let path_and_query = req
-        .uri()
-        .path_and_query()
-        .map(|pq| pq.as_str())
-        .unwrap_or("/");
-    if !(req.path() == "/v2" || req.path().starts_with("/v2/")) {
+    if !matches!(*req.method(), Method::GET | Method::HEAD) {
         return oci_error(
-            StatusCode::NOT_FOUND,
+            StatusCode::METHOD_NOT_ALLOWED,
             "UNSUPPORTED",
-            format!("no such endpoint: {}", req.path()),
+            format!(
+                "the node-local endpoint only serves pulls; push to the registry at {} instead",
+                upstream.base
+            ),
         );
     }
-    let method = match *req.method() {
-        Method::GET => reqwest::Method::GET,
-        Method::HEAD => reqwest::Method::HEAD,
-        _ => {
-            return oci_error(
-                StatusCode::METHOD_NOT_ALLOWED,
-                "UNSUPPORTED",
-                format!(
-                    "the node-local endpoint only serves pulls; push to the registry at {} instead",
-                    upstream.base
-                ),
-            )
-        }
+    let method = if req.method() == Method::HEAD {
+        reqwest::Method::HEAD
+    } else {
+        reqwest::Method::GET
+    };
+    let path = match upstream_path(req.path()) {
+        Ok(path) => path,
+        Err(e) => return e.error_response(),
+    };
+    let path_and_query = match req.uri().query() {
+        Some(query) => format!("{path}?{query}"),
+        None => path,
     };
     let client = upstream.client.load_full();
     let mut request = client.request(method, format!("{}{path_and_query}", upstream.base));
@@ -261,5 +292,79 @@ async fn forward(req: HttpRequest, upstream: web::Data<Upstream>) -> HttpRespons
         // HEAD: the length of what a GET would send; actix sends the headers only.
         Some(length) => builder.body(SizedStream::new(length, body)),
         None => builder.body(BodyStream::new(body)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `path` → the path forwarded to berth, or the status and OCI code answered locally.
+    fn check(path: &str, expected: Result<&str, (u16, &str)>) {
+        match (upstream_path(path), expected) {
+            (Ok(got), Ok(want)) => assert_eq!(got, want, "{path}"),
+            (Err(e), Err((status, code))) => {
+                assert_eq!(e.status_code().as_u16(), status, "{path}: {e}");
+                assert_eq!(
+                    serde_json::to_value(e.code()).ok(),
+                    Some(json!(code)),
+                    "{path}: {e}"
+                );
+            }
+            (got, want) => panic!("{path}: got {got:?}, want {want:?}"),
+        }
+    }
+
+    #[test]
+    fn node_proxy_forwards_only_canonical_registry_paths() {
+        let d = format!("sha256:{}", "a".repeat(64));
+        let ok = |path: String, want: String| check(&path, Ok(&want));
+        ok("/v2".into(), "/v2/".into());
+        ok("/v2/".into(), "/v2/".into());
+        ok("/v2/_catalog".into(), "/v2/_catalog".into());
+        ok("/v2/a/b/tags/list".into(), "/v2/a/b/tags/list".into());
+        ok(
+            "/v2/team/app/manifests/1.0".into(),
+            "/v2/team/app/manifests/1.0".into(),
+        );
+        ok(
+            format!("/v2/x/manifests/{}", d.replace(':', "%3a")),
+            format!("/v2/x/manifests/{d}"),
+        );
+        ok(format!("/v2/x/blobs/{d}"), format!("/v2/x/blobs/{d}"));
+        ok(
+            format!("/v2/x/referrers/{d}"),
+            format!("/v2/x/referrers/{d}"),
+        );
+
+        let not_found = Err((404, "UNSUPPORTED"));
+        for path in [
+            "/readyz",
+            "/v2/../readyz",
+            "/v2/%2e%2e/readyz",
+            "/v2/%2E%2E/readyz",
+            "/v2/./../readyz",
+            "/v2/x/../../readyz",
+            "/v2/..%2freadyz",
+            "/v20/x/tags/list",
+            "",
+        ] {
+            check(path, not_found);
+        }
+        for path in [
+            "/v2/a/../../readyz/manifests/x",
+            "/v2/%2e%2e/x/manifests/y",
+            "/v2/a%2F..%2F..%2Freadyz/tags/list",
+        ] {
+            check(path, Err((400, "NAME_INVALID")));
+        }
+        // A reference that is no tag names nothing; an escaped `/` never becomes one.
+        check(
+            "/v2/a/manifests/x%2F..%2F..%2F..%2Freadyz",
+            Err((404, "MANIFEST_UNKNOWN")),
+        );
+        check("/v2/a/blobs/..%2F..%2Freadyz", Err((400, "DIGEST_INVALID")));
+        check("/v2/a/blobs/uploads/", Err((405, "UNSUPPORTED")));
+        check("/v2/a/blobs/uploads/0123", Err((405, "UNSUPPORTED")));
     }
 }

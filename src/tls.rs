@@ -60,17 +60,58 @@ fn io_error(path: &Path) -> impl FnOnce(std::io::Error) -> TlsError + '_ {
     }
 }
 
-/// Writes `contents` to `path`, readable by the owner only when `secret`.
+/// Writes `contents` to `path` as a new file that replaces the old one in one rename: readable by the owner only
+/// when `secret` (a key), else by everyone (a certificate).
+///
+/// The data goes to a temporary file in the same directory, created exclusively (`O_EXCL`: never an existing file,
+/// never through a symlink) with its final mode, then fsynced, renamed over `path`, and the directory fsynced. So a
+/// key never takes the mode of the file it replaces (a `tls.key` left at 0644 gets a new 0600 inode), and a reader
+/// sees the old file or the new one, never half of one.
 fn write_file(path: &Path, contents: &str, secret: bool) -> Result<()> {
-    let mut options = fs::OpenOptions::new();
-    options.write(true).create(true).truncate(true);
-    if secret {
-        options.mode(0o600);
+    let dir = match path.parent() {
+        Some(dir) if !dir.as_os_str().is_empty() => dir,
+        _ => Path::new("."),
+    };
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let tmp = dir.join(format!(".{name}.{}.tmp", uuid::Uuid::new_v4().simple()));
+    let written = (|| {
+        let mut file = fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(if secret { 0o600 } else { 0o644 })
+            .open(&tmp)?;
+        file.write_all(contents.as_bytes())?;
+        file.sync_all()
+    })()
+    .map_err(io_error(&tmp));
+    if let Err(e) = written {
+        let _ = fs::remove_file(&tmp);
+        return Err(e);
     }
-    let mut file = options.open(path).map_err(io_error(path))?;
-    file.write_all(contents.as_bytes())
-        .map_err(io_error(path))?;
-    file.sync_all().map_err(io_error(path))
+    if let Err(e) = fs::rename(&tmp, path) {
+        let _ = fs::remove_file(&tmp);
+        return Err(io_error(path)(e));
+    }
+    fs::File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(io_error(dir))
+}
+
+/// Warns when a key file can be read by others than its owner (an operator's file; berth's own are 0600).
+fn warn_if_readable_by_others(key_path: &Path) {
+    use std::os::unix::fs::PermissionsExt;
+    if let Ok(metadata) = fs::metadata(key_path) {
+        let mode = metadata.permissions().mode() & 0o777;
+        if mode & 0o077 != 0 {
+            log::warn!(
+                "private key {} has mode {mode:04o}: others than its owner can read it (chmod 600 it)",
+                key_path.display()
+            );
+        }
+    }
 }
 
 fn validity(params: &mut CertificateParams, lifetime: Duration) {
@@ -142,6 +183,7 @@ pub fn ensure_serving_cert(dir: &Path, extra_names: &[String]) -> Result<bool> {
     fs::create_dir_all(dir).map_err(io_error(dir))?;
     let (ca_cert_path, ca_key_path) = (dir.join(CA_CERT), dir.join(CA_KEY));
     let ca = if ca_cert_path.exists() && ca_key_path.exists() {
+        warn_if_readable_by_others(&ca_key_path);
         CaPem {
             cert: fs::read_to_string(&ca_cert_path).map_err(io_error(&ca_cert_path))?,
             key: fs::read_to_string(&ca_key_path).map_err(io_error(&ca_key_path))?,
@@ -331,7 +373,7 @@ pub fn key_matches(cert_pem: &str, key_pem: &str) -> bool {
 }
 
 /// Writes a serving pair (and the CA certificate) into `dir` for the reloader: key first, then certificate, each
-/// through a temporary file and a rename.
+/// through a temporary file and a rename ([`write_file`]).
 pub fn install_serving_pair(dir: &Path, ca_cert: &str, cert: &str, key: &str) -> Result<()> {
     // Unchanged files stay untouched, so the reloader sees no change.
     let same = |name: &str, contents: &str| {
@@ -346,10 +388,7 @@ pub fn install_serving_pair(dir: &Path, ca_cert: &str, cert: &str, key: &str) ->
         (CA_CERT, ca_cert, false),
         (TLS_CERT, cert, false),
     ] {
-        let target = dir.join(name);
-        let tmp = dir.join(format!(".{name}.tmp"));
-        write_file(&tmp, contents, secret)?;
-        fs::rename(&tmp, &target).map_err(io_error(&target))?;
+        write_file(&dir.join(name), contents, secret)?;
     }
     Ok(())
 }
@@ -366,6 +405,7 @@ impl ReloadingCert {
     pub fn load(dir: &Path) -> Result<Arc<Self>> {
         let (cert_path, key_path) = (dir.join(TLS_CERT), dir.join(TLS_KEY));
         let current = load_certified_key(&cert_path, &key_path)?;
+        warn_if_readable_by_others(&key_path);
         Ok(Arc::new(ReloadingCert {
             current: ArcSwap::from_pointee(current),
             cert_path,
@@ -498,6 +538,77 @@ mod tests {
         assert!(key_matches(&cert, &key));
         assert!(!key_matches(&cert, &ca.key));
         assert!(inspect_cert("garbage").is_err());
+    }
+
+    fn mode(path: &Path) -> u32 {
+        use std::os::unix::fs::PermissionsExt;
+        fs::metadata(path).expect("stat").permissions().mode() & 0o777
+    }
+
+    fn make_world_readable(path: &Path) {
+        use std::os::unix::fs::PermissionsExt;
+        fs::set_permissions(path, fs::Permissions::from_mode(0o644)).expect("chmod");
+    }
+
+    /// No file but the four of a set (no temporary file left behind).
+    fn assert_only_the_set(dir: &Path) {
+        let mut names: Vec<String> = fs::read_dir(dir)
+            .expect("ls")
+            .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
+            .collect();
+        names.sort();
+        assert_eq!(names, [CA_CERT, CA_KEY, TLS_CERT, TLS_KEY]);
+    }
+
+    #[test]
+    fn a_reissued_key_is_private_even_over_a_world_readable_one() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        ensure_serving_cert(dir.path(), &[]).expect("generate");
+        make_world_readable(&dir.path().join(TLS_KEY));
+        assert!(ensure_serving_cert(dir.path(), &["registry.example".into()]).expect("reissue"));
+        assert_eq!(mode(&dir.path().join(TLS_KEY)), 0o600);
+        assert_eq!(mode(&dir.path().join(TLS_CERT)) & 0o600, 0o600);
+        assert_only_the_set(dir.path());
+        ReloadingCert::load(dir.path()).expect("the reissued pair loads");
+    }
+
+    #[test]
+    fn certs_init_force_writes_private_keys_over_world_readable_ones() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        write_new_cert_set(dir.path(), &["localhost".into()], false).expect("init");
+        for key in [CA_KEY, TLS_KEY] {
+            make_world_readable(&dir.path().join(key));
+        }
+        write_new_cert_set(dir.path(), &["localhost".into()], true).expect("init --force");
+        for key in [CA_KEY, TLS_KEY] {
+            assert_eq!(mode(&dir.path().join(key)), 0o600, "{key}");
+        }
+        assert_only_the_set(dir.path());
+    }
+
+    #[test]
+    fn an_installed_webhook_key_is_private_whatever_was_there() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let ca = generate_ca("test CA").expect("ca");
+        let (cert, key) = issue_serving_cert(&ca, &["svc.example".into()]).expect("cert");
+        install_serving_pair(dir.path(), &ca.cert, &cert, &key).expect("install");
+        make_world_readable(&dir.path().join(TLS_KEY));
+        // Leftovers of an interrupted install, world-readable, are never written through.
+        for leftover in [".tls.key.tmp", ".tls.crt.tmp"] {
+            fs::write(dir.path().join(leftover), "stale").expect("leftover");
+            make_world_readable(&dir.path().join(leftover));
+        }
+        let (cert, key) = issue_serving_cert(&ca, &["svc.example".into()]).expect("cert");
+        install_serving_pair(dir.path(), &ca.cert, &cert, &key).expect("reinstall");
+        assert_eq!(mode(&dir.path().join(TLS_KEY)), 0o600);
+        assert_eq!(
+            fs::read_to_string(dir.path().join(TLS_KEY)).expect("key"),
+            key
+        );
+        assert!(key_matches(
+            &fs::read_to_string(dir.path().join(TLS_CERT)).expect("cert"),
+            &key
+        ));
     }
 
     #[test]

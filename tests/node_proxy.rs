@@ -1,7 +1,8 @@
 //! `berth node-proxy` against a real berth over TLS: pulls stream through, pushes are refused with a clear error,
 //! an unreachable berth is a quick 503; and `berth certs init`.
 
-use std::net::TcpListener;
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -172,6 +173,70 @@ fn pulls_stream_through_and_pushes_are_refused() {
         .as_str()
         .unwrap_or_default()
         .contains("unreachable"));
+    assert!(!proxy.log().contains("panicked"));
+}
+
+/// `GET <target>` written as is on a new connection (HTTP clients resolve dot segments before sending, so they
+/// cannot send these paths): the status and the body of the answer.
+fn raw_get(host: &str, target: &str) -> (u16, String) {
+    let mut stream = TcpStream::connect(host).expect("connect");
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("timeout");
+    write!(
+        stream,
+        "GET {target} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n"
+    )
+    .expect("send");
+    let mut answer = Vec::new();
+    stream.read_to_end(&mut answer).expect("read the answer");
+    let answer = String::from_utf8_lossy(&answer).into_owned();
+    let status = answer
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("no status line in {answer:?}"));
+    let body = answer
+        .split_once("\r\n\r\n")
+        .map(|(_, body)| body.to_owned())
+        .unwrap_or_default();
+    (status, body)
+}
+
+#[test]
+fn node_proxy_does_not_forward_paths_outside_v2() {
+    let berth = Berth::start(Options::default());
+    let api = Api::new(&berth);
+    let proxy = NodeProxy::start(&berth);
+    for target in [
+        "/v2/../readyz",
+        "/v2/%2e%2e/readyz",
+        "/v2/%2E%2E/readyz",
+        "/v2/./../readyz",
+        "/v2/team/../../readyz",
+        "/v2/../healthz",
+    ] {
+        let (status, body) = raw_get(&proxy.host, target);
+        assert_eq!(status, 404, "{target}: {body}");
+        // /readyz answers {"status": "ready", "storage": …}, /healthz "ok".
+        assert!(
+            !body.contains("storage") && !body.starts_with("ok"),
+            "{target} reached berth: {body}"
+        );
+        let error: Value =
+            serde_json::from_str(&body).unwrap_or_else(|e| panic!("{target}: {e}: {body}"));
+        assert_eq!(
+            error["errors"][0]["code"], "UNSUPPORTED",
+            "{target}: {body}"
+        );
+    }
+    // What berth is asked for is the canonical path: an escaped digest still pulls.
+    let (_, digest) = api.push_image("team/app", "1.1", 34);
+    let (status, body) = raw_get(
+        &proxy.host,
+        &format!("/v2/team/app/manifests/{}", digest.replace(':', "%3A")),
+    );
+    assert_eq!(status, 200, "{body}");
     assert!(!proxy.log().contains("panicked"));
 }
 

@@ -804,7 +804,46 @@ fn proxy_fetches_a_bearer_token_once_and_reuses_it() {
         "tokbad",
     );
     assert!(message.contains("token"), "{message}");
+    assert!(
+        !message.contains("127.0.0.1") && !message.contains("/token"),
+        "the token realm is the upstream's internal address, for the log only: {message}"
+    );
     assert_eq!(py.stats()["token_requests"], 2);
+}
+
+#[test]
+fn proxy_survives_a_token_whose_expires_in_overflows_the_clock() {
+    let py = PyUpstream::start(&[
+        "--token",
+        "puller:s3cret",
+        "--token-expires-in",
+        "18446744073709551615",
+    ]);
+    let proxy = start_proxy(
+        &[upstream(
+            "tok",
+            &py.url,
+            &[
+                ("insecure", "true".into()),
+                ("username", "puller".into()),
+                ("password", "s3cret".into()),
+            ],
+        )],
+        "",
+        plain(),
+    );
+    assert_eq!(
+        digest_of(
+            proxy.api.get("/v2/proxy/tok/team/app/manifests/v1"),
+            "by tag"
+        ),
+        py.get("manifest_digest")
+    );
+    assert!(
+        !proxy.berth.log().contains("panicked"),
+        "{}",
+        proxy.berth.log()
+    );
 }
 
 // ---------------------------------------------------------------------------
@@ -1012,6 +1051,43 @@ fn proxy_passes_on_upstream_errors_without_a_500() {
         expect_upstream_error(response, 429, "TOOMANYREQUESTS", "limited");
     }
     assert!(!proxy.berth.log().contains("panicked"));
+}
+
+#[test]
+fn proxy_unreachable_upstream_503_does_not_show_the_upstream_request_url() {
+    let port = free_port();
+    let proxy = start_proxy(
+        &[upstream(
+            "down",
+            &format!("http://127.0.0.1:{port}"),
+            &[("insecure", "true".into())],
+        )],
+        "",
+        plain(),
+    );
+    let digest = format!("sha256:{}", "1".repeat(64));
+    for path in [
+        "/v2/proxy/down/team/app/manifests/v1".to_owned(),
+        format!("/v2/proxy/down/team/app/manifests/{digest}"),
+        format!("/v2/proxy/down/team/app/blobs/{digest}"),
+        "/v2/proxy/down/team/app/tags/list".to_owned(),
+        "/v2/team/app/manifests/v1?ns=down".to_owned(),
+    ] {
+        let message = expect_upstream_error(proxy.api.get(&path), 503, "UNKNOWN", "down");
+        assert!(
+            !message.contains(&port.to_string())
+                && !message.contains("127.0.0.1")
+                && !message.contains("http"),
+            "{path}: the client sees the upstream's name, not its address: {message}"
+        );
+        assert!(message.contains("unreachable"), "{path}: {message}");
+    }
+    // The operator still gets the whole cause.
+    let log = proxy.berth.log();
+    assert!(
+        log.contains(&format!("127.0.0.1:{port}/v2/team/app/manifests/v1")),
+        "{log}"
+    );
 }
 
 // ---------------------------------------------------------------------------

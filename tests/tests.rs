@@ -9,4 +9,5 @@ mod lifecycle;
 mod manifests;
 mod node_proxy;
 mod proxy;
+mod randomized;
 mod support;

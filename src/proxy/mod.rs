@@ -135,19 +135,16 @@ fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
         .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
+/// The error a client gets; its message names the upstream and carries no URL (the cause was logged by `upstream`).
 fn upstream_error(error: UpstreamError) -> RegistryError {
     match error {
         UpstreamError::Unreachable { upstream, source } => RegistryError::UpstreamUnavailable {
             upstream,
-            why: format!("unreachable: {source}"),
+            why: format!("unreachable ({})", upstream::describe(&source)),
         },
-        UpstreamError::Token {
+        UpstreamError::Token { upstream, why } => RegistryError::UpstreamFailed {
             upstream,
-            realm,
-            why,
-        } => RegistryError::UpstreamFailed {
-            upstream,
-            why: format!("token from {realm} failed: {why}"),
+            why: format!("token request failed: {why}"),
         },
         UpstreamError::Setup { upstream, why } => RegistryError::UpstreamFailed { upstream, why },
     }
@@ -182,6 +179,14 @@ fn status_error(
             why: format!("answered {status}"),
         },
     }
+}
+
+/// `now + duration`, or about a century from now for a `tagTtl` too large for the clock (adding it would panic).
+fn fresh_until(now: Instant, duration: Duration) -> Instant {
+    const CENTURY: Duration = Duration::from_secs(100 * 365 * 24 * 3600);
+    now.checked_add(duration)
+        .or_else(|| now.checked_add(CENTURY))
+        .unwrap_or(now)
 }
 
 /// Errors for which a cached copy is served instead (the upstream is down or overloaded, not authoritative).
@@ -319,7 +324,8 @@ impl Proxy {
     /// Trusts the cached tag for `duration` (its tagTtl; or a short while after a failed revalidation, so that the
     /// requests queued behind it do not each wait for the failing upstream again).
     fn mark_fresh(&self, repo: &RepoName, tag: &Tag, duration: Duration) {
-        lock(&self.fresh_tags).insert((repo.clone(), tag.clone()), Instant::now() + duration);
+        let until = fresh_until(Instant::now(), duration);
+        lock(&self.fresh_tags).insert((repo.clone(), tag.clone()), until);
     }
 
     fn manifest_lock(&self, key: String) -> Arc<tokio::sync::Mutex<()>> {
@@ -779,9 +785,16 @@ impl BlobFetch {
         size: Option<u64>,
     ) -> Result<u64> {
         let upstream = self.target.upstream.name().to_owned();
-        let broke = |e: reqwest::Error| RegistryError::UpstreamUnavailable {
-            upstream: upstream.clone(),
-            why: format!("blob transfer broke off: {e}"),
+        let broke = |e: reqwest::Error| {
+            log::warn!(
+                "upstream {upstream}: blob {} broke off: {}",
+                self.digest,
+                upstream::cause_chain(&e)
+            );
+            RegistryError::UpstreamUnavailable {
+                upstream: upstream.clone(),
+                why: format!("blob transfer broke off ({})", upstream::describe(&e)),
+            }
         };
         self.state.send_replace(FetchState::Streaming {
             size,
@@ -1005,7 +1018,18 @@ pub async fn upstream_tags(target: &ProxyTarget, query: &str) -> Result<(String,
 
 #[cfg(test)]
 mod tests {
-    use super::servable;
+    use super::{fresh_until, servable};
+    use std::time::{Duration, Instant};
+
+    #[test]
+    fn a_huge_tag_ttl_does_not_overflow_the_clock() {
+        let now = Instant::now();
+        assert!(fresh_until(now, Duration::from_secs(u64::MAX)) > now + Duration::from_secs(3600));
+        assert_eq!(
+            fresh_until(now, Duration::from_secs(300)),
+            now + Duration::from_secs(300)
+        );
+    }
 
     #[test]
     fn the_last_byte_of_a_sized_blob_waits_for_verification() {

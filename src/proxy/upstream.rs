@@ -18,23 +18,24 @@ application/vnd.docker.distribution.manifest.list.v2+json, application/vnd.docke
 
 /// Tokens without `expires_in` live this long (the distribution token spec's default).
 const DEFAULT_TOKEN_LIFETIME: Duration = Duration::from_secs(60);
+/// A token is cached at most this long, whatever its `expires_in` says.
+const MAX_TOKEN_LIFETIME: Duration = Duration::from_secs(24 * 3600);
 
+/// Errors of talking to an upstream. Their messages are what clients see, so they name the upstream by its
+/// configured name and never carry a URL (the upstream's address, a token realm, a redirect target with its
+/// signature): the full cause goes to berth's log where it happens.
 #[derive(Debug, thiserror::Error)]
 pub enum UpstreamError {
     /// The upstream could not be reached or the connection broke.
-    #[error("upstream {upstream} unreachable: {source}")]
+    #[error("upstream {upstream} unreachable ({})", describe(source))]
     Unreachable {
         upstream: String,
         #[source]
         source: reqwest::Error,
     },
     /// The token endpoint refused or answered nonsense.
-    #[error("upstream {upstream}: token from {realm} failed: {why}")]
-    Token {
-        upstream: String,
-        realm: String,
-        why: String,
-    },
+    #[error("upstream {upstream}: token request failed: {why}")]
+    Token { upstream: String, why: String },
     /// The client could not be built (bad CA file).
     #[error("upstream {upstream}: {why}")]
     Setup { upstream: String, why: String },
@@ -51,16 +52,49 @@ pub fn header_content_length(headers: &HeaderMap) -> Option<u64> {
         .ok()
 }
 
-/// Reads a whole answer of at most `max` bytes; a longer one (declared or streamed) is refused.
+/// What went wrong with a request, in words that carry no URL (reqwest's own message names the request's URL,
+/// which may be an internal address or a signed redirect target). The full cause is [`cause_chain`], for the log.
+pub fn describe(error: &reqwest::Error) -> &'static str {
+    if error.is_timeout() {
+        "timed out"
+    } else if error.is_connect() {
+        "connection failed"
+    } else if error.is_redirect() {
+        "too many redirects"
+    } else if error.is_body() || error.is_decode() {
+        "the answer broke off"
+    } else {
+        "request failed"
+    }
+}
+
+/// An error and all its causes, `: `-separated, for the log (reqwest hides the OS error behind its sources).
+pub fn cause_chain(error: &dyn std::error::Error) -> String {
+    let mut chain = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        chain.push_str(": ");
+        chain.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    chain
+}
+
+/// Reads a whole answer of at most `max` bytes; a longer one (declared or streamed) is refused. The error is fit
+/// for clients; a broken transfer's cause is logged.
 pub async fn read_limited(response: Response, max: usize) -> Result<bytes::Bytes, String> {
     use futures_util::StreamExt;
     if response.content_length().is_some_and(|n| n > max as u64) {
         return Err(format!("answer larger than {max} bytes"));
     }
+    let url = response.url().clone();
     let mut body = response.bytes_stream();
     let mut bytes = bytes::BytesMut::new();
     while let Some(chunk) = body.next().await {
-        let chunk = chunk.map_err(|e| format!("answer broke off: {e}"))?;
+        let chunk = chunk.map_err(|e| {
+            log::warn!("reading the answer of {url}: {}", cause_chain(&e));
+            format!("answer broke off ({})", describe(&e))
+        })?;
         if bytes.len() + chunk.len() > max {
             return Err(format!("answer larger than {max} bytes"));
         }
@@ -110,6 +144,17 @@ pub fn parse_challenge(value: &str) -> Option<Challenge> {
         service: fields.remove("service"),
         scope: fields.remove("scope"),
     })
+}
+
+/// Until when a token fetched at `now` is used: its `expires_in` (the upstream's number, so capped: a huge one
+/// must not overflow the clock), less 5 s so a request never carries a token that expires in flight. Pure.
+fn token_expiry(now: Instant, expires_in: Option<u64>) -> Instant {
+    let lifetime = expires_in
+        .map(Duration::from_secs)
+        .unwrap_or(DEFAULT_TOKEN_LIFETIME)
+        .min(MAX_TOKEN_LIFETIME)
+        .saturating_sub(Duration::from_secs(5));
+    now.checked_add(lifetime).unwrap_or(now)
 }
 
 struct CachedToken {
@@ -198,9 +243,16 @@ impl Upstream {
     ) -> Result<Response, UpstreamError> {
         let url = format!("{}/v2/{repository}/{path}", self.config.url);
         let scope = format!("repository:{repository}:pull");
-        let unreachable = |source| UpstreamError::Unreachable {
-            upstream: self.config.name.clone(),
-            source,
+        let unreachable = |source: reqwest::Error| {
+            log::warn!(
+                "upstream {}: {method} {url}: {}",
+                self.config.name,
+                cause_chain(&source)
+            );
+            UpstreamError::Unreachable {
+                upstream: self.config.name.clone(),
+                source,
+            }
         };
         let request = |authorization: Option<HeaderValue>| {
             let mut request = self
@@ -239,11 +291,14 @@ impl Upstream {
             }) => {
                 let scope = challenge_scope.unwrap_or(scope);
                 let token = self.fetch_token(&realm, service.as_deref(), &scope).await?;
-                HeaderValue::from_str(&format!("Bearer {token}")).map_err(|e| {
+                HeaderValue::from_str(&format!("Bearer {token}")).map_err(|_| {
+                    log::warn!(
+                        "upstream {}: the token from {realm} is not a valid header value",
+                        self.config.name
+                    );
                     UpstreamError::Token {
                         upstream: self.config.name.clone(),
-                        realm,
-                        why: e.to_string(),
+                        why: "the token is not a valid header value".into(),
                     }
                 })?
             }
@@ -261,10 +316,16 @@ impl Upstream {
         service: Option<&str>,
         scope: &str,
     ) -> Result<String, UpstreamError> {
-        let failed = |why: String| UpstreamError::Token {
-            upstream: self.config.name.clone(),
-            realm: realm.to_owned(),
-            why,
+        // The realm is the upstream's own address for its token service: logged, not shown.
+        let failed = |why: String| {
+            log::warn!(
+                "upstream {}: token from {realm} for {scope} failed: {why}",
+                self.config.name
+            );
+            UpstreamError::Token {
+                upstream: self.config.name.clone(),
+                why,
+            }
         };
         let mut query = vec![("scope", scope)];
         if let Some(service) = service {
@@ -274,23 +335,25 @@ impl Upstream {
         if let Some(basic) = self.basic_header() {
             request = request.header(AUTHORIZATION, basic);
         }
-        let response = request.send().await.map_err(|e| failed(e.to_string()))?;
+        let response = request.send().await.map_err(|e| {
+            log::warn!(
+                "upstream {}: token request: {}",
+                self.config.name,
+                cause_chain(&e)
+            );
+            failed(describe(&e).to_owned())
+        })?;
         if !response.status().is_success() {
             return Err(failed(format!("status {}", response.status())));
         }
         let body = read_limited(response, 64 * 1024).await.map_err(failed)?;
-        let body: TokenResponse =
-            serde_json::from_slice(&body).map_err(|e| failed(e.to_string()))?;
+        let body: TokenResponse = serde_json::from_slice(&body)
+            .map_err(|e| failed(format!("the answer is not a token: {e}")))?;
         let token = body
             .token
             .or(body.access_token)
             .ok_or_else(|| failed("no token in the answer".into()))?;
-        let lifetime = body
-            .expires_in
-            .map(Duration::from_secs)
-            .unwrap_or(DEFAULT_TOKEN_LIFETIME);
-        // Refresh a little early so a request never carries a token that expires in flight.
-        let expires = Instant::now() + lifetime.saturating_sub(Duration::from_secs(5));
+        let expires = token_expiry(Instant::now(), body.expires_in);
         self.tokens
             .lock()
             .unwrap_or_else(|p| p.into_inner())
@@ -308,6 +371,18 @@ impl Upstream {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_huge_token_expires_in_does_not_overflow_the_clock() {
+        let now = Instant::now();
+        assert_eq!(
+            token_expiry(now, Some(u64::MAX)),
+            now + MAX_TOKEN_LIFETIME - Duration::from_secs(5)
+        );
+        assert_eq!(token_expiry(now, Some(300)), now + Duration::from_secs(295));
+        assert_eq!(token_expiry(now, None), now + Duration::from_secs(55));
+        assert_eq!(token_expiry(now, Some(0)), now);
+    }
 
     #[test]
     fn challenges() {

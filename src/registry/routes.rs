@@ -74,8 +74,12 @@ fn percent_decode(segment: &str) -> String {
 /// Parses the path of a request under `/v2` (the full path, e.g. `/v2/library/ubuntu/manifests/latest`).
 pub fn parse_route(path: &str) -> Result<Route> {
     let not_found = || RegistryError::NotFound(path.to_owned());
-    let rest = path.strip_prefix("/v2").ok_or_else(not_found)?;
-    let rest = rest.strip_prefix('/').unwrap_or(rest);
+    // `/v2` itself or `/v2/…`; `/v20/…` is another path, not repository `0/…`.
+    let rest = match path.strip_prefix("/v2") {
+        Some("") => "",
+        Some(rest) => rest.strip_prefix('/').ok_or_else(not_found)?,
+        None => return Err(not_found()),
+    };
     if rest.is_empty() {
         return Ok(Route::Base);
     }
@@ -318,6 +322,8 @@ mod tests {
             "/v2/x/unknown/y",
             "/v2/tags/list",
             "/v3/x/tags/list",
+            "/v20/x/tags/list",
+            "/v2x/manifests/v1",
         ] {
             assert!(
                 matches!(parse_route(path), Err(RegistryError::NotFound(_))),

@@ -7,7 +7,8 @@ HTTP on 127.0.0.1, and misbehaves on purpose when asked:
   --wrong-blob         the layer's bytes differ from its digest (same length, first byte flipped)
   --rate BYTES         blobs stream at most this many bytes per second
   --token USER:PASS    /v2/ demands a Bearer token: a 401 with a WWW-Authenticate challenge whose realm is this
-                       server's /token, which hands out tokens (expires_in 300) for Basic USER:PASS only
+                       server's /token, which hands out tokens (expires_in 300, or --token-expires-in) for
+                       Basic USER:PASS only
   --too-many-requests  every /v2/<repo>/... request gets 429 with Retry-After: 42
 
 The layer is --layer-size bytes: a pseudo-random MiB (from --seed) repeated, so even a 500 MB layer costs no memory.
@@ -223,7 +224,7 @@ class Handler(BaseHTTPRequestHandler):
         token = secrets.token_hex(16)
         with self.state.lock:
             self.state.tokens[token] = query["scope"][0]
-        self.reply(200, json.dumps({"token": token, "expires_in": 300}).encode())
+        self.reply(200, json.dumps({"token": token, "expires_in": self.state.args.token_expires_in}).encode())
 
 
 def main():
@@ -234,6 +235,7 @@ def main():
     parser.add_argument("--wrong-blob", action="store_true")
     parser.add_argument("--rate", type=float, default=0)
     parser.add_argument("--token", metavar="USER:PASS")
+    parser.add_argument("--token-expires-in", type=int, default=300)
     parser.add_argument("--too-many-requests", action="store_true")
     args = parser.parse_args()
 
