@@ -157,12 +157,8 @@ pub fn check_manifest(bytes: &[u8], content_type: Option<&str>) -> bool {
             ),
             Kind::Index => assert!(parsed.blobs.is_empty(), "index with blobs: {parsed:?}"),
         }
-        for digest in parsed
-            .blobs
-            .iter()
-            .chain(&parsed.children)
-            .chain(&parsed.subject)
-        {
+        let required = parsed.blobs.iter().chain(&parsed.children);
+        for digest in required.map(|r| &r.digest).chain(&parsed.subject) {
             let text = digest.to_string();
             assert_eq!(
                 Digest::parse(&text).ok().as_ref(),
