@@ -50,7 +50,8 @@ pub struct ReferenceError {
 
 /// The one spelling of a registry host (`host[:port]`, as the reference grammar allows it): lower case (host names
 /// are case-insensitive), the port as a plain decimal number, and no port at all for 443, HTTPS's default, which
-/// is what a client uses for a host without one. Port 80 is kept: a client asked for `host` tries HTTPS on 443
+/// is what a client uses for a host without one (except for a one-label name such as `MyRegistry`, which is a host
+/// only with a port, so it becomes `myregistry:443`). Port 80 is kept: a client asked for `host` tries HTTPS on 443
 /// first, so `host:80` is not the same endpoint. `index.docker.io` is `docker.io`. The error is the reason.
 pub fn normalize_host(host: &str) -> Result<String, &'static str> {
     if !DOMAIN.is_match(host) {
@@ -63,11 +64,15 @@ pub fn normalize_host(host: &str) -> Result<String, &'static str> {
         Some(i) => (&host[..name_end + i], Some(&host[name_end + i + 1..])),
         None => (host.as_str(), None),
     };
+    // A one-label name other than localhost reads as a registry host only with its port (`useqx/app` is Docker
+    // Hub's `useqx/app`): such a host keeps the port, 443 included, so its normalised form stays a host.
+    let one_label = !name.contains(['.', '[']) && name != "localhost";
     let port = match port {
+        None if one_label => Some(DEFAULT_HTTPS_PORT),
         None => None,
         Some(digits) => match digits.parse::<u16>() {
             Ok(0) | Err(_) => return Err("bad registry port (expected 1-65535)"),
-            Ok(DEFAULT_HTTPS_PORT) => None,
+            Ok(DEFAULT_HTTPS_PORT) if !one_label => None,
             Ok(port) => Some(port),
         },
     };
@@ -317,6 +322,12 @@ mod tests {
                 Ok("docker.io/library/nginx:latest"),
             ),
             ("127.0.0.1:443/x", Ok("127.0.0.1/x:latest")),
+            // A one-label host keeps its port, or its normalised form would name a Docker Hub repository
+            // (`useqx/app:1` is docker.io/useqx/app:1; found by tests/randomized.rs).
+            ("useQx/app:1", Ok("useqx:443/app:1")),
+            ("EvilHost:443/x:1", Ok("evilhost:443/x:1")),
+            ("evilhost:443/x:1", Ok("evilhost:443/x:1")),
+            ("evilhost:5000/x:1", Ok("evilhost:5000/x:1")),
             (
                 "evil.example.com:0/x",
                 Err("bad registry port (expected 1-65535)"),
