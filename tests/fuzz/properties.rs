@@ -11,7 +11,7 @@ use berth::admission::image::ImageRef;
 use berth::registry::manifest::{self, Kind};
 use berth::registry::names::{Digest, Reference, RepoName, Tag};
 use berth::registry::ranges::{parse_content_range, parse_range};
-use berth::registry::routes::{parse_route, Route};
+use berth::registry::routes::parse_route;
 
 /// Media types a manifest may arrive with (chosen by the input's first byte).
 pub const CONTENT_TYPES: [Option<&str>; 8] = [
@@ -105,16 +105,7 @@ pub fn check_route(path: &str) -> bool {
         "path {path:?} outside /v2/ gave {route:?}"
     );
     {
-        let repo = match &route {
-            Route::Base | Route::Catalog => None,
-            Route::Tags(repo)
-            | Route::Manifest(repo, _)
-            | Route::Blob(repo, _)
-            | Route::Uploads(repo)
-            | Route::Upload(repo, _)
-            | Route::Referrers(repo, _) => Some(repo),
-        };
-        if let Some(repo) = repo {
+        if let Some(repo) = route.repository() {
             assert!(
                 RepoName::parse(repo.as_str()).is_ok(),
                 "path {path:?} gave repository {repo}"
