@@ -44,11 +44,18 @@ fn threads(berth: &Berth) -> u64 {
 /// How long the blocking pool keeps an idle thread (tokio's default).
 const POOL_KEEP_ALIVE: Duration = Duration::from_secs(10);
 
-/// berth's threads once idle blocking-pool threads are gone: a burst of short tasks starts threads that linger for
-/// [`POOL_KEEP_ALIVE`], and only the threads still there after it are held by something.
-fn threads_after_idle_ones_exit(berth: &Berth) -> u64 {
-    std::thread::sleep(POOL_KEEP_ALIVE + Duration::from_millis(1500));
-    threads(berth)
+/// berth's threads, polled until they are fewer than `limit` or the idle blocking-pool threads have had time to
+/// exit: a burst of short tasks starts threads that linger for [`POOL_KEEP_ALIVE`], and only threads still there
+/// after it are held by something. Returns the last count.
+fn threads_settled_below(berth: &Berth, limit: u64) -> u64 {
+    let deadline = Instant::now() + POOL_KEEP_ALIVE + Duration::from_secs(5);
+    loop {
+        let count = threads(berth);
+        if count < limit || Instant::now() >= deadline {
+            return count;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
 }
 
 fn rss_mib(berth: &Berth) -> u64 {
@@ -189,7 +196,7 @@ fn trickling_uploads_hold_no_thread_between_chunks() {
             stream.write_all(b"1\r\ny\r\n").expect("trickle a byte");
         }
     }
-    let during = threads_after_idle_ones_exit(&berth);
+    let during = threads_settled_below(&berth, before + 40);
     assert!(
         during < before + 40,
         "{} trickling uploads raised berth's threads from {before} to {during}",
@@ -272,7 +279,7 @@ fn stalled_blob_readers_hold_no_thread_and_little_memory() {
         "the stalled responses to start",
         || (open_fds(&berth) >= fds_before + readers.len()).then_some(()),
     );
-    let threads_during = threads_after_idle_ones_exit(&berth);
+    let threads_during = threads_settled_below(&berth, threads_before + 20);
     let rss_during = rss_mib(&berth);
     assert!(
         threads_during < threads_before + 20,
