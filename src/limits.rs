@@ -183,8 +183,13 @@ pub struct LimitedBody {
     /// For buffered bodies: when the whole body must have arrived, and the reservation each chunk grows.
     deadline: Option<(Instant, Duration)>,
     reservation: Option<Arc<Reservation>>,
+    /// Bytes of the body so far.
+    received: usize,
     failed: bool,
 }
+
+/// The start of every buffered body that is not charged to the shared budget (see [`LimitedBody`]).
+pub const UNBUDGETED_BYTES: usize = 64 * 1024;
 
 impl LimitedBody {
     pub fn new(
@@ -200,6 +205,7 @@ impl LimitedBody {
             armed: false,
             deadline,
             reservation,
+            received: 0,
             failed: false,
         }
     }
@@ -221,8 +227,14 @@ impl Stream for LimitedBody {
         match Pin::new(&mut this.inner).poll_next(cx) {
             Poll::Ready(Some(Ok(chunk))) => {
                 this.armed = false;
-                if let Some(reservation) = &this.reservation {
-                    if let Err(error) = reservation.grow(chunk.len()) {
+                let before = this.received;
+                this.received = this.received.saturating_add(chunk.len());
+                // The first UNBUDGETED_BYTES of a body are not taken from the budget: so many bytes cost no more
+                // than the connection's own read buffer, and a flood of large bodies can then never refuse the
+                // small ones (an ordinary review or manifest), only other large ones.
+                let charged = this.received.saturating_sub(before.max(UNBUDGETED_BYTES));
+                if let Some(reservation) = this.reservation.as_ref().filter(|_| charged > 0) {
+                    if let Err(error) = reservation.grow(charged) {
                         return this.fail(error);
                     }
                 }
@@ -301,17 +313,32 @@ pub enum ReadError {
 /// Reads a whole body of at most `limit` bytes. `declared` (the Content-Length) larger than the limit fails before
 /// anything is read. Memory grows with what arrives, never with what the client declares.
 pub async fn read_to_limit<S>(
-    mut body: S,
+    body: S,
     declared: Option<u64>,
     limit: u64,
 ) -> Result<Bytes, ReadError>
 where
     S: Stream<Item = Result<Bytes, PayloadError>> + Unpin,
 {
+    let mut bytes = BytesMut::new();
+    read_to_limit_into(body, declared, limit, &mut bytes).await?;
+    Ok(bytes.freeze())
+}
+
+/// [`read_to_limit`] into `bytes`, which keeps what was read when it fails: a webhook still finds the review's
+/// `uid` at the start of a body it cannot read whole.
+pub async fn read_to_limit_into<S>(
+    mut body: S,
+    declared: Option<u64>,
+    limit: u64,
+    bytes: &mut BytesMut,
+) -> Result<(), ReadError>
+where
+    S: Stream<Item = Result<Bytes, PayloadError>> + Unpin,
+{
     if let Some(size) = declared.filter(|&size| size > limit) {
         return Err(ReadError::TooLarge { size, limit });
     }
-    let mut bytes = BytesMut::new();
     while let Some(chunk) = body.next().await {
         let chunk = chunk.map_err(|e| match limit_error(&e) {
             Some(limit) => ReadError::Limit(limit.clone()),
@@ -319,11 +346,14 @@ where
         })?;
         let size = (bytes.len() as u64).saturating_add(chunk.len() as u64);
         if size > limit {
+            // The start of the body stays (at most a chunk past what fits is never copied).
+            let room = usize::try_from(limit.saturating_sub(bytes.len() as u64)).unwrap_or(0);
+            bytes.extend_from_slice(&chunk[..room.min(chunk.len())]);
             return Err(ReadError::TooLarge { size, limit });
         }
         bytes.extend_from_slice(&chunk);
     }
-    Ok(bytes.freeze())
+    Ok(())
 }
 
 #[cfg(test)]
@@ -426,7 +456,7 @@ mod tests {
             Duration::from_millis(300),
         ));
         let body = LimitedBody::new(payload, Duration::from_secs(1), deadline, None);
-        let read = read_to_limit(body, None, 1000).await;
+        let read = read_to_limit(body, None, 1 << 20).await;
         assert!(
             matches!(read, Err(ReadError::Limit(BodyLimitError::Deadline(_)))),
             "{read:?}"
@@ -438,7 +468,9 @@ mod tests {
     async fn a_body_past_the_budget_fails_busy() {
         let budget = ByteBudget::new(4);
         let reservation = Reservation::new(budget.clone());
+        // The first UNBUDGETED_BYTES are free; then 3 bytes fit the budget of 4 and 3 more do not.
         let chunks = futures_util::stream::iter(vec![
+            Ok(Bytes::from(vec![b'x'; UNBUDGETED_BYTES])),
             Ok(Bytes::from_static(b"abc")),
             Ok(Bytes::from_static(b"def")),
         ]);
@@ -449,7 +481,7 @@ mod tests {
             None,
             Some(reservation.clone()),
         );
-        let read = read_to_limit(body, None, 1000).await;
+        let read = read_to_limit(body, None, 1 << 20).await;
         assert!(
             matches!(
                 read,
@@ -458,6 +490,30 @@ mod tests {
             "{read:?}"
         );
         drop(reservation);
+        assert_eq!(budget.used(), 0);
+    }
+
+    /// Review item: 140 slow 256 KiB bodies took the whole review budget and every ordinary review was then refused.
+    /// The start of each body is not charged, so a small body passes while the budget is spent.
+    #[tokio::test]
+    async fn a_spent_budget_never_refuses_a_small_body() {
+        let budget = ByteBudget::new(4);
+        let hog = Reservation::new(budget.clone());
+        hog.grow(4).expect("take the whole budget");
+        let small = vec![b'r'; UNBUDGETED_BYTES];
+        let chunks = futures_util::stream::iter(vec![Ok(Bytes::from(small.clone()))]);
+        let payload = Payload::from(Box::pin(chunks) as BoxedBody);
+        let body = LimitedBody::new(
+            payload,
+            Duration::from_secs(5),
+            None,
+            Some(Reservation::new(budget.clone())),
+        );
+        let read = read_to_limit(body, None, 1 << 20)
+            .await
+            .expect("a small body is read");
+        assert_eq!(read.len(), small.len());
+        drop(hog);
         assert_eq!(budget.used(), 0);
     }
 }
