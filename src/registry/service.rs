@@ -909,15 +909,25 @@ impl Registry {
     /// Every blob a manifest names must be visible in `repo`, and every child manifest must be in `repo`, each
     /// with exactly the size its descriptor declares (a digest named twice is checked twice).
     async fn check_references(&self, repo: &RepoName, parsed: &ParsedManifest) -> Result<()> {
+        // Each distinct digest is looked up once, however many descriptors name it: a 4 MiB index naming one 4 MiB
+        // child 25,000 times read that child 25,000 times on the worker (11 s, review finding).
+        let mut blob_sizes: HashMap<&Digest, u64> = HashMap::new();
         for blob in &parsed.blobs {
             let digest = &blob.digest;
-            let stored = if self.storage.blob_linked(repo, digest).await? {
-                self.storage.blob_size(digest).await?
-            } else {
-                None
-            };
-            let Some(stored) = stored else {
-                return Err(RegistryError::ManifestBlobUnknown(format!("blob {digest}")));
+            let stored = match blob_sizes.get(digest) {
+                Some(&size) => size,
+                None => {
+                    let stored = if self.storage.blob_linked(repo, digest).await? {
+                        self.storage.blob_size(digest).await?
+                    } else {
+                        None
+                    };
+                    let Some(stored) = stored else {
+                        return Err(RegistryError::ManifestBlobUnknown(format!("blob {digest}")));
+                    };
+                    blob_sizes.insert(digest, stored);
+                    stored
+                }
             };
             if stored != blob.size {
                 return Err(RegistryError::ManifestInvalid(format!(
@@ -926,14 +936,22 @@ impl Registry {
                 )));
             }
         }
+        let mut child_sizes: HashMap<&Digest, u64> = HashMap::new();
         for child in &parsed.children {
             let digest = &child.digest;
-            let Some(stored) = self.storage.manifest_get(repo, digest).await? else {
-                return Err(RegistryError::ManifestBlobUnknown(format!(
-                    "manifest {digest}"
-                )));
+            let stored = match child_sizes.get(digest) {
+                Some(&size) => size,
+                None => {
+                    let Some(stored) = self.storage.manifest_get(repo, digest).await? else {
+                        return Err(RegistryError::ManifestBlobUnknown(format!(
+                            "manifest {digest}"
+                        )));
+                    };
+                    let size = stored.bytes.len() as u64;
+                    child_sizes.insert(digest, size);
+                    size
+                }
             };
-            let stored = stored.bytes.len() as u64;
             if stored != child.size {
                 return Err(RegistryError::ManifestInvalid(format!(
                     "child manifest {digest} is {stored} bytes, a descriptor says {}",
