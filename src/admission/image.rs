@@ -77,14 +77,27 @@ pub fn normalize_host(host: &str) -> Result<String, &'static str> {
         },
     };
     let name = if name == LEGACY_DEFAULT_DOMAIN {
-        DEFAULT_DOMAIN
+        DEFAULT_DOMAIN.to_owned()
     } else {
-        name
+        canonical_ipv6(name).unwrap_or_else(|| name.to_owned())
     };
     Ok(match port {
         Some(port) => format!("{name}:{port}"),
         None => name.to_owned(),
     })
+}
+
+/// `[…]` with the IPv6 address in its one compressed spelling (`[0:0:0:0:0:0:0:1]` and `[::0001]` are `[::1]`),
+/// always in hex groups (an IPv4-mapped address is not written with dots, which the reference grammar refuses).
+fn canonical_ipv6(name: &str) -> Option<String> {
+    let inner = name.strip_prefix('[')?.strip_suffix(']')?;
+    let ip: std::net::Ipv6Addr = inner.parse().ok()?;
+    let text = ip.to_string();
+    if !text.contains('.') {
+        return Some(format!("[{text}]"));
+    }
+    let groups: Vec<String> = ip.segments().iter().map(|g| format!("{g:x}")).collect();
+    Some(format!("[{}]", groups.join(":")))
 }
 
 fn valid_digest(digest: &str) -> bool {
@@ -314,6 +327,13 @@ mod tests {
             ("LOCALHOST:443/x", Ok("localhost/x:latest")),
             ("localhost:5000/x", Ok("localhost:5000/x:latest")),
             ("[FE80::1]:443/x", Ok("[fe80::1]/x:latest")),
+            // One spelling of an IPv6 address (review finding: `[0:0:0:0:0:0:0:1]` slipped past a rule on `[::1]`).
+            ("[0:0:0:0:0:0:0:1]:5000/x", Ok("[::1]:5000/x:latest")),
+            ("[::0001]:5000/x", Ok("[::1]:5000/x:latest")),
+            (
+                "[::ffff:102:304]/x",
+                Ok("[0:0:0:0:0:ffff:102:304]/x:latest"),
+            ),
             ("[::1]:5000/x", Ok("[::1]:5000/x:latest")),
             ("Docker.IO/nginx", Ok("docker.io/library/nginx:latest")),
             ("docker.io:443/nginx", Ok("docker.io/library/nginx:latest")),

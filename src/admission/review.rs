@@ -355,6 +355,11 @@ impl Scope {
         if !self.proxy_upstreams.iter().any(|u| u == upstream) {
             return None;
         }
+        // The upstream's name stands in for its registry host only when it reads as one: an upstream named `quay`
+        // would make `…/proxy/quay/evil/x` look like Docker Hub's `quay/evil/x`. Such a path is decided as written.
+        if !(upstream.contains(['.', ':']) || upstream == "localhost") {
+            return None;
+        }
         let mut behind = format!("{upstream}/{rest}");
         if let Some(tag) = &image.tag {
             behind.push(':');
@@ -368,23 +373,45 @@ impl Scope {
     }
 }
 
-/// Whether `image` is what the policy's rewrite of `original` gives in `namespace` (compared normalised): then berth's
-/// `/mutate` made it, or the pod asks for exactly what `/mutate` would have made of `original`. Either way the pod
-/// runs `original` by another address, so deciding `original` is deciding the pod.
-fn rewritten_from(original: &str, image: &ImageRef, policy: &Policy, namespace: &str) -> bool {
-    let Ok(original) = ImageRef::parse(original) else {
-        return false;
+/// The reference to decide for `image` when it is what the policy's rewrite of `original` gives in `namespace`
+/// (compared normalised): then berth's `/mutate` made it, or the pod asks for exactly what `/mutate` would have made of
+/// `original`. Either way the pod runs `original` by another address, so deciding `original` is deciding the pod. A
+/// digest that a later mutating webhook pinned to the rewritten image (a tag target, `@sha256:…` added) is the same
+/// image at that digest: `original@digest` is decided.
+fn original_behind(
+    original: &str,
+    image: &ImageRef,
+    policy: &Policy,
+    namespace: &str,
+) -> Option<String> {
+    let original_ref = ImageRef::parse(original).ok()?;
+    let Some(PlannedRewrite {
+        target: Ok(target), ..
+    }) = policy.plan_rewrite(&original_ref, namespace)
+    else {
+        return None;
     };
-    match policy.plan_rewrite(&original, namespace) {
-        Some(PlannedRewrite {
-            target: Ok(target), ..
-        }) => target.to_string() == image.to_string(),
-        _ => false,
+    if target.to_string() == image.to_string() {
+        return Some(original.to_owned());
     }
+    if target.digest.is_none() && original_ref.digest.is_none() && image.digest.is_some() {
+        let unpinned = ImageRef {
+            digest: None,
+            ..image.clone()
+        };
+        if unpinned.to_string() == target.to_string() {
+            let pinned = ImageRef {
+                digest: image.digest.clone(),
+                ..original_ref
+            };
+            return Some(pinned.to_string());
+        }
+    }
+    None
 }
 
 /// The images `/validate` decides for one container, each with how the denial message names it:
-/// - berth's rewrite of the recorded original (see [`rewritten_from`]): the original only;
+/// - berth's rewrite of the recorded original (see [`original_behind`]): the original only;
 /// - otherwise the image, or for a path of berth's proxy the upstream image behind it instead; and a recorded
 ///   original the rewrite does not explain (forged, or from another policy) as well, so it can only deny more.
 fn images_to_decide(
@@ -397,8 +424,8 @@ fn images_to_decide(
     let parsed = ImageRef::parse(image).ok();
     let original = recorded_original.filter(|o| *o != image);
     if let (Some(original), Some(parsed)) = (original, &parsed) {
-        if rewritten_from(original, parsed, policy, namespace) {
-            return vec![(original.to_owned(), "original image")];
+        if let Some(decided) = original_behind(original, parsed, policy, namespace) {
+            return vec![(decided, "original image")];
         }
     }
     let mut images = match parsed.and_then(|p| scope.proxied_image(&p, policy)) {
@@ -563,6 +590,15 @@ pub fn plan_mutation(request: &Request, policy: &Policy, scope: &Scope) -> Mutat
         let Ok(image) = ImageRef::parse(&container.image) else {
             continue;
         };
+        // Already berth's rewrite of its recorded original (a reinvocation, with reinvocationPolicy IfNeeded): left
+        // alone, even if another rewrite matches the target, so the record of the original is never overwritten.
+        let rewritten = plan
+            .originals
+            .get(&container.name)
+            .is_some_and(|original| original_behind(original, &image, policy, namespace).is_some());
+        if rewritten {
+            continue;
+        }
         let Some(planned) = policy.plan_rewrite(&image, namespace) else {
             continue;
         };
@@ -902,6 +938,117 @@ rewrites:
             policy,
             &scope(),
         )
+    }
+
+    /// Review finding: with an upstream named `quay` (no dot), `…/proxy/quay/evil/miner:1` was decided as Docker Hub's
+    /// `docker.io/quay/evil/miner:1`, so a rule denying `quay\.io/evil/.*` was bypassed. Such a path is decided as
+    /// written.
+    #[test]
+    fn a_proxy_path_of_an_upstream_named_like_no_registry_is_decided_as_written() {
+        let policy = Policy::from_yaml(
+            "defaultAction: deny\nrules: [{name: hub, action: allow, images: ['docker\\.io/.*']}]",
+        )
+        .expect("policy");
+        let scope = Scope::new("berth-system").with_proxy_upstreams(["quay".to_owned()]);
+        let spec = json!({"containers": [{"name": "web", "image": "127.0.0.1:5050/proxy/quay/evil/miner:1"}]});
+        let response = validate(
+            &request(("", "Pod"), "CREATE", "apps", pod(spec, None)),
+            &policy,
+            &scope,
+        );
+        assert!(!response.allowed);
+        assert!(
+            response
+                .result
+                .message
+                .contains("image \"127.0.0.1:5050/proxy/quay/evil/miner:1\" is denied"),
+            "{}",
+            response.result.message
+        );
+    }
+
+    /// Review finding: with chained rewrites (docker.io -> mirror, mirror -> berth) and reinvocationPolicy IfNeeded, the
+    /// second /mutate pass rewrote the mirror image again and recorded the mirror as the original, and /validate then
+    /// refused the pod. A container that already is berth's rewrite of its recorded original is left alone.
+    #[test]
+    fn a_reinvocation_never_rewrites_berths_own_rewrite_again() {
+        let policy = Policy::from_yaml(
+            r#"
+defaultAction: deny
+rules: [{name: hub, action: allow, images: ['docker\.io/library/.*']}]
+rewrites:
+  - {name: to-mirror, match: 'docker\.io/(.+)', replace: 'mirror.example.com/$1'}
+  - {name: mirror-to-cache, match: 'mirror\.example\.com/(.+)', replace: '127.0.0.1:5050/proxy/docker.io/$1'}
+"#,
+        )
+        .expect("policy");
+        let spec = json!({"containers": [{"name": "web", "image": "nginx:1.25"}]});
+        let mut object = pod(spec, None);
+        for pass in 0..2 {
+            let plan = plan_mutation(
+                &request(("", "Pod"), "CREATE", "apps", object.clone()),
+                &policy,
+                &scope(),
+            );
+            let available = vec![true; plan.candidates.len()];
+            match build_patch(&plan, &available).0 {
+                Some(patch) => {
+                    assert_eq!(pass, 0, "the reinvocation changed the pod again");
+                    json_patch::patch(&mut object, &patch).expect("applies");
+                }
+                None => assert_eq!(pass, 1, "the first pass did not rewrite"),
+            }
+        }
+        assert_eq!(
+            object["spec"]["containers"][0]["image"],
+            "mirror.example.com/library/nginx:1.25"
+        );
+        assert_eq!(
+            object["metadata"]["annotations"][ORIGINAL_IMAGES_ANNOTATION],
+            "{\"web\":\"nginx:1.25\"}"
+        );
+        let response = validate(
+            &request(("", "Pod"), "CREATE", "apps", object),
+            &policy,
+            &scope(),
+        );
+        assert!(response.allowed, "{}", response.result.message);
+    }
+
+    /// Review finding: a digest that a later mutating webhook pinned to berth's rewrite made /validate decide the
+    /// literal image, refused by a default deny. It is the original at that digest.
+    #[test]
+    fn a_digest_pinned_to_berths_rewrite_is_the_original_at_that_digest() {
+        let policy = Policy::from_yaml(
+            r#"
+defaultAction: deny
+rules:
+  - {name: pinned-only, action: deny, images: ['registry\.internal/team/app:1']}
+  - {name: internal, action: allow, images: ['registry\.internal/.*']}
+rewrites: [{name: internal, match: 'registry\.internal/(.+)', replace: '127.0.0.1:5050/$1'}]
+"#,
+        )
+        .expect("policy");
+        let digest = format!("sha256:{}", "ab".repeat(32));
+        let pinned = format!("127.0.0.1:5050/team/app:1@{digest}");
+        let response = validate_one(&policy, &pinned, Some("registry.internal/team/app:1"));
+        assert!(response.allowed, "{}", response.result.message);
+        // Unpinned it is the original itself, which the first rule refuses.
+        let response = validate_one(
+            &policy,
+            "127.0.0.1:5050/team/app:1",
+            Some("registry.internal/team/app:1"),
+        );
+        assert!(!response.allowed);
+        assert!(
+            response.result.message.contains("pinned-only"),
+            "{}",
+            response.result.message
+        );
+        // Another digest on another tag is not the rewrite: decided as written (and refused by default).
+        let other = format!("127.0.0.1:5050/team/app:2@{digest}");
+        let response = validate_one(&policy, &other, Some("registry.internal/team/app:1"));
+        assert!(!response.allowed);
     }
 
     #[test]
