@@ -382,15 +382,25 @@ fn unfinished_manifest_bodies_share_a_memory_budget_and_a_deadline() {
 fn an_admission_review_larger_than_the_api_server_sends_is_refused() {
     let berth = plain(&[]);
     let client = berth.client();
+    // A real review's start, then padding past the limit (the API server's JSON escaping can make a small pod's
+    // review this large). The refusal must carry the review's uid, or the API server discards it as a failed call
+    // and its failurePolicy (Ignore in the shipped install) admits the pod unchecked (review finding).
+    let uid = "0d4e4b4c-1a2b-4c3d-8e9f-000000000001";
+    let mut body = format!(
+        r#"{{"kind":"AdmissionReview","apiVersion":"admission.k8s.io/v1","request":{{"uid":"{uid}","object":{{"x":""#
+    )
+    .into_bytes();
+    body.resize(5 << 20, b'<');
     let response = client
         .post(format!("{}/validate", berth.base_url))
         .header("content-type", "application/json")
-        .body(vec![b' '; 5 << 20])
+        .body(body)
         .send()
         .expect("POST");
     assert_eq!(response.status(), StatusCode::OK);
     let answer: Value = response.json().expect("review JSON");
     assert_eq!(answer["response"]["allowed"], false, "{answer}");
+    assert_eq!(answer["response"]["uid"], uid, "{answer}");
     let message = answer["response"]["status"]["message"]
         .as_str()
         .unwrap_or_default();

@@ -165,6 +165,39 @@ pub fn read_review(body: &[u8]) -> Result<Request, ReviewError> {
     review.try_into().map_err(|_| ReviewError::NoRequest)
 }
 
+/// The `request.uid` of a review body that cannot be read whole (too large, cut off, not valid JSON, another type):
+/// the API server writes it near the start (`{"kind":…,"apiVersion":…,"request":{"uid":"…"`), so it is looked for
+/// in the first 64 KiB, after `"request"`. Only a plausible uid is taken (1 to 128 characters of letters, digits,
+/// `-`, `_`, `.`, `:`), never anything needing unescaping.
+pub fn uid_of(body: &[u8]) -> Option<String> {
+    let body = &body[..body.len().min(64 * 1024)];
+    let find = |haystack: &[u8], needle: &[u8]| {
+        haystack
+            .windows(needle.len())
+            .position(|window| window == needle)
+    };
+    let request = find(body, b"\"request\"")?;
+    let rest = &body[request..];
+    let key = find(rest, b"\"uid\"")?;
+    let rest = &rest[key + b"\"uid\"".len()..];
+    fn skip_space(bytes: &[u8]) -> &[u8] {
+        let start = bytes
+            .iter()
+            .position(|b| !b.is_ascii_whitespace())
+            .unwrap_or(bytes.len());
+        &bytes[start..]
+    }
+    let rest = skip_space(rest).strip_prefix(b":")?;
+    let rest = skip_space(rest).strip_prefix(b"\"")?;
+    let end = rest.iter().position(|&b| b == b'"')?;
+    let uid = &rest[..end];
+    let plausible = (1..=128).contains(&uid.len())
+        && uid
+            .iter()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b':'));
+    plausible.then(|| String::from_utf8_lossy(uid).into_owned())
+}
+
 /// The AdmissionReview berth answers with. kube-core's own serialisation writes `response.patch` (a `Vec<u8>`) as a
 /// JSON array of numbers, up to four bytes of response per patch byte; Kubernetes' `patch` is a Go `[]byte`, which
 /// JSON carries as a base64 string, so that is what berth sends.
@@ -1049,6 +1082,35 @@ rewrites: [{name: internal, match: 'registry\.internal/(.+)', replace: '127.0.0.
         let other = format!("127.0.0.1:5050/team/app:2@{digest}");
         let response = validate_one(&policy, &other, Some("registry.internal/team/app:1"));
         assert!(!response.allowed);
+    }
+
+    /// Review finding: a review berth could not read was answered with an empty uid, which the API server discards
+    /// (failurePolicy Ignore then admits the pod unchecked). The uid is found at the start of such a body.
+    #[test]
+    fn the_uid_of_an_unreadable_review_is_found() {
+        let uid = "705ab4f5-6393-11e8-b7cc-42010a800002";
+        let start = format!(
+            r#"{{"kind":"AdmissionReview","apiVersion":"admission.k8s.io/v1","request":{{"uid":"{uid}","kind":"#
+        );
+        let cases: Vec<(String, Option<&str>)> = vec![
+            (start.clone(), Some(uid)),
+            (format!("{start}{}", "x".repeat(100_000)), Some(uid)),
+            (
+                format!(r#"{{"apiVersion":"v9","request" : {{ "uid" : "{uid}" }}}}"#),
+                Some(uid),
+            ),
+            (r#"{"request":{"uid":""}}"#.into(), None),
+            (r#"{"request":{"uid":"a\"b"}}"#.into(), None),
+            (r#"{"uid":"outside","request":{}}"#.into(), None),
+            (
+                format!(r#"{{"request":{{"uid":"{}"}}}}"#, "u".repeat(129)),
+                None,
+            ),
+            ("not json".into(), None),
+        ];
+        for (body, expected) in cases {
+            assert_eq!(uid_of(body.as_bytes()).as_deref(), expected, "{body:.80}");
+        }
     }
 
     #[test]

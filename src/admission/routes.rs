@@ -25,22 +25,48 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         .route("/mutate", web::post().to(mutate));
 }
 
+/// A review berth cannot decide: why, and the review's `uid` if it can be found at the start of the body.
+struct Unreadable {
+    why: String,
+    uid: Option<String>,
+}
+
 /// Reads the body into a review request, or says why it cannot.
-async fn read_request(body: web::Payload) -> Result<review::Request, String> {
+async fn read_request(body: web::Payload) -> Result<review::Request, Unreadable> {
     // Time and shared memory are bounded by crate::limits; the size here.
-    let bytes = crate::limits::read_to_limit(body, None, MAX_REVIEW_BYTES)
-        .await
-        .map_err(|e| format!("cannot read the AdmissionReview: {e}"))?;
-    review::read_review(&bytes).map_err(|e| e.to_string())
+    let mut bytes = web::BytesMut::new();
+    if let Err(e) =
+        crate::limits::read_to_limit_into(body, None, MAX_REVIEW_BYTES, &mut bytes).await
+    {
+        return Err(Unreadable {
+            why: format!("cannot read the AdmissionReview: {e}"),
+            uid: review::uid_of(&bytes),
+        });
+    }
+    review::read_review(&bytes).map_err(|e| Unreadable {
+        why: e.to_string(),
+        uid: review::uid_of(&bytes),
+    })
 }
 
 fn answer(response: AdmissionResponse) -> HttpResponse {
     HttpResponse::Ok().json(review::Reply::new(&response))
 }
 
-fn refuse_unreadable(endpoint: &str, why: String) -> HttpResponse {
-    log::warn!("{endpoint}: {why}");
-    answer(AdmissionResponse::invalid(why))
+/// Refuses a review berth cannot decide. The answer carries the review's `uid` when the body has one: the API server
+/// discards an answer with another uid as a failed call and then applies the webhook's `failurePolicy` (with the
+/// shipped `Ignore`, the pod would be admitted unchecked), so with the uid the refusal is what the API server acts on.
+fn refuse_unreadable(endpoint: &str, unreadable: Unreadable) -> HttpResponse {
+    log::warn!(
+        "{endpoint}: {} (uid {})",
+        unreadable.why,
+        unreadable.uid.as_deref().unwrap_or("not found")
+    );
+    let mut response = AdmissionResponse::invalid(unreadable.why);
+    if let Some(uid) = unreadable.uid {
+        response.uid = uid;
+    }
+    answer(response)
 }
 
 async fn validate(
@@ -50,7 +76,7 @@ async fn validate(
 ) -> HttpResponse {
     let request = match read_request(body).await {
         Ok(request) => request,
-        Err(why) => return refuse_unreadable("/validate", why),
+        Err(unreadable) => return refuse_unreadable("/validate", unreadable),
     };
     let active = store.current();
     let response = review::validate(&request, &active.policy, &settings);
@@ -79,7 +105,7 @@ async fn mutate(
 ) -> HttpResponse {
     let request = match read_request(body).await {
         Ok(request) => request,
-        Err(why) => return refuse_unreadable("/mutate", why),
+        Err(unreadable) => return refuse_unreadable("/mutate", unreadable),
     };
     let active = store.current();
     let plan = review::plan_mutation(&request, &active.policy, &settings);
