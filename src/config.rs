@@ -157,6 +157,11 @@ impl Default for Limits {
 
 impl Limits {
     fn from_sources(args: &ServeArgs, file: &FileConfig) -> Result<Limits, ConfigError> {
+        /// Longest timeout the limits accept (a year): each is added to the clock per request.
+        const MAX_LIMIT_DURATION: Duration = Duration::from_secs(365 * 86_400);
+        /// Largest count the limits accept: a semaphore has at most `usize::MAX >> 3` permits, and a million
+        /// sessions or streams is already far past what one process serves.
+        const MAX_LIMIT_COUNT: usize = 1 << 20;
         let defaults = Limits::default();
         let duration = |flag: Option<Duration>,
                         value: &Option<String>,
@@ -175,6 +180,13 @@ impl Limits {
             if chosen.is_zero() {
                 return Err(ConfigError::Invalid(format!("{key} must be more than 0")));
             }
+            // Added to the clock on every request: a value past any sensible timeout would overflow it.
+            if chosen > MAX_LIMIT_DURATION {
+                return Err(ConfigError::Invalid(format!(
+                    "{key} must be at most {}d",
+                    MAX_LIMIT_DURATION.as_secs() / 86_400
+                )));
+            }
             Ok(chosen)
         };
         let count = |flag: Option<usize>,
@@ -184,6 +196,9 @@ impl Limits {
          -> Result<usize, ConfigError> {
             match flag.or(value).unwrap_or(default) {
                 0 => Err(ConfigError::Invalid(format!("{key} must be at least 1"))),
+                n if n > MAX_LIMIT_COUNT => Err(ConfigError::Invalid(format!(
+                    "{key} must be at most {MAX_LIMIT_COUNT}"
+                ))),
                 n => Ok(n),
             }
         };
@@ -636,6 +651,11 @@ mod tests {
             "maxUploadSessions: 0\n",
             "bodyTimeout: 0s\n",
             "bodyMemory: 1MiB\n",
+            // Review finding: values that panicked on every request (the clock overflowed) or at start (a semaphore
+            // past its maximum).
+            "bodyTimeout: 10000000000000000000s\n",
+            "bodyIdleTimeout: 366d\n",
+            "maxConcurrentUploads: 18446744073709551615\n",
         ] {
             std::fs::write(&path, bad).expect("write");
             let error = Config::from_args(&ServeArgs {
