@@ -481,7 +481,7 @@ impl Registry {
             before: hash,
             announced,
             body: Some(sink),
-            _stream: Some(stream),
+            stream: Some(stream),
             finish: None,
         };
         feed_task(tokio::spawn(job.run()), Some((feed, body))).await
@@ -616,7 +616,7 @@ impl Registry {
             before,
             announced,
             body: sink,
-            _stream: stream,
+            stream,
             finish: Some((repo.clone(), digest.clone())),
         };
         feed_task(tokio::spawn(job.run()), feed).await.map(|_| ())
@@ -668,7 +668,7 @@ impl Registry {
                         feed: receive,
                         writer,
                     }),
-                    _stream: Some(stream),
+                    stream: Some(stream),
                     finish: Some((repo, digest)),
                 };
                 job.run().await
@@ -1002,7 +1002,7 @@ enum Feed {
 
 /// Chunks that may wait between a request and its upload task. The channel moves the received `Bytes` as they
 /// are; what it holds is bounded by this many of the chunks the HTTP layer hands out.
-const FEED_DEPTH: usize = 8;
+const FEED_DEPTH: usize = 4;
 
 /// The registry's parts an upload task needs; all shared, so the task can outlive the request that spawned it.
 #[derive(Clone)]
@@ -1048,7 +1048,8 @@ struct UploadJob {
     announced: Option<(u64, u64, u64)>,
     /// `None` for a closing `PUT` without a body.
     body: Option<BodySink>,
-    _stream: Option<OwnedSemaphorePermit>,
+    /// The stream permit, held until the append is over (rolled back included).
+    stream: Option<OwnedSemaphorePermit>,
     /// For a closing `PUT`: the repository to link the blob into and the digest it must have.
     finish: Option<(RepoName, Digest)>,
 }
@@ -1060,6 +1061,7 @@ impl UploadJob {
             Some(sink) => self.append(sink).await?,
             None => self.before.clone(),
         };
+        drop(self.stream.take());
         let Some((repo, digest)) = self.finish.take() else {
             let size = hash.hashed;
             *self.session = Some(hash);
