@@ -1935,6 +1935,46 @@ mod tests {
         assert_eq!(blob_bytes(&registry, &repo, &digest).await, b"good-more");
     }
 
+    /// Review of issue 9: a closing PUT whose request was dropped mid-body kept its bytes (nothing rolled them
+    /// back). They are rolled back like a failed PUT's, and the upload can still be completed.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_closing_put_cut_off_mid_write_is_rolled_back() {
+        let (_dir, storage, registry) =
+            faulty_registry(|root| Faulty::new(root, Duration::from_millis(300)));
+        let repo = repo("cancel/put");
+        let id = registry.upload_start(&repo).await.expect("start");
+        let location = format!("/v2/{repo}/blobs/uploads/{id}");
+        registry
+            .upload_append(&repo, &id, &location, None, body(&[b"good"]))
+            .await
+            .expect("PATCH");
+        let put = tokio::spawn({
+            let (registry, repo, id, location) =
+                (registry.clone(), repo.clone(), id.clone(), location.clone());
+            async move {
+                let digest = Digest::sha256_of(b"goodEVIL");
+                registry
+                    .upload_finish(&repo, &id, &location, &digest, None, Some(cut_off(b"EVIL")))
+                    .await
+            }
+        });
+        reached(&storage.writes_started, 2, "writes started").await;
+        put.abort();
+        assert!(put.await.is_err(), "the PUT was dropped, not answered");
+        reached(&storage.writes_landed, 2, "writes landed").await;
+        let size = registry
+            .upload_append(&repo, &id, &location, None, body(&[]))
+            .await
+            .expect("empty PATCH");
+        assert_eq!(size, 4, "the dropped PUT's bytes are rolled back");
+        let digest = Digest::sha256_of(b"good");
+        registry
+            .upload_finish(&repo, &id, &location, &digest, None, None::<Chunks>)
+            .await
+            .expect("retried PUT commits");
+        assert_eq!(blob_bytes(&registry, &repo, &digest).await, b"good");
+    }
+
     /// Review of issue 9: a monolithic `POST ?digest=` whose request was dropped left its upload directory and its
     /// session behind (they were cleaned up only when the push returned an error).
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
