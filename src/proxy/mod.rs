@@ -852,7 +852,9 @@ impl BlobFetch {
             });
         }
         let _gate = self.proxy.content_gate.read().await;
-        self.storage.upload_commit(id, &self.digest).await?;
+        self.storage
+            .upload_commit(id, &self.digest, written)
+            .await?;
         self.storage
             .blob_link(&self.target.local_repo, &self.digest)
             .await?;

@@ -11,12 +11,15 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 use futures_util::{Stream, StreamExt};
+use tokio::sync::{mpsc, OwnedSemaphorePermit};
 
 use super::error::{RegistryError, Result};
 use super::hashing::{self, Hasher};
 use super::manifest::{self, Descriptor, ParsedManifest};
 use super::names::{Algorithm, Digest, Reference, RepoName, Tag, UploadId};
-use super::storage::{BlobContent, ByteRange, Storage, StoredManifest, UploadInfo, UploadWriter};
+use super::storage::{
+    BlobContent, ByteRange, Storage, StorageError, StoredManifest, UploadInfo, UploadWriter,
+};
 
 /// The running hash of an upload. It is valid while `hashed` equals the upload's stored size; after a restart (or a
 /// failed append) it is rebuilt by reading the stored bytes back.
@@ -27,6 +30,8 @@ struct UploadHash {
 }
 
 type SessionSlot = Arc<tokio::sync::Mutex<Option<UploadHash>>>;
+type SessionGuard = tokio::sync::OwnedMutexGuard<Option<UploadHash>>;
+type SessionMap = Arc<Mutex<HashMap<UploadId, SessionSlot>>>;
 
 /// A page of a sorted listing, and whether more follows it.
 #[derive(Debug, PartialEq, Eq)]
@@ -83,7 +88,7 @@ pub struct Registry {
     content_gate: Arc<tokio::sync::RwLock<()>>,
     /// One slot per upload session that exists (found on disk at start, or started since); its mutex serialises
     /// requests on the same upload. Its size is the number of sessions, capped by `limits.max_sessions`.
-    sessions: Mutex<HashMap<UploadId, SessionSlot>>,
+    sessions: SessionMap,
     /// Serialises manifest and tag changes per repository.
     repo_locks: RepoLocks,
     limits: UploadLimits,
@@ -177,7 +182,7 @@ impl Registry {
         Registry {
             storage,
             content_gate: Arc::default(),
-            sessions: Mutex::new(HashMap::new()),
+            sessions: SessionMap::default(),
             repo_locks: RepoLocks::new(),
             limits,
             streams: Arc::new(tokio::sync::Semaphore::new(limits.max_streams)),
@@ -273,11 +278,16 @@ impl Registry {
     }
 
     fn forget(&self, id: &UploadId) {
-        let mut sessions = self
-            .sessions
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
-        sessions.remove(id);
+        self.sessions().remove(id);
+    }
+
+    /// What an upload task holds of the registry.
+    fn shared(&self) -> Shared {
+        Shared {
+            storage: self.storage.clone(),
+            sessions: self.sessions.clone(),
+            content_gate: self.content_gate.clone(),
+        }
     }
 
     fn sessions(&self) -> std::sync::MutexGuard<'_, HashMap<UploadId, SessionSlot>> {
@@ -420,8 +430,8 @@ impl Registry {
     }
 
     /// Appends a request body to an upload. `range` (from `Content-Range`, inclusive) must start where the upload
-    /// ends and announce the body's length. A failed append leaves the upload as it was before the request.
-    /// Returns the new size.
+    /// ends and announce the body's length. A failed append leaves the upload as it was before the request, and so
+    /// does a request that goes away before its body ended (see [`UploadJob`]). Returns the new size.
     pub async fn upload_append<B, E>(
         &self,
         repo: &RepoName,
@@ -437,7 +447,7 @@ impl Registry {
         // Unknown ids never get a session slot (the map would grow with every guessed id).
         self.upload_size(repo, id).await?;
         let slot = self.slot(id);
-        let mut session = slot.lock().await;
+        let mut session = slot.lock_owned().await;
         let size = self.upload_size(repo, id).await?;
         if let Some((start, _)) = range {
             // Refused before anything is read or hashed.
@@ -452,82 +462,60 @@ impl Registry {
         let hash = self
             .current_hash(id, size, session.take(), algorithm)
             .await?;
-        let appended = self
-            .append_locked(id, location, range, size, hash, &mut session, body)
-            .await?;
-        let new_size = appended.hashed;
-        *session = Some(appended);
-        Ok(new_size)
-    }
-
-    /// Appends one request's body to an upload of `size` bytes whose running hash is `hash`; the caller holds the
-    /// session's lock. On failure the upload is cut back to `size` and `session` keeps `hash`, so a retry from the
-    /// reported offset is consistent.
-    #[allow(clippy::too_many_arguments)]
-    async fn append_locked<B, E>(
-        &self,
-        id: &UploadId,
-        location: &str,
-        range: Option<(u64, u64)>,
-        size: u64,
-        hash: UploadHash,
-        session: &mut Option<UploadHash>,
-        body: B,
-    ) -> Result<UploadHash>
-    where
-        B: Stream<Item = std::result::Result<Bytes, E>> + Unpin,
-        E: Display,
-    {
-        // Every number here comes from the client: checked, never wrapped.
-        let announced = match range {
-            None => None,
-            Some((start, end)) => {
-                if start != size {
-                    *session = Some(hash);
-                    return Err(out_of_order(id, location, size, start));
-                }
-                match end.checked_sub(start).and_then(|d| d.checked_add(1)) {
-                    Some(length) => Some((start, end, length)),
-                    None => {
-                        *session = Some(hash);
-                        return Err(RegistryError::BlobUploadInvalid(format!(
-                            "Content-Range {start}-{end} does not describe a chunk"
-                        )));
-                    }
-                }
+        let prepared = match chunk_length(range) {
+            Ok(announced) => self.body_sink(id).await.map(|sink| (announced, sink)),
+            Err(e) => Err(e),
+        };
+        let (announced, (sink, feed, stream)) = match prepared {
+            Ok(prepared) => prepared,
+            Err(e) => {
+                *session = Some(hash);
+                return Err(e);
             }
         };
-        match self.append(id, hash.clone(), body).await {
-            Ok(appended) => {
-                let received = appended.hashed.checked_sub(size).ok_or_else(|| {
-                    RegistryError::Storage(super::storage::StorageError::Corrupt(format!(
-                        "upload {id} shrank from {size} to {} bytes while appending",
-                        appended.hashed
-                    )))
-                })?;
-                if let Some((start, end, length)) = announced {
-                    if length != received {
-                        self.storage.upload_truncate(id, size).await?;
-                        *session = Some(hash);
-                        return Err(RegistryError::SizeInvalid(format!(
-                            "Content-Range {start}-{end} announces {length} bytes, the body had {received}"
-                        )));
-                    }
-                }
-                Ok(appended)
-            }
-            Err(error) => {
-                // Roll back to the state before this request, so a retry from the reported offset is consistent.
-                if self.storage.upload_truncate(id, size).await.is_ok() {
-                    *session = Some(hash);
-                }
-                Err(error)
-            }
-        }
+        let job = UploadJob {
+            shared: self.shared(),
+            id: id.clone(),
+            session,
+            size,
+            before: hash,
+            announced,
+            body: Some(sink),
+            stream: Some(stream),
+            finish: None,
+        };
+        feed_task(tokio::spawn(job.run()), Some((feed, body))).await
+    }
+
+    /// What an append needs besides the session: a stream permit, the upload's writer, and the channel the body
+    /// is fed through.
+    async fn body_sink(
+        &self,
+        id: &UploadId,
+    ) -> Result<(BodySink, mpsc::Sender<Feed>, OwnedSemaphorePermit)> {
+        let stream = self.stream_permit()?;
+        let writer = self.storage.upload_writer(id).await?;
+        let (feed, receive) = mpsc::channel(FEED_DEPTH);
+        Ok((
+            BodySink {
+                feed: receive,
+                writer,
+            },
+            feed,
+            stream,
+        ))
+    }
+
+    fn stream_permit(&self) -> Result<OwnedSemaphorePermit> {
+        self.streams
+            .clone()
+            .try_acquire_owned()
+            .map_err(|_| self.too_many_streams())
     }
 
     /// The running hash for an upload of `size` bytes: the in-memory one when it is current and of the right
-    /// algorithm, otherwise rebuilt from the stored bytes.
+    /// algorithm, otherwise rebuilt from the stored bytes (read and hashed on the blocking pool, one chunk at a
+    /// time).
     async fn current_hash(
         &self,
         id: &UploadId,
@@ -549,110 +537,15 @@ impl Registry {
         let mut stream = self.storage.upload_read(id).await?;
         while let Some(chunk) = stream.next().await {
             let chunk = chunk.map_err(|e| {
-                RegistryError::Storage(super::storage::StorageError::Io {
+                RegistryError::Storage(StorageError::Io {
                     what: format!("read upload {id}"),
                     source: e,
                 })
             })?;
-            hashed += chunk.len() as u64;
-            hasher.update(&chunk);
-        }
-        Ok(UploadHash { hasher, hashed })
-    }
-
-    /// Streams `body` into the upload and the hasher. Received bytes are batched; each batch is written and hashed
-    /// by short tasks on the blocking pool while the next batch is received (a pipeline of depth one), so no thread
-    /// waits for the client and each upload holds at most two batches in memory.
-    async fn append<B, E>(&self, id: &UploadId, hash: UploadHash, mut body: B) -> Result<UploadHash>
-    where
-        B: Stream<Item = std::result::Result<Bytes, E>> + Unpin,
-        E: Display,
-    {
-        let _stream = self
-            .streams
-            .clone()
-            .try_acquire_owned()
-            .map_err(|_| self.too_many_streams())?;
-        let mut writer = Some(self.storage.upload_writer(id).await?);
-        let mut hasher = Some(hash.hasher);
-        let mut hashed = hash.hashed;
-        let mut batch: Vec<Bytes> = Vec::new();
-        let mut batched = 0usize;
-        let mut ended = false;
-        let mut pending: Option<futures_util::future::BoxFuture<'static, Batched>> = None;
-        let copied: Result<()> = loop {
-            if pending.is_none() && !batch.is_empty() {
-                let (Some(current), Some(out)) = (hasher.take(), writer.take()) else {
-                    break Err(pipe_failure(hashing::PipeClosed));
-                };
-                let chunks = std::mem::take(&mut batch);
-                let len = std::mem::take(&mut batched) as u64;
-                pending = Some(Box::pin(write_and_hash(out, current, chunks, len)));
-            }
-            if pending.is_none() && ended {
-                break Ok(());
-            }
-            let receive = !ended && batched < UPLOAD_BATCH;
-            tokio::select! {
-                Some((out, done)) = futures_util::future::OptionFuture::from(pending.as_mut()), if pending.is_some() => {
-                    pending = None;
-                    writer = Some(out);
-                    match done {
-                        Ok((next, len)) => {
-                            hasher = Some(next);
-                            hashed = match hashed.checked_add(len) {
-                                Some(total) => total,
-                                None => break Err(RegistryError::SizeInvalid("upload too large".into())),
-                            };
-                        }
-                        Err(e) => break Err(e),
-                    }
-                }
-                next = body.next(), if receive => match next {
-                    None => ended = true,
-                    Some(Err(e)) => break Err(RegistryError::Body(e.to_string())),
-                    Some(Ok(chunk)) => {
-                        batched = batched.saturating_add(chunk.len());
-                        batch.push(chunk);
-                    }
-                },
-                else => break Ok(()),
-            }
-        };
-        // Even when the copy failed: wait until the batch in flight is on disk, so the caller's rollback (a
-        // truncation) happens after the last write, never before a late one.
-        let mut outcome = copied;
-        if let Some(last) = pending.take() {
-            let (out, done) = last.await;
-            writer = Some(out);
-            match done {
-                Ok((next, len)) => {
-                    hasher = Some(next);
-                    hashed = hashed.saturating_add(len);
-                }
-                Err(e) => {
-                    if outcome.is_ok() {
-                        outcome = Err(e);
-                    }
-                }
-            }
-        }
-        let size = match writer {
-            Some(writer) => writer.finish().await,
-            None => Err(super::storage::StorageError::Io {
-                what: format!("append to upload {id}"),
-                source: std::io::Error::other("upload writer lost"),
-            }),
-        };
-        outcome?;
-        let size = size?;
-        let hasher = hasher.ok_or_else(|| pipe_failure(hashing::PipeClosed))?;
-        if size != hashed {
-            return Err(RegistryError::Storage(
-                super::storage::StorageError::Corrupt(format!(
-                    "upload {id} holds {size} bytes after append, {hashed} were hashed"
-                )),
-            ));
+            hashed = hashed.saturating_add(chunk.len() as u64);
+            hasher = hashing::update_blocking(hasher, vec![chunk])
+                .await
+                .map_err(pipe_failure)?;
         }
         Ok(UploadHash { hasher, hashed })
     }
@@ -679,7 +572,7 @@ impl Registry {
     {
         self.upload_size(repo, id).await?;
         let slot = self.slot(id);
-        let mut session = slot.lock().await;
+        let mut session = slot.lock_owned().await;
         let size = self.upload_size(repo, id).await?;
         if let Some((start, _)) = range {
             if start != size {
@@ -696,52 +589,42 @@ impl Registry {
                 first => Some(futures_util::stream::iter(first).chain(body)),
             },
         };
-        let hash = match chunk {
-            Some(chunk) => {
-                self.append_locked(
-                    id,
-                    location,
-                    range,
-                    size,
-                    before.clone(),
-                    &mut session,
-                    chunk,
-                )
-                .await?
-            }
-            None => {
-                if let Some((start, end)) = range {
-                    *session = Some(before);
-                    return Err(RegistryError::SizeInvalid(format!(
-                        "Content-Range {start}-{end} announces a chunk, the request has no body"
-                    )));
-                }
-                before.clone()
+        let prepared = match (chunk, range) {
+            (None, Some((start, end))) => Err(RegistryError::SizeInvalid(format!(
+                "Content-Range {start}-{end} announces a chunk, the request has no body"
+            ))),
+            (None, None) => Ok((None, None, None, None)),
+            (Some(chunk), range) => match chunk_length(range) {
+                Ok(announced) => self.body_sink(id).await.map(|(sink, feed, stream)| {
+                    (announced, Some(sink), Some((feed, chunk)), Some(stream))
+                }),
+                Err(e) => Err(e),
+            },
+        };
+        let (announced, sink, feed, stream) = match prepared {
+            Ok(prepared) => prepared,
+            Err(e) => {
+                *session = Some(before);
+                return Err(e);
             }
         };
-        let actual = hash.hasher.clone().digest();
-        if &actual != digest {
-            let total = hash.hashed;
-            if total != size {
-                self.storage.upload_truncate(id, size).await?;
-            }
-            *session = Some(before);
-            return Err(RegistryError::DigestInvalid(format!(
-                "upload of {total} bytes has digest {actual}, not {digest}; the upload keeps the {size} bytes \
-                 received before this request, so the PUT can be retried"
-            )));
-        }
-        let gate = self.content_gate.read().await;
-        self.storage.upload_commit(id, digest).await?;
-        self.storage.blob_link(repo, digest).await?;
-        drop(gate);
-        drop(session);
-        self.forget(id);
-        log::info!("blob {digest} ({} bytes) pushed to {repo}", hash.hashed);
-        Ok(())
+        let job = UploadJob {
+            shared: self.shared(),
+            id: id.clone(),
+            session,
+            size,
+            before,
+            announced,
+            body: sink,
+            stream,
+            finish: Some((repo.clone(), digest.clone())),
+        };
+        feed_task(tokio::spawn(job.run()), feed).await.map(|_| ())
     }
 
-    /// Pushes a whole blob in one request (`POST ?digest=`).
+    /// Pushes a whole blob in one request (`POST ?digest=`). The upload is created, written, verified and committed
+    /// by one task that runs to the end even if the request goes away: it becomes the blob, or nothing is left of
+    /// it (neither its directory nor its session).
     pub async fn upload_monolithic<B, E>(
         &self,
         repo: &RepoName,
@@ -753,24 +636,54 @@ impl Registry {
         E: Display,
     {
         // Refused before anything is created when every upload stream is in use.
-        if self.streams.available_permits() == 0 {
-            return Err(self.too_many_streams());
-        }
-        let hash = UploadHash {
-            hasher: Hasher::new(digest.algorithm()),
-            hashed: 0,
+        let stream = self.stream_permit()?;
+        let id = UploadId::new_random();
+        let slot = self.reserve_session(&id).await?;
+        let info = UploadInfo {
+            repository: repo.to_string(),
+            size: 0,
+            started_unix: now_unix(),
+            monolithic: true,
         };
-        let id = self.create_upload(repo, true, hash).await?;
-        let location = format!("/v2/{repo}/blobs/uploads/{id}");
-        let result = self
-            .upload_finish(repo, &id, &location, digest, None, Some(body))
+        let (feed, receive) = mpsc::channel(FEED_DEPTH);
+        let shared = self.shared();
+        let (repo, digest) = (repo.clone(), digest.clone());
+        let task = tokio::spawn(async move {
+            let pushed = async {
+                shared.storage.upload_create(&id, &info).await?;
+                // Nobody else knows the id yet: the lock is free.
+                let session = slot.lock_owned().await;
+                let writer = shared.storage.upload_writer(&id).await?;
+                let job = UploadJob {
+                    shared: shared.clone(),
+                    id: id.clone(),
+                    session,
+                    size: 0,
+                    before: UploadHash {
+                        hasher: Hasher::new(digest.algorithm()),
+                        hashed: 0,
+                    },
+                    announced: None,
+                    body: Some(BodySink {
+                        feed: receive,
+                        writer,
+                    }),
+                    stream: Some(stream),
+                    finish: Some((repo, digest)),
+                };
+                job.run().await
+            }
             .await;
-        if result.is_err() {
-            // A failed monolithic push leaves nothing behind.
-            let _ = self.storage.upload_delete(&id).await;
-            self.forget(&id);
-        }
-        result
+            if pushed.is_err() {
+                // A failed (or abandoned) monolithic push leaves nothing behind.
+                if let Err(e) = shared.storage.upload_delete(&id).await {
+                    log::warn!("failed monolithic upload {id}: {e}");
+                }
+                shared.forget(&id);
+            }
+            pushed
+        });
+        feed_task(task, Some((feed, body))).await.map(|_| ())
     }
 
     /// Cancels an upload.
@@ -785,17 +698,70 @@ impl Registry {
     }
 
     /// Deletes uploads untouched for longer than `max_age`; returns how many.
+    ///
+    /// Each candidate is judged again under its session's lock, since a request may have written to it after the
+    /// listing: one a request holds is in use and skipped, one written since is kept. A delete that fails is
+    /// logged and the sweep goes on (the next sweep retries it).
     pub async fn expire_uploads(&self, max_age: Duration) -> Result<usize> {
-        let now = SystemTime::now();
+        let stale = |last_write: SystemTime| {
+            SystemTime::now()
+                .duration_since(last_write)
+                .unwrap_or_default()
+                > max_age
+        };
         let mut expired = 0;
         for (id, last_write) in self.storage.uploads().await? {
-            let age = now.duration_since(last_write).unwrap_or_default();
-            if age > max_age {
-                let slot = self.slot(&id);
-                let _session = slot.lock().await;
-                self.storage.upload_delete(&id).await?;
-                self.forget(&id);
-                expired += 1;
+            if !stale(last_write) {
+                continue;
+            }
+            // An upload without a session (a proxy fetch) gets one while it is judged, so that no request on it
+            // runs meanwhile; it is taken out again if the upload stays.
+            let (slot, added) = {
+                let mut sessions = self.sessions();
+                match sessions.get(&id) {
+                    Some(slot) => (slot.clone(), false),
+                    None => {
+                        let slot = SessionSlot::default();
+                        sessions.insert(id.clone(), slot.clone());
+                        (slot, true)
+                    }
+                }
+            };
+            let Ok(session) = slot.clone().try_lock_owned() else {
+                continue;
+            };
+            let delete = match self.storage.upload_modified(&id).await {
+                Ok(Some(last_write)) => stale(last_write),
+                Ok(None) => {
+                    drop(session);
+                    self.forget(&id);
+                    continue;
+                }
+                Err(e) => {
+                    log::warn!("expiring upload {id}: {e}");
+                    false
+                }
+            };
+            if delete {
+                match self.storage.upload_delete(&id).await {
+                    Ok(()) => {
+                        drop(session);
+                        self.forget(&id);
+                        expired += 1;
+                    }
+                    Err(e) => log::warn!("expiring upload {id}: {e}"),
+                }
+            } else {
+                drop(session);
+                if added {
+                    let mut sessions = self.sessions();
+                    // Only when nobody else took hold of it meanwhile (the map's reference and ours).
+                    if sessions.get(&id).is_some_and(|held| {
+                        Arc::ptr_eq(held, &slot) && Arc::strong_count(held) == 2
+                    }) {
+                        sessions.remove(&id);
+                    }
+                }
             }
         }
         Ok(expired)
@@ -1023,7 +989,7 @@ impl Registry {
         let mut descriptors = Vec::new();
         for raw in self.storage.referrers(repo, subject).await? {
             let descriptor: Descriptor = serde_json::from_slice(&raw).map_err(|e| {
-                RegistryError::Storage(super::storage::StorageError::Corrupt(format!(
+                RegistryError::Storage(StorageError::Corrupt(format!(
                     "referrer of {subject} in {repo}: {e}"
                 )))
             })?;
@@ -1043,6 +1009,300 @@ fn out_of_order(id: &UploadId, location: &str, received: u64, start: u64) -> Reg
         received,
         start,
     }
+}
+
+/// A message from a request to the task that appends its body.
+enum Feed {
+    Chunk(Bytes),
+    /// The body ended. A channel that closes without it means the request went away (or its body broke).
+    End,
+}
+
+/// Chunks that may wait between a request and its upload task. The channel moves the received `Bytes` as they
+/// are; what it holds is bounded by this many of the chunks the HTTP layer hands out.
+const FEED_DEPTH: usize = 4;
+
+/// The registry's parts an upload task needs; all shared, so the task can outlive the request that spawned it.
+#[derive(Clone)]
+struct Shared {
+    storage: Arc<dyn Storage>,
+    sessions: SessionMap,
+    content_gate: Arc<tokio::sync::RwLock<()>>,
+}
+
+impl Shared {
+    fn forget(&self, id: &UploadId) {
+        self.sessions
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .remove(id);
+    }
+}
+
+/// Where a request's body arrives, and the writer that appends it.
+struct BodySink {
+    feed: mpsc::Receiver<Feed>,
+    writer: Box<dyn UploadWriter>,
+}
+
+/// One request's change to an upload: the append of its body, and for a closing `PUT` the digest check and the
+/// commit. It runs in a task of its own, which owns the session's lock and the stream permit, and is fed the body
+/// over a channel; the request only reads its body into the channel and waits for the outcome.
+///
+/// Invariant: the lock is released only when the upload is consistent again: every write started has landed, and
+/// after a failure — a broken body, a storage error, a bad length or digest, or the request going away (its future
+/// dropped when the client resets the connection) — the upload is cut back to its size before the request and the
+/// session keeps its hash of that size. So no later request on the upload (a closing `PUT`) can see, hash or commit
+/// bytes that a write still in flight is adding.
+struct UploadJob {
+    shared: Shared,
+    id: UploadId,
+    /// Held until the job ends; `None` inside while the job runs (the hash is in `before` and the pipeline).
+    session: SessionGuard,
+    /// The upload's size and running hash before this request.
+    size: u64,
+    before: UploadHash,
+    /// The chunk's `Content-Range` (first, last) and the length it announces.
+    announced: Option<(u64, u64, u64)>,
+    /// `None` for a closing `PUT` without a body.
+    body: Option<BodySink>,
+    /// The stream permit, held until the append is over (rolled back included).
+    stream: Option<OwnedSemaphorePermit>,
+    /// For a closing `PUT`: the repository to link the blob into and the digest it must have.
+    finish: Option<(RepoName, Digest)>,
+}
+
+impl UploadJob {
+    /// Returns the upload's new size.
+    async fn run(mut self) -> Result<u64> {
+        let hash = match self.body.take() {
+            Some(sink) => self.append(sink).await?,
+            None => self.before.clone(),
+        };
+        drop(self.stream.take());
+        let Some((repo, digest)) = self.finish.take() else {
+            let size = hash.hashed;
+            *self.session = Some(hash);
+            return Ok(size);
+        };
+        let (id, size, storage) = (&self.id, self.size, &self.shared.storage);
+        let actual = hash.hasher.clone().digest();
+        if actual != digest {
+            let total = hash.hashed;
+            if total != size {
+                storage.upload_truncate(id, size).await?;
+            }
+            *self.session = Some(self.before.clone());
+            return Err(RegistryError::DigestInvalid(format!(
+                "upload of {total} bytes has digest {actual}, not {digest}; the upload keeps the {size} bytes \
+                 received before this request, so the PUT can be retried"
+            )));
+        }
+        let gate = self.shared.content_gate.read().await;
+        storage.upload_commit(id, &digest, hash.hashed).await?;
+        storage.blob_link(&repo, &digest).await?;
+        drop(gate);
+        let UploadJob {
+            shared,
+            id,
+            session,
+            ..
+        } = self;
+        drop(session);
+        shared.forget(&id);
+        log::info!("blob {digest} ({} bytes) pushed to {repo}", hash.hashed);
+        Ok(hash.hashed)
+    }
+
+    /// Appends the body; on failure the upload is cut back to `size` and the session keeps `before`, so a retry
+    /// from the reported offset is consistent.
+    async fn append(&mut self, sink: BodySink) -> Result<UploadHash> {
+        let appended = pipe(&self.id, sink, self.before.clone()).await;
+        let checked = appended.and_then(|appended| {
+            let received = appended.hashed.checked_sub(self.size).ok_or_else(|| {
+                RegistryError::Storage(StorageError::Corrupt(format!(
+                    "upload {} shrank from {} to {} bytes while appending",
+                    self.id, self.size, appended.hashed
+                )))
+            })?;
+            match self.announced {
+                Some((start, end, length)) if length != received => {
+                    Err(RegistryError::SizeInvalid(format!(
+                        "Content-Range {start}-{end} announces {length} bytes, the body had {received}"
+                    )))
+                }
+                _ => Ok(appended),
+            }
+        });
+        if checked.is_err() {
+            // After the last write (the pipe waited for it), never before a late one.
+            match self
+                .shared
+                .storage
+                .upload_truncate(&self.id, self.size)
+                .await
+            {
+                Ok(()) => *self.session = Some(self.before.clone()),
+                // The hash is rebuilt from what is stored, whatever that is, by the next request.
+                Err(e) => log::warn!("upload {}: rolling back a failed append: {e}", self.id),
+            }
+        }
+        checked
+    }
+}
+
+/// The length a chunk's `Content-Range` (inclusive) announces; every number in it comes from the client.
+fn chunk_length(range: Option<(u64, u64)>) -> Result<Option<(u64, u64, u64)>> {
+    let Some((start, end)) = range else {
+        return Ok(None);
+    };
+    match end.checked_sub(start).and_then(|d| d.checked_add(1)) {
+        Some(length) => Ok(Some((start, end, length))),
+        None => Err(RegistryError::BlobUploadInvalid(format!(
+            "Content-Range {start}-{end} does not describe a chunk"
+        ))),
+    }
+}
+
+/// Reads `body` into the channel of the task that appends it, then waits for the task's outcome. A body that
+/// breaks off gets no end marker: the task sees its channel close and rolls the request back, just as when this
+/// future is dropped; the client then hears the body's error.
+async fn feed_task<T, B, E>(
+    task: tokio::task::JoinHandle<Result<T>>,
+    feed: Option<(mpsc::Sender<Feed>, B)>,
+) -> Result<T>
+where
+    B: Stream<Item = std::result::Result<Bytes, E>> + Unpin,
+    E: Display,
+{
+    let mut broken = None;
+    if let Some((feed, mut body)) = feed {
+        loop {
+            let next = tokio::select! {
+                biased;
+                next = body.next() => next,
+                // The task stopped early (it failed): no need to wait for more of the body to hear why.
+                () = feed.closed() => break,
+            };
+            let message = match next {
+                None => Feed::End,
+                Some(Ok(chunk)) => Feed::Chunk(chunk),
+                Some(Err(e)) => {
+                    broken = Some(RegistryError::Body(e.to_string()));
+                    break;
+                }
+            };
+            let end = matches!(message, Feed::End);
+            // A closed channel: the task stopped early, and its outcome says why.
+            if feed.send(message).await.is_err() || end {
+                break;
+            }
+        }
+    }
+    let outcome = task.await.map_err(|e| {
+        RegistryError::Storage(StorageError::Io {
+            what: "upload task".into(),
+            source: std::io::Error::other(e.to_string()),
+        })
+    })?;
+    match broken {
+        Some(e) => Err(e),
+        None => outcome,
+    }
+}
+
+/// The request went away before its body ended. Nobody hears it unless the body broke, and then the body's error
+/// is what the client gets.
+fn abandoned(id: &UploadId) -> RegistryError {
+    RegistryError::Body(format!("the request on upload {id} ended before its body"))
+}
+
+/// Streams the chunks arriving on the sink's channel into its writer and the hasher. Received bytes are batched;
+/// each batch is written and hashed by short tasks on the blocking pool while the next batch is received (a
+/// pipeline of depth one), so no thread waits for the client and each upload holds at most two batches in memory.
+/// Returns only after the batch in flight has landed, whatever the outcome.
+async fn pipe(id: &UploadId, sink: BodySink, hash: UploadHash) -> Result<UploadHash> {
+    let BodySink { mut feed, writer } = sink;
+    let mut writer = Some(writer);
+    let mut hasher = Some(hash.hasher);
+    let mut hashed = hash.hashed;
+    let mut batch: Vec<Bytes> = Vec::new();
+    let mut batched = 0usize;
+    let mut ended = false;
+    let mut pending: Option<futures_util::future::BoxFuture<'static, Batched>> = None;
+    let copied: Result<()> = loop {
+        if pending.is_none() && !batch.is_empty() {
+            let (Some(current), Some(out)) = (hasher.take(), writer.take()) else {
+                break Err(pipe_failure(hashing::PipeClosed));
+            };
+            let chunks = std::mem::take(&mut batch);
+            let len = std::mem::take(&mut batched) as u64;
+            pending = Some(Box::pin(write_and_hash(out, current, chunks, len)));
+        }
+        if pending.is_none() && ended {
+            break Ok(());
+        }
+        let receive = !ended && batched < UPLOAD_BATCH;
+        tokio::select! {
+            Some((out, done)) = futures_util::future::OptionFuture::from(pending.as_mut()), if pending.is_some() => {
+                pending = None;
+                writer = Some(out);
+                match done {
+                    Ok((next, len)) => {
+                        hasher = Some(next);
+                        hashed = match hashed.checked_add(len) {
+                            Some(total) => total,
+                            None => break Err(RegistryError::SizeInvalid("upload too large".into())),
+                        };
+                    }
+                    Err(e) => break Err(e),
+                }
+            }
+            next = feed.recv(), if receive => match next {
+                None => break Err(abandoned(id)),
+                Some(Feed::End) => ended = true,
+                Some(Feed::Chunk(chunk)) => {
+                    batched = batched.saturating_add(chunk.len());
+                    batch.push(chunk);
+                }
+            },
+            else => break Ok(()),
+        }
+    };
+    // The request need not wait on a full channel while the batch in flight lands.
+    drop(feed);
+    let mut outcome = copied;
+    if let Some(last) = pending.take() {
+        let (out, done) = last.await;
+        writer = Some(out);
+        match done {
+            Ok((next, len)) => {
+                hasher = Some(next);
+                hashed = hashed.saturating_add(len);
+            }
+            Err(e) => {
+                if outcome.is_ok() {
+                    outcome = Err(e);
+                }
+            }
+        }
+    }
+    let size = match writer {
+        Some(writer) => writer.finish().await,
+        None => Err(StorageError::Io {
+            what: format!("append to upload {id}"),
+            source: std::io::Error::other("upload writer lost"),
+        }),
+    };
+    outcome?;
+    let size = size?;
+    let hasher = hasher.ok_or_else(|| pipe_failure(hashing::PipeClosed))?;
+    if size != hashed {
+        return Err(RegistryError::Storage(StorageError::Corrupt(format!(
+            "upload {id} holds {size} bytes after append, {hashed} were hashed"
+        ))));
+    }
+    Ok(UploadHash { hasher, hashed })
 }
 
 /// A writer given back by [`write_and_hash`], with the hasher and length of the batch, or why it failed.
@@ -1067,7 +1327,7 @@ async fn write_and_hash(
 
 /// The hashing thread failing is the server's problem, not the client's.
 fn pipe_failure(e: super::hashing::PipeClosed) -> RegistryError {
-    RegistryError::Storage(super::storage::StorageError::Io {
+    RegistryError::Storage(StorageError::Io {
         what: "hashing an upload".into(),
         source: std::io::Error::other(e.to_string()),
     })
@@ -1077,6 +1337,7 @@ fn pipe_failure(e: super::hashing::PipeClosed) -> RegistryError {
 mod tests {
     use super::*;
     use crate::registry::storage::fs::FsStorage;
+    use crate::registry::storage::ByteStream;
 
     type Chunks = futures_util::stream::Iter<std::vec::IntoIter<std::io::Result<Bytes>>>;
 
@@ -1355,6 +1616,465 @@ mod tests {
                 "round {round}: M1 was deleted"
             );
         }
+    }
+
+    /// FsStorage with faults a test switches on: upload writes that take `write_delay` on the blocking pool (a slow
+    /// disk), counted when they start and when they land; a listing of uploads that reports each as last written
+    /// long ago (a listing taken before a request wrote to it); one upload whose delete fails.
+    struct Faulty {
+        fs: FsStorage,
+        root: std::path::PathBuf,
+        write_delay: Duration,
+        writes_started: Arc<tokio::sync::watch::Sender<usize>>,
+        writes_landed: Arc<tokio::sync::watch::Sender<usize>>,
+        stale_listing: bool,
+        undeletable: Mutex<Option<UploadId>>,
+    }
+
+    impl Faulty {
+        fn new(root: &std::path::Path, write_delay: Duration) -> Faulty {
+            Faulty {
+                fs: FsStorage::open(root).expect("open storage"),
+                root: root.to_owned(),
+                write_delay,
+                writes_started: Arc::new(tokio::sync::watch::channel(0).0),
+                writes_landed: Arc::new(tokio::sync::watch::channel(0).0),
+                stale_listing: false,
+                undeletable: Mutex::new(None),
+            }
+        }
+    }
+
+    /// Waits (with a deadline) until `counter` reaches `n`.
+    async fn reached(counter: &tokio::sync::watch::Sender<usize>, n: usize, what: &str) {
+        let mut seen = counter.subscribe();
+        tokio::time::timeout(Duration::from_secs(10), seen.wait_for(|count| *count >= n))
+            .await
+            .unwrap_or_else(|_| panic!("timed out waiting for {n} {what}"))
+            .expect("counter dropped");
+    }
+
+    /// Polls `done` until it holds, with a deadline.
+    async fn eventually<F: std::future::Future<Output = bool>>(what: &str, done: impl Fn() -> F) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !done().await {
+            assert!(Instant::now() < deadline, "timed out waiting for {what}");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    struct SlowWriter {
+        file: Option<std::fs::File>,
+        delay: Duration,
+        started: Arc<tokio::sync::watch::Sender<usize>>,
+        landed: Arc<tokio::sync::watch::Sender<usize>>,
+    }
+
+    type StorageResult<T> = std::result::Result<T, StorageError>;
+
+    #[async_trait::async_trait]
+    impl UploadWriter for SlowWriter {
+        async fn write(&mut self, chunk: Bytes) -> StorageResult<()> {
+            self.write_batch(vec![chunk]).await
+        }
+
+        async fn write_batch(&mut self, chunks: Vec<Bytes>) -> StorageResult<()> {
+            use std::io::Write;
+            let mut file = self.file.take().expect("writer has its file");
+            let (delay, landed) = (self.delay, self.landed.clone());
+            self.started.send_modify(|n| *n += 1);
+            let (file, written) = tokio::task::spawn_blocking(move || {
+                std::thread::sleep(delay);
+                let written = chunks.iter().try_for_each(|chunk| file.write_all(chunk));
+                landed.send_modify(|n| *n += 1);
+                (file, written)
+            })
+            .await
+            .expect("write task");
+            self.file = Some(file);
+            written.map_err(|source| StorageError::Io {
+                what: "slow write".into(),
+                source,
+            })
+        }
+
+        async fn finish(mut self: Box<Self>) -> StorageResult<u64> {
+            let file = self.file.take().expect("writer has its file");
+            Ok(file.metadata().expect("stat upload").len())
+        }
+    }
+
+    #[async_trait::async_trait]
+    impl Storage for Faulty {
+        async fn blob_size(&self, d: &Digest) -> StorageResult<Option<u64>> {
+            self.fs.blob_size(d).await
+        }
+        async fn blob_read(
+            &self,
+            d: &Digest,
+            r: Option<ByteRange>,
+        ) -> StorageResult<Option<BlobContent>> {
+            self.fs.blob_read(d, r).await
+        }
+        async fn upload_create(&self, id: &UploadId, info: &UploadInfo) -> StorageResult<()> {
+            self.fs.upload_create(id, info).await
+        }
+        async fn upload_info(&self, id: &UploadId) -> StorageResult<Option<UploadInfo>> {
+            self.fs.upload_info(id).await
+        }
+        async fn upload_writer(&self, id: &UploadId) -> StorageResult<Box<dyn UploadWriter>> {
+            let path = self.root.join("uploads").join(id.as_str()).join("data");
+            let file = std::fs::OpenOptions::new()
+                .append(true)
+                .open(path)
+                .map_err(|source| StorageError::Io {
+                    what: "open upload".into(),
+                    source,
+                })?;
+            Ok(Box::new(SlowWriter {
+                file: Some(file),
+                delay: self.write_delay,
+                started: self.writes_started.clone(),
+                landed: self.writes_landed.clone(),
+            }))
+        }
+        async fn upload_read(&self, id: &UploadId) -> StorageResult<ByteStream> {
+            self.fs.upload_read(id).await
+        }
+        async fn upload_read_at(&self, id: &UploadId, o: u64, m: usize) -> StorageResult<Bytes> {
+            self.fs.upload_read_at(id, o, m).await
+        }
+        async fn upload_truncate(&self, id: &UploadId, size: u64) -> StorageResult<()> {
+            self.fs.upload_truncate(id, size).await
+        }
+        async fn upload_commit(&self, id: &UploadId, d: &Digest, size: u64) -> StorageResult<()> {
+            self.fs.upload_commit(id, d, size).await
+        }
+        async fn upload_delete(&self, id: &UploadId) -> StorageResult<()> {
+            if self.undeletable.lock().expect("lock").as_ref() == Some(id) {
+                return Err(StorageError::Io {
+                    what: format!("remove upload {id}"),
+                    source: std::io::Error::other("injected failure"),
+                });
+            }
+            self.fs.upload_delete(id).await
+        }
+        async fn uploads(&self) -> StorageResult<Vec<(UploadId, SystemTime)>> {
+            let mut uploads = self.fs.uploads().await?;
+            if self.stale_listing {
+                for (_, modified) in &mut uploads {
+                    *modified = UNIX_EPOCH;
+                }
+            }
+            Ok(uploads)
+        }
+        async fn upload_modified(&self, id: &UploadId) -> StorageResult<Option<SystemTime>> {
+            self.fs.upload_modified(id).await
+        }
+        async fn blob_link(&self, r: &RepoName, d: &Digest) -> StorageResult<()> {
+            self.fs.blob_link(r, d).await
+        }
+        async fn blob_linked(&self, r: &RepoName, d: &Digest) -> StorageResult<bool> {
+            self.fs.blob_linked(r, d).await
+        }
+        async fn blob_unlink(&self, r: &RepoName, d: &Digest) -> StorageResult<bool> {
+            self.fs.blob_unlink(r, d).await
+        }
+        async fn blobs_linked(&self, r: &RepoName) -> StorageResult<Vec<Digest>> {
+            self.fs.blobs_linked(r).await
+        }
+        async fn blob_delete(&self, d: &Digest) -> StorageResult<bool> {
+            self.fs.blob_delete(d).await
+        }
+        async fn manifest_put(
+            &self,
+            r: &RepoName,
+            d: &Digest,
+            m: &StoredManifest,
+        ) -> StorageResult<()> {
+            self.fs.manifest_put(r, d, m).await
+        }
+        async fn manifest_get(
+            &self,
+            r: &RepoName,
+            d: &Digest,
+        ) -> StorageResult<Option<StoredManifest>> {
+            self.fs.manifest_get(r, d).await
+        }
+        async fn manifest_delete(&self, r: &RepoName, d: &Digest) -> StorageResult<bool> {
+            self.fs.manifest_delete(r, d).await
+        }
+        async fn tag_set(&self, r: &RepoName, t: &Tag, d: &Digest) -> StorageResult<()> {
+            self.fs.tag_set(r, t, d).await
+        }
+        async fn tag_get(&self, r: &RepoName, t: &Tag) -> StorageResult<Option<Digest>> {
+            self.fs.tag_get(r, t).await
+        }
+        async fn tag_delete(&self, r: &RepoName, t: &Tag) -> StorageResult<bool> {
+            self.fs.tag_delete(r, t).await
+        }
+        async fn tags(&self, r: &RepoName) -> StorageResult<Option<Vec<Tag>>> {
+            self.fs.tags(r).await
+        }
+        async fn repositories(&self) -> StorageResult<Vec<RepoName>> {
+            self.fs.repositories().await
+        }
+        async fn referrer_add(
+            &self,
+            r: &RepoName,
+            s: &Digest,
+            f: &Digest,
+            d: &[u8],
+        ) -> StorageResult<()> {
+            self.fs.referrer_add(r, s, f, d).await
+        }
+        async fn referrer_remove(&self, r: &RepoName, s: &Digest, f: &Digest) -> StorageResult<()> {
+            self.fs.referrer_remove(r, s, f).await
+        }
+        async fn referrers(&self, r: &RepoName, s: &Digest) -> StorageResult<Vec<Bytes>> {
+            self.fs.referrers(r, s).await
+        }
+        async fn check_writable(&self) -> StorageResult<()> {
+            self.fs.check_writable().await
+        }
+    }
+
+    fn faulty_registry(
+        faulty: impl FnOnce(&std::path::Path) -> Faulty,
+    ) -> (tempfile::TempDir, Arc<Faulty>, Arc<Registry>) {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let storage = Arc::new(faulty(dir.path()));
+        let registry = Arc::new(Registry::new(storage.clone()));
+        (dir, storage, registry)
+    }
+
+    /// One chunk, then a client that sends nothing more (until its request is dropped).
+    fn cut_off(chunk: &'static [u8]) -> impl Stream<Item = std::io::Result<Bytes>> + Unpin + Send {
+        futures_util::stream::iter(vec![Ok(Bytes::from_static(chunk))])
+            .chain(futures_util::stream::pending())
+    }
+
+    async fn blob_bytes(registry: &Registry, repo: &RepoName, digest: &Digest) -> Vec<u8> {
+        let (content, _) = registry
+            .blob_read(repo, digest, |_| Ok(None))
+            .await
+            .expect("blob");
+        let mut bytes = Vec::new();
+        let mut stream = content.stream;
+        while let Some(chunk) = stream.next().await {
+            bytes.extend_from_slice(&chunk.expect("chunk"));
+        }
+        bytes
+    }
+
+    /// Review of issue 9: a PATCH whose request was dropped (the client reset its connection) left its batch write
+    /// running detached while the session's lock was already free, so a closing PUT hashed and committed the
+    /// upload, and the late write landed in the committed, content-addressed blob.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_patch_cut_off_mid_write_never_writes_into_a_committed_blob() {
+        let (_dir, storage, registry) =
+            faulty_registry(|root| Faulty::new(root, Duration::from_millis(300)));
+        let repo = repo("cancel/blob");
+        let id = registry.upload_start(&repo).await.expect("start");
+        let location = format!("/v2/{repo}/blobs/uploads/{id}");
+        registry
+            .upload_append(&repo, &id, &location, None, body(&[b"good"]))
+            .await
+            .expect("first PATCH");
+        let patch = tokio::spawn({
+            let (registry, repo, id, location) =
+                (registry.clone(), repo.clone(), id.clone(), location.clone());
+            async move {
+                registry
+                    .upload_append(&repo, &id, &location, None, cut_off(b"EVIL"))
+                    .await
+            }
+        });
+        reached(&storage.writes_started, 2, "writes started").await;
+        patch.abort();
+        assert!(patch.await.is_err(), "the PATCH was dropped, not answered");
+        // The closing PUT for the four acknowledged bytes, without a body.
+        let digest = Digest::sha256_of(b"good");
+        registry
+            .upload_finish(&repo, &id, &location, &digest, None, None::<Chunks>)
+            .await
+            .expect("PUT commits");
+        reached(&storage.writes_landed, 2, "writes landed").await;
+        let bytes = blob_bytes(&registry, &repo, &digest).await;
+        assert_eq!(
+            bytes,
+            b"good",
+            "blob {digest} holds {:?}",
+            String::from_utf8_lossy(&bytes)
+        );
+    }
+
+    /// Review of issue 9: the bytes of a PATCH whose request was dropped stayed in the upload (nothing truncated
+    /// them). They are rolled back, and the upload continues from the size acknowledged before.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_patch_cut_off_mid_write_is_rolled_back() {
+        let (_dir, storage, registry) =
+            faulty_registry(|root| Faulty::new(root, Duration::from_millis(300)));
+        let repo = repo("cancel/rollback");
+        let id = registry.upload_start(&repo).await.expect("start");
+        let location = format!("/v2/{repo}/blobs/uploads/{id}");
+        registry
+            .upload_append(&repo, &id, &location, Some((0, 3)), body(&[b"good"]))
+            .await
+            .expect("first PATCH");
+        let patch = tokio::spawn({
+            let (registry, repo, id, location) =
+                (registry.clone(), repo.clone(), id.clone(), location.clone());
+            async move {
+                registry
+                    .upload_append(&repo, &id, &location, None, cut_off(b"EVIL"))
+                    .await
+            }
+        });
+        reached(&storage.writes_started, 2, "writes started").await;
+        patch.abort();
+        assert!(patch.await.is_err(), "the PATCH was dropped, not answered");
+        reached(&storage.writes_landed, 2, "writes landed").await;
+        // An empty PATCH reports the size under the session's lock.
+        let size = registry
+            .upload_append(&repo, &id, &location, None, body(&[]))
+            .await
+            .expect("empty PATCH");
+        assert_eq!(size, 4, "the dropped PATCH's bytes are rolled back");
+        registry
+            .upload_append(&repo, &id, &location, Some((4, 8)), body(&[b"-more"]))
+            .await
+            .expect("PATCH from the acknowledged offset");
+        let digest = Digest::sha256_of(b"good-more");
+        registry
+            .upload_finish(&repo, &id, &location, &digest, None, None::<Chunks>)
+            .await
+            .expect("PUT commits");
+        assert_eq!(blob_bytes(&registry, &repo, &digest).await, b"good-more");
+    }
+
+    /// Review of issue 9: a closing PUT whose request was dropped mid-body kept its bytes (nothing rolled them
+    /// back). They are rolled back like a failed PUT's, and the upload can still be completed.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_closing_put_cut_off_mid_write_is_rolled_back() {
+        let (_dir, storage, registry) =
+            faulty_registry(|root| Faulty::new(root, Duration::from_millis(300)));
+        let repo = repo("cancel/put");
+        let id = registry.upload_start(&repo).await.expect("start");
+        let location = format!("/v2/{repo}/blobs/uploads/{id}");
+        registry
+            .upload_append(&repo, &id, &location, None, body(&[b"good"]))
+            .await
+            .expect("PATCH");
+        let put = tokio::spawn({
+            let (registry, repo, id, location) =
+                (registry.clone(), repo.clone(), id.clone(), location.clone());
+            async move {
+                let digest = Digest::sha256_of(b"goodEVIL");
+                registry
+                    .upload_finish(&repo, &id, &location, &digest, None, Some(cut_off(b"EVIL")))
+                    .await
+            }
+        });
+        reached(&storage.writes_started, 2, "writes started").await;
+        put.abort();
+        assert!(put.await.is_err(), "the PUT was dropped, not answered");
+        reached(&storage.writes_landed, 2, "writes landed").await;
+        let size = registry
+            .upload_append(&repo, &id, &location, None, body(&[]))
+            .await
+            .expect("empty PATCH");
+        assert_eq!(size, 4, "the dropped PUT's bytes are rolled back");
+        let digest = Digest::sha256_of(b"good");
+        registry
+            .upload_finish(&repo, &id, &location, &digest, None, None::<Chunks>)
+            .await
+            .expect("retried PUT commits");
+        assert_eq!(blob_bytes(&registry, &repo, &digest).await, b"good");
+    }
+
+    /// Review of issue 9: a monolithic `POST ?digest=` whose request was dropped left its upload directory and its
+    /// session behind (they were cleaned up only when the push returned an error).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_monolithic_push_cut_off_leaves_no_upload() {
+        let (_dir, storage, registry) =
+            faulty_registry(|root| Faulty::new(root, Duration::from_millis(300)));
+        let repo = repo("cancel/monolithic");
+        let push = tokio::spawn({
+            let (registry, repo) = (registry.clone(), repo.clone());
+            async move {
+                let digest = Digest::sha256_of(b"never sent in full");
+                registry
+                    .upload_monolithic(&repo, &digest, cut_off(b"never"))
+                    .await
+            }
+        });
+        reached(&storage.writes_started, 1, "writes started").await;
+        assert_eq!(registry.upload_sessions(), 1);
+        push.abort();
+        assert!(push.await.is_err(), "the POST was dropped, not answered");
+        eventually("the abandoned upload to be deleted", || async {
+            storage.uploads().await.expect("uploads").is_empty()
+        })
+        .await;
+        eventually("the abandoned session to be forgotten", || async {
+            registry.upload_sessions() == 0
+        })
+        .await;
+    }
+
+    /// Review of issue 9: the sweeper judged an upload stale from a listing taken before it took the upload's lock,
+    /// and deleted it even when a request had written to it since.
+    #[tokio::test]
+    async fn the_upload_sweeper_keeps_an_upload_written_after_its_listing() {
+        let (_dir, _storage, registry) = faulty_registry(|root| Faulty {
+            stale_listing: true,
+            ..Faulty::new(root, Duration::ZERO)
+        });
+        let repo = repo("sweep/fresh");
+        let id = registry.upload_start(&repo).await.expect("start");
+        let location = format!("/v2/{repo}/blobs/uploads/{id}");
+        registry
+            .upload_append(&repo, &id, &location, None, body(&[b"fresh"]))
+            .await
+            .expect("PATCH");
+        let expired = registry
+            .expire_uploads(Duration::from_secs(3600))
+            .await
+            .expect("sweep");
+        assert_eq!(expired, 0);
+        assert_eq!(registry.upload_size(&repo, &id).await.expect("kept"), 5);
+        assert_eq!(registry.upload_sessions(), 1);
+    }
+
+    /// Review of issue 9: one upload that could not be deleted stopped the sweep, so every stale upload listed
+    /// after it stayed.
+    #[tokio::test]
+    async fn one_failed_delete_does_not_stop_the_upload_sweep() {
+        let (dir, storage, registry) = faulty_registry(|root| Faulty::new(root, Duration::ZERO));
+        let repo = repo("sweep/stale");
+        let stuck = registry.upload_start(&repo).await.expect("start");
+        let stale = registry.upload_start(&repo).await.expect("start");
+        let long_ago = SystemTime::now() - Duration::from_secs(7200);
+        for id in [&stuck, &stale] {
+            std::fs::File::options()
+                .append(true)
+                .open(dir.path().join("uploads").join(id.as_str()).join("data"))
+                .and_then(|data| data.set_modified(long_ago))
+                .expect("age the upload");
+        }
+        *storage.undeletable.lock().expect("lock") = Some(stuck.clone());
+        let expired = registry
+            .expire_uploads(Duration::from_secs(3600))
+            .await
+            .expect("the sweep goes on past a failed delete");
+        assert_eq!(expired, 1);
+        assert!(
+            registry.upload_size(&repo, &stale).await.is_err(),
+            "expired"
+        );
+        assert!(registry.upload_size(&repo, &stuck).await.is_ok(), "kept");
+        assert_eq!(registry.upload_sessions(), 1, "the kept upload's session");
     }
 
     fn strings<T: AsRef<str>>(page: &Page<T>) -> Vec<&str> {

@@ -514,7 +514,7 @@ impl Storage for FsStorage {
         .await
     }
 
-    async fn upload_commit(&self, id: &UploadId, digest: &Digest) -> Result<()> {
+    async fn upload_commit(&self, id: &UploadId, digest: &Digest, size: u64) -> Result<()> {
         let layout = self.layout();
         let id = id.clone();
         let digest = digest.clone();
@@ -526,6 +526,12 @@ impl Storage for FsStorage {
             if !present {
                 let file = File::open(&data).map_err(io_err(what.clone()))?;
                 file.sync_all().map_err(io_err(what.clone()))?;
+                let synced = file.metadata().map_err(io_err(what.clone()))?.len();
+                if synced != size {
+                    return Err(StorageError::Corrupt(format!(
+                        "upload {id} holds {synced} bytes, {size} were verified; not committed"
+                    )));
+                }
                 layout
                     .rename_into_place(&data, &target)
                     .map_err(io_err(what))?;
@@ -565,6 +571,24 @@ impl Storage for FsStorage {
                 found.push((id, modified));
             }
             Ok(found)
+        })
+        .await
+    }
+
+    async fn upload_modified(&self, id: &UploadId) -> Result<Option<SystemTime>> {
+        let layout = self.layout();
+        let id = id.clone();
+        blocking(move || {
+            let data = layout.upload_data(&id);
+            let what = format!("stat {}", data.display());
+            match not_found_is_none(fs::metadata(&data)).map_err(io_err(what.clone()))? {
+                Some(meta) => Ok(Some(meta.modified().map_err(io_err(what))?)),
+                // A directory without its data is as old as can be (like in `uploads`), so it expires.
+                None => Ok(layout
+                    .upload_dir(&id)
+                    .exists()
+                    .then_some(SystemTime::UNIX_EPOCH)),
+            }
         })
         .await
     }
@@ -907,5 +931,43 @@ mod tests {
                 .unwrap_or(usize::MAX),
             0
         );
+    }
+
+    /// Review of issue 9 (second line of defence): a commit renamed whatever the data file held, even bytes that
+    /// were not hashed (a write that landed after the digest check). A commit whose durable size differs from the
+    /// verified one is refused and keeps the upload.
+    #[tokio::test]
+    async fn a_commit_of_other_than_the_verified_size_is_refused() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let storage = FsStorage::open(dir.path()).expect("open");
+        let id = UploadId::new_random();
+        let info = UploadInfo {
+            repository: "commit/size".into(),
+            size: 0,
+            started_unix: 1,
+            monolithic: false,
+        };
+        storage.upload_create(&id, &info).await.expect("create");
+        let mut writer = storage.upload_writer(&id).await.expect("writer");
+        writer
+            .write(Bytes::from_static(b"goodEVIL"))
+            .await
+            .expect("write");
+        writer.finish().await.expect("finish");
+        let digest = Digest::sha256_of(b"good");
+        let refused = storage.upload_commit(&id, &digest, 4).await;
+        assert!(
+            matches!(refused, Err(StorageError::Corrupt(_))),
+            "{refused:?}"
+        );
+        assert_eq!(storage.blob_size(&digest).await.expect("stat"), None);
+        let kept = storage.upload_info(&id).await.expect("info");
+        assert_eq!(kept.map(|info| info.size), Some(8));
+        storage.upload_truncate(&id, 4).await.expect("truncate");
+        storage
+            .upload_commit(&id, &digest, 4)
+            .await
+            .expect("commit of the verified size");
+        assert_eq!(storage.blob_size(&digest).await.expect("stat"), Some(4));
     }
 }

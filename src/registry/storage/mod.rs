@@ -139,11 +139,21 @@ pub trait Storage: Send + Sync + 'static {
     async fn upload_read_at(&self, id: &UploadId, offset: u64, max: usize) -> Result<Bytes>;
     /// Cuts the upload back to `size` bytes (after a failed append).
     async fn upload_truncate(&self, id: &UploadId, size: u64) -> Result<()>;
-    /// Makes the upload's bytes durably the blob `digest` and removes the upload. The caller has verified the digest.
-    async fn upload_commit(&self, id: &UploadId, digest: &Digest) -> Result<()>;
+    /// Makes the upload's bytes durably the blob `digest` and removes the upload. The caller has verified the digest
+    /// of `size` bytes; the commit is refused (`Corrupt`, the upload kept) if the durable upload holds any other
+    /// number, which would mean a write the caller did not hash reached it.
+    async fn upload_commit(&self, id: &UploadId, digest: &Digest, size: u64) -> Result<()>;
     async fn upload_delete(&self, id: &UploadId) -> Result<()>;
-    /// Every upload with its start time, to expire stale ones.
+    /// Every upload with when it was last written, to expire stale ones.
     async fn uploads(&self) -> Result<Vec<(UploadId, SystemTime)>>;
+    /// When the upload was last written, if it exists. The default looks it up in [`Storage::uploads`].
+    async fn upload_modified(&self, id: &UploadId) -> Result<Option<SystemTime>> {
+        Ok(self
+            .uploads()
+            .await?
+            .into_iter()
+            .find_map(|(upload, modified)| (&upload == id).then_some(modified)))
+    }
 
     // --- which blobs a repository may serve
     async fn blob_link(&self, repo: &RepoName, digest: &Digest) -> Result<()>;

@@ -45,7 +45,10 @@ async fn push_blob(storage: &dyn Storage, repo_name: &RepoName, content: &[u8]) 
         writer.finish().await.expect("finish");
     }
     let digest = Digest::sha256_of(content);
-    storage.upload_commit(&id, &digest).await.expect("commit");
+    storage
+        .upload_commit(&id, &digest, content.len() as u64)
+        .await
+        .expect("commit");
     storage.blob_link(repo_name, &digest).await.expect("link");
     digest
 }
