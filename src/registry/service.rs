@@ -459,20 +459,13 @@ impl Registry {
         let algorithm = session
             .as_ref()
             .map_or(Algorithm::Sha256, |cached| cached.hasher.algorithm());
+        // Everything that waits comes before the cached hash is taken out of the session: a request dropped while
+        // it waits then leaves the hash in place (review finding: each reset forced a full rehash).
+        let announced = chunk_length(range)?;
+        let (sink, feed, stream) = self.body_sink(id).await?;
         let hash = self
             .current_hash(id, size, session.take(), algorithm)
             .await?;
-        let prepared = match chunk_length(range) {
-            Ok(announced) => self.body_sink(id).await.map(|sink| (announced, sink)),
-            Err(e) => Err(e),
-        };
-        let (announced, (sink, feed, stream)) = match prepared {
-            Ok(prepared) => prepared,
-            Err(e) => {
-                *session = Some(hash);
-                return Err(e);
-            }
-        };
         let job = UploadJob {
             shared: self.shared(),
             id: id.clone(),
@@ -579,9 +572,8 @@ impl Registry {
                 return Err(out_of_order(id, location, size, start));
             }
         }
-        let before = self
-            .current_hash(id, size, session.take(), digest.algorithm())
-            .await?;
+        // The first chunk is awaited before the cached hash is taken out of the session: a request dropped while
+        // it waits then leaves the hash in place (review finding: each reset forced a full rehash).
         let chunk = match body {
             None => None,
             Some(mut body) => match body.next().await {
@@ -589,6 +581,9 @@ impl Registry {
                 first => Some(futures_util::stream::iter(first).chain(body)),
             },
         };
+        let before = self
+            .current_hash(id, size, session.take(), digest.algorithm())
+            .await?;
         let prepared = match (chunk, range) {
             (None, Some((start, end))) => Err(RegistryError::SizeInvalid(format!(
                 "Content-Range {start}-{end} announces a chunk, the request has no body"
@@ -674,6 +669,14 @@ impl Registry {
                 job.run().await
             }
             .await;
+            let pushed = pushed.map_err(|e| match e {
+                // Not the chunked upload's "can be retried": nothing of a monolithic push is kept.
+                RegistryError::DigestInvalid(why) => {
+                    let what = why.split_once("; ").map_or(why.as_str(), |(what, _)| what);
+                    RegistryError::DigestInvalid(format!("{what}; nothing was stored"))
+                }
+                other => other,
+            });
             if pushed.is_err() {
                 // A failed (or abandoned) monolithic push leaves nothing behind.
                 if let Err(e) = shared.storage.upload_delete(&id).await {
@@ -1099,9 +1102,32 @@ impl UploadJob {
             )));
         }
         let gate = self.shared.content_gate.read().await;
-        storage.upload_commit(id, &digest, hash.hashed).await?;
-        storage.blob_link(&repo, &digest).await?;
+        if let Err(e) = storage.upload_commit(id, &digest, hash.hashed).await {
+            drop(gate);
+            // A failed commit keeps the upload: put it back as it was before this request, so that the same PUT
+            // can be retried (review finding: the PUT's bytes stayed, and every retry then had the wrong digest).
+            if hash.hashed != size {
+                if let Err(truncate) = storage.upload_truncate(id, size).await {
+                    log::warn!("upload {id}: rolling back a failed commit: {truncate}");
+                }
+            }
+            *self.session = Some(self.before.clone());
+            return Err(e.into());
+        }
+        let linked = storage.blob_link(&repo, &digest).await;
         drop(gate);
+        if let Err(e) = linked {
+            // The upload became the blob, so the session has nothing left to continue.
+            let UploadJob {
+                shared,
+                id,
+                session,
+                ..
+            } = self;
+            drop(session);
+            shared.forget(&id);
+            return Err(e.into());
+        }
         let UploadJob {
             shared,
             id,
@@ -1629,6 +1655,8 @@ mod tests {
         writes_landed: Arc<tokio::sync::watch::Sender<usize>>,
         stale_listing: bool,
         undeletable: Mutex<Option<UploadId>>,
+        /// Commits that fail before they do anything (a full or read-only disk).
+        failing_commits: std::sync::atomic::AtomicUsize,
     }
 
     impl Faulty {
@@ -1641,6 +1669,7 @@ mod tests {
                 writes_landed: Arc::new(tokio::sync::watch::channel(0).0),
                 stale_listing: false,
                 undeletable: Mutex::new(None),
+                failing_commits: std::sync::atomic::AtomicUsize::new(0),
             }
         }
     }
@@ -1748,6 +1777,17 @@ mod tests {
             self.fs.upload_truncate(id, size).await
         }
         async fn upload_commit(&self, id: &UploadId, d: &Digest, size: u64) -> StorageResult<()> {
+            use std::sync::atomic::Ordering;
+            let fail = self
+                .failing_commits
+                .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| n.checked_sub(1))
+                .is_ok();
+            if fail {
+                return Err(StorageError::Io {
+                    what: format!("commit upload {id}"),
+                    source: std::io::Error::other("injected failure"),
+                });
+            }
             self.fs.upload_commit(id, d, size).await
         }
         async fn upload_delete(&self, id: &UploadId) -> StorageResult<()> {
@@ -1950,6 +1990,42 @@ mod tests {
             .upload_finish(&repo, &id, &location, &digest, None, None::<Chunks>)
             .await
             .expect("PUT commits");
+        assert_eq!(blob_bytes(&registry, &repo, &digest).await, b"good-more");
+    }
+
+    /// Review of issue 9: a closing PUT whose commit failed (a full or read-only disk) kept its own bytes, so the
+    /// same PUT, retried, had the wrong digest forever. The upload is put back as it was before that PUT.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_closing_put_whose_commit_fails_can_be_retried() {
+        let (_dir, storage, registry) = faulty_registry(|root| Faulty::new(root, Duration::ZERO));
+        storage
+            .failing_commits
+            .store(1, std::sync::atomic::Ordering::Release);
+        let repo = repo("cancel/commit");
+        let id = registry.upload_start(&repo).await.expect("start");
+        let location = format!("/v2/{repo}/blobs/uploads/{id}");
+        registry
+            .upload_append(&repo, &id, &location, None, body(&[b"good"]))
+            .await
+            .expect("PATCH");
+        let digest = Digest::sha256_of(b"good-more");
+        let put = || {
+            registry.upload_finish(
+                &repo,
+                &id,
+                &location,
+                &digest,
+                None,
+                Some(body(&[b"-more"])),
+            )
+        };
+        assert!(put().await.is_err(), "the injected commit failure");
+        assert_eq!(
+            registry.upload_size(&repo, &id).await.expect("size"),
+            4,
+            "the failed PUT's bytes are rolled back"
+        );
+        put().await.expect("the same PUT, retried, commits");
         assert_eq!(blob_bytes(&registry, &repo, &digest).await, b"good-more");
     }
 
