@@ -805,6 +805,9 @@ impl BlobFetch {
         let mut body = response.bytes_stream();
         let mut pending = BytesMut::new();
         let mut written = 0u64;
+        // What was hashed, counted apart from what the file holds, so the commit's size check can catch a
+        // difference between the two.
+        let mut hashed = 0u64;
         loop {
             let next = if pending.is_empty() {
                 Some(body.next().await)
@@ -821,6 +824,7 @@ impl BlobFetch {
             }
             if !pending.is_empty() {
                 let chunk = pending.split().freeze();
+                hashed = hashed.saturating_add(chunk.len() as u64);
                 pipe.feed(chunk.clone())
                     .await
                     .map_err(|e| RegistryError::Body(e.to_string()))?;
@@ -852,9 +856,7 @@ impl BlobFetch {
             });
         }
         let _gate = self.proxy.content_gate.read().await;
-        self.storage
-            .upload_commit(id, &self.digest, written)
-            .await?;
+        self.storage.upload_commit(id, &self.digest, hashed).await?;
         self.storage
             .blob_link(&self.target.local_repo, &self.digest)
             .await?;
