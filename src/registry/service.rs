@@ -1879,6 +1879,19 @@ mod tests {
         }
     }
 
+    /// Runs `request` until `writes` storage writes have started, then drops it, as actix drops the handler of a
+    /// request whose client reset its connection.
+    async fn drop_mid_write<T: Send + 'static>(
+        storage: &Faulty,
+        writes: usize,
+        request: impl std::future::Future<Output = T> + Send + 'static,
+    ) {
+        let task = tokio::spawn(request);
+        reached(&storage.writes_started, writes, "writes started").await;
+        task.abort();
+        assert!(task.await.is_err(), "the request was dropped, not answered");
+    }
+
     fn faulty_registry(
         faulty: impl FnOnce(&std::path::Path) -> Faulty,
     ) -> (tempfile::TempDir, Arc<Faulty>, Arc<Registry>) {
@@ -1921,18 +1934,13 @@ mod tests {
             .upload_append(&repo, &id, &location, None, body(&[b"good"]))
             .await
             .expect("first PATCH");
-        let patch = tokio::spawn({
-            let (registry, repo, id, location) =
-                (registry.clone(), repo.clone(), id.clone(), location.clone());
-            async move {
-                registry
-                    .upload_append(&repo, &id, &location, None, cut_off(b"EVIL"))
-                    .await
-            }
-        });
-        reached(&storage.writes_started, 2, "writes started").await;
-        patch.abort();
-        assert!(patch.await.is_err(), "the PATCH was dropped, not answered");
+        let (cut, cut_id, cut_location) = (registry.clone(), id.clone(), location.clone());
+        let cut_repo = repo.clone();
+        drop_mid_write(&storage, 2, async move {
+            cut.upload_append(&cut_repo, &cut_id, &cut_location, None, cut_off(b"EVIL"))
+                .await
+        })
+        .await;
         // The closing PUT for the four acknowledged bytes, without a body.
         let digest = Digest::sha256_of(b"good");
         registry
@@ -1962,18 +1970,13 @@ mod tests {
             .upload_append(&repo, &id, &location, Some((0, 3)), body(&[b"good"]))
             .await
             .expect("first PATCH");
-        let patch = tokio::spawn({
-            let (registry, repo, id, location) =
-                (registry.clone(), repo.clone(), id.clone(), location.clone());
-            async move {
-                registry
-                    .upload_append(&repo, &id, &location, None, cut_off(b"EVIL"))
-                    .await
-            }
-        });
-        reached(&storage.writes_started, 2, "writes started").await;
-        patch.abort();
-        assert!(patch.await.is_err(), "the PATCH was dropped, not answered");
+        let (cut, cut_id, cut_location) = (registry.clone(), id.clone(), location.clone());
+        let cut_repo = repo.clone();
+        drop_mid_write(&storage, 2, async move {
+            cut.upload_append(&cut_repo, &cut_id, &cut_location, None, cut_off(b"EVIL"))
+                .await
+        })
+        .await;
         reached(&storage.writes_landed, 2, "writes landed").await;
         // An empty PATCH reports the size under the session's lock.
         let size = registry
@@ -2042,19 +2045,21 @@ mod tests {
             .upload_append(&repo, &id, &location, None, body(&[b"good"]))
             .await
             .expect("PATCH");
-        let put = tokio::spawn({
-            let (registry, repo, id, location) =
-                (registry.clone(), repo.clone(), id.clone(), location.clone());
-            async move {
-                let digest = Digest::sha256_of(b"goodEVIL");
-                registry
-                    .upload_finish(&repo, &id, &location, &digest, None, Some(cut_off(b"EVIL")))
-                    .await
-            }
-        });
-        reached(&storage.writes_started, 2, "writes started").await;
-        put.abort();
-        assert!(put.await.is_err(), "the PUT was dropped, not answered");
+        let (cut, cut_id, cut_location) = (registry.clone(), id.clone(), location.clone());
+        let cut_repo = repo.clone();
+        drop_mid_write(&storage, 2, async move {
+            let digest = Digest::sha256_of(b"goodEVIL");
+            cut.upload_finish(
+                &cut_repo,
+                &cut_id,
+                &cut_location,
+                &digest,
+                None,
+                Some(cut_off(b"EVIL")),
+            )
+            .await
+        })
+        .await;
         reached(&storage.writes_landed, 2, "writes landed").await;
         let size = registry
             .upload_append(&repo, &id, &location, None, body(&[]))
