@@ -1879,6 +1879,22 @@ mod tests {
         }
     }
 
+    /// An upload in `name` holding the 4 bytes `good`, acknowledged by a first PATCH (with `range`, if given).
+    async fn upload_holding_good(
+        registry: &Registry,
+        name: &str,
+        range: Option<(u64, u64)>,
+    ) -> (RepoName, UploadId, String) {
+        let repo = repo(name);
+        let id = registry.upload_start(&repo).await.expect("start");
+        let location = format!("/v2/{repo}/blobs/uploads/{id}");
+        registry
+            .upload_append(&repo, &id, &location, range, body(&[b"good"]))
+            .await
+            .expect("first PATCH");
+        (repo, id, location)
+    }
+
     /// Runs `request` until `writes` storage writes have started, then drops it, as actix drops the handler of a
     /// request whose client reset its connection.
     async fn drop_mid_write<T: Send + 'static>(
@@ -1927,13 +1943,7 @@ mod tests {
     async fn a_patch_cut_off_mid_write_never_writes_into_a_committed_blob() {
         let (_dir, storage, registry) =
             faulty_registry(|root| Faulty::new(root, Duration::from_millis(300)));
-        let repo = repo("cancel/blob");
-        let id = registry.upload_start(&repo).await.expect("start");
-        let location = format!("/v2/{repo}/blobs/uploads/{id}");
-        registry
-            .upload_append(&repo, &id, &location, None, body(&[b"good"]))
-            .await
-            .expect("first PATCH");
+        let (repo, id, location) = upload_holding_good(&registry, "cancel/blob", None).await;
         let (cut, cut_id, cut_location) = (registry.clone(), id.clone(), location.clone());
         let cut_repo = repo.clone();
         drop_mid_write(&storage, 2, async move {
@@ -1963,13 +1973,8 @@ mod tests {
     async fn a_patch_cut_off_mid_write_is_rolled_back() {
         let (_dir, storage, registry) =
             faulty_registry(|root| Faulty::new(root, Duration::from_millis(300)));
-        let repo = repo("cancel/rollback");
-        let id = registry.upload_start(&repo).await.expect("start");
-        let location = format!("/v2/{repo}/blobs/uploads/{id}");
-        registry
-            .upload_append(&repo, &id, &location, Some((0, 3)), body(&[b"good"]))
-            .await
-            .expect("first PATCH");
+        let (repo, id, location) =
+            upload_holding_good(&registry, "cancel/rollback", Some((0, 3))).await;
         let (cut, cut_id, cut_location) = (registry.clone(), id.clone(), location.clone());
         let cut_repo = repo.clone();
         drop_mid_write(&storage, 2, async move {
@@ -2004,13 +2009,7 @@ mod tests {
         storage
             .failing_commits
             .store(1, std::sync::atomic::Ordering::Release);
-        let repo = repo("cancel/commit");
-        let id = registry.upload_start(&repo).await.expect("start");
-        let location = format!("/v2/{repo}/blobs/uploads/{id}");
-        registry
-            .upload_append(&repo, &id, &location, None, body(&[b"good"]))
-            .await
-            .expect("PATCH");
+        let (repo, id, location) = upload_holding_good(&registry, "cancel/commit", None).await;
         let digest = Digest::sha256_of(b"good-more");
         let put = || {
             registry.upload_finish(
@@ -2038,13 +2037,7 @@ mod tests {
     async fn a_closing_put_cut_off_mid_write_is_rolled_back() {
         let (_dir, storage, registry) =
             faulty_registry(|root| Faulty::new(root, Duration::from_millis(300)));
-        let repo = repo("cancel/put");
-        let id = registry.upload_start(&repo).await.expect("start");
-        let location = format!("/v2/{repo}/blobs/uploads/{id}");
-        registry
-            .upload_append(&repo, &id, &location, None, body(&[b"good"]))
-            .await
-            .expect("PATCH");
+        let (repo, id, location) = upload_holding_good(&registry, "cancel/put", None).await;
         let (cut, cut_id, cut_location) = (registry.clone(), id.clone(), location.clone());
         let cut_repo = repo.clone();
         drop_mid_write(&storage, 2, async move {
