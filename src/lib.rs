@@ -7,6 +7,7 @@
 //! node-local pull endpoint (`berth node-proxy`). [`configure`] is the one route table, used by the binary and by tests.
 
 pub mod admission;
+pub mod clock;
 pub mod cluster;
 pub mod config;
 pub mod health;
