@@ -1,6 +1,7 @@
 mod abuse;
 mod admission;
 mod api;
+mod architecture;
 mod clients;
 mod cluster;
 mod conformance;
