@@ -354,6 +354,7 @@ impl Scope {
             };
             let upstream = image
                 .path
+                .as_str()
                 .strip_prefix("proxy/")
                 .and_then(|rest| rest.split_once('/'))
                 .map(|(upstream, _)| upstream.to_owned());
@@ -384,7 +385,11 @@ impl Scope {
         if !self.is_own_host(&image.domain, policy) {
             return None;
         }
-        let (upstream, rest) = image.path.strip_prefix("proxy/")?.split_once('/')?;
+        let (upstream, rest) = image
+            .path
+            .as_str()
+            .strip_prefix("proxy/")?
+            .split_once('/')?;
         if !self.proxy_upstreams.iter().any(|u| u == upstream) {
             return None;
         }
@@ -396,11 +401,11 @@ impl Scope {
         let mut behind = format!("{upstream}/{rest}");
         if let Some(tag) = &image.tag {
             behind.push(':');
-            behind.push_str(tag);
+            behind.push_str(tag.as_str());
         }
         if let Some(digest) = &image.digest {
             behind.push('@');
-            behind.push_str(digest);
+            behind.push_str(&digest.to_string());
         }
         Some(behind)
     }
@@ -971,6 +976,44 @@ rewrites:
             policy,
             &scope(),
         )
+    }
+
+    /// Issue 10: admission's own grammar took `sha384` digests, which the registry refuses, so a `when: available`
+    /// rewrite of such an image looked it up, found nothing and answered "not available from berth". The image is
+    /// not a reference berth can verify: `/validate` denies it saying why, and `/mutate` plans nothing for it.
+    #[test]
+    fn a_sha384_image_is_denied_as_invalid_not_reported_unavailable() {
+        let policy = Policy::from_yaml(
+            r#"
+defaultAction: allow
+rewrites:
+  - {name: via-berth, match: 'registry\.example/(.+)', replace: 'berth.berth-system.svc/$1', when: available}
+"#,
+        )
+        .expect("policy");
+        let image = format!("registry.example/app@sha384:{}", "e".repeat(96));
+        let response = validate_one(&policy, &image, None);
+        assert!(!response.allowed, "a sha384 image was allowed");
+        let message = &response.result.message;
+        assert!(
+            message.contains(&format!("invalid image reference {image:?}: bad digest"))
+                && message.contains("sha384"),
+            "{message}"
+        );
+
+        let spec = json!({"containers": [{"name": "web", "image": image}]});
+        let plan = plan_mutation(
+            &request(("", "Pod"), "CREATE", "apps", pod(spec, None)),
+            &policy,
+            &scope(),
+        );
+        assert!(plan.candidates.is_empty(), "{:?}", plan.candidates);
+        let (patch, warnings) = build_patch(&plan, &[]);
+        assert!(patch.is_none());
+        assert!(
+            warnings.iter().all(|w| !w.contains("not available")),
+            "{warnings:?}"
+        );
     }
 
     /// Review finding: with an upstream named `quay` (no dot), `…/proxy/quay/evil/miner:1` was decided as Docker Hub's

@@ -8,7 +8,7 @@ use super::image::ImageRef;
 use super::review::{self, MutationPlan};
 use super::source::PolicyStore;
 use crate::proxy::Proxy;
-use crate::registry::names::{Reference, RepoName};
+use crate::registry::names::{Reference, Tag};
 use crate::registry::Registry;
 
 /// Largest review berth reads: 3 MiB is the largest request body the API server accepts for the object (its
@@ -145,7 +145,8 @@ async fn availability(plan: &MutationPlan, registry: &Registry, proxy: &Proxy) -
         let ok = match candidate.when {
             super::policy::When::Always => true,
             super::policy::When::Available => {
-                proxy.serves(&candidate.target.path) || holds(registry, &candidate.target).await
+                proxy.serves(candidate.target.path.as_str())
+                    || holds(registry, &candidate.target).await
             }
         };
         available.push(ok);
@@ -155,18 +156,20 @@ async fn availability(plan: &MutationPlan, registry: &Registry, proxy: &Proxy) -
 
 /// Whether berth's store holds the manifest `target` names (its repository path, by digest or tag).
 pub async fn holds(registry: &Registry, target: &ImageRef) -> bool {
-    let Ok(repo) = RepoName::parse(&target.path) else {
-        return false;
-    };
+    // The target's parts are the registry's own name types (admission/image.rs), so nothing is parsed again here
+    // and no reference is "not available" merely because the registry would not take its spelling.
     let reference = match (&target.digest, &target.tag) {
-        (Some(digest), _) => digest.clone(),
-        (None, Some(tag)) => tag.clone(),
-        (None, None) => "latest".to_owned(),
+        (Some(digest), _) => Reference::Digest(digest.clone()),
+        (None, Some(tag)) => Reference::Tag(tag.clone()),
+        (None, None) => match Tag::parse("latest") {
+            Some(latest) => Reference::Tag(latest),
+            None => return false,
+        },
     };
-    let Ok(reference) = Reference::parse(&reference) else {
-        return false;
-    };
-    registry.manifest_get(&repo, &reference).await.is_ok()
+    registry
+        .manifest_get(&target.path, &reference)
+        .await
+        .is_ok()
 }
 
 fn describe(request: &review::Request) -> String {
