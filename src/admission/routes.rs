@@ -5,8 +5,10 @@ use actix_web::{web, HttpResponse};
 use kube::core::admission::AdmissionResponse;
 
 use super::image::ImageRef;
-use super::review::{self, MutationPlan};
+use super::review;
+use super::rewrite::{self, MutationPlan};
 use super::source::PolicyStore;
+use super::validate;
 use crate::proxy::Proxy;
 use crate::registry::names::{Reference, Tag};
 use crate::registry::Registry;
@@ -18,7 +20,7 @@ use crate::registry::Registry;
 const MAX_REVIEW_BYTES: u64 = (3 << 20) + (3 << 19) + (64 << 10);
 
 /// Settings the webhooks need besides the policy.
-pub type AdmissionSettings = super::review::Scope;
+pub type AdmissionSettings = super::scope::Scope;
 
 pub fn configure(cfg: &mut web::ServiceConfig) {
     cfg.route("/validate", web::post().to(validate))
@@ -79,7 +81,7 @@ async fn validate(
         Err(unreadable) => return refuse_unreadable("/validate", unreadable),
     };
     let active = store.current();
-    let response = review::validate(&request, &active.policy, &settings);
+    let response = validate::validate(&request, &active.policy, &settings);
     if !response.allowed {
         log::info!(
             "validate {}: denied: {}",
@@ -108,9 +110,9 @@ async fn mutate(
         Err(unreadable) => return refuse_unreadable("/mutate", unreadable),
     };
     let active = store.current();
-    let plan = review::plan_mutation(&request, &active.policy, &settings);
+    let plan = rewrite::plan_mutation(&request, &active.policy, &settings);
     let available = availability(&plan, &registry, &proxy).await;
-    let (patch, warnings) = review::build_patch(&plan, &available);
+    let (patch, warnings) = rewrite::build_patch(&plan, &available);
     let mut response = AdmissionResponse::from(&request);
     if !warnings.is_empty() {
         log::info!("mutate {}: {}", describe(&request), warnings.join("; "));
