@@ -12,6 +12,11 @@
 //!   (images, indexes, artifacts, referrers, …) each pushed, listed, pulled, queried and deleted.
 //!
 //! Checks that `tests/api.rs` already makes are not repeated here unless a workflow needs them as a step.
+//!
+//! Where the suite accepts several answers (any 2xx, "202 or 404", "201 or 202"), a step here expects the one berth
+//! gives, and its comment says which the suite allows: this is berth's regression suite, so a delete that did
+//! nothing or a mount that fell back to an upload fails the step. berth's own rules behind an answer (limits,
+//! error texts, the anonymous-mount policy, the `proxy/` ban) are tested in the module of their topic.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::Cursor;
@@ -1574,7 +1579,8 @@ fn blob_upload_methods(algo: Algo) {
     delete_blob(&reg, repo, &digest);
     delete_blob(&reg, repo2, &digest);
     // Anonymous mount (no `from`) of a blob only another repository holds: berth starts an ordinary upload
-    // (202, which the runner records as unsupported, not failed), so a guessed digest reveals nothing.
+    // (202, which the runner records as unsupported, not failed), so a guessed digest reveals nothing
+    // (`api::anonymous_mount_is_not_an_existence_oracle`).
     let (digest, bytes) = blob(512);
     push_blob(&reg, repo2, &digest, &bytes, Push::PostPut, false);
     mount_blob(&reg, repo, None, &digest, &bytes, 202);
