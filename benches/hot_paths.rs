@@ -6,8 +6,8 @@ use std::hint::black_box;
 
 use berth::admission::image::ImageRef;
 use berth::admission::policy::Policy;
-use berth::admission::review;
 use berth::admission::review::Workload;
+use berth::admission::{rewrite, scope, validate};
 use berth::registry::hashing::Hasher;
 use berth::registry::manifest;
 use berth::registry::names::Algorithm;
@@ -69,19 +69,19 @@ fn policy(c: &mut Criterion) {
     });
     group.bench_function("validate (pure)", |b| {
         b.iter(|| {
-            black_box(review::validate(
+            black_box(validate::validate(
                 &request,
                 &policy,
-                &review::Scope::new("berth-system"),
+                &scope::Scope::new("berth-system"),
             ))
         })
     });
     group.bench_function("plan mutation + patch (pure)", |b| {
         b.iter(|| {
             let plan =
-                review::plan_mutation(&request, &policy, &review::Scope::new("berth-system"));
+                rewrite::plan_mutation(&request, &policy, &scope::Scope::new("berth-system"));
             let available = vec![true; plan.candidates.len()];
-            black_box(review::build_patch(&plan, &available))
+            black_box(rewrite::build_patch(&plan, &available))
         })
     });
     group.finish();

@@ -58,6 +58,14 @@ fn threads_settled_below(berth: &Berth, limit: u64) -> u64 {
     }
 }
 
+/// How many sockets berth holds open (its file descriptors that are sockets).
+fn sockets(berth: &Berth) -> usize {
+    let fds = std::fs::read_dir(format!("/proc/{}/fd", berth.pid())).expect("/proc fd");
+    fds.filter_map(|fd| std::fs::read_link(fd.ok()?.path()).ok())
+        .filter(|target| target.to_string_lossy().starts_with("socket:"))
+        .count()
+}
+
 fn rss_mib(berth: &Berth) -> u64 {
     proc_status(berth.pid(), "VmRSS") / 1024
 }
@@ -488,8 +496,14 @@ fn idle_tcp_connections_do_not_delay_tls_clients() {
         extra_args: vec!["--workers".into(), "2".into()],
         ..Options::default()
     });
+    let before = sockets(&berth);
     let idle: Vec<TcpStream> = (0..600).map(|_| connect(&berth)).collect();
-    std::thread::sleep(Duration::from_millis(300));
+    // The connections only load berth once it has accepted them: wait until it holds them all.
+    poll_until(
+        Duration::from_secs(10),
+        "berth to accept 600 idle connections",
+        || (sockets(&berth) >= before + idle.len()).then_some(()),
+    );
     for round in 0..3 {
         // A fresh client each time, so every request does a new handshake.
         let client = berth.client();

@@ -12,6 +12,11 @@
 //!   (images, indexes, artifacts, referrers, …) each pushed, listed, pulled, queried and deleted.
 //!
 //! Checks that `tests/api.rs` already makes are not repeated here unless a workflow needs them as a step.
+//!
+//! Where the suite accepts several answers (any 2xx, "202 or 404", "201 or 202"), a step here expects the one berth
+//! gives, and its comment says which the suite allows: this is berth's regression suite, so a delete that did
+//! nothing or a mount that fell back to an upload fails the step. berth's own rules behind an answer (limits,
+//! error texts, the anonymous-mount policy, the `proxy/` ban) are tested in the module of their topic.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::Cursor;
@@ -99,23 +104,14 @@ impl Reply {
             .unwrap_or_else(|e| panic!("{what}: body is not JSON ({e}): {}", self.text()))
     }
 
-    /// Asserts the status is one of `allowed`; returns it.
+    /// Asserts the status is `expected`: the one status berth gives for this step (the spec may allow others;
+    /// this suite is berth's regression suite, so a change of answer is a change to look at).
     #[track_caller]
-    fn expect(&self, allowed: &[u16], what: &str) -> u16 {
-        assert!(
-            allowed.contains(&self.status),
-            "{what}: status {}, expected one of {allowed:?}; body: {}",
+    fn expect(&self, expected: u16, what: &str) {
+        assert_eq!(
             self.status,
-            self.text()
-        );
-        self.status
-    }
-
-    #[track_caller]
-    fn expect_2xx(&self, what: &str) {
-        assert!(
-            (200..300).contains(&self.status),
-            "{what}: status {}, expected 2xx; body: {}",
+            expected,
+            "{what}: status {}, expected {expected}; body: {}",
             self.status,
             self.text()
         );
@@ -436,7 +432,7 @@ fn base64_encodes_like_go() {
 // Pull (01_pull_test.go)
 
 /// The pull workflow's setup: two configs and the layer by `POST` + `PUT`, `manifests[0]` by tag, `manifests[1]`
-/// by digest. Every step must answer 2xx.
+/// by digest. Every step must answer 201 (created).
 fn pull_setup(reg: &Registry, fx: &Fixtures) {
     for (what, blob) in [
         ("config[0]", &fx.configs[0]),
@@ -444,17 +440,17 @@ fn pull_setup(reg: &Registry, fx: &Fixtures) {
         ("layer", &fx.layer),
     ] {
         reg.post_then_put(NAMESPACE, blob, &format!("populate {what}"))
-            .expect_2xx(&format!("populate {what}"));
+            .expect(201, &format!("populate {what}"));
     }
     reg.put_manifest(NAMESPACE, TEST_TAG, OCI_MANIFEST, &fx.manifests[0])
-        .expect_2xx("populate manifest[0] by tag");
+        .expect(201, "populate manifest[0] by tag");
     reg.put_manifest(
         NAMESPACE,
         &fx.manifest_digest(1),
         OCI_MANIFEST,
         &fx.manifests[1],
     )
-    .expect_2xx("populate manifest[1] by digest");
+    .expect(201, "populate manifest[1] by digest");
 }
 
 #[test]
@@ -468,35 +464,35 @@ fn pull_blobs_and_manifests() {
         &blob_path(NAMESPACE, &fx.dummy_digest),
         "HEAD nonexistent blob",
     )
-    .expect(&[404], "HEAD nonexistent blob");
+    .expect(404, "HEAD nonexistent blob");
     let config0 = sha256(&fx.configs[0]);
     let head = reg.head(&blob_path(NAMESPACE, &config0), "HEAD config[0]");
-    head.expect(&[200], "HEAD existing blob");
+    head.expect(200, "HEAD existing blob");
     head.expect_digest_if_sent(&config0, "HEAD existing blob");
     reg.get(
         &blob_path(NAMESPACE, &fx.dummy_digest),
         "GET nonexistent blob",
     )
-    .expect(&[404], "GET nonexistent blob");
+    .expect(404, "GET nonexistent blob");
     let get = reg.get(&blob_path(NAMESPACE, &config0), "GET config[0]");
-    get.expect(&[200], "GET existing blob");
+    get.expect(200, "GET existing blob");
     assert_eq!(get.body, fx.configs[0]);
 
     // Pull manifests: a reference that is not even a valid tag is simply not there.
     reg.head_manifest(NAMESPACE, NONEXISTENT_MANIFEST, &[])
-        .expect(&[404], "HEAD nonexistent manifest");
+        .expect(404, "HEAD nonexistent manifest");
     reg.get_manifest(NAMESPACE, NONEXISTENT_MANIFEST, &[])
-        .expect(&[404], "GET nonexistent manifest");
+        .expect(404, "GET nonexistent manifest");
     for (reference, expected_digest) in [
         (fx.manifest_digest(0), fx.manifest_digest(0)),
         (fx.manifest_digest(1), fx.manifest_digest(1)),
         (TEST_TAG.to_owned(), fx.manifest_digest(0)),
     ] {
         let head = reg.head_manifest(NAMESPACE, &reference, &[OCI_MANIFEST]);
-        head.expect(&[200], &format!("HEAD manifest {reference}"));
+        head.expect(200, &format!("HEAD manifest {reference}"));
         head.expect_digest_if_sent(&expected_digest, &format!("HEAD manifest {reference}"));
         let get = reg.get_manifest(NAMESPACE, &reference, &[OCI_MANIFEST]);
-        get.expect(&[200], &format!("GET manifest {reference}"));
+        get.expect(200, &format!("GET manifest {reference}"));
         assert_eq!(
             sha256(&get.body),
             expected_digest,
@@ -510,7 +506,8 @@ fn pull_error_codes() {
     let reg = Registry::start();
     let fx = Fixtures::new();
     pull_setup(&reg, &fx);
-    // A GET of a malformed digest (with a stray body, as the suite sends it): 400 with a spec code, or 404.
+    // A GET of a malformed digest (with a stray body, as the suite sends it): the suite allows 400 with a spec
+    // code or 404; berth refuses the digest before looking (400 DIGEST_INVALID).
     let reply = reg.call(
         reg.request(
             Method::GET,
@@ -520,18 +517,18 @@ fn pull_error_codes() {
         .body("blablabla"),
         "GET malformed digest",
     );
-    if reply.expect(&[400, 404], "GET malformed digest") == 400 {
-        let body = reply.json("400 body");
-        let code = body["errors"][0]["code"].as_str().unwrap_or_default();
-        assert!(
-            SPEC_ERROR_CODES.contains(&code),
-            "400 body names no spec error code: {body}"
-        );
-    }
+    reply.expect(400, "GET malformed digest");
+    let body = reply.json("400 body");
+    let code = body["errors"][0]["code"].as_str().unwrap_or_default();
+    assert!(
+        SPEC_ERROR_CODES.contains(&code),
+        "400 body names no spec error code: {body}"
+    );
 }
 
-/// The pull teardown: manifests may be deleted (2xx) or deletion refused (405), never "not found"; blobs may
-/// also already be gone (404). `OCI_DELETE_MANIFEST_BEFORE_BLOBS` (default true) picks the order.
+/// The pull teardown. The suite lets manifests be deleted (2xx) or deletion refused (405), and blobs also be
+/// already gone (404); berth deletes each (202), in either order, because deleting a blob does not delete the
+/// manifests that name it. `OCI_DELETE_MANIFEST_BEFORE_BLOBS` (default true) picks the order.
 fn pull_teardown(reg: &Registry, fx: &Fixtures, manifests_first: bool) {
     let delete_manifests = || {
         for i in [0, 1] {
@@ -539,7 +536,7 @@ fn pull_teardown(reg: &Registry, fx: &Fixtures, manifests_first: bool) {
                 &manifest_path(NAMESPACE, &fx.manifest_digest(i)),
                 "DELETE manifest",
             )
-            .expect(&[200, 201, 202, 204, 405], &format!("delete manifest[{i}]"));
+            .expect(202, &format!("delete manifest[{i}]"));
         }
     };
     if manifests_first {
@@ -551,7 +548,7 @@ fn pull_teardown(reg: &Registry, fx: &Fixtures, manifests_first: bool) {
         ("layer", sha256(&fx.layer)),
     ] {
         reg.delete(&blob_path(NAMESPACE, &digest), "DELETE blob")
-            .expect(&[200, 201, 202, 204, 404, 405], &format!("delete {what}"));
+            .expect(202, &format!("delete {what}"));
     }
     if !manifests_first {
         delete_manifests();
@@ -588,7 +585,7 @@ fn push_streamed_blob_a(reg: &Registry, fx: &Fixtures) {
             .body(fx.blob_a.clone()),
         "PATCH streamed",
     );
-    patched.expect(&[202], "PATCH with the blob in the body");
+    patched.expect(202, "PATCH with the blob in the body");
     let location = patched.expect_header("location", "PATCH streamed");
     let closed = reg.call(
         reg.request(
@@ -600,7 +597,7 @@ fn push_streamed_blob_a(reg: &Registry, fx: &Fixtures) {
         .body(Vec::new()),
         "closing PUT",
     );
-    closed.expect(&[201], "PUT to the session URL with the digest");
+    closed.expect(201, "PUT to the session URL with the digest");
     closed.expect_header("location", "closing PUT");
 }
 
@@ -610,7 +607,7 @@ fn push_blob_upload_streamed() {
     let fx = Fixtures::new();
     push_streamed_blob_a(&reg, &fx);
     let get = reg.get(&blob_path(NAMESPACE, &sha256(&fx.blob_a)), "GET blob A");
-    get.expect(&[200], "GET streamed blob");
+    get.expect(200, "GET streamed blob");
     assert_eq!(get.body, fx.blob_a);
 }
 
@@ -621,10 +618,10 @@ fn push_blob_upload_monolithic() {
     let config = &fx.configs[1];
     let digest = sha256(config);
     reg.get(&blob_path(NAMESPACE, &fx.dummy_digest), "GET nonexistent")
-        .expect(&[404], "GET nonexistent blob");
+        .expect(404, "GET nonexistent blob");
 
-    // Single POST with digest and body: created (201), or a session to continue (202) in which case nothing is
-    // stored yet.
+    // Single POST with digest and body: the suite allows created (201) or a session to continue (202, nothing
+    // stored yet); berth stores it at once (201).
     let posted = reg.call(
         reg.request(Method::POST, &uploads_path(NAMESPACE))
             .query(&[("digest", digest.as_str())])
@@ -633,16 +630,13 @@ fn push_blob_upload_monolithic() {
         "POST with digest and blob",
     );
     posted.expect_header("location", "POST with digest and blob");
-    let status = posted.expect(&[201, 202], "POST with digest and blob");
+    posted.expect(201, "POST with digest and blob");
     let get = reg.get(&blob_path(NAMESPACE, &digest), "GET after POST");
-    get.expect(
-        &[if status == 202 { 404 } else { 200 }],
-        "GET blob after single POST",
-    );
+    get.expect(200, "GET blob after single POST");
 
     // POST then PUT.
     let started = reg.start_upload(NAMESPACE, "POST for a session");
-    started.expect(&[202], "POST yields a session");
+    started.expect(202, "POST yields a session");
     let location = started.expect_header("location", "POST for a session");
     let put = reg.call(
         reg.request(Method::PUT, &with_query(&location, "digest", &digest))
@@ -651,15 +645,15 @@ fn push_blob_upload_monolithic() {
         "PUT blob",
     );
     put.expect_header("location", "PUT blob");
-    put.expect(&[201], "PUT upload of a blob");
+    put.expect(201, "PUT upload of a blob");
     reg.get(&blob_path(NAMESPACE, &digest), "GET config")
-        .expect(&[200], "GET existing blob");
+        .expect(200, "GET existing blob");
 
     let put = reg.post_then_put(NAMESPACE, &fx.layer, "push layer");
     put.expect_header("location", "PUT layer");
-    put.expect(&[201], "PUT upload of a layer");
+    put.expect(201, "PUT upload of a layer");
     reg.get(&blob_path(NAMESPACE, &sha256(&fx.layer)), "GET layer")
-        .expect(&[200], "GET existing layer");
+        .expect(200, "GET existing layer");
 }
 
 /// `OCI-Chunk-Min-Length` may raise the chunk size; the suite then rebuilds its blob to `2 * min - 2` bytes.
@@ -693,13 +687,13 @@ fn push_blob_upload_chunked() {
         )
     };
     patch(&location, &second_range, second, "out-of-order PATCH")
-        .expect(&[416], "out-of-order blob upload");
+        .expect(416, "out-of-order blob upload");
 
     // First chunk accepted, with the range received so far.
     let started = reg.start_upload(NAMESPACE, "POST");
     let session = started.expect_header("location", "POST");
     let accepted = patch(&session, &first_range, first, "first chunk");
-    accepted.expect(&[202], "PATCH with the first chunk");
+    accepted.expect(202, "PATCH with the first chunk");
     assert_eq!(
         accepted.header("range"),
         first_range,
@@ -708,16 +702,16 @@ fn push_blob_upload_chunked() {
 
     // The same chunk again is out of order now.
     patch(&session, &first_range, first, "retried chunk")
-        .expect(&[416], "retrying the previous chunk");
+        .expect(416, "retrying the previous chunk");
 
     // The session's status: 204 with where to continue and what was received.
     let status = reg.get(&session, "GET upload status");
-    status.expect(&[204], "GET on the upload");
+    status.expect(204, "GET on the upload");
     let location = status.expect_header("location", "GET upload status");
     assert_eq!(status.header("range"), first_range, "Range of the upload");
 
     let accepted = patch(&location, &second_range, second, "second chunk");
-    accepted.expect(&[202], "PATCH with the second chunk");
+    accepted.expect(202, "PATCH with the second chunk");
     let location = accepted.expect_header("location", "second chunk");
 
     let closed = reg.call(
@@ -730,7 +724,7 @@ fn push_blob_upload_chunked() {
         .body(Vec::new()),
         "closing PUT",
     );
-    closed.expect(&[201], "PUT with the digest closes the upload");
+    closed.expect(201, "PUT with the digest closes the upload");
     closed.expect_header("location", "closing PUT");
     assert_eq!(
         reg.get(&blob_path(NAMESPACE, &sha256(&blob)), "GET chunked blob")
@@ -757,32 +751,26 @@ fn push_cross_repository_blob_mount() {
 
     // A digest nobody has, without `from`: an ordinary session.
     let reply = mount(&[("mount", fx.dummy_digest.as_str())], "mount unknown");
-    reply.expect(&[202], "mount without from yields a session");
+    reply.expect(202, "mount without from yields a session");
     reply.expect_header("location", "mount unknown");
 
-    // From the namespace that holds it: mounted (201, at the blob's URL in the target) or a session (202).
+    // From the namespace that holds it: the suite allows mounted (201) or a session (202); berth mounts it
+    // (201, at the blob's URL in the target).
     let reply = mount(
         &[("mount", digest.as_str()), ("from", NAMESPACE)],
         "mount from namespace",
     );
-    let status = reply.expect(&[201, 202], "POST to mount another repository's blob");
+    reply.expect(201, "POST to mount another repository's blob");
     let location = relative(&reply.expect_header("location", "mount"));
-    if status == 201 {
-        assert_eq!(location, blob_path(CROSSMOUNT_NAMESPACE, &digest));
-        let get = reg.get(&location, "GET mounted blob");
-        get.expect(&[200], "GET the mounted blob in the target namespace");
-        assert_eq!(get.body, fx.blob_a);
+    assert_eq!(location, blob_path(CROSSMOUNT_NAMESPACE, &digest));
+    let get = reg.get(&location, "GET mounted blob");
+    get.expect(200, "GET the mounted blob in the target namespace");
+    assert_eq!(get.body, fx.blob_a);
 
-        // OCI_AUTOMATIC_CROSSMOUNT: the blob is now in the target namespace, and berth mounts without `from`
-        // only what the target already holds, so this mount succeeds.
-        mount(&[("mount", digest.as_str())], "mount without from")
-            .expect(&[201], "mount without from, the target holds the blob");
-    } else {
-        assert!(
-            location.starts_with(&uploads_path(CROSSMOUNT_NAMESPACE)),
-            "{location}"
-        );
-    }
+    // OCI_AUTOMATIC_CROSSMOUNT: the blob is now in the target namespace, and berth mounts without `from`
+    // only what the target already holds, so this mount succeeds.
+    mount(&[("mount", digest.as_str())], "mount without from")
+        .expect(201, "mount without from, the target holds the blob");
 }
 
 #[test]
@@ -792,15 +780,15 @@ fn push_manifest_upload_and_teardown() {
         let fx = Fixtures::new();
         for blob in [&fx.configs[1], &fx.layer] {
             reg.post_then_put(NAMESPACE, blob, "push blob")
-                .expect(&[201], "push blob");
+                .expect(201, "push blob");
         }
         reg.get_manifest(NAMESPACE, NONEXISTENT_MANIFEST, &[])
-            .expect(&[404], "GET nonexistent manifest");
+            .expect(404, "GET nonexistent manifest");
         for i in 0..4 {
             let tag = format!("test{i}");
             let reply = reg.put_manifest(NAMESPACE, &tag, OCI_MANIFEST, &fx.manifests[1]);
             reply.expect_header("location", "PUT manifest");
-            reply.expect(&[201], &format!("PUT manifest as {tag}"));
+            reply.expect(201, &format!("PUT manifest as {tag}"));
         }
         // A manifest with no layers and no mediaType field (the Content-Type says what it is).
         let reply = reg.put_manifest(
@@ -809,16 +797,16 @@ fn push_manifest_upload_and_teardown() {
             OCI_MANIFEST,
             &fx.empty_layer_manifest,
         );
-        reply.expect(&[201], "manifest with no layers");
+        reply.expect(201, "manifest with no layers");
         reply.expect_header("location", "manifest with no layers");
         reg.get_manifest(NAMESPACE, &fx.manifest_digest(1), &[OCI_MANIFEST])
-            .expect(&[200], "GET manifest by digest");
+            .expect(200, "GET manifest by digest");
 
         // Teardown in either order.
         let delete_manifests = || {
             for digest in [fx.manifest_digest(1), sha256(&fx.empty_layer_manifest)] {
                 reg.delete(&manifest_path(NAMESPACE, &digest), "DELETE manifest")
-                    .expect(&[200, 201, 202, 204, 405], "delete manifest");
+                    .expect(202, "delete manifest");
             }
         };
         if manifests_first {
@@ -826,7 +814,7 @@ fn push_manifest_upload_and_teardown() {
         }
         for blob in [&fx.configs[1], &fx.layer] {
             reg.delete(&blob_path(NAMESPACE, &sha256(blob)), "DELETE blob")
-                .expect(&[200, 201, 202, 204, 404, 405], "delete blob");
+                .expect(202, "delete blob");
         }
         if !manifests_first {
             delete_manifests();
@@ -953,7 +941,7 @@ impl Referrers {
 fn discovery_setup(reg: &Registry, fx: &Fixtures, refs: &Referrers) {
     for blob in [&fx.configs[2], &fx.layer] {
         reg.post_then_put(NAMESPACE, blob, "populate blob")
-            .expect_2xx("populate blob");
+            .expect(201, "populate blob");
     }
     for i in 0..4 {
         reg.put_manifest(
@@ -962,7 +950,7 @@ fn discovery_setup(reg: &Registry, fx: &Fixtures, refs: &Referrers) {
             OCI_MANIFEST,
             &fx.manifests[2],
         )
-        .expect_2xx("populate tag");
+        .expect(201, "populate tag");
     }
     assert_eq!(
         sha256(&refs.empty_json),
@@ -970,14 +958,14 @@ fn discovery_setup(reg: &Registry, fx: &Fixtures, refs: &Referrers) {
     );
     let push_referrer = |body: &[u8], media_type: &str, subject: &str| {
         let reply = reg.put_manifest(NAMESPACE, &sha256(body), media_type, body);
-        reply.expect_2xx("push referrer");
+        reply.expect(201, "push referrer");
         assert_eq!(reply.header("oci-subject"), subject, "OCI-Subject");
     };
     let subject = fx.manifest_digest(4);
     // Referrers before their subject exists.
     for blob in [&refs.empty_json, &refs.blob_a] {
         reg.post_then_put(NAMESPACE, blob, "populate blob")
-            .expect_2xx("populate blob");
+            .expect(201, "populate blob");
     }
     push_referrer(&refs.config_a, OCI_MANIFEST, &subject);
     push_referrer(&refs.layer_a, OCI_MANIFEST, &subject);
@@ -985,13 +973,13 @@ fn discovery_setup(reg: &Registry, fx: &Fixtures, refs: &Referrers) {
     // The subject.
     for blob in [&fx.configs[4], &fx.layer] {
         reg.post_then_put(NAMESPACE, blob, "populate blob")
-            .expect_2xx("populate blob");
+            .expect(201, "populate blob");
     }
     reg.put_manifest(NAMESPACE, TEST_TAG, OCI_MANIFEST, &fx.manifests[4])
-        .expect_2xx("populate subject");
+        .expect(201, "populate subject");
     // Referrers after it.
     reg.post_then_put(NAMESPACE, &refs.blob_b, "populate blob")
-        .expect_2xx("populate blob");
+        .expect(201, "populate blob");
     push_referrer(&refs.config_b, OCI_MANIFEST, &subject);
     push_referrer(&refs.layer_b, OCI_MANIFEST, &subject);
     // A referrer of a subject that is never pushed.
@@ -1006,20 +994,20 @@ fn discovery_tag_listing_with_n_and_last() {
     discovery_setup(&reg, &fx, &refs);
 
     let all = reg.tags(NAMESPACE, &[]);
-    all.expect(&[200], "GET tags");
+    all.expect(200, "GET tags");
     let tags = tag_list(&all);
     assert_eq!(tags, ["tagtest0", "test0", "test1", "test2", "test3"]);
 
     let half = tags.len() / 2;
     let n = half.to_string();
     let page = reg.tags(NAMESPACE, &[("n", n.as_str())]);
-    page.expect(&[200], "GET tags with n");
+    page.expect(200, "GET tags with n");
     let first_page = tag_list(&page);
     assert_eq!(first_page.len(), half, "n limits the number of tags");
 
     let last = first_page[half - 1].clone();
     let next = reg.tags(NAMESPACE, &[("n", n.as_str()), ("last", last.as_str())]);
-    next.expect(&[200], "GET tags with n and last");
+    next.expect(200, "GET tags with n and last");
     let next_page = tag_list(&next);
     assert!(next_page.len() <= half, "{next_page:?}");
     assert!(
@@ -1036,7 +1024,7 @@ fn discovery_referrers() {
     let refs = Referrers::new(&fx);
     discovery_setup(&reg, &fx, &refs);
     let index_of = |reply: &Reply, what: &str| -> Vec<Value> {
-        reply.expect(&[200], what);
+        reply.expect(200, what);
         assert_eq!(
             reply.header("content-type"),
             OCI_INDEX,
@@ -1101,26 +1089,27 @@ fn discovery_referrers() {
     assert_eq!(missing[0]["digest"], sha256(&refs.layer_c));
 }
 
-/// The discovery teardown. Manifest deletions may find nothing (404); the config and layer blobs the setup
-/// pushed must be deletable (2xx) or deletion refused (405), whichever order `OCI_DELETE_MANIFEST_BEFORE_BLOBS`
-/// picks.
+/// The discovery teardown, whichever order `OCI_DELETE_MANIFEST_BEFORE_BLOBS` picks. The suite lets every
+/// deletion find nothing (404) or be refused (405); berth deletes what is there (202) and answers 404 for what
+/// an earlier step already deleted: `TEST_TAG` went with `manifests[4]`, the referrers with the manifest list
+/// before them.
 fn discovery_teardown(reg: &Registry, fx: &Fixtures, refs: &Referrers, manifests_first: bool) {
-    let ok_or_gone = [200, 201, 202, 204, 404, 405];
     let delete_manifests = || {
         let references = [
-            sha256(&refs.index),
-            fx.manifest_digest(2),
-            fx.manifest_digest(4),
-            sha256(&refs.config_a),
-            sha256(&refs.layer_a),
-            TEST_TAG.to_owned(),
-            sha256(&refs.config_b),
-            sha256(&refs.layer_b),
-            sha256(&refs.layer_c),
+            (sha256(&refs.index), 202),
+            (fx.manifest_digest(2), 202),
+            (fx.manifest_digest(4), 202),
+            (sha256(&refs.config_a), 202),
+            (sha256(&refs.layer_a), 202),
+            // Deleting `manifests[4]` by digest deleted the tag that named it.
+            (TEST_TAG.to_owned(), 404),
+            (sha256(&refs.config_b), 202),
+            (sha256(&refs.layer_b), 202),
+            (sha256(&refs.layer_c), 202),
         ];
-        for reference in references {
+        for (reference, expected) in references {
             reg.delete(&manifest_path(NAMESPACE, &reference), "DELETE manifest")
-                .expect(&ok_or_gone, &format!("delete manifest {reference}"));
+                .expect(expected, &format!("delete manifest {reference}"));
         }
     };
     let delete_referrers = || {
@@ -1132,8 +1121,9 @@ fn discovery_teardown(reg: &Registry, fx: &Fixtures, refs: &Referrers, manifests
             &refs.config_b,
             &refs.layer_b,
         ] {
+            // Every one was in `delete_manifests`' list, which both orders run first.
             reg.delete(&manifest_path(NAMESPACE, &sha256(body)), "DELETE referrer")
-                .expect(&ok_or_gone, "references teardown");
+                .expect(404, "references teardown");
         }
     };
     if manifests_first {
@@ -1141,7 +1131,7 @@ fn discovery_teardown(reg: &Registry, fx: &Fixtures, refs: &Referrers, manifests
     }
     for blob in [&fx.configs[2], &fx.layer] {
         reg.delete(&blob_path(NAMESPACE, &sha256(blob)), "DELETE blob")
-            .expect(&[200, 201, 202, 204, 405], "delete a blob created in setup");
+            .expect(202, "delete a blob created in setup");
     }
     if !manifests_first {
         delete_manifests();
@@ -1151,7 +1141,7 @@ fn discovery_teardown(reg: &Registry, fx: &Fixtures, refs: &Referrers, manifests
     }
     for blob in [&fx.configs[4], &refs.blob_a, &refs.blob_b, &refs.empty_json] {
         reg.delete(&blob_path(NAMESPACE, &sha256(blob)), "DELETE blob")
-            .expect(&ok_or_gone, "references teardown");
+            .expect(202, "references teardown");
     }
     if !manifests_first {
         delete_referrers();
@@ -1178,46 +1168,40 @@ fn management_deletes_tags_manifests_and_blobs() {
     let fx = Fixtures::new();
     for blob in [&fx.configs[3], &fx.layer] {
         reg.post_then_put(NAMESPACE, blob, "populate blob")
-            .expect_2xx("populate blob");
+            .expect(201, "populate blob");
     }
     reg.put_manifest(NAMESPACE, TEST_TAG, OCI_MANIFEST, &fx.manifests[3])
-        .expect_2xx("populate tag");
+        .expect(201, "populate tag");
     let before = reg.tags(NAMESPACE, &[]);
-    before.expect(&[200], "tags before deleting");
+    before.expect(200, "tags before deleting");
     let before = tag_list(&before).len();
 
-    // Deleting the tag: 202, or refused with 400 UNSUPPORTED / 405.
+    // Deleting the tag: the suite allows 202 or a refusal (400 UNSUPPORTED, 405); berth deletes it (202), and
+    // the manifest stays until it is deleted by digest (202), then it is gone (404).
     let reply = reg.delete(&manifest_path(NAMESPACE, TEST_TAG), "DELETE tag");
-    if reply.expect(&[202, 400, 405], "DELETE tag") == 400 {
-        assert_eq!(reply.json("400 body")["errors"][0]["code"], "UNSUPPORTED");
-    }
+    reply.expect(202, "DELETE tag");
     let digest = fx.manifest_digest(3);
     reg.delete(&manifest_path(NAMESPACE, &digest), "DELETE manifest")
-        .expect(&[202, 404], "DELETE manifest by digest");
+        .expect(202, "DELETE manifest by digest");
     reg.get_manifest(NAMESPACE, &digest, &[])
-        .expect(&[404, 200], "GET deleted manifest");
+        .expect(404, "GET deleted manifest");
     let after = reg.tags(NAMESPACE, &[]);
-    after.expect(&[200], "tags after deleting");
+    after.expect(200, "tags after deleting");
     assert!(
         tag_list(&after).len() < before,
         "the tag list reflects the deletion"
     );
 
-    // Blob deletion: 202 (or 404/405), then the blob is gone.
-    let mut deletion_allowed = true;
+    // Blob deletion: the suite allows 202, 404 or 405; berth deletes (202), then the blob is gone.
     for blob in [&fx.configs[3], &fx.layer] {
-        let status = reg
-            .delete(&blob_path(NAMESPACE, &sha256(blob)), "DELETE blob")
-            .expect(&[202, 404, 405], "DELETE blob");
-        deletion_allowed = status != 405;
+        reg.delete(&blob_path(NAMESPACE, &sha256(blob)), "DELETE blob")
+            .expect(202, "DELETE blob");
     }
-    if deletion_allowed {
-        reg.get(
-            &blob_path(NAMESPACE, &sha256(&fx.configs[3])),
-            "GET deleted blob",
-        )
-        .expect(&[404], "GET deleted blob");
-    }
+    reg.get(
+        &blob_path(NAMESPACE, &sha256(&fx.configs[3])),
+        "GET deleted blob",
+    )
+    .expect(404, "GET deleted blob");
 }
 
 // ----------------------------------------------------------------------------------------------------------------
@@ -1278,36 +1262,30 @@ fn push_blob(reg: &Registry, repo: &str, digest: &str, bytes: &[u8], how: Push, 
                 .body(bytes.to_vec()),
                 &what,
             );
+            // The runner allows a session (202) and falls back to PUT, recording the method as unsupported;
+            // berth offers the single POST, so it refuses a bad digest (400) and stores a good one (201).
             if bad {
-                if posted.expect(&[400, 202], &what) == 202 {
-                    let location = posted.expect_header("location", &what);
-                    put_whole(reg, &location, digest, bytes, &what).expect(&[400], &what);
-                }
+                posted.expect(400, &what);
                 return;
             }
-            posted.expect(&[201, 202], &what);
+            posted.expect(201, &what);
             posted.expect_header("location", &what);
-            if posted.status == 202 {
-                // Not offered: the runner falls back to PUT and records the method as unsupported.
-                put_whole(reg, &posted.header("location"), digest, bytes, &what)
-            } else {
-                posted
-            }
+            posted
         }
         Push::PostPut => {
             let started = reg.call(reg.request(Method::POST, &uploads_path(repo)), &what);
-            started.expect(&[202], &what);
+            started.expect(202, &what);
             let location = started.expect_header("location", &what);
             let put = put_whole(reg, &location, digest, bytes, &what);
             if bad {
-                put.expect(&[400], &what);
+                put.expect(400, &what);
                 return;
             }
             put
         }
         Push::Stream => {
             let started = reg.start_upload(repo, &what);
-            started.expect(&[202], &what);
+            started.expect(202, &what);
             let location = started.expect_header("location", &what);
             let patched = reg.call(
                 reg.request(Method::PATCH, &location)
@@ -1315,11 +1293,11 @@ fn push_blob(reg: &Registry, repo: &str, digest: &str, bytes: &[u8], how: Push, 
                     .body(Body::new(Cursor::new(bytes.to_vec()))),
                 &what,
             );
-            patched.expect(&[202], &what);
+            patched.expect(202, &what);
             let location = patched.expect_header("location", &what);
             let closed = close_upload(reg, &location, digest, &what);
             if bad {
-                closed.expect(&[400], &what);
+                closed.expect(400, &what);
                 return;
             }
             closed
@@ -1332,11 +1310,11 @@ fn push_blob(reg: &Registry, repo: &str, digest: &str, bytes: &[u8], how: Push, 
             None => return,
         },
     };
-    done.expect(&[201], &what);
+    done.expect(201, &what);
     done.expect_digest_if_sent(digest, &what);
     let location = done.expect_header("location", &what);
     let get = reg.get(&location, &what);
-    get.expect(&[200], &format!("{what}: GET Location"));
+    get.expect(200, &format!("{what}: GET Location"));
     assert!(
         get.body == bytes,
         "{what}: GET Location returned other bytes"
@@ -1377,7 +1355,7 @@ fn push_chunks(
         "push {digest} to {repo} in chunks (last in PUT: {put_last}, out of order: {out_of_order})"
     );
     let started = reg.start_upload(repo, what);
-    started.expect(&[202], what);
+    started.expect(202, what);
     let mut location = started.expect_header("location", what);
     let mut chunk = bytes.len() / 3 + 1;
     if let Ok(min) = started.header("oci-chunk-min-length").parse::<usize>() {
@@ -1412,9 +1390,9 @@ fn push_chunks(
                     .body(bytes[bad_start..bad_end].to_vec()),
                 what,
             );
-            refused.expect(&[416], &format!("{what}: out-of-order chunk"));
+            refused.expect(416, &format!("{what}: out-of-order chunk"));
             let status = reg.get(&url, what);
-            status.expect(&[204], &format!("{what}: upload status after 416"));
+            status.expect(204, &format!("{what}: upload status after 416"));
             location = status.expect_header("location", what);
             let range = status.header("range");
             let end = range
@@ -1437,7 +1415,7 @@ fn push_chunks(
                 what,
             );
             if bad {
-                reply.expect(&[400], what);
+                reply.expect(400, what);
                 return None;
             }
             closed = Some(reply);
@@ -1449,7 +1427,7 @@ fn push_chunks(
                     .body(body),
                 what,
             );
-            reply.expect(&[202], &format!("{what}: chunk {sent}-{}", end - 1));
+            reply.expect(202, &format!("{what}: chunk {sent}-{}", end - 1));
             assert_eq!(
                 reply.header("range"),
                 format!("0-{}", end - 1),
@@ -1464,15 +1442,22 @@ fn push_chunks(
         None => close_upload(reg, &location, digest, what),
     };
     if bad {
-        closed.expect(&[400], what);
+        closed.expect(400, what);
         return None;
     }
     Some(closed)
 }
 
-/// `POST ?mount=&from=`: 201 with a `Location` serving the blob, or 202 and the runner falls back to `PUT`.
-/// Returns the POST's status.
-fn mount_blob(reg: &Registry, repo: &str, from: Option<&str>, digest: &str, bytes: &[u8]) -> u16 {
+/// `POST ?mount=&from=`, expecting `expected`: 201 with a `Location` serving the blob, or 202 and the runner
+/// falls back to `PUT`. Which one berth gives depends on the case, so each caller says it.
+fn mount_blob(
+    reg: &Registry,
+    repo: &str,
+    from: Option<&str>,
+    digest: &str,
+    bytes: &[u8],
+    expected: u16,
+) {
     let what = format!("mount {digest} into {repo} from {from:?}");
     let mut query = vec![("mount", digest)];
     if let Some(from) = from {
@@ -1482,29 +1467,28 @@ fn mount_blob(reg: &Registry, repo: &str, from: Option<&str>, digest: &str, byte
         reg.request(Method::POST, &uploads_path(repo)).query(&query),
         &what,
     );
-    let status = reply.expect(&[201, 202], &what);
+    reply.expect(expected, &what);
     let mut done = reply;
-    if status == 202 {
+    if expected == 202 {
         let location = done.expect_header("location", &what);
         done = put_whole(reg, &location, digest, bytes, &what);
-        done.expect(&[201], &what);
+        done.expect(201, &what);
     }
     done.expect_digest_if_sent(digest, &what);
     let location = done.expect_header("location", &what);
     let get = reg.get(&location, &what);
-    get.expect(&[200], &what);
+    get.expect(200, &what);
     assert!(
         get.body == bytes,
         "{what}: GET Location returned other bytes"
     );
-    status
 }
 
 /// HEAD: 200, no body, the exact `Content-Length`, the digest when sent.
 fn head_blob(reg: &Registry, repo: &str, digest: &str, bytes: &[u8]) {
     let what = format!("HEAD blob {digest}");
     let head = reg.head(&blob_path(repo, digest), &what);
-    head.expect(&[200], &what);
+    head.expect(200, &what);
     assert!(head.body.is_empty(), "{what}: a body");
     assert_eq!(
         head.header("content-length"),
@@ -1518,7 +1502,7 @@ fn head_blob(reg: &Registry, repo: &str, digest: &str, bytes: &[u8]) {
 fn get_blob(reg: &Registry, repo: &str, digest: &str, bytes: &[u8]) {
     let what = format!("GET blob {digest}");
     let get = reg.get(&blob_path(repo, digest), &what);
-    get.expect(&[200], &what);
+    get.expect(200, &what);
     assert!(get.body == bytes, "{what}: other bytes");
     assert_eq!(
         get.header("content-length"),
@@ -1528,17 +1512,18 @@ fn get_blob(reg: &Registry, repo: &str, digest: &str, bytes: &[u8]) {
     get.expect_digest_if_sent(digest, &what);
 }
 
-/// DELETE: 202 (or 404 when already gone, 405 when refused), and a 202 takes effect at once.
+/// DELETE of a blob that is there: 202 (the runner also allows 405, refused), and it takes effect at once.
 fn delete_blob(reg: &Registry, repo: &str, digest: &str) {
+    delete_blob_expecting(reg, repo, digest, 202);
+}
+
+/// DELETE answered `expected` (202 deleted, 404 nothing to delete); either way the blob is gone after it.
+fn delete_blob_expecting(reg: &Registry, repo: &str, digest: &str, expected: u16) {
     let what = format!("DELETE blob {digest} in {repo}");
-    if reg
-        .delete(&blob_path(repo, digest), &what)
-        .expect(&[202, 404, 405], &what)
-        != 405
-    {
-        reg.head(&blob_path(repo, digest), &what)
-            .expect(&[404], &format!("{what}: HEAD after delete"));
-    }
+    reg.delete(&blob_path(repo, digest), &what)
+        .expect(expected, &what);
+    reg.head(&blob_path(repo, digest), &what)
+        .expect(404, &format!("{what}: HEAD after delete"));
 }
 
 fn blob_upload_methods(algo: Algo) {
@@ -1554,7 +1539,7 @@ fn blob_upload_methods(algo: Algo) {
 
     let (missing, _) = blob(512);
     reg.get(&blob_path(repo, &missing), "GET missing blob")
-        .expect(&[404], "GET a blob never pushed");
+        .expect(404, "GET a blob never pushed");
 
     // Each method, then HEAD, GET and DELETE of what it pushed.
     let methods = [
@@ -1588,34 +1573,31 @@ fn blob_upload_methods(algo: Algo) {
     // Mount from a repository that holds it: 201.
     let (digest, bytes) = blob(512);
     push_blob(&reg, repo2, &digest, &bytes, Push::PostPut, false);
-    assert_eq!(mount_blob(&reg, repo, Some(repo2), &digest, &bytes), 201);
+    mount_blob(&reg, repo, Some(repo2), &digest, &bytes, 201);
     head_blob(&reg, repo, &digest, &bytes);
     get_blob(&reg, repo, &digest, &bytes);
     delete_blob(&reg, repo, &digest);
     delete_blob(&reg, repo2, &digest);
     // Anonymous mount (no `from`) of a blob only another repository holds: berth starts an ordinary upload
-    // (202, which the runner records as unsupported, not failed), so a guessed digest reveals nothing.
+    // (202, which the runner records as unsupported, not failed), so a guessed digest reveals nothing
+    // (`api::anonymous_mount_is_not_an_existence_oracle`).
     let (digest, bytes) = blob(512);
     push_blob(&reg, repo2, &digest, &bytes, Push::PostPut, false);
-    assert_eq!(mount_blob(&reg, repo, None, &digest, &bytes), 202);
+    mount_blob(&reg, repo, None, &digest, &bytes, 202);
     head_blob(&reg, repo, &digest, &bytes);
     get_blob(&reg, repo, &digest, &bytes);
     delete_blob(&reg, repo, &digest);
     delete_blob(&reg, repo2, &digest);
     // Mount of a blob the source does not have must not claim success.
     let (digest, bytes) = blob(512);
-    assert_eq!(
-        mount_blob(&reg, repo, Some(repo2), &digest, &bytes),
-        202,
-        "mounting a missing blob"
-    );
+    mount_blob(&reg, repo, Some(repo2), &digest, &bytes, 202);
     head_blob(&reg, repo, &digest, &bytes);
     get_blob(&reg, repo, &digest, &bytes);
     delete_blob(&reg, repo, &digest);
     // A cancelled upload (the runner's `dev` profile): 204, and nothing to delete afterwards.
     let (digest, _) = blob(512);
     let started = reg.call(reg.request(Method::POST, &uploads_path(repo)), "POST");
-    started.expect(&[202], "POST before cancel");
+    started.expect(202, "POST before cancel");
     let location = started.expect_header("location", "POST before cancel");
     reg.call(
         reg.request(Method::DELETE, &location)
@@ -1623,8 +1605,8 @@ fn blob_upload_methods(algo: Algo) {
             .body(Vec::new()),
         "cancel upload",
     )
-    .expect(&[204], "DELETE of an upload session");
-    delete_blob(&reg, repo, &digest);
+    .expect(204, "DELETE of an upload session");
+    delete_blob_expecting(&reg, repo, &digest, 404);
 
     // Range reads of a 2 KiB blob: 206 with the exact part, its length and `Content-Range`; 416 when the range
     // is reversed or starts past the end.
@@ -1644,7 +1626,7 @@ fn blob_upload_methods(algo: Algo) {
         ("bytes=2000-5000", 2000, 2047),
     ] {
         let reply = ranged(range);
-        reply.expect(&[206], range);
+        reply.expect(206, range);
         assert!(reply.body == bytes[first..=last], "{range}: other bytes");
         assert_eq!(
             reply.header("content-length"),
@@ -1659,7 +1641,7 @@ fn blob_upload_methods(algo: Algo) {
         );
     }
     for range in ["bytes=500-0", "bytes=5000-10000"] {
-        ranged(range).expect(&[416], range);
+        ranged(range).expect(416, range);
     }
     delete_blob(&reg, repo, &digest);
 
@@ -1693,7 +1675,7 @@ fn blob_upload_methods(algo: Algo) {
         bytes.extend_from_slice(b"oh no");
         push_blob(&reg, repo, &digest, &bytes, how, true);
         reg.head(&blob_path(repo, &digest), "HEAD refused blob")
-            .expect(&[404], "a refused blob is not stored");
+            .expect(404, "a refused blob is not stored");
     }
 }
 
@@ -2186,10 +2168,10 @@ fn push_manifest(
         &what,
     );
     if bad {
-        reply.expect(&[400], &what);
+        reply.expect(400, &what);
         return;
     }
-    reply.expect(&[201], &what);
+    reply.expect(201, &what);
     if let Some(subject) = declared_subject(body) {
         assert_eq!(reply.header("oci-subject"), subject, "{what}: OCI-Subject");
     }
@@ -2201,7 +2183,7 @@ fn push_manifest(
             .header(ACCEPT, OCI_MANIFEST),
         &what,
     );
-    get.expect(&[200], &format!("{what}: GET Location"));
+    get.expect(200, &format!("{what}: GET Location"));
     assert_eq!(
         get.header("content-type"),
         media_type,
@@ -2224,7 +2206,7 @@ fn pull_manifest(reg: &Registry, repo: &str, reference: &str, digest: &str, body
     let media_type = declared_media_type(body);
     let head = reg.head_manifest(repo, reference, &[OCI_INDEX, OCI_MANIFEST]);
     let what = format!("HEAD manifest {reference}");
-    head.expect(&[200], &what);
+    head.expect(200, &what);
     assert!(head.body.is_empty(), "{what}: a body");
     assert_eq!(head.header("content-type"), media_type, "{what}");
     assert_eq!(
@@ -2235,7 +2217,7 @@ fn pull_manifest(reg: &Registry, repo: &str, reference: &str, digest: &str, body
     head.expect_digest_if_sent(digest, &what);
     let get = reg.get_manifest(repo, reference, &[OCI_INDEX, OCI_MANIFEST]);
     let what = format!("GET manifest {reference}");
-    get.expect(&[200], &what);
+    get.expect(200, &what);
     assert!(get.body == body, "{what}: other bytes");
     assert_eq!(get.header("content-type"), media_type, "{what}");
     assert_eq!(
@@ -2249,14 +2231,9 @@ fn pull_manifest(reg: &Registry, repo: &str, reference: &str, digest: &str, body
 /// The tag list holds every tag of the data set, and `last` splits the sorted list where it says.
 fn list_tags(reg: &Registry, repo: &str, ds: &DataSet) {
     let reply = reg.tags(repo, &[]);
-    if reply.expect(&[200, 404], "tag list") == 404 {
-        assert!(
-            ds.tags.is_empty(),
-            "{}: no tag list, but tags were pushed",
-            ds.name
-        );
-        return;
-    }
+    // The suite allows 404 for a data set without tags; berth lists the repository (200, maybe empty), which
+    // exists because earlier data sets and this one's manifests are in it.
+    reply.expect(200, "tag list");
     let tags = tag_list(&reply);
     for tag in ds.tags.keys() {
         assert!(
@@ -2292,7 +2269,7 @@ fn list_tags(reg: &Registry, repo: &str, ds: &DataSet) {
 /// by each artifact type, the answer says so and holds exactly the referrers of that type.
 fn check_referrers(reg: &Registry, repo: &str, ds: &DataSet) {
     let listed = |reply: &Reply, what: &str| -> Vec<Value> {
-        reply.expect(&[200], what);
+        reply.expect(200, what);
         assert_eq!(
             reply.header("content-type"),
             OCI_INDEX,
@@ -2355,21 +2332,21 @@ fn delete_data_set(reg: &Registry, repo: &str, ds: &DataSet) {
     for tag in ds.tags.keys() {
         let what = format!("{}: DELETE tag {tag}", ds.name);
         reg.delete(&manifest_path(repo, tag), &what)
-            .expect(&[202], &what);
+            .expect(202, &what);
         reg.head_manifest(repo, tag, &[OCI_INDEX, OCI_MANIFEST])
-            .expect(&[404], &format!("{what}: HEAD after delete"));
+            .expect(404, &format!("{what}: HEAD after delete"));
     }
     for (digest, _) in ds.manifests.iter().rev() {
         let what = format!("{}: DELETE manifest {digest}", ds.name);
-        let expected: &[u16] = if ds.bad_digest.contains(digest) {
-            &[404]
+        let expected = if ds.bad_digest.contains(digest) {
+            404
         } else {
-            &[202]
+            202
         };
         reg.delete(&manifest_path(repo, digest), &what)
             .expect(expected, &what);
         reg.head_manifest(repo, digest, &[OCI_INDEX, OCI_MANIFEST])
-            .expect(&[404], &format!("{what}: HEAD after delete"));
+            .expect(404, &format!("{what}: HEAD after delete"));
     }
     for digest in ds.blobs.keys() {
         delete_blob(reg, repo, digest);
@@ -2428,13 +2405,16 @@ fn run_data_set(reg: &Registry, repo: &str, ds: &DataSet) {
 #[test]
 fn data_sets_push_list_pull_query_and_delete() {
     let reg = Registry::start();
-    // Before anything is pushed: an empty (or unknown) tag list, and an empty referrers list, never a 404.
+    // Before anything is pushed: the suite allows an empty tag list or an unknown repository; berth does not
+    // know the repository (404). The referrers list is empty, never a 404.
     let reply = reg.tags(NAMESPACE, &[]);
-    if reply.expect(&[200, 404], "tag list of an empty repository") == 200 {
-        assert!(tag_list(&reply).is_empty());
-    }
+    reply.expect(404, "tag list of an empty repository");
+    assert_eq!(
+        reply.json("tag list of an empty repository")["errors"][0]["code"],
+        "NAME_UNKNOWN"
+    );
     let reply = reg.referrers(NAMESPACE, &sha256(b"some subject"), None);
-    reply.expect(&[200], "referrers in an empty repository");
+    reply.expect(200, "referrers in an empty repository");
     assert_eq!(reply.header("content-type"), OCI_INDEX);
     let index = reply.json("referrers in an empty repository");
     assert_eq!(index["manifests"], json!([]), "{index}");
@@ -2452,13 +2432,13 @@ fn manifest_error_conditions() {
     // Missing manifests, by digest and by a valid tag.
     let missing = sha256(&content(1024, 9001));
     reg.get_manifest(NAMESPACE, &missing, &[OCI_INDEX, OCI_MANIFEST])
-        .expect(&[404], "GET missing manifest by digest");
+        .expect(404, "GET missing manifest by digest");
     reg.get_manifest(
         NAMESPACE,
         "missing-abcdefghijklmnopqrst",
         &[OCI_INDEX, OCI_MANIFEST],
     )
-    .expect(&[404], "GET missing manifest by tag");
+    .expect(404, "GET missing manifest by tag");
 
     // A reference shaped like a digest that is not one: refused on push, not found (or 400) on pull.
     let mut ds = DataSet::new("invalid-manifest-digest", 9100);
@@ -2483,7 +2463,7 @@ fn manifest_error_conditions() {
         "sha256:baddigeststring",
         &[OCI_INDEX, OCI_MANIFEST],
     )
-    .expect(&[404, 400], "GET sha256:baddigeststring");
+    .expect(400, "GET sha256:baddigeststring");
     ds.bad_digest.insert(digest);
     delete_data_set(&reg, NAMESPACE, &ds);
 }

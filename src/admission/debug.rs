@@ -8,7 +8,7 @@ use serde_json::{json, Value};
 
 use super::image::ImageRef;
 use super::policy::{Policy, PolicyError, Verdict};
-use super::review;
+use super::{review, rewrite, scope, validate};
 
 /// A summary of a valid policy.
 pub fn check(text: &str) -> Result<String, PolicyError> {
@@ -30,7 +30,7 @@ pub fn check(text: &str) -> Result<String, PolicyError> {
 /// the upstream image behind it, as `/validate` does (every upstream is assumed configured: the CLI has no proxy
 /// configuration).
 pub fn eval_image(policy: &Policy, image: &str, namespace: &str, own_namespace: &str) -> String {
-    let scope = review::Scope::new(own_namespace).assuming_upstreams_of([image]);
+    let scope = scope::Scope::new(own_namespace).assuming_upstreams_of([image]);
     let upstream = scope.upstream_behind(image, policy);
     let decision = policy.decide(upstream.as_deref().unwrap_or(image), namespace);
     let mut out = String::new();
@@ -140,10 +140,10 @@ pub fn eval_review(
         .map(every_image)
         .unwrap_or_default();
     let scope =
-        review::Scope::new(own_namespace).assuming_upstreams_of(images.iter().map(String::as_str));
-    let validated = review::validate(&request, policy, &scope);
-    let plan = review::plan_mutation(&request, policy, &scope);
-    let (patch, warnings) = review::build_patch(&plan, &vec![true; plan.candidates.len()]);
+        scope::Scope::new(own_namespace).assuming_upstreams_of(images.iter().map(String::as_str));
+    let validated = validate::validate(&request, policy, &scope);
+    let plan = rewrite::plan_mutation(&request, policy, &scope);
+    let (patch, warnings) = rewrite::build_patch(&plan, &vec![true; plan.candidates.len()]);
     let mut mutated = AdmissionResponse::from(&request);
     if !warnings.is_empty() {
         mutated.warnings = Some(warnings);

@@ -2,11 +2,18 @@
 //! `nginx` → `docker.io/library/nginx:latest`, `user/app:1` → `docker.io/user/app:1`, `localhost:5000/a@sha256:…`,
 //! `[::1]:5000/x:tag@sha256:…`. The registry host is normalised too ([`normalize_host`]): one registry has one
 //! spelling, so a rule on a host cannot be dodged by writing the host another way. Pure: no I/O.
+//!
+//! What follows the host is the registry's own grammar: the repository path, tag and digest are
+//! [`crate::registry::names`]' types, so admission accepts exactly the names and digest algorithms berth stores and
+//! serves (issue 10: a second grammar here had drifted and took `sha384` digests berth refuses). This module adds
+//! only what a reference has on top: the registry host, Docker Hub's defaults (`docker.io`, `library/`), ports.
 
 use std::fmt;
 use std::sync::LazyLock;
 
 use regex::Regex;
+
+use crate::registry::names::{Digest, RepoName, Tag};
 
 const DEFAULT_DOMAIN: &str = "docker.io";
 const LEGACY_DEFAULT_DOMAIN: &str = "index.docker.io";
@@ -24,10 +31,6 @@ static DOMAIN: LazyLock<Regex> = LazyLock::new(|| {
     ))
     .expect("static regex")
 });
-static PATH_COMPONENT: LazyLock<Regex> =
-    LazyLock::new(|| Regex::new(r"^[a-z0-9]+(?:(?:[_.]|__|-+)[a-z0-9]+)*$").expect("static regex"));
-static TAG: LazyLock<Regex> =
-    LazyLock::new(|| Regex::new(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$").expect("static regex"));
 
 /// A parsed, normalised image reference.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -35,9 +38,9 @@ pub struct ImageRef {
     /// Registry host as [`normalize_host`] spells it, with port if any (`docker.io`, `registry:5000`, `[::1]:5000`).
     pub domain: String,
     /// Repository path within the registry (`library/nginx`).
-    pub path: String,
-    pub tag: Option<String>,
-    pub digest: Option<String>,
+    pub path: RepoName,
+    pub tag: Option<Tag>,
+    pub digest: Option<Digest>,
 }
 
 /// Why a reference could not be parsed; the message names the reference.
@@ -45,7 +48,8 @@ pub struct ImageRef {
 #[error("invalid image reference {reference:?}: {reason}")]
 pub struct ReferenceError {
     pub reference: String,
-    pub reason: &'static str,
+    /// What is wrong with it; for a digest, the registry's reason after `bad digest: `.
+    pub reason: String,
 }
 
 /// The one spelling of a registry host (`host[:port]`, as the reference grammar allows it): lower case (host names
@@ -100,27 +104,11 @@ fn canonical_ipv6(name: &str) -> Option<String> {
     Some(format!("[{}]", groups.join(":")))
 }
 
-fn valid_digest(digest: &str) -> bool {
-    let Some((algorithm, hex)) = digest.split_once(':') else {
-        return false;
-    };
-    let expected_len = match algorithm {
-        "sha256" => 64,
-        "sha384" => 96,
-        "sha512" => 128,
-        _ => return false,
-    };
-    hex.len() == expected_len
-        && hex
-            .bytes()
-            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
-}
-
 impl ImageRef {
     pub fn parse(reference: &str) -> Result<ImageRef, ReferenceError> {
-        let error = |reason| ReferenceError {
+        let error = |reason: &str| ReferenceError {
             reference: reference.to_owned(),
-            reason,
+            reason: reason.to_owned(),
         };
         if reference.is_empty() {
             return Err(error("empty reference"));
@@ -129,25 +117,19 @@ impl ImageRef {
             return Err(error("surrounding whitespace"));
         }
         let (rest, digest) = match reference.split_once('@') {
-            Some((rest, digest)) => {
-                if !valid_digest(digest) {
-                    return Err(error(
-                        "bad digest (expected sha256:<64 lowercase hex>, or sha384/sha512)",
-                    ));
-                }
-                (rest, Some(digest.to_owned()))
-            }
+            Some((rest, digest)) => match Digest::parse(digest) {
+                Ok(digest) => (rest, Some(digest)),
+                Err(e) => return Err(error(&format!("bad digest: {e}"))),
+            },
             None => (reference, None),
         };
         // A tag follows the last ':' that comes after the last '/' (a ':' before it is a port).
         let last_slash = rest.rfind('/').map_or(0, |i| i + 1);
         let (name, tag) = match rest[last_slash..].rfind(':') {
             Some(i) => {
-                let tag = &rest[last_slash + i + 1..];
-                if !TAG.is_match(tag) {
-                    return Err(error("bad tag"));
-                }
-                (&rest[..last_slash + i], Some(tag.to_owned()))
+                let tag =
+                    Tag::parse(&rest[last_slash + i + 1..]).ok_or_else(|| error("bad tag"))?;
+                (&rest[..last_slash + i], Some(tag))
             }
             None => (rest, None),
         };
@@ -162,27 +144,23 @@ impl ImageRef {
                     || first == "localhost"
                     || first.chars().any(|c| c.is_ascii_uppercase()) =>
             {
-                (normalize_host(first).map_err(error)?, remainder.to_owned())
+                (normalize_host(first).map_err(error)?, remainder)
             }
-            _ => (DEFAULT_DOMAIN.to_owned(), name.to_owned()),
+            _ => (DEFAULT_DOMAIN.to_owned(), name),
         };
         if path.chars().any(|c| c.is_ascii_uppercase()) {
             return Err(error("repository names must be lowercase"));
         }
-        if !path
-            .split('/')
-            .all(|component| PATH_COMPONENT.is_match(component))
-        {
-            return Err(error("bad repository name"));
-        }
         let path = if domain == DEFAULT_DOMAIN && !path.contains('/') {
             format!("{OFFICIAL_REPOSITORY_PREFIX}{path}")
         } else {
-            path
+            path.to_owned()
         };
+        // The registry bounds the path alone; the reference grammar bounds the host and the path together.
         if domain.len() + 1 + path.len() > MAX_NAME_LEN {
             return Err(error("name longer than 255 characters"));
         }
+        let path = RepoName::parse(&path).map_err(|_| error("bad repository name"))?;
         Ok(ImageRef {
             domain,
             path,
@@ -220,11 +198,15 @@ impl fmt::Display for ImageRef {
 mod tests {
     use super::*;
 
+    /// `expected` is the normalised form, or the reason up to its first `": "` (a digest's reason goes on with
+    /// the registry's own wording, which is the registry's to test).
     fn check(input: &str, expected: Result<&str, &str>) {
-        let got = ImageRef::parse(input)
-            .map(|r| r.to_string())
-            .map_err(|e| e.reason);
-        assert_eq!(got.as_deref().map_err(|e| *e), expected, "{input:?}");
+        let got = ImageRef::parse(input).map(|r| r.to_string());
+        let got = match &got {
+            Ok(normalized) => Ok(normalized.as_str()),
+            Err(e) => Err(e.reason.split(": ").next().unwrap_or_default()),
+        };
+        assert_eq!(got, expected, "{input:?}");
     }
 
     #[test]
@@ -284,14 +266,8 @@ mod tests {
                 "docker.io/Library/nginx".into(),
                 Err("repository names must be lowercase"),
             ),
-            (
-                "nginx@sha256:abc".into(),
-                Err("bad digest (expected sha256:<64 lowercase hex>, or sha384/sha512)"),
-            ),
-            (
-                format!("nginx@{}", d.to_uppercase()),
-                Err("bad digest (expected sha256:<64 lowercase hex>, or sha384/sha512)"),
-            ),
+            ("nginx@sha256:abc".into(), Err("bad digest")),
+            (format!("nginx@{}", d.to_uppercase()), Err("bad digest")),
             ("nginx:".into(), Err("bad tag")),
             ("nginx:-x".into(), Err("bad tag")),
             (":tag".into(), Err("no repository name")),
@@ -372,12 +348,71 @@ mod tests {
         );
     }
 
+    /// The digests a reference may carry are the ones the registry verifies, no more, no fewer.
+    #[test]
+    fn digests_are_the_registrys() {
+        let sha256 = format!("sha256:{}", "a".repeat(64));
+        let sha512 = format!("sha512:{}", "b".repeat(128));
+        let cases: Vec<(String, Result<String, &str>)> = vec![
+            (
+                format!("nginx@{sha256}"),
+                Ok(format!("docker.io/library/nginx@{sha256}")),
+            ),
+            (
+                format!("registry.example/a:1@{sha512}"),
+                Ok(format!("registry.example/a:1@{sha512}")),
+            ),
+            (
+                format!("nginx@sha384:{}", "c".repeat(96)),
+                Err("bad digest"),
+            ),
+            (format!("nginx@md5:{}", "d".repeat(32)), Err("bad digest")),
+            (
+                format!("nginx@sha512:{}", "b".repeat(64)),
+                Err("bad digest"),
+            ),
+            (
+                format!("nginx@sha256:{}", "a".repeat(63)),
+                Err("bad digest"),
+            ),
+            ("nginx@".into(), Err("bad digest")),
+            ("nginx@sha256".into(), Err("bad digest")),
+        ];
+        for (input, expected) in &cases {
+            check(input, expected.as_deref().map_err(|e| *e));
+        }
+        for (input, _) in cases.iter().filter(|(_, expected)| expected.is_ok()) {
+            let digest = ImageRef::parse(input)
+                .expect("valid")
+                .digest
+                .expect("a digest");
+            assert!(
+                crate::registry::names::Digest::parse(&digest.to_string()).is_ok(),
+                "{input}: the registry takes the digest admission took"
+            );
+        }
+    }
+
+    /// Issue 10: this grammar took `sha384` digests, which the registry refuses, so `when: available` looked a
+    /// `sha384` image up, found nothing and said "not available". It is not a reference berth can serve or verify,
+    /// and the error says so, naming the reference and the digest.
+    #[test]
+    fn a_sha384_reference_is_refused_with_the_reason() {
+        let reference = format!("registry.example/app@sha384:{}", "e".repeat(96));
+        let error =
+            ImageRef::parse(&reference).expect_err("sha384 is not an algorithm berth verifies");
+        assert!(error.reason.starts_with("bad digest: "), "{error}");
+        let message = error.to_string();
+        assert!(message.contains(&format!("{reference:?}")), "{message}");
+        assert!(message.contains("sha384"), "{message}");
+    }
+
     #[test]
     fn parts() {
         let image = ImageRef::parse("registry:5000/team/app:v1").expect("valid");
         assert_eq!(image.domain, "registry:5000");
-        assert_eq!(image.path, "team/app");
-        assert_eq!(image.tag.as_deref(), Some("v1"));
+        assert_eq!(image.path.as_str(), "team/app");
+        assert_eq!(image.tag.as_ref().map(Tag::as_str), Some("v1"));
         assert_eq!(image.repository(), "registry:5000/team/app");
         let error = ImageRef::parse("team/App").expect_err("invalid");
         assert!(error.to_string().contains("\"team/App\""), "{error}");

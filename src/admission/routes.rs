@@ -5,10 +5,12 @@ use actix_web::{web, HttpResponse};
 use kube::core::admission::AdmissionResponse;
 
 use super::image::ImageRef;
-use super::review::{self, MutationPlan};
+use super::review;
+use super::rewrite::{self, MutationPlan};
 use super::source::PolicyStore;
+use super::validate;
 use crate::proxy::Proxy;
-use crate::registry::names::{Reference, RepoName};
+use crate::registry::names::{Reference, Tag};
 use crate::registry::Registry;
 
 /// Largest review berth reads: 3 MiB is the largest request body the API server accepts for the object (its
@@ -18,7 +20,7 @@ use crate::registry::Registry;
 const MAX_REVIEW_BYTES: u64 = (3 << 20) + (3 << 19) + (64 << 10);
 
 /// Settings the webhooks need besides the policy.
-pub type AdmissionSettings = super::review::Scope;
+pub type AdmissionSettings = super::scope::Scope;
 
 pub fn configure(cfg: &mut web::ServiceConfig) {
     cfg.route("/validate", web::post().to(validate))
@@ -79,7 +81,7 @@ async fn validate(
         Err(unreadable) => return refuse_unreadable("/validate", unreadable),
     };
     let active = store.current();
-    let response = review::validate(&request, &active.policy, &settings);
+    let response = validate::validate(&request, &active.policy, &settings);
     if !response.allowed {
         log::info!(
             "validate {}: denied: {}",
@@ -108,9 +110,9 @@ async fn mutate(
         Err(unreadable) => return refuse_unreadable("/mutate", unreadable),
     };
     let active = store.current();
-    let plan = review::plan_mutation(&request, &active.policy, &settings);
+    let plan = rewrite::plan_mutation(&request, &active.policy, &settings);
     let available = availability(&plan, &registry, &proxy).await;
-    let (patch, warnings) = review::build_patch(&plan, &available);
+    let (patch, warnings) = rewrite::build_patch(&plan, &available);
     let mut response = AdmissionResponse::from(&request);
     if !warnings.is_empty() {
         log::info!("mutate {}: {}", describe(&request), warnings.join("; "));
@@ -145,7 +147,8 @@ async fn availability(plan: &MutationPlan, registry: &Registry, proxy: &Proxy) -
         let ok = match candidate.when {
             super::policy::When::Always => true,
             super::policy::When::Available => {
-                proxy.serves(&candidate.target.path) || holds(registry, &candidate.target).await
+                proxy.serves(candidate.target.path.as_str())
+                    || holds(registry, &candidate.target).await
             }
         };
         available.push(ok);
@@ -155,18 +158,20 @@ async fn availability(plan: &MutationPlan, registry: &Registry, proxy: &Proxy) -
 
 /// Whether berth's store holds the manifest `target` names (its repository path, by digest or tag).
 pub async fn holds(registry: &Registry, target: &ImageRef) -> bool {
-    let Ok(repo) = RepoName::parse(&target.path) else {
-        return false;
-    };
+    // The target's parts are the registry's own name types (admission/image.rs), so nothing is parsed again here
+    // and no reference is "not available" merely because the registry would not take its spelling.
     let reference = match (&target.digest, &target.tag) {
-        (Some(digest), _) => digest.clone(),
-        (None, Some(tag)) => tag.clone(),
-        (None, None) => "latest".to_owned(),
+        (Some(digest), _) => Reference::Digest(digest.clone()),
+        (None, Some(tag)) => Reference::Tag(tag.clone()),
+        (None, None) => match Tag::parse("latest") {
+            Some(latest) => Reference::Tag(latest),
+            None => return false,
+        },
     };
-    let Ok(reference) = Reference::parse(&reference) else {
-        return false;
-    };
-    registry.manifest_get(&repo, &reference).await.is_ok()
+    registry
+        .manifest_get(&target.path, &reference)
+        .await
+        .is_ok()
 }
 
 fn describe(request: &review::Request) -> String {
