@@ -7,8 +7,8 @@ use serde::Serialize;
 
 use super::error::{RegistryError, Result};
 use super::names::RepoName;
-use super::routes::Query;
 use super::service::{Page, Registry};
+use crate::v2::route::Query;
 
 fn page_size(query: &Query) -> Result<Option<usize>> {
     query

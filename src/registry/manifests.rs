@@ -6,9 +6,9 @@ use actix_web::{web, HttpRequest, HttpResponse};
 use super::error::{RegistryError, Result};
 use super::manifest::MAX_MANIFEST_BYTES;
 use super::names::{Reference, RepoName, Tag};
-use super::routes::Query;
 use super::service::Registry;
 use crate::limits::{read_to_limit, BodyLimitError, ReadError};
+use crate::v2::route::Query;
 
 /// `GET` and `HEAD` alike: for `HEAD`, actix sends the headers (with Content-Length) and drops the body.
 pub async fn get(registry: &Registry, repo: &RepoName, reference: &str) -> Result<HttpResponse> {

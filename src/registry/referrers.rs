@@ -7,8 +7,8 @@ use serde::Serialize;
 use super::error::Result;
 use super::manifest::{Descriptor, OCI_INDEX};
 use super::names::{Digest, RepoName};
-use super::routes::Query;
 use super::service::Registry;
+use crate::v2::route::Query;
 
 #[derive(Serialize)]
 #[serde(rename_all = "camelCase")]

@@ -7,8 +7,8 @@ use actix_web::{web, HttpRequest, HttpResponse};
 use super::error::{upload_range, RegistryError, Result};
 use super::names::{Digest, RepoName, UploadId};
 use super::ranges::{parse_content_range, InvalidContentRange};
-use super::routes::Query;
 use super::service::Registry;
+use crate::v2::route::Query;
 
 fn upload_location(repo: &RepoName, id: &UploadId) -> String {
     format!("/v2/{repo}/blobs/uploads/{id}")
