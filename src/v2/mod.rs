@@ -51,7 +51,7 @@ async fn dispatch(
     let registry = registry.get_ref();
     if let Some(target) = route
         .repository()
-        .and_then(|repo| proxy.resolve(repo, query.get("ns").map(String::as_str)))
+        .and_then(|repo| proxy.resolve(repo, query.get("ns")))
     {
         return crate::proxy::http::dispatch(&proxy.into_inner(), registry, target, route, &req)
             .await;
@@ -70,7 +70,8 @@ async fn dispatch(
     local(registry, &req, route, &query, body).await
 }
 
-/// A request for a local repository (or the base and catalog endpoints): the method picks the registry's handler.
+/// A request for a local repository (or the base and catalog endpoints): the method picks the registry's handler,
+/// and the query parameters it takes are handed to it by name, so the handlers never see the query grammar.
 async fn local(
     registry: &Registry,
     req: &HttpRequest,
@@ -80,17 +81,22 @@ async fn local(
 ) -> Result<HttpResponse> {
     let method = req.method().clone();
     let head = method == Method::HEAD;
+    let page = || listings::PageQuery {
+        n: query.get("n"),
+        last: query.get("last"),
+    };
     match (route, method) {
         (Route::Base, Method::GET | Method::HEAD) => Ok(HttpResponse::Ok()
             .content_type("application/json")
             .body("{}")),
-        (Route::Catalog, Method::GET) => listings::catalog(registry, query).await,
-        (Route::Tags(repo), Method::GET) => listings::tags(registry, &repo, query).await,
+        (Route::Catalog, Method::GET) => listings::catalog(registry, page()).await,
+        (Route::Tags(repo), Method::GET) => listings::tags(registry, &repo, page()).await,
         (Route::Manifest(repo, reference), Method::GET | Method::HEAD) => {
             manifests::get(registry, &repo, &reference).await
         }
         (Route::Manifest(repo, reference), Method::PUT) => {
-            manifests::put(registry, req, &repo, &reference, query, body).await
+            let tags: Vec<&str> = query.get_all("tag").collect();
+            manifests::put(registry, req, &repo, &reference, &tags, body).await
         }
         (Route::Manifest(repo, reference), Method::DELETE) => {
             manifests::delete(registry, &repo, &reference).await
@@ -101,17 +107,24 @@ async fn local(
         (Route::Blob(repo, digest), Method::DELETE) => {
             blobs::delete(registry, &repo, &digest).await
         }
-        (Route::Uploads(repo), Method::POST) => uploads::start(registry, &repo, query, body).await,
+        (Route::Uploads(repo), Method::POST) => {
+            let start = uploads::StartQuery {
+                mount: query.get("mount"),
+                from: query.get("from"),
+                digest: query.get("digest"),
+            };
+            uploads::start(registry, &repo, start, body).await
+        }
         (Route::Upload(repo, id), Method::GET) => uploads::status(registry, &repo, &id).await,
         (Route::Upload(repo, id), Method::PATCH) => {
             uploads::patch(registry, req, &repo, &id, body).await
         }
         (Route::Upload(repo, id), Method::PUT) => {
-            uploads::finish(registry, req, &repo, &id, query, body).await
+            uploads::finish(registry, req, &repo, &id, query.get("digest"), body).await
         }
         (Route::Upload(repo, id), Method::DELETE) => uploads::cancel(registry, &repo, &id).await,
         (Route::Referrers(repo, digest), Method::GET) => {
-            referrers::list(registry, &repo, &digest, query).await
+            referrers::list(registry, &repo, &digest, query.get("artifactType")).await
         }
         (route, _) => Err(RegistryError::MethodNotAllowed(allowed_methods(&route))),
     }

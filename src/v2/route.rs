@@ -154,8 +154,11 @@ impl Query {
     }
 
     /// The first value of `key`.
-    pub fn get(&self, key: &str) -> Option<&String> {
-        self.0.iter().find(|(k, _)| k == key).map(|(_, v)| v)
+    pub fn get(&self, key: &str) -> Option<&str> {
+        self.0
+            .iter()
+            .find(|(k, _)| k == key)
+            .map(|(_, v)| v.as_str())
     }
 
     /// Every value of `key`, in order.
@@ -233,9 +236,9 @@ mod tests {
     fn query_keeps_repeated_keys_in_order() {
         let query = Query::parse("tag=a&digest=sha256%3Ax&tag=b&tag=a%2Bb&empty=");
         assert_eq!(query.get_all("tag").collect::<Vec<_>>(), ["a", "b", "a+b"]);
-        assert_eq!(query.get("tag").map(String::as_str), Some("a"));
-        assert_eq!(query.get("digest").map(String::as_str), Some("sha256:x"));
-        assert_eq!(query.get("empty").map(String::as_str), Some(""));
+        assert_eq!(query.get("tag"), Some("a"));
+        assert_eq!(query.get("digest"), Some("sha256:x"));
+        assert_eq!(query.get("empty"), Some(""));
         assert_eq!(query.get("missing"), None);
         assert_eq!(query.get_all("missing").count(), 0);
         assert_eq!(Query::parse(""), Query::default());
