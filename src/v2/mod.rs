@@ -37,7 +37,7 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
     );
 }
 
-/// One `/v2` request: route, local or proxied, the `proxy/` write ban, then the handler.
+/// One `/v2` request: the route, then who serves it.
 async fn dispatch(
     req: HttpRequest,
     body: web::Payload,
@@ -46,14 +46,27 @@ async fn dispatch(
 ) -> Result<HttpResponse> {
     let route = parse_route(req.path())?;
     let query = Query::parse(req.query_string());
-    // The seam for what every request passes once: who is asking (identity) and may they (access) go here,
-    // before the request is served; the event record of what happened goes where the response is known, below.
-    let registry = registry.get_ref();
+    // Seam: who is asking (identity) and may they (access) are decided here, once per request, before anything
+    // is served.
+    let response = serve(&req, route, &query, body, registry.get_ref(), proxy).await;
+    // Seam: the event record of what happened is written here, once, from the route and the response.
+    response
+}
+
+/// Local or proxied (the proxy resolves the target), the `proxy/` write ban, then that side's handler.
+async fn serve(
+    req: &HttpRequest,
+    route: Route,
+    query: &Query,
+    body: web::Payload,
+    registry: &Registry,
+    proxy: web::Data<Proxy>,
+) -> Result<HttpResponse> {
     if let Some(target) = route
         .repository()
         .and_then(|repo| proxy.resolve(repo, query.get("ns")))
     {
-        return crate::proxy::http::dispatch(&proxy.into_inner(), registry, target, route, &req)
+        return crate::proxy::http::dispatch(&proxy.into_inner(), registry, target, route, req)
             .await;
     }
     // proxy/… belongs to the pull-through cache: nothing may be pushed there, even for an upstream not configured.
@@ -67,7 +80,7 @@ async fn dispatch(
             "repositories under proxy/ are reserved for the pull-through cache".into(),
         ));
     }
-    local(registry, &req, route, &query, body).await
+    local(registry, req, route, query, body).await
 }
 
 /// A request for a local repository (or the base and catalog endpoints): the method picks the registry's handler,

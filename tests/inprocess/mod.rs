@@ -155,7 +155,7 @@ pub fn config(data_dir: &Path) -> Config {
         sans: Vec::new(),
         plain_http: true,
         upload_max_age: Duration::from_secs(24 * 3600),
-        shutdown_timeout: Duration::from_secs(30),
+        shutdown_timeout: Duration::from_secs(25),
         workers: 1,
         limits: Limits::default(),
         policy: PolicySource::Default,
