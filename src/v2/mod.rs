@@ -1,4 +1,4 @@
-//! The front door of the registry API: every request under `/v2` comes in here, once. [`dispatch`] parses the
+//! The front door of the registry API: every request under `/v2` comes in here, once. `dispatch` parses the
 //! route and the query ([`route`], a leaf), decides whether the repository is local or proxied (the proxy says
 //! which upstream, if any, through [`Proxy::resolve`]), refuses writes under `proxy/`, and hands the request to the
 //! registry's handlers or to the proxy's ([`crate::proxy::http`]). Registry and proxy are siblings below this

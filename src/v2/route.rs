@@ -1,7 +1,7 @@
 //! The grammar of the registry API's paths and query strings: `/v2/…` paths are parsed into a [`Route`]
 //! (repository names have any number of slashes, so the resource is recognised from the end of the path), query
-//! strings into a [`Query`]. A leaf: it knows the registry's name types and nothing else — no actix-web, no
-//! handlers, no decision about who serves a route (that is [`super::dispatch`]'s).
+//! strings into a [`Query`]. A leaf: it knows the registry's name types (and the error they return) and nothing
+//! else — no actix-web, no handlers, no decision about who serves a route (that is the front door's, `super`).
 
 use crate::registry::error::RegistryError;
 use crate::registry::names::RepoName;
