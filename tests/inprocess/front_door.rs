@@ -1,6 +1,6 @@
 //! The front door in process: the base endpoint, a blob and a manifest through the local side, the `proxy/` write
-//! ban on both of its paths (an upstream not configured, and a configured one), and the answers for a path that
-//! is no route and a method a route does not take.
+//! ban on both of its paths (an upstream not configured, and a configured one), the answers for a path that is no
+//! route and a method a route does not take, and the body limits the state mounts in front of every route.
 
 use actix_web::body::{BodySize, MessageBody};
 use actix_web::test::TestRequest;
@@ -266,4 +266,36 @@ async fn a_method_a_route_does_not_take_is_405_with_allow() {
         answer.expect_error(405, "UNSUPPORTED");
         assert_eq!(answer.header("allow"), allow);
     }
+}
+
+#[actix_web::test]
+async fn the_body_limits_of_the_config_guard_the_mounted_routes() {
+    // Manifests get half of the body memory (16 bytes); the first 64 KiB of a body are not charged, the rest of
+    // this 100 KiB one is.
+    let fixture = Fixture::with_config(|config| config.limits.body_memory = 32).await;
+    let berth = &fixture.berth;
+    let manifest = vec![b' '; 100 << 10];
+    let refused = berth
+        .send(
+            TestRequest::put()
+                .uri("/v2/team/app/manifests/v1")
+                .insert_header(("content-type", OCI_MANIFEST))
+                .set_payload(manifest),
+        )
+        .await;
+    refused.expect_error(429, "TOOMANYREQUESTS");
+    assert_eq!(refused.header("retry-after"), "5");
+    // Streamed bodies draw on no budget: a blob push of more than the budget goes through.
+    let blob = content(1000, 3);
+    let pushed = berth
+        .send(
+            TestRequest::post()
+                .uri(&format!(
+                    "/v2/team/app/blobs/uploads/?digest={}",
+                    sha256(&blob)
+                ))
+                .set_payload(blob),
+        )
+        .await;
+    assert_eq!(pushed.status, 201);
 }
