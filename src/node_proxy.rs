@@ -17,8 +17,8 @@ use futures_util::TryStreamExt;
 use serde_json::json;
 
 use crate::registry::names::{Digest, Reference};
-use crate::registry::routes::{parse_route, Route};
 use crate::registry::RegistryError;
+use crate::v2::route::{parse_route, Route};
 
 /// Flags of `berth node-proxy`.
 #[derive(Debug, Clone, clap::Args)]

@@ -1,5 +1,5 @@
-//! Starting `berth serve`: storage, the registry service, background tasks, and one actix-web server on one
-//! listener (TLS with a reloading certificate, or plain HTTP). Graceful shutdown on SIGTERM and SIGINT alike: stop
+//! Starting `berth serve`: the shared state built once ([`AppState`], also what the in-process tests mount),
+//! background tasks, and one actix-web server on one listener (TLS with a reloading certificate, or plain HTTP). Graceful shutdown on SIGTERM and SIGINT alike: stop
 //! accepting, let in-flight requests finish within the configured timeout, exit.
 
 use std::sync::Arc;
@@ -10,10 +10,13 @@ use actix_web::{web, App, HttpServer};
 
 use crate::admission::source::{self, ActivePolicy};
 use crate::admission::{AdmissionSettings, PolicyStore};
+use crate::clock::SharedClock;
 use crate::config::{Config, PolicySource};
 use crate::limits::BodyLimits;
+use crate::proxy::Proxy;
 use crate::registry::service::UploadLimits;
 use crate::registry::storage::fs::FsStorage;
+use crate::registry::storage::{Storage, StorageError};
 use crate::registry::Registry;
 use crate::tls;
 
@@ -68,75 +71,125 @@ pub enum ServeError {
     },
 }
 
+/// The state every request shares, built once from a [`Config`] and the parts a test replaces (the storage and the
+/// clock): the registry service, the proxy, the admission policy and settings, and the body limits. [`serve`] mounts
+/// it in every worker; the in-process tests mount the same with `actix_web::test::init_service`. Background tasks
+/// (the upload sweep, the policy watch, certificate reloads) are not part of it: [`serve`] starts them.
+#[derive(Clone)]
+pub struct AppState {
+    pub registry: web::Data<Registry>,
+    pub proxy: web::Data<Proxy>,
+    /// The policy read at start (a policy file, or the built-in default until a watched ConfigMap is read).
+    pub policy: web::Data<PolicyStore>,
+    pub settings: web::Data<AdmissionSettings>,
+    pub body_limits: web::Data<BodyLimits>,
+    /// The time the registry and the proxy are to age uploads and cache entries by. Held here until their
+    /// constructors take it, so `serve` and the tests already choose it in one place.
+    pub clock: SharedClock,
+}
+
+impl AppState {
+    /// Opens the registry service over `storage` (recovering interrupted uploads), the proxy (loading its usage
+    /// records), the policy at start and the admission settings. Starts nothing in the background.
+    pub async fn build(
+        config: &Config,
+        storage: Arc<dyn Storage>,
+        clock: SharedClock,
+    ) -> Result<AppState, ServeError> {
+        let limits = &config.limits;
+        let registry = web::Data::new(Registry::with_limits(
+            storage.clone(),
+            UploadLimits {
+                max_sessions: limits.max_upload_sessions,
+                max_streams: limits.max_concurrent_uploads,
+            },
+        ));
+        let recovered = registry
+            .recover_uploads()
+            .await
+            .map_err(|e| ServeError::Storage {
+                path: config.data_dir.clone(),
+                source: StorageError::Corrupt(format!("listing uploads: {e}")),
+            })?;
+        if recovered.deleted > 0 {
+            log::info!(
+                "deleted {} interrupted uploads that cannot be resumed; {} upload sessions kept",
+                recovered.deleted,
+                recovered.kept
+            );
+        }
+        let body_limits = web::Data::new(BodyLimits::new(
+            limits.body_idle_timeout,
+            limits.body_timeout,
+            usize::try_from(limits.body_memory).unwrap_or(usize::MAX),
+        ));
+        let proxy = Proxy::new(&config.proxy, storage, registry.content_gate())
+            .map_err(ServeError::Proxy)?;
+        proxy.load_usage().await.map_err(|e| {
+            ServeError::Proxy(crate::proxy::upstream::UpstreamError::Setup {
+                upstream: "(cache)".into(),
+                why: e.to_string(),
+            })
+        })?;
+        let upstreams: Vec<&str> = proxy.upstream_names().collect();
+        if !upstreams.is_empty() {
+            log::info!(
+                "proxying upstreams {} under /v2/proxy/<upstream>/ and ?ns=<upstream>",
+                upstreams.join(", ")
+            );
+        }
+        let policy = web::Data::new(PolicyStore::new(initial_policy(&config.policy)?));
+        // berth's own addresses: the node proxy and the default Service names (in `Scope::new`), the names of its
+        // managed certificate (the Service it is reached by) and every `--san`.
+        let own_names = config
+            .managed_certs
+            .iter()
+            .flat_map(|m| m.names.iter())
+            .chain(&config.sans)
+            .cloned();
+        let settings = web::Data::new(
+            AdmissionSettings::new(&config.namespace)
+                .with_hosts(own_names)
+                .with_proxy_upstreams(config.proxy.upstreams.iter().map(|u| u.name.clone())),
+        );
+        Ok(AppState {
+            registry,
+            proxy: web::Data::new(proxy),
+            policy,
+            settings,
+            body_limits,
+            clock,
+        })
+    }
+
+    /// Mounts the state and every route ([`crate::configure`]) behind the middleware each request must pass (the
+    /// body limits). For `App::new().configure(|cfg| state.configure(cfg))`; the data is registered on the app, so
+    /// middleware the caller wraps around it (the access log) sees it too.
+    pub fn configure(&self, cfg: &mut web::ServiceConfig) {
+        cfg.app_data(self.registry.clone())
+            .app_data(self.proxy.clone())
+            .app_data(self.policy.clone())
+            .app_data(self.settings.clone())
+            .app_data(self.body_limits.clone())
+            // A scope matching every path, so the body limits wrap every route (and the 404 of no route).
+            .service(
+                web::scope("")
+                    .wrap(from_fn(crate::limits::limit_bodies))
+                    .configure(crate::configure),
+            );
+    }
+}
+
 /// Runs the server until it is told to stop.
 pub async fn serve(config: Config) -> Result<(), ServeError> {
     let storage = FsStorage::open(&config.data_dir).map_err(|source| ServeError::Storage {
         path: config.data_dir.clone(),
         source,
     })?;
-    let storage: Arc<dyn crate::registry::storage::Storage> = Arc::new(storage);
-    let limits = &config.limits;
-    let registry = web::Data::new(Registry::with_limits(
-        storage.clone(),
-        UploadLimits {
-            max_sessions: limits.max_upload_sessions,
-            max_streams: limits.max_concurrent_uploads,
-        },
-    ));
-    let recovered = registry
-        .recover_uploads()
-        .await
-        .map_err(|e| ServeError::Storage {
-            path: config.data_dir.clone(),
-            source: crate::registry::storage::StorageError::Corrupt(format!(
-                "listing uploads: {e}"
-            )),
-        })?;
-    if recovered.deleted > 0 {
-        log::info!(
-            "deleted {} interrupted uploads that cannot be resumed; {} upload sessions kept",
-            recovered.deleted,
-            recovered.kept
-        );
-    }
-    let body_limits = web::Data::new(BodyLimits::new(
-        limits.body_idle_timeout,
-        limits.body_timeout,
-        usize::try_from(limits.body_memory).unwrap_or(usize::MAX),
-    ));
-    let proxy = crate::proxy::Proxy::new(&config.proxy, storage, registry.content_gate())
-        .map_err(ServeError::Proxy)?;
-    proxy.load_usage().await.map_err(|e| {
-        ServeError::Proxy(crate::proxy::upstream::UpstreamError::Setup {
-            upstream: "(cache)".into(),
-            why: e.to_string(),
-        })
-    })?;
-    let upstreams: Vec<&str> = proxy.upstream_names().collect();
-    if !upstreams.is_empty() {
-        log::info!(
-            "proxying upstreams {} under /v2/proxy/<upstream>/ and ?ns=<upstream>",
-            upstreams.join(", ")
-        );
-    }
-    let proxy = web::Data::new(proxy);
+    let state = AppState::build(&config, Arc::new(storage), crate::clock::system()).await?;
+    watch_policy(&config, &state.policy).await?;
 
-    let policy = start_policy(&config).await?;
-    // berth's own addresses: the node proxy and the default Service names (in `Scope::new`), the names of its
-    // managed certificate (the Service it is reached by) and every `--san`.
-    let own_names = config
-        .managed_certs
-        .iter()
-        .flat_map(|m| m.names.iter())
-        .chain(&config.sans)
-        .cloned();
-    let settings = web::Data::new(
-        AdmissionSettings::new(&config.namespace)
-            .with_hosts(own_names)
-            .with_proxy_upstreams(config.proxy.upstreams.iter().map(|u| u.name.clone())),
-    );
-
-    let sweeper = registry.clone();
+    let sweeper = state.registry.clone();
     let max_age = config.upload_max_age;
     actix_web::rt::spawn(async move {
         loop {
@@ -149,17 +202,10 @@ pub async fn serve(config: Config) -> Result<(), ServeError> {
         }
     });
 
-    let app_registry = registry.clone();
     let server = HttpServer::new(move || {
         App::new()
-            .app_data(app_registry.clone())
-            .app_data(proxy.clone())
-            .app_data(policy.clone())
-            .app_data(settings.clone())
-            .app_data(body_limits.clone())
-            .wrap(from_fn(crate::limits::limit_bodies))
             .wrap(Logger::new(r#"%a "%r" %s %b %Dms"#))
-            .configure(crate::configure)
+            .configure(|cfg| state.configure(cfg))
     })
     .workers(config.workers)
     .max_connection_rate(TLS_HANDSHAKES_PER_WORKER)
@@ -234,20 +280,24 @@ fn shutdown_requested() -> std::io::Result<impl std::future::Future<Output = ()>
     })
 }
 
-/// Loads the policy (a bad file stops the start) and starts watching its source.
-async fn start_policy(config: &Config) -> Result<web::Data<PolicyStore>, ServeError> {
+/// The policy berth starts with: a policy file is read now (a bad one stops the start); a ConfigMap applies once
+/// [`watch_policy`] has read it, the built-in default until then.
+fn initial_policy(policy: &PolicySource) -> Result<ActivePolicy, ServeError> {
+    Ok(match policy {
+        PolicySource::Default | PolicySource::ConfigMap { .. } => ActivePolicy::builtin_default(),
+        PolicySource::File(path) => source::load_file(path)?,
+    })
+}
+
+/// Starts watching the policy's source, swapping what it reads into `store`.
+async fn watch_policy(config: &Config, store: &web::Data<PolicyStore>) -> Result<(), ServeError> {
     match &config.policy {
-        PolicySource::Default => Ok(web::Data::new(PolicyStore::new(
-            ActivePolicy::builtin_default(),
-        ))),
+        PolicySource::Default => {}
         PolicySource::File(path) => {
-            let store = web::Data::new(PolicyStore::new(source::load_file(path)?));
             actix_web::rt::spawn(source::watch_file(store.clone().into_inner(), path.clone()));
-            Ok(store)
         }
         PolicySource::ConfigMap { namespace, name } => {
             let client = kube::Client::try_default().await?;
-            let store = web::Data::new(PolicyStore::new(ActivePolicy::builtin_default()));
             log::info!("watching the policy ConfigMap {namespace}/{name}; until it is read, the built-in default applies");
             let watched = source::watch_configmap(
                 store.clone().into_inner(),
@@ -256,9 +306,9 @@ async fn start_policy(config: &Config) -> Result<web::Data<PolicyStore>, ServeEr
                 name.clone(),
             );
             actix_web::rt::spawn(watched);
-            Ok(store)
         }
     }
+    Ok(())
 }
 
 /// Makes the managed Secret valid, installs its serving pair in the cert dir, patches the caBundles, and keeps doing

@@ -6,6 +6,7 @@ mod clients;
 mod cluster;
 mod conformance;
 mod e2e;
+mod inprocess;
 mod lifecycle;
 mod manifests;
 mod node_proxy;

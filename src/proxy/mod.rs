@@ -5,10 +5,10 @@
 //! in the store under `proxy/<upstream>/<repository>` and are read-only; least recently used proxied blobs are
 //! evicted past `maxSize`, pushed content never.
 //!
-//! Knows nothing of actix-web (see `routes.rs`; fetches run as tokio tasks); talks to upstreams through `upstream.rs`.
+//! Knows nothing of actix-web (see `http.rs`; fetches run as tokio tasks); talks to upstreams through `upstream.rs`.
 
 pub mod config;
-pub mod routes;
+pub mod http;
 pub mod upstream;
 
 use std::collections::{BTreeMap, HashMap};

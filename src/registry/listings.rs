@@ -7,12 +7,19 @@ use serde::Serialize;
 
 use super::error::{RegistryError, Result};
 use super::names::RepoName;
-use super::routes::Query;
 use super::service::{Page, Registry};
 
-fn page_size(query: &Query) -> Result<Option<usize>> {
+/// What a listing request asks for: `?n=` (the page size, still to be validated) and `?last=` (where the previous
+/// page ended).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct PageQuery<'a> {
+    pub n: Option<&'a str>,
+    pub last: Option<&'a str>,
+}
+
+fn page_size(query: PageQuery) -> Result<Option<usize>> {
     query
-        .get("n")
+        .n
         .map(|n| {
             n.parse::<usize>().map_err(|_| {
                 RegistryError::PaginationNumberInvalid(format!(
@@ -45,11 +52,13 @@ struct TagList<'a> {
     tags: Vec<&'a str>,
 }
 
-pub async fn tags(registry: &Registry, repo: &RepoName, query: &Query) -> Result<HttpResponse> {
+pub async fn tags(
+    registry: &Registry,
+    repo: &RepoName,
+    query: PageQuery<'_>,
+) -> Result<HttpResponse> {
     let n = page_size(query)?;
-    let page = registry
-        .tags(repo, n, query.get("last").map(String::as_str))
-        .await?;
+    let page = registry.tags(repo, n, query.last).await?;
     let body = TagList {
         name: repo.as_str(),
         tags: page.items.iter().map(|t| t.as_str()).collect(),
@@ -62,11 +71,9 @@ struct Catalog<'a> {
     repositories: Vec<&'a str>,
 }
 
-pub async fn catalog(registry: &Registry, query: &Query) -> Result<HttpResponse> {
+pub async fn catalog(registry: &Registry, query: PageQuery<'_>) -> Result<HttpResponse> {
     let n = page_size(query)?;
-    let page = registry
-        .catalog(n, query.get("last").map(String::as_str))
-        .await?;
+    let page = registry.catalog(n, query.last).await?;
     let body = Catalog {
         repositories: page.items.iter().map(|r| r.as_str()).collect(),
     };

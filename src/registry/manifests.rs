@@ -6,7 +6,6 @@ use actix_web::{web, HttpRequest, HttpResponse};
 use super::error::{RegistryError, Result};
 use super::manifest::MAX_MANIFEST_BYTES;
 use super::names::{Reference, RepoName, Tag};
-use super::routes::Query;
 use super::service::Registry;
 use crate::limits::{read_to_limit, BodyLimitError, ReadError};
 
@@ -47,9 +46,9 @@ async fn read_limited(req: &HttpRequest, body: web::Payload) -> Result<bytes::By
 /// The most `?tag=` parameters one push may carry (the spec asks for at least 10); more is a 414.
 pub const MAX_TAGS_PER_PUSH: usize = 100;
 
-/// The tags of a push by digest (`?tag=a&tag=b`), validated. A push by tag takes none: its tag is in the path.
-fn query_tags(reference: &Reference, query: &Query) -> Result<Vec<Tag>> {
-    let raw: Vec<&str> = query.get_all("tag").collect();
+/// The tags of a push by digest (`?tag=a&tag=b`, in `raw` as given), validated. A push by tag takes none: its tag
+/// is in the path.
+fn query_tags(reference: &Reference, raw: &[&str]) -> Result<Vec<Tag>> {
     if raw.is_empty() {
         return Ok(Vec::new());
     }
@@ -64,21 +63,22 @@ fn query_tags(reference: &Reference, query: &Query) -> Result<Vec<Tag>> {
             limit: MAX_TAGS_PER_PUSH,
         });
     }
-    raw.into_iter()
-        .map(|tag| Tag::parse(tag).ok_or_else(|| RegistryError::TagInvalid(tag.to_owned())))
+    raw.iter()
+        .map(|&tag| Tag::parse(tag).ok_or_else(|| RegistryError::TagInvalid(tag.to_owned())))
         .collect()
 }
 
+/// A push by tag or digest; `tag_params` are the `?tag=` values as given, in order.
 pub async fn put(
     registry: &Registry,
     req: &HttpRequest,
     repo: &RepoName,
     reference: &str,
-    query: &Query,
+    tag_params: &[&str],
     body: web::Payload,
 ) -> Result<HttpResponse> {
     let reference = Reference::parse(reference)?;
-    let tags = query_tags(&reference, query)?;
+    let tags = query_tags(&reference, tag_params)?;
     let bytes = read_limited(req, body).await?;
     let content_type = req
         .headers()

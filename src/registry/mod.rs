@@ -1,5 +1,7 @@
-//! The OCI Distribution API (`/v2/…`): routes and handlers (the only parts that know actix-web), the registry
-//! service (semantics and verification), validated names, manifest parsing, and storage behind a trait.
+//! The OCI Distribution API's local side: handlers (the only parts that know actix-web; [`crate::v2`] routes
+//! requests to them), the registry service (semantics and verification), validated names, manifest parsing, and
+//! storage behind a trait. Must not know routes or the proxy: which handler serves a request is the front door's
+//! decision.
 
 pub mod blobs;
 pub mod error;
@@ -10,11 +12,9 @@ pub mod manifests;
 pub mod names;
 pub mod ranges;
 pub mod referrers;
-pub mod routes;
 pub mod service;
 pub mod storage;
 pub mod uploads;
 
 pub use error::{ErrorCode, RegistryError};
-pub use routes::configure;
 pub use service::Registry;

@@ -1,5 +1,5 @@
 //! The referrers API: `GET /v2/<name>/referrers/<digest>[?artifactType=…]` answers an OCI image index of the
-//! manifests whose `subject` is `<digest>`.
+//! manifests whose `subject` is `<digest>` (of those of `artifactType` only, when it is given).
 
 use actix_web::HttpResponse;
 use serde::Serialize;
@@ -7,7 +7,6 @@ use serde::Serialize;
 use super::error::Result;
 use super::manifest::{Descriptor, OCI_INDEX};
 use super::names::{Digest, RepoName};
-use super::routes::Query;
 use super::service::Registry;
 
 #[derive(Serialize)]
@@ -22,10 +21,9 @@ pub async fn list(
     registry: &Registry,
     repo: &RepoName,
     digest: &str,
-    query: &Query,
+    artifact_type: Option<&str>,
 ) -> Result<HttpResponse> {
     let subject = Digest::parse(digest)?;
-    let artifact_type = query.get("artifactType").map(String::as_str);
     let manifests = registry.referrers(repo, &subject, artifact_type).await?;
     let mut response = HttpResponse::Ok();
     response.content_type(OCI_INDEX);

@@ -7,7 +7,6 @@ use actix_web::{web, HttpRequest, HttpResponse};
 use super::error::{upload_range, RegistryError, Result};
 use super::names::{Digest, RepoName, UploadId};
 use super::ranges::{parse_content_range, InvalidContentRange};
-use super::routes::Query;
 use super::service::Registry;
 
 fn upload_location(repo: &RepoName, id: &UploadId) -> String {
@@ -68,23 +67,31 @@ async fn content_range(
     }
 }
 
+/// What a `POST` to start an upload asks for, each value still to be validated.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct StartQuery<'a> {
+    /// `?mount=<digest>`: link a blob the registry already holds instead of uploading it.
+    pub mount: Option<&'a str>,
+    /// `?from=<repository>`: where the mounted blob is linked.
+    pub from: Option<&'a str>,
+    /// `?digest=<digest>`: the body is the whole blob (a monolithic upload).
+    pub digest: Option<&'a str>,
+}
+
 pub async fn start(
     registry: &Registry,
     repo: &RepoName,
-    query: &Query,
+    query: StartQuery<'_>,
     body: web::Payload,
 ) -> Result<HttpResponse> {
-    if let Some(mount) = query.get("mount") {
+    if let Some(mount) = query.mount {
         let digest = Digest::parse(mount)?;
-        let from = query
-            .get("from")
-            .map(|from| RepoName::parse(from))
-            .transpose()?;
+        let from = query.from.map(RepoName::parse).transpose()?;
         if registry.blob_mount(repo, &digest, from.as_ref()).await? {
             return Ok(created(repo, &digest));
         }
         // Not mountable: the client proceeds with an ordinary upload.
-    } else if let Some(digest) = query.get("digest") {
+    } else if let Some(digest) = query.digest {
         let digest = Digest::parse(digest)?;
         registry.upload_monolithic(repo, &digest, body).await?;
         return Ok(created(repo, &digest));
@@ -123,11 +130,11 @@ pub async fn finish(
     req: &HttpRequest,
     repo: &RepoName,
     id: &str,
-    query: &Query,
+    digest: Option<&str>,
     body: web::Payload,
 ) -> Result<HttpResponse> {
     let id = upload_id(id)?;
-    let digest = query.get("digest").ok_or_else(|| {
+    let digest = digest.ok_or_else(|| {
         RegistryError::DigestInvalid("the closing PUT needs ?digest=<digest>".into())
     })?;
     let digest = Digest::parse(digest)?;

@@ -11,7 +11,7 @@ use berth::admission::image::ImageRef;
 use berth::registry::manifest::{self, Kind};
 use berth::registry::names::{Digest, Reference, RepoName, Tag};
 use berth::registry::ranges::{parse_content_range, parse_range};
-use berth::registry::routes::parse_route;
+use berth::v2::route::parse_route;
 
 /// Media types a manifest may arrive with (chosen by the input's first byte).
 pub const CONTENT_TYPES: [Option<&str>; 8] = [

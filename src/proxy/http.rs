@@ -1,5 +1,7 @@
-//! Requests for proxied repositories, dispatched here by the registry's route table: pulls are served from the
-//! cache or the upstream; everything else is refused, since proxied repositories are read-only.
+//! Requests for proxied repositories, dispatched here by the front door ([`crate::v2`]) once it has resolved the
+//! target: pulls are served from the cache or the upstream; everything else is refused, since proxied repositories
+//! are read-only. Must not decide what is proxied (the front door asks [`Proxy::resolve`]) or know the registry's
+//! routes; a cached blob is served by the registry's blob handler.
 
 use std::sync::Arc;
 
@@ -10,8 +12,8 @@ use actix_web::{HttpRequest, HttpResponse};
 use super::{Proxy, ProxyTarget};
 use crate::registry::error::{RegistryError, Result};
 use crate::registry::names::{Digest, Reference};
-use crate::registry::routes::Route;
 use crate::registry::{blobs, Registry};
+use crate::v2::route::Route;
 
 pub async fn dispatch(
     proxy: &Arc<Proxy>,

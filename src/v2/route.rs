@@ -1,15 +1,21 @@
-//! The registry's route table, in one place: `/v2/…` paths are parsed into a [`Route`] (repository names have any
-//! number of slashes, so the resource is recognised from the end of the path) and dispatched by method.
+//! The grammar of the registry API's paths and query strings: `/v2/…` paths are parsed into a [`Route`]
+//! (repository names have any number of slashes, so the resource is recognised from the end of the path), query
+//! strings into a [`Query`]. A leaf: it knows the registry's name types (and the error they return) and nothing
+//! else — no actix-web, no handlers, no decision about who serves a route (that is the front door's, `super`).
 
-use actix_web::http::Method;
-use actix_web::middleware::DefaultHeaders;
-use actix_web::{web, HttpRequest, HttpResponse};
+use crate::registry::error::RegistryError;
+use crate::registry::names::RepoName;
 
-use super::error::{RegistryError, Result};
-use super::names::RepoName;
-use super::service::Registry;
-use super::{blobs, listings, manifests, referrers, uploads};
-use crate::proxy::Proxy;
+/// Why a path is not a route of the registry API.
+#[derive(Debug, thiserror::Error)]
+pub enum RouteError {
+    /// The path is not one of the API's routes (the full path is kept).
+    #[error("no such route: {0}")]
+    NotFound(String),
+    /// The path has the shape of a route, but the repository name in it is invalid.
+    #[error(transparent)]
+    Name(#[from] RegistryError),
+}
 
 /// A parsed registry path. The `String`s are still to be validated by the handler (tag, digest, upload id).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -72,8 +78,8 @@ fn percent_decode(segment: &str) -> String {
 }
 
 /// Parses the path of a request under `/v2` (the full path, e.g. `/v2/library/ubuntu/manifests/latest`).
-pub fn parse_route(path: &str) -> Result<Route> {
-    let not_found = || RegistryError::NotFound(path.to_owned());
+pub fn parse_route(path: &str) -> Result<Route, RouteError> {
+    let not_found = || RouteError::NotFound(path.to_owned());
     // `/v2` itself or `/v2/…`; `/v20/…` is another path, not repository `0/…`.
     let rest = match path.strip_prefix("/v2") {
         Some("") => "",
@@ -92,11 +98,11 @@ pub fn parse_route(path: &str) -> Result<Route> {
         *last = percent_decode(last);
     }
     let n = segments.len();
-    let name = |end: usize| -> Result<RepoName> {
+    let name = |end: usize| -> Result<RepoName, RouteError> {
         if end == 0 {
             return Err(not_found());
         }
-        RepoName::parse(&segments[..end].join("/"))
+        Ok(RepoName::parse(&segments[..end].join("/"))?)
     };
     let at = |i: usize| segments.get(i).map(String::as_str);
     if n >= 3 && at(n - 2) == Some("tags") && at(n - 1) == Some("list") {
@@ -129,16 +135,30 @@ pub fn parse_route(path: &str) -> Result<Route> {
 pub struct Query(Vec<(String, String)>);
 
 impl Query {
-    /// Parses (and percent-decodes) a query string; a malformed one is a client error.
-    pub fn parse(query: &str) -> Result<Query> {
-        web::Query::<Vec<(String, String)>>::from_query(query)
-            .map(|pairs| Query(pairs.into_inner()))
-            .map_err(|e| RegistryError::BadRequest(format!("malformed query string: {e}")))
+    /// Parses a query string as a form (`application/x-www-form-urlencoded`): pairs split at `&`, key and value
+    /// at the first `=` (a pair without one has an empty value), `+` is a space and `%XX` escapes are decoded.
+    /// Every string is a query, so this cannot fail: invalid escapes are kept and invalid UTF-8 is replaced, and
+    /// the validators of the values then reject them.
+    pub fn parse(query: &str) -> Query {
+        let decode = |part: &str| percent_decode(&part.replace('+', " "));
+        Query(
+            query
+                .split('&')
+                .filter(|pair| !pair.is_empty())
+                .map(|pair| {
+                    let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
+                    (decode(key), decode(value))
+                })
+                .collect(),
+        )
     }
 
     /// The first value of `key`.
-    pub fn get(&self, key: &str) -> Option<&String> {
-        self.0.iter().find(|(k, _)| k == key).map(|(_, v)| v)
+    pub fn get(&self, key: &str) -> Option<&str> {
+        self.0
+            .iter()
+            .find(|(k, _)| k == key)
+            .map(|(_, v)| v.as_str())
     }
 
     /// Every value of `key`, in order.
@@ -147,96 +167,6 @@ impl Query {
             .iter()
             .filter(move |(k, _)| k == key)
             .map(|(_, v)| v.as_str())
-    }
-}
-
-fn parse_query(req: &HttpRequest) -> Result<Query> {
-    Query::parse(req.query_string())
-}
-
-/// Mounts the registry API under `/v2`.
-pub fn configure(cfg: &mut web::ServiceConfig) {
-    cfg.service(
-        web::scope("/v2")
-            .wrap(DefaultHeaders::new().add(("Docker-Distribution-API-Version", "registry/2.0")))
-            .default_service(web::to(dispatch)),
-    );
-}
-
-async fn dispatch(
-    req: HttpRequest,
-    body: web::Payload,
-    registry: web::Data<Registry>,
-    proxy: web::Data<Proxy>,
-) -> Result<HttpResponse> {
-    let route = parse_route(req.path())?;
-    let query = parse_query(&req)?;
-    let registry = registry.get_ref();
-    if let Some(target) = route
-        .repository()
-        .and_then(|repo| proxy.resolve(repo, query.get("ns").map(String::as_str)))
-    {
-        return crate::proxy::routes::dispatch(&proxy.into_inner(), registry, target, route, &req)
-            .await;
-    }
-    // proxy/… belongs to the pull-through cache: nothing may be pushed there, even for an upstream not configured.
-    let writes = !matches!(*req.method(), Method::GET | Method::HEAD);
-    if writes
-        && route
-            .repository()
-            .is_some_and(|repo| repo.as_str().starts_with("proxy/"))
-    {
-        return Err(RegistryError::Unsupported(
-            "repositories under proxy/ are reserved for the pull-through cache".into(),
-        ));
-    }
-    let method = req.method().clone();
-    let head = method == Method::HEAD;
-    match (route, method) {
-        (Route::Base, Method::GET | Method::HEAD) => Ok(HttpResponse::Ok()
-            .content_type("application/json")
-            .body("{}")),
-        (Route::Catalog, Method::GET) => listings::catalog(registry, &query).await,
-        (Route::Tags(repo), Method::GET) => listings::tags(registry, &repo, &query).await,
-        (Route::Manifest(repo, reference), Method::GET | Method::HEAD) => {
-            manifests::get(registry, &repo, &reference).await
-        }
-        (Route::Manifest(repo, reference), Method::PUT) => {
-            manifests::put(registry, &req, &repo, &reference, &query, body).await
-        }
-        (Route::Manifest(repo, reference), Method::DELETE) => {
-            manifests::delete(registry, &repo, &reference).await
-        }
-        (Route::Blob(repo, digest), Method::GET | Method::HEAD) => {
-            blobs::get(registry, &req, &repo, &digest, head).await
-        }
-        (Route::Blob(repo, digest), Method::DELETE) => {
-            blobs::delete(registry, &repo, &digest).await
-        }
-        (Route::Uploads(repo), Method::POST) => uploads::start(registry, &repo, &query, body).await,
-        (Route::Upload(repo, id), Method::GET) => uploads::status(registry, &repo, &id).await,
-        (Route::Upload(repo, id), Method::PATCH) => {
-            uploads::patch(registry, &req, &repo, &id, body).await
-        }
-        (Route::Upload(repo, id), Method::PUT) => {
-            uploads::finish(registry, &req, &repo, &id, &query, body).await
-        }
-        (Route::Upload(repo, id), Method::DELETE) => uploads::cancel(registry, &repo, &id).await,
-        (Route::Referrers(repo, digest), Method::GET) => {
-            referrers::list(registry, &repo, &digest, &query).await
-        }
-        (route, _) => Err(RegistryError::MethodNotAllowed(allowed_methods(&route))),
-    }
-}
-
-fn allowed_methods(route: &Route) -> &'static str {
-    match route {
-        Route::Base => "GET, HEAD",
-        Route::Blob(..) => "GET, HEAD, DELETE",
-        Route::Catalog | Route::Tags(_) | Route::Referrers(..) => "GET",
-        Route::Manifest(..) => "GET, HEAD, PUT, DELETE",
-        Route::Uploads(_) => "POST",
-        Route::Upload(..) => "GET, PATCH, PUT, DELETE",
     }
 }
 
@@ -304,14 +234,35 @@ mod tests {
 
     #[test]
     fn query_keeps_repeated_keys_in_order() {
-        let query = Query::parse("tag=a&digest=sha256%3Ax&tag=b&tag=a%2Bb&empty=").expect("valid");
+        let query = Query::parse("tag=a&digest=sha256%3Ax&tag=b&tag=a%2Bb&empty=");
         assert_eq!(query.get_all("tag").collect::<Vec<_>>(), ["a", "b", "a+b"]);
-        assert_eq!(query.get("tag").map(String::as_str), Some("a"));
-        assert_eq!(query.get("digest").map(String::as_str), Some("sha256:x"));
-        assert_eq!(query.get("empty").map(String::as_str), Some(""));
+        assert_eq!(query.get("tag"), Some("a"));
+        assert_eq!(query.get("digest"), Some("sha256:x"));
+        assert_eq!(query.get("empty"), Some(""));
         assert_eq!(query.get("missing"), None);
         assert_eq!(query.get_all("missing").count(), 0);
-        assert_eq!(Query::parse("").ok(), Some(Query::default()));
+        assert_eq!(Query::parse(""), Query::default());
+    }
+
+    #[test]
+    fn query_decodes_as_a_form() {
+        let query = Query::parse("a+b=c+d&&bare&x=1=2&bad=%zz%4&utf8=%C3%A9&broken=%FF");
+        let pairs: Vec<(&str, &str)> = query
+            .0
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .collect();
+        assert_eq!(
+            pairs,
+            [
+                ("a b", "c d"),
+                ("bare", ""),
+                ("x", "1=2"),
+                ("bad", "%zz%4"),
+                ("utf8", "é"),
+                ("broken", "\u{FFFD}"),
+            ]
+        );
     }
 
     #[test]
@@ -326,7 +277,7 @@ mod tests {
             "/v2x/manifests/v1",
         ] {
             assert!(
-                matches!(parse_route(path), Err(RegistryError::NotFound(_))),
+                matches!(parse_route(path), Err(RouteError::NotFound(_))),
                 "{path}"
             );
         }
@@ -337,7 +288,10 @@ mod tests {
             "/v2/a%2Fb/tags/list",
         ] {
             assert!(
-                matches!(parse_route(path), Err(RegistryError::NameInvalid(_))),
+                matches!(
+                    parse_route(path),
+                    Err(RouteError::Name(RegistryError::NameInvalid(_)))
+                ),
                 "{path}"
             );
         }

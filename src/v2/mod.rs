@@ -1,0 +1,156 @@
+//! The front door of the registry API: every request under `/v2` comes in here, once. `dispatch` parses the
+//! route and the query ([`route`], a leaf), decides whether the repository is local or proxied (the proxy says
+//! which upstream, if any, through [`Proxy::resolve`]), refuses writes under `proxy/`, and hands the request to the
+//! registry's handlers or to the proxy's ([`crate::proxy::http`]). Registry and proxy are siblings below this
+//! module: neither knows the other's routes, and neither decides who serves a path.
+//!
+//! Must not: hold content semantics (the registry service does), talk to upstreams (the proxy does), or build
+//! responses beyond the base endpoint's `{}` (handlers do).
+
+pub mod route;
+
+use actix_web::http::Method;
+use actix_web::middleware::DefaultHeaders;
+use actix_web::{web, HttpRequest, HttpResponse};
+
+use crate::proxy::Proxy;
+use crate::registry::error::{RegistryError, Result};
+use crate::registry::{blobs, listings, manifests, referrers, uploads, Registry};
+use route::{parse_route, Query, Route, RouteError};
+
+impl From<RouteError> for RegistryError {
+    fn from(error: RouteError) -> Self {
+        match error {
+            RouteError::NotFound(path) => RegistryError::NotFound(path),
+            // Still a `RegistryError` while the name types return it; `.into()` once they have their own error.
+            RouteError::Name(name) => name,
+        }
+    }
+}
+
+/// Mounts the registry API under `/v2`, every response with the `Docker-Distribution-API-Version` header.
+pub fn configure(cfg: &mut web::ServiceConfig) {
+    cfg.service(
+        web::scope("/v2")
+            .wrap(DefaultHeaders::new().add(("Docker-Distribution-API-Version", "registry/2.0")))
+            .default_service(web::to(dispatch)),
+    );
+}
+
+/// One `/v2` request: the route, then who serves it.
+async fn dispatch(
+    req: HttpRequest,
+    body: web::Payload,
+    registry: web::Data<Registry>,
+    proxy: web::Data<Proxy>,
+) -> Result<HttpResponse> {
+    let route = parse_route(req.path())?;
+    let query = Query::parse(req.query_string());
+    // Seam: who is asking (identity) and may they (access) are decided here, once per request, before anything
+    // is served.
+    let response = serve(&req, route, &query, body, registry.get_ref(), proxy).await;
+    // Seam: the event record of what happened is written here, once, from the route and the response.
+    response
+}
+
+/// Local or proxied (the proxy resolves the target), the `proxy/` write ban, then that side's handler.
+async fn serve(
+    req: &HttpRequest,
+    route: Route,
+    query: &Query,
+    body: web::Payload,
+    registry: &Registry,
+    proxy: web::Data<Proxy>,
+) -> Result<HttpResponse> {
+    if let Some(target) = route
+        .repository()
+        .and_then(|repo| proxy.resolve(repo, query.get("ns")))
+    {
+        return crate::proxy::http::dispatch(&proxy.into_inner(), registry, target, route, req)
+            .await;
+    }
+    // proxy/… belongs to the pull-through cache: nothing may be pushed there, even for an upstream not configured.
+    let writes = !matches!(*req.method(), Method::GET | Method::HEAD);
+    if writes
+        && route
+            .repository()
+            .is_some_and(|repo| repo.as_str().starts_with("proxy/"))
+    {
+        return Err(RegistryError::Unsupported(
+            "repositories under proxy/ are reserved for the pull-through cache".into(),
+        ));
+    }
+    local(registry, req, route, query, body).await
+}
+
+/// A request for a local repository (or the base and catalog endpoints): the method picks the registry's handler,
+/// and the query parameters it takes are handed to it by name, so the handlers never see the query grammar.
+async fn local(
+    registry: &Registry,
+    req: &HttpRequest,
+    route: Route,
+    query: &Query,
+    body: web::Payload,
+) -> Result<HttpResponse> {
+    let method = req.method().clone();
+    let head = method == Method::HEAD;
+    let page = || listings::PageQuery {
+        n: query.get("n"),
+        last: query.get("last"),
+    };
+    match (route, method) {
+        (Route::Base, Method::GET | Method::HEAD) => Ok(HttpResponse::Ok()
+            .content_type("application/json")
+            .body("{}")),
+        (Route::Catalog, Method::GET) => listings::catalog(registry, page()).await,
+        (Route::Tags(repo), Method::GET) => listings::tags(registry, &repo, page()).await,
+        (Route::Manifest(repo, reference), Method::GET | Method::HEAD) => {
+            manifests::get(registry, &repo, &reference).await
+        }
+        (Route::Manifest(repo, reference), Method::PUT) => {
+            let tags: Vec<&str> = query.get_all("tag").collect();
+            manifests::put(registry, req, &repo, &reference, &tags, body).await
+        }
+        (Route::Manifest(repo, reference), Method::DELETE) => {
+            manifests::delete(registry, &repo, &reference).await
+        }
+        (Route::Blob(repo, digest), Method::GET | Method::HEAD) => {
+            blobs::get(registry, req, &repo, &digest, head).await
+        }
+        (Route::Blob(repo, digest), Method::DELETE) => {
+            blobs::delete(registry, &repo, &digest).await
+        }
+        (Route::Uploads(repo), Method::POST) => {
+            let start = uploads::StartQuery {
+                mount: query.get("mount"),
+                from: query.get("from"),
+                digest: query.get("digest"),
+            };
+            uploads::start(registry, &repo, start, body).await
+        }
+        (Route::Upload(repo, id), Method::GET) => uploads::status(registry, &repo, &id).await,
+        (Route::Upload(repo, id), Method::PATCH) => {
+            uploads::patch(registry, req, &repo, &id, body).await
+        }
+        (Route::Upload(repo, id), Method::PUT) => {
+            uploads::finish(registry, req, &repo, &id, query.get("digest"), body).await
+        }
+        (Route::Upload(repo, id), Method::DELETE) => uploads::cancel(registry, &repo, &id).await,
+        (Route::Referrers(repo, digest), Method::GET) => {
+            referrers::list(registry, &repo, &digest, query.get("artifactType")).await
+        }
+        (route, _) => Err(RegistryError::MethodNotAllowed(allowed_methods(&route))),
+    }
+}
+
+/// The methods each route answers locally: the one table behind every 405's `Allow` header.
+fn allowed_methods(route: &Route) -> &'static str {
+    match route {
+        Route::Base => "GET, HEAD",
+        Route::Blob(..) => "GET, HEAD, DELETE",
+        Route::Catalog | Route::Tags(_) | Route::Referrers(..) => "GET",
+        Route::Manifest(..) => "GET, HEAD, PUT, DELETE",
+        Route::Uploads(_) => "POST",
+        Route::Upload(..) => "GET, PATCH, PUT, DELETE",
+    }
+}
