@@ -1727,6 +1727,13 @@ mod tests {
             })
         }
 
+        fn written(&self) -> u64 {
+            self.file
+                .as_ref()
+                .and_then(|file| file.metadata().ok())
+                .map_or(0, |metadata| metadata.len())
+        }
+
         async fn finish(mut self: Box<Self>) -> StorageResult<u64> {
             let file = self.file.take().expect("writer has its file");
             Ok(file.metadata().expect("stat upload").len())
