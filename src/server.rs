@@ -77,7 +77,7 @@ pub async fn serve(config: Config) -> Result<(), ServeError> {
     let storage: Arc<dyn crate::registry::storage::Storage> = Arc::new(storage);
     let limits = &config.limits;
     let registry = web::Data::new(Registry::with_limits(
-        storage.clone(),
+        storage,
         UploadLimits {
             max_sessions: limits.max_upload_sessions,
             max_streams: limits.max_concurrent_uploads,
@@ -104,8 +104,12 @@ pub async fn serve(config: Config) -> Result<(), ServeError> {
         limits.body_timeout,
         usize::try_from(limits.body_memory).unwrap_or(usize::MAX),
     ));
-    let proxy = crate::proxy::Proxy::new(&config.proxy, storage, registry.content_gate())
-        .map_err(ServeError::Proxy)?;
+    let proxy = crate::proxy::Proxy::from_config(
+        &config.proxy,
+        registry.clone().into_inner(),
+        crate::clock::system(),
+    )
+    .map_err(ServeError::Proxy)?;
     proxy.load_usage().await.map_err(|e| {
         ServeError::Proxy(crate::proxy::upstream::UpstreamError::Setup {
             upstream: "(cache)".into(),

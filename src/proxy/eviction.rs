@@ -1,0 +1,109 @@
+//! The cache's size: which proxied blobs are cached, how big, and when each was last used; past `maxSize` the
+//! least recently used are evicted. Eviction itself (unlink, and delete the content unless pushed content still
+//! links it, under the write gate) is the registry service's; this module only decides the order.
+
+use std::collections::BTreeSet;
+use std::time::Instant;
+
+use super::{lock, Proxy, Result};
+use crate::registry::names::{Digest, RepoName};
+
+pub(super) struct Usage {
+    size: u64,
+    last_used: Instant,
+    /// Every proxied repository the blob is cached for (a layer shared by images of several repositories).
+    repos: BTreeSet<RepoName>,
+}
+
+impl Proxy {
+    /// Counts the proxied blobs already cached (after a restart), for the size limit.
+    pub async fn load_usage(&self) -> Result<()> {
+        if self.max_size.is_none() {
+            return Ok(());
+        }
+        let mut found = Vec::new();
+        for repo in self.registry.catalog(None, None).await?.items {
+            // Only the caches of configured upstreams; anything else under proxy/ is not berth's to evict.
+            if self
+                .resolve(&repo, None)
+                .is_none_or(|target| target.local_repo != repo)
+            {
+                continue;
+            }
+            for (digest, size) in self.registry.cache_blobs(&repo).await? {
+                found.push((digest, size, repo.clone()));
+            }
+        }
+        for (digest, size, repo) in found {
+            self.touch(&digest, size, &repo);
+        }
+        Ok(())
+    }
+
+    /// Records that `repo`'s cached blob `digest` of `size` bytes was just used.
+    pub(super) fn touch(&self, digest: &Digest, size: u64, repo: &RepoName) {
+        if self.max_size.is_some() {
+            let now = self.clock.instant();
+            let mut usage = lock(&self.usage);
+            let entry = usage.entry(digest.clone()).or_insert_with(|| Usage {
+                size,
+                last_used: now,
+                repos: Default::default(),
+            });
+            entry.last_used = now;
+            entry.repos.insert(repo.clone());
+        }
+    }
+
+    /// Marks a cached proxied blob as just used, for the least-recently-used eviction. Cached blobs are served by
+    /// the registry's own handler, which knows nothing of this bookkeeping.
+    pub fn used(&self, digest: &Digest) {
+        if let Some(usage) = lock(&self.usage).get_mut(digest) {
+            usage.last_used = self.clock.instant();
+        }
+    }
+
+    /// Evicts least recently used proxied blobs until the cache fits `maxSize`. Content that any other repository
+    /// links (pushed content) stays; only the proxy's link goes. Blobs being fetched are never chosen.
+    pub(super) async fn evict(&self) -> Result<()> {
+        let Some(max) = self.max_size else {
+            return Ok(());
+        };
+        let victims: Vec<(Digest, Vec<RepoName>, u64)> = {
+            let usage = lock(&self.usage);
+            let mut total: u64 = usage.values().map(|u| u.size).sum();
+            if total <= max {
+                return Ok(());
+            }
+            let fetching = lock(&self.blob_fetches);
+            let mut by_age: Vec<(&Digest, &Usage)> = usage
+                .iter()
+                .filter(|(d, _)| !fetching.contains_key(*d))
+                .collect();
+            by_age.sort_by_key(|(_, u)| u.last_used);
+            let mut victims = Vec::new();
+            for (digest, usage) in by_age {
+                if total <= max {
+                    break;
+                }
+                total -= usage.size;
+                victims.push((
+                    digest.clone(),
+                    usage.repos.iter().cloned().collect(),
+                    usage.size,
+                ));
+            }
+            victims
+        };
+        for (digest, repos, size) in victims {
+            self.registry.cache_evict(&digest, &repos).await?;
+            lock(&self.usage).remove(&digest);
+            let names: Vec<&str> = repos.iter().map(RepoName::as_str).collect();
+            log::info!(
+                "evicted proxied blob {digest} ({size} bytes) from {}",
+                names.join(", ")
+            );
+        }
+        Ok(())
+    }
+}
