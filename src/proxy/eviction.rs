@@ -107,3 +107,73 @@ impl Proxy {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use bytes::Bytes;
+
+    use crate::proxy::fake::Harness;
+    use crate::proxy::lock;
+    use crate::registry::names::{Digest, RepoName};
+
+    fn blob(name: &str) -> (Digest, Bytes) {
+        let content = Bytes::from(format!("blob {name:>5}"));
+        assert_eq!(content.len(), 10);
+        (Digest::sha256_of(&content), content)
+    }
+
+    #[tokio::test]
+    async fn the_least_recently_used_blob_goes_first_and_pushed_content_stays() {
+        // Room for two of the 10-byte blobs.
+        let h = Harness::new(Some(25));
+        let target = h.target("team/app");
+        let repo = &target.local_repo;
+        let [a, b, c, d] = ["a", "b", "c", "d"].map(blob);
+        for (digest, content) in [&a, &b, &c, &d] {
+            h.upstream.set_blob(digest, content.clone());
+        }
+        // d is pushed to a local repository too.
+        let local = RepoName::parse("team/local").expect("name");
+        h.registry
+            .upload_monolithic(
+                &local,
+                &d.0,
+                futures_util::stream::iter([Ok::<_, std::io::Error>(d.1.clone())]),
+            )
+            .await
+            .expect("push");
+        let proxy = h.proxy.clone();
+        let two_cached = move || lock(&proxy.usage).len() == 2;
+        let linked = |digest: Digest| {
+            let (registry, repo) = (h.registry.clone(), repo.clone());
+            async move { registry.blob_linked(&repo, &digest).await.expect("linked?") }
+        };
+        let second = Duration::from_secs(1);
+
+        for (digest, _) in [&d, &a, &b] {
+            h.pull(&target, digest).await;
+            h.fetches_ended().await;
+            h.clock.advance(second);
+        }
+        // d, the oldest, went: from the cache, but not from the local repository that pushed it.
+        h.until("d to be evicted", two_cached.clone()).await;
+        assert!(!linked(d.0.clone()).await);
+        assert_eq!(
+            h.registry.blob_size(&local, &d.0).await.expect("pushed d"),
+            10
+        );
+        assert!(linked(a.0.clone()).await && linked(b.0.clone()).await);
+
+        // a is used again, so b is now the least recently used.
+        assert_eq!(h.pull(&target, &a.0).await, a.1);
+        h.clock.advance(second);
+        h.pull(&target, &c.0).await;
+        h.fetches_ended().await;
+        h.until("b to be evicted", two_cached.clone()).await;
+        assert!(!linked(b.0.clone()).await);
+        assert!(!h.registry.linked_anywhere(&b.0).await.expect("anywhere?"));
+        assert!(linked(a.0.clone()).await && linked(c.0.clone()).await);
+    }
+}

@@ -377,7 +377,107 @@ fn follow(
 
 #[cfg(test)]
 mod tests {
+    use std::sync::Arc;
+
+    use bytes::Bytes;
+    use futures_util::StreamExt;
+
     use super::servable;
+    use crate::proxy::fake::{drain, Asked, Harness};
+    use crate::proxy::lock;
+    use crate::registry::names::Digest;
+
+    #[tokio::test]
+    async fn concurrent_pulls_of_one_blob_share_one_upstream_fetch() {
+        let h = Harness::new(None);
+        let target = h.target("team/app");
+        let content = Bytes::from((0..100_000u32).map(|i| i as u8).collect::<Vec<u8>>());
+        let digest = Digest::sha256_of(&content);
+        h.upstream.set_blob(&digest, content.clone());
+        let hold = Arc::new(tokio::sync::Semaphore::new(0));
+        *lock(&h.upstream.hold_last_byte) = Some(hold.clone());
+
+        let (size_a, a) = h.proxy.blob(&target, &digest).await.expect("first pull");
+        let (size_b, b) = h.proxy.blob(&target, &digest).await.expect("second pull");
+        assert_eq!((size_a, size_b), (Some(100_000), Some(100_000)));
+        assert!(
+            !h.registry
+                .blob_linked(&target.local_repo, &digest)
+                .await
+                .expect("linked?"),
+            "not visible before its last byte is verified"
+        );
+        hold.add_permits(1);
+        let ((bytes_a, error_a), (bytes_b, error_b)) = tokio::join!(drain(a), drain(b));
+        assert!(
+            error_a.is_none() && error_b.is_none(),
+            "{error_a:?} {error_b:?}"
+        );
+        assert_eq!(bytes_a, content);
+        assert_eq!(bytes_b, content);
+        assert_eq!(
+            Asked::get(&h.upstream.asked.blob_gets),
+            1,
+            "one upstream fetch"
+        );
+
+        // Cached now: a third pull does not ask the upstream.
+        h.fetches_ended().await;
+        assert_eq!(h.pull(&target, &digest).await, content);
+        assert_eq!(Asked::get(&h.upstream.asked.blob_gets), 1);
+    }
+
+    #[tokio::test]
+    async fn a_blob_with_the_wrong_digest_is_never_served_whole_nor_cached() {
+        let h = Harness::new(None);
+        let target = h.target("team/app");
+        let right = Bytes::from_static(b"the layer the manifest names");
+        let wrong = Bytes::from_static(b"the layer an attacker sends!");
+        assert_eq!(right.len(), wrong.len());
+        let digest = Digest::sha256_of(&right);
+        h.upstream.set_blob(&digest, wrong.clone());
+        let hold = Arc::new(tokio::sync::Semaphore::new(0));
+        *lock(&h.upstream.hold_last_byte) = Some(hold.clone());
+
+        let (size, mut stream) = h.proxy.blob(&target, &digest).await.expect("pull");
+        assert_eq!(size, Some(wrong.len() as u64));
+        // Everything but the last byte streams before the digest can be checked...
+        let mut received = Vec::new();
+        while received.len() < wrong.len() - 1 {
+            let chunk = stream.next().await.expect("more bytes").expect("a chunk");
+            received.extend_from_slice(&chunk);
+        }
+        assert_eq!(received, wrong[..wrong.len() - 1]);
+        // ...and the last byte never does: the check fails and the transfer breaks off.
+        hold.add_permits(1);
+        let (rest, error) = drain(stream).await;
+        assert!(rest.is_empty(), "no byte after the check failed: {rest:?}");
+        let error = error.expect("the transfer breaks off");
+        assert!(error.to_string().contains("nothing cached"), "{error}");
+
+        h.fetches_ended().await;
+        assert!(!h
+            .registry
+            .blob_linked(&target.local_repo, &digest)
+            .await
+            .expect("linked?"));
+        assert!(
+            h.storage.uploads().await.expect("uploads").is_empty(),
+            "the failed upload is deleted"
+        );
+
+        // Nothing was cached: the next pull fetches again, and right bytes are kept.
+        h.upstream.set_blob(&digest, right.clone());
+        *lock(&h.upstream.hold_last_byte) = None;
+        assert_eq!(h.pull(&target, &digest).await, right);
+        assert_eq!(Asked::get(&h.upstream.asked.blob_gets), 2);
+        h.fetches_ended().await;
+        assert!(h
+            .registry
+            .blob_linked(&target.local_repo, &digest)
+            .await
+            .expect("linked?"));
+    }
 
     #[test]
     fn the_last_byte_of_a_sized_blob_waits_for_verification() {

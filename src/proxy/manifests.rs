@@ -183,7 +183,99 @@ pub async fn upstream_tags(target: &ProxyTarget, query: &str) -> Result<(String,
 #[cfg(test)]
 mod tests {
     use super::fresh_until;
+    use crate::proxy::fake::{manifest, Asked, Harness, TAG_TTL};
+    use crate::proxy::ProxyError;
+    use crate::registry::names::{Digest, Reference, Tag};
+    use std::sync::atomic::Ordering;
     use std::time::{Duration, Instant};
+
+    fn v1() -> Reference {
+        Reference::Tag(Tag::parse("v1").expect("tag"))
+    }
+
+    #[tokio::test]
+    async fn a_tag_is_trusted_for_its_ttl_then_revalidated_and_refetched_when_it_moved() {
+        let h = Harness::new(None);
+        let target = h.target("team/app");
+        let asked = &h.upstream.asked;
+        h.upstream.set_tag("v1", manifest(1));
+
+        let (first, _) = h.proxy.manifest(&target, &v1()).await.expect("first pull");
+        assert_eq!(first, Digest::sha256_of(&manifest(1)));
+        assert_eq!(Asked::get(&asked.manifest_gets), 1);
+
+        // Within tagTtl the upstream is not asked at all, even though the tag moved there.
+        h.upstream.set_tag("v1", manifest(2));
+        h.clock.advance(TAG_TTL - Duration::from_secs(1));
+        let (cached, _) = h.proxy.manifest(&target, &v1()).await.expect("cached pull");
+        assert_eq!(cached, first, "served from the cache within tagTtl");
+        assert_eq!(Asked::get(&asked.tag_heads), 0);
+        assert_eq!(Asked::get(&asked.manifest_gets), 1);
+
+        // After tagTtl: a HEAD sees the move, a GET fetches the new manifest.
+        h.clock.advance(Duration::from_secs(2));
+        let (moved, stored) = h.proxy.manifest(&target, &v1()).await.expect("revalidated");
+        assert_eq!(moved, Digest::sha256_of(&manifest(2)));
+        assert_eq!(stored.bytes, manifest(2));
+        assert_eq!(Asked::get(&asked.tag_heads), 1);
+        assert_eq!(Asked::get(&asked.manifest_gets), 2);
+
+        // An unchanged tag after tagTtl costs one HEAD and no GET.
+        h.clock.advance(TAG_TTL + Duration::from_secs(1));
+        let (same, _) = h.proxy.manifest(&target, &v1()).await.expect("unchanged");
+        assert_eq!(same, moved);
+        assert_eq!(Asked::get(&asked.tag_heads), 2);
+        assert_eq!(Asked::get(&asked.manifest_gets), 2);
+    }
+
+    #[tokio::test]
+    async fn a_cached_tag_is_served_while_the_upstream_is_down_and_nothing_uncached_is() {
+        let h = Harness::new(None);
+        let target = h.target("team/app");
+        h.upstream.set_tag("v1", manifest(1));
+        let (cached, _) = h.proxy.manifest(&target, &v1()).await.expect("first pull");
+
+        h.upstream.down.store(true, Ordering::SeqCst);
+        h.clock.advance(TAG_TTL * 2);
+        let (stale, stored) = h
+            .proxy
+            .manifest(&target, &v1())
+            .await
+            .expect("stale-if-error");
+        assert_eq!(stale, cached);
+        assert_eq!(stored.bytes, manifest(1));
+        assert_eq!(Asked::get(&h.upstream.asked.tag_heads), 1, "it did ask");
+
+        let other = Reference::Tag(Tag::parse("v2").expect("tag"));
+        match h.proxy.manifest(&target, &other).await {
+            Err(ProxyError::Unavailable { upstream, .. }) => assert_eq!(upstream, "up"),
+            Err(e) => panic!("expected the upstream to be unavailable, got {e}"),
+            Ok((digest, _)) => panic!("nothing is cached for v2, yet {digest} was served"),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_tag_gone_upstream_is_removed_from_the_cache() {
+        let h = Harness::new(None);
+        let target = h.target("team/app");
+        h.upstream.set_tag("v1", manifest(1));
+        h.proxy.manifest(&target, &v1()).await.expect("first pull");
+
+        h.upstream.remove_tag("v1");
+        h.clock.advance(TAG_TTL * 2);
+        let gone = h.proxy.manifest(&target, &v1()).await;
+        assert!(
+            matches!(&gone, Err(ProxyError::Registry(e)) if e.to_string().contains("manifest unknown")),
+            "{:?}",
+            gone.map(|(digest, _)| digest)
+        );
+        let cached = h
+            .registry
+            .cached_manifest(&target.local_repo, &v1())
+            .await
+            .expect("read the cache");
+        assert!(cached.is_none(), "the cached tag is removed");
+    }
 
     #[test]
     fn a_huge_tag_ttl_does_not_overflow_the_clock() {

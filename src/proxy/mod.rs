@@ -22,6 +22,9 @@ pub mod routes;
 mod target;
 pub mod upstream;
 
+#[cfg(test)]
+mod fake;
+
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 
