@@ -39,6 +39,8 @@ impl Asked {
 
 #[derive(Default)]
 pub struct FakeUpstream {
+    /// Its name; `up` when empty.
+    name: String,
     /// tag → manifest bytes.
     tags: Mutex<HashMap<String, Bytes>>,
     /// digest → content served for it (which may be wrong, on purpose).
@@ -51,6 +53,13 @@ pub struct FakeUpstream {
 }
 
 impl FakeUpstream {
+    pub fn named(name: &str) -> FakeUpstream {
+        FakeUpstream {
+            name: name.to_owned(),
+            ..Default::default()
+        }
+    }
+
     pub fn set_tag(&self, tag: &str, manifest: Bytes) {
         lock(&self.tags).insert(tag.to_owned(), manifest);
     }
@@ -89,7 +98,11 @@ impl FakeUpstream {
 #[async_trait]
 impl Upstream for FakeUpstream {
     fn name(&self) -> &str {
-        "up"
+        if self.name.is_empty() {
+            "up"
+        } else {
+            &self.name
+        }
     }
 
     fn tag_ttl(&self) -> Duration {

@@ -56,3 +56,64 @@ impl Proxy {
             .is_some_and(|repo| self.resolve(&repo, None).is_some())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use crate::clock::ManualClock;
+    use crate::proxy::fake::FakeUpstream;
+    use crate::proxy::upstream::Upstream;
+    use crate::proxy::Proxy;
+    use crate::registry::names::RepoName;
+    use crate::registry::storage::fs::FsStorage;
+    use crate::registry::Registry;
+
+    #[test]
+    fn requests_resolve_to_the_upstream_repository_and_one_cache() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let storage = FsStorage::open(dir.path()).expect("open storage");
+        let upstreams: Vec<Arc<dyn Upstream>> = ["docker.io", "ghcr.io"]
+            .map(|name| Arc::new(FakeUpstream::named(name)) as Arc<dyn Upstream>)
+            .into();
+        let registry = Arc::new(Registry::new(Arc::new(storage)));
+        let proxy = Proxy::new(upstreams, None, registry, ManualClock::new());
+        let resolve = |repo: &str, ns: Option<&str>| {
+            let repo = RepoName::parse(repo).expect("repository name");
+            proxy.resolve(&repo, ns).map(|target| {
+                (
+                    target.upstream.name().to_owned(),
+                    target.upstream_repo,
+                    target.local_repo.to_string(),
+                )
+            })
+        };
+        let hub = |upstream_repo: &str| {
+            Some((
+                "docker.io".to_owned(),
+                upstream_repo.to_owned(),
+                format!("proxy/docker.io/{upstream_repo}"),
+            ))
+        };
+        // Docker Hub's official images get library/, in both forms; both share one cache.
+        assert_eq!(resolve("proxy/docker.io/nginx", None), hub("library/nginx"));
+        assert_eq!(
+            resolve("proxy/docker.io/library/nginx", None),
+            hub("library/nginx")
+        );
+        assert_eq!(resolve("nginx", Some("docker.io")), hub("library/nginx"));
+        assert_eq!(resolve("team/app", Some("docker.io")), hub("team/app"));
+        assert_eq!(
+            resolve("proxy/ghcr.io/o/r", Some("docker.io")),
+            Some(("ghcr.io".into(), "o/r".into(), "proxy/ghcr.io/o/r".into())),
+            "the path names the upstream; ?ns= does not override it"
+        );
+        // Local repositories, and upstreams that are not configured.
+        assert_eq!(resolve("team/app", None), None);
+        assert_eq!(resolve("proxy/quay.io/o/r", None), None);
+        assert_eq!(resolve("team/app", Some("quay.io")), None);
+        assert!(proxy.serves("proxy/docker.io/library/nginx"));
+        assert!(!proxy.serves("proxy/quay.io/o/r"));
+        assert!(!proxy.serves("Not A Name"));
+    }
+}
