@@ -55,7 +55,7 @@ pub enum ServeError {
     Certs(#[from] crate::cluster::webhook_certs::CertsError),
     /// An upstream of the proxy cannot be set up.
     #[error("proxy: {0}")]
-    Proxy(#[source] crate::proxy::upstream::UpstreamError),
+    Proxy(#[source] crate::proxy::upstream::http::UpstreamError),
     /// The SIGTERM/SIGINT handlers could not be installed.
     #[error("installing the SIGTERM/SIGINT handlers: {0}")]
     Signals(#[source] std::io::Error),
@@ -111,7 +111,7 @@ pub async fn serve(config: Config) -> Result<(), ServeError> {
     )
     .map_err(ServeError::Proxy)?;
     proxy.load_usage().await.map_err(|e| {
-        ServeError::Proxy(crate::proxy::upstream::UpstreamError::Setup {
+        ServeError::Proxy(crate::proxy::upstream::http::UpstreamError::Setup {
             upstream: "(cache)".into(),
             why: e.to_string(),
         })

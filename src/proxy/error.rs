@@ -11,6 +11,8 @@ use actix_web::{HttpResponse, ResponseError};
 
 use crate::registry::error::{envelope, ErrorCode, RegistryError};
 
+pub type Result<T, E = ProxyError> = std::result::Result<T, E>;
+
 /// Everything that can go wrong serving a proxied repository.
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum ProxyError {

@@ -2,29 +2,57 @@
 //! least recently used are evicted. Eviction itself (unlink, and delete the content unless pushed content still
 //! links it, under the write gate) is the registry service's; this module only decides the order.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashMap};
+use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
-use super::{lock, Proxy, Result};
+use super::error::Result;
+use super::locked::lock;
+use super::target::Targets;
+use crate::clock::SharedClock;
 use crate::registry::names::{Digest, RepoName};
+use crate::registry::Registry;
 
-pub(super) struct Usage {
+struct Usage {
     size: u64,
     last_used: Instant,
     /// Every proxied repository the blob is cached for (a layer shared by images of several repositories).
     repos: BTreeSet<RepoName>,
 }
 
-impl Proxy {
+/// The cached proxied blobs, their sizes and last uses; empty without `maxSize`.
+pub struct Lru {
+    registry: Arc<Registry>,
+    clock: SharedClock,
+    max_size: Option<u64>,
+    usage: Mutex<HashMap<Digest, Usage>>,
+}
+
+impl Lru {
+    pub fn new(registry: Arc<Registry>, clock: SharedClock, max_size: Option<u64>) -> Lru {
+        Lru {
+            registry,
+            clock,
+            max_size,
+            usage: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// How many blobs are accounted.
+    #[cfg(test)]
+    pub fn len(&self) -> usize {
+        lock(&self.usage).len()
+    }
+
     /// Counts the proxied blobs already cached (after a restart), for the size limit.
-    pub async fn load_usage(&self) -> Result<()> {
+    pub async fn load(&self, targets: &Targets) -> Result<()> {
         if self.max_size.is_none() {
             return Ok(());
         }
         let mut found = Vec::new();
         for repo in self.registry.catalog(None, None).await?.items {
             // Only the caches of configured upstreams; anything else under proxy/ is not berth's to evict.
-            if self
+            if targets
                 .resolve(&repo, None)
                 .is_none_or(|target| target.local_repo != repo)
             {
@@ -41,7 +69,7 @@ impl Proxy {
     }
 
     /// Records that `repo`'s cached blob `digest` of `size` bytes was just used.
-    pub(super) fn touch(&self, digest: &Digest, size: u64, repo: &RepoName) {
+    pub fn touch(&self, digest: &Digest, size: u64, repo: &RepoName) {
         if self.max_size.is_some() {
             let now = self.clock.instant();
             let mut usage = lock(&self.usage);
@@ -55,8 +83,7 @@ impl Proxy {
         }
     }
 
-    /// Marks a cached proxied blob as just used, for the least-recently-used eviction. Cached blobs are served by
-    /// the registry's own handler, which knows nothing of this bookkeeping.
+    /// Marks a cached proxied blob as just used (if it is accounted).
     pub fn used(&self, digest: &Digest) {
         if let Some(usage) = lock(&self.usage).get_mut(digest) {
             usage.last_used = self.clock.instant();
@@ -64,8 +91,8 @@ impl Proxy {
     }
 
     /// Evicts least recently used proxied blobs until the cache fits `maxSize`. Content that any other repository
-    /// links (pushed content) stays; only the proxy's link goes. Blobs being fetched are never chosen.
-    pub(super) async fn evict(&self) -> Result<()> {
+    /// links (pushed content) stays; only the proxy's link goes. Blobs being fetched (`fetching`) are never chosen.
+    pub async fn evict(&self, fetching: &(dyn Fn(&Digest) -> bool + Sync)) -> Result<()> {
         let Some(max) = self.max_size else {
             return Ok(());
         };
@@ -75,11 +102,8 @@ impl Proxy {
             if total <= max {
                 return Ok(());
             }
-            let fetching = lock(&self.blob_fetches);
-            let mut by_age: Vec<(&Digest, &Usage)> = usage
-                .iter()
-                .filter(|(d, _)| !fetching.contains_key(*d))
-                .collect();
+            let mut by_age: Vec<(&Digest, &Usage)> =
+                usage.iter().filter(|(d, _)| !fetching(d)).collect();
             by_age.sort_by_key(|(_, u)| u.last_used);
             let mut victims = Vec::new();
             for (digest, usage) in by_age {
@@ -115,7 +139,6 @@ mod tests {
     use bytes::Bytes;
 
     use crate::proxy::fake::Harness;
-    use crate::proxy::lock;
     use crate::registry::names::{Digest, RepoName};
 
     fn blob(name: &str) -> (Digest, Bytes) {
@@ -145,7 +168,7 @@ mod tests {
             .await
             .expect("push");
         let proxy = h.proxy.clone();
-        let two_cached = move || lock(&proxy.usage).len() == 2;
+        let two_cached = move || proxy.lru.len() == 2;
         let linked = |digest: Digest| {
             let (registry, repo) = (h.registry.clone(), repo.clone());
             async move { registry.blob_linked(&repo, &digest).await.expect("linked?") }

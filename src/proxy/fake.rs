@@ -11,8 +11,9 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use futures_util::StreamExt;
 
+use super::locked::lock;
 use super::upstream::{Upstream, UpstreamBlob, UpstreamManifest, UpstreamTag, UpstreamTags};
-use super::{lock, Proxy, ProxyError, ProxyTarget};
+use super::{Proxy, ProxyError, ProxyTarget};
 use crate::clock::ManualClock;
 use crate::registry::error::RegistryError;
 use crate::registry::manifest::OCI_MANIFEST;
@@ -227,10 +228,8 @@ impl Harness {
     /// Waits (yielding, with a deadline) until no blob fetch is in progress. On the tests' single-threaded
     /// runtime, a fetch that is forgotten has also been counted for eviction.
     pub async fn fetches_ended(&self) {
-        self.until("the blob fetches to end", || {
-            lock(&self.proxy.blob_fetches).is_empty()
-        })
-        .await;
+        self.until("the blob fetches to end", || self.proxy.fetcher.idle())
+            .await;
     }
 
     /// Waits (yielding, with a deadline) until `done` holds.

@@ -5,15 +5,19 @@
 //!
 //! Writes nothing itself: the upload, its hash and its commit are the registry service's.
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::BytesMut;
 use futures_util::StreamExt;
 use tokio::sync::watch;
 
+use super::error::{ProxyError, Result};
+use super::eviction::Lru;
+use super::locked::lock;
+use super::target::ProxyTarget;
 use super::upstream::UpstreamBlob;
-use super::{lock, Proxy, ProxyError, ProxyTarget, Result};
 use crate::registry::error::RegistryError;
 use crate::registry::names::{Digest, UploadId};
 use crate::registry::service::cache::{CacheError, CacheUpload};
@@ -29,7 +33,7 @@ const FOLLOW_READ: usize = 1024 * 1024;
 
 /// Progress of one upstream blob fetch, watched by every client streaming it.
 #[derive(Debug, Clone)]
-pub(super) enum FetchState {
+enum FetchState {
     Connecting,
     Streaming {
         size: Option<u64>,
@@ -42,7 +46,29 @@ pub(super) enum FetchState {
     Failed(ProxyError),
 }
 
-impl Proxy {
+/// The blob fetches in progress, one per digest.
+pub struct Fetcher {
+    registry: Arc<Registry>,
+    /// Told of every blob served from the cache or fetched into it.
+    lru: Arc<Lru>,
+    fetches: Mutex<HashMap<Digest, watch::Receiver<FetchState>>>,
+}
+
+impl Fetcher {
+    pub fn new(registry: Arc<Registry>, lru: Arc<Lru>) -> Fetcher {
+        Fetcher {
+            registry,
+            lru,
+            fetches: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Whether no fetch is in progress.
+    #[cfg(test)]
+    pub fn idle(&self) -> bool {
+        lock(&self.fetches).is_empty()
+    }
+
     /// The size of a blob of a proxied repository: cached, or as the upstream reports it (nothing is fetched).
     pub async fn blob_size(&self, target: &ProxyTarget, digest: &Digest) -> Result<u64> {
         match self.registry.blob_size(&target.local_repo, digest).await {
@@ -104,7 +130,7 @@ impl Proxy {
             Err(RegistryError::BlobUnknown(_)) => return Ok(None),
             Err(e) => return Err(e.into()),
         };
-        self.touch(digest, content.size, repo);
+        self.lru.touch(digest, content.size, repo);
         Ok(Some((Some(content.size), content.stream)))
     }
 
@@ -114,7 +140,7 @@ impl Proxy {
         target: &ProxyTarget,
         digest: &Digest,
     ) -> watch::Receiver<FetchState> {
-        let mut fetches = lock(&self.blob_fetches);
+        let mut fetches = lock(&self.fetches);
         // A fetch whose task died (its sender is gone) is replaced rather than waited on forever.
         if let Some(state) = fetches
             .get(digest)
@@ -125,7 +151,7 @@ impl Proxy {
         let (sender, receiver) = watch::channel(FetchState::Connecting);
         fetches.insert(digest.clone(), receiver.clone());
         let fetch = BlobFetch {
-            proxy: self.clone(),
+            fetcher: self.clone(),
             target: target.clone(),
             digest: digest.clone(),
             state: sender,
@@ -136,10 +162,11 @@ impl Proxy {
 
     /// Called when a fetch ends: forget it, account its size, evict past the limit.
     async fn fetch_ended(&self, digest: &Digest, target: &ProxyTarget, size: Option<u64>) {
-        lock(&self.blob_fetches).remove(digest);
+        lock(&self.fetches).remove(digest);
         if let Some(size) = size {
-            self.touch(digest, size, &target.local_repo);
-            if let Err(e) = self.evict().await {
+            self.lru.touch(digest, size, &target.local_repo);
+            let fetching = |digest: &Digest| lock(&self.fetches).contains_key(digest);
+            if let Err(e) = self.lru.evict(&fetching).await {
                 log::warn!("evicting proxied blobs: {e}");
             }
         }
@@ -148,7 +175,7 @@ impl Proxy {
 
 /// One upstream blob fetch, written into a cache upload and committed once verified.
 struct BlobFetch {
-    proxy: Arc<Proxy>,
+    fetcher: Arc<Fetcher>,
     target: ProxyTarget,
     digest: Digest,
     state: watch::Sender<FetchState>,
@@ -172,7 +199,7 @@ impl BlobFetch {
             Ok(size) => FetchState::Done { size },
             Err(e) => FetchState::Failed(e),
         });
-        self.proxy
+        self.fetcher
             .fetch_ended(&self.digest, &self.target, size)
             .await;
     }
@@ -183,7 +210,7 @@ impl BlobFetch {
             .upstream
             .blob(&self.target.upstream_repo, &self.digest)
             .await?;
-        let registry = &self.proxy.registry;
+        let registry = &self.fetcher.registry;
         let mut upload = registry
             .cache_upload_start(&self.target.local_repo, &self.digest)
             .await?;
@@ -384,7 +411,7 @@ mod tests {
 
     use super::servable;
     use crate::proxy::fake::{drain, Asked, Harness};
-    use crate::proxy::lock;
+    use crate::proxy::locked::lock;
     use crate::registry::names::Digest;
 
     #[tokio::test]

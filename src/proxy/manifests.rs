@@ -4,17 +4,22 @@
 //!
 //! Stores nothing itself: fetched manifests are verified and stored by the registry service.
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 
+use super::error::{ProxyError, Result};
+use super::locked::lock;
+use super::target::ProxyTarget;
 use super::upstream::{UpstreamTag, MANIFEST_ACCEPT};
-use super::{lock, Proxy, ProxyError, ProxyTarget, Result};
+use crate::clock::SharedClock;
 use crate::registry::error::RegistryError;
 use crate::registry::names::{Digest, Reference, RepoName, Tag};
 use crate::registry::service::cache::CacheError;
 use crate::registry::storage::StoredManifest;
+use crate::registry::Registry;
 
 /// After a failed revalidation, the cached tag is served without asking again for this long.
 const STALE_RETRY: Duration = Duration::from_secs(30);
@@ -27,7 +32,26 @@ fn fresh_until(now: Instant, duration: Duration) -> Instant {
         .unwrap_or(now)
 }
 
-impl Proxy {
+/// The manifests of proxied repositories, and how fresh each cached tag is.
+pub struct Manifests {
+    registry: Arc<Registry>,
+    clock: SharedClock,
+    /// (local repo, tag) → until when the cached tag is trusted without asking the upstream.
+    fresh_tags: Mutex<HashMap<(RepoName, Tag), Instant>>,
+    /// One lock per manifest reference being fetched, so concurrent requests share one upstream fetch.
+    manifest_locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+}
+
+impl Manifests {
+    pub fn new(registry: Arc<Registry>, clock: SharedClock) -> Manifests {
+        Manifests {
+            registry,
+            clock,
+            fresh_tags: Mutex::new(HashMap::new()),
+            manifest_locks: Mutex::new(HashMap::new()),
+        }
+    }
+
     fn is_fresh(&self, repo: &RepoName, tag: &Tag) -> bool {
         let now = self.clock.instant();
         lock(&self.fresh_tags)

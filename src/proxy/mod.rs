@@ -5,18 +5,19 @@
 //! in the store under `proxy/<upstream>/<repository>` and are read-only; least recently used proxied blobs are
 //! evicted past `maxSize`, pushed content never.
 //!
-//! The cache policy is split by concern: [`target`] (which upstream repository a request is for), [`manifests`]
-//! (tagTtl, stale-if-error), [`fetch`] (single-flight blob fetches, the withheld last byte), [`eviction`] (LRU
-//! accounting) and [`error`]. It talks to upstreams only through the [`upstream::Upstream`] trait (reqwest lives
-//! in `upstream/http.rs`), and it writes nothing itself: every byte it keeps goes through the registry service
-//! (`registry/service/cache.rs`), which verifies, commits and evicts under the content gate. It reads the time
-//! from a [`SharedClock`]. Knows nothing of actix-web but the error mapping (see `routes.rs`; fetches run as tokio
-//! tasks).
+//! The cache policy is split by concern, each part with its own state, composed here: [`target`] (which upstream
+//! repository a request is for), [`manifests`] (tagTtl, stale-if-error), [`fetch`] (single-flight blob fetches,
+//! the withheld last byte), [`eviction`] (LRU accounting) and [`error`]. The parts never import this file. It
+//! talks to upstreams only through the [`upstream::Upstream`] trait (reqwest lives in `upstream/http.rs`), and it
+//! writes nothing itself: every byte it keeps goes through the registry service (`registry/service/cache.rs`),
+//! which verifies, commits and evicts under the content gate. It reads the time from a [`SharedClock`]. Knows
+//! nothing of actix-web but the error mapping (see `routes.rs`; fetches run as tokio tasks).
 
 pub mod config;
 pub mod error;
 mod eviction;
 mod fetch;
+mod locked;
 mod manifests;
 pub mod routes;
 mod target;
@@ -25,47 +26,30 @@ pub mod upstream;
 #[cfg(test)]
 mod fake;
 
-use std::collections::{BTreeMap, HashMap};
-use std::sync::{Arc, Mutex};
-
-use tokio::sync::watch;
+use std::sync::Arc;
 
 use crate::clock::SharedClock;
-use crate::registry::names::{Digest, RepoName, Tag};
+use crate::registry::names::{Digest, Reference};
+use crate::registry::storage::{ByteStream, StoredManifest};
 use crate::registry::Registry;
 use config::ProxyConfig;
-use eviction::Usage;
-use fetch::FetchState;
-use upstream::http::HttpUpstream;
-use upstream::{Upstream, UpstreamError};
+use error::Result;
+use eviction::Lru;
+use fetch::Fetcher;
+use manifests::Manifests;
+use target::Targets;
+use upstream::http::{HttpUpstream, UpstreamError};
+use upstream::Upstream;
 
 pub use error::ProxyError;
 pub use manifests::upstream_tags;
-pub use target::ProxyTarget;
-
-type Result<T, E = ProxyError> = std::result::Result<T, E>;
-
-/// The local repository prefix under which proxied content is cached.
-pub const PROXY_PREFIX: &str = "proxy";
+pub use target::{ProxyTarget, PROXY_PREFIX};
 
 pub struct Proxy {
-    upstreams: BTreeMap<String, Arc<dyn Upstream>>,
-    /// The only writer of content: every fetched blob and manifest is stored through it.
-    registry: Arc<Registry>,
-    clock: SharedClock,
-    /// (local repo, tag) → until when the cached tag is trusted without asking the upstream.
-    fresh_tags: Mutex<HashMap<(RepoName, Tag), std::time::Instant>>,
-    /// One lock per manifest reference being fetched, so concurrent requests share one upstream fetch.
-    manifest_locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
-    blob_fetches: Mutex<HashMap<Digest, watch::Receiver<FetchState>>>,
-    usage: Mutex<HashMap<Digest, Usage>>,
-    max_size: Option<u64>,
-}
-
-fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    mutex
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner())
+    targets: Targets,
+    manifests: Manifests,
+    fetcher: Arc<Fetcher>,
+    lru: Arc<Lru>,
 }
 
 impl Proxy {
@@ -82,29 +66,74 @@ impl Proxy {
         Ok(Proxy::new(upstreams, config.max_size, registry, clock))
     }
 
-    /// The proxy of `upstreams` (by their names), caching through `registry`, evicting past `max_size` bytes.
+    /// The proxy of `upstreams` (by their names), caching through `registry` (the only writer of content),
+    /// evicting past `max_size` bytes.
     pub fn new(
         upstreams: Vec<Arc<dyn Upstream>>,
         max_size: Option<u64>,
         registry: Arc<Registry>,
         clock: SharedClock,
     ) -> Proxy {
+        let lru = Arc::new(Lru::new(registry.clone(), clock.clone(), max_size));
         Proxy {
-            upstreams: upstreams
-                .into_iter()
-                .map(|upstream| (upstream.name().to_owned(), upstream))
-                .collect(),
-            registry,
-            clock,
-            fresh_tags: Mutex::new(HashMap::new()),
-            manifest_locks: Mutex::new(HashMap::new()),
-            blob_fetches: Mutex::new(HashMap::new()),
-            usage: Mutex::new(HashMap::new()),
-            max_size,
+            targets: Targets::new(upstreams),
+            manifests: Manifests::new(registry.clone(), clock),
+            fetcher: Arc::new(Fetcher::new(registry, lru.clone())),
+            lru,
         }
     }
 
     pub fn upstream_names(&self) -> impl Iterator<Item = &str> {
-        self.upstreams.keys().map(String::as_str)
+        self.targets.names()
+    }
+
+    /// Which upstream repository a request is for: `proxy/<upstream>/<repo>`, or `<repo>` with containerd's
+    /// `?ns=<upstream>`. `None` for local repositories.
+    pub fn resolve(
+        &self,
+        repo: &crate::registry::names::RepoName,
+        ns: Option<&str>,
+    ) -> Option<ProxyTarget> {
+        self.targets.resolve(repo, ns)
+    }
+
+    /// Whether an image path (as in `127.0.0.1:5050/<path>`) is served by a configured upstream.
+    pub fn serves(&self, path: &str) -> bool {
+        self.targets.serves(path)
+    }
+
+    /// Counts the proxied blobs already cached (after a restart), for the size limit.
+    pub async fn load_usage(&self) -> Result<()> {
+        self.lru.load(&self.targets).await
+    }
+
+    /// Marks a cached proxied blob as just used, for the least-recently-used eviction. Cached blobs are served by
+    /// the registry's own handler, which knows nothing of this bookkeeping.
+    pub fn used(&self, digest: &Digest) {
+        self.lru.used(digest);
+    }
+
+    /// A manifest of a proxied repository, from the cache or the upstream.
+    pub async fn manifest(
+        &self,
+        target: &ProxyTarget,
+        reference: &Reference,
+    ) -> Result<(Digest, StoredManifest)> {
+        self.manifests.manifest(target, reference).await
+    }
+
+    /// The size of a blob of a proxied repository: cached, or as the upstream reports it (nothing is fetched).
+    pub async fn blob_size(&self, target: &ProxyTarget, digest: &Digest) -> Result<u64> {
+        self.fetcher.blob_size(target, digest).await
+    }
+
+    /// A blob of a proxied repository: `(size if known, bytes)`. Cached blobs come from the store; others stream
+    /// from the one shared upstream fetch as its bytes arrive.
+    pub async fn blob(
+        &self,
+        target: &ProxyTarget,
+        digest: &Digest,
+    ) -> Result<(Option<u64>, ByteStream)> {
+        self.fetcher.blob(target, digest).await
     }
 }

@@ -1,11 +1,14 @@
 //! Which upstream repository a request is for: `proxy/<upstream>/<repo>`, or `<repo>` with containerd's
 //! `?ns=<upstream>`, and where it is cached locally. Pure: asks no upstream and reads no storage.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use super::upstream::Upstream;
-use super::{Proxy, PROXY_PREFIX};
 use crate::registry::names::RepoName;
+
+/// The local repository prefix under which proxied content is cached.
+pub const PROXY_PREFIX: &str = "proxy";
 
 /// A repository served through the proxy.
 #[derive(Clone)]
@@ -17,7 +20,25 @@ pub struct ProxyTarget {
     pub local_repo: RepoName,
 }
 
-impl Proxy {
+/// The configured upstreams, by name.
+pub struct Targets {
+    upstreams: BTreeMap<String, Arc<dyn Upstream>>,
+}
+
+impl Targets {
+    pub fn new(upstreams: Vec<Arc<dyn Upstream>>) -> Targets {
+        Targets {
+            upstreams: upstreams
+                .into_iter()
+                .map(|upstream| (upstream.name().to_owned(), upstream))
+                .collect(),
+        }
+    }
+
+    pub fn names(&self) -> impl Iterator<Item = &str> {
+        self.upstreams.keys().map(String::as_str)
+    }
+
     /// Which upstream repository a request is for: `proxy/<upstream>/<repo>`, or `<repo>` with containerd's
     /// `?ns=<upstream>`. `None` for local repositories.
     pub fn resolve(&self, repo: &RepoName, ns: Option<&str>) -> Option<ProxyTarget> {

@@ -14,9 +14,6 @@ use futures_util::Stream;
 use super::error::ProxyError;
 use crate::registry::names::{Digest, Reference, Tag};
 
-// Kept at their old paths for the server's setup error and the node proxy's HEAD answers.
-pub use http::{header_content_length, UpstreamError};
-
 /// Manifest media types asked for when the client does not say.
 pub const MANIFEST_ACCEPT: &str = "application/vnd.oci.image.index.v1+json, application/vnd.oci.image.manifest.v1+json, \
 application/vnd.docker.distribution.manifest.list.v2+json, application/vnd.docker.distribution.manifest.v2+json";
