@@ -5,6 +5,8 @@
 //! when no repository links it any more.
 //!
 //! Knows nothing of upstreams or HTTP, and decides nothing of the cache's policy (freshness, what to evict).
+//! (`check_writable`, for readiness, is here too only because it replaced the public `storage()` while service.rs
+//! was being split; it belongs with the service's other methods.)
 
 use bytes::Bytes;
 
