@@ -18,7 +18,7 @@ async fn healthz() -> HttpResponse {
 /// Ready while storage accepts writes; also reports the policy in force (source, digest, load time, last error).
 async fn readyz(registry: web::Data<Registry>, policy: web::Data<PolicyStore>) -> HttpResponse {
     let policy = policy.status();
-    match registry.storage().check_writable().await {
+    match registry.check_writable().await {
         Ok(()) => HttpResponse::Ok()
             .json(json!({ "status": "ready", "storage": "writable", "policy": policy })),
         Err(e) => {

@@ -283,7 +283,7 @@ async fn forward(req: HttpRequest, upstream: web::Data<Upstream>) -> HttpRespons
     }
     // A HEAD answer has no body: its length is the header's.
     let length = if req.method() == Method::HEAD {
-        crate::proxy::upstream::header_content_length(response.headers())
+        crate::proxy::upstream::http::header_content_length(response.headers())
     } else {
         response.content_length()
     };

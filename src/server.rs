@@ -58,7 +58,7 @@ pub enum ServeError {
     Certs(#[from] crate::cluster::webhook_certs::CertsError),
     /// An upstream of the proxy cannot be set up.
     #[error("proxy: {0}")]
-    Proxy(#[source] crate::proxy::upstream::UpstreamError),
+    Proxy(#[source] crate::proxy::upstream::http::UpstreamError),
     /// The SIGTERM/SIGINT handlers could not be installed.
     #[error("installing the SIGTERM/SIGINT handlers: {0}")]
     Signals(#[source] std::io::Error),
@@ -98,7 +98,7 @@ impl AppState {
     ) -> Result<AppState, ServeError> {
         let limits = &config.limits;
         let registry = web::Data::new(Registry::with_limits(
-            storage.clone(),
+            storage,
             UploadLimits {
                 max_sessions: limits.max_upload_sessions,
                 max_streams: limits.max_concurrent_uploads,
@@ -123,10 +123,10 @@ impl AppState {
             limits.body_timeout,
             usize::try_from(limits.body_memory).unwrap_or(usize::MAX),
         ));
-        let proxy = Proxy::new(&config.proxy, storage, registry.content_gate())
+        let proxy = Proxy::from_config(&config.proxy, registry.clone().into_inner(), clock.clone())
             .map_err(ServeError::Proxy)?;
         proxy.load_usage().await.map_err(|e| {
-            ServeError::Proxy(crate::proxy::upstream::UpstreamError::Setup {
+            ServeError::Proxy(crate::proxy::upstream::http::UpstreamError::Setup {
                 upstream: "(cache)".into(),
                 why: e.to_string(),
             })

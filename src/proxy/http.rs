@@ -7,14 +7,15 @@ use std::sync::Arc;
 
 use actix_web::body::{BodyStream, SizedStream};
 use actix_web::http::{header, Method};
-use actix_web::{HttpRequest, HttpResponse};
+use actix_web::{HttpRequest, HttpResponse, ResponseError};
 
-use super::{Proxy, ProxyTarget};
+use super::{Proxy, ProxyError, ProxyTarget};
 use crate::registry::error::{RegistryError, Result};
 use crate::registry::names::{Digest, Reference};
 use crate::registry::{blobs, Registry};
 use crate::v2::route::Route;
 
+/// Answers a request for a proxied repository; a failure is answered here, as its [`ProxyError`] maps.
 pub async fn dispatch(
     proxy: &Arc<Proxy>,
     registry: &Registry,
@@ -22,6 +23,18 @@ pub async fn dispatch(
     route: Route,
     req: &HttpRequest,
 ) -> Result<HttpResponse> {
+    Ok(serve(proxy, registry, target, route, req)
+        .await
+        .unwrap_or_else(|e| e.error_response()))
+}
+
+async fn serve(
+    proxy: &Arc<Proxy>,
+    registry: &Registry,
+    target: ProxyTarget,
+    route: Route,
+    req: &HttpRequest,
+) -> Result<HttpResponse, ProxyError> {
     let method = req.method().clone();
     match (route, method) {
         (Route::Manifest(_, reference), Method::GET | Method::HEAD) => {
@@ -37,22 +50,18 @@ pub async fn dispatch(
         (Route::Blob(_, digest), method @ (Method::GET | Method::HEAD)) => {
             let parsed = Digest::parse(&digest)?;
             // Cached: the local path serves it, with Range and HEAD.
-            if registry
-                .storage()
-                .blob_linked(&target.local_repo, &parsed)
-                .await?
-            {
+            if registry.blob_linked(&target.local_repo, &parsed).await? {
                 if method == Method::GET {
                     proxy.used(&parsed);
                 }
-                return blobs::get(
+                return Ok(blobs::get(
                     registry,
                     req,
                     &target.local_repo,
                     &digest,
                     method == Method::HEAD,
                 )
-                .await;
+                .await?);
             }
             if method == Method::HEAD {
                 let size = proxy.blob_size(&target, &parsed).await?;
@@ -72,10 +81,7 @@ pub async fn dispatch(
                     Ok(HttpResponse::Ok().content_type(content_type).body(body))
                 }
                 // The upstream is down: the tags cached so far, if there are any.
-                Err(
-                    e @ (RegistryError::UpstreamUnavailable { .. }
-                    | RegistryError::UpstreamTooManyRequests { .. }),
-                ) => {
+                Err(e @ (ProxyError::Unavailable { .. } | ProxyError::TooManyRequests { .. })) => {
                     let Ok(page) = registry.tags(&target.local_repo, None, None).await else {
                         return Err(e);
                     };
@@ -90,12 +96,14 @@ pub async fn dispatch(
         (Route::Referrers(..), Method::GET) => Err(RegistryError::Unsupported(format!(
             "the referrers of proxied repositories are not served; ask the upstream {}",
             target.upstream.name()
-        ))),
+        ))
+        .into()),
         _ => Err(RegistryError::Unsupported(format!(
             "{} is a read-only proxy of upstream {}: push and delete there",
             target.local_repo,
             target.upstream.name()
-        ))),
+        ))
+        .into()),
     }
 }
 

@@ -115,18 +115,6 @@ pub enum RegistryError {
     /// The client went away or sent a broken body.
     #[error("request body could not be read: {0}")]
     Body(String),
-    /// A proxied upstream registry cannot be reached, or failed, and nothing is cached.
-    #[error("upstream {upstream}: {why}")]
-    UpstreamUnavailable { upstream: String, why: String },
-    /// A proxied upstream answered with something unusable (an error status, wrong content).
-    #[error("upstream {upstream}: {why}")]
-    UpstreamFailed { upstream: String, why: String },
-    /// A proxied upstream rate-limits berth.
-    #[error("upstream {upstream} is rate limiting; retry later")]
-    UpstreamTooManyRequests {
-        upstream: String,
-        retry_after: Option<String>,
-    },
     /// berth is at one of its limits (upload sessions, concurrent uploads, memory for request bodies); the client
     /// may retry after `retry_after` seconds.
     #[error("{why}")]
@@ -166,8 +154,8 @@ impl RegistryError {
             }
             Unsupported(_) | TooManyTags { .. } => ErrorCode::Unsupported,
             PaginationNumberInvalid(_) => ErrorCode::PaginationNumberInvalid,
-            UpstreamUnavailable { .. } | UpstreamFailed { .. } | Storage(_) => ErrorCode::Unknown,
-            UpstreamTooManyRequests { .. } | Busy { .. } => ErrorCode::Toomanyrequests,
+            Storage(_) => ErrorCode::Unknown,
+            Busy { .. } => ErrorCode::Toomanyrequests,
             BodyTimeout(_) => ErrorCode::BlobUploadInvalid,
         }
     }
@@ -210,9 +198,7 @@ impl ResponseError for RegistryError {
             MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
             Unsupported(_) => StatusCode::METHOD_NOT_ALLOWED,
             Storage(_) => StatusCode::INTERNAL_SERVER_ERROR,
-            UpstreamUnavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
-            UpstreamFailed { .. } => StatusCode::BAD_GATEWAY,
-            UpstreamTooManyRequests { .. } | Busy { .. } => StatusCode::TOO_MANY_REQUESTS,
+            Busy { .. } => StatusCode::TOO_MANY_REQUESTS,
             BodyTimeout(_) => StatusCode::REQUEST_TIMEOUT,
             BlobUploadInvalid(_)
             | DigestInvalid(_)
@@ -251,32 +237,31 @@ impl ResponseError for RegistryError {
             RegistryError::MethodNotAllowed(allow) => {
                 response.insert_header((header::ALLOW, *allow));
             }
-            RegistryError::UpstreamTooManyRequests { retry_after, .. } => {
-                response
-                    .insert_header((header::RETRY_AFTER, retry_after.as_deref().unwrap_or("60")));
-            }
             RegistryError::Busy { retry_after, .. } => {
                 response.insert_header((header::RETRY_AFTER, retry_after.to_string()));
             }
-            RegistryError::UpstreamUnavailable { .. } => {
-                response.insert_header((header::RETRY_AFTER, "5"));
-            }
             _ => {}
         }
-        // Storage failures do not leak paths; the cause is in the log. Upstream failures name the upstream.
+        // Storage failures do not leak paths; the cause is in the log.
         let message = if matches!(self, RegistryError::Storage(_)) {
             "internal error; see the registry's log"
         } else {
             &message
         };
-        let body = Envelope {
-            errors: [ErrorBody {
-                code: self.code(),
-                message,
-            }],
-        };
-        response.json(body)
+        envelope(response, self.code(), message)
     }
+}
+
+/// Finishes an error response with the OCI error envelope (`{"errors": [{"code", "message"}]}`): the one body
+/// every `/v2` error has, the registry's and the proxy's.
+pub fn envelope(
+    mut response: actix_web::HttpResponseBuilder,
+    code: ErrorCode,
+    message: &str,
+) -> HttpResponse {
+    response.json(Envelope {
+        errors: [ErrorBody { code, message }],
+    })
 }
 
 /// The `Range` header value for an upload holding `received` bytes: `0-<last byte>`, or `0-0` when empty

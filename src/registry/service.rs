@@ -4,6 +4,8 @@
 //! Knows nothing of actix-web: it takes validated names and byte streams and returns values or a `RegistryError`.
 //! Content becomes visible only here, and only after its digest is verified.
 
+pub mod cache;
+
 use std::collections::{HashMap, HashSet};
 use std::fmt::Display;
 use std::sync::{Arc, Mutex};
@@ -190,13 +192,9 @@ impl Registry {
         }
     }
 
-    pub fn storage(&self) -> &Arc<dyn Storage> {
+    #[cfg(test)]
+    fn storage(&self) -> &Arc<dyn Storage> {
         &self.storage
-    }
-
-    /// The gate that serialises content deletion (the proxy's eviction) with commits and links.
-    pub fn content_gate(&self) -> Arc<tokio::sync::RwLock<()>> {
-        self.content_gate.clone()
     }
 
     // ----- blobs
@@ -1725,6 +1723,13 @@ mod tests {
                 what: "slow write".into(),
                 source,
             })
+        }
+
+        fn written(&self) -> u64 {
+            self.file
+                .as_ref()
+                .and_then(|file| file.metadata().ok())
+                .map_or(0, |metadata| metadata.len())
         }
 
         async fn finish(mut self: Box<Self>) -> StorageResult<u64> {

@@ -307,6 +307,9 @@ struct FsUploadWriter {
     /// `None` only if a write task was lost (it panicked).
     file: Option<File>,
     what: String,
+    /// The upload's size: its length when the writer was opened plus every batch written since. A failed batch
+    /// may have written part of itself and is not counted (the caller truncates after a failed append).
+    size: u64,
 }
 
 impl FsUploadWriter {
@@ -328,6 +331,7 @@ impl UploadWriter for FsUploadWriter {
         let Some(mut file) = self.file.take() else {
             return Err(self.lost());
         };
+        let length: u64 = chunks.iter().map(|chunk| chunk.len() as u64).sum();
         let written = tokio::task::spawn_blocking(move || {
             let result = chunks.iter().try_for_each(|chunk| file.write_all(chunk));
             (file, result)
@@ -336,10 +340,16 @@ impl UploadWriter for FsUploadWriter {
         match written {
             Ok((file, result)) => {
                 self.file = Some(file);
-                result.map_err(io_err(self.what.clone()))
+                result.map_err(io_err(self.what.clone()))?;
+                self.size = self.size.saturating_add(length);
+                Ok(())
             }
             Err(_) => Err(self.lost()),
         }
+    }
+
+    fn written(&self) -> u64 {
+        self.size
     }
 
     async fn finish(mut self: Box<Self>) -> Result<u64> {
@@ -441,24 +451,31 @@ impl Storage for FsStorage {
     async fn upload_writer(&self, id: &UploadId) -> Result<Box<dyn UploadWriter>> {
         let path = self.layout().upload_data(id);
         let what = format!("append to {}", path.display());
-        let file = {
+        let (file, size) = {
             let path = path.clone();
             let id = id.clone();
-            blocking(move || match OpenOptions::new().append(true).open(&path) {
-                Ok(file) => Ok(file),
-                Err(e) if e.kind() == io::ErrorKind::NotFound => {
-                    Err(StorageError::UploadMissing(id))
+            blocking(move || {
+                let opened = OpenOptions::new()
+                    .append(true)
+                    .open(&path)
+                    .and_then(|file| Ok((file.metadata()?.len(), file)));
+                match opened {
+                    Ok((size, file)) => Ok((file, size)),
+                    Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                        Err(StorageError::UploadMissing(id))
+                    }
+                    Err(e) => Err(StorageError::Io {
+                        what: format!("open {}", path.display()),
+                        source: e,
+                    }),
                 }
-                Err(e) => Err(StorageError::Io {
-                    what: format!("open {}", path.display()),
-                    source: e,
-                }),
             })
             .await?
         };
         Ok(Box::new(FsUploadWriter {
             file: Some(file),
             what,
+            size,
         }))
     }
 

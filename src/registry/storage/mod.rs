@@ -110,6 +110,8 @@ pub trait UploadWriter: Send {
         }
         Ok(())
     }
+    /// The upload's total size after the writes so far.
+    fn written(&self) -> u64;
     /// Flushes and returns the upload's new total size.
     async fn finish(self: Box<Self>) -> Result<u64>;
 }

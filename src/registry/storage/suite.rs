@@ -84,7 +84,15 @@ async fn uploads(storage: &dyn Storage) {
             .await
             .expect("write");
     }
+    assert_eq!(writer.written(), 11, "the size is known before finishing");
     assert_eq!(writer.finish().await.expect("finish"), 11);
+    // A writer opened on a non-empty upload counts from the upload's size.
+    let mut writer = storage.upload_writer(&id).await.expect("writer");
+    assert_eq!(writer.written(), 11);
+    writer.write(Bytes::from_static(b"!")).await.expect("write");
+    assert_eq!(writer.written(), 12);
+    drop(writer);
+    storage.upload_truncate(&id, 11).await.expect("truncate");
     assert_eq!(
         storage
             .upload_info(&id)
