@@ -8,6 +8,7 @@ use actix_web::http::{header, StatusCode};
 use actix_web::{HttpResponse, ResponseError};
 use serde::Serialize;
 
+use super::names::NameError;
 use super::storage::StorageError;
 
 /// The error codes of the OCI distribution-spec, serialised as the spec writes them.
@@ -174,13 +175,26 @@ impl RegistryError {
 
     /// On reads, a reference that is neither a tag nor a digest names nothing that could exist: it is not found
     /// (404 `MANIFEST_UNKNOWN`, as the conformance suite expects), where a push of it is invalid. A malformed
-    /// digest stays `DIGEST_INVALID`.
-    pub fn unknown_if_invalid_reference(self) -> Self {
-        match self {
+    /// digest stays `DIGEST_INVALID`. Takes a [`NameError`] or a `RegistryError`, so it serves as
+    /// `Reference::parse(r).map_err(RegistryError::unknown_if_invalid_reference)`.
+    pub fn unknown_if_invalid_reference(error: impl Into<RegistryError>) -> Self {
+        match error.into() {
             RegistryError::ManifestInvalidReference(reference) => {
                 RegistryError::ManifestUnknown(reference)
             }
             other => other,
+        }
+    }
+}
+
+/// A bad name is a client mistake reported with the spec's code for what was named (as before the name types had
+/// their own error).
+impl From<NameError> for RegistryError {
+    fn from(error: NameError) -> Self {
+        match error {
+            NameError::Repository(name) => RegistryError::NameInvalid(name),
+            NameError::Digest { .. } => RegistryError::DigestInvalid(error.to_string()),
+            NameError::Reference(reference) => RegistryError::ManifestInvalidReference(reference),
         }
     }
 }
@@ -411,14 +425,61 @@ mod tests {
     #[test]
     fn an_invalid_reference_is_unknown_on_reads() {
         check(
-            RegistryError::ManifestInvalidReference(".x".into()).unknown_if_invalid_reference(),
+            RegistryError::unknown_if_invalid_reference(RegistryError::ManifestInvalidReference(
+                ".x".into(),
+            )),
             404,
             "MANIFEST_UNKNOWN",
         );
         check(
-            RegistryError::DigestInvalid("sha256:x".into()).unknown_if_invalid_reference(),
+            RegistryError::unknown_if_invalid_reference(RegistryError::DigestInvalid(
+                "sha256:x".into(),
+            )),
             400,
             "DIGEST_INVALID",
+        );
+    }
+
+    #[test]
+    fn name_errors_keep_their_codes() {
+        use crate::registry::names::{Digest, Reference, RepoName};
+        let reference = |r: &str| Reference::parse(r).map(|_| ()).map_err(RegistryError::from);
+        check(
+            RepoName::parse("A")
+                .map(|_| ())
+                .map_err(RegistryError::from)
+                .unwrap_err(),
+            400,
+            "NAME_INVALID",
+        );
+        check(
+            Digest::parse("sha256:x")
+                .map(|_| ())
+                .map_err(RegistryError::from)
+                .unwrap_err(),
+            400,
+            "DIGEST_INVALID",
+        );
+        check(reference("sha256:x").unwrap_err(), 400, "DIGEST_INVALID");
+        check(reference("-x").unwrap_err(), 400, "MANIFEST_INVALID");
+        check(
+            Reference::parse("-x")
+                .map_err(RegistryError::unknown_if_invalid_reference)
+                .unwrap_err(),
+            404,
+            "MANIFEST_UNKNOWN",
+        );
+        check(
+            Reference::parse("sha256:x")
+                .map_err(RegistryError::unknown_if_invalid_reference)
+                .unwrap_err(),
+            400,
+            "DIGEST_INVALID",
+        );
+        // The message is the name error's, naming the input.
+        assert_eq!(
+            RegistryError::from(NameError::Repository("A".into())).to_string(),
+            r#"invalid repository name "A""#
         );
     }
 

@@ -96,7 +96,7 @@ pub fn parse_route(path: &str) -> Result<Route> {
         if end == 0 {
             return Err(not_found());
         }
-        RepoName::parse(&segments[..end].join("/"))
+        Ok(RepoName::parse(&segments[..end].join("/"))?)
     };
     let at = |i: usize| segments.get(i).map(String::as_str);
     if n >= 3 && at(n - 2) == Some("tags") && at(n - 1) == Some("list") {
