@@ -10,6 +10,7 @@ pub mod manifests;
 pub mod names;
 pub mod ranges;
 pub mod referrers;
+pub mod response;
 pub mod routes;
 pub mod service;
 pub mod storage;
