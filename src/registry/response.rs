@@ -2,9 +2,11 @@
 //!
 //! This module is the only place that decides what a client sees for a failure. Client mistakes are 4xx with the
 //! distribution-spec code; storage failures are a 500 whose cause is logged here and not shown to the client.
+//! [`envelope`] is the one writer of the OCI error body, for every part of berth that answers a registry client
+//! (the registry, the proxy, the node proxy). Must not know about storage or the proxy's internals.
 
 use actix_web::http::{header, StatusCode};
-use actix_web::{HttpResponse, ResponseError};
+use actix_web::{HttpResponse, HttpResponseBuilder, ResponseError};
 use serde::Serialize;
 
 use super::error::{ErrorCode, RegistryError};
@@ -18,6 +20,35 @@ struct Envelope<'a> {
 struct ErrorBody<'a> {
     code: ErrorCode,
     message: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    detail: Option<serde_json::Value>,
+}
+
+/// The OCI error response: `status` with the body `{"errors":[{"code","message","detail"}]}` (`detail` left out
+/// when `None`).
+pub fn envelope(
+    status: StatusCode,
+    code: ErrorCode,
+    message: &str,
+    detail: Option<serde_json::Value>,
+) -> HttpResponse {
+    envelope_with(HttpResponse::build(status), code, message, detail)
+}
+
+/// [`envelope`] on a response that already carries its status and headers (`Location`, `Retry-After`, …).
+pub fn envelope_with(
+    mut response: HttpResponseBuilder,
+    code: ErrorCode,
+    message: &str,
+    detail: Option<serde_json::Value>,
+) -> HttpResponse {
+    response.json(Envelope {
+        errors: [ErrorBody {
+            code,
+            message,
+            detail,
+        }],
+    })
 }
 
 impl ResponseError for RegistryError {
@@ -93,13 +124,7 @@ impl ResponseError for RegistryError {
         } else {
             &message
         };
-        let body = Envelope {
-            errors: [ErrorBody {
-                code: self.code(),
-                message,
-            }],
-        };
-        response.json(body)
+        envelope_with(response, self.code(), message, None)
     }
 }
 
@@ -333,6 +358,31 @@ mod tests {
                 .get(header::RETRY_AFTER)
                 .and_then(|v| v.to_str().ok()),
             Some("7")
+        );
+    }
+
+    #[test]
+    fn the_envelope_has_one_error_and_detail_only_when_given() {
+        let body = |response: HttpResponse| {
+            let bytes = response.into_body().try_into_bytes().unwrap_or_default();
+            serde_json::from_slice::<serde_json::Value>(&bytes).unwrap_or_default()
+        };
+        let response = envelope(StatusCode::IM_A_TEAPOT, ErrorCode::Unsupported, "m", None);
+        assert_eq!(response.status(), StatusCode::IM_A_TEAPOT);
+        assert_eq!(
+            body(response),
+            serde_json::json!({"errors": [{"code": "UNSUPPORTED", "message": "m"}]})
+        );
+        let detail = serde_json::json!({"upstream": "docker.io"});
+        let response = envelope(
+            StatusCode::BAD_GATEWAY,
+            ErrorCode::Unknown,
+            "m",
+            Some(detail.clone()),
+        );
+        assert_eq!(
+            body(response),
+            serde_json::json!({"errors": [{"code": "UNKNOWN", "message": "m", "detail": detail}]})
         );
     }
 
