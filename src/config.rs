@@ -7,6 +7,8 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+use crate::units::{parse_duration, parse_size};
+
 /// Flags of `berth serve`. Every one is optional here so that the file can supply it.
 #[derive(Debug, Default, Clone, clap::Args)]
 pub struct ServeArgs {
@@ -42,7 +44,7 @@ pub struct ServeArgs {
     pub body_timeout: Option<Duration>,
     /// Memory for manifest and AdmissionReview bodies being received, shared by all clients, e.g. 64MiB
     /// [default: 64MiB].
-    #[arg(long, value_name = "SIZE", value_parser = crate::proxy::config::parse_size)]
+    #[arg(long, value_name = "SIZE", value_parser = parse_size)]
     pub body_memory: Option<u64>,
     /// Upload sessions that may exist at once [default: 1024].
     #[arg(long, value_name = "N")]
@@ -207,7 +209,7 @@ impl Limits {
             None => file
                 .body_memory
                 .as_deref()
-                .map(crate::proxy::config::parse_size)
+                .map(parse_size)
                 .transpose()
                 .map_err(|e| ConfigError::Invalid(format!("bodyMemory: {e}")))?
                 .unwrap_or(defaults.body_memory),
@@ -306,38 +308,6 @@ pub enum ConfigError {
     /// A value is out of range.
     #[error("{0}")]
     Invalid(String),
-}
-
-/// Splits `500MB` into `(500, "MB")`: leading digits, then the (trimmed) unit. `None` without digits.
-pub(crate) fn split_quantity(text: &str) -> Option<(u64, &str)> {
-    let split = text
-        .find(|c: char| !c.is_ascii_digit())
-        .unwrap_or(text.len());
-    let (number, unit) = text.split_at(split);
-    Some((number.parse().ok()?, unit.trim()))
-}
-
-/// Parses durations like `90s`, `30m`, `24h`, `7d`, `500ms` (a bare number is seconds).
-pub fn parse_duration(text: &str) -> Result<Duration, String> {
-    let text = text.trim();
-    let (value, unit) = split_quantity(text)
-        .ok_or_else(|| format!("invalid duration {text:?}: expected e.g. 30s, 5m, 24h"))?;
-    let seconds = match unit {
-        "ms" => return Ok(Duration::from_millis(value)),
-        "" | "s" => 1,
-        "m" => 60,
-        "h" => 3600,
-        "d" => 86_400,
-        _ => {
-            return Err(format!(
-                "invalid duration {text:?}: unknown unit {unit:?} (ms, s, m, h, d)"
-            ))
-        }
-    };
-    value
-        .checked_mul(seconds)
-        .map(Duration::from_secs)
-        .ok_or_else(|| format!("duration {text:?} is too large"))
 }
 
 fn read_file(path: &Path) -> Result<FileConfig, ConfigError> {
@@ -492,26 +462,6 @@ impl Config {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn durations() {
-        let cases: &[(&str, Option<Duration>)] = &[
-            ("30", Some(Duration::from_secs(30))),
-            ("30s", Some(Duration::from_secs(30))),
-            ("5m", Some(Duration::from_secs(300))),
-            ("24h", Some(Duration::from_secs(86_400))),
-            ("2d", Some(Duration::from_secs(172_800))),
-            ("250ms", Some(Duration::from_millis(250))),
-            ("", None),
-            ("m", None),
-            ("5w", None),
-            ("-5s", None),
-            ("99999999999999999999d", None),
-        ];
-        for (text, expected) in cases {
-            assert_eq!(parse_duration(text).ok(), *expected, "{text:?}");
-        }
-    }
 
     #[test]
     fn defaults() {

@@ -17,6 +17,7 @@ pub mod proxy;
 pub mod registry;
 pub mod server;
 pub mod tls;
+pub mod units;
 
 use actix_web::web;
 

@@ -33,10 +33,10 @@ pub struct NodeProxyArgs {
     #[arg(long, value_name = "FILE")]
     pub ca_file: Option<PathBuf>,
     /// How long to wait for a connection to berth before answering 503.
-    #[arg(long, default_value = "2s", value_parser = crate::config::parse_duration)]
+    #[arg(long, default_value = "2s", value_parser = crate::units::parse_duration)]
     pub connect_timeout: Duration,
     /// How long a response from berth may stall before the pull is cut off.
-    #[arg(long, default_value = "60s", value_parser = crate::config::parse_duration)]
+    #[arg(long, default_value = "60s", value_parser = crate::units::parse_duration)]
     pub read_timeout: Duration,
     /// HTTP worker threads.
     #[arg(long, default_value_t = 2)]

@@ -1,11 +1,14 @@
 //! The `proxy:` section of the config file: upstream registries berth serves through its cache.
+//!
+//! The proxy defines its own settings here and validates them; `config.rs` embeds them in the validated `Config`.
+//! This module must not import `config.rs` (the dependency goes one way: config → proxy settings).
 
 use std::path::PathBuf;
 use std::time::Duration;
 
 use serde::Deserialize;
 
-use crate::config::parse_duration;
+use crate::units::{parse_duration, parse_size};
 
 /// As written in the config file.
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -59,28 +62,6 @@ pub struct ProxyConfig {
 
 /// The default time a tag is trusted before it is revalidated.
 pub const DEFAULT_TAG_TTL: Duration = Duration::from_secs(300);
-
-/// Parses sizes like `500MB`, `20GiB`, `1024` (bytes).
-pub fn parse_size(text: &str) -> Result<u64, String> {
-    let text = text.trim();
-    let (value, unit) = crate::config::split_quantity(text)
-        .ok_or_else(|| format!("invalid size {text:?}: expected e.g. 500MB or 20GiB"))?;
-    let factor: u64 = match unit {
-        "" | "B" => 1,
-        "KB" => 1000,
-        "MB" => 1000u64.pow(2),
-        "GB" => 1000u64.pow(3),
-        "TB" => 1000u64.pow(4),
-        "KiB" => 1 << 10,
-        "MiB" => 1 << 20,
-        "GiB" => 1 << 30,
-        "TiB" => 1 << 40,
-        other => return Err(format!("invalid size {text:?}: unknown unit {other:?}")),
-    };
-    value
-        .checked_mul(factor)
-        .ok_or_else(|| format!("size {text:?} is too large"))
-}
 
 /// Upstream names are single path components of a repository name (`docker.io`, `ghcr.io`, `internal`).
 fn valid_name(name: &str) -> bool {
@@ -164,23 +145,6 @@ impl ProxySpec {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn sizes() {
-        let cases: &[(&str, Option<u64>)] = &[
-            ("1024", Some(1024)),
-            ("500MB", Some(500_000_000)),
-            ("20GiB", Some(20 << 30)),
-            ("1 KiB", Some(1024)),
-            ("", None),
-            ("GB", None),
-            ("5XB", None),
-            ("99999999999TiB", None),
-        ];
-        for (text, expected) in cases {
-            assert_eq!(parse_size(text).ok(), *expected, "{text:?}");
-        }
-    }
 
     fn spec(yaml: &str) -> Result<ProxyConfig, String> {
         serde_yaml_ng::from_str::<ProxySpec>(yaml)
