@@ -1,5 +1,9 @@
-//! Settings: command-line flags and an optional YAML file (`--config`), merged once at start into a validated
-//! [`Config`]. Flags win over the file; the file wins over defaults.
+//! Settings: command-line flags, an optional YAML file (`--config`) and the environment, merged once at start into
+//! a validated [`Config`]. Flags win over the file; the file wins over the environment and the defaults.
+//!
+//! The environment and the file's content are inputs ([`Config::build`] is pure), so tests pass their own;
+//! subsystems define their own settings (`proxy::config`) and this module embeds them. Errors name the setting
+//! and the value; printing them and choosing the exit code is `main`'s job.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -7,7 +11,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use crate::units::{parse_duration, parse_size};
+use crate::units::{parse_duration, parse_size, UnitError};
 
 /// Flags of `berth serve`. Every one is optional here so that the file can supply it.
 #[derive(Debug, Default, Clone, clap::Args)]
@@ -157,6 +161,172 @@ impl Default for Limits {
     }
 }
 
+/// A setting's two spellings: the flag of `berth serve` and the key of the config file.
+#[derive(Debug, Clone, Copy)]
+struct Key {
+    flag: &'static str,
+    file: &'static str,
+}
+
+const UPLOAD_MAX_AGE: Key = Key {
+    flag: "upload-max-age",
+    file: "uploadMaxAge",
+};
+const SHUTDOWN_TIMEOUT: Key = Key {
+    flag: "shutdown-timeout",
+    file: "shutdownTimeout",
+};
+const WORKERS: Key = Key {
+    flag: "workers",
+    file: "workers",
+};
+const BODY_IDLE_TIMEOUT: Key = Key {
+    flag: "body-idle-timeout",
+    file: "bodyIdleTimeout",
+};
+const BODY_TIMEOUT: Key = Key {
+    flag: "body-timeout",
+    file: "bodyTimeout",
+};
+const BODY_MEMORY: Key = Key {
+    flag: "body-memory",
+    file: "bodyMemory",
+};
+const MAX_UPLOAD_SESSIONS: Key = Key {
+    flag: "max-upload-sessions",
+    file: "maxUploadSessions",
+};
+const MAX_CONCURRENT_UPLOADS: Key = Key {
+    flag: "max-concurrent-uploads",
+    file: "maxConcurrentUploads",
+};
+const SEND_TIMEOUT: Key = Key {
+    flag: "send-timeout",
+    file: "sendTimeout",
+};
+const POLICY_CONFIGMAP: Key = Key {
+    flag: "policy-configmap",
+    file: "policyConfigmap",
+};
+const TLS_SECRET: Key = Key {
+    flag: "tls-secret",
+    file: "tlsSecret",
+};
+
+/// A value chosen by precedence (flag, else file, else default), remembering how the user spelled its key and
+/// the value, so that a range error names both as they were written.
+struct Chosen<T> {
+    value: T,
+    /// `--body-timeout` for a flag, `bodyTimeout` for the file (or the default).
+    key: String,
+    /// The value as written in the file, or rendered from the flag's or default's parsed value.
+    shown: String,
+}
+
+impl<T> Chosen<T> {
+    fn from_flag(key: Key, value: T, shown: String) -> Self {
+        Chosen {
+            value,
+            key: format!("--{}", key.flag),
+            shown,
+        }
+    }
+
+    fn from_file(key: Key, value: T, shown: String) -> Self {
+        Chosen {
+            value,
+            key: key.file.to_owned(),
+            shown,
+        }
+    }
+
+    fn out_of_range(&self, bound: String) -> ConfigError {
+        ConfigError::OutOfRange {
+            key: self.key.clone(),
+            value: self.shown.clone(),
+            bound,
+        }
+    }
+}
+
+impl Key {
+    /// The flag's duration, else the file's (parsed here), else `default`.
+    fn duration(
+        self,
+        flag: Option<Duration>,
+        file: Option<&str>,
+        default: Duration,
+    ) -> Result<Chosen<Duration>, ConfigError> {
+        Ok(match (flag, file) {
+            (Some(value), _) => Chosen::from_flag(self, value, show_duration(value)),
+            (None, Some(text)) => {
+                let value = parse_duration(text).map_err(|source| ConfigError::Unit {
+                    key: self.file,
+                    source,
+                })?;
+                Chosen::from_file(self, value, text.trim().to_owned())
+            }
+            (None, None) => Chosen::from_file(self, default, show_duration(default)),
+        })
+    }
+
+    /// The flag's size, else the file's (parsed here), else `default`.
+    fn size(
+        self,
+        flag: Option<u64>,
+        file: Option<&str>,
+        default: u64,
+    ) -> Result<Chosen<u64>, ConfigError> {
+        Ok(match (flag, file) {
+            (Some(value), _) => Chosen::from_flag(self, value, value.to_string()),
+            (None, Some(text)) => {
+                let value = parse_size(text).map_err(|source| ConfigError::Unit {
+                    key: self.file,
+                    source,
+                })?;
+                Chosen::from_file(self, value, text.trim().to_owned())
+            }
+            (None, None) => Chosen::from_file(self, default, default.to_string()),
+        })
+    }
+
+    /// The flag's count, else the file's, else `default`.
+    fn count(self, flag: Option<usize>, file: Option<usize>, default: usize) -> Chosen<usize> {
+        match (flag, file) {
+            (Some(value), _) => Chosen::from_flag(self, value, value.to_string()),
+            (None, Some(value)) => Chosen::from_file(self, value, value.to_string()),
+            (None, None) => Chosen::from_file(self, default, default.to_string()),
+        }
+    }
+
+    /// The flag's text, else the file's.
+    fn text(self, flag: Option<&str>, file: Option<&str>) -> Option<Chosen<String>> {
+        match (flag, file) {
+            (Some(value), _) => Some(Chosen::from_flag(self, value.to_owned(), value.to_owned())),
+            (None, Some(value)) => {
+                Some(Chosen::from_file(self, value.to_owned(), value.to_owned()))
+            }
+            (None, None) => None,
+        }
+    }
+}
+
+/// A duration as a user would write it: the largest unit that divides it (`366d`, `90s`, `250ms`).
+fn show_duration(duration: Duration) -> String {
+    let millis = duration.as_millis();
+    if millis % 1000 != 0 {
+        return format!("{millis}ms");
+    }
+    let seconds = duration.as_secs();
+    match seconds {
+        0 => "0s".to_owned(),
+        s if s % 86_400 == 0 => format!("{}d", s / 86_400),
+        s if s % 3600 == 0 => format!("{}h", s / 3600),
+        s if s % 60 == 0 => format!("{}m", s / 60),
+        s => format!("{s}s"),
+    }
+}
+
 impl Limits {
     fn from_sources(args: &ServeArgs, file: &FileConfig) -> Result<Limits, ConfigError> {
         /// Longest timeout the limits accept (a year): each is added to the clock per request.
@@ -165,92 +335,80 @@ impl Limits {
         /// sessions or streams is already far past what one process serves.
         const MAX_LIMIT_COUNT: usize = 1 << 20;
         let defaults = Limits::default();
-        let duration = |flag: Option<Duration>,
+        let duration = |key: Key,
+                        flag: Option<Duration>,
                         value: &Option<String>,
-                        key: &str,
                         default: Duration|
          -> Result<Duration, ConfigError> {
-            let chosen = match flag {
-                Some(d) => d,
-                None => value
-                    .as_deref()
-                    .map(parse_duration)
-                    .transpose()
-                    .map_err(|e| ConfigError::Invalid(format!("{key}: {e}")))?
-                    .unwrap_or(default),
-            };
-            if chosen.is_zero() {
-                return Err(ConfigError::Invalid(format!("{key} must be more than 0")));
+            let chosen = key.duration(flag, value.as_deref(), default)?;
+            if chosen.value.is_zero() {
+                return Err(chosen.out_of_range("more than 0".into()));
             }
             // Added to the clock on every request: a value past any sensible timeout would overflow it.
-            if chosen > MAX_LIMIT_DURATION {
-                return Err(ConfigError::Invalid(format!(
-                    "{key} must be at most {}d",
+            if chosen.value > MAX_LIMIT_DURATION {
+                return Err(chosen.out_of_range(format!(
+                    "at most {}d",
                     MAX_LIMIT_DURATION.as_secs() / 86_400
                 )));
             }
-            Ok(chosen)
+            Ok(chosen.value)
         };
-        let count = |flag: Option<usize>,
+        let count = |key: Key,
+                     flag: Option<usize>,
                      value: Option<usize>,
-                     key: &str,
                      default: usize|
          -> Result<usize, ConfigError> {
-            match flag.or(value).unwrap_or(default) {
-                0 => Err(ConfigError::Invalid(format!("{key} must be at least 1"))),
-                n if n > MAX_LIMIT_COUNT => Err(ConfigError::Invalid(format!(
-                    "{key} must be at most {MAX_LIMIT_COUNT}"
-                ))),
+            let chosen = key.count(flag, value, default);
+            match chosen.value {
+                0 => Err(chosen.out_of_range("at least 1".into())),
+                n if n > MAX_LIMIT_COUNT => {
+                    Err(chosen.out_of_range(format!("at most {MAX_LIMIT_COUNT}")))
+                }
                 n => Ok(n),
             }
         };
-        let body_memory = match args.body_memory {
-            Some(size) => size,
-            None => file
-                .body_memory
-                .as_deref()
-                .map(parse_size)
-                .transpose()
-                .map_err(|e| ConfigError::Invalid(format!("bodyMemory: {e}")))?
-                .unwrap_or(defaults.body_memory),
-        };
+        let body_memory = BODY_MEMORY.size(
+            args.body_memory,
+            file.body_memory.as_deref(),
+            defaults.body_memory,
+        )?;
         // Room for at least one manifest of the largest size, or the limit refuses every big one.
-        if body_memory < 2 * crate::registry::manifest::MAX_MANIFEST_BYTES {
-            return Err(ConfigError::Invalid(format!(
-                "bodyMemory must be at least {} bytes (twice the largest manifest)",
+        if body_memory.value < 2 * crate::registry::manifest::MAX_MANIFEST_BYTES {
+            return Err(body_memory.out_of_range(format!(
+                "at least {} bytes (twice the largest manifest)",
                 2 * crate::registry::manifest::MAX_MANIFEST_BYTES
             )));
         }
         Ok(Limits {
             body_idle_timeout: duration(
+                BODY_IDLE_TIMEOUT,
                 args.body_idle_timeout,
                 &file.body_idle_timeout,
-                "bodyIdleTimeout",
                 defaults.body_idle_timeout,
             )?,
             body_timeout: duration(
+                BODY_TIMEOUT,
                 args.body_timeout,
                 &file.body_timeout,
-                "bodyTimeout",
                 defaults.body_timeout,
             )?,
-            body_memory,
+            body_memory: body_memory.value,
             max_upload_sessions: count(
+                MAX_UPLOAD_SESSIONS,
                 args.max_upload_sessions,
                 file.max_upload_sessions,
-                "maxUploadSessions",
                 defaults.max_upload_sessions,
             )?,
             max_concurrent_uploads: count(
+                MAX_CONCURRENT_UPLOADS,
                 args.max_concurrent_uploads,
                 file.max_concurrent_uploads,
-                "maxConcurrentUploads",
                 defaults.max_concurrent_uploads,
             )?,
             send_timeout: duration(
+                SEND_TIMEOUT,
                 args.send_timeout,
                 &file.send_timeout,
-                "sendTimeout",
                 defaults.send_timeout,
             )?,
         })
@@ -268,16 +426,17 @@ pub struct ManagedCerts {
 }
 
 /// Splits `NAMESPACE/NAME`.
-fn namespaced(reference: &str, what: &str) -> Result<(String, String), ConfigError> {
-    match reference.split_once('/') {
+fn namespaced(reference: &Chosen<String>) -> Result<(String, String), ConfigError> {
+    match reference.value.split_once('/') {
         Some((namespace, name))
             if !namespace.is_empty() && !name.is_empty() && !name.contains('/') =>
         {
             Ok((namespace.to_owned(), name.to_owned()))
         }
-        _ => Err(ConfigError::Invalid(format!(
-            "{what} {reference:?} must be written NAMESPACE/NAME"
-        ))),
+        _ => Err(ConfigError::NotNamespaced {
+            key: reference.key.clone(),
+            value: reference.value.clone(),
+        }),
     }
 }
 
@@ -293,6 +452,8 @@ pub enum PolicySource {
     },
 }
 
+/// Why the settings of `berth serve` were refused. Each message names the setting as it was written (`--flag`
+/// or `fileKey`) and the value given.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     /// The config file could not be read.
@@ -302,99 +463,154 @@ pub enum ConfigError {
         #[source]
         source: std::io::Error,
     },
-    /// The config file is not valid YAML of the expected shape.
-    #[error("config file {path}: {message}")]
-    Parse { path: PathBuf, message: String },
-    /// A value is out of range.
+    /// The config file is not valid YAML of the expected shape (an unknown key, a value of the wrong type).
+    #[error("config file {path}: {source}")]
+    Parse {
+        path: PathBuf,
+        #[source]
+        source: serde_yaml_ng::Error,
+    },
+    /// A duration or size in the config file that does not parse; the cause names the value.
+    #[error("{key}: {source}")]
+    Unit {
+        /// The file's key.
+        key: &'static str,
+        #[source]
+        source: UnitError,
+    },
+    /// A value outside what the setting allows.
+    #[error("{key} {value} is out of range: it must be {bound}")]
+    OutOfRange {
+        /// `--flag` or `fileKey`, as the value was given.
+        key: String,
+        /// The value as given.
+        value: String,
+        /// What the setting allows, e.g. `at least 1`.
+        bound: String,
+    },
+    /// A ConfigMap or Secret reference not written `NAMESPACE/NAME`.
+    #[error("{key} {value:?} must be written NAMESPACE/NAME")]
+    NotNamespaced {
+        /// `--flag` or `fileKey`, as the value was given.
+        key: String,
+        /// The value as given.
+        value: String,
+    },
+    /// A policy file and a policy ConfigMap, one from the flags and one from the file.
+    #[error(
+        "give either a policy file ({file:?}) or a policy ConfigMap ({configmap:?}), not both"
+    )]
+    PolicyConflict { file: PathBuf, configmap: String },
+    /// The `proxy:` section is invalid; the message names the upstream and key.
     #[error("{0}")]
-    Invalid(String),
+    Proxy(String),
 }
 
-fn read_file(path: &Path) -> Result<FileConfig, ConfigError> {
-    let raw = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-        path: path.to_owned(),
-        source,
-    })?;
-    serde_yaml_ng::from_str::<Option<FileConfig>>(&raw)
-        .map(Option::unwrap_or_default)
-        .map_err(|e| ConfigError::Parse {
+/// The process environment as the config reads it: the value of a variable, or `None` when it is unset. `main`
+/// passes `std::env::var`; tests pass a map.
+pub type Environment<'a> = &'a dyn Fn(&str) -> Option<String>;
+
+/// The variable that names berth's own namespace when neither the flag nor the file does (the Downward API sets
+/// it in the pod).
+pub const NAMESPACE_VARIABLE: &str = "POD_NAMESPACE";
+
+/// The content of the `--config` file and where it was read from (for messages).
+#[derive(Debug, Clone)]
+pub struct ConfigFile {
+    pub path: PathBuf,
+    pub content: String,
+}
+
+impl ConfigFile {
+    pub fn read(path: &Path) -> Result<ConfigFile, ConfigError> {
+        let content = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
             path: path.to_owned(),
-            message: e.to_string(),
+            source,
+        })?;
+        Ok(ConfigFile {
+            path: path.to_owned(),
+            content,
         })
+    }
+
+    fn parse(&self) -> Result<FileConfig, ConfigError> {
+        serde_yaml_ng::from_str::<Option<FileConfig>>(&self.content)
+            .map(Option::unwrap_or_default)
+            .map_err(|source| ConfigError::Parse {
+                path: self.path.clone(),
+                source,
+            })
+    }
 }
 
 impl Config {
-    pub fn from_args(args: &ServeArgs) -> Result<Config, ConfigError> {
-        let file = match &args.config {
-            Some(path) => read_file(path)?,
+    /// Reads the file `--config` names, if any, then [`Config::build`]s. The only I/O of this module.
+    pub fn load(args: &ServeArgs, env: Environment<'_>) -> Result<Config, ConfigError> {
+        let file = args.config.as_deref().map(ConfigFile::read).transpose()?;
+        Config::build(args, file.as_ref(), env)
+    }
+
+    /// The validated settings from the flags, the config file's content and the environment. Pure.
+    ///
+    /// Precedence, for every setting: a flag wins over the file, the file over the default. The environment is
+    /// asked only for the namespace, after the flag and the file ([`NAMESPACE_VARIABLE`], ignored when empty).
+    /// `--san` values add to the file's `san` list; `--plain-http` and `--manage-webhook-certs` switch on
+    /// whatever the file says.
+    pub fn build(
+        args: &ServeArgs,
+        file: Option<&ConfigFile>,
+        env: Environment<'_>,
+    ) -> Result<Config, ConfigError> {
+        let file = match file {
+            Some(file) => file.parse()?,
             None => FileConfig::default(),
         };
-        let file_duration =
-            |value: &Option<String>, key: &str| -> Result<Option<Duration>, ConfigError> {
-                value
-                    .as_deref()
-                    .map(parse_duration)
-                    .transpose()
-                    .map_err(|e| ConfigError::Invalid(format!("{key}: {e}")))
-            };
         let mut sans = file.san.clone();
         sans.extend(args.sans.iter().cloned());
-        let workers = args.workers.or(file.workers).unwrap_or_else(|| {
-            std::thread::available_parallelism()
-                .map(|n| n.get())
-                .unwrap_or(1)
-        });
-        if workers == 0 {
-            return Err(ConfigError::Invalid("workers must be at least 1".into()));
+        let default_workers = std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(1);
+        let workers = WORKERS.count(args.workers, file.workers, default_workers);
+        if workers.value == 0 {
+            return Err(workers.out_of_range("at least 1".into()));
         }
         let limits = Limits::from_sources(args, &file)?;
-        let policy_file = args.policy_file.clone().or(file.policy_file);
-        let policy_configmap = args.policy_configmap.clone().or(file.policy_configmap);
+        let policy_file = args.policy_file.clone().or(file.policy_file.clone());
+        let policy_configmap = POLICY_CONFIGMAP.text(
+            args.policy_configmap.as_deref(),
+            file.policy_configmap.as_deref(),
+        );
         let policy = match (policy_file, policy_configmap) {
-            (Some(_), Some(_)) => {
-                return Err(ConfigError::Invalid(
-                    "give either a policy file or a policy ConfigMap, not both".into(),
-                ))
+            (Some(path), Some(reference)) => {
+                return Err(ConfigError::PolicyConflict {
+                    file: path,
+                    configmap: reference.value,
+                })
             }
             (Some(path), None) => PolicySource::File(path),
-            (None, Some(reference)) => match reference.split_once('/') {
-                Some((namespace, name))
-                    if !namespace.is_empty() && !name.is_empty() && !name.contains('/') =>
-                {
-                    PolicySource::ConfigMap {
-                        namespace: namespace.to_owned(),
-                        name: name.to_owned(),
-                    }
-                }
-                _ => {
-                    return Err(ConfigError::Invalid(format!(
-                        "policy ConfigMap {reference:?} must be written NAMESPACE/NAME"
-                    )))
-                }
-            },
+            (None, Some(reference)) => {
+                let (namespace, name) = namespaced(&reference)?;
+                PolicySource::ConfigMap { namespace, name }
+            }
             (None, None) => PolicySource::Default,
         };
         let namespace = args
             .namespace
             .clone()
-            .or(file.namespace)
-            .or_else(|| {
-                std::env::var("POD_NAMESPACE")
-                    .ok()
-                    .filter(|n| !n.is_empty())
-            })
+            .or(file.namespace.clone())
+            .or_else(|| env(NAMESPACE_VARIABLE).filter(|n| !n.is_empty()))
             .unwrap_or_else(|| "berth-system".to_owned());
         let managed_certs =
             if args.manage_webhook_certs || file.manage_webhook_certs.unwrap_or(false) {
                 let (secret_namespace, secret_name) =
-                    match args.tls_secret.clone().or(file.tls_secret) {
-                        Some(reference) => namespaced(&reference, "TLS Secret")?,
+                    match TLS_SECRET.text(args.tls_secret.as_deref(), file.tls_secret.as_deref()) {
+                        Some(reference) => namespaced(&reference)?,
                         None => (namespace.clone(), "berth-tls".to_owned()),
                     };
                 let service = args
                     .service_name
                     .clone()
-                    .or(file.service_name)
+                    .or(file.service_name.clone())
                     .unwrap_or_else(|| "berth".to_owned());
                 let mut names = vec![
                     format!("{service}.{namespace}.svc"),
@@ -411,7 +627,7 @@ impl Config {
                     webhook_config: args
                         .webhook_config
                         .clone()
-                        .or(file.webhook_config)
+                        .or(file.webhook_config.clone())
                         .unwrap_or_else(|| "berth".into()),
                     names,
                 })
@@ -419,7 +635,7 @@ impl Config {
                 None
             };
         let proxy = match &file.proxy {
-            Some(spec) => spec.validate().map_err(ConfigError::Invalid)?,
+            Some(spec) => spec.validate().map_err(ConfigError::Proxy)?,
             None => crate::proxy::config::ProxyConfig::default(),
         };
         Ok(Config {
@@ -430,26 +646,30 @@ impl Config {
             data_dir: args
                 .data_dir
                 .clone()
-                .or(file.data_dir)
+                .or(file.data_dir.clone())
                 .unwrap_or_else(|| PathBuf::from("./data")),
             cert_dir: args
                 .cert_dir
                 .clone()
-                .or(file.cert_dir)
+                .or(file.cert_dir.clone())
                 .unwrap_or_else(|| PathBuf::from("./certs")),
             sans,
             plain_http: args.plain_http || file.plain_http.unwrap_or(false),
-            upload_max_age: match args.upload_max_age {
-                Some(age) => age,
-                None => file_duration(&file.upload_max_age, "uploadMaxAge")?
-                    .unwrap_or(Duration::from_secs(24 * 3600)),
-            },
-            shutdown_timeout: match args.shutdown_timeout {
-                Some(timeout) => timeout,
-                None => file_duration(&file.shutdown_timeout, "shutdownTimeout")?
-                    .unwrap_or(Duration::from_secs(25)),
-            },
-            workers,
+            upload_max_age: UPLOAD_MAX_AGE
+                .duration(
+                    args.upload_max_age,
+                    file.upload_max_age.as_deref(),
+                    Duration::from_secs(24 * 3600),
+                )?
+                .value,
+            shutdown_timeout: SHUTDOWN_TIMEOUT
+                .duration(
+                    args.shutdown_timeout,
+                    file.shutdown_timeout.as_deref(),
+                    Duration::from_secs(25),
+                )?
+                .value,
+            workers: workers.value,
             limits,
             policy,
             namespace,
@@ -463,9 +683,14 @@ impl Config {
 mod tests {
     use super::*;
 
+    /// The config from flags (and the file they name) in an empty environment.
+    fn from_args(args: &ServeArgs) -> Result<Config, ConfigError> {
+        Config::load(args, &|_| None)
+    }
+
     #[test]
     fn defaults() {
-        let config = Config::from_args(&ServeArgs::default()).expect("defaults");
+        let config = from_args(&ServeArgs::default()).expect("defaults");
         assert_eq!(config.listen.to_string(), "127.0.0.1:8443");
         assert_eq!(config.data_dir, PathBuf::from("./data"));
         assert_eq!(config.cert_dir, PathBuf::from("./certs"));
@@ -481,7 +706,7 @@ mod tests {
             ..ServeArgs::default()
         };
         assert_eq!(
-            Config::from_args(&args).map(|c| c.policy).ok(),
+            from_args(&args).map(|c| c.policy).ok(),
             Some(PolicySource::ConfigMap {
                 namespace: "berth-system".into(),
                 name: "berth-policy".into()
@@ -493,7 +718,7 @@ mod tests {
                 ..ServeArgs::default()
             };
             assert!(
-                matches!(Config::from_args(&args), Err(ConfigError::Invalid(_))),
+                matches!(from_args(&args), Err(ConfigError::NotNamespaced { .. })),
                 "{bad}"
             );
         }
@@ -502,7 +727,7 @@ mod tests {
             namespace: Some("ops".into()),
             ..ServeArgs::default()
         };
-        let config = Config::from_args(&args).expect("config");
+        let config = from_args(&args).expect("config");
         assert_eq!(config.policy, PolicySource::File("p.yaml".into()));
         assert_eq!(config.namespace, "ops");
         assert_eq!(config.managed_certs, None);
@@ -516,7 +741,7 @@ mod tests {
             sans: vec!["127.0.0.1".into()],
             ..ServeArgs::default()
         };
-        let managed = Config::from_args(&args)
+        let managed = from_args(&args)
             .expect("config")
             .managed_certs
             .expect("managed");
@@ -541,8 +766,8 @@ mod tests {
             ..args
         };
         assert!(matches!(
-            Config::from_args(&args),
-            Err(ConfigError::Invalid(_))
+            from_args(&args),
+            Err(ConfigError::NotNamespaced { .. })
         ));
     }
 
@@ -561,7 +786,7 @@ mod tests {
             sans: vec!["b.example".into()],
             ..ServeArgs::default()
         };
-        let config = Config::from_args(&args).expect("config");
+        let config = from_args(&args).expect("config");
         assert_eq!(config.listen.to_string(), "0.0.0.0:9000");
         assert_eq!(config.data_dir, PathBuf::from("/flag/data"));
         assert_eq!(config.sans, ["a.example", "b.example"]);
@@ -572,9 +797,7 @@ mod tests {
     #[test]
     fn limits_from_flags_and_file() {
         assert_eq!(
-            Config::from_args(&ServeArgs::default())
-                .map(|c| c.limits)
-                .ok(),
+            from_args(&ServeArgs::default()).map(|c| c.limits).ok(),
             Some(Limits::default())
         );
         let dir = tempfile::tempdir().expect("tempdir");
@@ -590,7 +813,7 @@ mod tests {
             max_concurrent_uploads: Some(2),
             ..ServeArgs::default()
         };
-        let limits = Config::from_args(&args).expect("config").limits;
+        let limits = from_args(&args).expect("config").limits;
         assert_eq!(limits.body_idle_timeout, Duration::from_secs(5));
         assert_eq!(limits.body_timeout, Duration::from_secs(30));
         assert_eq!(limits.body_memory, 16 << 20);
@@ -608,12 +831,15 @@ mod tests {
             "maxConcurrentUploads: 18446744073709551615\n",
         ] {
             std::fs::write(&path, bad).expect("write");
-            let error = Config::from_args(&ServeArgs {
+            let error = from_args(&ServeArgs {
                 config: Some(path.clone()),
                 ..ServeArgs::default()
             })
             .expect_err(bad);
-            assert!(matches!(error, ConfigError::Invalid(_)), "{bad}: {error}");
+            assert!(
+                matches!(error, ConfigError::OutOfRange { .. }),
+                "{bad}: {error}"
+            );
         }
     }
 
@@ -622,14 +848,14 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let path = dir.path().join("berth.yaml");
         std::fs::write(&path, "lisen: 0.0.0.0:9000\n").expect("write");
-        let error = Config::from_args(&ServeArgs {
+        let error = from_args(&ServeArgs {
             config: Some(path.clone()),
             ..ServeArgs::default()
         })
         .expect_err("unknown field");
         assert!(error.to_string().contains("lisen"), "{error}");
         std::fs::write(&path, "uploadMaxAge: soon\n").expect("write");
-        let error = Config::from_args(&ServeArgs {
+        let error = from_args(&ServeArgs {
             config: Some(path),
             ..ServeArgs::default()
         })
@@ -639,9 +865,222 @@ mod tests {
             config: Some(dir.path().join("nope.yaml")),
             ..ServeArgs::default()
         };
-        assert!(matches!(
-            Config::from_args(&missing),
-            Err(ConfigError::Read { .. })
-        ));
+        assert!(matches!(from_args(&missing), Err(ConfigError::Read { .. })));
+    }
+
+    /// The error for `args` with `yaml` as the config file's content, in an empty environment.
+    fn error_of(args: &ServeArgs, yaml: &str) -> String {
+        let file = ConfigFile {
+            path: "berth.yaml".into(),
+            content: yaml.to_owned(),
+        };
+        match Config::build(args, Some(&file), &|_| None) {
+            Ok(config) => panic!("{yaml:?} with {args:?} accepted: {config:?}"),
+            Err(error) => error.to_string(),
+        }
+    }
+
+    #[test]
+    fn errors_name_the_key_and_the_value() {
+        let none = ServeArgs::default();
+        let smallest_body_memory = 2 * crate::registry::manifest::MAX_MANIFEST_BYTES;
+        let cases: Vec<(ServeArgs, &str, String)> = vec![
+            (
+                none.clone(),
+                "bodyTimeout: 10q\n",
+                r#"bodyTimeout: invalid duration "10q": unknown unit "q" (ms, s, m, h, d)"#.into(),
+            ),
+            (
+                none.clone(),
+                "uploadMaxAge: soon\n",
+                r#"uploadMaxAge: invalid duration "soon": expected e.g. 30s, 5m, 24h"#.into(),
+            ),
+            (
+                none.clone(),
+                "bodyMemory: lots\n",
+                r#"bodyMemory: invalid size "lots": expected e.g. 500MB or 20GiB"#.into(),
+            ),
+            (
+                none.clone(),
+                "bodyTimeout: 0s\n",
+                "bodyTimeout 0s is out of range: it must be more than 0".into(),
+            ),
+            (
+                ServeArgs {
+                    body_timeout: Some(Duration::ZERO),
+                    ..ServeArgs::default()
+                },
+                "bodyTimeout: 5s\n",
+                "--body-timeout 0s is out of range: it must be more than 0".into(),
+            ),
+            (
+                none.clone(),
+                "sendTimeout: 366d\n",
+                "sendTimeout 366d is out of range: it must be at most 365d".into(),
+            ),
+            (
+                ServeArgs {
+                    body_idle_timeout: Some(Duration::from_secs(366 * 86_400)),
+                    ..ServeArgs::default()
+                },
+                "",
+                "--body-idle-timeout 366d is out of range: it must be at most 365d".into(),
+            ),
+            (
+                none.clone(),
+                "maxUploadSessions: 0\n",
+                "maxUploadSessions 0 is out of range: it must be at least 1".into(),
+            ),
+            (
+                ServeArgs {
+                    max_concurrent_uploads: Some(usize::MAX),
+                    ..ServeArgs::default()
+                },
+                "",
+                format!(
+                    "--max-concurrent-uploads {} is out of range: it must be at most 1048576",
+                    usize::MAX
+                ),
+            ),
+            (
+                ServeArgs {
+                    workers: Some(0),
+                    ..ServeArgs::default()
+                },
+                "",
+                "--workers 0 is out of range: it must be at least 1".into(),
+            ),
+            (
+                none.clone(),
+                "bodyMemory: 1MiB\n",
+                format!(
+                    "bodyMemory 1MiB is out of range: it must be at least {smallest_body_memory} bytes (twice the largest manifest)"
+                ),
+            ),
+            (
+                none.clone(),
+                "policyConfigmap: berth-policy\n",
+                r#"policyConfigmap "berth-policy" must be written NAMESPACE/NAME"#.into(),
+            ),
+            (
+                ServeArgs {
+                    policy_configmap: Some("a/b/c".into()),
+                    ..ServeArgs::default()
+                },
+                "",
+                r#"--policy-configmap "a/b/c" must be written NAMESPACE/NAME"#.into(),
+            ),
+            (
+                ServeArgs {
+                    policy_file: Some("p.yaml".into()),
+                    ..ServeArgs::default()
+                },
+                "policyConfigmap: ns/p\n",
+                r#"give either a policy file ("p.yaml") or a policy ConfigMap ("ns/p"), not both"#
+                    .into(),
+            ),
+            (
+                none.clone(),
+                "manageWebhookCerts: true\ntlsSecret: nope\n",
+                r#"tlsSecret "nope" must be written NAMESPACE/NAME"#.into(),
+            ),
+            (
+                none.clone(),
+                "proxy: {maxSize: lots}\n",
+                r#"proxy.maxSize: invalid size "lots": expected e.g. 500MB or 20GiB"#.into(),
+            ),
+        ];
+        for (args, yaml, expected) in cases {
+            assert_eq!(error_of(&args, yaml), expected, "{yaml:?} with {args:?}");
+        }
+        let unknown = error_of(&none, "lisen: 0.0.0.0:9000\n");
+        assert!(
+            unknown.starts_with("config file berth.yaml: unknown field `lisen`"),
+            "{unknown}"
+        );
+    }
+
+    #[test]
+    fn a_flag_wins_over_a_bad_file_value() {
+        let args = ServeArgs {
+            body_timeout: Some(Duration::from_secs(3)),
+            ..ServeArgs::default()
+        };
+        let file = ConfigFile {
+            path: "berth.yaml".into(),
+            content: "bodyTimeout: 10q\n".into(),
+        };
+        let config = Config::build(&args, Some(&file), &|_| None).expect("the flag wins");
+        assert_eq!(config.limits.body_timeout, Duration::from_secs(3));
+    }
+
+    #[test]
+    fn the_namespace_comes_from_the_environment_after_flag_and_file() {
+        let file = |yaml: &str| ConfigFile {
+            path: "berth.yaml".into(),
+            content: yaml.to_owned(),
+        };
+        let flag = ServeArgs {
+            namespace: Some("from-flag".into()),
+            ..ServeArgs::default()
+        };
+        let none = ServeArgs::default();
+        // (flags, file, $POD_NAMESPACE) → namespace
+        let cases: Vec<(&ServeArgs, Option<ConfigFile>, Option<&str>, &str)> = vec![
+            (&none, None, None, "berth-system"),
+            (&none, None, Some("from-env"), "from-env"),
+            (&none, None, Some(""), "berth-system"),
+            (
+                &none,
+                Some(file("namespace: from-file\n")),
+                Some("from-env"),
+                "from-file",
+            ),
+            (
+                &flag,
+                Some(file("namespace: from-file\n")),
+                Some("from-env"),
+                "from-flag",
+            ),
+        ];
+        for (args, file, variable, expected) in cases {
+            let lookup = |name: &str| {
+                variable
+                    .filter(|_| name == NAMESPACE_VARIABLE)
+                    .map(str::to_owned)
+            };
+            let config = Config::build(args, file.as_ref(), &lookup).expect("config");
+            assert_eq!(config.namespace, expected, "{args:?} {file:?} {variable:?}");
+        }
+        // The environment's namespace is also where the managed certificates' Secret and names go.
+        let managed = Config::build(
+            &ServeArgs {
+                manage_webhook_certs: true,
+                ..ServeArgs::default()
+            },
+            None,
+            &|name| (name == NAMESPACE_VARIABLE).then(|| "ops".to_owned()),
+        )
+        .expect("config")
+        .managed_certs
+        .expect("managed");
+        assert_eq!(managed.secret_namespace, "ops");
+        assert_eq!(managed.names[0], "berth.ops.svc");
+    }
+
+    #[test]
+    fn durations_are_shown_as_written() {
+        let cases = [
+            (Duration::ZERO, "0s"),
+            (Duration::from_millis(250), "250ms"),
+            (Duration::from_millis(1500), "1500ms"),
+            (Duration::from_secs(90), "90s"),
+            (Duration::from_secs(300), "5m"),
+            (Duration::from_secs(7200), "2h"),
+            (Duration::from_secs(366 * 86_400), "366d"),
+        ];
+        for (duration, shown) in cases {
+            assert_eq!(show_duration(duration), shown, "{duration:?}");
+        }
     }
 }
