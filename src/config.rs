@@ -9,112 +9,19 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use serde::Deserialize;
+mod args;
+mod error;
+mod sources;
 
-use crate::units::{parse_duration, parse_size, UnitError};
+pub use args::ServeArgs;
+pub use error::ConfigError;
 
-/// Flags of `berth serve`. Every one is optional here so that the file can supply it.
-#[derive(Debug, Default, Clone, clap::Args)]
-pub struct ServeArgs {
-    /// YAML file with the same settings (camelCase keys); flags win.
-    #[arg(long, value_name = "FILE")]
-    pub config: Option<PathBuf>,
-    /// Address to listen on [default: 127.0.0.1:8443].
-    #[arg(long, value_name = "ADDR")]
-    pub listen: Option<SocketAddr>,
-    /// Where content is stored [default: ./data].
-    #[arg(long, value_name = "DIR")]
-    pub data_dir: Option<PathBuf>,
-    /// Where tls.crt/tls.key are read (or generated with a CA) [default: ./certs].
-    #[arg(long, value_name = "DIR")]
-    pub cert_dir: Option<PathBuf>,
-    /// Extra DNS name or IP address for a generated serving certificate (repeatable).
-    #[arg(long = "san", value_name = "NAME")]
-    pub sans: Vec<String>,
-    /// Serve plain HTTP (local development, or behind a TLS-terminating ingress).
-    #[arg(long)]
-    pub plain_http: bool,
-    /// Uploads untouched for this long are deleted, e.g. 30m, 24h [default: 24h].
-    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
-    pub upload_max_age: Option<Duration>,
-    /// How long in-flight requests may run after SIGTERM/SIGINT [default: 25s].
-    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
-    pub shutdown_timeout: Option<Duration>,
-    /// Longest pause in any request body before berth gives up on it [default: 30s].
-    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
-    pub body_idle_timeout: Option<Duration>,
-    /// Longest time a manifest or AdmissionReview body may take to arrive in all [default: 30s].
-    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
-    pub body_timeout: Option<Duration>,
-    /// Memory for manifest and AdmissionReview bodies being received, shared by all clients, e.g. 64MiB
-    /// [default: 64MiB].
-    #[arg(long, value_name = "SIZE", value_parser = parse_size)]
-    pub body_memory: Option<u64>,
-    /// Upload sessions that may exist at once [default: 1024].
-    #[arg(long, value_name = "N")]
-    pub max_upload_sessions: Option<usize>,
-    /// Requests that may send blob data at once [default: 128].
-    #[arg(long, value_name = "N")]
-    pub max_concurrent_uploads: Option<usize>,
-    /// Longest time data sent to a client may stay unacknowledged (TCP_USER_TIMEOUT) [default: 60s].
-    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
-    pub send_timeout: Option<Duration>,
-    /// HTTP worker threads [default: the number of CPUs].
-    #[arg(long, value_name = "N")]
-    pub workers: Option<usize>,
-    /// Image policy file; read at start (invalid: berth refuses to start) and watched.
-    #[arg(long, value_name = "FILE", conflicts_with = "policy_configmap")]
-    pub policy_file: Option<PathBuf>,
-    /// Image policy ConfigMap (key policy.yaml), watched through the Kubernetes API.
-    #[arg(long, value_name = "NAMESPACE/NAME")]
-    pub policy_configmap: Option<String>,
-    /// berth's own namespace, never validated nor mutated [default: $POD_NAMESPACE, else berth-system].
-    #[arg(long, value_name = "NAMESPACE")]
-    pub namespace: Option<String>,
-    /// Manage the webhook certificates in the cluster: a Secret with a CA and serving certificate, and the
-    /// caBundle of the webhook configurations.
-    #[arg(long)]
-    pub manage_webhook_certs: bool,
-    /// Name of the Validating- and MutatingWebhookConfiguration whose caBundle berth keeps [default: berth].
-    #[arg(long, value_name = "NAME")]
-    pub webhook_config: Option<String>,
-    /// The Secret holding the managed certificates [default: <namespace>/berth-tls].
-    #[arg(long, value_name = "NAMESPACE/NAME")]
-    pub tls_secret: Option<String>,
-    /// The Service name the webhooks reach berth by [default: berth].
-    #[arg(long, value_name = "NAME")]
-    pub service_name: Option<String>,
-}
-
-/// The YAML file: the same settings as the flags.
-#[derive(Debug, Default, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
-struct FileConfig {
-    listen: Option<SocketAddr>,
-    data_dir: Option<PathBuf>,
-    cert_dir: Option<PathBuf>,
-    #[serde(default)]
-    san: Vec<String>,
-    plain_http: Option<bool>,
-    upload_max_age: Option<String>,
-    shutdown_timeout: Option<String>,
-    workers: Option<usize>,
-    body_idle_timeout: Option<String>,
-    body_timeout: Option<String>,
-    body_memory: Option<String>,
-    max_upload_sessions: Option<usize>,
-    max_concurrent_uploads: Option<usize>,
-    send_timeout: Option<String>,
-    policy_file: Option<PathBuf>,
-    policy_configmap: Option<String>,
-    namespace: Option<String>,
-    manage_webhook_certs: Option<bool>,
-    webhook_config: Option<String>,
-    tls_secret: Option<String>,
-    service_name: Option<String>,
-    #[serde(default)]
-    proxy: Option<crate::proxy::config::ProxySpec>,
-}
+use args::FileConfig;
+use sources::{
+    Chosen, Key, BODY_IDLE_TIMEOUT, BODY_MEMORY, BODY_TIMEOUT, MAX_CONCURRENT_UPLOADS,
+    MAX_UPLOAD_SESSIONS, POLICY_CONFIGMAP, SEND_TIMEOUT, SHUTDOWN_TIMEOUT, TLS_SECRET,
+    UPLOAD_MAX_AGE, WORKERS,
+};
 
 /// Validated settings of `berth serve`.
 #[derive(Debug, Clone, PartialEq)]
@@ -158,172 +65,6 @@ impl Default for Limits {
             max_concurrent_uploads: 128,
             send_timeout: Duration::from_secs(60),
         }
-    }
-}
-
-/// A setting's two spellings: the flag of `berth serve` and the key of the config file.
-#[derive(Debug, Clone, Copy)]
-struct Key {
-    flag: &'static str,
-    file: &'static str,
-}
-
-const UPLOAD_MAX_AGE: Key = Key {
-    flag: "upload-max-age",
-    file: "uploadMaxAge",
-};
-const SHUTDOWN_TIMEOUT: Key = Key {
-    flag: "shutdown-timeout",
-    file: "shutdownTimeout",
-};
-const WORKERS: Key = Key {
-    flag: "workers",
-    file: "workers",
-};
-const BODY_IDLE_TIMEOUT: Key = Key {
-    flag: "body-idle-timeout",
-    file: "bodyIdleTimeout",
-};
-const BODY_TIMEOUT: Key = Key {
-    flag: "body-timeout",
-    file: "bodyTimeout",
-};
-const BODY_MEMORY: Key = Key {
-    flag: "body-memory",
-    file: "bodyMemory",
-};
-const MAX_UPLOAD_SESSIONS: Key = Key {
-    flag: "max-upload-sessions",
-    file: "maxUploadSessions",
-};
-const MAX_CONCURRENT_UPLOADS: Key = Key {
-    flag: "max-concurrent-uploads",
-    file: "maxConcurrentUploads",
-};
-const SEND_TIMEOUT: Key = Key {
-    flag: "send-timeout",
-    file: "sendTimeout",
-};
-const POLICY_CONFIGMAP: Key = Key {
-    flag: "policy-configmap",
-    file: "policyConfigmap",
-};
-const TLS_SECRET: Key = Key {
-    flag: "tls-secret",
-    file: "tlsSecret",
-};
-
-/// A value chosen by precedence (flag, else file, else default), remembering how the user spelled its key and
-/// the value, so that a range error names both as they were written.
-struct Chosen<T> {
-    value: T,
-    /// `--body-timeout` for a flag, `bodyTimeout` for the file (or the default).
-    key: String,
-    /// The value as written in the file, or rendered from the flag's or default's parsed value.
-    shown: String,
-}
-
-impl<T> Chosen<T> {
-    fn from_flag(key: Key, value: T, shown: String) -> Self {
-        Chosen {
-            value,
-            key: format!("--{}", key.flag),
-            shown,
-        }
-    }
-
-    fn from_file(key: Key, value: T, shown: String) -> Self {
-        Chosen {
-            value,
-            key: key.file.to_owned(),
-            shown,
-        }
-    }
-
-    fn out_of_range(&self, bound: String) -> ConfigError {
-        ConfigError::OutOfRange {
-            key: self.key.clone(),
-            value: self.shown.clone(),
-            bound,
-        }
-    }
-}
-
-impl Key {
-    /// The flag's duration, else the file's (parsed here), else `default`.
-    fn duration(
-        self,
-        flag: Option<Duration>,
-        file: Option<&str>,
-        default: Duration,
-    ) -> Result<Chosen<Duration>, ConfigError> {
-        Ok(match (flag, file) {
-            (Some(value), _) => Chosen::from_flag(self, value, show_duration(value)),
-            (None, Some(text)) => {
-                let value = parse_duration(text).map_err(|source| ConfigError::Unit {
-                    key: self.file,
-                    source,
-                })?;
-                Chosen::from_file(self, value, text.trim().to_owned())
-            }
-            (None, None) => Chosen::from_file(self, default, show_duration(default)),
-        })
-    }
-
-    /// The flag's size, else the file's (parsed here), else `default`.
-    fn size(
-        self,
-        flag: Option<u64>,
-        file: Option<&str>,
-        default: u64,
-    ) -> Result<Chosen<u64>, ConfigError> {
-        Ok(match (flag, file) {
-            (Some(value), _) => Chosen::from_flag(self, value, value.to_string()),
-            (None, Some(text)) => {
-                let value = parse_size(text).map_err(|source| ConfigError::Unit {
-                    key: self.file,
-                    source,
-                })?;
-                Chosen::from_file(self, value, text.trim().to_owned())
-            }
-            (None, None) => Chosen::from_file(self, default, default.to_string()),
-        })
-    }
-
-    /// The flag's count, else the file's, else `default`.
-    fn count(self, flag: Option<usize>, file: Option<usize>, default: usize) -> Chosen<usize> {
-        match (flag, file) {
-            (Some(value), _) => Chosen::from_flag(self, value, value.to_string()),
-            (None, Some(value)) => Chosen::from_file(self, value, value.to_string()),
-            (None, None) => Chosen::from_file(self, default, default.to_string()),
-        }
-    }
-
-    /// The flag's text, else the file's.
-    fn text(self, flag: Option<&str>, file: Option<&str>) -> Option<Chosen<String>> {
-        match (flag, file) {
-            (Some(value), _) => Some(Chosen::from_flag(self, value.to_owned(), value.to_owned())),
-            (None, Some(value)) => {
-                Some(Chosen::from_file(self, value.to_owned(), value.to_owned()))
-            }
-            (None, None) => None,
-        }
-    }
-}
-
-/// A duration as a user would write it: the largest unit that divides it (`366d`, `90s`, `250ms`).
-fn show_duration(duration: Duration) -> String {
-    let millis = duration.as_millis();
-    if millis % 1000 != 0 {
-        return format!("{millis}ms");
-    }
-    let seconds = duration.as_secs();
-    match seconds {
-        0 => "0s".to_owned(),
-        s if s % 86_400 == 0 => format!("{}d", s / 86_400),
-        s if s % 3600 == 0 => format!("{}h", s / 3600),
-        s if s % 60 == 0 => format!("{}m", s / 60),
-        s => format!("{s}s"),
     }
 }
 
@@ -450,60 +191,6 @@ pub enum PolicySource {
         namespace: String,
         name: String,
     },
-}
-
-/// Why the settings of `berth serve` were refused. Each message names the setting as it was written (`--flag`
-/// or `fileKey`) and the value given.
-#[derive(Debug, thiserror::Error)]
-pub enum ConfigError {
-    /// The config file could not be read.
-    #[error("config file {path}: {source}")]
-    Read {
-        path: PathBuf,
-        #[source]
-        source: std::io::Error,
-    },
-    /// The config file is not valid YAML of the expected shape (an unknown key, a value of the wrong type).
-    #[error("config file {path}: {source}")]
-    Parse {
-        path: PathBuf,
-        #[source]
-        source: serde_yaml_ng::Error,
-    },
-    /// A duration or size in the config file that does not parse; the cause names the value.
-    #[error("{key}: {source}")]
-    Unit {
-        /// The file's key.
-        key: &'static str,
-        #[source]
-        source: UnitError,
-    },
-    /// A value outside what the setting allows.
-    #[error("{key} {value} is out of range: it must be {bound}")]
-    OutOfRange {
-        /// `--flag` or `fileKey`, as the value was given.
-        key: String,
-        /// The value as given.
-        value: String,
-        /// What the setting allows, e.g. `at least 1`.
-        bound: String,
-    },
-    /// A ConfigMap or Secret reference not written `NAMESPACE/NAME`.
-    #[error("{key} {value:?} must be written NAMESPACE/NAME")]
-    NotNamespaced {
-        /// `--flag` or `fileKey`, as the value was given.
-        key: String,
-        /// The value as given.
-        value: String,
-    },
-    /// A policy file and a policy ConfigMap, one from the flags and one from the file.
-    #[error(
-        "give either a policy file ({file:?}) or a policy ConfigMap ({configmap:?}), not both"
-    )]
-    PolicyConflict { file: PathBuf, configmap: String },
-    /// The `proxy:` section is invalid; the message names the upstream and key.
-    #[error("{0}")]
-    Proxy(String),
 }
 
 /// The process environment as the config reads it: the value of a variable, or `None` when it is unset. `main`
@@ -1066,21 +753,5 @@ mod tests {
         .expect("managed");
         assert_eq!(managed.secret_namespace, "ops");
         assert_eq!(managed.names[0], "berth.ops.svc");
-    }
-
-    #[test]
-    fn durations_are_shown_as_written() {
-        let cases = [
-            (Duration::ZERO, "0s"),
-            (Duration::from_millis(250), "250ms"),
-            (Duration::from_millis(1500), "1500ms"),
-            (Duration::from_secs(90), "90s"),
-            (Duration::from_secs(300), "5m"),
-            (Duration::from_secs(7200), "2h"),
-            (Duration::from_secs(366 * 86_400), "366d"),
-        ];
-        for (duration, shown) in cases {
-            assert_eq!(show_duration(duration), shown, "{duration:?}");
-        }
     }
 }
