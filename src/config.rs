@@ -322,7 +322,7 @@ impl Config {
                 None
             };
         let proxy = match &file.proxy {
-            Some(spec) => spec.validate().map_err(ConfigError::Proxy)?,
+            Some(spec) => spec.validate()?,
             None => crate::proxy::config::ProxyConfig::default(),
         };
         Ok(Config {

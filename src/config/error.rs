@@ -53,7 +53,7 @@ pub enum ConfigError {
         "give either a policy file ({file:?}) or a policy ConfigMap ({configmap:?}), not both"
     )]
     PolicyConflict { file: PathBuf, configmap: String },
-    /// The `proxy:` section is invalid; the message names the upstream and key.
-    #[error("{0}")]
-    Proxy(String),
+    /// The `proxy:` section is invalid; the message names the upstream, the key and the value.
+    #[error(transparent)]
+    Proxy(#[from] crate::proxy::config::ProxyConfigError),
 }

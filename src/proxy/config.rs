@@ -8,7 +8,53 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use crate::units::{parse_duration, parse_size};
+use crate::units::{parse_duration, parse_size, UnitError};
+
+/// Why the `proxy:` section was refused. Each message names the upstream (or `proxy.maxSize`) and the value.
+#[derive(Debug, thiserror::Error)]
+pub enum ProxyConfigError {
+    /// An upstream name that is not a single repository-name component.
+    #[error(
+        "proxy.upstreams {name:?}: the name must be one lowercase path component, like docker.io"
+    )]
+    Name { name: String },
+    /// Two upstreams with one name.
+    #[error("proxy.upstreams {name:?}: the name is used twice")]
+    DuplicateName { name: String },
+    /// A plain `http://` URL without `insecure: true`.
+    #[error("proxy.upstreams {name:?}: url {url:?} is plain HTTP; set insecure: true to allow it")]
+    PlainHttp { name: String, url: String },
+    /// A URL that is neither https:// nor (allowed) http://.
+    #[error("proxy.upstreams {name:?}: url {url:?} must start with https://")]
+    Scheme { name: String, url: String },
+    /// Both `password` and `passwordFile`.
+    #[error("proxy.upstreams {name:?}: give password or passwordFile, not both")]
+    TwoPasswords { name: String },
+    /// The `passwordFile` cannot be read.
+    #[error("proxy.upstreams {name:?}: passwordFile {}: {source}", path.display())]
+    PasswordFile {
+        name: String,
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    /// A username without a password, or the reverse.
+    #[error("proxy.upstreams {name:?}: username and password go together")]
+    HalfCredentials { name: String },
+    /// A `tagTtl` that is not a duration.
+    #[error("proxy.upstreams {name:?}: tagTtl: {source}")]
+    TagTtl {
+        name: String,
+        #[source]
+        source: UnitError,
+    },
+    /// A `maxSize` that is not a size.
+    #[error("proxy.maxSize: {source}")]
+    MaxSize {
+        #[source]
+        source: UnitError,
+    },
+}
 
 /// As written in the config file.
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -69,20 +115,18 @@ fn valid_name(name: &str) -> bool {
 }
 
 impl ProxySpec {
-    pub fn validate(&self) -> Result<ProxyConfig, String> {
+    pub fn validate(&self) -> Result<ProxyConfig, ProxyConfigError> {
         let mut upstreams = Vec::new();
         for spec in &self.upstreams {
-            let context = format!("proxy.upstreams {:?}", spec.name);
+            let name = || spec.name.clone();
             if !valid_name(&spec.name) {
-                return Err(format!(
-                    "{context}: the name must be one lowercase path component, like docker.io"
-                ));
+                return Err(ProxyConfigError::Name { name: name() });
             }
             if upstreams
                 .iter()
                 .any(|u: &UpstreamConfig| u.name == spec.name)
             {
-                return Err(format!("{context}: the name is used twice"));
+                return Err(ProxyConfigError::DuplicateName { name: name() });
             }
             let url = spec.url.trim_end_matches('/').to_owned();
             match (
@@ -91,22 +135,20 @@ impl ProxySpec {
             ) {
                 (Some("https"), _) | (Some("http"), true) => {}
                 (Some("http"), false) => {
-                    return Err(format!(
-                        "{context}: url {url:?} is plain HTTP; set insecure: true to allow it"
-                    ))
+                    return Err(ProxyConfigError::PlainHttp { name: name(), url })
                 }
-                _ => return Err(format!("{context}: url {url:?} must start with https://")),
+                _ => return Err(ProxyConfigError::Scheme { name: name(), url }),
             }
             let password = match (&spec.password, &spec.password_file) {
-                (Some(_), Some(_)) => {
-                    return Err(format!(
-                        "{context}: give password or passwordFile, not both"
-                    ))
-                }
+                (Some(_), Some(_)) => return Err(ProxyConfigError::TwoPasswords { name: name() }),
                 (Some(password), None) => Some(password.clone()),
                 (None, Some(path)) => Some(
                     std::fs::read_to_string(path)
-                        .map_err(|e| format!("{context}: passwordFile {}: {e}", path.display()))?
+                        .map_err(|source| ProxyConfigError::PasswordFile {
+                            name: name(),
+                            path: path.clone(),
+                            source,
+                        })?
                         .trim_end_matches(['\n', '\r'])
                         .to_owned(),
                 ),
@@ -115,10 +157,13 @@ impl ProxySpec {
             let credentials = match (&spec.username, password) {
                 (Some(user), Some(password)) => Some((user.clone(), password)),
                 (None, None) => None,
-                _ => return Err(format!("{context}: username and password go together")),
+                _ => return Err(ProxyConfigError::HalfCredentials { name: name() }),
             };
             let tag_ttl = match &spec.tag_ttl {
-                Some(ttl) => parse_duration(ttl).map_err(|e| format!("{context}: tagTtl: {e}"))?,
+                Some(ttl) => parse_duration(ttl).map_err(|source| ProxyConfigError::TagTtl {
+                    name: name(),
+                    source,
+                })?,
                 None => DEFAULT_TAG_TTL,
             };
             upstreams.push(UpstreamConfig {
@@ -134,7 +179,7 @@ impl ProxySpec {
             .as_deref()
             .map(parse_size)
             .transpose()
-            .map_err(|e| format!("proxy.maxSize: {e}"))?;
+            .map_err(|source| ProxyConfigError::MaxSize { source })?;
         Ok(ProxyConfig {
             upstreams,
             max_size,
@@ -150,6 +195,7 @@ mod tests {
         serde_yaml_ng::from_str::<ProxySpec>(yaml)
             .map_err(|e| e.to_string())?
             .validate()
+            .map_err(|e| e.to_string())
     }
 
     #[test]
@@ -195,6 +241,31 @@ mod tests {
         for (yaml, needle) in errors {
             let error = spec(yaml).expect_err(yaml);
             assert!(error.contains(needle), "{yaml}: {error}");
+        }
+    }
+
+    #[test]
+    fn errors_name_the_upstream_and_the_value() {
+        let cases: &[(&str, &str)] = &[
+            (
+                "upstreams: [{name: x, url: 'http://h'}]",
+                r#"proxy.upstreams "x": url "http://h" is plain HTTP; set insecure: true to allow it"#,
+            ),
+            (
+                "upstreams: [{name: x, url: 'https://h', tagTtl: 10q}]",
+                r#"proxy.upstreams "x": tagTtl: invalid duration "10q": unknown unit "q" (ms, s, m, h, d)"#,
+            ),
+            (
+                "upstreams: [{name: x, url: 'https://h', username: u, passwordFile: /nonexistent/berth-pw}]",
+                r#"proxy.upstreams "x": passwordFile /nonexistent/berth-pw: No such file or directory (os error 2)"#,
+            ),
+            (
+                "maxSize: 5XB",
+                r#"proxy.maxSize: invalid size "5XB": unknown unit "XB""#,
+            ),
+        ];
+        for (yaml, message) in cases {
+            assert_eq!(spec(yaml).expect_err(yaml), *message, "{yaml}");
         }
     }
 }
