@@ -14,50 +14,18 @@ pub(super) struct Key {
     file: &'static str,
 }
 
-pub(super) const UPLOAD_MAX_AGE: Key = Key {
-    flag: "upload-max-age",
-    file: "uploadMaxAge",
-};
-pub(super) const SHUTDOWN_TIMEOUT: Key = Key {
-    flag: "shutdown-timeout",
-    file: "shutdownTimeout",
-};
-pub(super) const WORKERS: Key = Key {
-    flag: "workers",
-    file: "workers",
-};
-pub(super) const BODY_IDLE_TIMEOUT: Key = Key {
-    flag: "body-idle-timeout",
-    file: "bodyIdleTimeout",
-};
-pub(super) const BODY_TIMEOUT: Key = Key {
-    flag: "body-timeout",
-    file: "bodyTimeout",
-};
-pub(super) const BODY_MEMORY: Key = Key {
-    flag: "body-memory",
-    file: "bodyMemory",
-};
-pub(super) const MAX_UPLOAD_SESSIONS: Key = Key {
-    flag: "max-upload-sessions",
-    file: "maxUploadSessions",
-};
-pub(super) const MAX_CONCURRENT_UPLOADS: Key = Key {
-    flag: "max-concurrent-uploads",
-    file: "maxConcurrentUploads",
-};
-pub(super) const SEND_TIMEOUT: Key = Key {
-    flag: "send-timeout",
-    file: "sendTimeout",
-};
-pub(super) const POLICY_CONFIGMAP: Key = Key {
-    flag: "policy-configmap",
-    file: "policyConfigmap",
-};
-pub(super) const TLS_SECRET: Key = Key {
-    flag: "tls-secret",
-    file: "tlsSecret",
-};
+pub(super) const UPLOAD_MAX_AGE: Key = Key::new("upload-max-age", "uploadMaxAge");
+pub(super) const SHUTDOWN_TIMEOUT: Key = Key::new("shutdown-timeout", "shutdownTimeout");
+pub(super) const WORKERS: Key = Key::new("workers", "workers");
+pub(super) const BODY_IDLE_TIMEOUT: Key = Key::new("body-idle-timeout", "bodyIdleTimeout");
+pub(super) const BODY_TIMEOUT: Key = Key::new("body-timeout", "bodyTimeout");
+pub(super) const BODY_MEMORY: Key = Key::new("body-memory", "bodyMemory");
+pub(super) const MAX_UPLOAD_SESSIONS: Key = Key::new("max-upload-sessions", "maxUploadSessions");
+pub(super) const MAX_CONCURRENT_UPLOADS: Key =
+    Key::new("max-concurrent-uploads", "maxConcurrentUploads");
+pub(super) const SEND_TIMEOUT: Key = Key::new("send-timeout", "sendTimeout");
+pub(super) const POLICY_CONFIGMAP: Key = Key::new("policy-configmap", "policyConfigmap");
+pub(super) const TLS_SECRET: Key = Key::new("tls-secret", "tlsSecret");
 
 /// A value chosen by precedence (flag, else file, else default), remembering how the user spelled its key and
 /// the value, so that a range error names both as they were written.
@@ -67,6 +35,12 @@ pub(super) struct Chosen<T> {
     pub(super) key: String,
     /// The value as written in the file, or rendered from the flag's or default's parsed value.
     pub(super) shown: String,
+}
+
+impl Key {
+    const fn new(flag: &'static str, file: &'static str) -> Key {
+        Key { flag, file }
+    }
 }
 
 impl<T> Chosen<T> {
@@ -181,6 +155,39 @@ fn show_duration(duration: Duration) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    const KEYS: [Key; 11] = [
+        UPLOAD_MAX_AGE,
+        SHUTDOWN_TIMEOUT,
+        WORKERS,
+        BODY_IDLE_TIMEOUT,
+        BODY_TIMEOUT,
+        BODY_MEMORY,
+        MAX_UPLOAD_SESSIONS,
+        MAX_CONCURRENT_UPLOADS,
+        SEND_TIMEOUT,
+        POLICY_CONFIGMAP,
+        TLS_SECRET,
+    ];
+
+    /// An error must name a flag that exists and a key the file accepts.
+    #[test]
+    fn every_key_is_spelled_as_the_flags_and_the_file_spell_it() {
+        use clap::Args as _;
+        let serve = super::super::ServeArgs::augment_args(clap::Command::new("serve"));
+        for key in KEYS {
+            assert!(
+                serve
+                    .get_arguments()
+                    .any(|a| a.get_long() == Some(key.flag)),
+                "--{} is not a flag of berth serve",
+                key.flag
+            );
+            let yaml = format!("{}: ~\n", key.file);
+            let parsed = serde_yaml_ng::from_str::<super::super::args::FileConfig>(&yaml);
+            assert!(parsed.is_ok(), "{}: {parsed:?}", key.file);
+        }
+    }
 
     #[test]
     fn durations_are_shown_as_written() {
