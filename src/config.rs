@@ -1,114 +1,27 @@
-//! Settings: command-line flags and an optional YAML file (`--config`), merged once at start into a validated
-//! [`Config`]. Flags win over the file; the file wins over defaults.
+//! Settings: command-line flags, an optional YAML file (`--config`) and the environment, merged once at start into
+//! a validated [`Config`]. Flags win over the file; the file wins over the environment and the defaults.
+//!
+//! The environment and the file's content are inputs ([`Config::build`] is pure), so tests pass their own;
+//! subsystems define their own settings (`proxy::config`) and this module embeds them. Errors name the setting
+//! and the value; printing them and choosing the exit code is `main`'s job.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use serde::Deserialize;
+mod args;
+mod error;
+mod sources;
 
-/// Flags of `berth serve`. Every one is optional here so that the file can supply it.
-#[derive(Debug, Default, Clone, clap::Args)]
-pub struct ServeArgs {
-    /// YAML file with the same settings (camelCase keys); flags win.
-    #[arg(long, value_name = "FILE")]
-    pub config: Option<PathBuf>,
-    /// Address to listen on [default: 127.0.0.1:8443].
-    #[arg(long, value_name = "ADDR")]
-    pub listen: Option<SocketAddr>,
-    /// Where content is stored [default: ./data].
-    #[arg(long, value_name = "DIR")]
-    pub data_dir: Option<PathBuf>,
-    /// Where tls.crt/tls.key are read (or generated with a CA) [default: ./certs].
-    #[arg(long, value_name = "DIR")]
-    pub cert_dir: Option<PathBuf>,
-    /// Extra DNS name or IP address for a generated serving certificate (repeatable).
-    #[arg(long = "san", value_name = "NAME")]
-    pub sans: Vec<String>,
-    /// Serve plain HTTP (local development, or behind a TLS-terminating ingress).
-    #[arg(long)]
-    pub plain_http: bool,
-    /// Uploads untouched for this long are deleted, e.g. 30m, 24h [default: 24h].
-    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
-    pub upload_max_age: Option<Duration>,
-    /// How long in-flight requests may run after SIGTERM/SIGINT [default: 25s].
-    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
-    pub shutdown_timeout: Option<Duration>,
-    /// Longest pause in any request body before berth gives up on it [default: 30s].
-    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
-    pub body_idle_timeout: Option<Duration>,
-    /// Longest time a manifest or AdmissionReview body may take to arrive in all [default: 30s].
-    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
-    pub body_timeout: Option<Duration>,
-    /// Memory for manifest and AdmissionReview bodies being received, shared by all clients, e.g. 64MiB
-    /// [default: 64MiB].
-    #[arg(long, value_name = "SIZE", value_parser = crate::proxy::config::parse_size)]
-    pub body_memory: Option<u64>,
-    /// Upload sessions that may exist at once [default: 1024].
-    #[arg(long, value_name = "N")]
-    pub max_upload_sessions: Option<usize>,
-    /// Requests that may send blob data at once [default: 128].
-    #[arg(long, value_name = "N")]
-    pub max_concurrent_uploads: Option<usize>,
-    /// Longest time data sent to a client may stay unacknowledged (TCP_USER_TIMEOUT) [default: 60s].
-    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
-    pub send_timeout: Option<Duration>,
-    /// HTTP worker threads [default: the number of CPUs].
-    #[arg(long, value_name = "N")]
-    pub workers: Option<usize>,
-    /// Image policy file; read at start (invalid: berth refuses to start) and watched.
-    #[arg(long, value_name = "FILE", conflicts_with = "policy_configmap")]
-    pub policy_file: Option<PathBuf>,
-    /// Image policy ConfigMap (key policy.yaml), watched through the Kubernetes API.
-    #[arg(long, value_name = "NAMESPACE/NAME")]
-    pub policy_configmap: Option<String>,
-    /// berth's own namespace, never validated nor mutated [default: $POD_NAMESPACE, else berth-system].
-    #[arg(long, value_name = "NAMESPACE")]
-    pub namespace: Option<String>,
-    /// Manage the webhook certificates in the cluster: a Secret with a CA and serving certificate, and the
-    /// caBundle of the webhook configurations.
-    #[arg(long)]
-    pub manage_webhook_certs: bool,
-    /// Name of the Validating- and MutatingWebhookConfiguration whose caBundle berth keeps [default: berth].
-    #[arg(long, value_name = "NAME")]
-    pub webhook_config: Option<String>,
-    /// The Secret holding the managed certificates [default: <namespace>/berth-tls].
-    #[arg(long, value_name = "NAMESPACE/NAME")]
-    pub tls_secret: Option<String>,
-    /// The Service name the webhooks reach berth by [default: berth].
-    #[arg(long, value_name = "NAME")]
-    pub service_name: Option<String>,
-}
+pub use args::ServeArgs;
+pub use error::ConfigError;
 
-/// The YAML file: the same settings as the flags.
-#[derive(Debug, Default, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
-struct FileConfig {
-    listen: Option<SocketAddr>,
-    data_dir: Option<PathBuf>,
-    cert_dir: Option<PathBuf>,
-    #[serde(default)]
-    san: Vec<String>,
-    plain_http: Option<bool>,
-    upload_max_age: Option<String>,
-    shutdown_timeout: Option<String>,
-    workers: Option<usize>,
-    body_idle_timeout: Option<String>,
-    body_timeout: Option<String>,
-    body_memory: Option<String>,
-    max_upload_sessions: Option<usize>,
-    max_concurrent_uploads: Option<usize>,
-    send_timeout: Option<String>,
-    policy_file: Option<PathBuf>,
-    policy_configmap: Option<String>,
-    namespace: Option<String>,
-    manage_webhook_certs: Option<bool>,
-    webhook_config: Option<String>,
-    tls_secret: Option<String>,
-    service_name: Option<String>,
-    #[serde(default)]
-    proxy: Option<crate::proxy::config::ProxySpec>,
-}
+use args::FileConfig;
+use sources::{
+    Chosen, Key, BODY_IDLE_TIMEOUT, BODY_MEMORY, BODY_TIMEOUT, MAX_CONCURRENT_UPLOADS,
+    MAX_UPLOAD_SESSIONS, POLICY_CONFIGMAP, SEND_TIMEOUT, SHUTDOWN_TIMEOUT, TLS_SECRET,
+    UPLOAD_MAX_AGE, WORKERS,
+};
 
 /// Validated settings of `berth serve`.
 #[derive(Debug, Clone, PartialEq)]
@@ -163,92 +76,80 @@ impl Limits {
         /// sessions or streams is already far past what one process serves.
         const MAX_LIMIT_COUNT: usize = 1 << 20;
         let defaults = Limits::default();
-        let duration = |flag: Option<Duration>,
+        let duration = |key: Key,
+                        flag: Option<Duration>,
                         value: &Option<String>,
-                        key: &str,
                         default: Duration|
          -> Result<Duration, ConfigError> {
-            let chosen = match flag {
-                Some(d) => d,
-                None => value
-                    .as_deref()
-                    .map(parse_duration)
-                    .transpose()
-                    .map_err(|e| ConfigError::Invalid(format!("{key}: {e}")))?
-                    .unwrap_or(default),
-            };
-            if chosen.is_zero() {
-                return Err(ConfigError::Invalid(format!("{key} must be more than 0")));
+            let chosen = key.duration(flag, value.as_deref(), default)?;
+            if chosen.value.is_zero() {
+                return Err(chosen.out_of_range("more than 0".into()));
             }
             // Added to the clock on every request: a value past any sensible timeout would overflow it.
-            if chosen > MAX_LIMIT_DURATION {
-                return Err(ConfigError::Invalid(format!(
-                    "{key} must be at most {}d",
+            if chosen.value > MAX_LIMIT_DURATION {
+                return Err(chosen.out_of_range(format!(
+                    "at most {}d",
                     MAX_LIMIT_DURATION.as_secs() / 86_400
                 )));
             }
-            Ok(chosen)
+            Ok(chosen.value)
         };
-        let count = |flag: Option<usize>,
+        let count = |key: Key,
+                     flag: Option<usize>,
                      value: Option<usize>,
-                     key: &str,
                      default: usize|
          -> Result<usize, ConfigError> {
-            match flag.or(value).unwrap_or(default) {
-                0 => Err(ConfigError::Invalid(format!("{key} must be at least 1"))),
-                n if n > MAX_LIMIT_COUNT => Err(ConfigError::Invalid(format!(
-                    "{key} must be at most {MAX_LIMIT_COUNT}"
-                ))),
+            let chosen = key.count(flag, value, default);
+            match chosen.value {
+                0 => Err(chosen.out_of_range("at least 1".into())),
+                n if n > MAX_LIMIT_COUNT => {
+                    Err(chosen.out_of_range(format!("at most {MAX_LIMIT_COUNT}")))
+                }
                 n => Ok(n),
             }
         };
-        let body_memory = match args.body_memory {
-            Some(size) => size,
-            None => file
-                .body_memory
-                .as_deref()
-                .map(crate::proxy::config::parse_size)
-                .transpose()
-                .map_err(|e| ConfigError::Invalid(format!("bodyMemory: {e}")))?
-                .unwrap_or(defaults.body_memory),
-        };
+        let body_memory = BODY_MEMORY.size(
+            args.body_memory,
+            file.body_memory.as_deref(),
+            defaults.body_memory,
+        )?;
         // Room for at least one manifest of the largest size, or the limit refuses every big one.
-        if body_memory < 2 * crate::registry::manifest::MAX_MANIFEST_BYTES {
-            return Err(ConfigError::Invalid(format!(
-                "bodyMemory must be at least {} bytes (twice the largest manifest)",
+        if body_memory.value < 2 * crate::registry::manifest::MAX_MANIFEST_BYTES {
+            return Err(body_memory.out_of_range(format!(
+                "at least {} bytes (twice the largest manifest)",
                 2 * crate::registry::manifest::MAX_MANIFEST_BYTES
             )));
         }
         Ok(Limits {
             body_idle_timeout: duration(
+                BODY_IDLE_TIMEOUT,
                 args.body_idle_timeout,
                 &file.body_idle_timeout,
-                "bodyIdleTimeout",
                 defaults.body_idle_timeout,
             )?,
             body_timeout: duration(
+                BODY_TIMEOUT,
                 args.body_timeout,
                 &file.body_timeout,
-                "bodyTimeout",
                 defaults.body_timeout,
             )?,
-            body_memory,
+            body_memory: body_memory.value,
             max_upload_sessions: count(
+                MAX_UPLOAD_SESSIONS,
                 args.max_upload_sessions,
                 file.max_upload_sessions,
-                "maxUploadSessions",
                 defaults.max_upload_sessions,
             )?,
             max_concurrent_uploads: count(
+                MAX_CONCURRENT_UPLOADS,
                 args.max_concurrent_uploads,
                 file.max_concurrent_uploads,
-                "maxConcurrentUploads",
                 defaults.max_concurrent_uploads,
             )?,
             send_timeout: duration(
+                SEND_TIMEOUT,
                 args.send_timeout,
                 &file.send_timeout,
-                "sendTimeout",
                 defaults.send_timeout,
             )?,
         })
@@ -266,16 +167,17 @@ pub struct ManagedCerts {
 }
 
 /// Splits `NAMESPACE/NAME`.
-fn namespaced(reference: &str, what: &str) -> Result<(String, String), ConfigError> {
-    match reference.split_once('/') {
+fn namespaced(reference: &Chosen<String>) -> Result<(String, String), ConfigError> {
+    match reference.value.split_once('/') {
         Some((namespace, name))
             if !namespace.is_empty() && !name.is_empty() && !name.contains('/') =>
         {
             Ok((namespace.to_owned(), name.to_owned()))
         }
-        _ => Err(ConfigError::Invalid(format!(
-            "{what} {reference:?} must be written NAMESPACE/NAME"
-        ))),
+        _ => Err(ConfigError::NotNamespaced {
+            key: reference.key.clone(),
+            value: reference.value.clone(),
+        }),
     }
 }
 
@@ -291,140 +193,111 @@ pub enum PolicySource {
     },
 }
 
-#[derive(Debug, thiserror::Error)]
-pub enum ConfigError {
-    /// The config file could not be read.
-    #[error("config file {path}: {source}")]
-    Read {
-        path: PathBuf,
-        #[source]
-        source: std::io::Error,
-    },
-    /// The config file is not valid YAML of the expected shape.
-    #[error("config file {path}: {message}")]
-    Parse { path: PathBuf, message: String },
-    /// A value is out of range.
-    #[error("{0}")]
-    Invalid(String),
+/// The process environment as the config reads it: the value of a variable, or `None` when it is unset. `main`
+/// passes `std::env::var`; tests pass a map.
+pub type Environment<'a> = &'a dyn Fn(&str) -> Option<String>;
+
+/// The variable that names berth's own namespace when neither the flag nor the file does (the Downward API sets
+/// it in the pod).
+pub const NAMESPACE_VARIABLE: &str = "POD_NAMESPACE";
+
+/// The content of the `--config` file and where it was read from (for messages).
+#[derive(Debug, Clone)]
+pub struct ConfigFile {
+    pub path: PathBuf,
+    pub content: String,
 }
 
-/// Splits `500MB` into `(500, "MB")`: leading digits, then the (trimmed) unit. `None` without digits.
-pub(crate) fn split_quantity(text: &str) -> Option<(u64, &str)> {
-    let split = text
-        .find(|c: char| !c.is_ascii_digit())
-        .unwrap_or(text.len());
-    let (number, unit) = text.split_at(split);
-    Some((number.parse().ok()?, unit.trim()))
-}
-
-/// Parses durations like `90s`, `30m`, `24h`, `7d`, `500ms` (a bare number is seconds).
-pub fn parse_duration(text: &str) -> Result<Duration, String> {
-    let text = text.trim();
-    let (value, unit) = split_quantity(text)
-        .ok_or_else(|| format!("invalid duration {text:?}: expected e.g. 30s, 5m, 24h"))?;
-    let seconds = match unit {
-        "ms" => return Ok(Duration::from_millis(value)),
-        "" | "s" => 1,
-        "m" => 60,
-        "h" => 3600,
-        "d" => 86_400,
-        _ => {
-            return Err(format!(
-                "invalid duration {text:?}: unknown unit {unit:?} (ms, s, m, h, d)"
-            ))
-        }
-    };
-    value
-        .checked_mul(seconds)
-        .map(Duration::from_secs)
-        .ok_or_else(|| format!("duration {text:?} is too large"))
-}
-
-fn read_file(path: &Path) -> Result<FileConfig, ConfigError> {
-    let raw = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-        path: path.to_owned(),
-        source,
-    })?;
-    serde_yaml_ng::from_str::<Option<FileConfig>>(&raw)
-        .map(Option::unwrap_or_default)
-        .map_err(|e| ConfigError::Parse {
+impl ConfigFile {
+    pub fn read(path: &Path) -> Result<ConfigFile, ConfigError> {
+        let content = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
             path: path.to_owned(),
-            message: e.to_string(),
+            source,
+        })?;
+        Ok(ConfigFile {
+            path: path.to_owned(),
+            content,
         })
+    }
+
+    fn parse(&self) -> Result<FileConfig, ConfigError> {
+        serde_yaml_ng::from_str::<Option<FileConfig>>(&self.content)
+            .map(Option::unwrap_or_default)
+            .map_err(|source| ConfigError::Parse {
+                path: self.path.clone(),
+                source,
+            })
+    }
 }
 
 impl Config {
-    pub fn from_args(args: &ServeArgs) -> Result<Config, ConfigError> {
-        let file = match &args.config {
-            Some(path) => read_file(path)?,
+    /// Reads the file `--config` names, if any, then [`Config::build`]s. The only I/O of this module.
+    pub fn load(args: &ServeArgs, env: Environment<'_>) -> Result<Config, ConfigError> {
+        let file = args.config.as_deref().map(ConfigFile::read).transpose()?;
+        Config::build(args, file.as_ref(), env)
+    }
+
+    /// The validated settings from the flags, the config file's content and the environment. Pure.
+    ///
+    /// Precedence, for every setting: a flag wins over the file, the file over the default. The environment is
+    /// asked only for the namespace, after the flag and the file ([`NAMESPACE_VARIABLE`], ignored when empty).
+    /// `--san` values add to the file's `san` list; `--plain-http` and `--manage-webhook-certs` switch on
+    /// whatever the file says.
+    pub fn build(
+        args: &ServeArgs,
+        file: Option<&ConfigFile>,
+        env: Environment<'_>,
+    ) -> Result<Config, ConfigError> {
+        let file = match file {
+            Some(file) => file.parse()?,
             None => FileConfig::default(),
         };
-        let file_duration =
-            |value: &Option<String>, key: &str| -> Result<Option<Duration>, ConfigError> {
-                value
-                    .as_deref()
-                    .map(parse_duration)
-                    .transpose()
-                    .map_err(|e| ConfigError::Invalid(format!("{key}: {e}")))
-            };
         let mut sans = file.san.clone();
         sans.extend(args.sans.iter().cloned());
-        let workers = args.workers.or(file.workers).unwrap_or_else(|| {
-            std::thread::available_parallelism()
-                .map(|n| n.get())
-                .unwrap_or(1)
-        });
-        if workers == 0 {
-            return Err(ConfigError::Invalid("workers must be at least 1".into()));
+        let default_workers = std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(1);
+        let workers = WORKERS.count(args.workers, file.workers, default_workers);
+        if workers.value == 0 {
+            return Err(workers.out_of_range("at least 1".into()));
         }
         let limits = Limits::from_sources(args, &file)?;
-        let policy_file = args.policy_file.clone().or(file.policy_file);
-        let policy_configmap = args.policy_configmap.clone().or(file.policy_configmap);
+        let policy_file = args.policy_file.clone().or(file.policy_file.clone());
+        let policy_configmap = POLICY_CONFIGMAP.text(
+            args.policy_configmap.as_deref(),
+            file.policy_configmap.as_deref(),
+        );
         let policy = match (policy_file, policy_configmap) {
-            (Some(_), Some(_)) => {
-                return Err(ConfigError::Invalid(
-                    "give either a policy file or a policy ConfigMap, not both".into(),
-                ))
+            (Some(path), Some(reference)) => {
+                return Err(ConfigError::PolicyConflict {
+                    file: path,
+                    configmap: reference.value,
+                })
             }
             (Some(path), None) => PolicySource::File(path),
-            (None, Some(reference)) => match reference.split_once('/') {
-                Some((namespace, name))
-                    if !namespace.is_empty() && !name.is_empty() && !name.contains('/') =>
-                {
-                    PolicySource::ConfigMap {
-                        namespace: namespace.to_owned(),
-                        name: name.to_owned(),
-                    }
-                }
-                _ => {
-                    return Err(ConfigError::Invalid(format!(
-                        "policy ConfigMap {reference:?} must be written NAMESPACE/NAME"
-                    )))
-                }
-            },
+            (None, Some(reference)) => {
+                let (namespace, name) = namespaced(&reference)?;
+                PolicySource::ConfigMap { namespace, name }
+            }
             (None, None) => PolicySource::Default,
         };
         let namespace = args
             .namespace
             .clone()
-            .or(file.namespace)
-            .or_else(|| {
-                std::env::var("POD_NAMESPACE")
-                    .ok()
-                    .filter(|n| !n.is_empty())
-            })
+            .or(file.namespace.clone())
+            .or_else(|| env(NAMESPACE_VARIABLE).filter(|n| !n.is_empty()))
             .unwrap_or_else(|| "berth-system".to_owned());
         let managed_certs =
             if args.manage_webhook_certs || file.manage_webhook_certs.unwrap_or(false) {
                 let (secret_namespace, secret_name) =
-                    match args.tls_secret.clone().or(file.tls_secret) {
-                        Some(reference) => namespaced(&reference, "TLS Secret")?,
+                    match TLS_SECRET.text(args.tls_secret.as_deref(), file.tls_secret.as_deref()) {
+                        Some(reference) => namespaced(&reference)?,
                         None => (namespace.clone(), "berth-tls".to_owned()),
                     };
                 let service = args
                     .service_name
                     .clone()
-                    .or(file.service_name)
+                    .or(file.service_name.clone())
                     .unwrap_or_else(|| "berth".to_owned());
                 let mut names = vec![
                     format!("{service}.{namespace}.svc"),
@@ -441,7 +314,7 @@ impl Config {
                     webhook_config: args
                         .webhook_config
                         .clone()
-                        .or(file.webhook_config)
+                        .or(file.webhook_config.clone())
                         .unwrap_or_else(|| "berth".into()),
                     names,
                 })
@@ -449,7 +322,7 @@ impl Config {
                 None
             };
         let proxy = match &file.proxy {
-            Some(spec) => spec.validate().map_err(ConfigError::Invalid)?,
+            Some(spec) => spec.validate()?,
             None => crate::proxy::config::ProxyConfig::default(),
         };
         Ok(Config {
@@ -460,26 +333,30 @@ impl Config {
             data_dir: args
                 .data_dir
                 .clone()
-                .or(file.data_dir)
+                .or(file.data_dir.clone())
                 .unwrap_or_else(|| PathBuf::from("./data")),
             cert_dir: args
                 .cert_dir
                 .clone()
-                .or(file.cert_dir)
+                .or(file.cert_dir.clone())
                 .unwrap_or_else(|| PathBuf::from("./certs")),
             sans,
             plain_http: args.plain_http || file.plain_http.unwrap_or(false),
-            upload_max_age: match args.upload_max_age {
-                Some(age) => age,
-                None => file_duration(&file.upload_max_age, "uploadMaxAge")?
-                    .unwrap_or(Duration::from_secs(24 * 3600)),
-            },
-            shutdown_timeout: match args.shutdown_timeout {
-                Some(timeout) => timeout,
-                None => file_duration(&file.shutdown_timeout, "shutdownTimeout")?
-                    .unwrap_or(Duration::from_secs(25)),
-            },
-            workers,
+            upload_max_age: UPLOAD_MAX_AGE
+                .duration(
+                    args.upload_max_age,
+                    file.upload_max_age.as_deref(),
+                    Duration::from_secs(24 * 3600),
+                )?
+                .value,
+            shutdown_timeout: SHUTDOWN_TIMEOUT
+                .duration(
+                    args.shutdown_timeout,
+                    file.shutdown_timeout.as_deref(),
+                    Duration::from_secs(25),
+                )?
+                .value,
+            workers: workers.value,
             limits,
             policy,
             namespace,
@@ -493,29 +370,14 @@ impl Config {
 mod tests {
     use super::*;
 
-    #[test]
-    fn durations() {
-        let cases: &[(&str, Option<Duration>)] = &[
-            ("30", Some(Duration::from_secs(30))),
-            ("30s", Some(Duration::from_secs(30))),
-            ("5m", Some(Duration::from_secs(300))),
-            ("24h", Some(Duration::from_secs(86_400))),
-            ("2d", Some(Duration::from_secs(172_800))),
-            ("250ms", Some(Duration::from_millis(250))),
-            ("", None),
-            ("m", None),
-            ("5w", None),
-            ("-5s", None),
-            ("99999999999999999999d", None),
-        ];
-        for (text, expected) in cases {
-            assert_eq!(parse_duration(text).ok(), *expected, "{text:?}");
-        }
+    /// The config from flags (and the file they name) in an empty environment.
+    fn from_args(args: &ServeArgs) -> Result<Config, ConfigError> {
+        Config::load(args, &|_| None)
     }
 
     #[test]
     fn defaults() {
-        let config = Config::from_args(&ServeArgs::default()).expect("defaults");
+        let config = from_args(&ServeArgs::default()).expect("defaults");
         assert_eq!(config.listen.to_string(), "127.0.0.1:8443");
         assert_eq!(config.data_dir, PathBuf::from("./data"));
         assert_eq!(config.cert_dir, PathBuf::from("./certs"));
@@ -531,7 +393,7 @@ mod tests {
             ..ServeArgs::default()
         };
         assert_eq!(
-            Config::from_args(&args).map(|c| c.policy).ok(),
+            from_args(&args).map(|c| c.policy).ok(),
             Some(PolicySource::ConfigMap {
                 namespace: "berth-system".into(),
                 name: "berth-policy".into()
@@ -543,7 +405,7 @@ mod tests {
                 ..ServeArgs::default()
             };
             assert!(
-                matches!(Config::from_args(&args), Err(ConfigError::Invalid(_))),
+                matches!(from_args(&args), Err(ConfigError::NotNamespaced { .. })),
                 "{bad}"
             );
         }
@@ -552,7 +414,7 @@ mod tests {
             namespace: Some("ops".into()),
             ..ServeArgs::default()
         };
-        let config = Config::from_args(&args).expect("config");
+        let config = from_args(&args).expect("config");
         assert_eq!(config.policy, PolicySource::File("p.yaml".into()));
         assert_eq!(config.namespace, "ops");
         assert_eq!(config.managed_certs, None);
@@ -566,7 +428,7 @@ mod tests {
             sans: vec!["127.0.0.1".into()],
             ..ServeArgs::default()
         };
-        let managed = Config::from_args(&args)
+        let managed = from_args(&args)
             .expect("config")
             .managed_certs
             .expect("managed");
@@ -591,8 +453,8 @@ mod tests {
             ..args
         };
         assert!(matches!(
-            Config::from_args(&args),
-            Err(ConfigError::Invalid(_))
+            from_args(&args),
+            Err(ConfigError::NotNamespaced { .. })
         ));
     }
 
@@ -611,7 +473,7 @@ mod tests {
             sans: vec!["b.example".into()],
             ..ServeArgs::default()
         };
-        let config = Config::from_args(&args).expect("config");
+        let config = from_args(&args).expect("config");
         assert_eq!(config.listen.to_string(), "0.0.0.0:9000");
         assert_eq!(config.data_dir, PathBuf::from("/flag/data"));
         assert_eq!(config.sans, ["a.example", "b.example"]);
@@ -622,9 +484,7 @@ mod tests {
     #[test]
     fn limits_from_flags_and_file() {
         assert_eq!(
-            Config::from_args(&ServeArgs::default())
-                .map(|c| c.limits)
-                .ok(),
+            from_args(&ServeArgs::default()).map(|c| c.limits).ok(),
             Some(Limits::default())
         );
         let dir = tempfile::tempdir().expect("tempdir");
@@ -640,7 +500,7 @@ mod tests {
             max_concurrent_uploads: Some(2),
             ..ServeArgs::default()
         };
-        let limits = Config::from_args(&args).expect("config").limits;
+        let limits = from_args(&args).expect("config").limits;
         assert_eq!(limits.body_idle_timeout, Duration::from_secs(5));
         assert_eq!(limits.body_timeout, Duration::from_secs(30));
         assert_eq!(limits.body_memory, 16 << 20);
@@ -658,12 +518,15 @@ mod tests {
             "maxConcurrentUploads: 18446744073709551615\n",
         ] {
             std::fs::write(&path, bad).expect("write");
-            let error = Config::from_args(&ServeArgs {
+            let error = from_args(&ServeArgs {
                 config: Some(path.clone()),
                 ..ServeArgs::default()
             })
             .expect_err(bad);
-            assert!(matches!(error, ConfigError::Invalid(_)), "{bad}: {error}");
+            assert!(
+                matches!(error, ConfigError::OutOfRange { .. }),
+                "{bad}: {error}"
+            );
         }
     }
 
@@ -672,14 +535,14 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let path = dir.path().join("berth.yaml");
         std::fs::write(&path, "lisen: 0.0.0.0:9000\n").expect("write");
-        let error = Config::from_args(&ServeArgs {
+        let error = from_args(&ServeArgs {
             config: Some(path.clone()),
             ..ServeArgs::default()
         })
         .expect_err("unknown field");
         assert!(error.to_string().contains("lisen"), "{error}");
         std::fs::write(&path, "uploadMaxAge: soon\n").expect("write");
-        let error = Config::from_args(&ServeArgs {
+        let error = from_args(&ServeArgs {
             config: Some(path),
             ..ServeArgs::default()
         })
@@ -689,9 +552,206 @@ mod tests {
             config: Some(dir.path().join("nope.yaml")),
             ..ServeArgs::default()
         };
-        assert!(matches!(
-            Config::from_args(&missing),
-            Err(ConfigError::Read { .. })
-        ));
+        assert!(matches!(from_args(&missing), Err(ConfigError::Read { .. })));
+    }
+
+    /// The error for `args` with `yaml` as the config file's content, in an empty environment.
+    fn error_of(args: &ServeArgs, yaml: &str) -> String {
+        let file = ConfigFile {
+            path: "berth.yaml".into(),
+            content: yaml.to_owned(),
+        };
+        match Config::build(args, Some(&file), &|_| None) {
+            Ok(config) => panic!("{yaml:?} with {args:?} accepted: {config:?}"),
+            Err(error) => error.to_string(),
+        }
+    }
+
+    #[test]
+    fn errors_name_the_key_and_the_value() {
+        let none = ServeArgs::default();
+        let smallest_body_memory = 2 * crate::registry::manifest::MAX_MANIFEST_BYTES;
+        let cases: Vec<(ServeArgs, &str, String)> = vec![
+            (
+                none.clone(),
+                "bodyTimeout: 10q\n",
+                r#"bodyTimeout: invalid duration "10q": unknown unit "q" (ms, s, m, h, d)"#.into(),
+            ),
+            (
+                none.clone(),
+                "uploadMaxAge: soon\n",
+                r#"uploadMaxAge: invalid duration "soon": expected e.g. 30s, 5m, 24h"#.into(),
+            ),
+            (
+                none.clone(),
+                "bodyMemory: lots\n",
+                r#"bodyMemory: invalid size "lots": expected e.g. 500MB or 20GiB"#.into(),
+            ),
+            (
+                none.clone(),
+                "bodyTimeout: 0s\n",
+                "bodyTimeout 0s is out of range: it must be more than 0".into(),
+            ),
+            (
+                ServeArgs {
+                    body_timeout: Some(Duration::ZERO),
+                    ..ServeArgs::default()
+                },
+                "bodyTimeout: 5s\n",
+                "--body-timeout 0s is out of range: it must be more than 0".into(),
+            ),
+            (
+                none.clone(),
+                "sendTimeout: 366d\n",
+                "sendTimeout 366d is out of range: it must be at most 365d".into(),
+            ),
+            (
+                ServeArgs {
+                    body_idle_timeout: Some(Duration::from_secs(366 * 86_400)),
+                    ..ServeArgs::default()
+                },
+                "",
+                "--body-idle-timeout 366d is out of range: it must be at most 365d".into(),
+            ),
+            (
+                none.clone(),
+                "maxUploadSessions: 0\n",
+                "maxUploadSessions 0 is out of range: it must be at least 1".into(),
+            ),
+            (
+                ServeArgs {
+                    max_concurrent_uploads: Some(usize::MAX),
+                    ..ServeArgs::default()
+                },
+                "",
+                format!(
+                    "--max-concurrent-uploads {} is out of range: it must be at most 1048576",
+                    usize::MAX
+                ),
+            ),
+            (
+                ServeArgs {
+                    workers: Some(0),
+                    ..ServeArgs::default()
+                },
+                "",
+                "--workers 0 is out of range: it must be at least 1".into(),
+            ),
+            (
+                none.clone(),
+                "bodyMemory: 1MiB\n",
+                format!(
+                    "bodyMemory 1MiB is out of range: it must be at least {smallest_body_memory} bytes (twice the largest manifest)"
+                ),
+            ),
+            (
+                none.clone(),
+                "policyConfigmap: berth-policy\n",
+                r#"policyConfigmap "berth-policy" must be written NAMESPACE/NAME"#.into(),
+            ),
+            (
+                ServeArgs {
+                    policy_configmap: Some("a/b/c".into()),
+                    ..ServeArgs::default()
+                },
+                "",
+                r#"--policy-configmap "a/b/c" must be written NAMESPACE/NAME"#.into(),
+            ),
+            (
+                ServeArgs {
+                    policy_file: Some("p.yaml".into()),
+                    ..ServeArgs::default()
+                },
+                "policyConfigmap: ns/p\n",
+                r#"give either a policy file ("p.yaml") or a policy ConfigMap ("ns/p"), not both"#
+                    .into(),
+            ),
+            (
+                none.clone(),
+                "manageWebhookCerts: true\ntlsSecret: nope\n",
+                r#"tlsSecret "nope" must be written NAMESPACE/NAME"#.into(),
+            ),
+            (
+                none.clone(),
+                "proxy: {maxSize: lots}\n",
+                r#"proxy.maxSize: invalid size "lots": expected e.g. 500MB or 20GiB"#.into(),
+            ),
+        ];
+        for (args, yaml, expected) in cases {
+            assert_eq!(error_of(&args, yaml), expected, "{yaml:?} with {args:?}");
+        }
+        let unknown = error_of(&none, "lisen: 0.0.0.0:9000\n");
+        assert!(
+            unknown.starts_with("config file berth.yaml: unknown field `lisen`"),
+            "{unknown}"
+        );
+    }
+
+    #[test]
+    fn a_flag_wins_over_a_bad_file_value() {
+        let args = ServeArgs {
+            body_timeout: Some(Duration::from_secs(3)),
+            ..ServeArgs::default()
+        };
+        let file = ConfigFile {
+            path: "berth.yaml".into(),
+            content: "bodyTimeout: 10q\n".into(),
+        };
+        let config = Config::build(&args, Some(&file), &|_| None).expect("the flag wins");
+        assert_eq!(config.limits.body_timeout, Duration::from_secs(3));
+    }
+
+    #[test]
+    fn the_namespace_comes_from_the_environment_after_flag_and_file() {
+        let file = |yaml: &str| ConfigFile {
+            path: "berth.yaml".into(),
+            content: yaml.to_owned(),
+        };
+        let flag = ServeArgs {
+            namespace: Some("from-flag".into()),
+            ..ServeArgs::default()
+        };
+        let none = ServeArgs::default();
+        // (flags, file, $POD_NAMESPACE) → namespace
+        let cases: Vec<(&ServeArgs, Option<ConfigFile>, Option<&str>, &str)> = vec![
+            (&none, None, None, "berth-system"),
+            (&none, None, Some("from-env"), "from-env"),
+            (&none, None, Some(""), "berth-system"),
+            (
+                &none,
+                Some(file("namespace: from-file\n")),
+                Some("from-env"),
+                "from-file",
+            ),
+            (
+                &flag,
+                Some(file("namespace: from-file\n")),
+                Some("from-env"),
+                "from-flag",
+            ),
+        ];
+        for (args, file, variable, expected) in cases {
+            let lookup = |name: &str| {
+                variable
+                    .filter(|_| name == NAMESPACE_VARIABLE)
+                    .map(str::to_owned)
+            };
+            let config = Config::build(args, file.as_ref(), &lookup).expect("config");
+            assert_eq!(config.namespace, expected, "{args:?} {file:?} {variable:?}");
+        }
+        // The environment's namespace is also where the managed certificates' Secret and names go.
+        let managed = Config::build(
+            &ServeArgs {
+                manage_webhook_certs: true,
+                ..ServeArgs::default()
+            },
+            None,
+            &|name| (name == NAMESPACE_VARIABLE).then(|| "ops".to_owned()),
+        )
+        .expect("config")
+        .managed_certs
+        .expect("managed");
+        assert_eq!(managed.secret_namespace, "ops");
+        assert_eq!(managed.names[0], "berth.ops.svc");
     }
 }

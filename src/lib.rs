@@ -21,6 +21,7 @@ pub mod proxy;
 pub mod registry;
 pub mod server;
 pub mod tls;
+pub mod units;
 pub mod v2;
 
 use actix_web::web;

@@ -157,7 +157,7 @@ fn main() -> ExitCode {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
     let cli = Cli::parse();
     match cli.command {
-        Command::Serve(args) => match Config::from_args(&args) {
+        Command::Serve(args) => match Config::load(&args, &|name| std::env::var(name).ok()) {
             Ok(config) => exit(
                 actix_web::rt::System::new()
                     .block_on(berth::server::serve(config))

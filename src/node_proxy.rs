@@ -14,10 +14,10 @@ use actix_web::http::{header, Method, StatusCode};
 use actix_web::middleware::Logger;
 use actix_web::{web, App, HttpRequest, HttpResponse, HttpServer, ResponseError};
 use futures_util::TryStreamExt;
-use serde_json::json;
 
 use crate::registry::names::{Digest, Reference};
-use crate::registry::RegistryError;
+use crate::registry::response::{envelope, envelope_with};
+use crate::registry::{ErrorCode, RegistryError};
 use crate::v2::route::{parse_route, Route};
 
 /// Flags of `berth node-proxy`.
@@ -33,10 +33,10 @@ pub struct NodeProxyArgs {
     #[arg(long, value_name = "FILE")]
     pub ca_file: Option<PathBuf>,
     /// How long to wait for a connection to berth before answering 503.
-    #[arg(long, default_value = "2s", value_parser = crate::config::parse_duration)]
+    #[arg(long, default_value = "2s", value_parser = crate::units::parse_duration)]
     pub connect_timeout: Duration,
     /// How long a response from berth may stall before the pull is cut off.
-    #[arg(long, default_value = "60s", value_parser = crate::config::parse_duration)]
+    #[arg(long, default_value = "60s", value_parser = crate::units::parse_duration)]
     pub read_timeout: Duration,
     /// HTTP worker threads.
     #[arg(long, default_value_t = 2)]
@@ -191,10 +191,6 @@ pub async fn run(args: NodeProxyArgs) -> Result<(), NodeProxyError> {
         .map_err(|source| NodeProxyError::Listen { addr, source })
 }
 
-fn oci_error(status: StatusCode, code: &str, message: String) -> HttpResponse {
-    HttpResponse::build(status).json(json!({ "errors": [{ "code": code, "message": message }] }))
-}
-
 /// The path berth is asked for: `path` parsed by the registry's own route grammar ([`parse_route`]) and written
 /// out again in canonical form, so only registry pulls leave the node and no dot segment, escape or odd spelling
 /// reaches berth (an HTTP client resolves `/v2/../readyz` and `/v2/%2e%2e/readyz` to `/readyz`). Pure.
@@ -225,13 +221,15 @@ pub fn upstream_path(path: &str) -> Result<String, RegistryError> {
 
 async fn forward(req: HttpRequest, upstream: web::Data<Upstream>) -> HttpResponse {
     if !matches!(*req.method(), Method::GET | Method::HEAD) {
-        return oci_error(
+        let message = format!(
+            "the node-local endpoint only serves pulls; push to the registry at {} instead",
+            upstream.base
+        );
+        return envelope(
             StatusCode::METHOD_NOT_ALLOWED,
-            "UNSUPPORTED",
-            format!(
-                "the node-local endpoint only serves pulls; push to the registry at {} instead",
-                upstream.base
-            ),
+            ErrorCode::Unsupported,
+            &message,
+            None,
         );
     }
     let method = if req.method() == Method::HEAD {
@@ -262,15 +260,10 @@ async fn forward(req: HttpRequest, upstream: web::Data<Upstream>) -> HttpRespons
                 req.method(),
                 upstream.base
             );
-            let mut response = oci_error(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "UNKNOWN",
-                format!("berth at {} is unreachable; retry later", upstream.base),
-            );
-            response
-                .headers_mut()
-                .insert(header::RETRY_AFTER, header::HeaderValue::from_static("5"));
-            return response;
+            let mut response = HttpResponse::build(StatusCode::SERVICE_UNAVAILABLE);
+            response.insert_header((header::RETRY_AFTER, "5"));
+            let message = format!("berth at {} is unreachable; retry later", upstream.base);
+            return envelope_with(response, ErrorCode::Unknown, &message, None);
         }
     };
     let status =
@@ -298,6 +291,7 @@ async fn forward(req: HttpRequest, upstream: web::Data<Upstream>) -> HttpRespons
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde_json::json;
 
     /// `path` → the path forwarded to berth, or the status and OCI code answered locally.
     fn check(path: &str, expected: Result<&str, (u16, &str)>) {

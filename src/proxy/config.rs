@@ -1,11 +1,60 @@
 //! The `proxy:` section of the config file: upstream registries berth serves through its cache.
+//!
+//! The proxy defines its own settings here and validates them; `config.rs` embeds them in the validated `Config`.
+//! This module must not import `config.rs` (the dependency goes one way: config → proxy settings).
 
 use std::path::PathBuf;
 use std::time::Duration;
 
 use serde::Deserialize;
 
-use crate::config::parse_duration;
+use crate::units::{parse_duration, parse_size, UnitError};
+
+/// Why the `proxy:` section was refused. Each message names the upstream (or `proxy.maxSize`) and the value.
+#[derive(Debug, thiserror::Error)]
+pub enum ProxyConfigError {
+    /// An upstream name that is not a single repository-name component.
+    #[error(
+        "proxy.upstreams {name:?}: the name must be one lowercase path component, like docker.io"
+    )]
+    Name { name: String },
+    /// Two upstreams with one name.
+    #[error("proxy.upstreams {name:?}: the name is used twice")]
+    DuplicateName { name: String },
+    /// A plain `http://` URL without `insecure: true`.
+    #[error("proxy.upstreams {name:?}: url {url:?} is plain HTTP; set insecure: true to allow it")]
+    PlainHttp { name: String, url: String },
+    /// A URL that is neither https:// nor (allowed) http://.
+    #[error("proxy.upstreams {name:?}: url {url:?} must start with https://")]
+    Scheme { name: String, url: String },
+    /// Both `password` and `passwordFile`.
+    #[error("proxy.upstreams {name:?}: give password or passwordFile, not both")]
+    TwoPasswords { name: String },
+    /// The `passwordFile` cannot be read.
+    #[error("proxy.upstreams {name:?}: passwordFile {}: {source}", path.display())]
+    PasswordFile {
+        name: String,
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    /// A username without a password, or the reverse.
+    #[error("proxy.upstreams {name:?}: username and password go together")]
+    HalfCredentials { name: String },
+    /// A `tagTtl` that is not a duration.
+    #[error("proxy.upstreams {name:?}: tagTtl: {source}")]
+    TagTtl {
+        name: String,
+        #[source]
+        source: UnitError,
+    },
+    /// A `maxSize` that is not a size.
+    #[error("proxy.maxSize: {source}")]
+    MaxSize {
+        #[source]
+        source: UnitError,
+    },
+}
 
 /// As written in the config file.
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -60,48 +109,24 @@ pub struct ProxyConfig {
 /// The default time a tag is trusted before it is revalidated.
 pub const DEFAULT_TAG_TTL: Duration = Duration::from_secs(300);
 
-/// Parses sizes like `500MB`, `20GiB`, `1024` (bytes).
-pub fn parse_size(text: &str) -> Result<u64, String> {
-    let text = text.trim();
-    let (value, unit) = crate::config::split_quantity(text)
-        .ok_or_else(|| format!("invalid size {text:?}: expected e.g. 500MB or 20GiB"))?;
-    let factor: u64 = match unit {
-        "" | "B" => 1,
-        "KB" => 1000,
-        "MB" => 1000u64.pow(2),
-        "GB" => 1000u64.pow(3),
-        "TB" => 1000u64.pow(4),
-        "KiB" => 1 << 10,
-        "MiB" => 1 << 20,
-        "GiB" => 1 << 30,
-        "TiB" => 1 << 40,
-        other => return Err(format!("invalid size {text:?}: unknown unit {other:?}")),
-    };
-    value
-        .checked_mul(factor)
-        .ok_or_else(|| format!("size {text:?} is too large"))
-}
-
 /// Upstream names are single path components of a repository name (`docker.io`, `ghcr.io`, `internal`).
 fn valid_name(name: &str) -> bool {
     !name.is_empty() && !name.contains('/') && crate::registry::names::RepoName::parse(name).is_ok()
 }
 
 impl ProxySpec {
-    pub fn validate(&self) -> Result<ProxyConfig, String> {
+    pub fn validate(&self) -> Result<ProxyConfig, ProxyConfigError> {
         let mut upstreams = Vec::new();
         for spec in &self.upstreams {
-            let context = format!("proxy.upstreams {:?}", spec.name);
+            let name = || spec.name.clone();
             if !valid_name(&spec.name) {
-                return Err(format!(
-                    "{context}: the name must be one lowercase path component, like docker.io"
-                ));
+                return Err(ProxyConfigError::Name { name: name() });
             }
             if upstreams
                 .iter()
                 .any(|u: &UpstreamConfig| u.name == spec.name)
             {
-                return Err(format!("{context}: the name is used twice"));
+                return Err(ProxyConfigError::DuplicateName { name: name() });
             }
             let url = spec.url.trim_end_matches('/').to_owned();
             match (
@@ -110,22 +135,20 @@ impl ProxySpec {
             ) {
                 (Some("https"), _) | (Some("http"), true) => {}
                 (Some("http"), false) => {
-                    return Err(format!(
-                        "{context}: url {url:?} is plain HTTP; set insecure: true to allow it"
-                    ))
+                    return Err(ProxyConfigError::PlainHttp { name: name(), url })
                 }
-                _ => return Err(format!("{context}: url {url:?} must start with https://")),
+                _ => return Err(ProxyConfigError::Scheme { name: name(), url }),
             }
             let password = match (&spec.password, &spec.password_file) {
-                (Some(_), Some(_)) => {
-                    return Err(format!(
-                        "{context}: give password or passwordFile, not both"
-                    ))
-                }
+                (Some(_), Some(_)) => return Err(ProxyConfigError::TwoPasswords { name: name() }),
                 (Some(password), None) => Some(password.clone()),
                 (None, Some(path)) => Some(
                     std::fs::read_to_string(path)
-                        .map_err(|e| format!("{context}: passwordFile {}: {e}", path.display()))?
+                        .map_err(|source| ProxyConfigError::PasswordFile {
+                            name: name(),
+                            path: path.clone(),
+                            source,
+                        })?
                         .trim_end_matches(['\n', '\r'])
                         .to_owned(),
                 ),
@@ -134,10 +157,13 @@ impl ProxySpec {
             let credentials = match (&spec.username, password) {
                 (Some(user), Some(password)) => Some((user.clone(), password)),
                 (None, None) => None,
-                _ => return Err(format!("{context}: username and password go together")),
+                _ => return Err(ProxyConfigError::HalfCredentials { name: name() }),
             };
             let tag_ttl = match &spec.tag_ttl {
-                Some(ttl) => parse_duration(ttl).map_err(|e| format!("{context}: tagTtl: {e}"))?,
+                Some(ttl) => parse_duration(ttl).map_err(|source| ProxyConfigError::TagTtl {
+                    name: name(),
+                    source,
+                })?,
                 None => DEFAULT_TAG_TTL,
             };
             upstreams.push(UpstreamConfig {
@@ -153,7 +179,7 @@ impl ProxySpec {
             .as_deref()
             .map(parse_size)
             .transpose()
-            .map_err(|e| format!("proxy.maxSize: {e}"))?;
+            .map_err(|source| ProxyConfigError::MaxSize { source })?;
         Ok(ProxyConfig {
             upstreams,
             max_size,
@@ -165,27 +191,11 @@ impl ProxySpec {
 mod tests {
     use super::*;
 
-    #[test]
-    fn sizes() {
-        let cases: &[(&str, Option<u64>)] = &[
-            ("1024", Some(1024)),
-            ("500MB", Some(500_000_000)),
-            ("20GiB", Some(20 << 30)),
-            ("1 KiB", Some(1024)),
-            ("", None),
-            ("GB", None),
-            ("5XB", None),
-            ("99999999999TiB", None),
-        ];
-        for (text, expected) in cases {
-            assert_eq!(parse_size(text).ok(), *expected, "{text:?}");
-        }
-    }
-
     fn spec(yaml: &str) -> Result<ProxyConfig, String> {
         serde_yaml_ng::from_str::<ProxySpec>(yaml)
             .map_err(|e| e.to_string())?
             .validate()
+            .map_err(|e| e.to_string())
     }
 
     #[test]
@@ -231,6 +241,31 @@ mod tests {
         for (yaml, needle) in errors {
             let error = spec(yaml).expect_err(yaml);
             assert!(error.contains(needle), "{yaml}: {error}");
+        }
+    }
+
+    #[test]
+    fn errors_name_the_upstream_and_the_value() {
+        let cases: &[(&str, &str)] = &[
+            (
+                "upstreams: [{name: x, url: 'http://h'}]",
+                r#"proxy.upstreams "x": url "http://h" is plain HTTP; set insecure: true to allow it"#,
+            ),
+            (
+                "upstreams: [{name: x, url: 'https://h', tagTtl: 10q}]",
+                r#"proxy.upstreams "x": tagTtl: invalid duration "10q": unknown unit "q" (ms, s, m, h, d)"#,
+            ),
+            (
+                "upstreams: [{name: x, url: 'https://h', username: u, passwordFile: /nonexistent/berth-pw}]",
+                r#"proxy.upstreams "x": passwordFile /nonexistent/berth-pw: No such file or directory (os error 2)"#,
+            ),
+            (
+                "maxSize: 5XB",
+                r#"proxy.maxSize: invalid size "5XB": unknown unit "XB""#,
+            ),
+        ];
+        for (yaml, message) in cases {
+            assert_eq!(spec(yaml).expect_err(yaml), *message, "{yaml}");
         }
     }
 }

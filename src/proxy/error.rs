@@ -9,7 +9,8 @@ use std::sync::Arc;
 use actix_web::http::{header, StatusCode};
 use actix_web::{HttpResponse, ResponseError};
 
-use crate::registry::error::{envelope, ErrorCode, RegistryError};
+use crate::registry::error::{ErrorCode, RegistryError};
+use crate::registry::response::envelope_with;
 
 pub type Result<T, E = ProxyError> = std::result::Result<T, E>;
 
@@ -36,6 +37,12 @@ pub enum ProxyError {
 impl From<RegistryError> for ProxyError {
     fn from(error: RegistryError) -> Self {
         ProxyError::Registry(Arc::new(error))
+    }
+}
+
+impl From<crate::registry::names::NameError> for ProxyError {
+    fn from(error: crate::registry::names::NameError) -> Self {
+        RegistryError::from(error).into()
     }
 }
 
@@ -81,7 +88,7 @@ impl ResponseError for ProxyError {
         if let Some(retry_after) = retry_after {
             response.insert_header((header::RETRY_AFTER, retry_after));
         }
-        envelope(response, code, &message)
+        envelope_with(response, code, &message, None)
     }
 }
 

@@ -17,9 +17,9 @@ pub mod config;
 pub mod error;
 mod eviction;
 mod fetch;
+pub mod http;
 mod locked;
 mod manifests;
-pub mod http;
 mod target;
 pub mod upstream;
 

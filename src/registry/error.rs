@@ -1,13 +1,12 @@
-//! The registry's errors and their one mapping to HTTP: status, OCI error code, JSON envelope.
+//! The registry's errors as a domain enum, and the OCI error codes they are reported with.
 //!
-//! Every handler returns `Result<HttpResponse, RegistryError>`; this module is the only place that decides what a
-//! client sees for a failure. Client mistakes are 4xx with the distribution-spec code; storage failures are a 500
-//! whose cause is logged here and not shown to the client.
+//! Every handler returns `Result<HttpResponse, RegistryError>`. What a client sees for a failure (status,
+//! headers, the JSON envelope) is decided in [`super::response`], on the HTTP side; this module knows nothing of
+//! HTTP and must not import actix-web.
 
-use actix_web::http::{header, StatusCode};
-use actix_web::{HttpResponse, ResponseError};
 use serde::Serialize;
 
+use super::names::NameError;
 use super::storage::StorageError;
 
 /// The error codes of the OCI distribution-spec, serialised as the spec writes them.
@@ -162,9 +161,10 @@ impl RegistryError {
 
     /// On reads, a reference that is neither a tag nor a digest names nothing that could exist: it is not found
     /// (404 `MANIFEST_UNKNOWN`, as the conformance suite expects), where a push of it is invalid. A malformed
-    /// digest stays `DIGEST_INVALID`.
-    pub fn unknown_if_invalid_reference(self) -> Self {
-        match self {
+    /// digest stays `DIGEST_INVALID`. Takes a [`NameError`] or a `RegistryError`, so it serves as
+    /// `Reference::parse(r).map_err(RegistryError::unknown_if_invalid_reference)`.
+    pub fn unknown_if_invalid_reference(error: impl Into<RegistryError>) -> Self {
+        match error.into() {
             RegistryError::ManifestInvalidReference(reference) => {
                 RegistryError::ManifestUnknown(reference)
             }
@@ -173,286 +173,14 @@ impl RegistryError {
     }
 }
 
-#[derive(Serialize)]
-struct Envelope<'a> {
-    errors: [ErrorBody<'a>; 1],
-}
-
-#[derive(Serialize)]
-struct ErrorBody<'a> {
-    code: ErrorCode,
-    message: &'a str,
-}
-
-impl ResponseError for RegistryError {
-    fn status_code(&self) -> StatusCode {
-        use RegistryError::*;
-        match self {
-            BlobUnknown(_) | BlobUploadUnknown(_) | ManifestUnknown(_) | NameUnknown(_)
-            | NotFound(_) => StatusCode::NOT_FOUND,
-            ChunkOutOfOrder { .. } | ContentRangeInvalid { .. } | RangeNotSatisfiable { .. } => {
-                StatusCode::RANGE_NOT_SATISFIABLE
-            }
-            TooManyTags { .. } => StatusCode::URI_TOO_LONG,
-            ManifestTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
-            MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
-            Unsupported(_) => StatusCode::METHOD_NOT_ALLOWED,
-            Storage(_) => StatusCode::INTERNAL_SERVER_ERROR,
-            Busy { .. } => StatusCode::TOO_MANY_REQUESTS,
-            BodyTimeout(_) => StatusCode::REQUEST_TIMEOUT,
-            BlobUploadInvalid(_)
-            | DigestInvalid(_)
-            | ManifestBlobUnknown(_)
-            | ManifestInvalid(_)
-            | ManifestInvalidReference(_)
-            | TagInvalid(_)
-            | NameInvalid(_)
-            | SizeInvalid(_)
-            | BadRequest(_)
-            | PaginationNumberInvalid(_)
-            | Body(_) => StatusCode::BAD_REQUEST,
+/// A bad name is a client mistake reported with the spec's code for what was named (as before the name types had
+/// their own error).
+impl From<NameError> for RegistryError {
+    fn from(error: NameError) -> Self {
+        match error {
+            NameError::Repository(name) => RegistryError::NameInvalid(name),
+            NameError::Digest { .. } => RegistryError::DigestInvalid(error.to_string()),
+            NameError::Reference(reference) => RegistryError::ManifestInvalidReference(reference),
         }
-    }
-
-    fn error_response(&self) -> HttpResponse {
-        let status = self.status_code();
-        let message = self.to_string();
-        if status.is_server_error() {
-            log::error!("request failed: {message}");
-        }
-        let mut response = HttpResponse::build(status);
-        match self {
-            RegistryError::ChunkOutOfOrder {
-                location, received, ..
-            }
-            | RegistryError::ContentRangeInvalid {
-                location, received, ..
-            } => {
-                response.insert_header((header::LOCATION, location.as_str()));
-                response.insert_header((header::RANGE, upload_range(*received)));
-            }
-            RegistryError::RangeNotSatisfiable { size, .. } => {
-                response.insert_header((header::CONTENT_RANGE, format!("bytes */{size}")));
-            }
-            RegistryError::MethodNotAllowed(allow) => {
-                response.insert_header((header::ALLOW, *allow));
-            }
-            RegistryError::Busy { retry_after, .. } => {
-                response.insert_header((header::RETRY_AFTER, retry_after.to_string()));
-            }
-            _ => {}
-        }
-        // Storage failures do not leak paths; the cause is in the log.
-        let message = if matches!(self, RegistryError::Storage(_)) {
-            "internal error; see the registry's log"
-        } else {
-            &message
-        };
-        envelope(response, self.code(), message)
-    }
-}
-
-/// Finishes an error response with the OCI error envelope (`{"errors": [{"code", "message"}]}`): the one body
-/// every `/v2` error has, the registry's and the proxy's.
-pub fn envelope(
-    mut response: actix_web::HttpResponseBuilder,
-    code: ErrorCode,
-    message: &str,
-) -> HttpResponse {
-    response.json(Envelope {
-        errors: [ErrorBody { code, message }],
-    })
-}
-
-/// The `Range` header value for an upload holding `received` bytes: `0-<last byte>`, or `0-0` when empty
-/// (the form docker and the conformance suite expect).
-pub fn upload_range(received: u64) -> String {
-    format!("0-{}", received.saturating_sub(1))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use actix_web::body::MessageBody;
-
-    fn check(error: RegistryError, status: u16, code: &str) {
-        let response = error.error_response();
-        assert_eq!(response.status().as_u16(), status, "{error}");
-        let body = response.into_body().try_into_bytes().unwrap_or_default();
-        let json: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
-        assert_eq!(json["errors"][0]["code"], code, "{error}");
-        assert!(json["errors"][0]["message"].is_string(), "{error}");
-    }
-
-    #[test]
-    fn each_error_maps_to_its_status_and_code() {
-        check(RegistryError::BlobUnknown("d".into()), 404, "BLOB_UNKNOWN");
-        check(
-            RegistryError::BlobUploadInvalid("x".into()),
-            400,
-            "BLOB_UPLOAD_INVALID",
-        );
-        check(
-            RegistryError::BlobUploadUnknown("u".into()),
-            404,
-            "BLOB_UPLOAD_UNKNOWN",
-        );
-        check(
-            RegistryError::ChunkOutOfOrder {
-                upload: "u".into(),
-                location: "/l".into(),
-                received: 10,
-                start: 20,
-            },
-            416,
-            "BLOB_UPLOAD_INVALID",
-        );
-        check(
-            RegistryError::ContentRangeInvalid {
-                header: "+0-+0".into(),
-                why: "x".into(),
-                upload: "u".into(),
-                location: "/l".into(),
-                received: 0,
-            },
-            416,
-            "BLOB_UPLOAD_INVALID",
-        );
-        check(
-            RegistryError::DigestInvalid("x".into()),
-            400,
-            "DIGEST_INVALID",
-        );
-        check(
-            RegistryError::TagInvalid(".x".into()),
-            400,
-            "MANIFEST_INVALID",
-        );
-        check(
-            RegistryError::TooManyTags {
-                count: 101,
-                limit: 100,
-            },
-            414,
-            "UNSUPPORTED",
-        );
-        check(
-            RegistryError::ManifestBlobUnknown("d".into()),
-            400,
-            "MANIFEST_BLOB_UNKNOWN",
-        );
-        check(
-            RegistryError::ManifestInvalid("x".into()),
-            400,
-            "MANIFEST_INVALID",
-        );
-        check(
-            RegistryError::ManifestInvalidReference("x".into()),
-            400,
-            "MANIFEST_INVALID",
-        );
-        check(
-            RegistryError::ManifestUnknown("x".into()),
-            404,
-            "MANIFEST_UNKNOWN",
-        );
-        check(RegistryError::NameInvalid("X".into()), 400, "NAME_INVALID");
-        check(RegistryError::NameUnknown("x".into()), 404, "NAME_UNKNOWN");
-        check(RegistryError::SizeInvalid("x".into()), 400, "SIZE_INVALID");
-        check(
-            RegistryError::ManifestTooLarge { size: 5, limit: 4 },
-            413,
-            "SIZE_INVALID",
-        );
-        check(
-            RegistryError::RangeNotSatisfiable {
-                range: "x".into(),
-                size: 1,
-            },
-            416,
-            "UNSUPPORTED",
-        );
-        check(RegistryError::Unsupported("x".into()), 405, "UNSUPPORTED");
-        check(
-            RegistryError::Busy {
-                why: "x".into(),
-                retry_after: 5,
-            },
-            429,
-            "TOOMANYREQUESTS",
-        );
-        check(
-            RegistryError::BodyTimeout("x".into()),
-            408,
-            "BLOB_UPLOAD_INVALID",
-        );
-        check(
-            RegistryError::Storage(StorageError::Corrupt("x".into())),
-            500,
-            "UNKNOWN",
-        );
-    }
-
-    #[test]
-    fn an_invalid_reference_is_unknown_on_reads() {
-        check(
-            RegistryError::ManifestInvalidReference(".x".into()).unknown_if_invalid_reference(),
-            404,
-            "MANIFEST_UNKNOWN",
-        );
-        check(
-            RegistryError::DigestInvalid("sha256:x".into()).unknown_if_invalid_reference(),
-            400,
-            "DIGEST_INVALID",
-        );
-    }
-
-    #[test]
-    fn chunk_out_of_order_reports_what_was_received() {
-        let response = RegistryError::ChunkOutOfOrder {
-            upload: "u".into(),
-            location: "/v2/a/blobs/uploads/u".into(),
-            received: 10,
-            start: 20,
-        }
-        .error_response();
-        assert_eq!(
-            response
-                .headers()
-                .get(header::RANGE)
-                .and_then(|v| v.to_str().ok()),
-            Some("0-9")
-        );
-        assert_eq!(
-            response
-                .headers()
-                .get(header::LOCATION)
-                .and_then(|v| v.to_str().ok()),
-            Some("/v2/a/blobs/uploads/u")
-        );
-    }
-
-    #[test]
-    fn busy_says_when_to_retry() {
-        let response = RegistryError::Busy {
-            why: "x".into(),
-            retry_after: 7,
-        }
-        .error_response();
-        assert_eq!(
-            response
-                .headers()
-                .get(header::RETRY_AFTER)
-                .and_then(|v| v.to_str().ok()),
-            Some("7")
-        );
-    }
-
-    #[test]
-    fn server_errors_do_not_leak_causes() {
-        let response =
-            RegistryError::Storage(StorageError::Corrupt("/secret/path".into())).error_response();
-        let body = response.into_body().try_into_bytes().unwrap_or_default();
-        assert!(!String::from_utf8_lossy(&body).contains("/secret/path"));
     }
 }

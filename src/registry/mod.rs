@@ -12,6 +12,7 @@ pub mod manifests;
 pub mod names;
 pub mod ranges;
 pub mod referrers;
+pub mod response;
 pub mod service;
 pub mod storage;
 pub mod uploads;

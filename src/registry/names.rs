@@ -1,7 +1,9 @@
 //! Validated newtypes for everything a client names in a URL: repositories, tags, digests, upload ids.
 //!
 //! Each type can only be built by parsing, so once a handler holds one it is known to be safe to use as a
-//! storage key (no `/..`, no absolute paths, no upper case where the grammar forbids it). Pure: no I/O.
+//! storage key (no `/..`, no absolute paths, no upper case where the grammar forbids it). Pure: no I/O, and no
+//! knowledge of HTTP: a bad name is a [`NameError`]; what a client sees for it is the registry error's business
+//! (`RegistryError: From<NameError>`). This module must not import the registry's errors or storage.
 
 use std::fmt;
 use std::sync::LazyLock;
@@ -9,7 +11,24 @@ use std::sync::LazyLock;
 use regex::Regex;
 use sha2::{Digest as _, Sha256, Sha512};
 
-use super::error::RegistryError;
+/// Why a name, digest or reference was refused. Each message carries the offending input.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum NameError {
+    /// A repository name outside the distribution-spec grammar, or longer than 255 characters.
+    #[error("invalid repository name {0:?}")]
+    Repository(String),
+    /// A digest that is malformed or uses an algorithm berth cannot verify.
+    #[error("{why}: {digest:?}")]
+    Digest {
+        /// The digest as given.
+        digest: String,
+        /// What is wrong with it.
+        why: &'static str,
+    },
+    /// A manifest reference that is neither a tag nor a digest.
+    #[error("invalid manifest reference {0:?}: neither a tag nor a digest")]
+    Reference(String),
+}
 
 /// Longest repository name the distribution-spec allows (including slashes): "MUST be less than 256 characters".
 const MAX_NAME_LEN: usize = 255;
@@ -26,7 +45,7 @@ static UPLOAD_ID: LazyLock<Regex> =
 pub struct RepoName(String);
 
 impl RepoName {
-    pub fn parse(name: &str) -> Result<Self, RegistryError> {
+    pub fn parse(name: &str) -> Result<Self, NameError> {
         let valid = !name.is_empty()
             && name.len() <= MAX_NAME_LEN
             && name
@@ -35,7 +54,7 @@ impl RepoName {
         if valid {
             Ok(RepoName(name.to_owned()))
         } else {
-            Err(RegistryError::NameInvalid(name.to_owned()))
+            Err(NameError::Repository(name.to_owned()))
         }
     }
 
@@ -60,6 +79,8 @@ impl fmt::Display for RepoName {
 pub struct Tag(String);
 
 impl Tag {
+    /// `None` outside the grammar: what a bad tag means depends on where it came from (an invalid `?tag=`, a
+    /// reference that is no tag, a stray file in storage), so the caller names the error.
     pub fn parse(tag: &str) -> Option<Self> {
         TAG.is_match(tag).then(|| Tag(tag.to_owned()))
     }
@@ -106,8 +127,11 @@ pub struct Digest {
 }
 
 impl Digest {
-    pub fn parse(digest: &str) -> Result<Self, RegistryError> {
-        let invalid = |why: &str| RegistryError::DigestInvalid(format!("{why}: {digest:?}"));
+    pub fn parse(digest: &str) -> Result<Self, NameError> {
+        let invalid = |why: &'static str| NameError::Digest {
+            digest: digest.to_owned(),
+            why,
+        };
         let (algorithm, hex) = digest
             .split_once(':')
             .ok_or_else(|| invalid("digest has no algorithm"))?;
@@ -180,13 +204,13 @@ pub enum Reference {
 }
 
 impl Reference {
-    pub fn parse(reference: &str) -> Result<Self, RegistryError> {
+    pub fn parse(reference: &str) -> Result<Self, NameError> {
         if reference.contains(':') {
             return Digest::parse(reference).map(Reference::Digest);
         }
         Tag::parse(reference)
             .map(Reference::Tag)
-            .ok_or_else(|| RegistryError::ManifestInvalidReference(reference.to_owned()))
+            .ok_or_else(|| NameError::Reference(reference.to_owned()))
     }
 }
 
@@ -208,6 +232,7 @@ impl UploadId {
         UploadId(uuid::Uuid::new_v4().simple().to_string())
     }
 
+    /// `None` for anything berth did not hand out: to a client that is an unknown upload, not a malformed one.
     pub fn parse(id: &str) -> Option<Self> {
         UPLOAD_ID.is_match(id).then(|| UploadId(id.to_owned()))
     }
@@ -322,12 +347,41 @@ mod tests {
         ));
         assert!(matches!(
             Reference::parse("sha256:xyz"),
-            Err(RegistryError::DigestInvalid(_))
+            Err(NameError::Digest { .. })
         ));
-        assert!(matches!(
+        assert_eq!(
             Reference::parse("bad/tag"),
-            Err(RegistryError::ManifestInvalidReference(_))
-        ));
+            Err(NameError::Reference("bad/tag".into()))
+        );
+    }
+
+    #[test]
+    fn errors_name_the_input() {
+        let cases: Vec<(NameError, &str)> = vec![
+            (
+                RepoName::parse("A/b").unwrap_err(),
+                r#"invalid repository name "A/b""#,
+            ),
+            (
+                Digest::parse("md5:00").unwrap_err(),
+                r#"unsupported digest algorithm (sha256 and sha512 are): "md5:00""#,
+            ),
+            (
+                Digest::parse("sha256").unwrap_err(),
+                r#"digest has no algorithm: "sha256""#,
+            ),
+            (
+                Digest::parse("sha256:AB").unwrap_err(),
+                r#"digest is not lowercase hex of the algorithm's length: "sha256:AB""#,
+            ),
+            (
+                Reference::parse("-x").unwrap_err(),
+                r#"invalid manifest reference "-x": neither a tag nor a digest"#,
+            ),
+        ];
+        for (error, message) in cases {
+            assert_eq!(error.to_string(), message);
+        }
     }
 
     #[test]

@@ -4,9 +4,10 @@
 use actix_web::http::header;
 use actix_web::{web, HttpRequest, HttpResponse};
 
-use super::error::{upload_range, RegistryError, Result};
+use super::error::{RegistryError, Result};
 use super::names::{Digest, RepoName, UploadId};
 use super::ranges::{parse_content_range, InvalidContentRange};
+use super::response::upload_range;
 use super::service::Registry;
 
 fn upload_location(repo: &RepoName, id: &UploadId) -> String {

@@ -23,7 +23,7 @@ impl From<RouteError> for RegistryError {
         match error {
             RouteError::NotFound(path) => RegistryError::NotFound(path),
             // Still a `RegistryError` while the name types return it; `.into()` once they have their own error.
-            RouteError::Name(name) => name,
+            RouteError::Name(name) => name.into(),
         }
     }
 }

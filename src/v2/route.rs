@@ -3,8 +3,7 @@
 //! strings into a [`Query`]. A leaf: it knows the registry's name types (and the error they return) and nothing
 //! else — no actix-web, no handlers, no decision about who serves a route (that is the front door's, `super`).
 
-use crate::registry::error::RegistryError;
-use crate::registry::names::RepoName;
+use crate::registry::names::{NameError, RepoName};
 
 /// Why a path is not a route of the registry API.
 #[derive(Debug, thiserror::Error)]
@@ -14,7 +13,7 @@ pub enum RouteError {
     NotFound(String),
     /// The path has the shape of a route, but the repository name in it is invalid.
     #[error(transparent)]
-    Name(#[from] RegistryError),
+    Name(#[from] NameError),
 }
 
 /// A parsed registry path. The `String`s are still to be validated by the handler (tag, digest, upload id).
@@ -290,7 +289,7 @@ mod tests {
             assert!(
                 matches!(
                     parse_route(path),
-                    Err(RouteError::Name(RegistryError::NameInvalid(_)))
+                    Err(RouteError::Name(NameError::Repository(_)))
                 ),
                 "{path}"
             );
