@@ -22,7 +22,7 @@ impl From<RouteError> for RegistryError {
     fn from(error: RouteError) -> Self {
         match error {
             RouteError::NotFound(path) => RegistryError::NotFound(path),
-            // Still a `RegistryError` while the name types return it; `.into()` once they have their own error.
+            // The spec's code for what was named (NAME_INVALID for a repository).
             RouteError::Name(name) => name.into(),
         }
     }
