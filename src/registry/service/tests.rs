@@ -129,6 +129,13 @@ impl UploadWriter for SlowWriter {
         let file = self.file.take().expect("writer has its file");
         Ok(file.metadata().expect("stat upload").len())
     }
+
+    fn written(&self) -> u64 {
+        self.file
+            .as_ref()
+            .and_then(|file| file.metadata().ok())
+            .map_or(0, |meta| meta.len())
+    }
 }
 
 #[async_trait::async_trait]

@@ -21,6 +21,8 @@ struct FsUploadWriter {
     /// `None` only if a write task was lost (it panicked).
     file: Option<File>,
     what: String,
+    /// The file's length after the last write (or when it was opened).
+    written: u64,
 }
 
 impl FsUploadWriter {
@@ -44,12 +46,17 @@ impl UploadWriter for FsUploadWriter {
         };
         let written = tokio::task::spawn_blocking(move || {
             let result = chunks.iter().try_for_each(|chunk| file.write_all(chunk));
-            (file, result)
+            // Asked on the pool while the file is at hand: one fstat per batch, so `written` needs no I/O.
+            let len = file.metadata().map(|m| m.len());
+            (file, result, len)
         })
         .await;
         match written {
-            Ok((file, result)) => {
+            Ok((file, result, len)) => {
                 self.file = Some(file);
+                if let Ok(len) = len {
+                    self.written = len;
+                }
                 result.map_err(io_err(self.what.clone()))
             }
             Err(_) => Err(self.lost()),
@@ -62,6 +69,10 @@ impl UploadWriter for FsUploadWriter {
         };
         let what = self.what.clone();
         blocking(move || file.metadata().map(|m| m.len()).map_err(io_err(what))).await
+    }
+
+    fn written(&self) -> u64 {
+        self.written
     }
 }
 
@@ -114,19 +125,25 @@ pub(super) async fn writer(layout: Layout, id: &UploadId) -> Result<Box<dyn Uplo
     let file = {
         let path = path.clone();
         let id = id.clone();
-        blocking(move || match OpenOptions::new().append(true).open(&path) {
-            Ok(file) => Ok(file),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => Err(StorageError::UploadMissing(id)),
-            Err(e) => Err(StorageError::Io {
-                what: format!("open {}", path.display()),
-                source: e,
-            }),
+        blocking(move || {
+            let what = format!("open {}", path.display());
+            let file = match OpenOptions::new().append(true).open(&path) {
+                Ok(file) => file,
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                    return Err(StorageError::UploadMissing(id))
+                }
+                Err(source) => return Err(StorageError::Io { what, source }),
+            };
+            let len = file.metadata().map_err(io_err(what))?.len();
+            Ok((file, len))
         })
         .await?
     };
+    let (file, written) = file;
     Ok(Box::new(FsUploadWriter {
         file: Some(file),
         what,
+        written,
     }))
 }
 
@@ -176,12 +193,12 @@ pub(super) async fn read_at(
 
 pub(super) async fn truncate(layout: Layout, id: &UploadId, size: u64) -> Result<()> {
     let path = layout.upload_data(id);
+    let id = id.clone();
     blocking(move || {
         let what = format!("truncate {}", path.display());
-        let file = OpenOptions::new()
-            .write(true)
-            .open(&path)
-            .map_err(io_err(what.clone()))?;
+        let file = not_found_is_none(OpenOptions::new().write(true).open(&path))
+            .map_err(io_err(what.clone()))?
+            .ok_or(StorageError::UploadMissing(id))?;
         file.set_len(size).map_err(io_err(what))
     })
     .await
@@ -199,9 +216,15 @@ pub(super) async fn commit(
         let data = layout.upload_data(&id);
         let target = layout.blob(&digest);
         let what = format!("commit upload {id} as {}", target.display());
+        let dir = layout.upload_dir(&id);
+        if !dir.exists() {
+            return Err(StorageError::UploadMissing(id));
+        }
         let present = fs::metadata(&target).is_ok();
         if !present {
-            let file = File::open(&data).map_err(io_err(what.clone()))?;
+            let file = not_found_is_none(File::open(&data))
+                .map_err(io_err(what.clone()))?
+                .ok_or_else(|| StorageError::UploadMissing(id.clone()))?;
             file.sync_all().map_err(io_err(what.clone()))?;
             let synced = file.metadata().map_err(io_err(what.clone()))?.len();
             if synced != size {
@@ -213,7 +236,6 @@ pub(super) async fn commit(
                 .rename_into_place(&data, &target)
                 .map_err(io_err(what))?;
         }
-        let dir = layout.upload_dir(&id);
         fs::remove_dir_all(&dir).map_err(io_err(format!("remove {}", dir.display())))
     })
     .await
