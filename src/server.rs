@@ -76,13 +76,16 @@ pub async fn serve(config: Config) -> Result<(), ServeError> {
     })?;
     let storage: Arc<dyn crate::registry::storage::Storage> = Arc::new(storage);
     let limits = &config.limits;
-    let registry = web::Data::new(Registry::with_limits(
-        storage.clone(),
-        UploadLimits {
-            max_sessions: limits.max_upload_sessions,
-            max_streams: limits.max_concurrent_uploads,
-        },
-    ));
+    let registry = web::Data::new(
+        Registry::with_limits(
+            storage.clone(),
+            UploadLimits {
+                max_sessions: limits.max_upload_sessions,
+                max_streams: limits.max_concurrent_uploads,
+            },
+        )
+        .with_clock(crate::clock::system()),
+    );
     let recovered = registry
         .recover_uploads()
         .await

@@ -21,11 +21,12 @@ mod uploads;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
-use std::time::{Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Instant, UNIX_EPOCH};
 
 use super::hashing::Hasher;
 use super::names::UploadId;
 use super::storage::Storage;
+use crate::clock::{self, SharedClock};
 
 pub use listings::Page;
 pub use manifests::PushedManifest;
@@ -59,6 +60,9 @@ pub struct Registry {
     streams: Arc<tokio::sync::Semaphore>,
     /// When the session map was last compared with the uploads on disk.
     last_resync: Mutex<Option<Instant>>,
+    /// Where upload times come from: the start time recorded with an upload, its age when the sweep judges it,
+    /// and the pace of resyncs.
+    clock: SharedClock,
 }
 
 /// Bounds on uploads (the README's limits table).
@@ -79,13 +83,6 @@ impl Default for UploadLimits {
     }
 }
 
-fn now_unix() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
-}
-
 impl Registry {
     pub fn new(storage: Arc<dyn Storage>) -> Self {
         Self::with_limits(storage, UploadLimits::default())
@@ -100,7 +97,23 @@ impl Registry {
             limits,
             streams: Arc::new(tokio::sync::Semaphore::new(limits.max_streams)),
             last_resync: Mutex::new(None),
+            clock: clock::system(),
         }
+    }
+
+    /// The registry with its upload times from `clock` (the real one by default; tests move a `ManualClock`).
+    pub fn with_clock(mut self, clock: SharedClock) -> Self {
+        self.clock = clock;
+        self
+    }
+
+    /// The clock's time in seconds since the Unix epoch.
+    fn now_unix(&self) -> u64 {
+        self.clock
+            .system()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0)
     }
 
     pub fn storage(&self) -> &Arc<dyn Storage> {

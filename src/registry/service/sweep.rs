@@ -50,7 +50,8 @@ impl Registry {
     /// logged and the sweep goes on (the next sweep retries it).
     pub async fn expire_uploads(&self, max_age: Duration) -> Result<usize> {
         let stale = |last_write: SystemTime| {
-            SystemTime::now()
+            self.clock
+                .system()
                 .duration_since(last_write)
                 .unwrap_or_default()
                 > max_age
@@ -116,7 +117,78 @@ impl Registry {
 
 #[cfg(test)]
 mod tests {
-    use super::super::tests::{body, faulty_registry, repo, Faulty};
+    use super::super::tests::{body, faulty_registry, memory_registry, repo, Faulty};
+    use crate::clock::{Clock, ManualClock};
+    use crate::registry::error::RegistryError;
+
+    /// Issue 10: the sweep read the machine's clock, so ageing an upload took a sleep (tests/api.rs slept 1.5 s).
+    /// On the registry's clock, moved by hand: an upload is kept while it is at most `max_age` old and expired once
+    /// it is older, its age counted from its last write (from its start if it was never written).
+    #[tokio::test]
+    async fn an_upload_expires_once_untouched_for_longer_than_the_max_age() {
+        let clock = ManualClock::new();
+        let registry = memory_registry(clock.clone());
+        let repo = repo("sweep/clock");
+        let max_age = Duration::from_secs(3600);
+        let idle = registry.upload_start(&repo).await.expect("start");
+        let busy = registry.upload_start(&repo).await.expect("start");
+        clock.advance(Duration::from_secs(3000));
+        let location = format!("/v2/{repo}/blobs/uploads/{busy}");
+        registry
+            .upload_append(&repo, &busy, &location, None, body(&[b"data"]))
+            .await
+            .expect("PATCH");
+
+        clock.advance(Duration::from_secs(600));
+        let sweep = || registry.expire_uploads(max_age);
+        assert_eq!(
+            sweep().await.expect("sweep"),
+            0,
+            "both are at most an hour old"
+        );
+        clock.advance(Duration::from_secs(1));
+        assert_eq!(sweep().await.expect("sweep"), 1, "the idle one is older");
+        assert!(matches!(
+            registry.upload_size(&repo, &idle).await,
+            Err(RegistryError::BlobUploadUnknown(_))
+        ));
+        assert_eq!(registry.upload_size(&repo, &busy).await.expect("kept"), 4);
+        assert_eq!(registry.upload_sessions(), 1);
+
+        clock.advance(Duration::from_secs(2999));
+        assert_eq!(sweep().await.expect("sweep"), 0, "an hour since its write");
+        clock.advance(Duration::from_secs(1));
+        assert_eq!(sweep().await.expect("sweep"), 1, "more than an hour");
+        assert!(matches!(
+            registry.upload_size(&repo, &busy).await,
+            Err(RegistryError::BlobUploadUnknown(_))
+        ));
+        assert_eq!(registry.upload_sessions(), 0);
+    }
+
+    /// The start time recorded with an upload is the registry's clock's.
+    #[tokio::test]
+    async fn an_upload_records_its_start_on_the_registry_clock() {
+        let clock = ManualClock::new();
+        let registry = memory_registry(clock.clone());
+        clock.advance(Duration::from_secs(86_400 * 365));
+        let id = registry
+            .upload_start(&repo("sweep/started"))
+            .await
+            .expect("start");
+        let expected = clock
+            .system()
+            .duration_since(std::time::UNIX_EPOCH)
+            .expect("after the epoch")
+            .as_secs();
+        let info = registry
+            .storage
+            .upload_info(&id)
+            .await
+            .expect("info")
+            .expect("the upload exists");
+        assert_eq!(info.started_unix, expected);
+    }
     use super::*;
 
     /// Review of issue 9: the sweeper judged an upload stale from a listing taken before it took the upload's lock,

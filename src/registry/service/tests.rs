@@ -1,5 +1,6 @@
-//! What the service's tests share: request bodies, a registry over a temporary directory, and `Faulty`, a
-//! filesystem backend with faults a test switches on (slow writes, stale listings, failing commits and deletes).
+//! What the service's tests share: request bodies, a registry over memory (on a clock the test moves) or over a
+//! temporary directory, and `Faulty`, a filesystem backend with faults a test switches on (slow writes, stale
+//! listings, failing commits and deletes).
 
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -8,8 +9,10 @@ use bytes::Bytes;
 use futures_util::{Stream, StreamExt};
 
 use super::Registry;
+use crate::clock::SharedClock;
 use crate::registry::names::{Digest, RepoName, Tag, UploadId};
 use crate::registry::storage::fs::FsStorage;
+use crate::registry::storage::memory::MemoryStorage;
 use crate::registry::storage::{
     BlobContent, ByteRange, ByteStream, Storage, StorageError, StoredManifest, UploadInfo,
     UploadWriter,
@@ -29,6 +32,12 @@ pub(super) fn registry() -> (tempfile::TempDir, Arc<Registry>) {
     let dir = tempfile::tempdir().expect("temp dir");
     let storage = FsStorage::open(dir.path()).expect("open storage");
     (dir, Arc::new(Registry::new(Arc::new(storage))))
+}
+
+/// A registry over the memory backend, both reading `clock`.
+pub(super) fn memory_registry(clock: SharedClock) -> Arc<Registry> {
+    let storage = MemoryStorage::with_clock(clock.clone());
+    Arc::new(Registry::new(Arc::new(storage)).with_clock(clock))
 }
 
 pub(super) fn repo(name: &str) -> RepoName {

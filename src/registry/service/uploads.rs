@@ -5,7 +5,7 @@
 use std::collections::{HashMap, HashSet};
 use std::fmt::Display;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use bytes::Bytes;
 use futures_util::{Stream, StreamExt};
@@ -15,7 +15,7 @@ use super::upload_job::{
     chunk_length, feed_task, out_of_order, pipe_failure, BodySink, Feed, Shared, UploadJob,
     FEED_DEPTH,
 };
-use super::{now_unix, Registry, SessionSlot, UploadHash};
+use super::{Registry, SessionSlot, UploadHash};
 use crate::registry::error::{RegistryError, Result};
 use crate::registry::hashing::{self, Hasher};
 use crate::registry::names::{Algorithm, Digest, RepoName, UploadId};
@@ -73,9 +73,10 @@ impl Registry {
                 .last_resync
                 .lock()
                 .unwrap_or_else(|poisoned| poisoned.into_inner());
-            let due = last.is_none_or(|at| at.elapsed() >= RESYNC_INTERVAL);
+            let now = self.clock.instant();
+            let due = last.is_none_or(|at| now.saturating_duration_since(at) >= RESYNC_INTERVAL);
             if due {
-                *last = Some(Instant::now());
+                *last = Some(now);
             }
             due
         };
@@ -125,7 +126,7 @@ impl Registry {
         let info = UploadInfo {
             repository: repo.to_string(),
             size: 0,
-            started_unix: now_unix(),
+            started_unix: self.now_unix(),
             monolithic,
         };
         if let Err(e) = self.storage.upload_create(&id, &info).await {
@@ -368,7 +369,7 @@ impl Registry {
         let info = UploadInfo {
             repository: repo.to_string(),
             size: 0,
-            started_unix: now_unix(),
+            started_unix: self.now_unix(),
             monolithic: true,
         };
         let (feed, receive) = mpsc::channel(FEED_DEPTH);
@@ -435,8 +436,8 @@ impl Registry {
 #[cfg(test)]
 mod tests {
     use super::super::tests::{
-        blob_bytes, body, cut_off, drop_mid_write, eventually, faulty_registry, reached, registry,
-        repo, upload_holding_good, Chunks, Faulty,
+        blob_bytes, body, cut_off, drop_mid_write, eventually, faulty_registry, memory_registry,
+        reached, repo, upload_holding_good, Chunks, Faulty,
     };
     use super::*;
     use crate::registry::storage::Storage;
@@ -446,7 +447,7 @@ mod tests {
     /// still leaves nothing.
     #[tokio::test]
     async fn a_wrong_digest_on_the_closing_put_keeps_earlier_chunks() {
-        let (_dir, registry) = registry();
+        let registry = memory_registry(crate::clock::system());
         let repo = repo("uploads/retry");
         let id = registry.upload_start(&repo).await.expect("start");
         let location = format!("/v2/{repo}/blobs/uploads/{id}");
