@@ -440,7 +440,48 @@ mod tests {
         reached, repo, upload_holding_good, Chunks, Faulty,
     };
     use super::*;
+    use crate::registry::service::UploadLimits;
+    use crate::registry::storage::memory::MemoryStorage;
     use crate::registry::storage::Storage;
+
+    /// A full session map is compared with the stored uploads at most every RESYNC_INTERVAL on the registry's
+    /// clock: an entry whose upload vanished is dropped by the first resync, a second one blocks new uploads
+    /// until the interval has passed.
+    #[tokio::test]
+    async fn a_full_session_map_is_resynced_at_most_every_interval() {
+        let clock = crate::clock::ManualClock::new();
+        let storage = Arc::new(MemoryStorage::with_clock(clock.clone()));
+        let limits = UploadLimits {
+            max_sessions: 1,
+            max_streams: 4,
+        };
+        let registry = Registry::with_limits(storage.clone(), limits).with_clock(clock.clone());
+        let repo = repo("uploads/resync");
+        let vanished = registry.upload_start(&repo).await.expect("first upload");
+        storage
+            .upload_delete(&vanished)
+            .await
+            .expect("delete behind the registry's back");
+        let next = registry
+            .upload_start(&repo)
+            .await
+            .expect("the first resync drops the vanished upload's session");
+        storage
+            .upload_delete(&next)
+            .await
+            .expect("delete behind the registry's back");
+        let refused = registry.upload_start(&repo).await;
+        assert!(
+            matches!(refused, Err(RegistryError::Busy { .. })),
+            "no resync within the interval: {refused:?}"
+        );
+        clock.advance(RESYNC_INTERVAL);
+        registry
+            .upload_start(&repo)
+            .await
+            .expect("the interval has passed: resynced");
+        assert_eq!(registry.upload_sessions(), 1);
+    }
 
     /// Issue 9: a closing PUT whose digest does not match destroyed the whole upload, chunks acknowledged earlier
     /// included. Only its own bytes are rolled back; the retried PUT completes the blob. A failed monolithic push
