@@ -24,6 +24,7 @@ use crate::registry::names::{Digest, RepoName, Tag, UploadId};
 /// Largest chunk a blob is streamed out in, as the filesystem backend reads it.
 const READ_CHUNK: usize = 256 * 1024;
 
+/// Everything the registry keeps, in this process's memory.
 pub struct MemoryStorage {
     state: Mutex<State>,
     clock: SharedClock,
