@@ -549,4 +549,76 @@ mod tests {
     async fn memory_backend_passes_the_shared_suite() {
         super::super::suite::run(&MemoryStorage::new()).await;
     }
+
+    /// Reads across the chunks an upload was written in, and a truncate that cuts one of them.
+    #[test]
+    fn an_upload_reads_and_cuts_across_its_chunks() {
+        let mut upload = Upload {
+            info: UploadInfo {
+                repository: "memory/chunks".into(),
+                size: 0,
+                started_unix: 0,
+                monolithic: false,
+            },
+            chunks: ["ab", "cde", "f"]
+                .into_iter()
+                .map(|part| Bytes::from_static(part.as_bytes()))
+                .collect(),
+            size: 6,
+            modified: SystemTime::UNIX_EPOCH,
+        };
+        let check = |upload: &Upload, offset: u64, max: usize, expected: &str| {
+            assert_eq!(
+                upload.read_at(offset, max),
+                Bytes::from(expected.to_owned()),
+                "read_at({offset}, {max})"
+            );
+        };
+        check(&upload, 0, 6, "abcdef");
+        check(&upload, 1, 3, "bcd");
+        check(&upload, 2, 3, "cde");
+        check(&upload, 3, 10, "def");
+        check(&upload, 5, 1, "f");
+        check(&upload, 6, 1, "");
+        upload.set_len(3);
+        check(&upload, 0, 10, "abc");
+        assert_eq!(upload.contents(), Bytes::from_static(b"abc"));
+        upload.set_len(5);
+        assert_eq!(upload.contents(), Bytes::from_static(b"abc\0\0"));
+    }
+
+    /// The caller checks ranges against the blob's size; one beyond it ends the stream with an error, as a file
+    /// shorter than recorded does on disk, instead of panicking on the slice.
+    #[tokio::test]
+    async fn a_range_beyond_the_blob_is_an_error_in_the_stream() {
+        use futures_util::StreamExt;
+        let storage = MemoryStorage::new();
+        let id = UploadId::new_random();
+        let info = UploadInfo {
+            repository: "memory/range".into(),
+            size: 0,
+            started_unix: 0,
+            monolithic: false,
+        };
+        storage.upload_create(&id, &info).await.expect("create");
+        let mut writer = storage.upload_writer(&id).await.expect("writer");
+        writer
+            .write(Bytes::from_static(b"four"))
+            .await
+            .expect("write");
+        writer.finish().await.expect("finish");
+        let digest = Digest::sha256_of(b"four");
+        storage
+            .upload_commit(&id, &digest, 4)
+            .await
+            .expect("commit");
+        let content = storage
+            .blob_read(&digest, Some(ByteRange { first: 2, last: 9 }))
+            .await
+            .expect("read")
+            .expect("present");
+        assert_eq!(content.size, 4);
+        let first = content.stream.into_future().await.0.expect("one item");
+        assert!(first.is_err(), "{first:?}");
+    }
 }

@@ -242,6 +242,17 @@ async fn upload_edges(storage: &dyn Storage) {
     assert_eq!(writer.finish().await.expect("finish"), 3);
     assert_eq!(upload_bytes(storage, &id).await, b"xyz");
 
+    // A writer opened before a truncate appends at the new end (as a file opened for appending does).
+    let mut writer = storage.upload_writer(&id).await.expect("writer");
+    storage.upload_truncate(&id, 1).await.expect("truncate");
+    writer
+        .write(Bytes::from_static(b"!"))
+        .await
+        .expect("write after a truncate");
+    assert_eq!(writer.written(), 2);
+    assert_eq!(writer.finish().await.expect("finish"), 2);
+    assert_eq!(upload_bytes(storage, &id).await, b"x!");
+
     // The listing and the lookup of its time agree, and both forget a deleted upload.
     let listed = storage.uploads().await.expect("list");
     let modified = listed
