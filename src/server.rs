@@ -83,8 +83,7 @@ pub struct AppState {
     pub policy: web::Data<PolicyStore>,
     pub settings: web::Data<AdmissionSettings>,
     pub body_limits: web::Data<BodyLimits>,
-    /// The time the registry and the proxy are to age uploads and cache entries by. Held here until their
-    /// constructors take it, so `serve` and the tests already choose it in one place.
+    /// The time the registry and the proxy age uploads and cache entries by (`serve` and the tests choose it here).
     pub clock: SharedClock,
 }
 
@@ -97,13 +96,16 @@ impl AppState {
         clock: SharedClock,
     ) -> Result<AppState, ServeError> {
         let limits = &config.limits;
-        let registry = web::Data::new(Registry::with_limits(
-            storage,
-            UploadLimits {
-                max_sessions: limits.max_upload_sessions,
-                max_streams: limits.max_concurrent_uploads,
-            },
-        ));
+        let registry = web::Data::new(
+            Registry::with_limits(
+                storage,
+                UploadLimits {
+                    max_sessions: limits.max_upload_sessions,
+                    max_streams: limits.max_concurrent_uploads,
+                },
+            )
+            .with_clock(clock.clone()),
+        );
         let recovered = registry
             .recover_uploads()
             .await

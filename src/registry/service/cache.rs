@@ -10,7 +10,7 @@
 
 use bytes::Bytes;
 
-use super::{now_unix, Registry};
+use super::Registry;
 use crate::registry::error::{RegistryError, Result};
 use crate::registry::hashing::{HashPipe, Hasher};
 use crate::registry::manifest;
@@ -75,7 +75,7 @@ impl Registry {
         let info = UploadInfo {
             repository: repo.to_string(),
             size: 0,
-            started_unix: now_unix(),
+            started_unix: self.now_unix(),
             monolithic: true,
         };
         self.storage.upload_create(&id, &info).await?;

@@ -12,25 +12,30 @@
 //! ```
 //! Every file that becomes visible is written to `tmp/`, fsynced and renamed, so a crash leaves either the old or the
 //! new state. Repository name components cannot start with `_` (grammar), so `_blobs` never collides with a child.
-//! This is the only module that builds paths; it gets them only from validated names.
+//! This module and its children are the only ones that build paths (`layout.rs`, from validated names only).
+//! The children: `layout` (paths, atomic writes), `stream` (reading a file out), `uploads` (uploads and their
+//! commit); this file has the `Storage` impl and everything about blobs, links, manifests, tags and referrers.
 
-use std::fs::{self, File, OpenOptions};
-use std::future::Future as _;
-use std::io::{self, Read, Seek, SeekFrom, Write};
+mod layout;
+mod stream;
+mod uploads;
+
+use std::fs::{self, File};
+use std::io::{self, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
-use std::time::{Duration, SystemTime};
+use std::time::SystemTime;
 
 use async_trait::async_trait;
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
+
+use layout::Layout;
+use stream::file_stream;
 
 use super::{
     BlobContent, ByteRange, ByteStream, Result, Storage, StorageError, StoredManifest, UploadInfo,
     UploadWriter,
 };
 use crate::registry::names::{Digest, RepoName, Tag, UploadId};
-
-/// Read size when streaming a blob out.
-const READ_CHUNK: usize = 256 * 1024;
 
 pub struct FsStorage {
     root: PathBuf,
@@ -67,118 +72,6 @@ fn not_found_is_none<T>(result: io::Result<T>) -> io::Result<Option<T>> {
     }
 }
 
-/// Paths, all derived from validated names.
-#[derive(Clone)]
-struct Layout {
-    root: PathBuf,
-}
-
-impl Layout {
-    fn blob(&self, digest: &Digest) -> PathBuf {
-        let hex = digest.hex();
-        self.root
-            .join("blobs")
-            .join(digest.algorithm().name())
-            .join(&hex[..2])
-            .join(hex)
-    }
-    fn upload_dir(&self, id: &UploadId) -> PathBuf {
-        self.root.join("uploads").join(id.as_str())
-    }
-    fn upload_data(&self, id: &UploadId) -> PathBuf {
-        self.upload_dir(id).join("data")
-    }
-    fn upload_info(&self, id: &UploadId) -> PathBuf {
-        self.upload_dir(id).join("info.json")
-    }
-    fn repo(&self, repo: &RepoName) -> PathBuf {
-        let mut path = self.root.join("repositories");
-        path.extend(repo.components());
-        path
-    }
-    fn blob_link(&self, repo: &RepoName, digest: &Digest) -> PathBuf {
-        self.repo(repo)
-            .join("_blobs")
-            .join(digest.algorithm().name())
-            .join(digest.hex())
-    }
-    fn manifest(&self, repo: &RepoName, digest: &Digest) -> PathBuf {
-        self.repo(repo)
-            .join("_manifests")
-            .join(digest.algorithm().name())
-            .join(digest.hex())
-    }
-    fn tags(&self, repo: &RepoName) -> PathBuf {
-        self.repo(repo).join("_tags")
-    }
-    fn tag(&self, repo: &RepoName, tag: &Tag) -> PathBuf {
-        self.tags(repo).join(tag.as_str())
-    }
-    fn referrers(&self, repo: &RepoName, subject: &Digest) -> PathBuf {
-        self.repo(repo)
-            .join("_referrers")
-            .join(subject.algorithm().name())
-            .join(subject.hex())
-    }
-    fn referrer(&self, repo: &RepoName, subject: &Digest, referrer: &Digest) -> PathBuf {
-        self.referrers(repo, subject).join(format!(
-            "{}-{}",
-            referrer.algorithm().name(),
-            referrer.hex()
-        ))
-    }
-    fn tmp(&self) -> PathBuf {
-        self.root.join("tmp")
-    }
-
-    /// Writes `bytes` to `target` atomically: a temporary file, fsync, rename, fsync of the directory.
-    fn write_atomic(&self, target: &Path, bytes: &[u8]) -> Result<()> {
-        let tmp = self.tmp().join(uuid::Uuid::new_v4().simple().to_string());
-        let what = || format!("write {}", target.display());
-        let result = (|| {
-            let mut file = File::create(&tmp)?;
-            file.write_all(bytes)?;
-            file.sync_all()?;
-            self.rename_into_place(&tmp, target)
-        })();
-        if result.is_err() {
-            let _ = fs::remove_file(&tmp);
-        }
-        result.map_err(io_err(what()))
-    }
-
-    /// Renames `from` to `to`, creating `to`'s directory, and fsyncs that directory so the rename is durable.
-    fn rename_into_place(&self, from: &Path, to: &Path) -> io::Result<()> {
-        let dir = to
-            .parent()
-            .ok_or_else(|| io::Error::other("target has no parent"))?;
-        create_dir_all_durably(dir)?;
-        fs::rename(from, to)?;
-        File::open(dir)?.sync_all()
-    }
-}
-
-/// Creates `dir` and any missing parents, fsyncing the parent of each directory it creates, so that after a power
-/// loss a renamed file never survives without the directory it was renamed into.
-fn create_dir_all_durably(dir: &Path) -> io::Result<()> {
-    let mut missing = Vec::new();
-    let mut current = Some(dir);
-    while let Some(path) = current.filter(|p| !p.exists()) {
-        missing.push(path);
-        current = path.parent();
-    }
-    if missing.is_empty() {
-        return Ok(());
-    }
-    fs::create_dir_all(dir)?;
-    for created in missing.iter().rev() {
-        if let Some(parent) = created.parent() {
-            File::open(parent)?.sync_all()?;
-        }
-    }
-    Ok(())
-}
-
 impl FsStorage {
     /// Opens (creating if needed) the data directory and clears leftovers of interrupted writes in `tmp/`.
     pub fn open(root: impl Into<PathBuf>) -> Result<Self> {
@@ -200,164 +93,6 @@ impl FsStorage {
         Layout {
             root: self.root.clone(),
         }
-    }
-}
-
-/// Streams `len` bytes of `file` from its current position, in reads of at most [`READ_CHUNK`] bytes on the blocking
-/// pool. When a chunk is handed on, the read of the next one starts, so the disk read overlaps the network send (with
-/// one read at a time and none ahead, pulls ran at about 0.7× of the read-ahead thread this replaced); a read never
-/// waits for the consumer, so a client that stops reading holds the open file and at most two chunks, and no thread.
-fn file_stream(file: File, len: u64) -> ByteStream {
-    Box::pin(FileStream {
-        file: Some(file),
-        remaining: len,
-        reading: None,
-    })
-}
-
-type ChunkRead = tokio::task::JoinHandle<(File, io::Result<Bytes>)>;
-
-struct FileStream {
-    /// `None` while a read is in flight (the read owns it), or after the end or an error.
-    file: Option<File>,
-    /// Bytes not yet read from the file.
-    remaining: u64,
-    reading: Option<ChunkRead>,
-}
-
-impl FileStream {
-    /// Starts reading the next chunk, unless one is in flight or everything has been read.
-    fn read_next(&mut self) {
-        if self.reading.is_some() || self.remaining == 0 {
-            return;
-        }
-        let Some(mut file) = self.file.take() else {
-            return;
-        };
-        let want = self.remaining.min(READ_CHUNK as u64) as usize;
-        // Counted when the read starts, so the read ahead never asks for more than the blob's length.
-        self.remaining -= want as u64;
-        self.reading = Some(tokio::task::spawn_blocking(move || {
-            let read = read_chunk(&mut file, want);
-            (file, read)
-        }));
-    }
-}
-
-/// Reads exactly `want` bytes at the file's position.
-fn read_chunk(file: &mut File, want: usize) -> io::Result<Bytes> {
-    // read_to_end reads into the vector's spare capacity without zeroing it first (a memset of every chunk showed
-    // in pull profiles); `take` stops it at `want` bytes.
-    let mut buf = Vec::with_capacity(want);
-    loop {
-        match file.take((want - buf.len()) as u64).read_to_end(&mut buf) {
-            Ok(0) => {
-                return Err(io::Error::new(
-                    io::ErrorKind::UnexpectedEof,
-                    "blob shorter than recorded",
-                ))
-            }
-            Ok(_) if buf.len() == want => return Ok(Bytes::from(buf)),
-            Ok(_) => continue,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-            Err(e) => return Err(e),
-        }
-    }
-}
-
-impl futures_util::Stream for FileStream {
-    type Item = io::Result<Bytes>;
-
-    fn poll_next(
-        mut self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<Option<Self::Item>> {
-        use std::task::Poll;
-        let this = &mut *self;
-        this.read_next();
-        let Some(reading) = this.reading.as_mut() else {
-            return Poll::Ready(None);
-        };
-        let outcome = match std::pin::Pin::new(reading).poll(cx) {
-            Poll::Pending => return Poll::Pending,
-            Poll::Ready(outcome) => outcome,
-        };
-        this.reading = None;
-        match outcome {
-            Ok((file, Ok(chunk))) => {
-                this.file = Some(file);
-                this.read_next();
-                Poll::Ready(Some(Ok(chunk)))
-            }
-            Ok((_, Err(e))) => {
-                this.remaining = 0;
-                Poll::Ready(Some(Err(e)))
-            }
-            Err(join) => {
-                this.remaining = 0;
-                Poll::Ready(Some(Err(io::Error::other(join.to_string()))))
-            }
-        }
-    }
-}
-
-/// Appends to an upload. Each batch is written by one task on the blocking pool, which gives the file back when
-/// done: no thread is held between batches, however slowly the client sends them.
-struct FsUploadWriter {
-    /// `None` only if a write task was lost (it panicked).
-    file: Option<File>,
-    what: String,
-    /// The upload's size: its length when the writer was opened plus every batch written since. A failed batch
-    /// may have written part of itself and is not counted (the caller truncates after a failed append).
-    size: u64,
-}
-
-impl FsUploadWriter {
-    fn lost(&self) -> StorageError {
-        StorageError::Io {
-            what: self.what.clone(),
-            source: io::Error::other("upload writer stopped"),
-        }
-    }
-}
-
-#[async_trait]
-impl UploadWriter for FsUploadWriter {
-    async fn write(&mut self, chunk: Bytes) -> Result<()> {
-        self.write_batch(vec![chunk]).await
-    }
-
-    async fn write_batch(&mut self, chunks: Vec<Bytes>) -> Result<()> {
-        let Some(mut file) = self.file.take() else {
-            return Err(self.lost());
-        };
-        let length: u64 = chunks.iter().map(|chunk| chunk.len() as u64).sum();
-        let written = tokio::task::spawn_blocking(move || {
-            let result = chunks.iter().try_for_each(|chunk| file.write_all(chunk));
-            (file, result)
-        })
-        .await;
-        match written {
-            Ok((file, result)) => {
-                self.file = Some(file);
-                result.map_err(io_err(self.what.clone()))?;
-                self.size = self.size.saturating_add(length);
-                Ok(())
-            }
-            Err(_) => Err(self.lost()),
-        }
-    }
-
-    fn written(&self) -> u64 {
-        self.size
-    }
-
-    async fn finish(mut self: Box<Self>) -> Result<u64> {
-        let Some(file) = self.file.take() else {
-            return Err(self.lost());
-        };
-        let what = self.what.clone();
-        blocking(move || file.metadata().map(|m| m.len()).map_err(io_err(what))).await
     }
 }
 
@@ -404,210 +139,43 @@ impl Storage for FsStorage {
     }
 
     async fn upload_create(&self, id: &UploadId, info: &UploadInfo) -> Result<()> {
-        let layout = self.layout();
-        let id = id.clone();
-        let info = serde_json::to_vec(info).map_err(|e| StorageError::Corrupt(e.to_string()))?;
-        blocking(move || {
-            let dir = layout.upload_dir(&id);
-            fs::create_dir_all(&dir).map_err(io_err(format!("create {}", dir.display())))?;
-            let created = (|| {
-                let data = layout.upload_data(&id);
-                File::create(&data).map_err(io_err(format!("create {}", data.display())))?;
-                layout.write_atomic(&layout.upload_info(&id), &info)
-            })();
-            if created.is_err() {
-                // No data file without its info (a disk that is full fails the second write, not the first).
-                let _ = fs::remove_dir_all(&dir);
-            }
-            created
-        })
-        .await
+        uploads::create(self.layout(), id, info).await
     }
 
     async fn upload_info(&self, id: &UploadId) -> Result<Option<UploadInfo>> {
-        let layout = self.layout();
-        let id = id.clone();
-        blocking(move || {
-            let info_path = layout.upload_info(&id);
-            let Some(raw) = not_found_is_none(fs::read(&info_path))
-                .map_err(io_err(format!("read {}", info_path.display())))?
-            else {
-                return Ok(None);
-            };
-            let mut info: UploadInfo = serde_json::from_slice(&raw)
-                .map_err(|e| StorageError::Corrupt(format!("{}: {e}", info_path.display())))?;
-            let data = layout.upload_data(&id);
-            let Some(meta) = not_found_is_none(fs::metadata(&data))
-                .map_err(io_err(format!("stat {}", data.display())))?
-            else {
-                return Ok(None);
-            };
-            info.size = meta.len();
-            Ok(Some(info))
-        })
-        .await
+        uploads::info(self.layout(), id).await
     }
 
     async fn upload_writer(&self, id: &UploadId) -> Result<Box<dyn UploadWriter>> {
-        let path = self.layout().upload_data(id);
-        let what = format!("append to {}", path.display());
-        let (file, size) = {
-            let path = path.clone();
-            let id = id.clone();
-            blocking(move || {
-                let opened = OpenOptions::new()
-                    .append(true)
-                    .open(&path)
-                    .and_then(|file| Ok((file.metadata()?.len(), file)));
-                match opened {
-                    Ok((size, file)) => Ok((file, size)),
-                    Err(e) if e.kind() == io::ErrorKind::NotFound => {
-                        Err(StorageError::UploadMissing(id))
-                    }
-                    Err(e) => Err(StorageError::Io {
-                        what: format!("open {}", path.display()),
-                        source: e,
-                    }),
-                }
-            })
-            .await?
-        };
-        Ok(Box::new(FsUploadWriter {
-            file: Some(file),
-            what,
-            size,
-        }))
+        uploads::writer(self.layout(), id).await
     }
 
     async fn upload_read(&self, id: &UploadId) -> Result<ByteStream> {
-        let path = self.layout().upload_data(id);
-        let id = id.clone();
-        let (file, len) = blocking(move || {
-            let what = format!("open {}", path.display());
-            let file = not_found_is_none(File::open(&path)).map_err(io_err(what.clone()))?;
-            let file = file.ok_or(StorageError::UploadMissing(id))?;
-            let len = file.metadata().map_err(io_err(what))?.len();
-            Ok((file, len))
-        })
-        .await?;
-        Ok(file_stream(file, len))
+        uploads::read(self.layout(), id).await
     }
 
     async fn upload_read_at(&self, id: &UploadId, offset: u64, max: usize) -> Result<Bytes> {
-        let path = self.layout().upload_data(id);
-        let id = id.clone();
-        blocking(move || {
-            let what = format!("read {}", path.display());
-            let file = not_found_is_none(File::open(&path)).map_err(io_err(what.clone()))?;
-            let mut file = file.ok_or(StorageError::UploadMissing(id))?;
-            file.seek(SeekFrom::Start(offset))
-                .map_err(io_err(what.clone()))?;
-            let mut buf = BytesMut::zeroed(max);
-            let mut filled = 0;
-            while filled < max {
-                match file.read(&mut buf[filled..]) {
-                    Ok(0) => break,
-                    Ok(n) => filled += n,
-                    Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                    Err(e) => return Err(io_err(what)(e)),
-                }
-            }
-            buf.truncate(filled);
-            Ok(buf.freeze())
-        })
-        .await
+        uploads::read_at(self.layout(), id, offset, max).await
     }
 
     async fn upload_truncate(&self, id: &UploadId, size: u64) -> Result<()> {
-        let path = self.layout().upload_data(id);
-        blocking(move || {
-            let what = format!("truncate {}", path.display());
-            let file = OpenOptions::new()
-                .write(true)
-                .open(&path)
-                .map_err(io_err(what.clone()))?;
-            file.set_len(size).map_err(io_err(what))
-        })
-        .await
+        uploads::truncate(self.layout(), id, size).await
     }
 
     async fn upload_commit(&self, id: &UploadId, digest: &Digest, size: u64) -> Result<()> {
-        let layout = self.layout();
-        let id = id.clone();
-        let digest = digest.clone();
-        blocking(move || {
-            let data = layout.upload_data(&id);
-            let target = layout.blob(&digest);
-            let what = format!("commit upload {id} as {}", target.display());
-            let present = fs::metadata(&target).is_ok();
-            if !present {
-                let file = File::open(&data).map_err(io_err(what.clone()))?;
-                file.sync_all().map_err(io_err(what.clone()))?;
-                let synced = file.metadata().map_err(io_err(what.clone()))?.len();
-                if synced != size {
-                    return Err(StorageError::Corrupt(format!(
-                        "upload {id} holds {synced} bytes, {size} were verified; not committed"
-                    )));
-                }
-                layout
-                    .rename_into_place(&data, &target)
-                    .map_err(io_err(what))?;
-            }
-            let dir = layout.upload_dir(&id);
-            fs::remove_dir_all(&dir).map_err(io_err(format!("remove {}", dir.display())))
-        })
-        .await
+        uploads::commit(self.layout(), id, digest, size).await
     }
 
     async fn upload_delete(&self, id: &UploadId) -> Result<()> {
-        let dir = self.layout().upload_dir(id);
-        blocking(move || match fs::remove_dir_all(&dir) {
-            Err(e) if e.kind() != io::ErrorKind::NotFound => {
-                Err(io_err(format!("remove {}", dir.display()))(e))
-            }
-            _ => Ok(()),
-        })
-        .await
+        uploads::delete(self.layout(), id).await
     }
 
     async fn uploads(&self) -> Result<Vec<(UploadId, SystemTime)>> {
-        let dir = self.root.join("uploads");
-        blocking(move || {
-            let mut found = Vec::new();
-            let entries = fs::read_dir(&dir).map_err(io_err(format!("list {}", dir.display())))?;
-            for entry in entries.flatten() {
-                let Some(id) = entry.file_name().to_str().and_then(UploadId::parse) else {
-                    continue;
-                };
-                let modified = entry
-                    .path()
-                    .join("data")
-                    .metadata()
-                    .and_then(|m| m.modified())
-                    .unwrap_or(SystemTime::UNIX_EPOCH + Duration::ZERO);
-                found.push((id, modified));
-            }
-            Ok(found)
-        })
-        .await
+        uploads::list(self.layout()).await
     }
 
     async fn upload_modified(&self, id: &UploadId) -> Result<Option<SystemTime>> {
-        let layout = self.layout();
-        let id = id.clone();
-        blocking(move || {
-            let data = layout.upload_data(&id);
-            let what = format!("stat {}", data.display());
-            match not_found_is_none(fs::metadata(&data)).map_err(io_err(what.clone()))? {
-                Some(meta) => Ok(Some(meta.modified().map_err(io_err(what))?)),
-                // A directory without its data is as old as can be (like in `uploads`), so it expires.
-                None => Ok(layout
-                    .upload_dir(&id)
-                    .exists()
-                    .then_some(SystemTime::UNIX_EPOCH)),
-            }
-        })
-        .await
+        uploads::modified(self.layout(), id).await
     }
 
     async fn blob_link(&self, repo: &RepoName, digest: &Digest) -> Result<()> {

@@ -6,7 +6,10 @@
 //! and only calls [`Storage::upload_commit`] once the digest is proven. What a backend must guarantee:
 //! - a committed blob or manifest is durable before the call returns, and is never visible half-written;
 //! - tag, link and manifest updates are atomic (a reader sees the old or the new state, nothing in between);
-//! - an upload's size is exactly the bytes appended so far, and survives a restart of the process.
+//! - an upload's size is exactly the bytes appended so far, and survives a restart of the process (a backend that
+//!   keeps nothing across restarts, like `memory`, says so);
+//! - reading, writing, truncating or committing an upload that does not exist fails with
+//!   [`StorageError::UploadMissing`] (its info is `None`; deleting it again is fine).
 //!
 //! Read-compare-write sequences over tags and manifests (a delete that removes only the tags still naming a
 //! manifest) are made atomic by the registry service, which serialises the changes of one repository; the trait
@@ -14,6 +17,7 @@
 //! conditional writes.
 
 pub mod fs;
+pub mod memory;
 #[cfg(test)]
 pub(crate) mod suite;
 
@@ -139,7 +143,8 @@ pub trait Storage: Send + Sync + 'static {
     /// Up to `max` bytes of the upload from `offset`: what is stored now (empty at the end). Lets readers follow an
     /// upload that is still being written.
     async fn upload_read_at(&self, id: &UploadId, offset: u64, max: usize) -> Result<Bytes>;
-    /// Cuts the upload back to `size` bytes (after a failed append).
+    /// Cuts the upload back to `size` bytes (after a failed append). A `size` beyond the end pads the upload with
+    /// zero bytes, as a file's `set_len` does (the service never asks for that).
     async fn upload_truncate(&self, id: &UploadId, size: u64) -> Result<()>;
     /// Makes the upload's bytes durably the blob `digest` and removes the upload. The caller has verified the digest
     /// of `size` bytes; the commit is refused (`Corrupt`, the upload kept) if the durable upload holds any other

@@ -1,9 +1,12 @@
-//! The storage contract as one test suite, run against every backend (the filesystem now, S3 later).
+//! The storage contract as one test suite, run against every backend: each backend's tests call [`run`] on a fresh
+//! store (`fs.rs` on a temporary directory, `memory.rs`; S3 later). Besides the common path it pins down the edges
+//! where two backends could plausibly differ: missing uploads, truncating and reading past the end, conditional
+//! tag deletes, what the upload listing shows after a delete or a commit.
 
 use bytes::Bytes;
 use futures_util::StreamExt;
 
-use super::{ByteRange, ByteStream, Storage, StoredManifest, UploadInfo};
+use super::{ByteRange, ByteStream, Storage, StorageError, StoredManifest, UploadInfo};
 use crate::registry::names::{Digest, RepoName, Tag, UploadId};
 
 async fn collect(mut stream: ByteStream) -> Vec<u8> {
@@ -55,6 +58,8 @@ async fn push_blob(storage: &dyn Storage, repo_name: &RepoName, content: &[u8]) 
 
 pub async fn run(storage: &dyn Storage) {
     uploads(storage).await;
+    upload_edges(storage).await;
+    missing_uploads(storage).await;
     blobs(storage).await;
     manifests_and_tags(storage).await;
     referrers(storage).await;
@@ -133,14 +138,235 @@ async fn uploads(storage: &dyn Storage) {
 
     storage.upload_delete(&id).await.expect("delete");
     assert_eq!(storage.upload_info(&id).await.expect("info"), None);
+    let writer = storage.upload_writer(&id).await.map(|_| ());
     assert!(
-        storage.upload_writer(&id).await.is_err(),
-        "writer for a deleted upload"
+        matches!(writer, Err(StorageError::UploadMissing(_))),
+        "writer for a deleted upload: {writer:?}"
     );
     storage
         .upload_delete(&id)
         .await
         .expect("deleting twice is fine");
+}
+
+fn upload_info(repository: &str) -> UploadInfo {
+    UploadInfo {
+        repository: repository.into(),
+        size: 0,
+        started_unix: 7,
+        monolithic: false,
+    }
+}
+
+/// An upload holding `content`, written by one writer.
+async fn upload_holding(storage: &dyn Storage, content: &[u8]) -> UploadId {
+    let id = UploadId::new_random();
+    storage
+        .upload_create(&id, &upload_info("suite/edges"))
+        .await
+        .expect("create");
+    let mut writer = storage.upload_writer(&id).await.expect("writer");
+    writer
+        .write(Bytes::copy_from_slice(content))
+        .await
+        .expect("write");
+    writer.finish().await.expect("finish");
+    id
+}
+
+async fn upload_bytes(storage: &dyn Storage, id: &UploadId) -> Vec<u8> {
+    collect(storage.upload_read(id).await.expect("read")).await
+}
+
+/// The edges of one upload: what a writer reports before finishing, reads past the end, truncating beyond the
+/// size, and the listing and lookups after a delete and after a commit.
+async fn upload_edges(storage: &dyn Storage) {
+    let id = upload_holding(storage, b"abcdef").await;
+
+    // A writer reports the upload's total size, from its opening on, without finishing.
+    let mut writer = storage.upload_writer(&id).await.expect("writer");
+    assert_eq!(writer.written(), 6, "a new writer of a 6-byte upload");
+    writer
+        .write_batch(vec![Bytes::from_static(b"gh"), Bytes::from_static(b"ij")])
+        .await
+        .expect("write batch");
+    assert_eq!(writer.written(), 10);
+    writer.write(Bytes::new()).await.expect("empty write");
+    assert_eq!(writer.written(), 10, "an empty write adds nothing");
+    assert_eq!(writer.finish().await.expect("finish"), 10);
+
+    // Reading at or past the end gives nothing; a read that runs over the end gives what there is.
+    for offset in [10, 11, 1 << 40] {
+        assert!(
+            storage
+                .upload_read_at(&id, offset, 4)
+                .await
+                .expect("read past the end")
+                .is_empty(),
+            "read at {offset} of a 10-byte upload"
+        );
+    }
+    assert_eq!(
+        storage.upload_read_at(&id, 8, 100).await.expect("read"),
+        Bytes::from_static(b"ij")
+    );
+    assert_eq!(
+        storage.upload_read_at(&id, 5, 3).await.expect("read"),
+        Bytes::from_static(b"fgh"),
+        "a read across two writes"
+    );
+    assert!(storage
+        .upload_read_at(&id, 3, 0)
+        .await
+        .expect("read of nothing")
+        .is_empty());
+
+    // Truncating to the size changes nothing; beyond it pads with zeros, as a file's set_len does; back cuts.
+    storage.upload_truncate(&id, 10).await.expect("truncate");
+    assert_eq!(upload_bytes(storage, &id).await, b"abcdefghij");
+    storage
+        .upload_truncate(&id, 12)
+        .await
+        .expect("truncate beyond the size");
+    assert_eq!(upload_bytes(storage, &id).await, b"abcdefghij\0\0");
+    assert_eq!(
+        storage
+            .upload_info(&id)
+            .await
+            .expect("info")
+            .map(|i| i.size),
+        Some(12)
+    );
+    storage.upload_truncate(&id, 3).await.expect("truncate");
+    assert_eq!(upload_bytes(storage, &id).await, b"abc");
+    storage.upload_truncate(&id, 0).await.expect("truncate");
+    assert_eq!(upload_bytes(storage, &id).await, b"");
+    let mut writer = storage.upload_writer(&id).await.expect("writer");
+    assert_eq!(writer.written(), 0);
+    writer
+        .write(Bytes::from_static(b"xyz"))
+        .await
+        .expect("write after truncating");
+    assert_eq!(writer.finish().await.expect("finish"), 3);
+    assert_eq!(upload_bytes(storage, &id).await, b"xyz");
+
+    // A writer opened before a truncate appends at the new end (as a file opened for appending does).
+    let mut writer = storage.upload_writer(&id).await.expect("writer");
+    storage.upload_truncate(&id, 1).await.expect("truncate");
+    writer
+        .write(Bytes::from_static(b"!"))
+        .await
+        .expect("write after a truncate");
+    assert_eq!(writer.written(), 2);
+    assert_eq!(writer.finish().await.expect("finish"), 2);
+    assert_eq!(upload_bytes(storage, &id).await, b"x!");
+
+    // The listing and the lookup of its time agree, and both forget a deleted upload.
+    let listed = storage.uploads().await.expect("list");
+    let modified = listed
+        .iter()
+        .find_map(|(listed, modified)| (listed == &id).then_some(*modified))
+        .expect("the upload is listed");
+    assert_eq!(
+        storage.upload_modified(&id).await.expect("modified"),
+        Some(modified)
+    );
+    storage.upload_delete(&id).await.expect("delete");
+    assert!(!storage
+        .uploads()
+        .await
+        .expect("list")
+        .iter()
+        .any(|(listed, _)| listed == &id));
+    assert_eq!(storage.upload_modified(&id).await.expect("modified"), None);
+    assert_eq!(storage.upload_info(&id).await.expect("info"), None);
+
+    // A commit of other than the verified number of bytes is refused and keeps the upload.
+    let id = upload_holding(storage, b"goodEVIL").await;
+    let good = Digest::sha256_of(b"good");
+    let refused = storage.upload_commit(&id, &good, 4).await;
+    assert!(
+        matches!(refused, Err(StorageError::Corrupt(_))),
+        "{refused:?}"
+    );
+    assert_eq!(storage.blob_size(&good).await.expect("size"), None);
+    assert_eq!(
+        storage
+            .upload_info(&id)
+            .await
+            .expect("info")
+            .map(|i| i.size),
+        Some(8)
+    );
+    storage.upload_delete(&id).await.expect("delete");
+
+    // A committed upload is gone from the listing too, and its bytes are the blob's.
+    let id = upload_holding(storage, b"committed edge").await;
+    let digest = Digest::sha256_of(b"committed edge");
+    storage
+        .upload_commit(&id, &digest, 14)
+        .await
+        .expect("commit");
+    assert!(!storage
+        .uploads()
+        .await
+        .expect("list")
+        .iter()
+        .any(|(listed, _)| listed == &id));
+    assert_eq!(storage.upload_info(&id).await.expect("info"), None);
+    assert_eq!(storage.blob_size(&digest).await.expect("size"), Some(14));
+
+    // Committing content that is already stored only removes the upload (the stored blob stays as it was).
+    let again = upload_holding(storage, b"committed edge").await;
+    storage
+        .upload_commit(&again, &digest, 14)
+        .await
+        .expect("commit of stored content");
+    assert_eq!(storage.upload_info(&again).await.expect("info"), None);
+    let whole = storage
+        .blob_read(&digest, None)
+        .await
+        .expect("read")
+        .expect("present");
+    assert_eq!(collect(whole.stream).await, b"committed edge");
+    assert!(storage.blob_delete(&digest).await.expect("delete"));
+}
+
+/// Every operation on an upload that does not exist fails with `UploadMissing`, or answers "none".
+async fn missing_uploads(storage: &dyn Storage) {
+    let missing = UploadId::new_random();
+    let is_missing = |what: &str, result: Result<(), StorageError>| {
+        assert!(
+            matches!(&result, Err(StorageError::UploadMissing(id)) if id == &missing),
+            "{what} of a missing upload: {result:?}"
+        );
+    };
+    is_missing("writer", storage.upload_writer(&missing).await.map(|_| ()));
+    is_missing("read", storage.upload_read(&missing).await.map(|_| ()));
+    is_missing(
+        "read at",
+        storage.upload_read_at(&missing, 0, 10).await.map(|_| ()),
+    );
+    is_missing("truncate", storage.upload_truncate(&missing, 0).await);
+    let digest = Digest::sha256_of(b"never uploaded");
+    is_missing("commit", storage.upload_commit(&missing, &digest, 14).await);
+    assert_eq!(
+        storage.blob_size(&digest).await.expect("size"),
+        None,
+        "a failed commit stores nothing"
+    );
+    // Also when the content is already stored: there is no upload to remove.
+    let stored = push_blob(storage, &repo("suite/missing"), b"stored content").await;
+    is_missing("commit", storage.upload_commit(&missing, &stored, 14).await);
+    assert_eq!(storage.upload_info(&missing).await.expect("info"), None);
+    assert_eq!(
+        storage.upload_modified(&missing).await.expect("modified"),
+        None
+    );
+    storage
+        .upload_delete(&missing)
+        .await
+        .expect("deleting a missing upload is fine");
 }
 
 async fn blobs(storage: &dyn Storage) {
@@ -310,6 +536,15 @@ async fn manifests_and_tags(storage: &dyn Storage) {
         .tag_delete_if(&r, &tag("moving"), &other)
         .await
         .expect("delete if absent"));
+    assert!(!storage
+        .tag_delete_if(&repo("suite/no-such-repository"), &tag("moving"), &other)
+        .await
+        .expect("delete if the repository does not exist"));
+    // The manifest's bytes are stored as the blob of its digest.
+    assert_eq!(
+        storage.blob_size(&digest).await.expect("size"),
+        Some(manifest.bytes.len() as u64)
+    );
     assert_eq!(
         storage.tag_get(&r, &tag("latest")).await.expect("get"),
         None
