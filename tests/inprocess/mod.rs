@@ -8,7 +8,8 @@
 //! the same over a fresh data directory for a test that needs the filesystem backend. [`Fixture::restart`] is
 //! the in-process equivalent of restarting berth (a new state over the same storage, which recovers the uploads
 //! it finds) and [`Fixture::sweep_uploads`] runs the upload sweep `serve` runs in the background, now.
-// The harness serves every module of the tier; not each of its parts is used by every build of it (`on_filesystem`).
+// Kept for the modules the cache part adds in parallel (their helpers may not all be used yet); this part's own
+// code uses every item but the data directory the fixture holds for its drop.
 #![allow(dead_code)]
 
 mod front_door;

@@ -248,7 +248,16 @@ async fn a_wrong_digest_on_the_closing_put_rolls_back_that_put_only() {
 
 #[actix_web::test]
 async fn the_running_hash_is_rebuilt_from_the_stored_bytes_after_a_restart() {
-    let mut fixture = Fixture::new().await;
+    the_hash_is_rebuilt_after_a_restart(Fixture::new().await).await;
+}
+
+/// The same over the filesystem backend, whose restart reads the upload back from disk.
+#[actix_web::test]
+async fn the_running_hash_is_rebuilt_from_the_stored_file_after_a_restart() {
+    the_hash_is_rebuilt_after_a_restart(Fixture::on_filesystem(|_| {}).await).await;
+}
+
+async fn the_hash_is_rebuilt_after_a_restart(mut fixture: Fixture) {
     let bytes = content(300_000, 4);
     let digest = sha256(&bytes);
     let (first, rest) = bytes.split_at(100_000);
