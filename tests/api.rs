@@ -1571,11 +1571,15 @@ fn concurrent_pushes_of_one_blob_and_one_tag_end_consistent() {
     assert!(files_under(&berth.data_dir.join("tmp")).is_empty());
 }
 
+/// What only a process shows: `serve` sweeps stale uploads at start, and the filesystem backend's upload directory
+/// goes with the upload. The sweep's judgement itself (the age, an upload touched since) is in the in-process tier
+/// (`inprocess::uploads`), on a manual clock. Issue 10: this slept 1.5 s to age the upload; it ages the upload's
+/// data file instead (the filesystem backend's upload time is that file's modification time).
 #[test]
 fn stale_uploads_expire() {
     let mut berth = Berth::start(Options {
         plain_http: true,
-        extra_args: vec!["--upload-max-age".into(), "1s".into()],
+        extra_args: vec!["--upload-max-age".into(), "1h".into()],
         ..Options::default()
     });
     let api = Api::new(&berth);
@@ -1587,10 +1591,16 @@ fn stale_uploads_expire() {
         .send()
         .expect("PATCH");
     assert_eq!(response.status(), StatusCode::ACCEPTED);
-    // Let the upload age past the limit; the sweep runs at start, so a restart finds it stale. Nothing outside
-    // the process shows an upload's age, so there is no condition to poll for: the wait is the input.
-    // issue 10: moves to the in-process tier with a ManualClock (the registry service takes a SharedClock).
-    std::thread::sleep(Duration::from_millis(1500));
+    let id = location
+        .rsplit('/')
+        .next()
+        .expect("the location ends with the upload's id");
+    let two_hours_ago = std::time::SystemTime::now() - Duration::from_secs(2 * 3600);
+    std::fs::File::options()
+        .append(true)
+        .open(berth.data_dir.join("uploads").join(id).join("data"))
+        .and_then(|data| data.set_modified(two_hours_ago))
+        .expect("age the upload");
     berth.restart();
     let api = Api::new(&berth);
     poll_until(

@@ -4,11 +4,16 @@
 //! process (clients, crashes, TLS, the API server) stays in the other modules.
 //!
 //! [`InProcess::start`] takes the three things a test may replace: the config, the storage and the clock;
-//! [`Fixture::new`] is the usual set (defaults, a fresh data directory, a manual clock).
-// The harness is shared with the tests the next modules add (uploads, the cache); not all of it is used yet.
+//! [`Fixture::new`] is the usual set (defaults, the memory backend, a manual clock), [`Fixture::on_filesystem`]
+//! the same over a fresh data directory for a test that needs the filesystem backend. [`Fixture::restart`] is
+//! the in-process equivalent of restarting berth (a new state over the same storage, which recovers the uploads
+//! it finds) and [`Fixture::sweep_uploads`] runs the upload sweep `serve` runs in the background, now.
+// Kept for the modules the cache part adds in parallel (their helpers may not all be used yet); this part's own
+// code uses every item but the data directory the fixture holds for its drop.
 #![allow(dead_code)]
 
 mod front_door;
+mod uploads;
 
 use std::path::Path;
 use std::rc::Rc;
@@ -26,6 +31,7 @@ use serde_json::Value;
 use berth::clock::{ManualClock, SharedClock};
 use berth::config::{Config, Limits, PolicySource};
 use berth::registry::storage::fs::FsStorage;
+use berth::registry::storage::memory::MemoryStorage;
 use berth::registry::storage::Storage;
 use berth::server::AppState;
 
@@ -40,12 +46,15 @@ pub struct InProcess {
     call: Rc<Call>,
 }
 
-/// [`InProcess`] over a fresh data directory with the default config and a manual clock.
+/// [`InProcess`] with the default config and a manual clock, over the memory backend (or the filesystem's).
 pub struct Fixture {
     pub berth: InProcess,
+    /// The one clock of the storage and the state.
     pub clock: Arc<ManualClock>,
     pub config: Config,
-    /// Holds the data directory.
+    /// What `berth` runs over; [`Fixture::restart`] starts berth again over it.
+    pub storage: Arc<dyn Storage>,
+    /// Holds the data directory (where the filesystem backend keeps its content; the config names it either way).
     pub dir: tempfile::TempDir,
 }
 
@@ -125,24 +134,60 @@ impl Answer {
 }
 
 impl Fixture {
-    /// Defaults, a fresh data directory on the filesystem backend and a manual clock.
+    /// Defaults, the memory backend and a manual clock.
     pub async fn new() -> Fixture {
         Fixture::with_config(|_| {}).await
     }
 
     /// Like [`Fixture::new`], with `change` applied to the default config first.
     pub async fn with_config(change: impl FnOnce(&mut Config)) -> Fixture {
+        Fixture::build(change, |_, clock| {
+            Arc::new(MemoryStorage::with_clock(clock))
+        })
+        .await
+    }
+
+    /// Like [`Fixture::with_config`], over the filesystem backend in a fresh data directory (its upload times are
+    /// the files' times, which the manual clock does not move).
+    pub async fn on_filesystem(change: impl FnOnce(&mut Config)) -> Fixture {
+        Fixture::build(change, |config, _| fs_storage(&config.data_dir)).await
+    }
+
+    async fn build(
+        change: impl FnOnce(&mut Config),
+        storage: impl FnOnce(&Config, SharedClock) -> Arc<dyn Storage>,
+    ) -> Fixture {
         let dir = tempfile::tempdir().expect("temporary data directory");
         let mut config = config(&dir.path().join("data"));
         change(&mut config);
         let clock = ManualClock::new();
-        let berth = InProcess::start(&config, fs_storage(&config.data_dir), clock.clone()).await;
+        let storage = storage(&config, clock.clone());
+        let berth = InProcess::start(&config, storage.clone(), clock.clone()).await;
         Fixture {
             berth,
             clock,
             config,
+            storage,
             dir,
         }
+    }
+
+    /// Stops this berth and starts a new one over the same storage and clock: what a restart of the process keeps
+    /// (the content, the uploads) stays, what lives in its memory (upload sessions, running hashes) is built anew
+    /// (`AppState::build` recovers the uploads it finds).
+    pub async fn restart(&mut self) {
+        self.berth = InProcess::start(&self.config, self.storage.clone(), self.clock.clone()).await;
+    }
+
+    /// Runs the upload sweep `serve` runs every few minutes, with the config's `upload_max_age`; returns how many
+    /// uploads it expired.
+    pub async fn sweep_uploads(&self) -> usize {
+        self.berth
+            .state
+            .registry
+            .expire_uploads(self.config.upload_max_age)
+            .await
+            .unwrap_or_else(|e| panic!("sweeping uploads: {e}"))
     }
 }
 
