@@ -8,6 +8,8 @@
 // The harness is shared with the tests the next modules add (uploads, the cache); not all of it is used yet.
 #![allow(dead_code)]
 
+mod cache;
+mod fake_upstream;
 mod front_door;
 
 use std::path::Path;
