@@ -13,6 +13,7 @@ use crate::admission::{AdmissionSettings, PolicyStore};
 use crate::clock::SharedClock;
 use crate::config::{Config, PolicySource};
 use crate::limits::BodyLimits;
+use crate::proxy::upstream::Upstream;
 use crate::proxy::Proxy;
 use crate::registry::service::UploadLimits;
 use crate::registry::storage::fs::FsStorage;
@@ -88,12 +89,36 @@ pub struct AppState {
 }
 
 impl AppState {
-    /// Opens the registry service over `storage` (recovering interrupted uploads), the proxy (loading its usage
-    /// records), the policy at start and the admission settings. Starts nothing in the background.
+    /// Opens the registry service over `storage` (recovering interrupted uploads), the proxy of the configured
+    /// upstreams over HTTP (loading its usage records), the policy at start and the admission settings. Starts
+    /// nothing in the background.
     pub async fn build(
         config: &Config,
         storage: Arc<dyn Storage>,
         clock: SharedClock,
+    ) -> Result<AppState, ServeError> {
+        AppState::assemble(config, storage, clock, None).await
+    }
+
+    /// Like [`AppState::build`], but the proxy serves `upstreams` (the in-process tests' fakes) instead of the
+    /// configured HTTP upstreams: `config.proxy.upstreams` is not read, the rest of the proxy config
+    /// (`maxSize`) applies. The admission settings know the upstreams given here, as `build` knows the configured
+    /// ones.
+    pub async fn with_upstreams(
+        config: &Config,
+        storage: Arc<dyn Storage>,
+        clock: SharedClock,
+        upstreams: Vec<Arc<dyn Upstream>>,
+    ) -> Result<AppState, ServeError> {
+        AppState::assemble(config, storage, clock, Some(upstreams)).await
+    }
+
+    /// [`AppState::build`] with the proxy's upstreams given, or (`None`) made from the config.
+    async fn assemble(
+        config: &Config,
+        storage: Arc<dyn Storage>,
+        clock: SharedClock,
+        upstreams: Option<Vec<Arc<dyn Upstream>>>,
     ) -> Result<AppState, ServeError> {
         let limits = &config.limits;
         let registry = web::Data::new(
@@ -125,8 +150,16 @@ impl AppState {
             limits.body_timeout,
             usize::try_from(limits.body_memory).unwrap_or(usize::MAX),
         ));
-        let proxy = Proxy::from_config(&config.proxy, registry.clone().into_inner(), clock.clone())
-            .map_err(ServeError::Proxy)?;
+        let upstreams = match upstreams {
+            Some(upstreams) => upstreams,
+            None => Proxy::http_upstreams(&config.proxy).map_err(ServeError::Proxy)?,
+        };
+        let proxy = Proxy::new(
+            upstreams,
+            config.proxy.max_size,
+            registry.clone().into_inner(),
+            clock.clone(),
+        );
         proxy.load_usage().await.map_err(|e| {
             ServeError::Proxy(crate::proxy::upstream::http::UpstreamError::Setup {
                 upstream: "(cache)".into(),
@@ -152,7 +185,8 @@ impl AppState {
         let settings = web::Data::new(
             AdmissionSettings::new(&config.namespace)
                 .with_hosts(own_names)
-                .with_proxy_upstreams(config.proxy.upstreams.iter().map(|u| u.name.clone())),
+                // The upstreams the proxy serves (the configured ones, or a test's), so the two never disagree.
+                .with_proxy_upstreams(proxy.upstream_names().map(str::to_owned)),
         );
         Ok(AppState {
             registry,

@@ -59,11 +59,18 @@ impl Proxy {
         registry: Arc<Registry>,
         clock: SharedClock,
     ) -> Result<Proxy, UpstreamError> {
+        let upstreams = Proxy::http_upstreams(config)?;
+        Ok(Proxy::new(upstreams, config.max_size, registry, clock))
+    }
+
+    /// The configured upstreams as clients over HTTP, in the config's order (what [`Proxy::from_config`] proxies;
+    /// a test gives [`Proxy::new`] other [`Upstream`]s instead).
+    pub fn http_upstreams(config: &ProxyConfig) -> Result<Vec<Arc<dyn Upstream>>, UpstreamError> {
         let mut upstreams: Vec<Arc<dyn Upstream>> = Vec::new();
         for upstream in &config.upstreams {
             upstreams.push(Arc::new(HttpUpstream::new(upstream.clone())?));
         }
-        Ok(Proxy::new(upstreams, config.max_size, registry, clock))
+        Ok(upstreams)
     }
 
     /// The proxy of `upstreams` (by their names), caching through `registry` (the only writer of content),
@@ -83,6 +90,7 @@ impl Proxy {
         }
     }
 
+    /// The names of the upstreams proxied (each also its prefix under `proxy/`), in name order.
     pub fn upstream_names(&self) -> impl Iterator<Item = &str> {
         self.targets.names()
     }

@@ -12,6 +12,8 @@
 // code uses every item but the data directory the fixture holds for its drop.
 #![allow(dead_code)]
 
+mod cache;
+mod fake_upstream;
 mod front_door;
 mod uploads;
 
