@@ -6,17 +6,14 @@
 //! clients) stay in the process tests of `tests/proxy.rs`.
 
 use std::pin::pin;
-use std::rc::Rc;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use actix_web::body::MessageBody;
 use actix_web::dev::ServiceResponse;
 use actix_web::http::Method;
-use actix_web::test::{self, TestRequest};
-use actix_web::App;
+use actix_web::test::TestRequest;
 use bytes::Bytes;
-use futures_util::future::LocalBoxFuture;
 use serde_json::json;
 
 use berth::clock::ManualClock;
@@ -59,7 +56,7 @@ impl Cache {
             .await
             .unwrap_or_else(|e| panic!("building the server state: {e}"));
         Cache {
-            berth: mount(state).await,
+            berth: InProcess::mount(state).await,
             upstream,
             clock,
             storage,
@@ -128,21 +125,6 @@ impl Cache {
             assert!(Instant::now() < deadline, "timed out waiting for {what}");
             tokio::task::yield_now().await;
         }
-    }
-}
-
-/// Mounts `state` as [`InProcess::start`] does (for a state built with injected upstreams).
-async fn mount(state: AppState) -> InProcess {
-    let mounted = state.clone();
-    let service =
-        Rc::new(test::init_service(App::new().configure(|cfg| mounted.configure(cfg))).await);
-    let call = move |request: TestRequest| -> LocalBoxFuture<'static, ServiceResponse> {
-        let service = service.clone();
-        Box::pin(async move { test::call_service(&*service, request.to_request()).await })
-    };
-    InProcess {
-        state,
-        call: Rc::new(call),
     }
 }
 

@@ -8,9 +8,6 @@
 //! the same over a fresh data directory for a test that needs the filesystem backend. [`Fixture::restart`] is
 //! the in-process equivalent of restarting berth (a new state over the same storage, which recovers the uploads
 //! it finds) and [`Fixture::sweep_uploads`] runs the upload sweep `serve` runs in the background, now.
-// Kept for the modules the cache part adds in parallel (their helpers may not all be used yet); this part's own
-// code uses every item but the data directory the fixture holds for its drop.
-#![allow(dead_code)]
 
 mod cache;
 mod fake_upstream;
@@ -57,7 +54,7 @@ pub struct Fixture {
     /// What `berth` runs over; [`Fixture::restart`] starts berth again over it.
     pub storage: Arc<dyn Storage>,
     /// Holds the data directory (where the filesystem backend keeps its content; the config names it either way).
-    pub dir: tempfile::TempDir,
+    _dir: tempfile::TempDir,
 }
 
 impl InProcess {
@@ -71,6 +68,11 @@ impl InProcess {
         let state = AppState::build(config, storage, clock)
             .await
             .unwrap_or_else(|e| panic!("building the server state: {e}"));
+        InProcess::mount(state).await
+    }
+
+    /// Mounts a state built elsewhere (with injected upstreams, say) as `serve` mounts its own.
+    pub async fn mount(state: AppState) -> InProcess {
         let mounted = state.clone();
         let service =
             Rc::new(test::init_service(App::new().configure(|cfg| mounted.configure(cfg))).await);
@@ -170,7 +172,7 @@ impl Fixture {
             clock,
             config,
             storage,
-            dir,
+            _dir: dir,
         }
     }
 
