@@ -129,8 +129,13 @@ pub fn build_patch(plan: &MutationPlan, available: &[bool]) -> (Option<Patch>, V
     for (candidate, &available) in plan.candidates.iter().zip(available) {
         let container = &candidate.container;
         if !available {
+            // Say why when berth could never hold it, so "not available" is not a mystery.
+            let why = match candidate.target.digest.as_ref().map(|d| d.stored()) {
+                Some(Err(e)) => format!(" ({e})"),
+                _ => String::new(),
+            };
             warnings.push(format!(
-                "container {:?}: {} is not available from berth, image {:?} left unchanged (rewrite {:?})",
+                "container {:?}: {} is not available from berth{why}, image {:?} left unchanged (rewrite {:?})",
                 container.name, candidate.target, container.image, candidate.rule
             ));
             continue;

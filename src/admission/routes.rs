@@ -161,7 +161,11 @@ pub async fn holds(registry: &Registry, target: &ImageRef) -> bool {
     // The target's parts are the registry's own name types (admission/image.rs), so nothing is parsed again here
     // and no reference is "not available" merely because the registry would not take its spelling.
     let reference = match (&target.digest, &target.tag) {
-        (Some(digest), _) => Reference::Digest(digest.clone()),
+        (Some(digest), _) => match digest.stored() {
+            Ok(digest) => Reference::Digest(digest),
+            // An algorithm berth does not verify (sha384): berth holds no such manifest.
+            Err(_) => return false,
+        },
         (None, Some(tag)) => Reference::Tag(tag.clone()),
         (None, None) => match Tag::parse("latest") {
             Some(latest) => Reference::Tag(latest),

@@ -21,7 +21,7 @@ use super::upstream::UpstreamBlob;
 use crate::registry::error::RegistryError;
 use crate::registry::names::{Digest, UploadId};
 use crate::registry::service::cache::{CacheError, CacheUpload};
-use crate::registry::storage::{ByteRange, ByteStream};
+use crate::registry::storage::{ByteRange, ByteStream, StorageError};
 use crate::registry::Registry;
 
 /// Bytes gathered from the upstream before they are written and offered to readers (unless the upstream pauses).
@@ -112,7 +112,7 @@ impl Fetcher {
                         .ok_or_else(|| RegistryError::BlobUnknown(digest.to_string()).into())
                 }
                 FetchState::Streaming { size, .. } => {
-                    let stream = follow(self.registry.clone(), target, state, digest.clone());
+                    let stream = follow(self.registry.clone(), state, digest.clone());
                     return Ok((size, stream));
                 }
             }
@@ -181,6 +181,22 @@ struct BlobFetch {
     state: watch::Sender<FetchState>,
 }
 
+/// What a failed fetch tells every client that waits for it: the upstream's answer as it is, a blob the upstream
+/// does not have as unknown, and anything else (the store, the hashing) as berth's own failure — never a client
+/// error such as BLOB_UPLOAD_INVALID, which none of these clients made.
+fn for_waiters(error: ProxyError) -> ProxyError {
+    match &error {
+        ProxyError::Registry(inner) if !matches!(**inner, RegistryError::BlobUnknown(_)) => {
+            RegistryError::Storage(StorageError::Io {
+                what: "shared blob fetch".into(),
+                source: std::io::Error::other(inner.to_string()),
+            })
+            .into()
+        }
+        _ => error,
+    }
+}
+
 impl BlobFetch {
     async fn run(self) {
         let outcome = self.fetch().await;
@@ -197,7 +213,7 @@ impl BlobFetch {
         };
         self.state.send_replace(match outcome {
             Ok(size) => FetchState::Done { size },
-            Err(e) => FetchState::Failed(e),
+            Err(e) => FetchState::Failed(for_waiters(e)),
         });
         self.fetcher
             .fetch_ended(&self.digest, &self.target, size)
@@ -294,7 +310,6 @@ fn servable(size: Option<u64>, written: u64) -> u64 {
 /// broken transfer, never wrong bytes as complete).
 fn follow(
     registry: Arc<Registry>,
-    target: &ProxyTarget,
     state: watch::Receiver<FetchState>,
     digest: Digest,
 ) -> ByteStream {
@@ -308,18 +323,13 @@ fn follow(
     }
     struct Follower {
         registry: Arc<Registry>,
-        repo: crate::registry::names::RepoName,
         digest: Digest,
     }
     let failed = |follower, error: String| {
         Some((Err(std::io::Error::other(error)), (Phase::Ended, follower)))
     };
     let start = Phase::Following { state, offset: 0 };
-    let follower = Follower {
-        registry,
-        repo: target.local_repo.clone(),
-        digest,
-    };
+    let follower = Follower { registry, digest };
     Box::pin(futures_util::stream::unfold(
         (start, follower),
         move |(phase, follower)| async move {
@@ -372,13 +382,11 @@ fn follow(
                                 };
                                 let read = follower
                                     .registry
-                                    .blob_read(&follower.repo, &follower.digest, |_| {
-                                        Ok(Some(range))
-                                    })
+                                    .cache_blob_read(&follower.digest, range)
                                     .await;
                                 match read {
-                                    Ok((content, _)) => phase = Phase::Local(content.stream),
-                                    Err(RegistryError::BlobUnknown(_)) => {
+                                    Ok(Some(stream)) => phase = Phase::Local(stream),
+                                    Ok(None) => {
                                         let error = format!("blob {} vanished", follower.digest);
                                         return failed(follower, error);
                                     }

@@ -110,13 +110,6 @@ impl Algorithm {
             Algorithm::Sha512 => "sha512",
         }
     }
-
-    fn hex_len(self) -> usize {
-        match self {
-            Algorithm::Sha256 => 64,
-            Algorithm::Sha512 => 128,
-        }
-    }
 }
 
 /// A content digest `algorithm:hex` with a supported algorithm and lowercase hex of the right length.
@@ -126,7 +119,23 @@ pub struct Digest {
     hex: String,
 }
 
-impl Digest {
+/// The digest grammar, one table for every digest berth reads: `algorithm:hex`, lowercase hex of the algorithm's
+/// length. sha384 is a digest clients pull by (go-digest knows it), so references may carry it; berth itself
+/// verifies and stores only sha256 and sha512 ([`Algorithm`]).
+const DIGEST_ALGORITHMS: [(&str, usize); 3] = [("sha256", 64), ("sha384", 96), ("sha512", 128)];
+const UNSUPPORTED_IN_REFERENCES: &str =
+    "unsupported digest algorithm (sha256, sha384 and sha512 are)";
+const UNSUPPORTED_BY_BERTH: &str = "unsupported digest algorithm (sha256 and sha512 are)";
+
+/// A digest as an image reference carries it: the digest grammar with any algorithm of [`DIGEST_ALGORITHMS`]. What
+/// berth can verify and store is a [`Digest`]; [`ReferenceDigest::stored`] says whether this is one.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct ReferenceDigest {
+    algorithm: &'static str,
+    hex: String,
+}
+
+impl ReferenceDigest {
     pub fn parse(digest: &str) -> Result<Self, NameError> {
         let invalid = |why: &'static str| NameError::Digest {
             digest: digest.to_owned(),
@@ -135,16 +144,11 @@ impl Digest {
         let (algorithm, hex) = digest
             .split_once(':')
             .ok_or_else(|| invalid("digest has no algorithm"))?;
-        let algorithm = match algorithm {
-            "sha256" => Algorithm::Sha256,
-            "sha512" => Algorithm::Sha512,
-            _ => {
-                return Err(invalid(
-                    "unsupported digest algorithm (sha256 and sha512 are)",
-                ))
-            }
-        };
-        let well_formed = hex.len() == algorithm.hex_len()
+        let (algorithm, hex_len) = DIGEST_ALGORITHMS
+            .into_iter()
+            .find(|(name, _)| *name == algorithm)
+            .ok_or_else(|| invalid(UNSUPPORTED_IN_REFERENCES))?;
+        let well_formed = hex.len() == hex_len
             && hex
                 .bytes()
                 .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
@@ -153,10 +157,51 @@ impl Digest {
                 "digest is not lowercase hex of the algorithm's length",
             ));
         }
-        Ok(Digest {
+        Ok(ReferenceDigest {
             algorithm,
             hex: hex.to_owned(),
         })
+    }
+
+    /// The digest as berth stores it, or why berth cannot (an algorithm it does not verify).
+    pub fn stored(&self) -> Result<Digest, NameError> {
+        let algorithm = match self.algorithm {
+            "sha256" => Algorithm::Sha256,
+            "sha512" => Algorithm::Sha512,
+            _ => {
+                return Err(NameError::Digest {
+                    digest: self.to_string(),
+                    why: UNSUPPORTED_BY_BERTH,
+                })
+            }
+        };
+        Ok(Digest {
+            algorithm,
+            hex: self.hex.clone(),
+        })
+    }
+}
+
+impl fmt::Display for ReferenceDigest {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}:{}", self.algorithm, self.hex)
+    }
+}
+
+impl Digest {
+    /// A digest berth verifies: the digest grammar ([`ReferenceDigest`]) with an algorithm of [`Algorithm`].
+    pub fn parse(digest: &str) -> Result<Self, NameError> {
+        let unsupported = || NameError::Digest {
+            digest: digest.to_owned(),
+            why: UNSUPPORTED_BY_BERTH,
+        };
+        match ReferenceDigest::parse(digest) {
+            Ok(parsed) => parsed.stored().map_err(|_| unsupported()),
+            Err(NameError::Digest { why, .. }) if why == UNSUPPORTED_IN_REFERENCES => {
+                Err(unsupported())
+            }
+            Err(e) => Err(e),
+        }
     }
 
     /// The sha256 digest of `bytes`.

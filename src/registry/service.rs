@@ -121,9 +121,4 @@ impl Registry {
     fn storage(&self) -> &Arc<dyn Storage> {
         &self.storage
     }
-
-    /// The gate that serialises content deletion (the proxy's eviction) with commits and links.
-    pub fn content_gate(&self) -> Arc<tokio::sync::RwLock<()>> {
-        self.content_gate.clone()
-    }
 }

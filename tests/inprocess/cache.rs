@@ -471,6 +471,52 @@ async fn past_max_size_the_least_recently_used_proxied_blob_is_evicted_never_pus
     assert!(body.body == local, "the pushed blob is intact");
 }
 
+/// Review of issue 10: a manifest's bytes are stored as the blob of its digest but never blob-linked, so evicting a
+/// cached blob with the same digest deleted the pushed manifest's content (its GET answered 500). Eviction now
+/// keeps content any repository holds as a manifest.
+#[actix_web::test]
+async fn evicting_a_cached_blob_keeps_a_pushed_manifest_with_the_same_bytes() {
+    const SIZE: usize = 100_000;
+    // Room for the manifest-sized blob and one big one, not for two big ones.
+    let cache = Cache::new(Some(SIZE as u64 + SIZE as u64 / 2)).await;
+    let manifest = Bytes::from_static(
+        br#"{"schemaVersion":2,"mediaType":"application/vnd.oci.image.index.v1+json","manifests":[]}"#,
+    );
+    let pushed = cache
+        .berth
+        .send(
+            TestRequest::put()
+                .uri("/v2/local/app/manifests/v1")
+                .insert_header(("content-type", "application/vnd.oci.image.index.v1+json"))
+                .set_payload(manifest.clone()),
+        )
+        .await;
+    assert_eq!(pushed.status, 201, "{:?}", pushed.body);
+    // The upstream has the same bytes as a blob; pulling it through the cache makes it a cached blob.
+    let same = cache.upstream.add_blob(manifest.clone());
+    assert_eq!(same, Digest::sha256_of(&manifest));
+    cache.pull_blob("team/shared", &same, &manifest).await;
+    let big: Vec<(Digest, Bytes)> = (0..2)
+        .map(|i| {
+            let bytes = Bytes::from(content(SIZE, 301 + 2 * i));
+            (cache.upstream.add_blob(bytes.clone()), bytes)
+        })
+        .collect();
+    for (digest, bytes) in &big {
+        cache.clock.advance(SECOND);
+        cache.pull_blob("team/shared", digest, bytes).await;
+    }
+    // The manifest-sized blob was used least recently: it is evicted from the cache.
+    cache
+        .until("the least recently used blob to be evicted", || async {
+            !cache.cached("team/shared", &same).await
+        })
+        .await;
+    let answer = cache.get("/v2/local/app/manifests/v1").await;
+    assert_eq!(answer.status, 200, "{:?}", answer.body);
+    assert!(answer.body == manifest, "the pushed manifest is intact");
+}
+
 #[actix_web::test]
 async fn writes_to_a_proxied_repository_are_refused_and_reach_no_upstream() {
     let cache = Cache::new(None).await;

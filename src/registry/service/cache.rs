@@ -15,7 +15,9 @@ use crate::registry::error::{RegistryError, Result};
 use crate::registry::hashing::{HashPipe, Hasher};
 use crate::registry::manifest;
 use crate::registry::names::{Digest, Reference, RepoName, Tag, UploadId};
-use crate::registry::storage::{StorageError, StoredManifest, UploadInfo, UploadWriter};
+use crate::registry::storage::{
+    ByteRange, ByteStream, StorageError, StoredManifest, UploadInfo, UploadWriter,
+};
 
 /// Why content fetched for the cache was not kept.
 #[derive(Debug, thiserror::Error)]
@@ -47,12 +49,12 @@ pub struct CacheUpload {
 
 impl CacheUpload {
     /// The upload's id, for readers following it while it is written ([`Registry::cache_upload_read_at`]).
-    pub fn id(&self) -> &UploadId {
+    pub(crate) fn id(&self) -> &UploadId {
         &self.id
     }
 
     /// Hashes and appends `chunk`; returns the upload's size after it.
-    pub async fn append(&mut self, chunk: Bytes) -> Result<u64> {
+    pub(crate) async fn append(&mut self, chunk: Bytes) -> Result<u64> {
         self.hashed = self.hashed.saturating_add(chunk.len() as u64);
         self.pipe
             .feed(chunk.clone())
@@ -66,7 +68,7 @@ impl CacheUpload {
 impl Registry {
     /// Starts an upload of the blob `digest` fetched for `repo`. It holds no session: nobody can resume it, and it
     /// is deleted at the next start if the process dies meanwhile.
-    pub async fn cache_upload_start(
+    pub(crate) async fn cache_upload_start(
         &self,
         repo: &RepoName,
         digest: &Digest,
@@ -98,7 +100,7 @@ impl Registry {
 
     /// Up to `max` bytes of a cache upload from `offset`, as stored now; `None` once the upload is gone (committed
     /// or discarded).
-    pub async fn cache_upload_read_at(
+    pub(crate) async fn cache_upload_read_at(
         &self,
         id: &UploadId,
         offset: u64,
@@ -113,7 +115,7 @@ impl Registry {
 
     /// Verifies the upload's digest, commits it and links it into its repository under the content gate; returns
     /// the blob's size. On any failure the upload is deleted and nothing becomes visible.
-    pub async fn cache_blob_commit(&self, upload: CacheUpload) -> Result<u64, CacheError> {
+    pub(crate) async fn cache_blob_commit(&self, upload: CacheUpload) -> Result<u64, CacheError> {
         let CacheUpload {
             id,
             repo,
@@ -154,7 +156,7 @@ impl Registry {
     }
 
     /// Deletes a cache upload that will not be committed (the upstream broke off).
-    pub async fn cache_upload_discard(&self, upload: CacheUpload) {
+    pub(crate) async fn cache_upload_discard(&self, upload: CacheUpload) {
         self.discard(&upload.id).await;
     }
 
@@ -164,13 +166,28 @@ impl Registry {
         }
     }
 
+    /// A range of a committed blob's content, whether or not a repository still links it: a client that followed
+    /// a fetch to its end finishes reading even if the blob was evicted from the cache meanwhile while other
+    /// repositories keep its content. `None` when the content is gone.
+    pub(crate) async fn cache_blob_read(
+        &self,
+        digest: &Digest,
+        range: ByteRange,
+    ) -> Result<Option<ByteStream>> {
+        Ok(self
+            .storage
+            .blob_read(digest, Some(range))
+            .await?
+            .map(|content| content.stream))
+    }
+
     /// Whether the blob is visible in `repo`.
     pub async fn blob_linked(&self, repo: &RepoName, digest: &Digest) -> Result<bool> {
         Ok(self.storage.blob_linked(repo, digest).await?)
     }
 
     /// The blobs visible in `repo` with their sizes (to count a cache's size after a restart).
-    pub async fn cache_blobs(&self, repo: &RepoName) -> Result<Vec<(Digest, u64)>> {
+    pub(crate) async fn cache_blobs(&self, repo: &RepoName) -> Result<Vec<(Digest, u64)>> {
         let mut found = Vec::new();
         for digest in self.storage.blobs_linked(repo).await? {
             if let Some(size) = self.storage.blob_size(&digest).await? {
@@ -181,7 +198,7 @@ impl Registry {
     }
 
     /// A manifest of `repo` by tag or digest, if it is stored.
-    pub async fn cached_manifest(
+    pub(crate) async fn cached_manifest(
         &self,
         repo: &RepoName,
         reference: &Reference,
@@ -202,7 +219,7 @@ impl Registry {
 
     /// Stores a fetched manifest in `repo`: by digest, its bytes must hash to it; by tag, the tag is set to it.
     /// Unlike a push, the blobs it names need not be there (the cache fetches them when they are asked for).
-    pub async fn cache_manifest(
+    pub(crate) async fn cache_manifest(
         &self,
         repo: &RepoName,
         reference: &Reference,
@@ -228,6 +245,7 @@ impl Registry {
             bytes,
         };
         let _repo = self.repo_lock(repo).lock().await;
+        let _gate = self.content_gate.read().await;
         self.storage
             .manifest_put(repo, &digest, &manifest)
             .await
@@ -242,15 +260,18 @@ impl Registry {
     }
 
     /// Removes a cached tag (the upstream says it is gone); false if there was none.
-    pub async fn cache_untag(&self, repo: &RepoName, tag: &Tag) -> Result<bool> {
+    pub(crate) async fn cache_untag(&self, repo: &RepoName, tag: &Tag) -> Result<bool> {
         let _repo = self.repo_lock(repo).lock().await;
         Ok(self.storage.tag_delete(repo, tag).await?)
     }
 
-    /// Whether any repository links the blob.
-    pub async fn linked_anywhere(&self, digest: &Digest) -> Result<bool> {
+    /// Whether any repository uses the content: links it as a blob, or holds a manifest of that digest (a
+    /// manifest's bytes are stored as the blob of its digest, and are never blob-linked).
+    pub(crate) async fn linked_anywhere(&self, digest: &Digest) -> Result<bool> {
         for repo in self.storage.repositories().await? {
-            if self.storage.blob_linked(&repo, digest).await? {
+            if self.storage.blob_linked(&repo, digest).await?
+                || self.storage.manifest_get(&repo, digest).await?.is_some()
+            {
                 return Ok(true);
             }
         }
@@ -260,7 +281,7 @@ impl Registry {
     /// Evicts a cached blob: unlinks it from `repos` and deletes its content unless another repository (pushed
     /// content) still links it. Runs under the write gate, so no push, mount or fetch links the content while it
     /// is judged unused. Returns whether the content was deleted.
-    pub async fn cache_evict(&self, digest: &Digest, repos: &[RepoName]) -> Result<bool> {
+    pub(crate) async fn cache_evict(&self, digest: &Digest, repos: &[RepoName]) -> Result<bool> {
         let _gate = self.content_gate.write().await;
         for repo in repos {
             self.storage.blob_unlink(repo, digest).await?;
@@ -272,7 +293,7 @@ impl Registry {
     }
 
     /// Fails unless storage can store new content now (readiness).
-    pub async fn check_writable(&self) -> Result<(), StorageError> {
+    pub(crate) async fn check_writable(&self) -> Result<(), StorageError> {
         self.storage.check_writable().await
     }
 }

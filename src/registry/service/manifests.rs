@@ -120,6 +120,9 @@ impl Registry {
             }
         }
         let _repo = self.repo_lock(repo).lock().await;
+        // A manifest's bytes are content (stored as the blob of its digest): held across the check and the store,
+        // so the proxy's eviction cannot judge that content unused and delete it in between.
+        let _gate = self.content_gate.read().await;
         self.check_references(repo, &parsed).await?;
         let stored = StoredManifest {
             media_type: parsed.media_type.clone(),
