@@ -313,7 +313,7 @@ fn import_graph(files: &BTreeMap<String, String>) -> Graph {
 }
 
 /// The graph's circles (strongly connected components of more than one file).
-fn circles(edges: &Graph) -> Vec<BTreeSet<Module>> {
+fn circles(edges: &Graph) -> Vec<Files> {
     let reaches = |from: &Module| {
         let (mut seen, mut todo) = (BTreeSet::new(), vec![from.clone()]);
         while let Some(next) = todo.pop() {
@@ -325,20 +325,17 @@ fn circles(edges: &Graph) -> Vec<BTreeSet<Module>> {
         }
         seen
     };
-    let reach: BTreeMap<&Module, BTreeSet<Module>> =
-        edges.keys().map(|n| (n, reaches(n))).collect();
-    let mut found: Vec<BTreeSet<Module>> = Vec::new();
-    for (node, reached) in &reach {
-        let circle: BTreeSet<Module> = reached
+    let reach: BTreeMap<&Module, Files> = edges.keys().map(|n| (n, reaches(n))).collect();
+    let back = |node: &Module, other: &Module| reach.get(other).is_some_and(|r| r.contains(node));
+    let circle = |(node, reached): (&&Module, &Files)| -> Files {
+        reached
             .iter()
-            .filter(|other| reach.get(other).is_some_and(|back| back.contains(*node)))
+            .filter(|other| back(node, other))
             .cloned()
-            .collect();
-        if circle.len() > 1 && !found.contains(&circle) {
-            found.push(circle);
-        }
-    }
-    found
+            .collect()
+    };
+    let found: BTreeSet<Files> = reach.iter().map(circle).filter(|c| c.len() > 1).collect();
+    found.into_iter().collect()
 }
 
 /// The circles as sorted lists of files.
@@ -453,11 +450,8 @@ fn f() {}
 ## every `#[cfg(test)]` item is test code: a module, a `use`, a fn, a file => none
 -- a.rs:
 #[cfg(test)]
-mod tests {
-    use crate::b::B;
-}
-#[cfg(test)]
-use crate::b::C;
+mod tests { use crate::b::B; }
+#[cfg(test)] use crate::b::C;
 #[cfg(test)]
 #[allow(dead_code)]
 fn helper() { crate::b::g() }
@@ -469,11 +463,8 @@ pub fn f() {}
 ## … and nothing else is => a.rs b.rs c.rs
 -- a.rs:
 #[cfg(test)]
-mod tests {
-    fn t() {}
-}
-#[cfg(test)]
-fn helper() {}
+mod tests { fn t() {} }
+#[cfg(test)] fn helper() {}
 pub fn f() { crate::b::g() }
 pub struct S {
     #[cfg(test)]
