@@ -140,17 +140,24 @@ async fn mutate(
 }
 
 /// For each candidate: `when: always`, or berth can serve the target (its store holds the manifest, or a
-/// configured upstream of the proxy serves that repository).
+/// configured upstream of the proxy serves that repository). Never a target by a digest berth cannot verify
+/// (sha384): berth would refuse that pull whatever the rule says, so the rewrite would break the pod.
 async fn availability(plan: &MutationPlan, registry: &Registry, proxy: &Proxy) -> Vec<bool> {
     let mut available = Vec::with_capacity(plan.candidates.len());
     for candidate in &plan.candidates {
-        let ok = match candidate.when {
-            super::policy::When::Always => true,
-            super::policy::When::Available => {
-                proxy.serves(candidate.target.path.as_str())
-                    || holds(registry, &candidate.target).await
-            }
-        };
+        let servable = candidate
+            .target
+            .digest
+            .as_ref()
+            .is_none_or(|digest| digest.stored().is_ok());
+        let ok = servable
+            && match candidate.when {
+                super::policy::When::Always => true,
+                super::policy::When::Available => {
+                    proxy.serves(candidate.target.path.as_str())
+                        || holds(registry, &candidate.target).await
+                }
+            };
         available.push(ok);
     }
     available

@@ -182,11 +182,16 @@ struct BlobFetch {
 }
 
 /// What a failed fetch tells every client that waits for it: the upstream's answer as it is, a blob the upstream
-/// does not have as unknown, and anything else (the store, the hashing) as berth's own failure — never a client
+/// does not have as unknown, a storage failure as it is, and anything else (the hashing) as berth's own failure — never a client
 /// error such as BLOB_UPLOAD_INVALID, which none of these clients made.
 fn for_waiters(error: ProxyError) -> ProxyError {
     match &error {
-        ProxyError::Registry(inner) if !matches!(**inner, RegistryError::BlobUnknown(_)) => {
+        ProxyError::Registry(inner)
+            if !matches!(
+                **inner,
+                RegistryError::BlobUnknown(_) | RegistryError::Storage(_)
+            ) =>
+        {
             RegistryError::Storage(StorageError::Io {
                 what: "shared blob fetch".into(),
                 source: std::io::Error::other(inner.to_string()),

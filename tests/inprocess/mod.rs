@@ -9,6 +9,7 @@
 //! the in-process equivalent of restarting berth (a new state over the same storage, which recovers the uploads
 //! it finds) and [`Fixture::sweep_uploads`] runs the upload sweep `serve` runs in the background, now.
 
+mod admission;
 mod cache;
 mod fake_upstream;
 mod front_door;

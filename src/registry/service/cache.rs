@@ -269,9 +269,11 @@ impl Registry {
     /// manifest's bytes are stored as the blob of its digest, and are never blob-linked).
     pub(crate) async fn linked_anywhere(&self, digest: &Digest) -> Result<bool> {
         for repo in self.storage.repositories().await? {
-            if self.storage.blob_linked(&repo, digest).await?
-                || self.storage.manifest_get(&repo, digest).await?.is_some()
-            {
+            if self.storage.blob_linked(&repo, digest).await? {
+                return Ok(true);
+            }
+            // A manifest that cannot be read (a damaged store) counts as held: eviction errs on keeping content.
+            if !matches!(self.storage.manifest_get(&repo, digest).await, Ok(None)) {
                 return Ok(true);
             }
         }
