@@ -136,18 +136,7 @@ impl UploadJob {
         }
         let linked = storage.blob_link(&repo, &digest).await;
         drop(gate);
-        if let Err(e) = linked {
-            // The upload became the blob, so the session has nothing left to continue.
-            let UploadJob {
-                shared,
-                id,
-                session,
-                ..
-            } = self;
-            drop(session);
-            shared.forget(&id);
-            return Err(e.into());
-        }
+        // The upload became the blob, linked or not, so the session has nothing left to continue.
         let UploadJob {
             shared,
             id,
@@ -156,6 +145,7 @@ impl UploadJob {
         } = self;
         drop(session);
         shared.forget(&id);
+        linked?;
         log::info!("blob {digest} ({} bytes) pushed to {repo}", hash.hashed);
         Ok(hash.hashed)
     }

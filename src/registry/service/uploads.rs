@@ -15,7 +15,7 @@ use super::upload_job::{
     chunk_length, feed_task, out_of_order, pipe_failure, BodySink, Feed, Shared, UploadJob,
     FEED_DEPTH,
 };
-use super::{Registry, SessionSlot, UploadHash};
+use super::{Registry, SessionGuard, SessionSlot, UploadHash};
 use crate::registry::error::{RegistryError, Result};
 use crate::registry::hashing::{self, Hasher};
 use crate::registry::names::{Algorithm, Digest, RepoName, UploadId};
@@ -161,6 +161,27 @@ impl Registry {
         }
     }
 
+    /// Takes the upload's session (a request at a time) and its size, checking that a `Content-Range` starts where
+    /// the upload ends: refused before anything is read or hashed.
+    async fn lock_session_at(
+        &self,
+        repo: &RepoName,
+        id: &UploadId,
+        location: &str,
+        range: Option<(u64, u64)>,
+    ) -> Result<(SessionGuard, u64)> {
+        // Unknown ids never get a session slot (the map would grow with every guessed id).
+        self.upload_size(repo, id).await?;
+        let session = self.slot(id).lock_owned().await;
+        let size = self.upload_size(repo, id).await?;
+        if let Some((start, _)) = range {
+            if start != size {
+                return Err(out_of_order(id, location, size, start));
+            }
+        }
+        Ok((session, size))
+    }
+
     /// Appends a request body to an upload. `range` (from `Content-Range`, inclusive) must start where the upload
     /// ends and announce the body's length. A failed append leaves the upload as it was before the request, and so
     /// does a request that goes away before its body ended (see [`UploadJob`]). Returns the new size.
@@ -176,17 +197,7 @@ impl Registry {
         B: Stream<Item = std::result::Result<Bytes, E>> + Unpin,
         E: Display,
     {
-        // Unknown ids never get a session slot (the map would grow with every guessed id).
-        self.upload_size(repo, id).await?;
-        let slot = self.slot(id);
-        let mut session = slot.lock_owned().await;
-        let size = self.upload_size(repo, id).await?;
-        if let Some((start, _)) = range {
-            // Refused before anything is read or hashed.
-            if start != size {
-                return Err(out_of_order(id, location, size, start));
-            }
-        }
+        let (mut session, size) = self.lock_session_at(repo, id, location, range).await?;
         // Keep hashing with the algorithm the session started with (a monolithic push knows its digest up front).
         let algorithm = session
             .as_ref()
@@ -295,15 +306,7 @@ impl Registry {
         B: Stream<Item = std::result::Result<Bytes, E>> + Unpin,
         E: Display,
     {
-        self.upload_size(repo, id).await?;
-        let slot = self.slot(id);
-        let mut session = slot.lock_owned().await;
-        let size = self.upload_size(repo, id).await?;
-        if let Some((start, _)) = range {
-            if start != size {
-                return Err(out_of_order(id, location, size, start));
-            }
-        }
+        let (mut session, size) = self.lock_session_at(repo, id, location, range).await?;
         // The first chunk is awaited before the cached hash is taken out of the session: a request dropped while
         // it waits then leaves the hash in place (review finding: each reset forced a full rehash).
         let chunk = match body {
