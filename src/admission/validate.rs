@@ -149,7 +149,7 @@ mod tests {
     use crate::admission::pod::ORIGINAL_IMAGES_ANNOTATION;
     use crate::admission::rewrite::{build_patch, plan_mutation};
     use crate::admission::testing::{pod, request, scope, POLICY};
-    use serde_json::json;
+    use serde_json::{json, Value};
 
     #[test]
     fn validate_pods_and_workloads() {
@@ -282,16 +282,21 @@ rewrites:
 "#;
 
     /// Validates a pod with one container `web` running `image`, with `original` recorded for it.
+    /// `/validate`'s answer to the creation of `object`, a pod in namespace `apps`.
+    fn validate_pod(policy: &Policy, object: Value) -> AdmissionResponse {
+        validate(
+            &request(("", "Pod"), "CREATE", "apps", object),
+            policy,
+            &scope(),
+        )
+    }
+
     fn validate_one(policy: &Policy, image: &str, original: Option<&str>) -> AdmissionResponse {
         let annotations = original.map(|o| {
             json!({ORIGINAL_IMAGES_ANNOTATION: serde_json::to_string(&json!({"web": o})).expect("json")})
         });
         let spec = json!({"containers": [{"name": "web", "image": image}]});
-        validate(
-            &request(("", "Pod"), "CREATE", "apps", pod(spec, annotations)),
-            policy,
-            &scope(),
-        )
+        validate_pod(policy, pod(spec, annotations))
     }
 
     /// Issue 10 and its review: a `sha384` image is decided by the policy like any other (the default allows it: a
@@ -396,11 +401,7 @@ rewrites:
             object["metadata"]["annotations"][ORIGINAL_IMAGES_ANNOTATION],
             "{\"web\":\"nginx:1.25\"}"
         );
-        let response = validate(
-            &request(("", "Pod"), "CREATE", "apps", object),
-            &policy,
-            &scope(),
-        );
+        let response = validate_pod(&policy, object);
         assert!(response.allowed, "{}", response.result.message);
     }
 
@@ -502,11 +503,7 @@ rewrites: [{name: internal, match: 'registry\.internal/(.+)', replace: '127.0.0.
         let (patch, _) = build_patch(&plan, &[true]);
         json_patch::patch(&mut object, &patch.expect("a patch")).expect("applies");
         assert_eq!(object["spec"]["containers"][0]["image"], proxied);
-        let response = validate(
-            &request(("", "Pod"), "CREATE", "apps", object),
-            &policy,
-            &scope(),
-        );
+        let response = validate_pod(&policy, object);
         assert!(response.allowed, "{}", response.result.message);
     }
 
@@ -586,11 +583,7 @@ rewrites:
         // An entry for a container berth did not rewrite stays as written; /validate trusts it only when the
         // policy's rewrite explains the image.
         assert_eq!(recorded["side"], "busybox:1");
-        let response = validate(
-            &request(("", "Pod"), "CREATE", "apps", object.clone()),
-            &policy,
-            &scope(),
-        );
+        let response = validate_pod(&policy, object.clone());
         assert!(!response.allowed);
         assert!(
             response

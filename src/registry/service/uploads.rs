@@ -447,6 +447,23 @@ mod tests {
     use crate::registry::storage::memory::MemoryStorage;
     use crate::registry::storage::Storage;
 
+    /// Closes the upload with the digest of `expected` and checks the blob holds exactly those bytes.
+    async fn commits_as(
+        registry: &Registry,
+        repo: &RepoName,
+        id: &UploadId,
+        location: &str,
+        expected: &[u8],
+        what: &str,
+    ) {
+        let digest = Digest::sha256_of(expected);
+        registry
+            .upload_finish(repo, id, location, &digest, None, None::<Chunks>)
+            .await
+            .expect(what);
+        assert_eq!(blob_bytes(registry, repo, &digest).await, expected);
+    }
+
     /// A full session map is compared with the stored uploads at most every RESYNC_INTERVAL on the registry's
     /// clock: an entry whose upload vanished is dropped by the first resync, a second one blocks new uploads
     /// until the interval has passed.
@@ -606,12 +623,15 @@ mod tests {
             .upload_append(&repo, &id, &location, Some((4, 8)), body(&[b"-more"]))
             .await
             .expect("PATCH from the acknowledged offset");
-        let digest = Digest::sha256_of(b"good-more");
-        registry
-            .upload_finish(&repo, &id, &location, &digest, None, None::<Chunks>)
-            .await
-            .expect("PUT commits");
-        assert_eq!(blob_bytes(&registry, &repo, &digest).await, b"good-more");
+        commits_as(
+            &registry,
+            &repo,
+            &id,
+            &location,
+            b"good-more",
+            "PUT commits",
+        )
+        .await;
     }
 
     /// Review of issue 9: a closing PUT whose commit failed (a full or read-only disk) kept its own bytes, so the
@@ -672,12 +692,15 @@ mod tests {
             .await
             .expect("empty PATCH");
         assert_eq!(size, 4, "the dropped PUT's bytes are rolled back");
-        let digest = Digest::sha256_of(b"good");
-        registry
-            .upload_finish(&repo, &id, &location, &digest, None, None::<Chunks>)
-            .await
-            .expect("retried PUT commits");
-        assert_eq!(blob_bytes(&registry, &repo, &digest).await, b"good");
+        commits_as(
+            &registry,
+            &repo,
+            &id,
+            &location,
+            b"good",
+            "retried PUT commits",
+        )
+        .await;
     }
 
     /// Review of issue 9: a monolithic `POST ?digest=` whose request was dropped left its upload directory and its
