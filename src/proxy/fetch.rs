@@ -427,6 +427,41 @@ mod tests {
     use crate::proxy::locked::lock;
     use crate::registry::names::Digest;
 
+    /// Review of issue 10: a shared fetch that failed inside berth (a hashing failure is a `Body` error) answered
+    /// every waiting client with that error, 400 BLOB_UPLOAD_INVALID, a client mistake none of them made. They get
+    /// berth's own 500; what the upstream said and a blob it lacks pass as they are.
+    #[test]
+    fn waiters_of_a_failed_fetch_get_berths_failure_not_a_client_error() {
+        use actix_web::ResponseError;
+
+        use super::{for_waiters, ProxyError};
+        use crate::registry::error::RegistryError;
+        use crate::registry::storage::StorageError;
+
+        let status = |error: ProxyError| for_waiters(error).status_code().as_u16();
+        assert_eq!(
+            status(RegistryError::Body("hash pipe broke".into()).into()),
+            500
+        );
+        assert_eq!(
+            status(RegistryError::Storage(StorageError::Corrupt("x".into())).into()),
+            500
+        );
+        assert_eq!(status(RegistryError::BlobUnknown("d".into()).into()), 404);
+        let unavailable = ProxyError::Unavailable {
+            upstream: "up".into(),
+            why: "refused".into(),
+        };
+        assert_eq!(status(unavailable), 503);
+        // A storage failure is passed on as it is, not wrapped in a second one.
+        let storage: ProxyError =
+            RegistryError::Storage(StorageError::Corrupt("disk".into())).into();
+        assert_eq!(
+            for_waiters(storage.clone()).to_string(),
+            storage.to_string()
+        );
+    }
+
     #[tokio::test]
     async fn concurrent_pulls_of_one_blob_share_one_upstream_fetch() {
         let h = Harness::new(None);
