@@ -1,6 +1,6 @@
 //! A real, throw-away Kubernetes control plane for tests: etcd plus kube-apiserver v1.20.2 on loopback.
 //!
-//! The apiserver binary is built once and cached by `tests/k8s/ensure-apiserver.sh` (tests/run.sh calls it);
+//! The apiserver binary is built once and cached by `tests/k8s/ensure-kubernetes.sh` (tests/run.sh calls it);
 //! etcd comes from Debian's etcd-server and kubectl from the machine. There is no controller manager,
 //! scheduler or kubelet: objects are stored and admission webhooks run, but pods stay Pending and
 //! namespaces have no `kubernetes.io/metadata.name` label (API level 1.20, no `matchConditions`).
@@ -33,7 +33,7 @@ use std::process::{Child, Command, Output, Stdio};
 use std::thread;
 use std::time::{Duration, Instant};
 
-/// Where tests/k8s/ensure-apiserver.sh caches the kube-apiserver it builds.
+/// Where tests/k8s/ensure-kubernetes.sh caches the kube-apiserver it builds.
 pub const APISERVER_BIN: &str = "/var/cache/berth-test/kube-apiserver-v1.20.2";
 const ETCD_BIN: &str = "/usr/bin/etcd";
 /// Loopback only: a proxy from the environment must not see the apiserver's, kubectl's or webhook traffic.
@@ -87,17 +87,17 @@ pub struct Cluster {
 
 impl Cluster {
     /// Starts etcd and kube-apiserver on free loopback ports and waits until `/readyz` answers ok.
-    /// Panics when the cached apiserver is missing (run tests/k8s/ensure-apiserver.sh) or it does not
+    /// Panics when the cached apiserver is missing (run tests/k8s/ensure-kubernetes.sh) or it does not
     /// become ready (with both logs).
     pub fn start() -> Cluster {
         assert!(
             Path::new(APISERVER_BIN).is_file(),
-            "{APISERVER_BIN} is missing: run `bash tests/k8s/ensure-apiserver.sh` (builds and caches it, \
+            "{APISERVER_BIN} is missing: run `bash tests/k8s/ensure-kubernetes.sh` (builds and caches it, \
              ~10 min cold; tests/run.sh does it before the tests)"
         );
         assert!(
             Path::new(ETCD_BIN).is_file(),
-            "{ETCD_BIN} is missing: run `bash tests/k8s/ensure-apiserver.sh` (installs etcd-server)"
+            "{ETCD_BIN} is missing: run `bash tests/k8s/ensure-kubernetes.sh` (installs etcd-server)"
         );
         // Free ports are picked by binding :0 and letting go; another process may grab one in between,
         // so a start that fails on a taken port is retried with new ports.
@@ -306,7 +306,7 @@ impl Cluster {
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
         let mut child = cmd.spawn().unwrap_or_else(|e| {
-            panic!("spawn kubectl (is it installed? tests/k8s/ensure-apiserver.sh): {e}")
+            panic!("spawn kubectl (is it installed? tests/k8s/ensure-kubernetes.sh): {e}")
         });
         if let Some(input) = stdin {
             let mut pipe = child.stdin.take().unwrap();

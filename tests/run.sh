@@ -5,7 +5,7 @@
 # drives (skopeo, podman, buildah, containerd's ctr) plus busybox-static for
 # the test image, and docker-registry + apache2-utils (htpasswd) as an upstream
 # for tests/proxy.rs, makes sure a real kube-apiserver + etcd are there for
-# tests/cluster.rs (tests/k8s/ensure-apiserver.sh), then runs the whole test
+# tests/cluster.rs (tests/k8s/ensure-kubernetes.sh), then runs the whole test
 # suite. Works from any cwd; needs root (apt-get) on a Debian 12 machine.
 # Exits non-zero on any failure.
 set -euo pipefail
@@ -45,7 +45,7 @@ done
 # A real kube-apiserver (v1.20.2, built from Debian's source package and cached
 # in /var/cache/berth-test; ~10 min the first time) plus etcd and kubectl for
 # tests/cluster.rs. Seconds when already cached.
-bash tests/k8s/ensure-apiserver.sh
+bash tests/k8s/ensure-kubernetes.sh
 
 # kubernetes-validate (PyPI; it ships the Kubernetes schemas, so it validates
 # offline) for tests/manifests.rs.

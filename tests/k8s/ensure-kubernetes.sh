@@ -1,35 +1,51 @@
 #!/usr/bin/env bash
-# Makes sure a real kube-apiserver (v1.20.2) and etcd are on this machine for
-# tests/cluster.rs, building the apiserver from Debian's `kubernetes` source
-# package when the cached binary is missing.
+# Makes sure real Kubernetes v1.20.2 parts are on this machine for the tests:
+# etcd and kube-apiserver for tests/cluster.rs, and for the one-node cluster of
+# tests/node.rs also kubelet, kube-controller-manager, kube-scheduler,
+# kube-proxy and the pause binary (the sandbox image's only file). The
+# Kubernetes binaries are built from Debian's `kubernetes` source package when
+# a cached one is missing.
 #
-#   bash tests/k8s/ensure-apiserver.sh
+#   bash tests/k8s/ensure-kubernetes.sh
 #
-# Idempotent: when /var/cache/berth-test/kube-apiserver-v1.20.2 exists and
-# runs, it only checks the Debian packages and exits 0 within seconds.
-# Otherwise it installs what it needs from Debian (needs root), downloads the
-# source with `apt-get source kubernetes` (deb-src entries derived from the
-# machine's own deb entries, kept in a private apt dir), replaces the vendored
-# github.com/modern-go/reflect2 1.0.1 with Debian's 1.0.2 (1.0.1 makes the
-# server die with SIGSEGV a couple of minutes after start under Go >= 1.18),
-# and runs `make WHAT=cmd/kube-apiserver` with Go 1.19, offline. Cold build:
-# 5-10 minutes on 2 cores. The build happens in a temporary dir and the
-# binary is moved into place only on success; a lock keeps two runs from
-# building at once. Prints progress on stderr only; stdout stays empty.
+# Idempotent: when every binary exists in /var/cache/berth-test (or
+# $BERTH_TEST_CACHE) and reports v1.20.2, it only checks the Debian packages
+# and exits 0 within seconds. Otherwise it installs what it needs from Debian
+# (needs root), downloads the source with `apt-get source kubernetes` (deb-src
+# entries derived from the machine's own deb entries, kept in a private apt
+# dir), replaces the vendored github.com/modern-go/reflect2 1.0.1 with
+# Debian's 1.0.2 (1.0.1 makes the server die with SIGSEGV a couple of minutes
+# after start under Go >= 1.18), runs `make WHAT="cmd/..."` for the missing
+# binaries with Go 1.19, offline, and builds build/pause/linux/pause.c with
+# `gcc -static`. Cold build of everything: 10-15 minutes on 2 cores. The build
+# happens in a temporary dir and each binary is moved into place only when it
+# runs; a lock keeps two runs from building at once. Prints progress on stderr
+# only; stdout stays empty.
 set -euo pipefail
 
 K8S_VERSION=v1.20.2
 CACHE_DIR=${BERTH_TEST_CACHE:-/var/cache/berth-test}
-BIN="$CACHE_DIR/kube-apiserver-$K8S_VERSION"
+# The Kubernetes commands, each cached as $CACHE_DIR/NAME-$K8S_VERSION.
+COMMANDS=(kube-apiserver kubelet kube-controller-manager kube-scheduler kube-proxy)
+PAUSE_BIN="$CACHE_DIR/pause-$K8S_VERSION"
 GO_ROOT=/usr/lib/go-1.19
 
-log() { echo "ensure-apiserver: $*" >&2; }
+log() { echo "ensure-kubernetes: $*" >&2; }
 die() { log "ERROR: $*"; exit 1; }
 
 # Everything below writes to stderr only.
 exec 1>&2
 
-binary_ok() { [[ -x "$BIN" ]] && "$BIN" --version 2>/dev/null | grep -q "$K8S_VERSION"; }
+binary_ok() { [[ -x "$1" ]] && "$1" --version 2>/dev/null | grep -q "$K8S_VERSION"; }
+# pause.c prints "pause.c VERSION" for -v.
+pause_ok() { [[ -x "$PAUSE_BIN" ]] && "$PAUSE_BIN" -v 2>&1 | grep -q "$K8S_VERSION"; }
+missing_commands() {
+    local name
+    for name in "${COMMANDS[@]}"; do
+        binary_ok "$CACHE_DIR/$name-$K8S_VERSION" || echo "$name"
+    done
+}
+all_ok() { [[ -z "$(missing_commands)" ]] && pause_ok; }
 
 # ---------------------------------------------------------------- packages
 # package -> a file it must provide
@@ -37,6 +53,13 @@ declare -A needs=(
     [etcd-server]=/usr/bin/etcd
     [openssl]=/usr/bin/openssl
     [util-linux]=/usr/bin/flock
+    # the one-node cluster (tests/node.rs)
+    [containerd]=/usr/bin/containerd
+    [containernetworking-plugins]=/usr/lib/cni/bridge
+    [iptables]=/usr/sbin/iptables
+    [iproute2]=/usr/bin/ip
+    [conntrack]=/usr/sbin/conntrack
+    [mount]=/usr/bin/mount
 )
 build_needs() {
     needs+=(
@@ -48,6 +71,8 @@ build_needs() {
         [xz-utils]=/usr/bin/xz
         [patch]=/usr/bin/patch
         [findutils]=/usr/bin/find
+        [gcc]=/usr/bin/gcc
+        [libc6-dev]=/usr/lib/x86_64-linux-gnu/libc.a
     )
 }
 if ! command -v kubectl >/dev/null 2>&1; then
@@ -84,7 +109,7 @@ install_missing() {
     done
 }
 
-if binary_ok; then
+if all_ok; then
     install_missing
     exit 0
 fi
@@ -96,14 +121,15 @@ install_missing
 mkdir -p "$CACHE_DIR"
 exec 9>"$CACHE_DIR/.build.lock"
 if ! flock -n 9; then
-    log "another run is building kube-apiserver; waiting for its lock"
+    log "another run is building Kubernetes; waiting for its lock"
     flock 9
 fi
 # The other run may have finished the job while we waited.
-if binary_ok; then
-    log "kube-apiserver $K8S_VERSION is cached at $BIN"
+if all_ok; then
+    log "Kubernetes $K8S_VERSION is cached in $CACHE_DIR"
     exit 0
 fi
+mapfile -t WANT < <(missing_commands)
 
 # Holding the lock, any build dir left is from a run that was killed.
 for stale in "$CACHE_DIR"/build.*; do
@@ -124,7 +150,7 @@ cleanup() {
     # Go's module/build caches are written read-only; make them removable.
     chmod -R u+w "$WORK" 2>/dev/null || true
     rm -rf "$WORK"
-    rm -f "$BIN.tmp.$$"
+    rm -f "$CACHE_DIR"/*.tmp.$$
 }
 trap cleanup EXIT
 trap 'exit 130' INT
@@ -182,7 +208,8 @@ cp -rL "$R2_SRC/." "$R2_DST/"
 find "$R2_DST" -name '*_test.go' -delete
 [[ -f "$R2_DST/go_above_118.go" ]] || die "reflect2 from $R2_SRC is not >= 1.0.2 (no go_above_118.go)"
 
-log "building kube-apiserver $K8S_VERSION with $("$GO_ROOT/bin/go" version | cut -d' ' -f3) (5-10 min on 2 cores; log: $BUILD_LOG)"
+what=()
+for name in "${WANT[@]}"; do what+=("cmd/$name"); done
 build() {
     cd "$SRC"
     env -u GOFLAGS -u GOPATH -u GOROOT -u GO111MODULE -u GOBIN \
@@ -198,34 +225,49 @@ build() {
         KUBE_GIT_TREE_STATE=archive \
         KUBE_GIT_COMMIT=faecb196815e248d3ecfb03c680a4507229c2a56 \
         KUBE_VERBOSE=1 \
-        make WHAT=cmd/kube-apiserver
+        make WHAT="${what[*]}"
 }
 mkdir -p "$WORK/home"
-# In its own process group (set -m) so cleanup can stop make and every compiler under it.
-set -m
-(build >>"$BUILD_LOG" 2>&1) &
-build_pid=$!
-set +m
-# Progress every minute so CI shows the script is alive.
-while kill -0 "$build_pid" 2>/dev/null; do
-    for _ in $(seq 60); do
-        kill -0 "$build_pid" 2>/dev/null || break
-        sleep 1
+if ((${#WANT[@]})); then
+    log "building ${WANT[*]} $K8S_VERSION with $("$GO_ROOT/bin/go" version | cut -d' ' -f3) (4-12 min on 2 cores; log: $BUILD_LOG)"
+    # In its own process group (set -m) so cleanup can stop make and every compiler under it.
+    set -m
+    (build >>"$BUILD_LOG" 2>&1) &
+    build_pid=$!
+    set +m
+    # Progress every minute so CI shows the script is alive.
+    while kill -0 "$build_pid" 2>/dev/null; do
+        for _ in $(seq 60); do
+            kill -0 "$build_pid" 2>/dev/null || break
+            sleep 1
+        done
+        if kill -0 "$build_pid" 2>/dev/null; then
+            log "  ... still building ($(($(date +%s) - start)) s): $(grep -v '^[[:space:]]*$' "$BUILD_LOG" | tail -n1 | cut -c1-120)"
+        fi
     done
-    if kill -0 "$build_pid" 2>/dev/null; then
-        log "  ... still building ($(($(date +%s) - start)) s): $(grep -v '^[[:space:]]*$' "$BUILD_LOG" | tail -n1 | cut -c1-120)"
+    if ! wait "$build_pid"; then
+        tail -n 60 "$BUILD_LOG" >&2
+        die "make WHAT=\"${what[*]}\" failed"
     fi
-done
-if ! wait "$build_pid"; then
-    tail -n 60 "$BUILD_LOG" >&2
-    die "make WHAT=cmd/kube-apiserver failed"
+    for name in "${WANT[@]}"; do
+        OUT="$SRC/_output/bin/$name"
+        [[ -x "$OUT" ]] || OUT=$(find "$SRC/_output" -type f -name "$name" -perm -u+x | head -n1)
+        [[ -n "$OUT" && -x "$OUT" ]] || die "build finished but no $name binary under $SRC/_output"
+        binary_ok "$OUT" || die "built $name reports $("$OUT" --version 2>&1)"
+        install -m 0755 "$OUT" "$CACHE_DIR/$name-$K8S_VERSION.tmp.$$"
+        mv -f "$CACHE_DIR/$name-$K8S_VERSION.tmp.$$" "$CACHE_DIR/$name-$K8S_VERSION"
+        log "built $name $K8S_VERSION: $CACHE_DIR/$name-$K8S_VERSION"
+    done
 fi
 
-OUT="$SRC/_output/bin/kube-apiserver"
-[[ -x "$OUT" ]] || OUT=$(find "$SRC/_output" -type f -name kube-apiserver -perm -u+x | head -n1)
-[[ -n "$OUT" && -x "$OUT" ]] || die "build finished but no kube-apiserver binary under $SRC/_output"
-"$OUT" --version 2>&1 | grep -q "$K8S_VERSION" || die "built binary reports $("$OUT" --version 2>&1)"
-
-install -m 0755 "$OUT" "$BIN.tmp.$$"
-mv -f "$BIN.tmp.$$" "$BIN"
-log "built kube-apiserver $K8S_VERSION in $(($(date +%s) - start)) s: $BIN"
+# The pause binary: a static C program, the only file of the node's sandbox image (tests/node.rs packs it).
+if ! pause_ok; then
+    PAUSE_SRC="$SRC/build/pause/linux/pause.c"
+    [[ -f "$PAUSE_SRC" ]] || die "$PAUSE_SRC missing from the source tree"
+    gcc -Os -Wall -Werror -static -DVERSION="$K8S_VERSION" -o "$PAUSE_BIN.tmp.$$" "$PAUSE_SRC" >>"$BUILD_LOG" 2>&1 ||
+        { tail -n 30 "$BUILD_LOG" >&2; die "gcc -static $PAUSE_SRC failed"; }
+    mv -f "$PAUSE_BIN.tmp.$$" "$PAUSE_BIN"
+    pause_ok || die "built pause does not report $K8S_VERSION for -v"
+    log "built pause: $PAUSE_BIN"
+fi
+log "Kubernetes $K8S_VERSION parts ready in $CACHE_DIR after $(($(date +%s) - start)) s"
