@@ -70,6 +70,28 @@ keyUsage = critical,digitalSignature,keyEncipherment
 extendedKeyUsage = clientAuth
 ";
 
+/// How [`Cluster::start_with`] starts the control plane. The default is the webhook-test cluster on 127.0.0.1
+/// described above; [`ClusterOptions::for_node`] is the control plane of the one-node cluster (tests/node/).
+#[derive(Debug, Clone)]
+pub struct ClusterOptions {
+    /// The address the apiserver binds to and advertises (also in its certificate).
+    pub address: std::net::IpAddr,
+    /// A control plane for a real node: `Node,RBAC` authorization, the ServiceAccount admission plugin, the
+    /// `kubernetes` Service's endpoint kept by the apiserver (lease reconciler), a kubelet client certificate,
+    /// and a certificate valid for the Service's ClusterIP 10.96.0.1 and `kubernetes.default.svc` (pods reach
+    /// the apiserver that way).
+    pub node: bool,
+}
+
+impl Default for ClusterOptions {
+    fn default() -> Self {
+        ClusterOptions {
+            address: std::net::IpAddr::from([127, 0, 0, 1]),
+            node: false,
+        }
+    }
+}
+
 pub struct Cluster {
     /// kubeconfig of the cluster-admin `admin` (group system:masters), static token.
     pub kubeconfig: PathBuf,
@@ -90,6 +112,11 @@ impl Cluster {
     /// Panics when the cached apiserver is missing (run tests/k8s/ensure-kubernetes.sh) or it does not
     /// become ready (with both logs).
     pub fn start() -> Cluster {
+        Cluster::start_with(&ClusterOptions::default())
+    }
+
+    /// [`Cluster::start`] with other options.
+    pub fn start_with(opts: &ClusterOptions) -> Cluster {
         assert!(
             Path::new(APISERVER_BIN).is_file(),
             "{APISERVER_BIN} is missing: run `bash tests/k8s/ensure-kubernetes.sh` (builds and caches it, \
@@ -103,7 +130,7 @@ impl Cluster {
         // so a start that fails on a taken port is retried with new ports.
         let mut last_err = String::new();
         for _attempt in 0..3 {
-            match Cluster::try_start() {
+            match Cluster::try_start(opts) {
                 Ok(c) => return c,
                 Err((msg, retry)) => {
                     if !retry {
@@ -116,7 +143,7 @@ impl Cluster {
         panic!("cluster did not start after 3 attempts; last: {last_err}");
     }
 
-    fn try_start() -> Result<Cluster, (String, bool)> {
+    fn try_start(opts: &ClusterOptions) -> Result<Cluster, (String, bool)> {
         let dir = tempfile::Builder::new()
             .prefix("berth-cluster-")
             .tempdir()
@@ -124,7 +151,7 @@ impl Cluster {
         let d = dir.path().to_path_buf();
         let pki = d.join("pki");
         fs::create_dir_all(&pki).unwrap();
-        make_pki(&pki);
+        make_pki(&pki, opts);
 
         let mut tokens = Vec::new();
         let mut csv = String::new();
@@ -144,7 +171,7 @@ impl Cluster {
         }
         fs::write(pki.join("tokens.csv"), csv).unwrap();
 
-        let [etcd_client, etcd_peer, api_port] = free_ports();
+        let [etcd_client, etcd_peer, api_port] = free_ports(opts.address);
         let etcd_url = format!("http://127.0.0.1:{etcd_client}");
         let peer_url = format!("http://127.0.0.1:{etcd_peer}");
         let etcd_log = d.join("etcd.log");
@@ -164,13 +191,13 @@ impl Cluster {
             &etcd_log,
         );
 
-        let server = format!("https://127.0.0.1:{api_port}");
+        let server = format!("https://{}", std::net::SocketAddr::new(opts.address, api_port));
         let api_log = d.join("apiserver.log");
-        let apiserver = spawn_logged(
-            Command::new(APISERVER_BIN)
+        let mut api = Command::new(APISERVER_BIN);
+        api
                 .arg(format!("--etcd-servers={etcd_url}"))
-                .arg("--bind-address=127.0.0.1")
-                .arg("--advertise-address=127.0.0.1")
+                .arg(format!("--bind-address={}", opts.address))
+                .arg(format!("--advertise-address={}", opts.address))
                 .arg(format!("--secure-port={api_port}"))
                 .arg("--insecure-port=0")
                 .arg(format!("--cert-dir={}", pki.display()))
@@ -187,7 +214,6 @@ impl Cluster {
                     "--token-auth-file={}",
                     pki.join("tokens.csv").display()
                 ))
-                .arg("--authorization-mode=RBAC")
                 .arg(format!(
                     "--service-account-key-file={}",
                     pki.join("sa.pub").display()
@@ -198,14 +224,28 @@ impl Cluster {
                 ))
                 .arg("--service-account-issuer=https://kubernetes.default.svc.cluster.local")
                 .arg("--service-cluster-ip-range=10.96.0.0/16")
-                .arg("--endpoint-reconciler-type=none")
-                .arg("--disable-admission-plugins=ServiceAccount")
                 .arg("--allow-privileged=true")
                 .arg("--profiling=false")
                 .arg("--logtostderr=true")
-                .arg("--v=1"),
-            &api_log,
-        );
+                .arg("--v=1");
+        if opts.node {
+            api.arg("--authorization-mode=Node,RBAC")
+                .arg("--endpoint-reconciler-type=lease")
+                .arg(format!(
+                    "--kubelet-client-certificate={}",
+                    pki.join("kubelet-client.crt").display()
+                ))
+                .arg(format!(
+                    "--kubelet-client-key={}",
+                    pki.join("kubelet-client.key").display()
+                ))
+                .arg("--kubelet-preferred-address-types=InternalIP");
+        } else {
+            api.arg("--authorization-mode=RBAC")
+                .arg("--endpoint-reconciler-type=none")
+                .arg("--disable-admission-plugins=ServiceAccount");
+        }
+        let apiserver = spawn_logged(&mut api, &api_log);
 
         let ca_file = pki.join("ca.crt");
         let (_, admin_token, _) = tokens[0].clone();
@@ -425,7 +465,7 @@ impl Cluster {
         issue_cert(&pki, &stem, &format!("/CN={name}"), &server_ext(&[name]))
     }
 
-    fn issue_client_cert(&self, user: &str, groups: &[&str]) -> (PathBuf, PathBuf) {
+    pub fn issue_client_cert(&self, user: &str, groups: &[&str]) -> (PathBuf, PathBuf) {
         let pki = self.dir.path().join("pki");
         let mut subj = String::new();
         for g in groups {
@@ -434,6 +474,15 @@ impl Cluster {
         subj.push_str(&format!("/CN={}", escape_subj(user)));
         let stem = format!("client-{}", random_hex(6));
         issue_cert(&pki, &stem, &subj, "client")
+    }
+
+    /// Process ids of etcd and the apiserver.
+    pub fn pids(&self) -> Vec<u32> {
+        [&self.etcd, &self.apiserver]
+            .into_iter()
+            .flatten()
+            .map(Child::id)
+            .collect()
     }
 
     /// Working directory of this cluster (removed on drop).
@@ -506,10 +555,10 @@ fn spawn_logged(cmd: &mut Command, log: &Path) -> Child {
         .unwrap_or_else(|e| panic!("spawn {:?}: {e}", cmd.get_program()))
 }
 
-fn free_ports<const N: usize>() -> [u16; N] {
+fn free_ports<const N: usize>(address: std::net::IpAddr) -> [u16; N] {
     // Hold all listeners at once so the N ports differ.
     let listeners: Vec<TcpListener> = (0..N)
-        .map(|_| TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0"))
+        .map(|_| TcpListener::bind((address, 0)).unwrap_or_else(|e| panic!("bind {address}:0: {e}")))
         .collect();
     let mut ports = [0u16; N];
     for (p, l) in ports.iter_mut().zip(&listeners) {
@@ -551,7 +600,9 @@ fn openssl(pki: &Path, args: &str, extra: &[&str]) {
 fn server_ext(names: &[&str]) -> String {
     let mut san = String::from("IP:127.0.0.1,IP:::1,DNS:localhost");
     for n in names {
-        if !n.is_empty() && *n != "localhost" {
+        if n.parse::<std::net::IpAddr>().is_ok() {
+            san.push_str(&format!(",IP:{n}"));
+        } else if !n.is_empty() && *n != "localhost" {
             san.push_str(&format!(",DNS:{n}"));
         }
     }
@@ -598,7 +649,7 @@ fn issue_cert(pki: &Path, stem: &str, subj: &str, ext: &str) -> (PathBuf, PathBu
     )
 }
 
-fn make_pki(pki: &Path) {
+fn make_pki(pki: &Path, opts: &ClusterOptions) {
     fs::write(pki.join("openssl.cnf"), OPENSSL_CNF).unwrap();
     openssl(
         pki,
@@ -610,8 +661,27 @@ fn make_pki(pki: &Path) {
         "req -x509 -new -key ca.key -subj /CN=berth-test-ca -days 7 -sha256 -extensions ca -out ca.crt",
         &[],
     );
-    let ext = server_ext(&["kubernetes", "kubernetes.default"]);
+    let address = opts.address.to_string();
+    let ext = server_ext(&[
+        "kubernetes",
+        "kubernetes.default",
+        "kubernetes.default.svc",
+        "kubernetes.default.svc.cluster.local",
+        // The `kubernetes` Service's ClusterIP (first address of --service-cluster-ip-range).
+        "10.96.0.1",
+        &address,
+    ]);
     issue_cert(pki, "apiserver", "/CN=kube-apiserver", &ext);
+    if opts.node {
+        // How the apiserver authenticates to the kubelet (logs, exec): system:masters passes the kubelet's
+        // webhook authorization.
+        issue_cert(
+            pki,
+            "kubelet-client",
+            "/O=system:masters/CN=kube-apiserver-kubelet-client",
+            "client",
+        );
+    }
     openssl(
         pki,
         "genpkey -algorithm RSA -pkeyopt rsa_keygen_bits:2048 -out sa.key",

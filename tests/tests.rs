@@ -9,6 +9,7 @@ mod e2e;
 mod inprocess;
 mod lifecycle;
 mod manifests;
+mod node;
 mod node_proxy;
 mod proxy;
 mod randomized;

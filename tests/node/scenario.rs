@@ -1,0 +1,615 @@
+//! berth installed from manifests/ on a real node, and pods pulled by a real kubelet through `berth node-proxy`.
+//!
+//! One test, in order: install (tests/node/overlays/install), push from the host through the Service, a pod from
+//! the node-local address, a rewrite through the pull-through cache (tests/node/overlays/cache), the failure modes
+//! of the README (berth down, an invalid policy, the node proxy restarted during a pull), the README's uninstall,
+//! and at the end a machine as it was before.
+
+use super::images::{self, File};
+use super::{Node, NODE_IP};
+use crate::support::poll_until;
+use std::fs;
+use std::io::{Read, Write};
+use std::net::{Shutdown, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread;
+use std::time::{Duration, Instant};
+
+const NS: &str = "berth-system";
+/// The address the upstream forwarder listens on (tests/node/overlays/cache/config.yaml names it).
+const UPSTREAM_PORT: u16 = 5099;
+/// The forwarder's pace from the upstream to berth: slow enough that a 24 MiB layer takes seconds.
+const UPSTREAM_BYTES_PER_SEC: u64 = 4 << 20;
+const SERVICE_NAME: &str = "berth.berth-system.svc";
+
+fn repo_path(rel: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join(rel)
+}
+
+/// The release binary, built now if it is missing or older than the sources (cargo decides; a no-op when fresh).
+fn release_berth() -> PathBuf {
+    let debug = PathBuf::from(env!("CARGO_BIN_EXE_berth"));
+    let target = debug
+        .parent()
+        .and_then(Path::parent)
+        .expect("target dir of CARGO_BIN_EXE_berth")
+        .to_path_buf();
+    let status = Command::new(env!("CARGO"))
+        .args(["build", "--release", "--locked", "--bin", "berth"])
+        .env("CARGO_TARGET_DIR", &target)
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .stdin(Stdio::null())
+        .status()
+        .expect("spawn cargo build --release");
+    assert!(status.success(), "cargo build --release --bin berth failed");
+    target.join("release/berth")
+}
+
+/// A TCP forwarder that paces the bytes from the upstream and counts them.
+struct Forwarder {
+    sent: Arc<AtomicU64>,
+    stop: Arc<AtomicBool>,
+    conns: Arc<Mutex<Vec<TcpStream>>>,
+    addr: std::net::SocketAddr,
+    accept: Option<thread::JoinHandle<()>>,
+}
+
+impl Forwarder {
+    fn start(listen: (std::net::Ipv4Addr, u16), to: std::net::SocketAddr, bytes_per_sec: u64) -> Forwarder {
+        let listener = TcpListener::bind(listen).unwrap_or_else(|e| panic!("bind {listen:?}: {e}"));
+        let addr = listener.local_addr().unwrap();
+        let sent = Arc::new(AtomicU64::new(0));
+        let stop = Arc::new(AtomicBool::new(false));
+        let conns = Arc::new(Mutex::new(Vec::new()));
+        let (s, st, cs) = (sent.clone(), stop.clone(), conns.clone());
+        let accept = thread::spawn(move || {
+            for client in listener.incoming() {
+                if st.load(Ordering::SeqCst) {
+                    break;
+                }
+                let Ok(client) = client else { continue };
+                let Ok(server) = TcpStream::connect(to) else {
+                    continue;
+                };
+                {
+                    let mut list = cs.lock().unwrap();
+                    list.push(client.try_clone().unwrap());
+                    list.push(server.try_clone().unwrap());
+                }
+                let (c2, s2) = (client.try_clone().unwrap(), server.try_clone().unwrap());
+                thread::spawn(move || copy(client, server, None));
+                let counter = s.clone();
+                thread::spawn(move || copy(s2, c2, Some((counter, bytes_per_sec))));
+            }
+        });
+        Forwarder {
+            sent,
+            stop,
+            conns,
+            addr,
+            accept: Some(accept),
+        }
+    }
+
+    fn sent(&self) -> u64 {
+        self.sent.load(Ordering::SeqCst)
+    }
+}
+
+fn copy(mut from: TcpStream, mut to: TcpStream, pace: Option<(Arc<AtomicU64>, u64)>) {
+    let mut buf = [0u8; 16 * 1024];
+    let start = Instant::now();
+    let mut total = 0u64;
+    loop {
+        let n = match from.read(&mut buf) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => n,
+        };
+        if to.write_all(&buf[..n]).is_err() {
+            break;
+        }
+        total += n as u64;
+        if let Some((counter, rate)) = &pace {
+            counter.fetch_add(n as u64, Ordering::SeqCst);
+            let due = Duration::from_secs_f64(total as f64 / *rate as f64);
+            if let Some(wait) = due.checked_sub(start.elapsed()) {
+                thread::sleep(wait);
+            }
+        }
+    }
+    let _ = to.shutdown(Shutdown::Write);
+}
+
+impl Drop for Forwarder {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        let _ = TcpStream::connect(self.addr);
+        for c in self.conns.lock().unwrap().drain(..) {
+            let _ = c.shutdown(Shutdown::Both);
+        }
+        if let Some(h) = self.accept.take() {
+            let _ = h.join();
+        }
+    }
+}
+
+/// Debian's docker-registry, plain HTTP on loopback, no auth: the "public registry" behind the forwarder.
+struct Upstream {
+    child: Child,
+    host: String,
+    _dir: tempfile::TempDir,
+}
+
+impl Upstream {
+    fn start() -> Upstream {
+        let bin = crate::clients::require_tool("docker-registry");
+        let dir = tempfile::Builder::new()
+            .prefix("berth-node-upstream-")
+            .tempdir()
+            .unwrap();
+        let host = format!("127.0.0.1:{}", crate::support::free_port());
+        let conf = dir.path().join("config.yml");
+        fs::write(
+            &conf,
+            format!(
+                "version: 0.1\nlog:\n  level: warn\nstorage:\n  filesystem:\n    rootdirectory: {}\n  \
+                 maintenance:\n    uploadpurging:\n      enabled: false\nhttp:\n  addr: {host}\n  secret: berth-tests\n",
+                dir.path().join("data").display()
+            ),
+        )
+        .unwrap();
+        let child = Command::new(bin)
+            .arg("serve")
+            .arg(&conf)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start docker-registry");
+        let client = reqwest::blocking::Client::builder().no_proxy().build().unwrap();
+        poll_until(Duration::from_secs(30), "docker-registry to answer", || {
+            client
+                .get(format!("http://{host}/v2/"))
+                .send()
+                .ok()
+                .filter(|r| r.status().is_success())
+        });
+        Upstream {
+            child,
+            host,
+            _dir: dir,
+        }
+    }
+}
+
+impl Drop for Upstream {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// skopeo with its own configuration (no system registries, no policy file needed).
+fn skopeo(work: &Path) -> Command {
+    let conf = work.join("skopeo");
+    fs::create_dir_all(conf.join("tmp")).unwrap();
+    fs::write(conf.join("registries.conf"), "unqualified-search-registries = []\n").unwrap();
+    let mut cmd = crate::clients::tool("skopeo");
+    cmd.env("CONTAINERS_REGISTRIES_CONF", conf.join("registries.conf"))
+        .env("TMPDIR", conf.join("tmp"))
+        .env("REGISTRY_AUTH_FILE", conf.join("auth.json"));
+    fs::write(conf.join("auth.json"), "{\"auths\": {}}\n").unwrap();
+    cmd
+}
+
+fn ok(cmd: Command) -> String {
+    let out = crate::clients::run(cmd, Duration::from_secs(180));
+    assert!(out.status.success(), "{}", out.describe());
+    out.stdout
+}
+
+/// berth's `/readyz` report of its policy, through the Service.
+fn policy_status(node: &Node) -> serde_json::Value {
+    let (_, body) = berth_get(node, "/readyz");
+    serde_json::from_str::<serde_json::Value>(&body)
+        .map(|v| v["policy"].clone())
+        .unwrap_or(serde_json::Value::Null)
+}
+
+/// Pushes `archive` to berth through its Service, as a host that resolves the Service name would: skopeo runs
+/// in a private mount namespace whose /etc/hosts maps berth.berth-system.svc to the ClusterIP (the machine's
+/// /etc/hosts is not touched), and verifies berth's certificate with the CA from berth's Secret.
+fn push_to_berth(node: &Node, archive: &Path, reference: &str) {
+    let ip = node.kubectl_ok(&["-n", NS, "get", "service", "berth", "-o", "jsonpath={.spec.clusterIP}"]);
+    let hosts = node.work.join("hosts");
+    fs::write(&hosts, format!("127.0.0.1 localhost\n{ip} {SERVICE_NAME}\n")).unwrap();
+    let certs = node.work.join("berth-ca");
+    fs::create_dir_all(&certs).unwrap();
+    fs::write(certs.join("ca.crt"), berth_ca(node)).unwrap();
+    let skopeo = skopeo(&node.work);
+    let mut cmd = Command::new("unshare");
+    cmd.args(["--mount", "--propagation", "private", "--", "sh", "-c"])
+        .arg(r#"mount --bind "$0" /etc/hosts && exec "$@""#)
+        .arg(&hosts)
+        .arg(skopeo.get_program());
+    for (k, v) in skopeo.get_envs() {
+        match v {
+            Some(v) => cmd.env(k, v),
+            None => cmd.env_remove(k),
+        };
+    }
+    cmd.args(["copy", "--insecure-policy", "--dest-cert-dir"])
+        .arg(&certs)
+        .arg(format!("docker-archive:{}", archive.display()))
+        .arg(format!("docker://{SERVICE_NAME}:443/{reference}"));
+    ok(cmd);
+}
+
+fn berth_ca(node: &Node) -> Vec<u8> {
+    use base64::Engine as _;
+    let b64 = node.kubectl_ok(&["-n", NS, "get", "secret", "berth-tls", "-o", r"jsonpath={.data.ca\.crt}"]);
+    base64::engine::general_purpose::STANDARD
+        .decode(b64.trim())
+        .expect("ca.crt of berth-tls is base64")
+}
+
+/// GET on berth through its Service (name verified with berth's CA).
+fn berth_get(node: &Node, path: &str) -> (u16, String) {
+    let ip: std::net::IpAddr = node
+        .kubectl_ok(&["-n", NS, "get", "service", "berth", "-o", "jsonpath={.spec.clusterIP}"])
+        .trim()
+        .parse()
+        .expect("ClusterIP");
+    let client = reqwest::blocking::Client::builder()
+        .no_proxy()
+        .tls_built_in_root_certs(false)
+        .add_root_certificate(reqwest::Certificate::from_pem(&berth_ca(node)).expect("CA"))
+        .resolve(SERVICE_NAME, (ip, 443).into())
+        .timeout(Duration::from_secs(5))
+        .build()
+        .unwrap();
+    match client.get(format!("https://{SERVICE_NAME}{path}")).send() {
+        Ok(r) => (r.status().as_u16(), r.text().unwrap_or_default()),
+        Err(e) => (0, e.to_string()),
+    }
+}
+
+fn jsonpath(node: &Node, args: &[&str], path: &str) -> String {
+    let mut all = args.to_vec();
+    let p = format!("jsonpath={path}");
+    all.extend(["-o", &p]);
+    let out = node.kubectl(&all);
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+fn pod_phase(node: &Node, ns: &str, pod: &str) -> String {
+    jsonpath(node, &["-n", ns, "get", "pod", pod], "{.status.phase}")
+}
+
+fn wait_running(node: &mut Node, ns: &str, pod: &str, deadline: Duration) {
+    let (ns, pod) = (ns.to_string(), pod.to_string());
+    node.wait_for(deadline, &format!("pod {ns}/{pod} Running"), |n| {
+        (pod_phase(n, &ns, &pod) == "Running").then_some(())
+    });
+}
+
+fn wait_ready(node: &mut Node, ns: &str, pod: &str, deadline: Duration) {
+    let (ns, pod) = (ns.to_string(), pod.to_string());
+    node.wait_for(deadline, &format!("pod {ns}/{pod} Ready"), |n| {
+        (jsonpath(n, &["-n", &ns, "get", "pod", &pod], r#"{.status.conditions[?(@.type=="Ready")].status}"#)
+            == "True")
+            .then_some(())
+    });
+}
+
+fn node_proxy_pod(node: &Node) -> String {
+    jsonpath(
+        node,
+        &["-n", NS, "get", "pods", "-l", "app.kubernetes.io/component=node-proxy"],
+        "{.items[0].metadata.name}",
+    )
+}
+
+fn apply(node: &Node, yaml: &str) {
+    let out = node.cluster().apply_yaml(yaml);
+    assert!(
+        out.status.success(),
+        "kubectl apply failed: {}\n{yaml}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+fn pod_yaml(ns: &str, name: &str, image: &str, pull: &str) -> String {
+    format!(
+        "apiVersion: v1
+kind: Pod
+metadata:
+  name: {name}
+  namespace: {ns}
+spec:
+  terminationGracePeriodSeconds: 0
+  securityContext:
+    runAsNonRoot: true
+    runAsUser: 65532
+  containers:
+    - name: app
+      image: {image}
+      imagePullPolicy: {pull}
+"
+    )
+}
+
+fn kustomize_dir(rel: &str) -> String {
+    repo_path(rel).to_string_lossy().into_owned()
+}
+
+#[test]
+fn berth_installed_from_manifests_serves_a_real_kubelet() {
+    let release = release_berth();
+    let mut node = Node::start();
+    let work = node.work.clone();
+
+    // 1. berth's image from the release binary, in the node's containerd; storage for its volume claim.
+    let berth_tar = work.join("berth.tar");
+    images::berth_image(&work.join("images"), &release, "berth.test/berth:node", &berth_tar);
+    node.import(&berth_tar);
+    node.host_path_volume("berth-data", 65532, "10Gi");
+
+    // 2. The install.
+    let install = kustomize_dir("tests/node/overlays/install");
+    node.kubectl_ok(&["apply", "-k", &install]);
+    wait_ready(&mut node, NS, "berth-0", Duration::from_secs(120));
+    node.wait_for(Duration::from_secs(90), "the node proxy Ready", |n| {
+        (jsonpath(n, &["-n", NS, "get", "daemonset", "berth-node-proxy"], "{.status.numberReady}") == "1")
+            .then_some(())
+    });
+    // berth made its Secret and wrote its CA into both webhook configurations, from inside the cluster.
+    use base64::Engine as _;
+    let ca = berth_ca(&node);
+    assert!(String::from_utf8_lossy(&ca).contains("BEGIN CERTIFICATE"));
+    for kind in ["validatingwebhookconfiguration", "mutatingwebhookconfiguration"] {
+        let bundle = jsonpath(&node, &["get", kind, "berth"], "{.webhooks[0].clientConfig.caBundle}");
+        assert_eq!(
+            base64::engine::general_purpose::STANDARD.decode(&bundle).ok(),
+            Some(ca.clone()),
+            "{kind} berth's caBundle is berth's CA"
+        );
+    }
+    let (status, body) = berth_get(&node, "/readyz");
+    assert_eq!(status, 200, "berth's /readyz through the Service: {body}");
+
+    // 3. Push from the host through the Service; a pod names the node-local address.
+    let hello = work.join("hello.tar");
+    images::app_image(&work.join("images/hello"), "team/hello:v1", &[], &hello);
+    push_to_berth(&node, &hello, "team/hello:v1");
+    node.kubectl_ok(&["create", "namespace", "apps"]);
+    apply(&node, &pod_yaml("apps", "hello", "127.0.0.1:5050/team/hello:v1", "IfNotPresent"));
+    wait_running(&mut node, "apps", "hello", Duration::from_secs(60));
+    let proxy_log = node.kubectl_ok(&["-n", NS, "logs", &node_proxy_pod(&node)]);
+    assert!(
+        proxy_log.contains("GET /v2/team/hello/manifests/v1"),
+        "the kubelet's pull went through the node proxy:\n{proxy_log}"
+    );
+    let berth_log = node.kubectl_ok(&["-n", NS, "logs", "berth-0"]);
+    assert!(
+        berth_log.contains("GET /v2/team/hello/manifests/v1"),
+        "berth served the pull:\n{berth_log}"
+    );
+
+    // 4. A rewrite through the pull-through cache: docker.io is a docker-registry on loopback behind a forwarder
+    //    on the node's address (pods reach it; 127.0.0.1 would be the pod's own loopback).
+    let upstream = Upstream::start();
+    let forwarder = Forwarder::start(
+        (NODE_IP, UPSTREAM_PORT),
+        upstream.host.parse().unwrap(),
+        UPSTREAM_BYTES_PER_SEC,
+    );
+    let app = work.join("app.tar");
+    images::app_image(&work.join("images/app"), "library/app:1.0", &[], &app);
+    let big_file = work.join("big.bin");
+    let mut noise = vec![0u8; 24 << 20];
+    fs::File::open("/dev/urandom").unwrap().read_exact(&mut noise).unwrap();
+    fs::write(&big_file, &noise).unwrap();
+    drop(noise);
+    let big = work.join("big.tar");
+    images::app_image(
+        &work.join("images/big"),
+        "library/big:1.0",
+        &[File::new(&big_file, "/data/big.bin", 0o644)],
+        &big,
+    );
+    for (archive, reference) in [(&app, "library/app:1.0"), (&big, "library/big:1.0")] {
+        let mut cmd = skopeo(&work);
+        cmd.args(["copy", "--insecure-policy", "--dest-tls-verify=false"])
+            .arg(format!("docker-archive:{}", archive.display()))
+            .arg(format!("docker://{}/{reference}", upstream.host));
+        ok(cmd);
+    }
+    let cache = kustomize_dir("tests/node/overlays/cache");
+    node.kubectl_ok(&["apply", "-k", &cache]);
+    // The StatefulSet rolls berth-0 for the new --config; wait for the new pod to be Ready with the config.
+    node.wait_for(Duration::from_secs(120), "berth-0 restarted with --config", |n| {
+        let args = jsonpath(n, &["-n", NS, "get", "pod", "berth-0"], "{.spec.containers[0].args}");
+        let ready = jsonpath(
+            n,
+            &["-n", NS, "get", "pod", "berth-0"],
+            r#"{.status.conditions[?(@.type=="Ready")].status}"#,
+        );
+        (args.contains("--config=/etc/berth/config.yaml") && ready == "True").then_some(())
+    });
+    node.wait_for(Duration::from_secs(60), "berth to load the cache policy", |n| {
+        let policy = policy_status(n);
+        let summary = policy["summary"].as_str().unwrap_or_default();
+        (summary.contains("1 rewrites") && policy["lastError"].is_null()).then_some(())
+    });
+    apply(
+        &node,
+        "apiVersion: apps/v1
+kind: Deployment
+metadata:
+  name: app
+  namespace: apps
+spec:
+  replicas: 1
+  selector:
+    matchLabels: {app: app}
+  template:
+    metadata:
+      labels: {app: app}
+    spec:
+      terminationGracePeriodSeconds: 0
+      securityContext:
+        runAsNonRoot: true
+        runAsUser: 65532
+      containers:
+        - name: app
+          image: docker.io/library/app:1.0
+",
+    );
+    let app_pod = node.wait_for(Duration::from_secs(90), "a Running pod of Deployment app", |n| {
+        let out = jsonpath(
+            n,
+            &["-n", "apps", "get", "pods", "-l", "app=app"],
+            r#"{range .items[*]}{.metadata.name} {.status.phase}{"\n"}{end}"#,
+        );
+        out.lines()
+            .find_map(|l| l.strip_suffix(" Running").map(str::to_string))
+    });
+    assert_eq!(
+        jsonpath(&node, &["-n", "apps", "get", "pod", &app_pod], "{.spec.containers[0].image}"),
+        "127.0.0.1:5050/proxy/docker.io/library/app:1.0",
+        "the pod runs the rewritten image"
+    );
+    assert_eq!(
+        jsonpath(&node, &["-n", "apps", "get", "deployment", "app"], "{.spec.template.spec.containers[0].image}"),
+        "docker.io/library/app:1.0",
+        "the Deployment's template is unchanged"
+    );
+    let proxy_log = node.kubectl_ok(&["-n", NS, "logs", &node_proxy_pod(&node)]);
+    assert!(
+        proxy_log.contains("GET /v2/proxy/docker.io/library/app/manifests/1.0"),
+        "the kubelet pulled the rewritten image through the node proxy:\n{proxy_log}"
+    );
+    assert!(forwarder.sent() > 0, "berth fetched the image from the upstream");
+
+    // 5a. berth down: pods are created, unrewritten (fail open).
+    node.kubectl_ok(&["-n", NS, "scale", "statefulset", "berth", "--replicas=0"]);
+    node.wait_for(Duration::from_secs(60), "berth-0 gone", |n| {
+        let out = n.kubectl(&["-n", NS, "get", "pod", "berth-0"]);
+        (!out.status.success()).then_some(())
+    });
+    apply(&node, &pod_yaml("apps", "while-down", "docker.io/library/app:1.0", "IfNotPresent"));
+    assert_eq!(
+        jsonpath(&node, &["-n", "apps", "get", "pod", "while-down"], "{.spec.containers[0].image}"),
+        "docker.io/library/app:1.0",
+        "created while berth was down: admitted unrewritten"
+    );
+    node.kubectl_ok(&["-n", "apps", "delete", "pod", "while-down", "--force", "--grace-period=0"]);
+    node.kubectl_ok(&["-n", NS, "scale", "statefulset", "berth", "--replicas=1"]);
+    wait_ready(&mut node, NS, "berth-0", Duration::from_secs(120));
+    // Its content survived in the volume: the image pushed in step 3 is still there.
+    node.wait_for(Duration::from_secs(30), "berth back with its content", |n| {
+        (berth_get(n, "/v2/team/hello/tags/list").0 == 200).then_some(())
+    });
+
+    // 5b. An invalid policy: reported, and the last good one stays in force.
+    apply(
+        &node,
+        "apiVersion: v1
+kind: ConfigMap
+metadata:
+  name: berth-policy
+  namespace: berth-system
+data:
+  policy.yaml: |
+    mode: enforce
+    defaultAction: allow
+    rewrites:
+      - name: broken
+        match: '(unclosed'
+        replace: 'x'
+",
+    );
+    let why = node.wait_for(Duration::from_secs(60), "berth to report the invalid policy", |n| {
+        policy_status(n)["lastError"].as_str().map(str::to_string)
+    });
+    assert!(why.contains("broken"), "the error names the rule: {why}");
+    apply(&node, &pod_yaml("apps", "after-invalid", "docker.io/library/app:1.0", "IfNotPresent"));
+    assert_eq!(
+        jsonpath(&node, &["-n", "apps", "get", "pod", "after-invalid"], "{.spec.containers[0].image}"),
+        "127.0.0.1:5050/proxy/docker.io/library/app:1.0",
+        "the last good policy still rewrites"
+    );
+    wait_running(&mut node, "apps", "after-invalid", Duration::from_secs(60));
+    node.kubectl_ok(&["apply", "-k", &cache]);
+
+    // 5c. The node proxy restarted while the kubelet pulls a 24 MiB layer (paced by the forwarder).
+    let first_proxy = node_proxy_pod(&node);
+    let before = forwarder.sent();
+    apply(&node, &pod_yaml("apps", "big", "docker.io/library/big:1.0", "IfNotPresent"));
+    poll_until(Duration::from_secs(60), "the big layer's pull under way", || {
+        (forwarder.sent() > before + (4 << 20)).then_some(())
+    });
+    node.kubectl_ok(&["-n", NS, "delete", "pod", &first_proxy, "--grace-period=1", "--wait=false"]);
+    wait_running(&mut node, "apps", "big", Duration::from_secs(180));
+    let second_proxy = node_proxy_pod(&node);
+    assert_ne!(first_proxy, second_proxy, "the DaemonSet replaced the node proxy");
+    let events = node.kubectl_ok(&[
+        "-n",
+        "apps",
+        "get",
+        "events",
+        "--field-selector",
+        "involvedObject.name=big",
+        "-o",
+        "custom-columns=REASON:.reason,MESSAGE:.message",
+    ]);
+    eprintln!("events of pod big:\n{events}");
+
+    // 6. Uninstall as the README says: the mutating webhook first, restart the workloads, then the rest.
+    node.kubectl_ok(&["delete", "mutatingwebhookconfiguration", "berth"]);
+    node.kubectl_ok(&["-n", "apps", "rollout", "restart", "deployment", "app"]);
+    node.wait_for(Duration::from_secs(60), "a pod of Deployment app with the original image", |n| {
+        let images = jsonpath(
+            n,
+            &["-n", "apps", "get", "pods", "-l", "app=app"],
+            r#"{range .items[*]}{.spec.containers[0].image}{"\n"}{end}"#,
+        );
+        images.lines().any(|i| i == "docker.io/library/app:1.0").then_some(())
+    });
+    node.kubectl_ok(&["delete", "-k", &cache, "--ignore-not-found", "--wait=false"]);
+    node.wait_for(Duration::from_secs(120), "namespace berth-system gone", |n| {
+        (!n.kubectl(&["get", "namespace", NS]).status.success()).then_some(())
+    });
+    for (kind, name) in [
+        ("validatingwebhookconfiguration", "berth"),
+        ("clusterrole", "berth-webhook-ca"),
+        ("clusterrolebinding", "berth-webhook-ca"),
+    ] {
+        let out = node.kubectl(&["get", kind, name]);
+        assert!(!out.status.success(), "{kind} {name} is left after the uninstall");
+    }
+    // Left behind, as the README says: the volume (Retain) with the images, and running pods keep running.
+    assert_eq!(jsonpath(&node, &["get", "pv", "berth-data"], "{.status.phase}"), "Released");
+    assert_eq!(pod_phase(&node, "apps", "hello"), "Running");
+    // A new pod of an image cached on the node starts; one whose image the node never pulled cannot.
+    apply(&node, &pod_yaml("apps", "cached", "127.0.0.1:5050/team/hello:v1", "IfNotPresent"));
+    wait_running(&mut node, "apps", "cached", Duration::from_secs(60));
+    apply(&node, &pod_yaml("apps", "uncached", "127.0.0.1:5050/team/never:v1", "IfNotPresent"));
+    node.wait_for(Duration::from_secs(60), "the kubelet's failed pull of pod uncached", |n| {
+        let failed = jsonpath(
+            n,
+            &["-n", "apps", "get", "events", "--field-selector", "involvedObject.name=uncached,reason=Failed"],
+            "{.items[*].message}",
+        );
+        failed.contains("127.0.0.1:5050/team/never:v1").then_some(())
+    });
+
+    drop(forwarder);
+    drop(upstream);
+    let left = node.stop();
+    assert!(left.is_empty(), "the node left the machine changed: {left:#?}");
+}
