@@ -683,7 +683,10 @@ fn the_node_proxy_listens_on_every_nodes_loopback() {
     assert_hardened(daemonset);
     let pod = pod_spec(daemonset);
     assert_eq!(pod["hostNetwork"], true);
-    assert_eq!(pod["dnsPolicy"], "ClusterFirstWithHostNet");
+    // The proxy resolves no name (it connects to berth's ClusterIP), so pulls do not depend on cluster DNS.
+    assert_eq!(pod["dnsPolicy"], "Default");
+    // The kubelet's service links give it that ClusterIP and port.
+    assert_eq!(pod["enableServiceLinks"], true);
     assert_eq!(
         pod["tolerations"],
         json!([{"operator": "Exists"}]),
@@ -708,6 +711,7 @@ fn the_node_proxy_listens_on_every_nodes_loopback() {
             "node-proxy",
             "--listen=127.0.0.1:5050",
             "--upstream=https://berth.berth-system.svc:443",
+            "--upstream-address=$(BERTH_SERVICE_HOST):$(BERTH_SERVICE_PORT)",
             "--ca-file=/var/run/berth/ca.crt",
         ]
     );
@@ -730,6 +734,26 @@ fn the_node_proxy_listens_on_every_nodes_loopback() {
 
     // The upstream is berth's Service, on its port.
     let service = base.get("Service", "berth");
+    // The address is that Service's service-link variables (the kubelet names them after the Service, upper-case,
+    // `-` as `_`, and sets them only for a Service of the pod's namespace with a ClusterIP; `_PORT` is its first
+    // port), which kustomize passed through unexpanded.
+    let prefix = service["metadata"]["name"]
+        .as_str()
+        .expect("name")
+        .to_uppercase()
+        .replace('-', "_");
+    assert_eq!(
+        flag(container, "upstream-address"),
+        format!("$({prefix}_SERVICE_HOST):$({prefix}_SERVICE_PORT)")
+    );
+    assert_eq!(
+        service["metadata"]["namespace"],
+        daemonset["metadata"]["namespace"]
+    );
+    assert_ne!(
+        service["spec"]["clusterIP"], "None",
+        "a headless Service has no service-link variables"
+    );
     assert_eq!(
         flag(container, "upstream"),
         format!(

@@ -1,5 +1,6 @@
 //! `berth node-proxy` against a real berth over TLS: pulls stream through, pushes are refused with a clear error,
-//! an unreachable berth is a quick 503; and `berth certs init`.
+//! an unreachable berth is a quick 503; `--upstream-address` reaches berth without resolving its name, and TLS
+//! still verifies the name; and `berth certs init`.
 
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
@@ -28,6 +29,11 @@ impl NodeProxy {
 
     /// A node proxy trusting the CA in `ca_file` (which a test may replace while it runs).
     pub fn start_with_ca(berth: &Berth, ca_file: &std::path::Path) -> NodeProxy {
+        NodeProxy::start_with_args(&["--upstream", &berth.base_url], ca_file)
+    }
+
+    /// A node proxy with `args` (at least `--upstream`) trusting the CA in `ca_file`.
+    pub fn start_with_args(args: &[&str], ca_file: &std::path::Path) -> NodeProxy {
         let port = TcpListener::bind("127.0.0.1:0")
             .and_then(|l| l.local_addr())
             .expect("free port")
@@ -35,14 +41,9 @@ impl NodeProxy {
         let host = format!("127.0.0.1:{port}");
         let log = tempfile::NamedTempFile::new().expect("log file");
         let child = Command::new(env!("CARGO_BIN_EXE_berth"))
-            .args([
-                "node-proxy",
-                "--listen",
-                &host,
-                "--upstream",
-                &berth.base_url,
-                "--ca-file",
-            ])
+            .args(["node-proxy", "--listen", &host])
+            .args(args)
+            .arg("--ca-file")
             .arg(ca_file)
             .stdout(Stdio::null())
             .stderr(log.reopen().expect("log"))
@@ -282,6 +283,172 @@ fn a_rotated_ca_is_picked_up_without_a_restart() {
         || (manifest_status() == StatusCode::OK).then_some(()),
     );
     assert!(proxy.log().contains("reloaded the CA"), "{}", proxy.log());
+}
+
+/// The name the manifests' `--upstream` gives, which does not resolve here (there is no cluster DNS).
+const SERVICE_NAME: &str = "berth.berth-system.svc";
+
+/// `GET /v2/team/app/manifests/1.0` through `proxy`: the status, and the digest header when there is one.
+fn pull_manifest(proxy: &NodeProxy) -> (StatusCode, String) {
+    let response = Client::builder()
+        .no_proxy()
+        .build()
+        .expect("client")
+        .get(format!("{}/v2/team/app/manifests/1.0", proxy.base))
+        .header("accept", "application/vnd.oci.image.manifest.v1+json")
+        .send()
+        .expect("GET manifest");
+    let digest = response
+        .headers()
+        .get("docker-content-digest")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_owned();
+    (response.status(), digest)
+}
+
+#[test]
+fn node_proxy_upstream_address_reaches_berth_without_resolving_its_name() {
+    // berth's certificate names the Service, which no resolver here knows.
+    let berth = Berth::start(Options {
+        extra_args: vec!["--san".into(), SERVICE_NAME.into()],
+        ..Options::default()
+    });
+    let api = Api::new(&berth);
+    let (_, digest) = api.push_image("team/app", "1.0", 35);
+    let port = berth.host.rsplit_once(':').expect("HOST:PORT").1;
+
+    // Without the address the name does not resolve here, so nothing else makes the pulls below work.
+    let unpinned = NodeProxy::start_with_args(
+        &["--upstream", &format!("https://{SERVICE_NAME}:{port}")],
+        &berth.ca_file(),
+    );
+    assert_eq!(
+        pull_manifest(&unpinned).0,
+        StatusCode::SERVICE_UNAVAILABLE,
+        "{}",
+        unpinned.log()
+    );
+    drop(unpinned);
+
+    // The port connected to is the address's, whatever the URL says: the URL with berth's port; with :443 as in
+    // the manifests; with another port (reqwest alone would connect to the URL's port).
+    let other_port = if port == "8443" { "9443" } else { "8443" };
+    for upstream in [
+        format!("https://{SERVICE_NAME}:{port}"),
+        format!("https://{SERVICE_NAME}:443"),
+        format!("https://{SERVICE_NAME}:{other_port}"),
+    ] {
+        let proxy = NodeProxy::start_with_args(
+            &["--upstream", &upstream, "--upstream-address", &berth.host],
+            &berth.ca_file(),
+        );
+        assert_eq!(
+            pull_manifest(&proxy),
+            (StatusCode::OK, digest.clone()),
+            "{upstream}\n{}",
+            proxy.log()
+        );
+        assert!(
+            proxy.log().contains(&format!(
+                "connecting to {} without resolving {SERVICE_NAME}",
+                berth.host
+            )),
+            "{}",
+            proxy.log()
+        );
+    }
+
+    // The address only replaces name resolution: a name berth's certificate does not cover fails TLS
+    // verification, and the proxy answers as for any berth it cannot reach.
+    let proxy = NodeProxy::start_with_args(
+        &[
+            "--upstream",
+            &format!("https://other.berth-system.svc:{port}"),
+            "--upstream-address",
+            &berth.host,
+        ],
+        &berth.ca_file(),
+    );
+    let response = Client::builder()
+        .no_proxy()
+        .build()
+        .expect("client")
+        .get(format!("{}/v2/team/app/manifests/1.0", proxy.base))
+        .send()
+        .expect("GET manifest");
+    assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(header(response.headers(), "retry-after"), "5");
+    let body: Value = response.json().expect("json");
+    assert_eq!(body["errors"][0]["code"], "UNKNOWN", "{body}");
+    assert!(
+        body["errors"][0]["message"]
+            .as_str()
+            .unwrap_or_default()
+            .contains(&format!("(at {}) is unreachable", berth.host)),
+        "{body}"
+    );
+    // The log says why (the whole cause chain, not only reqwest's "error sending request").
+    assert!(
+        proxy
+            .log()
+            .contains("certificate not valid for name \"other.berth-system.svc\""),
+        "{}",
+        proxy.log()
+    );
+    assert!(!proxy.log().contains("panicked"));
+}
+
+#[test]
+fn node_proxy_refuses_an_unexpanded_service_variable() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let ca_file = dir.path().join("ca.crt");
+    std::fs::write(
+        &ca_file,
+        berth::tls::generate_ca("test CA").expect("ca").cert,
+    )
+    .expect("write ca");
+    // What the kubelet passes when the Service berth did not exist as the container started.
+    let mut child = Command::new(env!("CARGO_BIN_EXE_berth"))
+        .args([
+            "node-proxy",
+            "--listen=127.0.0.1:0",
+            "--upstream=https://berth.berth-system.svc:443",
+            "--upstream-address=$(BERTH_SERVICE_HOST):$(BERTH_SERVICE_PORT)",
+            "--ca-file",
+        ])
+        .arg(&ca_file)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start node-proxy");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("try_wait") {
+            break status;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("node-proxy started with an unexpanded $(…) in --upstream-address");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let mut stderr = String::new();
+    child
+        .stderr
+        .take()
+        .expect("stderr")
+        .read_to_string(&mut stderr)
+        .expect("read stderr");
+    assert!(!status.success(), "{stderr}");
+    assert!(
+        stderr.contains(
+            "$(BERTH_SERVICE_HOST):$(BERTH_SERVICE_PORT)\": still contains $(…): the variable is not set; \
+             the Service berth must exist before the pod starts"
+        ),
+        "{stderr}"
+    );
 }
 
 #[test]
