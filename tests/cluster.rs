@@ -33,8 +33,19 @@ use std::process::{Child, Command, Output, Stdio};
 use std::thread;
 use std::time::{Duration, Instant};
 
-/// Where tests/k8s/ensure-kubernetes.sh caches the kube-apiserver it builds.
-pub const APISERVER_BIN: &str = "/var/cache/berth-test/kube-apiserver-v1.20.2";
+/// Where tests/k8s/ensure-kubernetes.sh caches the Kubernetes binaries it builds: $BERTH_TEST_CACHE, by default
+/// /var/cache/berth-test (the same rule as the script's).
+pub fn test_cache_dir() -> PathBuf {
+    std::env::var_os("BERTH_TEST_CACHE")
+        .filter(|v| !v.is_empty())
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("/var/cache/berth-test"))
+}
+
+/// The cached kube-apiserver.
+pub fn apiserver_bin() -> PathBuf {
+    test_cache_dir().join("kube-apiserver-v1.20.2")
+}
 const ETCD_BIN: &str = "/usr/bin/etcd";
 /// Loopback only: a proxy from the environment must not see the apiserver's, kubectl's or webhook traffic.
 const PROXY_VARS: &[&str] = &[
@@ -118,9 +129,10 @@ impl Cluster {
     /// [`Cluster::start`] with other options.
     pub fn start_with(opts: &ClusterOptions) -> Cluster {
         assert!(
-            Path::new(APISERVER_BIN).is_file(),
-            "{APISERVER_BIN} is missing: run `bash tests/k8s/ensure-kubernetes.sh` (builds and caches it, \
-             ~10 min cold; tests/run.sh does it before the tests)"
+            apiserver_bin().is_file(),
+            "{} is missing: run `bash tests/k8s/ensure-kubernetes.sh` (builds and caches it, \
+             ~10 min cold; tests/run.sh does it before the tests)",
+            apiserver_bin().display()
         );
         assert!(
             Path::new(ETCD_BIN).is_file(),
@@ -191,43 +203,45 @@ impl Cluster {
             &etcd_log,
         );
 
-        let server = format!("https://{}", std::net::SocketAddr::new(opts.address, api_port));
+        let server = format!(
+            "https://{}",
+            std::net::SocketAddr::new(opts.address, api_port)
+        );
         let api_log = d.join("apiserver.log");
-        let mut api = Command::new(APISERVER_BIN);
-        api
-                .arg(format!("--etcd-servers={etcd_url}"))
-                .arg(format!("--bind-address={}", opts.address))
-                .arg(format!("--advertise-address={}", opts.address))
-                .arg(format!("--secure-port={api_port}"))
-                .arg("--insecure-port=0")
-                .arg(format!("--cert-dir={}", pki.display()))
-                .arg(format!(
-                    "--tls-cert-file={}",
-                    pki.join("apiserver.crt").display()
-                ))
-                .arg(format!(
-                    "--tls-private-key-file={}",
-                    pki.join("apiserver.key").display()
-                ))
-                .arg(format!("--client-ca-file={}", pki.join("ca.crt").display()))
-                .arg(format!(
-                    "--token-auth-file={}",
-                    pki.join("tokens.csv").display()
-                ))
-                .arg(format!(
-                    "--service-account-key-file={}",
-                    pki.join("sa.pub").display()
-                ))
-                .arg(format!(
-                    "--service-account-signing-key-file={}",
-                    pki.join("sa.key").display()
-                ))
-                .arg("--service-account-issuer=https://kubernetes.default.svc.cluster.local")
-                .arg("--service-cluster-ip-range=10.96.0.0/16")
-                .arg("--allow-privileged=true")
-                .arg("--profiling=false")
-                .arg("--logtostderr=true")
-                .arg("--v=1");
+        let mut api = Command::new(apiserver_bin());
+        api.arg(format!("--etcd-servers={etcd_url}"))
+            .arg(format!("--bind-address={}", opts.address))
+            .arg(format!("--advertise-address={}", opts.address))
+            .arg(format!("--secure-port={api_port}"))
+            .arg("--insecure-port=0")
+            .arg(format!("--cert-dir={}", pki.display()))
+            .arg(format!(
+                "--tls-cert-file={}",
+                pki.join("apiserver.crt").display()
+            ))
+            .arg(format!(
+                "--tls-private-key-file={}",
+                pki.join("apiserver.key").display()
+            ))
+            .arg(format!("--client-ca-file={}", pki.join("ca.crt").display()))
+            .arg(format!(
+                "--token-auth-file={}",
+                pki.join("tokens.csv").display()
+            ))
+            .arg(format!(
+                "--service-account-key-file={}",
+                pki.join("sa.pub").display()
+            ))
+            .arg(format!(
+                "--service-account-signing-key-file={}",
+                pki.join("sa.key").display()
+            ))
+            .arg("--service-account-issuer=https://kubernetes.default.svc.cluster.local")
+            .arg("--service-cluster-ip-range=10.96.0.0/16")
+            .arg("--allow-privileged=true")
+            .arg("--profiling=false")
+            .arg("--logtostderr=true")
+            .arg("--v=1");
         if opts.node {
             api.arg("--authorization-mode=Node,RBAC")
                 .arg("--endpoint-reconciler-type=lease")
@@ -558,7 +572,9 @@ fn spawn_logged(cmd: &mut Command, log: &Path) -> Child {
 fn free_ports<const N: usize>(address: std::net::IpAddr) -> [u16; N] {
     // Hold all listeners at once so the N ports differ.
     let listeners: Vec<TcpListener> = (0..N)
-        .map(|_| TcpListener::bind((address, 0)).unwrap_or_else(|e| panic!("bind {address}:0: {e}")))
+        .map(|_| {
+            TcpListener::bind((address, 0)).unwrap_or_else(|e| panic!("bind {address}:0: {e}"))
+        })
         .collect();
     let mut ports = [0u16; N];
     for (p, l) in ports.iter_mut().zip(&listeners) {

@@ -4,9 +4,12 @@
 # Installs, when missing, the real registry clients that tests/clients.rs
 # drives (skopeo, podman, buildah, containerd's ctr) plus busybox-static for
 # the test image, and docker-registry + apache2-utils (htpasswd) as an upstream
-# for tests/proxy.rs, makes sure a real kube-apiserver + etcd are there for
-# tests/cluster.rs (tests/k8s/ensure-kubernetes.sh), then runs the whole test
-# suite. Works from any cwd; needs root (apt-get) on a Debian 12 machine.
+# for tests/proxy.rs, makes sure real Kubernetes parts are there
+# (tests/k8s/ensure-kubernetes.sh: etcd and kube-apiserver for tests/cluster.rs,
+# and a kubelet, controller-manager, scheduler, kube-proxy and pause binary for
+# the one-node cluster of tests/node/), then runs the whole test suite. Works
+# from any cwd; needs root (apt-get, and the node's bridge, iptables and
+# mounts) on a Debian 12 machine.
 # Exits non-zero on any failure.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
@@ -42,9 +45,9 @@ for bin in skopeo podman buildah containerd ctr gzip tar sha256sum; do
     command -v "$bin" >/dev/null || { echo "run.sh: $bin still missing" >&2; exit 1; }
 done
 
-# A real kube-apiserver (v1.20.2, built from Debian's source package and cached
-# in /var/cache/berth-test; ~10 min the first time) plus etcd and kubectl for
-# tests/cluster.rs. Seconds when already cached.
+# Kubernetes v1.20.2 (built from Debian's source package and cached in
+# /var/cache/berth-test or $BERTH_TEST_CACHE; 10-15 min the first time) plus
+# etcd, containerd, the CNI plugins and kubectl. Seconds when already cached.
 bash tests/k8s/ensure-kubernetes.sh
 
 # kubernetes-validate (PyPI; it ships the Kubernetes schemas, so it validates
@@ -58,9 +61,11 @@ if ! command -v kubernetes-validate >/dev/null; then
     command -v kubernetes-validate >/dev/null || { echo "run.sh: kubernetes-validate still missing" >&2; exit 1; }
 fi
 
-# 2 cores: two tests at a time (each starts its own berth and clients).
+# 2 cores: two tests at a time (each starts its own berth and clients); the
+# one-node cluster runs alone (tests/nextest.toml). The cluster test builds
+# berth's release binary for its image (cargo; a no-op when it is fresh).
 if cargo nextest --version >/dev/null 2>&1; then
-    exec cargo nextest run --no-fail-fast --test-threads 2 "$@"
+    exec cargo nextest run --config-file tests/nextest.toml --no-fail-fast --test-threads 2 "$@"
 else
     exec cargo test --no-fail-fast "$@" -- --test-threads 2
 fi

@@ -59,6 +59,7 @@ declare -A needs=(
     [iptables]=/usr/sbin/iptables
     [iproute2]=/usr/bin/ip
     [conntrack]=/usr/sbin/conntrack
+    [nftables]=/usr/sbin/nft
     [mount]=/usr/bin/mount
 )
 build_needs() {

@@ -37,12 +37,21 @@ pub struct Config<'a> {
 }
 
 fn hex(data: &[u8]) -> String {
-    Sha256::digest(data).iter().map(|b| format!("{b:02x}")).collect()
+    Sha256::digest(data)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
 }
 
 fn tar(dir: &Path, out: &Path, args: &[&str]) {
     let status = Command::new("tar")
-        .args(["--sort=name", "--mtime=@0", "--owner=0", "--group=0", "--numeric-owner"])
+        .args([
+            "--sort=name",
+            "--mtime=@0",
+            "--owner=0",
+            "--group=0",
+            "--numeric-owner",
+        ])
         .arg("-C")
         .arg(dir)
         .arg("-cf")
@@ -61,7 +70,8 @@ pub fn docker_archive(work: &Path, name: &str, files: &[File], config: &Config, 
     for f in files {
         let to = root.join(f.to.trim_start_matches('/'));
         fs::create_dir_all(to.parent().unwrap()).unwrap();
-        fs::copy(&f.from, &to).unwrap_or_else(|e| panic!("copy {} -> {}: {e}", f.from.display(), f.to));
+        fs::copy(&f.from, &to)
+            .unwrap_or_else(|e| panic!("copy {} -> {}: {e}", f.from.display(), f.to));
         use std::os::unix::fs::PermissionsExt as _;
         fs::set_permissions(&to, fs::Permissions::from_mode(f.mode)).unwrap();
     }

@@ -53,7 +53,14 @@ const FIXED_PATHS: &[&str] = &[
 ];
 
 /// Directories whose entries are compared before and after (a new entry is something left behind).
-const WATCHED_DIRS: &[&str] = &["/run", "/var/lib", "/var/log", "/etc", "/opt", "/sys/fs/cgroup"];
+const WATCHED_DIRS: &[&str] = &[
+    "/run",
+    "/var/lib",
+    "/var/log",
+    "/etc",
+    "/opt",
+    "/sys/fs/cgroup",
+];
 
 /// What was true before the cluster started, persisted in [`STATE_FILE`].
 #[derive(Debug, Clone, Default)]
@@ -65,6 +72,8 @@ pub struct Saved {
     /// Processes started: pid and a string that is in their command line (checked before a kill, so a reused
     /// pid is never killed).
     pub procs: Vec<(u32, String)>,
+    /// The nftables tables that existed (iptables-nft creates `ip nat` and the others on first use).
+    pub tables: Vec<String>,
 }
 
 impl Saved {
@@ -82,6 +91,7 @@ impl Saved {
                 .filter(|p| fs::symlink_metadata(p).is_err())
                 .collect(),
             procs: Vec::new(),
+            tables: nft_tables(),
         }
     }
 
@@ -95,6 +105,9 @@ impl Saved {
         }
         for (pid, marker) in &self.procs {
             s.push_str(&format!("proc {pid} {marker}\n"));
+        }
+        for t in &self.tables {
+            s.push_str(&format!("table {t}\n"));
         }
         let tmp = format!("{STATE_FILE}.tmp");
         fs::write(&tmp, s).unwrap_or_else(|e| panic!("write {tmp}: {e}"));
@@ -110,6 +123,9 @@ impl Saved {
                 (Some("workdir"), Some(p), None) => saved.workdir = PathBuf::from(p),
                 (Some("sysctl"), Some(k), Some(v)) => saved.sysctls.push((k.into(), v.into())),
                 (Some("absent"), Some(p), None) => saved.absent.push(PathBuf::from(p)),
+                (Some("table"), Some(family), Some(name)) => {
+                    saved.tables.push(format!("{family} {name}"))
+                }
                 (Some("proc"), Some(pid), Some(marker)) => {
                     if let Ok(pid) = pid.parse() {
                         saved.procs.push((pid, marker.into()));
@@ -121,6 +137,24 @@ impl Saved {
         Some(saved)
     }
 }
+
+/// `nft list tables` as "FAMILY NAME" lines (empty where nft is missing).
+fn nft_tables() -> Vec<String> {
+    Command::new("nft")
+        .args(["list", "tables"])
+        .stdin(Stdio::null())
+        .output()
+        .map(|o| {
+            String::from_utf8_lossy(&o.stdout)
+                .lines()
+                .filter_map(|l| l.strip_prefix("table ").map(str::to_string))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// The tables iptables-nft and ip6tables-nft create.
+const IPTABLES_TABLES: &[&str] = &["filter", "nat", "mangle", "raw", "security"];
 
 fn read_sysctl(key: &str) -> Option<String> {
     fs::read_to_string(Path::new("/proc/sys").join(key))
@@ -136,6 +170,7 @@ pub struct Snapshot {
     mounts: BTreeSet<String>,
     links: BTreeSet<String>,
     paths: BTreeMap<String, bool>,
+    tables: BTreeSet<String>,
     entries: BTreeMap<String, BTreeSet<String>>,
     cgroups: BTreeSet<String>,
 }
@@ -173,6 +208,7 @@ impl Snapshot {
                 .iter()
                 .map(|p| (p.to_string(), fs::symlink_metadata(p).is_ok()))
                 .collect(),
+            tables: nft_tables().into_iter().collect(),
             entries,
             cgroups,
         }
@@ -183,7 +219,10 @@ impl Snapshot {
         let mut out = Vec::new();
         for (k, v) in &before.sysctls {
             if self.sysctls.get(k) != Some(v) {
-                out.push(format!("sysctl {k}: {v} before, {:?} after", self.sysctls.get(k)));
+                out.push(format!(
+                    "sysctl {k}: {v} before, {:?} after",
+                    self.sysctls.get(k)
+                ));
             }
         }
         for (tool, rules) in &before.iptables {
@@ -198,19 +237,33 @@ impl Snapshot {
         set_diff(&mut out, "mount", &before.mounts, &self.mounts);
         set_diff(&mut out, "link", &before.links, &self.links);
         set_diff(&mut out, "cgroup", &before.cgroups, &self.cgroups);
+        set_diff(&mut out, "nftables table", &before.tables, &self.tables);
         for (p, existed) in &before.paths {
             if self.paths[p] != *existed {
-                out.push(format!("{p}: existed {existed} before, {} after", self.paths[p]));
+                out.push(format!(
+                    "{p}: existed {existed} before, {} after",
+                    self.paths[p]
+                ));
             }
         }
         for (dir, entries) in &before.entries {
-            set_diff(&mut out, &format!("entry of {dir}"), entries, &self.entries[dir]);
+            set_diff(
+                &mut out,
+                &format!("entry of {dir}"),
+                entries,
+                &self.entries[dir],
+            );
         }
         out
     }
 }
 
-fn set_diff(out: &mut Vec<String>, what: &str, before: &BTreeSet<String>, after: &BTreeSet<String>) {
+fn set_diff(
+    out: &mut Vec<String>,
+    what: &str,
+    before: &BTreeSet<String>,
+    after: &BTreeSet<String>,
+) {
     for x in after.difference(before) {
         out.push(format!("{what}: new {x}"));
     }
@@ -313,7 +366,10 @@ fn kubepods_cgroups() -> Vec<PathBuf> {
 /// Removes `KUBE-*` chains and the rules that jump to them, in every table, IPv4 and IPv6.
 fn remove_kube_chains() -> Vec<String> {
     let mut errors = Vec::new();
-    for (save, restore) in [("iptables-save", "iptables-restore"), ("ip6tables-save", "ip6tables-restore")] {
+    for (save, restore) in [
+        ("iptables-save", "iptables-restore"),
+        ("ip6tables-save", "ip6tables-restore"),
+    ] {
         let Ok(out) = Command::new(save).stdin(Stdio::null()).output() else {
             continue;
         };
@@ -322,7 +378,10 @@ fn remove_kube_chains() -> Vec<String> {
         let mut table = String::new();
         let mut chains = Vec::new();
         let mut deletes = Vec::new();
-        let flush = |script: &mut String, table: &str, chains: &mut Vec<String>, deletes: &mut Vec<String>| {
+        let flush = |script: &mut String,
+                     table: &str,
+                     chains: &mut Vec<String>,
+                     deletes: &mut Vec<String>| {
             if table.is_empty() || (chains.is_empty() && deletes.is_empty()) {
                 chains.clear();
                 deletes.clear();
@@ -410,7 +469,10 @@ pub fn undo(saved: &Saved) -> Vec<String> {
         }
     }
     for cg in kubepods_cgroups() {
-        for pid in fs::read_to_string(cg.join("cgroup.procs")).unwrap_or_default().lines() {
+        for pid in fs::read_to_string(cg.join("cgroup.procs"))
+            .unwrap_or_default()
+            .lines()
+        {
             if let Ok(pid) = pid.trim().parse::<u32>() {
                 kill(pid, "-KILL");
             }
@@ -418,7 +480,10 @@ pub fn undo(saved: &Saved) -> Vec<String> {
     }
     let deadline = Instant::now() + Duration::from_secs(10);
     while Instant::now() < deadline
-        && (saved.procs.iter().any(|(pid, m)| cmdline(*pid).is_some_and(|c| c.contains(m.as_str())))
+        && (saved
+            .procs
+            .iter()
+            .any(|(pid, m)| cmdline(*pid).is_some_and(|c| c.contains(m.as_str())))
             || (!workdir.is_empty() && !processes_mentioning(&workdir).is_empty()))
     {
         thread::sleep(Duration::from_millis(100));
@@ -459,6 +524,20 @@ pub fn undo(saved: &Saved) -> Vec<String> {
     }
 
     errors.extend(remove_kube_chains());
+    // Tables that iptables-nft created for the node's rules (empty now).
+    for table in nft_tables() {
+        let mut parts = table.split(' ');
+        let (Some(family), Some(name)) = (parts.next(), parts.next()) else {
+            continue;
+        };
+        if (family == "ip" || family == "ip6")
+            && IPTABLES_TABLES.contains(&name)
+            && !saved.tables.contains(&table)
+            && !run_quiet("nft", &["delete", "table", family, name])
+        {
+            errors.push(format!("cannot delete nftables table {table}"));
+        }
+    }
 
     // Links: the pods' veths on the bridge, then the bridge.
     if Path::new("/sys/class/net").join(BRIDGE).exists() {
@@ -500,7 +579,10 @@ pub fn undo(saved: &Saved) -> Vec<String> {
         let _ = fs::remove_dir_all(p).or_else(|_| fs::remove_file(p));
     }
     if !workdir.is_empty() && saved.workdir.exists() {
-        if mount_points().iter().any(|m| m.starts_with(workdir.as_str())) {
+        if mount_points()
+            .iter()
+            .any(|m| m.starts_with(workdir.as_str()))
+        {
             errors.push(format!("{workdir} still has mounts; not removed"));
         } else if let Err(e) = fs::remove_dir_all(&saved.workdir) {
             errors.push(format!("remove {workdir}: {e}"));

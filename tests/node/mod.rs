@@ -26,7 +26,6 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 pub const K8S_VERSION: &str = "v1.20.2";
-pub const CACHE_DIR: &str = "/var/cache/berth-test";
 /// The node's address, on [`BRIDGE`]: the apiserver, the kubelet and the pods' gateway.
 pub const NODE_IP: Ipv4Addr = Ipv4Addr::new(10, 244, 0, 1);
 const POD_SUBNET: &str = "10.244.0.0/24";
@@ -45,7 +44,7 @@ const PROXY_VARS: &[&str] = &[
 ];
 
 pub fn cached(name: &str) -> PathBuf {
-    let p = Path::new(CACHE_DIR).join(format!("{name}-{K8S_VERSION}"));
+    let p = crate::cluster::test_cache_dir().join(format!("{name}-{K8S_VERSION}"));
     assert!(
         p.is_file(),
         "{} is missing: run `bash tests/k8s/ensure-kubernetes.sh` (builds and caches the Kubernetes binaries; \
@@ -69,7 +68,43 @@ pub struct Node {
     saved: Saved,
     before: Snapshot,
     stopped: bool,
-    _lock: fs::File,
+    _lock: NodeLock,
+}
+
+/// The machine-wide lock: `flock` holds it for a child shell that lives until its stdin closes, which happens
+/// when the Node is dropped or the test process dies however it dies. (std's File::lock is newer than berth's
+/// minimum Rust version.)
+struct NodeLock {
+    child: Child,
+}
+
+impl NodeLock {
+    fn take() -> NodeLock {
+        let mut child = Command::new("flock")
+            .args(["--exclusive", LOCK_FILE, "sh", "-c", "echo locked; read _"])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("spawn flock (util-linux)");
+        let mut line = String::new();
+        use std::io::BufRead as _;
+        let mut out = std::io::BufReader::new(child.stdout.take().expect("flock's stdout"));
+        out.read_line(&mut line).expect("read from flock");
+        assert_eq!(
+            line.trim(),
+            "locked",
+            "flock {LOCK_FILE} did not take the lock"
+        );
+        NodeLock { child }
+    }
+}
+
+impl Drop for NodeLock {
+    fn drop(&mut self) {
+        drop(self.child.stdin.take());
+        let _ = self.child.wait();
+    }
 }
 
 fn free_port_on(ip: IpAddr) -> u16 {
@@ -105,17 +140,18 @@ impl Node {
     /// Brings the node up: cleans up after a killed run, records the machine, starts every part and waits until
     /// the node is Ready, the `default` ServiceAccount exists and the `kubernetes` Service has its endpoint.
     pub fn start() -> Node {
-        for tool in ["containerd", "ctr", "iptables-save", "ip", "umount", "tar", "ldd"] {
+        for tool in [
+            "containerd",
+            "ctr",
+            "iptables-save",
+            "ip",
+            "umount",
+            "tar",
+            "ldd",
+        ] {
             crate::clients::require_tool(tool);
         }
-        let lock = fs::OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(LOCK_FILE)
-            .unwrap_or_else(|e| panic!("open {LOCK_FILE}: {e}"));
-        lock.lock()
-            .unwrap_or_else(|e| panic!("lock {LOCK_FILE}: {e}"));
+        let lock = NodeLock::take();
         if let Some(stale) = Saved::read() {
             eprintln!(
                 "node: cleaning up after a run that did not stop ({})",
@@ -180,17 +216,18 @@ impl Node {
     fn check_alive(&mut self) {
         for p in &mut self.procs {
             if let Ok(Some(status)) = p.child.try_wait() {
-                panic!(
-                    "{} exited with {status}:\n{}",
-                    p.name,
-                    tail(&p.log, 80)
-                );
+                panic!("{} exited with {status}:\n{}", p.name, tail(&p.log, 80));
             }
         }
     }
 
     /// Polls `f` until it gives a value, failing early if a part of the node died.
-    pub fn wait_for<T>(&mut self, deadline: Duration, what: &str, mut f: impl FnMut(&Node) -> Option<T>) -> T {
+    pub fn wait_for<T>(
+        &mut self,
+        deadline: Duration,
+        what: &str,
+        mut f: impl FnMut(&Node) -> Option<T>,
+    ) -> T {
         let start = Instant::now();
         loop {
             self.check_alive();
@@ -198,7 +235,10 @@ impl Node {
                 return v;
             }
             if start.elapsed() > deadline {
-                panic!("timed out after {deadline:?} waiting for {what}\n{}", self.logs());
+                panic!(
+                    "timed out after {deadline:?} waiting for {what}\n{}",
+                    self.logs()
+                );
             }
             thread::sleep(Duration::from_millis(250));
         }
@@ -210,10 +250,6 @@ impl Node {
             s.push_str(&format!("----- {} -----\n{}\n", p.name, tail(&p.log, 40)));
         }
         s
-    }
-
-    pub fn log_of(&self, name: &str) -> String {
-        fs::read_to_string(self.work.join(format!("{name}.log"))).unwrap_or_default()
     }
 
     pub fn cluster(&self) -> &Cluster {
@@ -273,7 +309,8 @@ impl Node {
         }
         let pki = cluster.dir().join("pki");
         let admin = cluster.kubeconfig.clone();
-        let kubelet_kubeconfig = cluster.kubeconfig_for(&format!("system:node:{NODE_NAME}"), &["system:nodes"]);
+        let kubelet_kubeconfig =
+            cluster.kubeconfig_for(&format!("system:node:{NODE_NAME}"), &["system:nodes"]);
         self.cluster = Some(cluster);
 
         // containerd with CRI.
@@ -349,7 +386,10 @@ disabled_plugins = [
         )
         .unwrap();
         let conf = w.join("containerd.toml");
-        self.spawn("containerd", Command::new("containerd").arg("--config").arg(&conf));
+        self.spawn(
+            "containerd",
+            Command::new("containerd").arg("--config").arg(&conf),
+        );
         self.wait_for(Duration::from_secs(30), "containerd to answer", |n| {
             n.ctr(&["version"]).status.success().then_some(())
         });
@@ -358,8 +398,13 @@ disabled_plugins = [
         self.import(&pause);
 
         // kubelet.
+        let localhost = IpAddr::V4(Ipv4Addr::LOCALHOST);
         let kubelet_port = free_port_on(IpAddr::V4(NODE_IP));
-        fs::write(w.join("resolv.conf"), "nameserver 127.0.0.1\noptions ndots:1\n").unwrap();
+        fs::write(
+            w.join("resolv.conf"),
+            "nameserver 127.0.0.1\noptions ndots:1\n",
+        )
+        .unwrap();
         fs::write(
             w.join("kubelet.yaml"),
             format!(
@@ -409,7 +454,10 @@ authorization:
                 .arg(format!("--config={}", w.join("kubelet.yaml").display()))
                 .arg(format!("--kubeconfig={}", kubelet_kubeconfig.display()))
                 .arg("--container-runtime=remote")
-                .arg(format!("--container-runtime-endpoint=unix://{}", self.containerd_sock.display()))
+                .arg(format!(
+                    "--container-runtime-endpoint=unix://{}",
+                    self.containerd_sock.display()
+                ))
                 .arg(format!("--root-dir={}", root_dir.display()))
                 .arg(format!("--cert-dir={}", w.join("kubelet-pki").display()))
                 .arg(format!("--hostname-override={NODE_NAME}"))
@@ -430,8 +478,14 @@ authorization:
                 .arg("--conntrack-max-per-core=0")
                 .arg("--conntrack-tcp-timeout-established=0")
                 .arg("--conntrack-tcp-timeout-close-wait=0")
-                .arg("--healthz-port=0")
-                .arg("--metrics-port=0")
+                .arg(format!(
+                    "--healthz-bind-address=127.0.0.1:{}",
+                    free_port_on(localhost)
+                ))
+                .arg(format!(
+                    "--metrics-bind-address=127.0.0.1:{}",
+                    free_port_on(localhost)
+                ))
                 .arg("--logtostderr=true")
                 .arg("--v=1"),
         );
@@ -440,10 +494,16 @@ authorization:
             Command::new(cached("kube-controller-manager"))
                 .arg(format!("--kubeconfig={}", admin.display()))
                 .arg("--leader-elect=false")
-                .arg(format!("--service-account-private-key-file={}", pki.join("sa.key").display()))
+                .arg(format!(
+                    "--service-account-private-key-file={}",
+                    pki.join("sa.key").display()
+                ))
                 .arg(format!("--root-ca-file={}", pki.join("ca.crt").display()))
                 .arg("--node-monitor-period=1s")
-                .arg(format!("--flex-volume-plugin-dir={}", w.join("flex").display()))
+                .arg(format!(
+                    "--flex-volume-plugin-dir={}",
+                    w.join("flex").display()
+                ))
                 .arg("--port=0")
                 .arg("--secure-port=0")
                 .arg("--logtostderr=true")
@@ -470,14 +530,34 @@ authorization:
             ]);
             (String::from_utf8_lossy(&out.stdout) == "True").then_some(())
         });
-        self.wait_for(Duration::from_secs(60), "the default ServiceAccount's token", |n| {
-            let out = n.kubectl(&["get", "serviceaccount", "default", "-o", "jsonpath={.secrets[0].name}"]);
-            (out.status.success() && !out.stdout.is_empty()).then_some(())
-        });
-        self.wait_for(Duration::from_secs(30), "the kubernetes Service's endpoint", |n| {
-            let out = n.kubectl(&["get", "endpoints", "kubernetes", "-o", "jsonpath={.subsets[0].addresses[0].ip}"]);
-            (String::from_utf8_lossy(&out.stdout) == NODE_IP.to_string()).then_some(())
-        });
+        self.wait_for(
+            Duration::from_secs(60),
+            "the default ServiceAccount's token",
+            |n| {
+                let out = n.kubectl(&[
+                    "get",
+                    "serviceaccount",
+                    "default",
+                    "-o",
+                    "jsonpath={.secrets[0].name}",
+                ]);
+                (out.status.success() && !out.stdout.is_empty()).then_some(())
+            },
+        );
+        self.wait_for(
+            Duration::from_secs(30),
+            "the kubernetes Service's endpoint",
+            |n| {
+                let out = n.kubectl(&[
+                    "get",
+                    "endpoints",
+                    "kubernetes",
+                    "-o",
+                    "jsonpath={.subsets[0].addresses[0].ip}",
+                ]);
+                (String::from_utf8_lossy(&out.stdout) == NODE_IP.to_string()).then_some(())
+            },
+        );
         // Kubernetes 1.20 does not label namespaces with their name; the README asks for this label.
         self.kubectl_ok(&["label", "namespace", "kube-system", "berth.dev/ignore=true"]);
     }
@@ -505,7 +585,11 @@ spec:
             path = dir.display()
         );
         let out = self.cluster().apply_yaml(&yaml);
-        assert!(out.status.success(), "apply PV: {}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "apply PV: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
 
     /// Stops the node the way a cluster is drained, undoes what it changed on the machine and returns what still
@@ -543,13 +627,22 @@ spec:
         self.stop_proc("kube-scheduler");
         if self.cluster.is_some() && self.procs.iter().any(|p| p.name == "kubelet") {
             let _ = self.kubectl(&[
-                "delete", "pods", "--all", "--all-namespaces", "--force", "--grace-period=0", "--wait=false",
+                "delete",
+                "pods",
+                "--all",
+                "--all-namespaces",
+                "--force",
+                "--grace-period=0",
+                "--wait=false",
             ]);
             let deadline = Instant::now() + Duration::from_secs(60);
             loop {
                 let tasks = self.ctr(&["tasks", "ls", "-q"]);
                 let sandboxes_gone = fs::read_dir("/run/netns")
-                    .map(|rd| rd.flatten().all(|e| !e.file_name().to_string_lossy().starts_with("cni-")))
+                    .map(|rd| {
+                        rd.flatten()
+                            .all(|e| !e.file_name().to_string_lossy().starts_with("cni-"))
+                    })
                     .unwrap_or(true);
                 if tasks.status.success() && tasks.stdout.is_empty() && sandboxes_gone {
                     break;

@@ -58,7 +58,11 @@ struct Forwarder {
 }
 
 impl Forwarder {
-    fn start(listen: (std::net::Ipv4Addr, u16), to: std::net::SocketAddr, bytes_per_sec: u64) -> Forwarder {
+    fn start(
+        listen: (std::net::Ipv4Addr, u16),
+        to: std::net::SocketAddr,
+        bytes_per_sec: u64,
+    ) -> Forwarder {
         let listener = TcpListener::bind(listen).unwrap_or_else(|e| panic!("bind {listen:?}: {e}"));
         let addr = listener.local_addr().unwrap();
         let sent = Arc::new(AtomicU64::new(0));
@@ -169,7 +173,10 @@ impl Upstream {
             .stderr(Stdio::null())
             .spawn()
             .expect("start docker-registry");
-        let client = reqwest::blocking::Client::builder().no_proxy().build().unwrap();
+        let client = reqwest::blocking::Client::builder()
+            .no_proxy()
+            .build()
+            .unwrap();
         poll_until(Duration::from_secs(30), "docker-registry to answer", || {
             client
                 .get(format!("http://{host}/v2/"))
@@ -196,7 +203,11 @@ impl Drop for Upstream {
 fn skopeo(work: &Path) -> Command {
     let conf = work.join("skopeo");
     fs::create_dir_all(conf.join("tmp")).unwrap();
-    fs::write(conf.join("registries.conf"), "unqualified-search-registries = []\n").unwrap();
+    fs::write(
+        conf.join("registries.conf"),
+        "unqualified-search-registries = []\n",
+    )
+    .unwrap();
     let mut cmd = crate::clients::tool("skopeo");
     cmd.env("CONTAINERS_REGISTRIES_CONF", conf.join("registries.conf"))
         .env("TMPDIR", conf.join("tmp"))
@@ -223,9 +234,21 @@ fn policy_status(node: &Node) -> serde_json::Value {
 /// in a private mount namespace whose /etc/hosts maps berth.berth-system.svc to the ClusterIP (the machine's
 /// /etc/hosts is not touched), and verifies berth's certificate with the CA from berth's Secret.
 fn push_to_berth(node: &Node, archive: &Path, reference: &str) {
-    let ip = node.kubectl_ok(&["-n", NS, "get", "service", "berth", "-o", "jsonpath={.spec.clusterIP}"]);
+    let ip = node.kubectl_ok(&[
+        "-n",
+        NS,
+        "get",
+        "service",
+        "berth",
+        "-o",
+        "jsonpath={.spec.clusterIP}",
+    ]);
     let hosts = node.work.join("hosts");
-    fs::write(&hosts, format!("127.0.0.1 localhost\n{ip} {SERVICE_NAME}\n")).unwrap();
+    fs::write(
+        &hosts,
+        format!("127.0.0.1 localhost\n{ip} {SERVICE_NAME}\n"),
+    )
+    .unwrap();
     let certs = node.work.join("berth-ca");
     fs::create_dir_all(&certs).unwrap();
     fs::write(certs.join("ca.crt"), berth_ca(node)).unwrap();
@@ -250,7 +273,15 @@ fn push_to_berth(node: &Node, archive: &Path, reference: &str) {
 
 fn berth_ca(node: &Node) -> Vec<u8> {
     use base64::Engine as _;
-    let b64 = node.kubectl_ok(&["-n", NS, "get", "secret", "berth-tls", "-o", r"jsonpath={.data.ca\.crt}"]);
+    let b64 = node.kubectl_ok(&[
+        "-n",
+        NS,
+        "get",
+        "secret",
+        "berth-tls",
+        "-o",
+        r"jsonpath={.data.ca\.crt}",
+    ]);
     base64::engine::general_purpose::STANDARD
         .decode(b64.trim())
         .expect("ca.crt of berth-tls is base64")
@@ -259,7 +290,15 @@ fn berth_ca(node: &Node) -> Vec<u8> {
 /// GET on berth through its Service (name verified with berth's CA).
 fn berth_get(node: &Node, path: &str) -> (u16, String) {
     let ip: std::net::IpAddr = node
-        .kubectl_ok(&["-n", NS, "get", "service", "berth", "-o", "jsonpath={.spec.clusterIP}"])
+        .kubectl_ok(&[
+            "-n",
+            NS,
+            "get",
+            "service",
+            "berth",
+            "-o",
+            "jsonpath={.spec.clusterIP}",
+        ])
         .trim()
         .parse()
         .expect("ClusterIP");
@@ -299,8 +338,11 @@ fn wait_running(node: &mut Node, ns: &str, pod: &str, deadline: Duration) {
 fn wait_ready(node: &mut Node, ns: &str, pod: &str, deadline: Duration) {
     let (ns, pod) = (ns.to_string(), pod.to_string());
     node.wait_for(deadline, &format!("pod {ns}/{pod} Ready"), |n| {
-        (jsonpath(n, &["-n", &ns, "get", "pod", &pod], r#"{.status.conditions[?(@.type=="Ready")].status}"#)
-            == "True")
+        (jsonpath(
+            n,
+            &["-n", &ns, "get", "pod", &pod],
+            r#"{.status.conditions[?(@.type=="Ready")].status}"#,
+        ) == "True")
             .then_some(())
     });
 }
@@ -308,7 +350,14 @@ fn wait_ready(node: &mut Node, ns: &str, pod: &str, deadline: Duration) {
 fn node_proxy_pod(node: &Node) -> String {
     jsonpath(
         node,
-        &["-n", NS, "get", "pods", "-l", "app.kubernetes.io/component=node-proxy"],
+        &[
+            "-n",
+            NS,
+            "get",
+            "pods",
+            "-l",
+            "app.kubernetes.io/component=node-proxy",
+        ],
         "{.items[0].metadata.name}",
     )
 }
@@ -354,7 +403,12 @@ fn berth_installed_from_manifests_serves_a_real_kubelet() {
 
     // 1. berth's image from the release binary, in the node's containerd; storage for its volume claim.
     let berth_tar = work.join("berth.tar");
-    images::berth_image(&work.join("images"), &release, "berth.test/berth:node", &berth_tar);
+    images::berth_image(
+        &work.join("images"),
+        &release,
+        "berth.test/berth:node",
+        &berth_tar,
+    );
     node.import(&berth_tar);
     node.host_path_volume("berth-data", 65532, "10Gi");
 
@@ -363,17 +417,30 @@ fn berth_installed_from_manifests_serves_a_real_kubelet() {
     node.kubectl_ok(&["apply", "-k", &install]);
     wait_ready(&mut node, NS, "berth-0", Duration::from_secs(120));
     node.wait_for(Duration::from_secs(90), "the node proxy Ready", |n| {
-        (jsonpath(n, &["-n", NS, "get", "daemonset", "berth-node-proxy"], "{.status.numberReady}") == "1")
+        (jsonpath(
+            n,
+            &["-n", NS, "get", "daemonset", "berth-node-proxy"],
+            "{.status.numberReady}",
+        ) == "1")
             .then_some(())
     });
     // berth made its Secret and wrote its CA into both webhook configurations, from inside the cluster.
     use base64::Engine as _;
     let ca = berth_ca(&node);
     assert!(String::from_utf8_lossy(&ca).contains("BEGIN CERTIFICATE"));
-    for kind in ["validatingwebhookconfiguration", "mutatingwebhookconfiguration"] {
-        let bundle = jsonpath(&node, &["get", kind, "berth"], "{.webhooks[0].clientConfig.caBundle}");
+    for kind in [
+        "validatingwebhookconfiguration",
+        "mutatingwebhookconfiguration",
+    ] {
+        let bundle = jsonpath(
+            &node,
+            &["get", kind, "berth"],
+            "{.webhooks[0].clientConfig.caBundle}",
+        );
         assert_eq!(
-            base64::engine::general_purpose::STANDARD.decode(&bundle).ok(),
+            base64::engine::general_purpose::STANDARD
+                .decode(&bundle)
+                .ok(),
             Some(ca.clone()),
             "{kind} berth's caBundle is berth's CA"
         );
@@ -386,16 +453,30 @@ fn berth_installed_from_manifests_serves_a_real_kubelet() {
     images::app_image(&work.join("images/hello"), "team/hello:v1", &[], &hello);
     push_to_berth(&node, &hello, "team/hello:v1");
     node.kubectl_ok(&["create", "namespace", "apps"]);
-    apply(&node, &pod_yaml("apps", "hello", "127.0.0.1:5050/team/hello:v1", "IfNotPresent"));
+    apply(
+        &node,
+        &pod_yaml(
+            "apps",
+            "hello",
+            "127.0.0.1:5050/team/hello:v1",
+            "IfNotPresent",
+        ),
+    );
     wait_running(&mut node, "apps", "hello", Duration::from_secs(60));
     let proxy_log = node.kubectl_ok(&["-n", NS, "logs", &node_proxy_pod(&node)]);
-    assert!(
-        proxy_log.contains("GET /v2/team/hello/manifests/v1"),
-        "the kubelet's pull went through the node proxy:\n{proxy_log}"
-    );
+    // containerd resolves the tag with a HEAD, then fetches by digest.
+    for wanted in [
+        "HEAD /v2/team/hello/manifests/v1 HTTP",
+        "GET /v2/team/hello/blobs/sha256:",
+    ] {
+        assert!(
+            proxy_log.contains(wanted),
+            "the kubelet's pull went through the node proxy ({wanted}):\n{proxy_log}"
+        );
+    }
     let berth_log = node.kubectl_ok(&["-n", NS, "logs", "berth-0"]);
     assert!(
-        berth_log.contains("GET /v2/team/hello/manifests/v1"),
+        berth_log.contains("HEAD /v2/team/hello/manifests/v1 HTTP"),
         "berth served the pull:\n{berth_log}"
     );
 
@@ -411,7 +492,10 @@ fn berth_installed_from_manifests_serves_a_real_kubelet() {
     images::app_image(&work.join("images/app"), "library/app:1.0", &[], &app);
     let big_file = work.join("big.bin");
     let mut noise = vec![0u8; 24 << 20];
-    fs::File::open("/dev/urandom").unwrap().read_exact(&mut noise).unwrap();
+    fs::File::open("/dev/urandom")
+        .unwrap()
+        .read_exact(&mut noise)
+        .unwrap();
     fs::write(&big_file, &noise).unwrap();
     drop(noise);
     let big = work.join("big.tar");
@@ -431,20 +515,32 @@ fn berth_installed_from_manifests_serves_a_real_kubelet() {
     let cache = kustomize_dir("tests/node/overlays/cache");
     node.kubectl_ok(&["apply", "-k", &cache]);
     // The StatefulSet rolls berth-0 for the new --config; wait for the new pod to be Ready with the config.
-    node.wait_for(Duration::from_secs(120), "berth-0 restarted with --config", |n| {
-        let args = jsonpath(n, &["-n", NS, "get", "pod", "berth-0"], "{.spec.containers[0].args}");
-        let ready = jsonpath(
-            n,
-            &["-n", NS, "get", "pod", "berth-0"],
-            r#"{.status.conditions[?(@.type=="Ready")].status}"#,
-        );
-        (args.contains("--config=/etc/berth/config.yaml") && ready == "True").then_some(())
-    });
-    node.wait_for(Duration::from_secs(60), "berth to load the cache policy", |n| {
-        let policy = policy_status(n);
-        let summary = policy["summary"].as_str().unwrap_or_default();
-        (summary.contains("1 rewrites") && policy["lastError"].is_null()).then_some(())
-    });
+    node.wait_for(
+        Duration::from_secs(120),
+        "berth-0 restarted with --config",
+        |n| {
+            let args = jsonpath(
+                n,
+                &["-n", NS, "get", "pod", "berth-0"],
+                "{.spec.containers[0].args}",
+            );
+            let ready = jsonpath(
+                n,
+                &["-n", NS, "get", "pod", "berth-0"],
+                r#"{.status.conditions[?(@.type=="Ready")].status}"#,
+            );
+            (args.contains("--config=/etc/berth/config.yaml") && ready == "True").then_some(())
+        },
+    );
+    node.wait_for(
+        Duration::from_secs(60),
+        "berth to load the cache policy",
+        |n| {
+            let policy = policy_status(n);
+            let summary = policy["summary"].as_str().unwrap_or_default();
+            (summary.contains("1 rewrites") && policy["lastError"].is_null()).then_some(())
+        },
+    );
     apply(
         &node,
         "apiVersion: apps/v1
@@ -469,31 +565,46 @@ spec:
           image: docker.io/library/app:1.0
 ",
     );
-    let app_pod = node.wait_for(Duration::from_secs(90), "a Running pod of Deployment app", |n| {
-        let out = jsonpath(
-            n,
-            &["-n", "apps", "get", "pods", "-l", "app=app"],
-            r#"{range .items[*]}{.metadata.name} {.status.phase}{"\n"}{end}"#,
-        );
-        out.lines()
-            .find_map(|l| l.strip_suffix(" Running").map(str::to_string))
-    });
+    let app_pod = node.wait_for(
+        Duration::from_secs(90),
+        "a Running pod of Deployment app",
+        |n| {
+            let out = jsonpath(
+                n,
+                &["-n", "apps", "get", "pods", "-l", "app=app"],
+                r#"{range .items[*]}{.metadata.name} {.status.phase}{"\n"}{end}"#,
+            );
+            out.lines()
+                .find_map(|l| l.strip_suffix(" Running").map(str::to_string))
+        },
+    );
     assert_eq!(
-        jsonpath(&node, &["-n", "apps", "get", "pod", &app_pod], "{.spec.containers[0].image}"),
+        jsonpath(
+            &node,
+            &["-n", "apps", "get", "pod", &app_pod],
+            "{.spec.containers[0].image}"
+        ),
         "127.0.0.1:5050/proxy/docker.io/library/app:1.0",
         "the pod runs the rewritten image"
     );
     assert_eq!(
-        jsonpath(&node, &["-n", "apps", "get", "deployment", "app"], "{.spec.template.spec.containers[0].image}"),
+        jsonpath(
+            &node,
+            &["-n", "apps", "get", "deployment", "app"],
+            "{.spec.template.spec.containers[0].image}"
+        ),
         "docker.io/library/app:1.0",
         "the Deployment's template is unchanged"
     );
     let proxy_log = node.kubectl_ok(&["-n", NS, "logs", &node_proxy_pod(&node)]);
     assert!(
-        proxy_log.contains("GET /v2/proxy/docker.io/library/app/manifests/1.0"),
+        proxy_log.contains("/v2/proxy/docker.io/library/app/manifests/1.0 HTTP"),
         "the kubelet pulled the rewritten image through the node proxy:\n{proxy_log}"
     );
-    assert!(forwarder.sent() > 0, "berth fetched the image from the upstream");
+    assert!(
+        forwarder.sent() > 0,
+        "berth fetched the image from the upstream"
+    );
 
     // 5a. berth down: pods are created, unrewritten (fail open).
     node.kubectl_ok(&["-n", NS, "scale", "statefulset", "berth", "--replicas=0"]);
@@ -501,19 +612,41 @@ spec:
         let out = n.kubectl(&["-n", NS, "get", "pod", "berth-0"]);
         (!out.status.success()).then_some(())
     });
-    apply(&node, &pod_yaml("apps", "while-down", "docker.io/library/app:1.0", "IfNotPresent"));
+    apply(
+        &node,
+        &pod_yaml(
+            "apps",
+            "while-down",
+            "docker.io/library/app:1.0",
+            "IfNotPresent",
+        ),
+    );
     assert_eq!(
-        jsonpath(&node, &["-n", "apps", "get", "pod", "while-down"], "{.spec.containers[0].image}"),
+        jsonpath(
+            &node,
+            &["-n", "apps", "get", "pod", "while-down"],
+            "{.spec.containers[0].image}"
+        ),
         "docker.io/library/app:1.0",
         "created while berth was down: admitted unrewritten"
     );
-    node.kubectl_ok(&["-n", "apps", "delete", "pod", "while-down", "--force", "--grace-period=0"]);
+    node.kubectl_ok(&[
+        "-n",
+        "apps",
+        "delete",
+        "pod",
+        "while-down",
+        "--force",
+        "--grace-period=0",
+    ]);
     node.kubectl_ok(&["-n", NS, "scale", "statefulset", "berth", "--replicas=1"]);
     wait_ready(&mut node, NS, "berth-0", Duration::from_secs(120));
     // Its content survived in the volume: the image pushed in step 3 is still there.
-    node.wait_for(Duration::from_secs(30), "berth back with its content", |n| {
-        (berth_get(n, "/v2/team/hello/tags/list").0 == 200).then_some(())
-    });
+    node.wait_for(
+        Duration::from_secs(30),
+        "berth back with its content",
+        |n| (berth_get(n, "/v2/team/hello/tags/list").0 == 200).then_some(()),
+    );
 
     // 5b. An invalid policy: reported, and the last good one stays in force.
     apply(
@@ -533,13 +666,27 @@ data:
         replace: 'x'
 ",
     );
-    let why = node.wait_for(Duration::from_secs(60), "berth to report the invalid policy", |n| {
-        policy_status(n)["lastError"].as_str().map(str::to_string)
-    });
+    let why = node.wait_for(
+        Duration::from_secs(60),
+        "berth to report the invalid policy",
+        |n| policy_status(n)["lastError"].as_str().map(str::to_string),
+    );
     assert!(why.contains("broken"), "the error names the rule: {why}");
-    apply(&node, &pod_yaml("apps", "after-invalid", "docker.io/library/app:1.0", "IfNotPresent"));
+    apply(
+        &node,
+        &pod_yaml(
+            "apps",
+            "after-invalid",
+            "docker.io/library/app:1.0",
+            "IfNotPresent",
+        ),
+    );
     assert_eq!(
-        jsonpath(&node, &["-n", "apps", "get", "pod", "after-invalid"], "{.spec.containers[0].image}"),
+        jsonpath(
+            &node,
+            &["-n", "apps", "get", "pod", "after-invalid"],
+            "{.spec.containers[0].image}"
+        ),
         "127.0.0.1:5050/proxy/docker.io/library/app:1.0",
         "the last good policy still rewrites"
     );
@@ -549,14 +696,30 @@ data:
     // 5c. The node proxy restarted while the kubelet pulls a 24 MiB layer (paced by the forwarder).
     let first_proxy = node_proxy_pod(&node);
     let before = forwarder.sent();
-    apply(&node, &pod_yaml("apps", "big", "docker.io/library/big:1.0", "IfNotPresent"));
-    poll_until(Duration::from_secs(60), "the big layer's pull under way", || {
-        (forwarder.sent() > before + (4 << 20)).then_some(())
-    });
-    node.kubectl_ok(&["-n", NS, "delete", "pod", &first_proxy, "--grace-period=1", "--wait=false"]);
+    apply(
+        &node,
+        &pod_yaml("apps", "big", "docker.io/library/big:1.0", "IfNotPresent"),
+    );
+    poll_until(
+        Duration::from_secs(60),
+        "the big layer's pull under way",
+        || (forwarder.sent() > before + (4 << 20)).then_some(()),
+    );
+    node.kubectl_ok(&[
+        "-n",
+        NS,
+        "delete",
+        "pod",
+        &first_proxy,
+        "--grace-period=1",
+        "--wait=false",
+    ]);
     wait_running(&mut node, "apps", "big", Duration::from_secs(180));
     let second_proxy = node_proxy_pod(&node);
-    assert_ne!(first_proxy, second_proxy, "the DaemonSet replaced the node proxy");
+    assert_ne!(
+        first_proxy, second_proxy,
+        "the DaemonSet replaced the node proxy"
+    );
     let events = node.kubectl_ok(&[
         "-n",
         "apps",
@@ -572,44 +735,91 @@ data:
     // 6. Uninstall as the README says: the mutating webhook first, restart the workloads, then the rest.
     node.kubectl_ok(&["delete", "mutatingwebhookconfiguration", "berth"]);
     node.kubectl_ok(&["-n", "apps", "rollout", "restart", "deployment", "app"]);
-    node.wait_for(Duration::from_secs(60), "a pod of Deployment app with the original image", |n| {
-        let images = jsonpath(
-            n,
-            &["-n", "apps", "get", "pods", "-l", "app=app"],
-            r#"{range .items[*]}{.spec.containers[0].image}{"\n"}{end}"#,
-        );
-        images.lines().any(|i| i == "docker.io/library/app:1.0").then_some(())
-    });
+    node.wait_for(
+        Duration::from_secs(60),
+        "a pod of Deployment app with the original image",
+        |n| {
+            let images = jsonpath(
+                n,
+                &["-n", "apps", "get", "pods", "-l", "app=app"],
+                r#"{range .items[*]}{.spec.containers[0].image}{"\n"}{end}"#,
+            );
+            images
+                .lines()
+                .any(|i| i == "docker.io/library/app:1.0")
+                .then_some(())
+        },
+    );
     node.kubectl_ok(&["delete", "-k", &cache, "--ignore-not-found", "--wait=false"]);
-    node.wait_for(Duration::from_secs(120), "namespace berth-system gone", |n| {
-        (!n.kubectl(&["get", "namespace", NS]).status.success()).then_some(())
-    });
+    node.wait_for(
+        Duration::from_secs(120),
+        "namespace berth-system gone",
+        |n| (!n.kubectl(&["get", "namespace", NS]).status.success()).then_some(()),
+    );
     for (kind, name) in [
         ("validatingwebhookconfiguration", "berth"),
         ("clusterrole", "berth-webhook-ca"),
         ("clusterrolebinding", "berth-webhook-ca"),
     ] {
         let out = node.kubectl(&["get", kind, name]);
-        assert!(!out.status.success(), "{kind} {name} is left after the uninstall");
+        assert!(
+            !out.status.success(),
+            "{kind} {name} is left after the uninstall"
+        );
     }
     // Left behind, as the README says: the volume (Retain) with the images, and running pods keep running.
-    assert_eq!(jsonpath(&node, &["get", "pv", "berth-data"], "{.status.phase}"), "Released");
+    assert_eq!(
+        jsonpath(&node, &["get", "pv", "berth-data"], "{.status.phase}"),
+        "Released"
+    );
     assert_eq!(pod_phase(&node, "apps", "hello"), "Running");
     // A new pod of an image cached on the node starts; one whose image the node never pulled cannot.
-    apply(&node, &pod_yaml("apps", "cached", "127.0.0.1:5050/team/hello:v1", "IfNotPresent"));
+    apply(
+        &node,
+        &pod_yaml(
+            "apps",
+            "cached",
+            "127.0.0.1:5050/team/hello:v1",
+            "IfNotPresent",
+        ),
+    );
     wait_running(&mut node, "apps", "cached", Duration::from_secs(60));
-    apply(&node, &pod_yaml("apps", "uncached", "127.0.0.1:5050/team/never:v1", "IfNotPresent"));
-    node.wait_for(Duration::from_secs(60), "the kubelet's failed pull of pod uncached", |n| {
-        let failed = jsonpath(
-            n,
-            &["-n", "apps", "get", "events", "--field-selector", "involvedObject.name=uncached,reason=Failed"],
-            "{.items[*].message}",
-        );
-        failed.contains("127.0.0.1:5050/team/never:v1").then_some(())
-    });
+    apply(
+        &node,
+        &pod_yaml(
+            "apps",
+            "uncached",
+            "127.0.0.1:5050/team/never:v1",
+            "IfNotPresent",
+        ),
+    );
+    node.wait_for(
+        Duration::from_secs(60),
+        "the kubelet's failed pull of pod uncached",
+        |n| {
+            let failed = jsonpath(
+                n,
+                &[
+                    "-n",
+                    "apps",
+                    "get",
+                    "events",
+                    "--field-selector",
+                    "involvedObject.name=uncached,reason=Failed",
+                ],
+                "{.items[*].message}",
+            );
+            failed
+                .contains("127.0.0.1:5050/team/never:v1")
+                .then_some(())
+        },
+    );
 
     drop(forwarder);
     drop(upstream);
     let left = node.stop();
-    assert!(left.is_empty(), "the node left the machine changed: {left:#?}");
+    assert!(
+        left.is_empty(),
+        "the node left the machine changed: {left:#?}"
+    );
 }
