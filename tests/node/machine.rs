@@ -171,6 +171,7 @@ pub struct Snapshot {
     links: BTreeSet<String>,
     paths: BTreeMap<String, bool>,
     tables: BTreeSet<String>,
+    procs: BTreeSet<String>,
     entries: BTreeMap<String, BTreeSet<String>>,
     cgroups: BTreeSet<String>,
 }
@@ -209,6 +210,7 @@ impl Snapshot {
                 .map(|p| (p.to_string(), fs::symlink_metadata(p).is_ok()))
                 .collect(),
             tables: nft_tables().into_iter().collect(),
+            procs: node_processes(),
             entries,
             cgroups,
         }
@@ -238,6 +240,7 @@ impl Snapshot {
         set_diff(&mut out, "link", &before.links, &self.links);
         set_diff(&mut out, "cgroup", &before.cgroups, &self.cgroups);
         set_diff(&mut out, "nftables table", &before.tables, &self.tables);
+        set_diff(&mut out, "process", &before.procs, &self.procs);
         for (p, existed) in &before.paths {
             if self.paths[p] != *existed {
                 out.push(format!(
@@ -322,6 +325,32 @@ fn cmdline(pid: u32) -> Option<String> {
     fs::read(format!("/proc/{pid}/cmdline"))
         .ok()
         .map(|b| String::from_utf8_lossy(&b).replace('\0', " "))
+}
+
+/// Live processes (not zombies) of a node: the cached Kubernetes binaries, containerd's shims, anything naming a
+/// node's work dir; as "pid command line".
+fn node_processes() -> BTreeSet<String> {
+    let cache = crate::cluster::test_cache_dir()
+        .to_string_lossy()
+        .into_owned();
+    dir_entries(Path::new("/proc"))
+        .into_iter()
+        .filter_map(|e| e.parse::<u32>().ok())
+        .filter(|pid| {
+            // "pid (comm) S ...": skip zombies, whose command line is empty anyway.
+            fs::read_to_string(format!("/proc/{pid}/stat"))
+                .map(|s| {
+                    s.rsplit_once(") ")
+                        .is_some_and(|(_, rest)| !rest.starts_with('Z'))
+                })
+                .unwrap_or(false)
+        })
+        .filter_map(|pid| {
+            let c = cmdline(pid)?;
+            (c.starts_with(&cache) || c.contains("containerd-shim") || c.contains("/berth-node-"))
+                .then(|| format!("{pid} {}", c.chars().take(160).collect::<String>()))
+        })
+        .collect()
 }
 
 /// Every process whose command line mentions `needle`.

@@ -208,8 +208,15 @@ impl Node {
             .process_group(0)
             .spawn()
             .unwrap_or_else(|e| panic!("spawn {name}: {e}"));
+        // What marks the process as this node's in its command line: the work dir if it names it, else the
+        // program (the cached binaries' paths are unique).
         let work = self.work.to_string_lossy().into_owned();
-        self.record(child.id(), &work);
+        let marker = if cmd.get_args().any(|a| a.to_string_lossy().contains(&work)) {
+            work
+        } else {
+            cmd.get_program().to_string_lossy().into_owned()
+        };
+        self.record(child.id(), &marker);
         self.procs.push(Proc { name, child, log });
     }
 

@@ -608,7 +608,9 @@ spec:
 
     // 5a. berth down: pods are created, unrewritten (fail open).
     node.kubectl_ok(&["-n", NS, "scale", "statefulset", "berth", "--replicas=0"]);
-    node.wait_for(Duration::from_secs(60), "berth-0 gone", |n| {
+    // berth drains for up to --shutdown-timeout (25 s): the apiserver keeps an idle HTTP/2 connection to the
+    // webhooks open, and an open connection holds the drain until the timeout.
+    node.wait_for(Duration::from_secs(120), "berth-0 gone", |n| {
         let out = n.kubectl(&["-n", NS, "get", "pod", "berth-0"]);
         (!out.status.success()).then_some(())
     });
