@@ -48,7 +48,7 @@ pub fn apiserver_bin() -> PathBuf {
 }
 const ETCD_BIN: &str = "/usr/bin/etcd";
 /// Loopback only: a proxy from the environment must not see the apiserver's, kubectl's or webhook traffic.
-const PROXY_VARS: &[&str] = &[
+pub const PROXY_VARS: &[&str] = &[
     "HTTPS_PROXY",
     "https_proxy",
     "HTTP_PROXY",
@@ -92,6 +92,8 @@ pub struct ClusterOptions {
     /// and a certificate valid for the Service's ClusterIP 10.96.0.1 and `kubernetes.default.svc` (pods reach
     /// the apiserver that way).
     pub node: bool,
+    /// Where the cluster's directory goes (default: the system's temporary directory).
+    pub dir_in: Option<PathBuf>,
 }
 
 impl Default for ClusterOptions {
@@ -99,6 +101,7 @@ impl Default for ClusterOptions {
         ClusterOptions {
             address: std::net::IpAddr::from([127, 0, 0, 1]),
             node: false,
+            dir_in: None,
         }
     }
 }
@@ -156,10 +159,13 @@ impl Cluster {
     }
 
     fn try_start(opts: &ClusterOptions) -> Result<Cluster, (String, bool)> {
-        let dir = tempfile::Builder::new()
-            .prefix("berth-cluster-")
-            .tempdir()
-            .expect("tempdir");
+        let mut builder = tempfile::Builder::new();
+        builder.prefix("berth-cluster-");
+        let dir = match &opts.dir_in {
+            Some(parent) => builder.tempdir_in(parent),
+            None => builder.tempdir(),
+        }
+        .expect("tempdir");
         let d = dir.path().to_path_buf();
         let pki = d.join("pki");
         fs::create_dir_all(&pki).unwrap();
@@ -343,6 +349,8 @@ impl Cluster {
     pub fn kubectl_as(&self, kubeconfig: &Path, args: &[&str], stdin: Option<&str>) -> Output {
         let mut cmd = Command::new("kubectl");
         cmd.arg(format!("--kubeconfig={}", kubeconfig.display()))
+            // A wedged apiserver fails the test instead of hanging it.
+            .arg("--request-timeout=60s")
             .arg(format!(
                 "--cache-dir={}",
                 self.dir.path().join("kubectl-cache").display()
@@ -556,9 +564,30 @@ current-context: berth-test
     fs::write(path, yaml).unwrap_or_else(|e| panic!("write {}: {e}", path.display()));
 }
 
+/// `cmd` run through `setpriv --pdeathsig SIGKILL`: the process is killed when the thread that started it ends,
+/// also when the test process is killed and no Drop runs.
+pub fn dies_with_test(cmd: &Command) -> Command {
+    let mut wrapped = Command::new("setpriv");
+    wrapped
+        .args(["--pdeathsig", "SIGKILL", "--"])
+        .arg(cmd.get_program())
+        .args(cmd.get_args());
+    for (k, v) in cmd.get_envs() {
+        match v {
+            Some(v) => wrapped.env(k, v),
+            None => wrapped.env_remove(k),
+        };
+    }
+    if let Some(dir) = cmd.get_current_dir() {
+        wrapped.current_dir(dir);
+    }
+    wrapped
+}
+
 fn spawn_logged(cmd: &mut Command, log: &Path) -> Child {
     let out = fs::File::create(log).unwrap();
     let err = out.try_clone().unwrap();
+    let mut cmd = dies_with_test(cmd);
     for var in PROXY_VARS {
         cmd.env_remove(var);
     }

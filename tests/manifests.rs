@@ -711,7 +711,7 @@ fn the_node_proxy_listens_on_every_nodes_loopback() {
             "node-proxy",
             "--listen=127.0.0.1:5050",
             "--upstream=https://berth.berth-system.svc:443",
-            "--upstream-address=$(BERTH_SERVICE_HOST):$(BERTH_SERVICE_PORT)",
+            "--upstream-address=$(BERTH_SERVICE_HOST):$(BERTH_SERVICE_PORT_HTTPS)",
             "--ca-file=/var/run/berth/ca.crt",
         ]
     );
@@ -735,16 +735,17 @@ fn the_node_proxy_listens_on_every_nodes_loopback() {
     // The upstream is berth's Service, on its port.
     let service = base.get("Service", "berth");
     // The address is that Service's service-link variables (the kubelet names them after the Service, upper-case,
-    // `-` as `_`, and sets them only for a Service of the pod's namespace with a ClusterIP; `_PORT` is its first
-    // port), which kustomize passed through unexpanded.
-    let prefix = service["metadata"]["name"]
-        .as_str()
-        .expect("name")
-        .to_uppercase()
-        .replace('-', "_");
+    // `-` as `_`, and sets them only for a Service of the pod's namespace with a ClusterIP; `_PORT_<NAME>` is the
+    // port of that name, which stays right when ports are added), which kustomize passed through unexpanded.
+    let upper = |v: &serde_json::Value| v.as_str().expect("name").to_uppercase().replace('-', "_");
+    let prefix = upper(&service["metadata"]["name"]);
+    let port = &service["spec"]["ports"][0];
     assert_eq!(
         flag(container, "upstream-address"),
-        format!("$({prefix}_SERVICE_HOST):$({prefix}_SERVICE_PORT)")
+        format!(
+            "$({prefix}_SERVICE_HOST):$({prefix}_SERVICE_PORT_{})",
+            upper(&port["name"])
+        )
     );
     assert_eq!(
         service["metadata"]["namespace"],

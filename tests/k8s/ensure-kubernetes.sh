@@ -17,7 +17,7 @@
 # Debian's 1.0.2 (1.0.1 makes the server die with SIGSEGV a couple of minutes
 # after start under Go >= 1.18), runs `make WHAT="cmd/..."` for the missing
 # binaries with Go 1.19, offline, and builds build/pause/linux/pause.c with
-# `gcc -static`. Cold build of everything: 10-15 minutes on 2 cores. The build
+# `gcc -static`. Cold build of everything: about 9 minutes on 2 cores. The build
 # happens in a temporary dir and each binary is moved into place only when it
 # runs; a lock keeps two runs from building at once. Prints progress on stderr
 # only; stdout stays empty.
@@ -60,6 +60,8 @@ declare -A needs=(
     [iproute2]=/usr/bin/ip
     [conntrack]=/usr/sbin/conntrack
     [nftables]=/usr/sbin/nft
+    [procps]=/usr/bin/kill
+    [ca-certificates]=/etc/ssl/certs/ca-certificates.crt
     [mount]=/usr/bin/mount
 )
 build_needs() {
@@ -230,7 +232,7 @@ build() {
 }
 mkdir -p "$WORK/home"
 if ((${#WANT[@]})); then
-    log "building ${WANT[*]} $K8S_VERSION with $("$GO_ROOT/bin/go" version | cut -d' ' -f3) (4-12 min on 2 cores; log: $BUILD_LOG)"
+    log "building ${WANT[*]} $K8S_VERSION with $("$GO_ROOT/bin/go" version | cut -d' ' -f3) (about 9 min for all of them on 2 cores; log: $BUILD_LOG)"
     # In its own process group (set -m) so cleanup can stop make and every compiler under it.
     set -m
     (build >>"$BUILD_LOG" 2>&1) &

@@ -49,7 +49,6 @@ const FIXED_PATHS: &[&str] = &[
     "/var/lib/cni",
     "/run/netns",
     "/run/containerd",
-    "/etc/cni/net.d/10-berth-node.conflist",
 ];
 
 /// Directories whose entries are compared before and after (a new entry is something left behind).
@@ -74,6 +73,8 @@ pub struct Saved {
     pub procs: Vec<(u32, String)>,
     /// The nftables tables that existed (iptables-nft creates `ip nat` and the others on first use).
     pub tables: Vec<String>,
+    /// Other directories of the node to remove (the control plane's, the upstream's).
+    pub dirs: Vec<PathBuf>,
 }
 
 impl Saved {
@@ -92,6 +93,7 @@ impl Saved {
                 .collect(),
             procs: Vec::new(),
             tables: nft_tables(),
+            dirs: Vec::new(),
         }
     }
 
@@ -109,6 +111,9 @@ impl Saved {
         for t in &self.tables {
             s.push_str(&format!("table {t}\n"));
         }
+        for d in &self.dirs {
+            s.push_str(&format!("dir {}\n", d.display()));
+        }
         let tmp = format!("{STATE_FILE}.tmp");
         fs::write(&tmp, s).unwrap_or_else(|e| panic!("write {tmp}: {e}"));
         fs::rename(&tmp, STATE_FILE).unwrap_or_else(|e| panic!("rename {tmp}: {e}"));
@@ -118,11 +123,21 @@ impl Saved {
         let text = fs::read_to_string(STATE_FILE).ok()?;
         let mut saved = Saved::default();
         for line in text.lines() {
+            if let Some(p) = line.strip_prefix("workdir ") {
+                saved.workdir = PathBuf::from(p);
+                continue;
+            }
+            if let Some(p) = line.strip_prefix("absent ") {
+                saved.absent.push(PathBuf::from(p));
+                continue;
+            }
+            if let Some(p) = line.strip_prefix("dir ") {
+                saved.dirs.push(PathBuf::from(p));
+                continue;
+            }
             let mut parts = line.splitn(3, ' ');
             match (parts.next(), parts.next(), parts.next()) {
-                (Some("workdir"), Some(p), None) => saved.workdir = PathBuf::from(p),
                 (Some("sysctl"), Some(k), Some(v)) => saved.sysctls.push((k.into(), v.into())),
-                (Some("absent"), Some(p), None) => saved.absent.push(PathBuf::from(p)),
                 (Some("table"), Some(family), Some(name)) => {
                     saved.tables.push(format!("{family} {name}"))
                 }
@@ -225,6 +240,11 @@ impl Snapshot {
                     "sysctl {k}: {v} before, {:?} after",
                     self.sysctls.get(k)
                 ));
+            }
+        }
+        for (k, v) in &self.sysctls {
+            if !before.sysctls.contains_key(k) {
+                out.push(format!("sysctl {k}: absent before, {v} after"));
             }
         }
         for (tool, rules) in &before.iptables {
@@ -381,8 +401,11 @@ fn kubepods_cgroups() -> Vec<PathBuf> {
         out.push(dir.to_path_buf());
     }
     let mut out = Vec::new();
-    for hierarchy in dir_entries(Path::new("/sys/fs/cgroup")) {
-        let h = Path::new("/sys/fs/cgroup").join(hierarchy);
+    let root = Path::new("/sys/fs/cgroup");
+    // cgroup v2 (one hierarchy at the root) and v1 (one per controller below it).
+    let mut hierarchies = vec![root.to_path_buf()];
+    hierarchies.extend(dir_entries(root).into_iter().map(|h| root.join(h)));
+    for h in hierarchies {
         for top in dir_entries(&h) {
             if top.starts_with("kubepods") {
                 walk(&h.join(top), &mut out);
@@ -390,6 +413,38 @@ fn kubepods_cgroups() -> Vec<PathBuf> {
         }
     }
     out
+}
+
+/// What another Kubernetes on this machine would have, and a node must not touch: `KUBE-*` iptables chains,
+/// `kubepods` cgroups, CRI network namespaces, routes into the pod or service range. [`undo`] removes these by
+/// name, which is safe only because a node refuses to start while any of them exists.
+pub fn foreign_kubernetes() -> Vec<String> {
+    let mut found = Vec::new();
+    for tool in ["iptables-save", "ip6tables-save"] {
+        if rules(tool).iter().any(|r| r.contains("KUBE-")) {
+            found.push(format!("{tool} shows KUBE-* chains"));
+        }
+    }
+    for cg in kubepods_cgroups() {
+        found.push(format!("cgroup {}", cg.display()));
+    }
+    for e in dir_entries(Path::new("/run/netns")) {
+        if e.starts_with("cni-") {
+            found.push(format!("network namespace /run/netns/{e}"));
+        }
+    }
+    let routes = Command::new("ip")
+        .args(["-4", "route", "show", "table", "all"])
+        .stdin(Stdio::null())
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+        .unwrap_or_default();
+    for r in routes.lines() {
+        if r.contains("10.244.") || r.contains("10.96.") {
+            found.push(format!("route {r}"));
+        }
+    }
+    found
 }
 
 /// Removes `KUBE-*` chains and the rules that jump to them, in every table, IPv4 and IPv6.
@@ -528,7 +583,16 @@ pub fn undo(saved: &Saved) -> Vec<String> {
     }
     let mut mounts: Vec<String> = mount_points()
         .into_iter()
-        .filter(|m| under.iter().any(|u| m.starts_with(u.as_str())))
+        .filter(|m| {
+            under.iter().any(|u| {
+                // /run/netns/cni-* by name, the rest as paths (so /var/lib/kubelet-x is not /var/lib/kubelet).
+                if u.ends_with('-') {
+                    m.starts_with(u.as_str())
+                } else {
+                    Path::new(m).starts_with(u)
+                }
+            })
+        })
         .collect();
     mounts.sort_by_key(|m| std::cmp::Reverse(m.len()));
     mounts.dedup();
@@ -559,11 +623,28 @@ pub fn undo(saved: &Saved) -> Vec<String> {
         let (Some(family), Some(name)) = (parts.next(), parts.next()) else {
             continue;
         };
-        if (family == "ip" || family == "ip6")
-            && IPTABLES_TABLES.contains(&name)
-            && !saved.tables.contains(&table)
-            && !run_quiet("nft", &["delete", "table", family, name])
+        if !(family == "ip" || family == "ip6")
+            || !IPTABLES_TABLES.contains(&name)
+            || saved.tables.contains(&table)
         {
+            continue;
+        }
+        let save = if family == "ip" {
+            "iptables-save"
+        } else {
+            "ip6tables-save"
+        };
+        let rules = Command::new(save)
+            .args(["-t", name])
+            .stdin(Stdio::null())
+            .output()
+            .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+            .unwrap_or_default();
+        if rules.lines().any(|l| l.starts_with("-A ")) {
+            errors.push(format!(
+                "nftables table {table} is new but still has rules; left as it is"
+            ));
+        } else if !run_quiet("nft", &["delete", "table", family, name]) {
             errors.push(format!("cannot delete nftables table {table}"));
         }
     }
@@ -610,11 +691,16 @@ pub fn undo(saved: &Saved) -> Vec<String> {
     if !workdir.is_empty() && saved.workdir.exists() {
         if mount_points()
             .iter()
-            .any(|m| m.starts_with(workdir.as_str()))
+            .any(|m| Path::new(m).starts_with(&saved.workdir))
         {
             errors.push(format!("{workdir} still has mounts; not removed"));
         } else if let Err(e) = fs::remove_dir_all(&saved.workdir) {
             errors.push(format!("remove {workdir}: {e}"));
+        }
+    }
+    for d in &saved.dirs {
+        if d.exists() && !mount_points().iter().any(|m| Path::new(m).starts_with(d)) {
+            let _ = fs::remove_dir_all(d);
         }
     }
     if errors.is_empty() {

@@ -15,7 +15,7 @@ pub mod images;
 pub mod machine;
 mod scenario;
 
-use crate::cluster::{Cluster, ClusterOptions};
+use crate::cluster::{Cluster, ClusterOptions, PROXY_VARS};
 use machine::{Saved, Snapshot, BRIDGE};
 use std::fs;
 use std::net::{IpAddr, Ipv4Addr, TcpListener};
@@ -32,16 +32,6 @@ const POD_SUBNET: &str = "10.244.0.0/24";
 pub const NODE_NAME: &str = "berth-node";
 pub const PAUSE_IMAGE: &str = "berth.test/pause:v1.20.2";
 const LOCK_FILE: &str = "/run/berth-test-node.lock";
-const PROXY_VARS: &[&str] = &[
-    "HTTPS_PROXY",
-    "https_proxy",
-    "HTTP_PROXY",
-    "http_proxy",
-    "ALL_PROXY",
-    "all_proxy",
-    "NO_PROXY",
-    "no_proxy",
-];
 
 pub fn cached(name: &str) -> PathBuf {
     let p = crate::cluster::test_cache_dir().join(format!("{name}-{K8S_VERSION}"));
@@ -167,6 +157,11 @@ impl Node {
             !Path::new("/sys/class/net").join(BRIDGE).exists(),
             "link {BRIDGE} exists already"
         );
+        let foreign = machine::foreign_kubernetes();
+        assert!(
+            foreign.is_empty(),
+            "another Kubernetes seems to run on this machine; the test node would disturb it: {foreign:#?}"
+        );
         let before = Snapshot::take();
         let work = tempfile::Builder::new()
             .prefix("berth-node-")
@@ -201,7 +196,8 @@ impl Node {
         for var in PROXY_VARS {
             cmd.env_remove(var);
         }
-        let child = cmd
+        let mut wrapped = crate::cluster::dies_with_test(cmd);
+        let child = wrapped
             .stdin(Stdio::null())
             .stdout(out)
             .stderr(err)
@@ -309,6 +305,7 @@ impl Node {
         let cluster = Cluster::start_with(&ClusterOptions {
             address: IpAddr::V4(NODE_IP),
             node: true,
+            dir_in: Some(w.clone()),
         });
         let marker = cluster.dir().to_string_lossy().into_owned();
         for pid in cluster.pids() {

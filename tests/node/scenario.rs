@@ -148,11 +148,11 @@ struct Upstream {
 }
 
 impl Upstream {
-    fn start() -> Upstream {
+    fn start(work: &Path) -> Upstream {
         let bin = crate::clients::require_tool("docker-registry");
         let dir = tempfile::Builder::new()
-            .prefix("berth-node-upstream-")
-            .tempdir()
+            .prefix("upstream-")
+            .tempdir_in(work)
             .unwrap();
         let host = format!("127.0.0.1:{}", crate::support::free_port());
         let conf = dir.path().join("config.yml");
@@ -165,9 +165,7 @@ impl Upstream {
             ),
         )
         .unwrap();
-        let child = Command::new(bin)
-            .arg("serve")
-            .arg(&conf)
+        let child = crate::cluster::dies_with_test(Command::new(bin).arg("serve").arg(&conf))
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -189,6 +187,30 @@ impl Upstream {
             host,
             _dir: dir,
         }
+    }
+}
+
+impl Upstream {
+    /// The sum of the layer sizes of `repo:tag`'s manifest.
+    fn layer_bytes(&self, repo: &str, tag: &str) -> u64 {
+        let manifest: serde_json::Value = reqwest::blocking::Client::builder()
+            .no_proxy()
+            .build()
+            .unwrap()
+            .get(format!("http://{}/v2/{repo}/manifests/{tag}", self.host))
+            .header(
+                "Accept",
+                "application/vnd.docker.distribution.manifest.v2+json, application/vnd.oci.image.manifest.v1+json",
+            )
+            .send()
+            .and_then(|r| r.json())
+            .expect("the upstream's manifest");
+        manifest["layers"]
+            .as_array()
+            .expect("layers")
+            .iter()
+            .map(|l| l["size"].as_u64().expect("size"))
+            .sum()
     }
 }
 
@@ -230,19 +252,22 @@ fn policy_status(node: &Node) -> serde_json::Value {
         .unwrap_or(serde_json::Value::Null)
 }
 
+/// The ClusterIP of the Service berth.
+fn cluster_ip(node: &Node) -> std::net::IpAddr {
+    let ip = jsonpath(
+        node,
+        &["-n", NS, "get", "service", "berth"],
+        "{.spec.clusterIP}",
+    );
+    ip.parse()
+        .unwrap_or_else(|_| panic!("the Service berth has no ClusterIP: {ip:?}"))
+}
+
 /// Pushes `archive` to berth through its Service, as a host that resolves the Service name would: skopeo runs
 /// in a private mount namespace whose /etc/hosts maps berth.berth-system.svc to the ClusterIP (the machine's
 /// /etc/hosts is not touched), and verifies berth's certificate with the CA from berth's Secret.
 fn push_to_berth(node: &Node, archive: &Path, reference: &str) {
-    let ip = node.kubectl_ok(&[
-        "-n",
-        NS,
-        "get",
-        "service",
-        "berth",
-        "-o",
-        "jsonpath={.spec.clusterIP}",
-    ]);
+    let ip = cluster_ip(node);
     let hosts = node.work.join("hosts");
     fs::write(
         &hosts,
@@ -289,19 +314,7 @@ fn berth_ca(node: &Node) -> Vec<u8> {
 
 /// GET on berth through its Service (name verified with berth's CA).
 fn berth_get(node: &Node, path: &str) -> (u16, String) {
-    let ip: std::net::IpAddr = node
-        .kubectl_ok(&[
-            "-n",
-            NS,
-            "get",
-            "service",
-            "berth",
-            "-o",
-            "jsonpath={.spec.clusterIP}",
-        ])
-        .trim()
-        .parse()
-        .expect("ClusterIP");
+    let ip = cluster_ip(node);
     let client = reqwest::blocking::Client::builder()
         .no_proxy()
         .tls_built_in_root_certs(false)
@@ -347,8 +360,9 @@ fn wait_ready(node: &mut Node, ns: &str, pod: &str, deadline: Duration) {
     });
 }
 
+/// The node proxy's pod that is not being deleted.
 fn node_proxy_pod(node: &Node) -> String {
-    jsonpath(
+    let pods = jsonpath(
         node,
         &[
             "-n",
@@ -358,8 +372,39 @@ fn node_proxy_pod(node: &Node) -> String {
             "-l",
             "app.kubernetes.io/component=node-proxy",
         ],
-        "{.items[0].metadata.name}",
-    )
+        r#"{range .items[*]}{.metadata.name} {.metadata.deletionTimestamp}{"\n"}{end}"#,
+    );
+    pods.lines()
+        .find(|l| l.split(' ').nth(1).unwrap_or("").is_empty())
+        .map(|l| l.split(' ').next().unwrap_or("").to_string())
+        .unwrap_or_default()
+}
+
+/// The host's view of berth's container process: its uid and whether its root file system is read-only.
+fn berth_process() -> Option<(u32, bool)> {
+    let pid = fs::read_dir("/proc")
+        .ok()?
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .find(|pid| {
+            fs::read(format!("/proc/{pid}/cmdline"))
+                .map(|c| c.starts_with(b"/berth\0serve\0"))
+                .unwrap_or(false)
+        })?;
+    let status = fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let uid = status
+        .lines()
+        .find_map(|l| l.strip_prefix("Uid:"))?
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()?;
+    let mountinfo = fs::read_to_string(format!("/proc/{pid}/mountinfo")).ok()?;
+    let read_only = mountinfo.lines().any(|l| {
+        let f: Vec<&str> = l.split(' ').collect();
+        f.len() > 5 && f[4] == "/" && f[5].split(',').any(|o| o == "ro")
+    });
+    Some((uid, read_only))
 }
 
 fn apply(node: &Node, yaml: &str) {
@@ -447,6 +492,12 @@ fn berth_installed_from_manifests_serves_a_real_kubelet() {
     }
     let (status, body) = berth_get(&node, "/readyz");
     assert_eq!(status, 200, "berth's /readyz through the Service: {body}");
+    // As the manifest says: user 65532, read-only root (seen from the host).
+    assert_eq!(
+        berth_process(),
+        Some((65532, true)),
+        "berth's process: (uid, read-only root)"
+    );
 
     // 3. Push from the host through the Service; a pod names the node-local address.
     let hello = work.join("hello.tar");
@@ -482,14 +533,22 @@ fn berth_installed_from_manifests_serves_a_real_kubelet() {
 
     // 4. A rewrite through the pull-through cache: docker.io is a docker-registry on loopback behind a forwarder
     //    on the node's address (pods reach it; 127.0.0.1 would be the pod's own loopback).
-    let upstream = Upstream::start();
+    let upstream = Upstream::start(&work);
     let forwarder = Forwarder::start(
         (NODE_IP, UPSTREAM_PORT),
         upstream.host.parse().unwrap(),
         UPSTREAM_BYTES_PER_SEC,
     );
     let app = work.join("app.tar");
-    images::app_image(&work.join("images/app"), "library/app:1.0", &[], &app);
+    // A layer of its own (not the one team/hello pushed), so that berth has to fetch it from the upstream.
+    let version = work.join("app-version");
+    fs::write(&version, "app 1.0\n").unwrap();
+    images::app_image(
+        &work.join("images/app"),
+        "library/app:1.0",
+        &[File::new(&version, "/etc/app-version", 0o644)],
+        &app,
+    );
     let big_file = work.join("big.bin");
     let mut noise = vec![0u8; 24 << 20];
     fs::File::open("/dev/urandom")
@@ -601,9 +660,12 @@ spec:
         proxy_log.contains("/v2/proxy/docker.io/library/app/manifests/1.0 HTTP"),
         "the kubelet pulled the rewritten image through the node proxy:\n{proxy_log}"
     );
+    // The image's layer (busybox and a file) came from the upstream, not just the availability check.
+    let layers = upstream.layer_bytes("library/app", "1.0");
     assert!(
-        forwarder.sent() > 0,
-        "berth fetched the image from the upstream"
+        forwarder.sent() >= layers,
+        "berth fetched the image from the upstream ({} bytes; its layers are {layers})",
+        forwarder.sent()
     );
 
     // 5a. berth down: pods are created, unrewritten (fail open).
@@ -722,17 +784,28 @@ data:
         first_proxy, second_proxy,
         "the DaemonSet replaced the node proxy"
     );
-    let events = node.kubectl_ok(&[
-        "-n",
-        "apps",
-        "get",
-        "events",
-        "--field-selector",
-        "involvedObject.name=big",
-        "-o",
-        "custom-columns=REASON:.reason,MESSAGE:.message",
-    ]);
-    eprintln!("events of pod big:\n{events}");
+    // The cut pull failed and the kubelet pulled again through the new proxy.
+    let failed = jsonpath(
+        &node,
+        &[
+            "-n",
+            "apps",
+            "get",
+            "events",
+            "--field-selector",
+            "involvedObject.name=big,reason=Failed",
+        ],
+        "{.items[*].message}",
+    );
+    assert!(
+        failed.contains("Failed to pull image \"127.0.0.1:5050/proxy/docker.io/library/big:1.0\""),
+        "the kubelet's pull was cut by the restart: {failed}"
+    );
+    let second_log = node.kubectl_ok(&["-n", NS, "logs", &second_proxy]);
+    assert!(
+        second_log.contains("GET /v2/proxy/docker.io/library/big/blobs/sha256:"),
+        "the retried pull went through the new node proxy:\n{second_log}"
+    );
 
     // 6. Uninstall as the README says: the mutating webhook first, restart the workloads, then the rest.
     node.kubectl_ok(&["delete", "mutatingwebhookconfiguration", "berth"]);
@@ -770,9 +843,14 @@ data:
         );
     }
     // Left behind, as the README says: the volume (Retain) with the images, and running pods keep running.
-    assert_eq!(
-        jsonpath(&node, &["get", "pv", "berth-data"], "{.status.phase}"),
-        "Released"
+    node.wait_for(Duration::from_secs(60), "the volume Released", |n| {
+        (jsonpath(n, &["get", "pv", "berth-data"], "{.status.phase}") == "Released").then_some(())
+    });
+    let tag = work.join("volumes/berth-data/repositories/team/hello/_tags/v1");
+    assert!(
+        tag.is_file(),
+        "the images are still in the volume ({})",
+        tag.display()
     );
     assert_eq!(pod_phase(&node, "apps", "hello"), "Running");
     // A new pod of an image cached on the node starts; one whose image the node never pulled cannot.
