@@ -948,21 +948,14 @@ pub(crate) struct Containerd {
     sock: PathBuf,
 }
 
-impl Containerd {
-    pub(crate) fn start() -> Containerd {
-        let bin = require_tool("containerd");
-        require_tool("ctr");
-        let dir = tempdir("berth-containerd-");
-        let d = dir.path();
-        let sock = d.join("containerd.sock");
-        write_file(
-            d.join("config.toml"),
-            format!(
-                r#"version = 2
+/// A private containerd's configuration: root, state and plugin dirs under `dir`, its socket at `sock`, and the
+/// snapshotters this machine lacks disabled. `cri`: keep the CRI plugin (a kubelet's runtime); its settings follow.
+pub(crate) fn containerd_config(dir: &Path, sock: &Path, cri: bool) -> String {
+    format!(
+        r#"version = 2
 root = "{root}"
 state = "{state}"
-disabled_plugins = [
-  "io.containerd.grpc.v1.cri",
+disabled_plugins = [{no_cri}
   "io.containerd.snapshotter.v1.aufs",
   "io.containerd.snapshotter.v1.btrfs",
   "io.containerd.snapshotter.v1.zfs",
@@ -975,12 +968,26 @@ disabled_plugins = [
 [plugins."io.containerd.internal.v1.opt"]
   path = "{opt}"
 "#,
-                root = d.join("root").display(),
-                state = d.join("state").display(),
-                sock = sock.display(),
-                opt = d.join("opt").display(),
-            ),
-        );
+        root = dir.join("root").display(),
+        state = dir.join("state").display(),
+        sock = sock.display(),
+        opt = dir.join("opt").display(),
+        no_cri = if cri {
+            ""
+        } else {
+            "\n  \"io.containerd.grpc.v1.cri\","
+        },
+    )
+}
+
+impl Containerd {
+    pub(crate) fn start() -> Containerd {
+        let bin = require_tool("containerd");
+        require_tool("ctr");
+        let dir = tempdir("berth-containerd-");
+        let d = dir.path();
+        let sock = d.join("containerd.sock");
+        write_file(d.join("config.toml"), containerd_config(d, &sock, false));
         let log = fs::File::create(d.join("containerd.log")).unwrap();
         let child = Command::new(bin)
             .arg("--config")

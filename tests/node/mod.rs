@@ -323,23 +323,9 @@ impl Node {
         fs::create_dir_all(&cni_conf).unwrap();
         fs::write(
             w.join("containerd.toml"),
-            format!(
-                r#"version = 2
-root = "{root}"
-state = "{state}"
-disabled_plugins = [
-  "io.containerd.snapshotter.v1.aufs",
-  "io.containerd.snapshotter.v1.btrfs",
-  "io.containerd.snapshotter.v1.zfs",
-  "io.containerd.snapshotter.v1.devmapper",
-]
-[grpc]
-  address = "{sock}"
-[ttrpc]
-  address = "{sock}.ttrpc"
-[plugins."io.containerd.internal.v1.opt"]
-  path = "{opt}"
-[plugins."io.containerd.grpc.v1.cri"]
+            crate::clients::containerd_config(&w.join("containerd"), &self.containerd_sock, true)
+                + &format!(
+                    r#"[plugins."io.containerd.grpc.v1.cri"]
   sandbox_image = "{pause}"
   # This VM withholds CAP_SYS_RESOURCE: a negative oom_score_adj (asked for every sandbox) fails every pod.
   restrict_oom_score_adj = true
@@ -357,14 +343,10 @@ disabled_plugins = [
     bin_dir = "/usr/lib/cni"
     conf_dir = "{cni}"
 "#,
-                root = w.join("containerd/root").display(),
-                state = w.join("containerd/state").display(),
-                sock = self.containerd_sock.display(),
-                opt = w.join("containerd/opt").display(),
-                pause = PAUSE_IMAGE,
-                runc = runc_root.display(),
-                cni = cni_conf.display(),
-            ),
+                    pause = PAUSE_IMAGE,
+                    runc = runc_root.display(),
+                    cni = cni_conf.display(),
+                ),
         )
         .unwrap();
         fs::write(
