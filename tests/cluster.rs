@@ -82,7 +82,7 @@ extendedKeyUsage = clientAuth
 ";
 
 /// How [`Cluster::start_with`] starts the control plane. The default is the webhook-test cluster on 127.0.0.1
-/// described above; [`ClusterOptions::for_node`] is the control plane of the one-node cluster (tests/node/).
+/// described above; `node: true` is the control plane of the one-node cluster (tests/node/).
 #[derive(Debug, Clone)]
 pub struct ClusterOptions {
     /// The address the apiserver binds to and advertises (also in its certificate).
@@ -109,7 +109,7 @@ impl Default for ClusterOptions {
 pub struct Cluster {
     /// kubeconfig of the cluster-admin `admin` (group system:masters), static token.
     pub kubeconfig: PathBuf,
-    /// `https://127.0.0.1:PORT`
+    /// `https://ADDRESS:PORT` (127.0.0.1 unless [`ClusterOptions::address`] says otherwise)
     pub server: String,
     /// PEM of the CA that signed the apiserver's serving certificate (and accepts client certificates).
     pub ca_file: PathBuf,
@@ -189,7 +189,16 @@ impl Cluster {
         }
         fs::write(pki.join("tokens.csv"), csv).unwrap();
 
-        let [etcd_client, etcd_peer, api_port] = free_ports(opts.address);
+        // etcd listens on loopback, the apiserver on the cluster's address (one set of ports when they are the same
+        // address, so that the three differ).
+        let loopback = std::net::IpAddr::from([127, 0, 0, 1]);
+        let [etcd_client, etcd_peer, api_port] = if opts.address == loopback {
+            free_ports(loopback)
+        } else {
+            let [client, peer] = free_ports(loopback);
+            let [api] = free_ports(opts.address);
+            [client, peer, api]
+        };
         let etcd_url = format!("http://127.0.0.1:{etcd_client}");
         let peer_url = format!("http://127.0.0.1:{etcd_peer}");
         let etcd_log = d.join("etcd.log");
@@ -565,7 +574,9 @@ current-context: berth-test
 }
 
 /// `cmd` run through `setpriv --pdeathsig SIGKILL`: the process is killed when the thread that started it ends,
-/// also when the test process is killed and no Drop runs.
+/// also when the test process is killed and no Drop runs. So start it from the thread that owns it for its whole
+/// life (a test's own thread). Only the program, arguments, environment changes and working directory are carried
+/// over; set stdio, process group and the like on the returned command.
 pub fn dies_with_test(cmd: &Command) -> Command {
     let mut wrapped = Command::new("setpriv");
     wrapped

@@ -66,10 +66,13 @@ fi
 # berth's release binary for its image (cargo; a no-op when it is fresh).
 if cargo nextest --version >/dev/null 2>&1; then
     exec cargo nextest run --config-file tests/nextest.toml --no-fail-fast --test-threads 2 "$@"
+elif (($#)); then
+    # Without nextest, and with your own arguments: as you give them.
+    exec cargo test --no-fail-fast "$@"
 else
     # Without nextest: everything but the one-node cluster two at a time, then the cluster alone.
     status=0
-    cargo test --no-fail-fast "$@" -- --test-threads 2 --skip node:: || status=$?
-    cargo test --no-fail-fast --test tests "$@" -- --test-threads 1 node:: || status=$?
+    cargo test --no-fail-fast -- --test-threads 2 --skip node:: || status=$?
+    cargo test --no-fail-fast --test tests -- --test-threads 1 node:: || status=$?
     exit "$status"
 fi

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Makes sure real Kubernetes v1.20.2 parts are on this machine for the tests:
 # etcd and kube-apiserver for tests/cluster.rs, and for the one-node cluster of
-# tests/node.rs also kubelet, kube-controller-manager, kube-scheduler,
+# tests/node/ also kubelet, kube-controller-manager, kube-scheduler,
 # kube-proxy and the pause binary (the sandbox image's only file). The
 # Kubernetes binaries are built from Debian's `kubernetes` source package when
 # a cached one is missing.
@@ -53,7 +53,7 @@ declare -A needs=(
     [etcd-server]=/usr/bin/etcd
     [openssl]=/usr/bin/openssl
     [util-linux]=/usr/bin/flock
-    # the one-node cluster (tests/node.rs)
+    # the one-node cluster (tests/node/)
     [containerd]=/usr/bin/containerd
     [containernetworking-plugins]=/usr/lib/cni/bridge
     [iptables]=/usr/sbin/iptables
@@ -263,7 +263,7 @@ if ((${#WANT[@]})); then
     done
 fi
 
-# The pause binary: a static C program, the only file of the node's sandbox image (tests/node.rs packs it).
+# The pause binary: a static C program, the only file of the node's sandbox image (tests/node/images.rs packs it).
 if ! pause_ok; then
     PAUSE_SRC="$SRC/build/pause/linux/pause.c"
     [[ -f "$PAUSE_SRC" ]] || die "$PAUSE_SRC missing from the source tree"

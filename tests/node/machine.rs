@@ -11,10 +11,14 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
+use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::thread;
 use std::time::{Duration, Instant};
+
+mod undo;
+pub use undo::undo;
 
 /// The state of a running (or crashed) node: its work dir, the values to restore, its processes.
 pub const STATE_FILE: &str = "/run/berth-test-node.state";
@@ -73,8 +77,6 @@ pub struct Saved {
     pub procs: Vec<(u32, String)>,
     /// The nftables tables that existed (iptables-nft creates `ip nat` and the others on first use).
     pub tables: Vec<String>,
-    /// Other directories of the node to remove (the control plane's, the upstream's).
-    pub dirs: Vec<PathBuf>,
 }
 
 impl Saved {
@@ -93,7 +95,6 @@ impl Saved {
                 .collect(),
             procs: Vec::new(),
             tables: nft_tables(),
-            dirs: Vec::new(),
         }
     }
 
@@ -111,9 +112,6 @@ impl Saved {
         for t in &self.tables {
             s.push_str(&format!("table {t}\n"));
         }
-        for d in &self.dirs {
-            s.push_str(&format!("dir {}\n", d.display()));
-        }
         let tmp = format!("{STATE_FILE}.tmp");
         fs::write(&tmp, s).unwrap_or_else(|e| panic!("write {tmp}: {e}"));
         fs::rename(&tmp, STATE_FILE).unwrap_or_else(|e| panic!("rename {tmp}: {e}"));
@@ -129,10 +127,6 @@ impl Saved {
             }
             if let Some(p) = line.strip_prefix("absent ") {
                 saved.absent.push(PathBuf::from(p));
-                continue;
-            }
-            if let Some(p) = line.strip_prefix("dir ") {
-                saved.dirs.push(PathBuf::from(p));
                 continue;
             }
             let mut parts = line.splitn(3, ' ');
@@ -242,11 +236,6 @@ impl Snapshot {
                 ));
             }
         }
-        for (k, v) in &self.sysctls {
-            if !before.sysctls.contains_key(k) {
-                out.push(format!("sysctl {k}: absent before, {v} after"));
-            }
-        }
         for (tool, rules) in &before.iptables {
             let after = &self.iptables[tool];
             for r in after.iter().filter(|r| !rules.contains(r)) {
@@ -326,8 +315,31 @@ fn mount_points() -> Vec<String> {
     fs::read_to_string("/proc/self/mountinfo")
         .unwrap_or_default()
         .lines()
-        .filter_map(|l| l.split(' ').nth(4).map(str::to_string))
+        .filter_map(|l| l.split(' ').nth(4).map(unescape_mount_path))
         .collect()
+}
+
+/// mountinfo writes space, tab, newline and backslash in paths as octal escapes (`\040`).
+fn unescape_mount_path(field: &str) -> String {
+    let bytes = field.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let octal = bytes
+            .get(i + 1..i + 4)
+            .filter(|d| bytes[i] == b'\\' && d.iter().all(|c| (b'0'..=b'7').contains(c)));
+        match octal {
+            Some(d) => {
+                out.push((d[0] - b'0') * 64 + (d[1] - b'0') * 8 + (d[2] - b'0'));
+                i += 4;
+            }
+            None => {
+                out.push(bytes[i]);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
 }
 
 fn run_quiet(program: &str, args: &[&str]) -> bool {
@@ -384,10 +396,6 @@ pub fn processes_mentioning(needle: &str) -> Vec<u32> {
         .collect()
 }
 
-fn kill(pid: u32, signal: &str) {
-    run_quiet("kill", &[signal, &pid.to_string()]);
-}
-
 /// kubepods cgroups, deepest first, in every hierarchy.
 fn kubepods_cgroups() -> Vec<PathBuf> {
     fn walk(dir: &Path, out: &mut Vec<PathBuf>) {
@@ -416,8 +424,9 @@ fn kubepods_cgroups() -> Vec<PathBuf> {
 }
 
 /// What another Kubernetes on this machine would have, and a node must not touch: `KUBE-*` iptables chains,
-/// `kubepods` cgroups, CRI network namespaces, routes into the pod or service range. [`undo`] removes these by
-/// name, which is safe only because a node refuses to start while any of them exists.
+/// `kubepods` cgroups, CRI network namespaces, routes into the pod or service range. [`undo`] removes the first
+/// three by name, which is safe only because a node refuses to start while any of them exists (and the clean-up
+/// after a killed run first checks [`foreign_kubernetes_processes`]).
 pub fn foreign_kubernetes() -> Vec<String> {
     let mut found = Vec::new();
     for tool in ["iptables-save", "ip6tables-save"] {
@@ -440,271 +449,112 @@ pub fn foreign_kubernetes() -> Vec<String> {
         .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
         .unwrap_or_default();
     for r in routes.lines() {
-        if r.contains("10.244.") || r.contains("10.96.") {
+        if route_overlaps(
+            r,
+            &[
+                (Ipv4Addr::new(10, 244, 0, 0), 24),
+                (Ipv4Addr::new(10, 96, 0, 0), 16),
+            ],
+        ) {
             found.push(format!("route {r}"));
         }
     }
     found
 }
 
-/// Removes `KUBE-*` chains and the rules that jump to them, in every table, IPv4 and IPv6.
-fn remove_kube_chains() -> Vec<String> {
-    let mut errors = Vec::new();
-    for (save, restore) in [
-        ("iptables-save", "iptables-restore"),
-        ("ip6tables-save", "ip6tables-restore"),
-    ] {
-        let Ok(out) = Command::new(save).stdin(Stdio::null()).output() else {
-            continue;
-        };
-        let text = String::from_utf8_lossy(&out.stdout).into_owned();
-        let mut script = String::new();
-        let mut table = String::new();
-        let mut chains = Vec::new();
-        let mut deletes = Vec::new();
-        let flush = |script: &mut String,
-                     table: &str,
-                     chains: &mut Vec<String>,
-                     deletes: &mut Vec<String>| {
-            if table.is_empty() || (chains.is_empty() && deletes.is_empty()) {
-                chains.clear();
-                deletes.clear();
-                return;
-            }
-            script.push_str(&format!("*{table}\n"));
-            for d in deletes.drain(..) {
-                script.push_str(&d);
-                script.push('\n');
-            }
-            for c in chains.iter() {
-                script.push_str(&format!("-F {c}\n"));
-            }
-            for c in chains.drain(..) {
-                script.push_str(&format!("-X {c}\n"));
-            }
-            script.push_str("COMMIT\n");
-        };
-        for line in text.lines() {
-            if let Some(t) = line.strip_prefix('*') {
-                table = t.to_string();
-            } else if let Some(chain) = line.strip_prefix(':') {
-                let name = chain.split(' ').next().unwrap_or("");
-                if name.starts_with("KUBE-") {
-                    chains.push(name.to_string());
-                }
-            } else if let Some(rule) = line.strip_prefix("-A ") {
-                let chain = rule.split(' ').next().unwrap_or("");
-                if !chain.starts_with("KUBE-") && rule.contains("KUBE-") {
-                    deletes.push(format!("-D {rule}"));
-                }
-            } else if line == "COMMIT" {
-                flush(&mut script, &table, &mut chains, &mut deletes);
-                table.clear();
-            }
-        }
-        if script.is_empty() {
-            continue;
-        }
-        let mut child = match Command::new(restore)
-            .arg("--noflush")
-            .stdin(Stdio::piped())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-        {
-            Ok(c) => c,
-            Err(e) => {
-                errors.push(format!("{restore}: {e}"));
-                continue;
-            }
-        };
-        use std::io::Write as _;
-        if let Some(mut stdin) = child.stdin.take() {
-            let _ = stdin.write_all(script.as_bytes());
-        }
-        match child.wait_with_output() {
-            Ok(o) if o.status.success() => {}
-            Ok(o) => errors.push(format!(
-                "{restore} --noflush failed: {}\n{script}",
-                String::from_utf8_lossy(&o.stderr)
-            )),
-            Err(e) => errors.push(format!("{restore}: {e}")),
-        }
+/// Whether an `ip route` line's destination overlaps one of `ranges` (the default route overlaps nothing: it is
+/// what every address falls back to).
+fn route_overlaps(line: &str, ranges: &[(Ipv4Addr, u32)]) -> bool {
+    const TYPES: &[&str] = &[
+        "unicast",
+        "local",
+        "broadcast",
+        "multicast",
+        "anycast",
+        "unreachable",
+        "blackhole",
+        "prohibit",
+        "throw",
+        "nat",
+    ];
+    let mut words = line.split_whitespace();
+    let mut dest = words.next().unwrap_or("");
+    if TYPES.contains(&dest) {
+        dest = words.next().unwrap_or("");
     }
-    errors
+    let (addr, len) = match dest.split_once('/') {
+        Some((a, l)) => (a, l.parse::<u32>().unwrap_or(33)),
+        None => (dest, 32),
+    };
+    let Ok(addr) = addr.parse::<Ipv4Addr>() else {
+        return false;
+    };
+    if len > 32 {
+        return false;
+    }
+    let mask = |l: u32| if l == 0 { 0 } else { u32::MAX << (32 - l) };
+    ranges.iter().any(|&(net, net_len)| {
+        // Two prefixes overlap when the shorter one contains the other's network address.
+        let shorter = len.min(net_len);
+        (u32::from(addr) & mask(shorter)) == (u32::from(net) & mask(shorter))
+    })
 }
 
-/// Puts the machine back as `saved` recorded it: stops every process of the node, unmounts, removes iptables
-/// chains, links, cgroups and the paths that were absent, restores the sysctls and removes the work dir and the
-/// state file. Best effort, idempotent; returns what could not be undone.
-pub fn undo(saved: &Saved) -> Vec<String> {
-    let mut errors = Vec::new();
-    let workdir = saved.workdir.to_string_lossy().into_owned();
-
-    // Processes: those recorded, anything naming the work dir (containerd's shims), anything in kubepods.
-    for (pid, marker) in &saved.procs {
-        if cmdline(*pid).is_some_and(|c| c.contains(marker.as_str())) {
-            kill(*pid, "-KILL");
-        }
-    }
-    if !workdir.is_empty() {
-        for pid in processes_mentioning(&workdir) {
-            kill(pid, "-KILL");
-        }
-    }
-    for cg in kubepods_cgroups() {
-        for pid in fs::read_to_string(cg.join("cgroup.procs"))
-            .unwrap_or_default()
-            .lines()
-        {
-            if let Ok(pid) = pid.trim().parse::<u32>() {
-                kill(pid, "-KILL");
-            }
-        }
-    }
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while Instant::now() < deadline
-        && (saved
-            .procs
-            .iter()
-            .any(|(pid, m)| cmdline(*pid).is_some_and(|c| c.contains(m.as_str())))
-            || (!workdir.is_empty() && !processes_mentioning(&workdir).is_empty()))
-    {
-        thread::sleep(Duration::from_millis(100));
-    }
-
-    // Mounts under the work dir, the kubelet's fixed dirs and the pods' network namespaces, deepest first.
-    let mut under: Vec<String> = vec!["/run/netns/cni-".into()];
-    if !workdir.is_empty() {
-        under.push(workdir.clone());
-    }
-    for p in &saved.absent {
-        under.push(p.to_string_lossy().into_owned());
-    }
-    let mut mounts: Vec<String> = mount_points()
+/// A kubelet, kube-proxy or apiserver that is not one of the test's cached binaries: another Kubernetes, which a
+/// node (and the clean-up after a killed one) must leave alone.
+pub fn foreign_kubernetes_processes() -> Vec<String> {
+    let cache = crate::cluster::test_cache_dir()
+        .to_string_lossy()
+        .into_owned();
+    dir_entries(Path::new("/proc"))
         .into_iter()
-        .filter(|m| {
-            under.iter().any(|u| {
-                // /run/netns/cni-* by name, the rest as paths (so /var/lib/kubelet-x is not /var/lib/kubelet).
-                if u.ends_with('-') {
-                    m.starts_with(u.as_str())
-                } else {
-                    Path::new(m).starts_with(u)
-                }
-            })
+        .filter_map(|e| e.parse::<u32>().ok())
+        .filter_map(|pid| {
+            let c = cmdline(pid)?;
+            let program = c.split(' ').next().unwrap_or("");
+            let name = Path::new(program)
+                .file_name()?
+                .to_string_lossy()
+                .into_owned();
+            let kube = ["kubelet", "kube-proxy", "kube-apiserver", "k3s", "k0s"]
+                .iter()
+                .any(|k| name == *k || name.starts_with(&format!("{k}-")));
+            (kube && !c.starts_with(&cache)).then(|| format!("{pid} {c}"))
         })
-        .collect();
-    mounts.sort_by_key(|m| std::cmp::Reverse(m.len()));
-    mounts.dedup();
-    for m in &mounts {
-        // A path may be mounted several times over; unmount until it is gone.
-        for _ in 0..8 {
-            if !mount_points().contains(m) {
-                break;
-            }
-            if !run_quiet("umount", &[m]) {
-                run_quiet("umount", &["-l", m]);
-            }
-        }
-        if mount_points().contains(m) {
-            errors.push(format!("cannot unmount {m}"));
-        }
-    }
-    for entry in dir_entries(Path::new("/run/netns")) {
-        if entry.starts_with("cni-") {
-            let _ = fs::remove_file(Path::new("/run/netns").join(entry));
-        }
-    }
+        .collect()
+}
 
-    errors.extend(remove_kube_chains());
-    // Tables that iptables-nft created for the node's rules (empty now).
-    for table in nft_tables() {
-        let mut parts = table.split(' ');
-        let (Some(family), Some(name)) = (parts.next(), parts.next()) else {
-            continue;
-        };
-        if !(family == "ip" || family == "ip6")
-            || !IPTABLES_TABLES.contains(&name)
-            || saved.tables.contains(&table)
-        {
-            continue;
-        }
-        let save = if family == "ip" {
-            "iptables-save"
-        } else {
-            "ip6tables-save"
-        };
-        let rules = Command::new(save)
-            .args(["-t", name])
-            .stdin(Stdio::null())
-            .output()
-            .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
-            .unwrap_or_default();
-        if rules.lines().any(|l| l.starts_with("-A ")) {
-            errors.push(format!(
-                "nftables table {table} is new but still has rules; left as it is"
-            ));
-        } else if !run_quiet("nft", &["delete", "table", family, name]) {
-            errors.push(format!("cannot delete nftables table {table}"));
-        }
+#[test]
+fn route_overlap_is_by_prefix_not_by_text() {
+    let ranges = [
+        (Ipv4Addr::new(10, 244, 0, 0), 24),
+        (Ipv4Addr::new(10, 96, 0, 0), 16),
+    ];
+    for (line, overlaps) in [
+        ("default via 192.0.2.1 dev eth0", false),
+        (
+            "192.0.2.0/24 dev eth0 proto kernel scope link src 192.0.2.2",
+            false,
+        ),
+        ("10.10.96.0/24 dev x", false),
+        ("110.244.0.0/16 dev x", false),
+        ("10.0.0.0/8 via 192.0.2.1 dev eth0", true),
+        ("10.240.0.0/12 dev x", true),
+        ("10.96.3.0/24 dev x", true),
+        (
+            "local 10.244.0.1 dev berthnode0 table local proto kernel scope host src 10.244.0.1",
+            true,
+        ),
+        ("broadcast 127.255.255.255 dev lo table local", false),
+    ] {
+        assert_eq!(route_overlaps(line, &ranges), overlaps, "{line}");
     }
+}
 
-    // Links: the pods' veths on the bridge, then the bridge.
-    if Path::new("/sys/class/net").join(BRIDGE).exists() {
-        for port in dir_entries(&Path::new("/sys/class/net").join(BRIDGE).join("brif")) {
-            run_quiet("ip", &["link", "del", &port]);
-        }
-        if !run_quiet("ip", &["link", "del", BRIDGE]) {
-            errors.push(format!("cannot delete link {BRIDGE}"));
-        }
-    }
-
-    for cg in kubepods_cgroups() {
-        let mut removed = false;
-        for _ in 0..20 {
-            if fs::remove_dir(&cg).is_ok() || !cg.exists() {
-                removed = true;
-                break;
-            }
-            thread::sleep(Duration::from_millis(100));
-        }
-        if !removed {
-            errors.push(format!("cannot remove cgroup {}", cg.display()));
-        }
-    }
-
-    for (k, v) in &saved.sysctls {
-        if read_sysctl(k).as_deref() != Some(v.as_str())
-            && fs::write(Path::new("/proc/sys").join(k), v).is_err()
-        {
-            errors.push(format!("cannot restore sysctl {k}={v}"));
-        }
-    }
-
-    for p in &saved.absent {
-        if mount_points().iter().any(|m| Path::new(m).starts_with(p)) {
-            errors.push(format!("{} still has mounts; not removed", p.display()));
-            continue;
-        }
-        let _ = fs::remove_dir_all(p).or_else(|_| fs::remove_file(p));
-    }
-    if !workdir.is_empty() && saved.workdir.exists() {
-        if mount_points()
-            .iter()
-            .any(|m| Path::new(m).starts_with(&saved.workdir))
-        {
-            errors.push(format!("{workdir} still has mounts; not removed"));
-        } else if let Err(e) = fs::remove_dir_all(&saved.workdir) {
-            errors.push(format!("remove {workdir}: {e}"));
-        }
-    }
-    for d in &saved.dirs {
-        if d.exists() && !mount_points().iter().any(|m| Path::new(m).starts_with(d)) {
-            let _ = fs::remove_dir_all(d);
-        }
-    }
-    if errors.is_empty() {
-        let _ = fs::remove_file(STATE_FILE);
-    }
-    errors
+#[test]
+fn mountinfo_paths_are_unescaped() {
+    assert_eq!(unescape_mount_path(r"/tmp/a\040b/c"), "/tmp/a b/c");
+    assert_eq!(unescape_mount_path(r"/x\134y"), r"/x\y");
+    assert_eq!(unescape_mount_path(r"/plain"), "/plain");
+    assert_eq!(unescape_mount_path(r"/trailing\04"), r"/trailing\04");
 }
