@@ -183,6 +183,24 @@ pub fn apply(node: &Node, yaml: &str) {
     );
 }
 
+/// The spec of the test's pods (one container `app`, non-root), indented by `indent` spaces.
+fn pod_spec(image: &str, pull: &str, indent: usize) -> String {
+    let spec = format!(
+        "terminationGracePeriodSeconds: 0
+securityContext:
+  runAsNonRoot: true
+  runAsUser: 65532
+containers:
+  - name: app
+    image: {image}
+    imagePullPolicy: {pull}
+"
+    );
+    spec.lines()
+        .map(|l| format!("{:indent$}{l}\n", ""))
+        .collect()
+}
+
 pub fn pod_yaml(ns: &str, name: &str, image: &str, pull: &str) -> String {
     format!(
         "apiVersion: v1
@@ -191,14 +209,28 @@ metadata:
   name: {name}
   namespace: {ns}
 spec:
-  terminationGracePeriodSeconds: 0
-  securityContext:
-    runAsNonRoot: true
-    runAsUser: 65532
-  containers:
-    - name: app
-      image: {image}
-      imagePullPolicy: {pull}
-"
+{}",
+        pod_spec(image, pull, 2)
+    )
+}
+
+/// A Deployment `name` of one replica whose pods are [`pod_yaml`]'s.
+pub fn deployment_yaml(ns: &str, name: &str, image: &str) -> String {
+    format!(
+        "apiVersion: apps/v1
+kind: Deployment
+metadata:
+  name: {name}
+  namespace: {ns}
+spec:
+  replicas: 1
+  selector:
+    matchLabels: {{app: {name}}}
+  template:
+    metadata:
+      labels: {{app: {name}}}
+    spec:
+{}",
+        pod_spec(image, "IfNotPresent", 6)
     )
 }

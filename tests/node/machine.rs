@@ -359,15 +359,20 @@ fn cmdline(pid: u32) -> Option<String> {
         .map(|b| String::from_utf8_lossy(&b).replace('\0', " "))
 }
 
+/// Every process id in /proc.
+fn pids() -> impl Iterator<Item = u32> {
+    dir_entries(Path::new("/proc"))
+        .into_iter()
+        .filter_map(|e| e.parse::<u32>().ok())
+}
+
 /// Live processes (not zombies) of a node: the cached Kubernetes binaries, containerd's shims, anything naming a
 /// node's work dir; as "pid command line".
 fn node_processes() -> BTreeSet<String> {
     let cache = crate::cluster::test_cache_dir()
         .to_string_lossy()
         .into_owned();
-    dir_entries(Path::new("/proc"))
-        .into_iter()
-        .filter_map(|e| e.parse::<u32>().ok())
+    pids()
         .filter(|pid| {
             // "pid (comm) S ...": skip zombies, whose command line is empty anyway.
             fs::read_to_string(format!("/proc/{pid}/stat"))
@@ -388,9 +393,7 @@ fn node_processes() -> BTreeSet<String> {
 /// Every process whose command line mentions `needle`.
 pub fn processes_mentioning(needle: &str) -> Vec<u32> {
     let me = std::process::id();
-    dir_entries(Path::new("/proc"))
-        .into_iter()
-        .filter_map(|e| e.parse::<u32>().ok())
+    pids()
         .filter(|&pid| pid != me)
         .filter(|&pid| cmdline(pid).is_some_and(|c| c.contains(needle)))
         .collect()
@@ -506,9 +509,7 @@ pub fn foreign_kubernetes_processes() -> Vec<String> {
     let cache = crate::cluster::test_cache_dir()
         .to_string_lossy()
         .into_owned();
-    dir_entries(Path::new("/proc"))
-        .into_iter()
-        .filter_map(|e| e.parse::<u32>().ok())
+    pids()
         .filter_map(|pid| {
             let c = cmdline(pid)?;
             let program = c.split(' ').next().unwrap_or("");

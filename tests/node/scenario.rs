@@ -210,27 +210,7 @@ fn berth_installed_from_manifests_serves_a_real_kubelet() {
     );
     apply(
         &node,
-        "apiVersion: apps/v1
-kind: Deployment
-metadata:
-  name: app
-  namespace: apps
-spec:
-  replicas: 1
-  selector:
-    matchLabels: {app: app}
-  template:
-    metadata:
-      labels: {app: app}
-    spec:
-      terminationGracePeriodSeconds: 0
-      securityContext:
-        runAsNonRoot: true
-        runAsUser: 65532
-      containers:
-        - name: app
-          image: docker.io/library/app:1.0
-",
+        &deployment_yaml("apps", "app", "docker.io/library/app:1.0"),
     );
     let app_pod = node.wait_for(
         Duration::from_secs(90),
