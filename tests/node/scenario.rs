@@ -48,6 +48,15 @@ fn kustomize_dir(rel: &str) -> String {
     repo_path(rel).to_string_lossy().into_owned()
 }
 
+/// One line per pod of Deployment app: `fields` (jsonpath) of each.
+fn app_pods(node: &Node, fields: &str) -> String {
+    jsonpath(
+        node,
+        &["-n", "apps", "get", "pods", "-l", "app=app"],
+        &format!("{{range .items[*]}}{fields}{{\"\\n\"}}{{end}}"),
+    )
+}
+
 #[test]
 fn berth_installed_from_manifests_serves_a_real_kubelet() {
     let release = release_berth();
@@ -216,11 +225,7 @@ fn berth_installed_from_manifests_serves_a_real_kubelet() {
         Duration::from_secs(90),
         "a Running pod of Deployment app",
         |n| {
-            let out = jsonpath(
-                n,
-                &["-n", "apps", "get", "pods", "-l", "app=app"],
-                r#"{range .items[*]}{.metadata.name} {.status.phase}{"\n"}{end}"#,
-            );
+            let out = app_pods(n, "{.metadata.name} {.status.phase}");
             out.lines()
                 .find_map(|l| l.strip_suffix(" Running").map(str::to_string))
         },
@@ -402,11 +407,7 @@ data:
         Duration::from_secs(60),
         "a pod of Deployment app with the original image",
         |n| {
-            let images = jsonpath(
-                n,
-                &["-n", "apps", "get", "pods", "-l", "app=app"],
-                r#"{range .items[*]}{.spec.containers[0].image}{"\n"}{end}"#,
-            );
+            let images = app_pods(n, "{.spec.containers[0].image}");
             images
                 .lines()
                 .any(|i| i == "docker.io/library/app:1.0")
