@@ -11,6 +11,7 @@
 //! mounted by [`server::AppState::configure`] for the binary and for the in-process tests alike.
 
 pub mod admission;
+pub mod auth;
 pub mod clock;
 pub mod cluster;
 pub mod config;
