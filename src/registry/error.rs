@@ -26,6 +26,10 @@ pub enum ErrorCode {
     Unsupported,
     /// The spec's code for rate limiting (passed on from an upstream registry).
     Toomanyrequests,
+    /// Authentication required (the response carries a `WWW-Authenticate` challenge).
+    Unauthorized,
+    /// Authenticated, but not allowed (or refused by a rule such as an immutable tag).
+    Denied,
     /// Not in the spec's table; distribution's code for a bad `n`, which clients know.
     PaginationNumberInvalid,
     Unknown,
@@ -121,6 +125,14 @@ pub enum RegistryError {
     /// The client paused too long while sending a body berth has to wait for.
     #[error("{0}")]
     BodyTimeout(String),
+    /// The request needs credentials berth accepts: none were given, they are invalid, or they do not cover what
+    /// the request does. `challenge` is the `WWW-Authenticate` value telling the client where to get a token.
+    #[error("{message}")]
+    Unauthorized { challenge: String, message: String },
+    /// The identity is known and the request is refused: the message names the identity, the action, the
+    /// repository and what decided.
+    #[error("{0}")]
+    Denied(String),
     /// A storage failure: the client did nothing wrong.
     #[error("storage failure: {0}")]
     Storage(#[from] StorageError),
@@ -155,6 +167,8 @@ impl RegistryError {
             PaginationNumberInvalid(_) => ErrorCode::PaginationNumberInvalid,
             Storage(_) => ErrorCode::Unknown,
             Busy { .. } => ErrorCode::Toomanyrequests,
+            Unauthorized { .. } => ErrorCode::Unauthorized,
+            Denied(_) => ErrorCode::Denied,
             BodyTimeout(_) => ErrorCode::BlobUploadInvalid,
         }
     }

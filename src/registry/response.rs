@@ -65,6 +65,8 @@ impl ResponseError for RegistryError {
             MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
             Unsupported(_) => StatusCode::METHOD_NOT_ALLOWED,
             Storage(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            Unauthorized { .. } => StatusCode::UNAUTHORIZED,
+            Denied(_) => StatusCode::FORBIDDEN,
             Busy { .. } => StatusCode::TOO_MANY_REQUESTS,
             BodyTimeout(_) => StatusCode::REQUEST_TIMEOUT,
             BlobUploadInvalid(_)
@@ -103,6 +105,9 @@ impl ResponseError for RegistryError {
             }
             RegistryError::MethodNotAllowed(allow) => {
                 response.insert_header((header::ALLOW, *allow));
+            }
+            RegistryError::Unauthorized { challenge, .. } => {
+                response.insert_header((header::WWW_AUTHENTICATE, challenge.as_str()));
             }
             RegistryError::Busy { retry_after, .. } => {
                 response.insert_header((header::RETRY_AFTER, retry_after.to_string()));
@@ -230,6 +235,20 @@ mod tests {
             "UNSUPPORTED",
         );
         check(RegistryError::Unsupported("x".into()), 405, "UNSUPPORTED");
+        check(RegistryError::Denied("x".into()), 403, "DENIED");
+        let unauthorized = RegistryError::Unauthorized {
+            challenge: r#"Bearer realm="https://r/auth/token",service="berth""#.into(),
+            message: "x".into(),
+        };
+        assert_eq!(
+            unauthorized
+                .error_response()
+                .headers()
+                .get(header::WWW_AUTHENTICATE)
+                .and_then(|v| v.to_str().ok()),
+            Some(r#"Bearer realm="https://r/auth/token",service="berth""#)
+        );
+        check(unauthorized, 401, "UNAUTHORIZED");
         check(
             RegistryError::Busy {
                 why: "x".into(),

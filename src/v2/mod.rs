@@ -7,6 +7,7 @@
 //! Must not: hold content semantics (the registry service does), talk to upstreams (the proxy does), or build
 //! responses beyond the base endpoint's `{}` (handlers do).
 
+pub mod access;
 pub mod route;
 
 use actix_web::http::Method;
