@@ -5,7 +5,8 @@ use serde::Deserialize;
 use serde_yaml_ng::Value;
 
 use super::image::{normalize_host, ImageRef, ReferenceError};
-use crate::auth::access::{AccessPolicy, ImmutableTags};
+use super::pattern::{compile_all, entry_context, unique, Pattern, PatternError};
+use crate::auth::access::{AccessError, AccessPolicy, ImmutableTags};
 
 /// `enforce` denies; `audit` never denies, turning what would be denied into warnings.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
@@ -99,38 +100,16 @@ struct RewriteSpec {
 #[error("invalid policy: {0}")]
 pub struct PolicyError(pub String);
 
-/// A regex matched against a whole string (shared with the access rules, [`crate::auth::access`]).
-#[derive(Debug, Clone)]
-pub(crate) struct Pattern {
-    source: String,
-    regex: regex::Regex,
-}
-
-impl Pattern {
-    pub(crate) fn compile(source: &str, context: &str) -> Result<Pattern, PolicyError> {
-        regex::Regex::new(&format!("^(?:{source})$"))
-            .map(|regex| Pattern {
-                source: source.to_owned(),
-                regex,
-            })
-            .map_err(|e| PolicyError(format!("{context}: invalid regex {source:?}: {e}")))
-    }
-
-    pub(crate) fn matches(&self, text: &str) -> bool {
-        self.regex.is_match(text)
+impl From<PatternError> for PolicyError {
+    fn from(error: PatternError) -> Self {
+        PolicyError(error.to_string())
     }
 }
 
-pub(crate) fn compile_all(
-    sources: &[String],
-    context: &str,
-    field: &str,
-) -> Result<Vec<Pattern>, PolicyError> {
-    sources
-        .iter()
-        .enumerate()
-        .map(|(i, source)| Pattern::compile(source, &format!("{context}: field {field}[{i}]")))
-        .collect()
+impl From<AccessError> for PolicyError {
+    fn from(error: AccessError) -> Self {
+        PolicyError(error.to_string())
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -206,31 +185,6 @@ pub struct PlannedRewrite {
     pub rule: String,
     pub when: When,
     pub target: Result<ImageRef, ReferenceError>,
-}
-
-/// Which name a rule or rewrite error is reported under.
-pub(crate) fn entry_context(kind: &str, index: usize, value: &Value) -> String {
-    match value.get("name").and_then(Value::as_str) {
-        Some(name) => format!("{kind}[{index}] {name:?}"),
-        None => format!("{kind}[{index}]"),
-    }
-}
-
-pub(crate) fn unique(names: impl Iterator<Item = String>, kind: &str) -> Result<(), PolicyError> {
-    let mut seen = std::collections::BTreeSet::new();
-    for name in names {
-        if name.trim().is_empty() {
-            return Err(PolicyError(format!(
-                "every entry of {kind} needs a non-empty name"
-            )));
-        }
-        if !seen.insert(name.clone()) {
-            return Err(PolicyError(format!(
-                "{kind}: the name {name:?} is used twice"
-            )));
-        }
-    }
-    Ok(())
 }
 
 impl Policy {

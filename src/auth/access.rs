@@ -10,7 +10,7 @@ use serde::Deserialize;
 use serde_yaml_ng::Value;
 
 use super::{Action, Identity};
-use crate::admission::policy::{compile_all, entry_context, unique, Pattern, PolicyError};
+use crate::admission::pattern::{compile_all, entry_context, unique, Pattern, PatternError};
 
 /// The decision on one identity, action and repository, with what decided it (for the 403 message, the token's
 /// log line and `berth policy eval`).
@@ -61,6 +61,34 @@ pub enum SubjectError {
     /// A known kind with a malformed name.
     #[error("invalid subject {subject:?}: {why}")]
     Invalid { subject: String, why: &'static str },
+}
+
+/// An `access:` or `immutableTags:` section that cannot be compiled; the message names the section, the entry, the
+/// field and the value.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum AccessError {
+    /// A pattern that does not compile, or an entry name that is empty or used twice.
+    #[error(transparent)]
+    Pattern(#[from] PatternError),
+    /// An entry that does not parse (a missing, unknown or mistyped field).
+    #[error("{context}: {why}")]
+    Entry { context: String, why: String },
+    /// A list field that needs at least one value.
+    #[error("{context}: field {field} is empty; {what}")]
+    Empty {
+        context: String,
+        field: &'static str,
+        what: &'static str,
+    },
+    /// A subject that does not parse.
+    #[error("{context}: field {field}[{index}]: {source}")]
+    Subject {
+        context: String,
+        field: &'static str,
+        index: usize,
+        #[source]
+        source: SubjectError,
+    },
 }
 
 /// A Kubernetes namespace name: an RFC 1123 label.
@@ -222,25 +250,44 @@ pub struct AccessPolicy {
 fn parse_subjects(
     subjects: &[String],
     context: &str,
-    field: &str,
-) -> Result<Vec<Subject>, PolicyError> {
+    field: &'static str,
+) -> Result<Vec<Subject>, AccessError> {
     subjects
         .iter()
         .enumerate()
-        .map(|(i, s)| {
-            Subject::parse(s)
-                .map_err(|e| PolicyError(format!("{context}: field {field}[{i}]: {e}")))
+        .map(|(index, s)| {
+            Subject::parse(s).map_err(|source| AccessError::Subject {
+                context: context.to_owned(),
+                field,
+                index,
+                source,
+            })
         })
         .collect()
 }
 
-fn non_empty<T>(list: &[T], context: &str, field: &str, what: &str) -> Result<(), PolicyError> {
+fn non_empty<T>(
+    list: &[T],
+    context: &str,
+    field: &'static str,
+    what: &'static str,
+) -> Result<(), AccessError> {
     if list.is_empty() {
-        return Err(PolicyError(format!(
-            "{context}: field {field} is empty; {what}"
-        )));
+        return Err(AccessError::Empty {
+            context: context.to_owned(),
+            field,
+            what,
+        });
     }
     Ok(())
+}
+
+/// Reads one entry (or section) into its spec.
+fn entry<T: serde::de::DeserializeOwned>(value: &Value, context: &str) -> Result<T, AccessError> {
+    serde_yaml_ng::from_value(value.clone()).map_err(|e| AccessError::Entry {
+        context: context.to_owned(),
+        why: e.to_string(),
+    })
 }
 
 /// The reasons of the built-in grants, as decisions name them.
@@ -252,15 +299,13 @@ pub const NO_RULE: &str = "no rule allows it";
 
 impl AccessPolicy {
     /// Compiles the `access:` section (a YAML mapping).
-    pub fn compile(value: &Value) -> Result<AccessPolicy, PolicyError> {
-        let spec: AccessSpec = serde_yaml_ng::from_value(value.clone())
-            .map_err(|e| PolicyError(format!("access: {e}")))?;
+    pub fn compile(value: &Value) -> Result<AccessPolicy, AccessError> {
+        let spec: AccessSpec = entry(value, "access")?;
         let admins = parse_subjects(&spec.admins, "access", "admins")?;
         let mut rules = Vec::with_capacity(spec.rules.len());
         for (index, value) in spec.rules.iter().enumerate() {
             let context = format!("access.{}", entry_context("rules", index, value));
-            let rule: AccessRuleSpec = serde_yaml_ng::from_value(value.clone())
-                .map_err(|e| PolicyError(format!("{context}: {e}")))?;
+            let rule: AccessRuleSpec = entry(value, &context)?;
             non_empty(
                 &rule.repositories,
                 &context,
@@ -372,12 +417,11 @@ pub struct ImmutableTags {
 
 impl ImmutableTags {
     /// Compiles the `immutableTags:` list.
-    pub fn compile(values: &[Value]) -> Result<ImmutableTags, PolicyError> {
+    pub fn compile(values: &[Value]) -> Result<ImmutableTags, AccessError> {
         let mut rules = Vec::with_capacity(values.len());
         for (index, value) in values.iter().enumerate() {
             let context = entry_context("immutableTags", index, value);
-            let spec: ImmutableSpec = serde_yaml_ng::from_value(value.clone())
-                .map_err(|e| PolicyError(format!("{context}: {e}")))?;
+            let spec: ImmutableSpec = entry(value, &context)?;
             non_empty(
                 &spec.repositories,
                 &context,

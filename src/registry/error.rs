@@ -24,6 +24,8 @@ pub enum ErrorCode {
     NameUnknown,
     SizeInvalid,
     Unsupported,
+    /// The spec's code for an operation the registry refuses to this client (403).
+    Denied,
     /// The spec's code for rate limiting (passed on from an upstream registry).
     Toomanyrequests,
     /// Not in the spec's table; distribution's code for a bad `n`, which clients know.
@@ -121,6 +123,16 @@ pub enum RegistryError {
     /// The client paused too long while sending a body berth has to wait for.
     #[error("{0}")]
     BodyTimeout(String),
+    /// A change that an immutable tag forbids: moving the tag to another manifest, deleting it, or deleting the
+    /// manifest it points at. `what` says which was refused; `rule` is the policy's `immutableTags` rule.
+    #[error("{what}: tag {repository}:{tag} is immutable (rule {rule:?}) and points at {digest}")]
+    TagImmutable {
+        what: &'static str,
+        repository: String,
+        tag: String,
+        rule: String,
+        digest: String,
+    },
     /// A storage failure: the client did nothing wrong.
     #[error("storage failure: {0}")]
     Storage(#[from] StorageError),
@@ -155,6 +167,7 @@ impl RegistryError {
             PaginationNumberInvalid(_) => ErrorCode::PaginationNumberInvalid,
             Storage(_) => ErrorCode::Unknown,
             Busy { .. } => ErrorCode::Toomanyrequests,
+            TagImmutable { .. } => ErrorCode::Denied,
             BodyTimeout(_) => ErrorCode::BlobUploadInvalid,
         }
     }
