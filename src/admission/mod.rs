@@ -5,6 +5,7 @@
 
 pub mod debug;
 pub mod image;
+pub mod pattern;
 pub mod pod;
 pub mod policy;
 pub mod review;

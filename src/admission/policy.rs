@@ -5,6 +5,8 @@ use serde::Deserialize;
 use serde_yaml_ng::Value;
 
 use super::image::{normalize_host, ImageRef, ReferenceError};
+use super::pattern::{compile_all, entry_context, unique, Pattern, PatternError};
+use crate::auth::access::{AccessError, AccessPolicy, ImmutableTags};
 
 /// `enforce` denies; `audit` never denies, turning what would be denied into warnings.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
@@ -60,6 +62,12 @@ struct PolicySpec {
     rules: Vec<Value>,
     #[serde(default)]
     rewrites: Vec<Value>,
+    /// Who may pull, push and delete (compiled by [`AccessPolicy::compile`]).
+    #[serde(default)]
+    access: Option<Value>,
+    /// Tags that may not move nor be deleted once set (compiled by [`ImmutableTags::compile`]).
+    #[serde(default)]
+    immutable_tags: Vec<Value>,
 }
 
 #[derive(Deserialize)]
@@ -92,38 +100,16 @@ struct RewriteSpec {
 #[error("invalid policy: {0}")]
 pub struct PolicyError(pub String);
 
-/// A regex matched against a whole string.
-#[derive(Debug, Clone)]
-struct Pattern {
-    source: String,
-    regex: regex::Regex,
-}
-
-impl Pattern {
-    fn compile(source: &str, context: &str) -> Result<Pattern, PolicyError> {
-        regex::Regex::new(&format!("^(?:{source})$"))
-            .map(|regex| Pattern {
-                source: source.to_owned(),
-                regex,
-            })
-            .map_err(|e| PolicyError(format!("{context}: invalid regex {source:?}: {e}")))
-    }
-
-    fn matches(&self, text: &str) -> bool {
-        self.regex.is_match(text)
+impl From<PatternError> for PolicyError {
+    fn from(error: PatternError) -> Self {
+        PolicyError(error.to_string())
     }
 }
 
-fn compile_all(
-    sources: &[String],
-    context: &str,
-    field: &str,
-) -> Result<Vec<Pattern>, PolicyError> {
-    sources
-        .iter()
-        .enumerate()
-        .map(|(i, source)| Pattern::compile(source, &format!("{context}: field {field}[{i}]")))
-        .collect()
+impl From<AccessError> for PolicyError {
+    fn from(error: AccessError) -> Self {
+        PolicyError(error.to_string())
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -157,6 +143,8 @@ pub struct Policy {
     /// The registry hosts the rewrites name literally in `replace`, normalised: where the policy sends pods instead of
     /// the original, so berth's own addresses.
     rewrite_hosts: Vec<String>,
+    access: AccessPolicy,
+    immutable_tags: ImmutableTags,
 }
 
 /// The registry host a rewrite's replacement names literally (`127.0.0.1:5050/proxy/docker.io/$1` →
@@ -197,31 +185,6 @@ pub struct PlannedRewrite {
     pub rule: String,
     pub when: When,
     pub target: Result<ImageRef, ReferenceError>,
-}
-
-/// Which name a rule or rewrite error is reported under.
-fn entry_context(kind: &str, index: usize, value: &Value) -> String {
-    match value.get("name").and_then(Value::as_str) {
-        Some(name) => format!("{kind}[{index}] {name:?}"),
-        None => format!("{kind}[{index}]"),
-    }
-}
-
-fn unique(names: impl Iterator<Item = String>, kind: &str) -> Result<(), PolicyError> {
-    let mut seen = std::collections::BTreeSet::new();
-    for name in names {
-        if name.trim().is_empty() {
-            return Err(PolicyError(format!(
-                "every entry of {kind} needs a non-empty name"
-            )));
-        }
-        if !seen.insert(name.clone()) {
-            return Err(PolicyError(format!(
-                "{kind}: the name {name:?} is used twice"
-            )));
-        }
-    }
-    Ok(())
 }
 
 impl Policy {
@@ -290,6 +253,11 @@ impl Policy {
             .collect();
         rewrite_hosts.sort();
         rewrite_hosts.dedup();
+        let access = match &spec.access {
+            Some(value) if !value.is_null() => AccessPolicy::compile(value)?,
+            _ => AccessPolicy::default(),
+        };
+        let immutable_tags = ImmutableTags::compile(&spec.immutable_tags)?;
 
         Ok(Policy {
             description: spec.description,
@@ -300,6 +268,8 @@ impl Policy {
             rules,
             rewrites,
             rewrite_hosts,
+            access,
+            immutable_tags,
         })
     }
 
@@ -308,17 +278,34 @@ impl Policy {
         &self.rewrite_hosts
     }
 
-    /// A one-line summary for logs and the CLI.
+    /// A one-line summary for logs, `/readyz` and the CLI.
     pub fn summary(&self) -> String {
         format!(
-            "mode {:?}, default {:?}, {} rules, {} rewrites, {} excluded namespace patterns",
-            self.mode,
-            self.default_action,
+            "mode {}, default {}, {} rules, {} rewrites, {} excluded namespace patterns; access: {}; {} immutable tag rules",
+            format!("{:?}", self.mode).to_lowercase(),
+            format!("{:?}", self.default_action).to_lowercase(),
             self.rules.len(),
             self.rewrites.len(),
-            self.exclude_namespaces.len()
+            self.exclude_namespaces.len(),
+            self.access.summary(),
+            self.immutable_tags.len(),
         )
-        .to_lowercase()
+    }
+
+    /// The access rules (`access:`): who may pull, push and delete.
+    pub fn access(&self) -> &AccessPolicy {
+        &self.access
+    }
+
+    /// The name of the `immutableTags` rule that makes `repository:tag` immutable (`immutableTags[i]` for an
+    /// unnamed one), if any.
+    pub fn immutable_tag_rule(&self, repository: &str, tag: &str) -> Option<&str> {
+        self.immutable_tags.rule_for(repository, tag)
+    }
+
+    /// The names of the `immutableTags` rules, in order.
+    pub fn immutable_tag_names(&self) -> impl Iterator<Item = &str> {
+        self.immutable_tags.names()
     }
 
     pub fn rule_names(&self) -> impl Iterator<Item = &str> {
@@ -664,6 +651,64 @@ rewrites:
             Policy::from_yaml("").map(|p| p.summary()).ok(),
             Some(Policy::allow_all().summary())
         );
+    }
+}
+
+#[cfg(test)]
+mod access_sections {
+    use super::*;
+    use crate::auth::{Action, Identity};
+
+    /// The issue's example: both sections compile with the rest of the document and are reachable from `Policy`.
+    #[test]
+    fn access_and_immutable_tags_are_compiled_with_the_policy() {
+        let policy = Policy::from_yaml(
+            r#"
+rules: [{name: evil, action: deny, images: ['evil\.example/.*']}]
+access:
+  anonymous: none
+  admins: ['user:ops', 'group:system:masters']
+  rules:
+    - name: ci-pushes-team-a
+      repositories: ['team-a/.*']
+      subjects: ['serviceaccount:team-a/ci', 'user:alice', 'group:devs', 'namespace:team-a']
+      actions: [pull, push]
+immutableTags:
+  - repositories: ['.*']
+    tags: ['v?[0-9]+\.[0-9]+\.[0-9]+.*']
+"#,
+        )
+        .expect("valid");
+        let alice = Identity::User {
+            name: "alice".into(),
+        };
+        let decision = policy.access().decide(&alice, Action::Push, "team-a/app");
+        assert_eq!(
+            (decision.allowed, decision.reason.as_str()),
+            (true, "rule \"ci-pushes-team-a\"")
+        );
+        assert!(!policy.access().anonymous_pull());
+        assert_eq!(
+            policy.immutable_tag_rule("team-a/app", "v1.0.0"),
+            Some("immutableTags[0]")
+        );
+        assert_eq!(policy.immutable_tag_rule("team-a/app", "latest"), None);
+        assert_eq!(
+            policy.summary(),
+            "mode enforce, default allow, 1 rules, 0 rewrites, 0 excluded namespace patterns; \
+             access: anonymous none, 2 admins, 1 access rules; 1 immutable tag rules"
+        );
+        for (yaml, needle) in [
+            ("access: {rules: [{name: r, repositories: ['('], subjects: [anonymous], actions: []}]}", "access.rules[0] \"r\": field repositories[0]"),
+            ("immutableTags: [{repositories: [x], tags: ['(']}]", "immutableTags[0]: field tags[0]"),
+            ("access: [1]", "access"),
+        ] {
+            let error = Policy::from_yaml(yaml).expect_err(yaml).to_string();
+            assert!(error.contains(needle), "{yaml}: {error}");
+        }
+        // An empty section is the default.
+        let empty = Policy::from_yaml("access:\nimmutableTags: []").expect("valid");
+        assert_eq!(empty.summary(), Policy::allow_all().summary());
     }
 }
 

@@ -28,7 +28,8 @@ pub enum ErrorCode {
     Toomanyrequests,
     /// Authentication required (the response carries a `WWW-Authenticate` challenge).
     Unauthorized,
-    /// Authenticated, but not allowed (or refused by a rule such as an immutable tag).
+    /// The spec's code for an operation the registry refuses to this client (403): not allowed, or refused by a
+    /// rule such as an immutable tag.
     Denied,
     /// Not in the spec's table; distribution's code for a bad `n`, which clients know.
     PaginationNumberInvalid,
@@ -133,6 +134,16 @@ pub enum RegistryError {
     /// repository and what decided.
     #[error("{0}")]
     Denied(String),
+    /// A change that an immutable tag forbids: moving the tag to another manifest, deleting it, or deleting the
+    /// manifest it points at. `what` says which was refused; `rule` is the policy's `immutableTags` rule.
+    #[error("{what}: tag {repository}:{tag} is immutable (rule {rule:?}) and points at {digest}")]
+    TagImmutable {
+        what: &'static str,
+        repository: String,
+        tag: String,
+        rule: String,
+        digest: String,
+    },
     /// A storage failure: the client did nothing wrong.
     #[error("storage failure: {0}")]
     Storage(#[from] StorageError),
@@ -169,6 +180,7 @@ impl RegistryError {
             Busy { .. } => ErrorCode::Toomanyrequests,
             Unauthorized { .. } => ErrorCode::Unauthorized,
             Denied(_) => ErrorCode::Denied,
+            TagImmutable { .. } => ErrorCode::Denied,
             BodyTimeout(_) => ErrorCode::BlobUploadInvalid,
         }
     }

@@ -6,7 +6,7 @@ use actix_web::{web, HttpRequest, HttpResponse};
 use super::error::{RegistryError, Result};
 use super::manifest::MAX_MANIFEST_BYTES;
 use super::names::{Reference, RepoName, Tag};
-use super::service::Registry;
+use super::service::{Immutability, Registry};
 use crate::limits::{read_to_limit, BodyLimitError, ReadError};
 
 /// `GET` and `HEAD` alike: for `HEAD`, actix sends the headers (with Content-Length) and drops the body.
@@ -68,7 +68,8 @@ fn query_tags(reference: &Reference, raw: &[&str]) -> Result<Vec<Tag>> {
         .collect()
 }
 
-/// A push by tag or digest; `tag_params` are the `?tag=` values as given, in order.
+/// A push by tag or digest; `tag_params` are the `?tag=` values as given, in order. `immutable` says which tags
+/// may not move (the caller's policy).
 pub async fn put(
     registry: &Registry,
     req: &HttpRequest,
@@ -76,6 +77,7 @@ pub async fn put(
     reference: &str,
     tag_params: &[&str],
     body: web::Payload,
+    immutable: Immutability<'_>,
 ) -> Result<HttpResponse> {
     let reference = Reference::parse(reference)?;
     let tags = query_tags(&reference, tag_params)?;
@@ -85,7 +87,7 @@ pub async fn put(
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok());
     let pushed = registry
-        .manifest_put(repo, &reference, &tags, content_type, bytes)
+        .manifest_put(repo, &reference, &tags, content_type, bytes, immutable)
         .await?;
     let mut response = HttpResponse::Created();
     response
@@ -107,8 +109,16 @@ pub async fn put(
     Ok(response.finish())
 }
 
-pub async fn delete(registry: &Registry, repo: &RepoName, reference: &str) -> Result<HttpResponse> {
+/// A delete by tag or digest; `immutable` says which tags may not be deleted, nor the manifests they point at.
+pub async fn delete(
+    registry: &Registry,
+    repo: &RepoName,
+    reference: &str,
+    immutable: Immutability<'_>,
+) -> Result<HttpResponse> {
     let reference = Reference::parse(reference)?;
-    registry.manifest_delete(repo, &reference).await?;
+    registry
+        .manifest_delete(repo, &reference, immutable)
+        .await?;
     Ok(HttpResponse::Accepted().finish())
 }

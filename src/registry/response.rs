@@ -69,6 +69,7 @@ impl ResponseError for RegistryError {
             Denied(_) => StatusCode::FORBIDDEN,
             Busy { .. } => StatusCode::TOO_MANY_REQUESTS,
             BodyTimeout(_) => StatusCode::REQUEST_TIMEOUT,
+            TagImmutable { .. } => StatusCode::FORBIDDEN,
             BlobUploadInvalid(_)
             | DigestInvalid(_)
             | ManifestBlobUnknown(_)
@@ -149,6 +150,17 @@ mod tests {
     #[test]
     fn each_error_maps_to_its_status_and_code() {
         check(RegistryError::BlobUnknown("d".into()), 404, "BLOB_UNKNOWN");
+        check(
+            RegistryError::TagImmutable {
+                what: "the tag cannot be deleted",
+                repository: "team/app".into(),
+                tag: "v1".into(),
+                rule: "releases".into(),
+                digest: "sha256:0".into(),
+            },
+            403,
+            "DENIED",
+        );
         check(
             RegistryError::BlobUploadInvalid("x".into()),
             400,

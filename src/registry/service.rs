@@ -30,8 +30,8 @@ use super::storage::Storage;
 use crate::clock::{self, SharedClock};
 
 pub use listings::Page;
-pub use manifests::PushedManifest;
 use manifests::RepoLocks;
+pub use manifests::{all_tags_mutable, Immutability, PushedManifest};
 pub use sweep::RecoveredUploads;
 
 /// The running hash of an upload. It is valid while `hashed` equals the upload's stored size; after a restart (or a

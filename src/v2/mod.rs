@@ -14,8 +14,10 @@ use actix_web::http::Method;
 use actix_web::middleware::DefaultHeaders;
 use actix_web::{web, HttpRequest, HttpResponse};
 
+use crate::admission::source::PolicyStore;
 use crate::proxy::Proxy;
 use crate::registry::error::{RegistryError, Result};
+use crate::registry::names::{RepoName, Tag};
 use crate::registry::{blobs, listings, manifests, referrers, uploads, Registry};
 use route::{parse_route, Query, Route, RouteError};
 
@@ -110,10 +112,12 @@ async fn local(
         }
         (Route::Manifest(repo, reference), Method::PUT) => {
             let tags: Vec<&str> = query.get_all("tag").collect();
-            manifests::put(registry, req, &repo, &reference, &tags, body).await
+            let immutable = immutable_tags(req, &repo);
+            manifests::put(registry, req, &repo, &reference, &tags, body, &immutable).await
         }
         (Route::Manifest(repo, reference), Method::DELETE) => {
-            manifests::delete(registry, &repo, &reference).await
+            let immutable = immutable_tags(req, &repo);
+            manifests::delete(registry, &repo, &reference, &immutable).await
         }
         (Route::Blob(repo, digest), Method::GET | Method::HEAD) => {
             blobs::get(registry, req, &repo, &digest, head).await
@@ -141,6 +145,22 @@ async fn local(
             referrers::list(registry, &repo, &digest, query.get("artifactType")).await
         }
         (route, _) => Err(RegistryError::MethodNotAllowed(allowed_methods(&route))),
+    }
+}
+
+/// Which tags of `repo` the policy in force makes immutable (its `immutableTags`), for the registry service to
+/// apply under its lock. The policy is read once per request; a service mounted without a policy store has none.
+fn immutable_tags(req: &HttpRequest, repo: &RepoName) -> impl Fn(&Tag) -> Option<String> + Sync {
+    let active = req
+        .app_data::<web::Data<PolicyStore>>()
+        .map(|store| store.current());
+    let repo = repo.as_str().to_owned();
+    move |tag: &Tag| {
+        active
+            .as_ref()?
+            .policy
+            .immutable_tag_rule(&repo, tag.as_str())
+            .map(str::to_owned)
     }
 }
 

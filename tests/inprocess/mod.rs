@@ -13,6 +13,7 @@ mod admission;
 mod cache;
 mod fake_upstream;
 mod front_door;
+mod immutable_tags;
 mod uploads;
 
 use std::path::Path;

@@ -20,6 +20,16 @@ pub struct PushedManifest {
     pub tags: Vec<Tag>,
 }
 
+/// Which tags of a repository are immutable, and by which rule (its name, for the error): the caller's decision
+/// (the policy's `immutableTags`), applied here under the repository's lock without the service knowing the policy.
+/// `None` for a tag that may move and be deleted.
+pub type Immutability<'a> = &'a (dyn Fn(&Tag) -> Option<String> + Sync);
+
+/// No tag is immutable.
+pub fn all_tags_mutable(_: &Tag) -> Option<String> {
+    None
+}
+
 /// How many locks [`RepoLocks`] stripes repositories over.
 pub(super) const REPO_LOCK_STRIPES: usize = 64;
 
@@ -86,7 +96,9 @@ impl Registry {
     }
 
     /// Validates and stores a manifest; tags it with `reference` when that is a tag, and with each of `tags`
-    /// (the `?tag=` parameters of a push by digest).
+    /// (the `?tag=` parameters of a push by digest). A tag `immutable` names a rule for may not move: if it points
+    /// at another manifest, the push is refused and nothing is stored; pushing the manifest it points at again
+    /// succeeds.
     pub async fn manifest_put(
         &self,
         repo: &RepoName,
@@ -94,6 +106,7 @@ impl Registry {
         tags: &[Tag],
         content_type: Option<&str>,
         bytes: Bytes,
+        immutable: Immutability<'_>,
     ) -> Result<PushedManifest> {
         if bytes.len() as u64 > manifest::MAX_MANIFEST_BYTES {
             return Err(RegistryError::ManifestTooLarge {
@@ -120,6 +133,24 @@ impl Registry {
             }
         }
         let _repo = self.repo_lock(repo).lock().await;
+        // Under the repository's lock: of two racing pushes to an immutable tag, the second sees the first's.
+        for tag in &all_tags {
+            let Some(rule) = immutable(tag) else {
+                continue;
+            };
+            match self.storage.tag_get(repo, tag).await? {
+                Some(current) if current != digest => {
+                    return Err(RegistryError::TagImmutable {
+                        what: "a different manifest cannot be pushed to it",
+                        repository: repo.to_string(),
+                        tag: tag.to_string(),
+                        rule,
+                        digest: current.to_string(),
+                    })
+                }
+                _ => {}
+            }
+        }
         // A manifest's bytes are content (stored as the blob of its digest): held across the check and the store,
         // so the proxy's eviction cannot judge that content unused and delete it in between.
         let _gate = self.content_gate.read().await;
@@ -220,11 +251,28 @@ impl Registry {
         Ok(())
     }
 
-    /// Deletes a manifest by digest (with its tags and referrer entry) or a tag.
-    pub async fn manifest_delete(&self, repo: &RepoName, reference: &Reference) -> Result<()> {
+    /// Deletes a manifest by digest (with its tags and referrer entry) or a tag. A tag `immutable` names a rule
+    /// for is not deleted, nor is a manifest such a tag points at.
+    pub async fn manifest_delete(
+        &self,
+        repo: &RepoName,
+        reference: &Reference,
+        immutable: Immutability<'_>,
+    ) -> Result<()> {
         let _repo = self.repo_lock(repo).lock().await;
         match reference {
             Reference::Tag(tag) => {
+                if let Some(rule) = immutable(tag) {
+                    if let Some(current) = self.storage.tag_get(repo, tag).await? {
+                        return Err(RegistryError::TagImmutable {
+                            what: "the tag cannot be deleted",
+                            repository: repo.to_string(),
+                            tag: tag.to_string(),
+                            rule,
+                            digest: current.to_string(),
+                        });
+                    }
+                }
                 if self.storage.tag_delete(repo, tag).await? {
                     log::info!("tag {repo}:{tag} deleted");
                     Ok(())
@@ -236,7 +284,24 @@ impl Registry {
                 let Some(stored) = self.storage.manifest_get(repo, digest).await? else {
                     return Err(RegistryError::ManifestUnknown(format!("{repo}@{digest}")));
                 };
-                for tag in self.storage.tags(repo).await?.unwrap_or_default() {
+                let tags = self.storage.tags(repo).await?.unwrap_or_default();
+                // Deleting the manifest would delete its immutable tags with it.
+                for tag in &tags {
+                    let Some(rule) = immutable(tag) else {
+                        continue;
+                    };
+                    if self.storage.tag_get(repo, tag).await?.as_ref() == Some(digest) {
+                        return Err(RegistryError::TagImmutable {
+                            what:
+                                "the manifest cannot be deleted while an immutable tag points at it",
+                            repository: repo.to_string(),
+                            tag: tag.to_string(),
+                            rule,
+                            digest: digest.to_string(),
+                        });
+                    }
+                }
+                for tag in tags {
                     self.storage.tag_delete_if(repo, &tag, digest).await?;
                 }
                 if let Ok(parsed) = manifest::parse(&stored.bytes, Some(&stored.media_type)) {
@@ -297,6 +362,7 @@ mod tests {
                 &[],
                 Some(manifest::OCI_MANIFEST),
                 bytes.clone(),
+                &all_tags_mutable,
             )
             .await
             .map(|pushed| pushed.digest)
@@ -336,7 +402,9 @@ mod tests {
                 );
                 async move {
                     start.wait().await;
-                    registry.manifest_delete(&repo, &by_digest).await
+                    registry
+                        .manifest_delete(&repo, &by_digest, &all_tags_mutable)
+                        .await
                 }
             });
             pusher
@@ -418,7 +486,9 @@ mod tests {
                 let m1 = Reference::Digest(m1_digest.clone());
                 async move {
                     start.wait().await;
-                    registry.manifest_delete(&repo, &m1).await
+                    registry
+                        .manifest_delete(&repo, &m1, &all_tags_mutable)
+                        .await
                 }
             });
             mover
@@ -447,6 +517,62 @@ mod tests {
                     .expect("get"),
                 None,
                 "round {round}: M1 was deleted"
+            );
+        }
+    }
+
+    /// Issue 11: two pushes of different manifests to a new immutable tag, on threads of their own, must not both
+    /// be acknowledged (the check and the tag write are one step under the repository's lock).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn racing_pushes_to_an_immutable_tag_have_one_winner() {
+        let (_dir, registry) = registry();
+        let repo = repo("race/immutable");
+        let immutable = |_: &Tag| Some("releases".to_owned());
+        for round in 0..200 {
+            let t = Reference::Tag(tag(&format!("v{round}")));
+            let a = image(&registry, &repo, 2 * round).await;
+            let b = image(&registry, &repo, 2 * round + 1).await;
+            let start = Arc::new(tokio::sync::Barrier::new(2));
+            let push = |bytes: Bytes| {
+                let (registry, repo, t, start) =
+                    (registry.clone(), repo.clone(), t.clone(), start.clone());
+                tokio::spawn(async move {
+                    start.wait().await;
+                    registry
+                        .manifest_put(
+                            &repo,
+                            &t,
+                            &[],
+                            Some(manifest::OCI_MANIFEST),
+                            bytes,
+                            &immutable,
+                        )
+                        .await
+                        .map(|pushed| pushed.digest)
+                })
+            };
+            let (first, second) = (push(a.clone()), push(b.clone()));
+            let results = [first.await.expect("join"), second.await.expect("join")];
+            let won: Vec<&Digest> = results.iter().filter_map(|r| r.as_ref().ok()).collect();
+            assert_eq!(won.len(), 1, "round {round}: {results:?}");
+            assert!(
+                results
+                    .iter()
+                    .any(|r| matches!(r, Err(RegistryError::TagImmutable { .. }))),
+                "round {round}: {results:?}"
+            );
+            let Reference::Tag(t) = &t else {
+                unreachable!()
+            };
+            assert_eq!(
+                registry
+                    .storage()
+                    .tag_get(&repo, t)
+                    .await
+                    .expect("tag_get")
+                    .as_ref(),
+                Some(won[0]),
+                "round {round}"
             );
         }
     }
