@@ -19,8 +19,8 @@ pub use error::ConfigError;
 use args::FileConfig;
 use sources::{
     Chosen, Key, BODY_IDLE_TIMEOUT, BODY_MEMORY, BODY_TIMEOUT, MAX_CONCURRENT_UPLOADS,
-    MAX_UPLOAD_SESSIONS, POLICY_CONFIGMAP, SEND_TIMEOUT, SHUTDOWN_TIMEOUT, TLS_SECRET,
-    UPLOAD_MAX_AGE, WORKERS,
+    MAX_UPLOAD_SESSIONS, NODE_PROXY_ACCOUNT, POLICY_CONFIGMAP, SEND_TIMEOUT, SHUTDOWN_TIMEOUT,
+    TLS_SECRET, TOKEN_AUDIENCE, TOKEN_CACHE_TTL, TOKEN_EXPIRY, UPLOAD_MAX_AGE, WORKERS,
 };
 
 /// Validated settings of `berth serve`.
@@ -42,6 +42,114 @@ pub struct Config {
     pub managed_certs: Option<ManagedCerts>,
     /// Upstream registries served through the pull-through cache (config file only).
     pub proxy: crate::proxy::config::ProxyConfig,
+    /// Who can log in, and berth's tokens.
+    pub auth: AuthConfig,
+}
+
+/// Authentication settings (the README's "Authentication" section). Auth is on when `htpasswd` is set or
+/// `token_review` is true.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AuthConfig {
+    /// The htpasswd file of users.
+    pub htpasswd: Option<PathBuf>,
+    /// Whether ServiceAccount tokens are accepted (checked with TokenReview).
+    pub token_review: bool,
+    /// Audiences a ServiceAccount token must be valid for (any of them).
+    pub token_audiences: Vec<String>,
+    /// How long a positive TokenReview answer is remembered.
+    pub token_cache_ttl: Duration,
+    /// How long berth's tokens are valid.
+    pub token_expiry: Duration,
+    /// The node proxy's ServiceAccount (namespace, name).
+    pub node_proxy_account: (String, String),
+}
+
+/// Auth off, with the defaults of every other setting (the node proxy account in `berth-system`).
+impl Default for AuthConfig {
+    fn default() -> Self {
+        AuthConfig {
+            htpasswd: None,
+            token_review: false,
+            token_audiences: vec!["berth".to_owned()],
+            token_cache_ttl: Duration::from_secs(30),
+            token_expiry: Duration::from_secs(300),
+            node_proxy_account: ("berth-system".to_owned(), "berth-node-proxy".to_owned()),
+        }
+    }
+}
+
+impl AuthConfig {
+    /// Whether authentication is on.
+    pub fn enabled(&self) -> bool {
+        self.htpasswd.is_some() || self.token_review
+    }
+
+    fn from_sources(
+        args: &ServeArgs,
+        file: &FileConfig,
+        namespace: &str,
+    ) -> Result<AuthConfig, ConfigError> {
+        /// Longest a TokenReview answer may be kept: a deleted ServiceAccount must stop working soon.
+        const MAX_CACHE_TTL: Duration = Duration::from_secs(3600);
+        /// Longest a berth token may live (clients fetch a new one when it expires).
+        const MAX_EXPIRY: Duration = Duration::from_secs(24 * 3600);
+        let token_cache_ttl = TOKEN_CACHE_TTL.duration(
+            args.token_cache_ttl,
+            file.token_cache_ttl.as_deref(),
+            Duration::from_secs(30),
+        )?;
+        if token_cache_ttl.value > MAX_CACHE_TTL {
+            return Err(token_cache_ttl.out_of_range("at most 1h".into()));
+        }
+        let token_expiry = TOKEN_EXPIRY.duration(
+            args.token_expiry,
+            file.token_expiry.as_deref(),
+            Duration::from_secs(300),
+        )?;
+        if token_expiry.value < Duration::from_secs(10) {
+            return Err(token_expiry.out_of_range("at least 10s".into()));
+        }
+        if token_expiry.value > MAX_EXPIRY {
+            return Err(token_expiry.out_of_range("at most 24h".into()));
+        }
+        let (audiences, audience_key) = if !args.token_audiences.is_empty() {
+            (args.token_audiences.clone(), TOKEN_AUDIENCE.flag_name())
+        } else if let Some(list) = &file.token_audiences {
+            (list.clone(), TOKEN_AUDIENCE.file_name())
+        } else {
+            (vec!["berth".to_owned()], TOKEN_AUDIENCE.file_name())
+        };
+        if audiences.is_empty() {
+            return Err(ConfigError::BadAudience {
+                key: audience_key,
+                value: String::new(),
+            });
+        }
+        if let Some(bad) = audiences
+            .iter()
+            .find(|a| a.is_empty() || a.chars().any(|c| c.is_whitespace() || c.is_control()))
+        {
+            return Err(ConfigError::BadAudience {
+                key: audience_key,
+                value: bad.clone(),
+            });
+        }
+        let node_proxy_account = match NODE_PROXY_ACCOUNT.text(
+            args.node_proxy_account.as_deref(),
+            file.node_proxy_account.as_deref(),
+        ) {
+            Some(reference) => namespaced(&reference)?,
+            None => (namespace.to_owned(), "berth-node-proxy".to_owned()),
+        };
+        Ok(AuthConfig {
+            htpasswd: args.htpasswd.clone().or(file.htpasswd.clone()),
+            token_review: args.token_review || file.token_review.unwrap_or(false),
+            token_audiences: audiences,
+            token_cache_ttl: token_cache_ttl.value,
+            token_expiry: token_expiry.value,
+            node_proxy_account,
+        })
+    }
 }
 
 /// Bounds on request bodies, uploads and connections (the README's "Limits" table).
@@ -321,6 +429,7 @@ impl Config {
             } else {
                 None
             };
+        let auth = AuthConfig::from_sources(args, &file, &namespace)?;
         let proxy = match &file.proxy {
             Some(spec) => spec.validate()?,
             None => crate::proxy::config::ProxyConfig::default(),
@@ -362,6 +471,7 @@ impl Config {
             namespace,
             managed_certs,
             proxy,
+            auth,
         })
     }
 }
@@ -685,6 +795,85 @@ mod tests {
             unknown.starts_with("config file berth.yaml: unknown field `lisen`"),
             "{unknown}"
         );
+    }
+
+    #[test]
+    fn auth_settings_from_flags_and_file() {
+        let auth = from_args(&ServeArgs::default()).expect("defaults").auth;
+        assert!(!auth.enabled());
+        assert_eq!(auth.token_audiences, ["berth"]);
+        assert_eq!(auth.token_cache_ttl, Duration::from_secs(30));
+        assert_eq!(auth.token_expiry, Duration::from_secs(300));
+        assert_eq!(
+            auth.node_proxy_account,
+            ("berth-system".to_owned(), "berth-node-proxy".to_owned())
+        );
+        let file = ConfigFile {
+            path: "berth.yaml".into(),
+            content: "htpasswd: /etc/berth/htpasswd\ntokenReview: true\ntokenAudiences: [berth, registry]\ntokenCacheTtl: 10s\ntokenExpiry: 15m\nnodeProxyAccount: infra/np\n".into(),
+        };
+        let auth = Config::build(&ServeArgs::default(), Some(&file), &|_| None)
+            .expect("config")
+            .auth;
+        assert!(auth.enabled() && auth.token_review);
+        assert_eq!(auth.htpasswd, Some(PathBuf::from("/etc/berth/htpasswd")));
+        assert_eq!(auth.token_audiences, ["berth", "registry"]);
+        assert_eq!(auth.token_cache_ttl, Duration::from_secs(10));
+        assert_eq!(auth.token_expiry, Duration::from_secs(900));
+        assert_eq!(
+            auth.node_proxy_account,
+            ("infra".to_owned(), "np".to_owned())
+        );
+        // Flags replace the file's audiences, and the default node proxy account follows the namespace.
+        let args = ServeArgs {
+            token_audiences: vec!["other".into()],
+            namespace: Some("ops".into()),
+            ..ServeArgs::default()
+        };
+        let auth = from_args(&args).expect("config").auth;
+        assert_eq!(auth.token_audiences, ["other"]);
+        assert_eq!(auth.node_proxy_account.0, "ops");
+        let cases: Vec<(ServeArgs, &str, &str)> = vec![
+            (
+                ServeArgs::default(),
+                "tokenCacheTtl: 2h\n",
+                "tokenCacheTtl 2h is out of range: it must be at most 1h",
+            ),
+            (
+                ServeArgs::default(),
+                "tokenExpiry: 5s\n",
+                "tokenExpiry 5s is out of range: it must be at least 10s",
+            ),
+            (
+                ServeArgs {
+                    token_expiry: Some(Duration::from_secs(2 * 86_400)),
+                    ..ServeArgs::default()
+                },
+                "",
+                "--token-expiry 2d is out of range: it must be at most 24h",
+            ),
+            (
+                ServeArgs::default(),
+                "tokenAudiences: []\n",
+                r#"tokenAudiences "" is not an audience (empty, or whitespace or control characters)"#,
+            ),
+            (
+                ServeArgs {
+                    token_audiences: vec!["a b".into()],
+                    ..ServeArgs::default()
+                },
+                "",
+                r#"--token-audience "a b" is not an audience (empty, or whitespace or control characters)"#,
+            ),
+            (
+                ServeArgs::default(),
+                "nodeProxyAccount: np\n",
+                r#"nodeProxyAccount "np" must be written NAMESPACE/NAME"#,
+            ),
+        ];
+        for (args, yaml, expected) in cases {
+            assert_eq!(error_of(&args, yaml), expected, "{yaml:?} with {args:?}");
+        }
     }
 
     #[test]

@@ -4,6 +4,7 @@ use actix_web::{web, HttpResponse};
 use serde_json::json;
 
 use crate::admission::PolicyStore;
+use crate::auth::Authenticator;
 use crate::registry::Registry;
 
 pub fn configure(cfg: &mut web::ServiceConfig) {
@@ -15,16 +16,23 @@ async fn healthz() -> HttpResponse {
     HttpResponse::Ok().content_type("text/plain").body("ok\n")
 }
 
-/// Ready while storage accepts writes; also reports the policy in force (source, digest, load time, last error).
-async fn readyz(registry: web::Data<Registry>, policy: web::Data<PolicyStore>) -> HttpResponse {
+/// Ready while storage accepts writes; also reports the policy in force (source, digest, load time, last error)
+/// and authentication (on or off, the htpasswd file in force and its last error).
+async fn readyz(
+    registry: web::Data<Registry>,
+    policy: web::Data<PolicyStore>,
+    auth: web::Data<Authenticator>,
+) -> HttpResponse {
     let policy = policy.status();
+    let auth = auth.status();
     match registry.check_writable().await {
-        Ok(()) => HttpResponse::Ok()
-            .json(json!({ "status": "ready", "storage": "writable", "policy": policy })),
+        Ok(()) => HttpResponse::Ok().json(
+            json!({ "status": "ready", "storage": "writable", "policy": policy, "auth": auth }),
+        ),
         Err(e) => {
             log::warn!("not ready: {e}");
             HttpResponse::ServiceUnavailable().json(json!({
-                "status": "not ready", "storage": e.to_string(), "policy": policy
+                "status": "not ready", "storage": e.to_string(), "policy": policy, "auth": auth
             }))
         }
     }

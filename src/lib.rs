@@ -28,9 +28,10 @@ pub mod v2;
 use actix_web::web;
 
 /// Mounts every subsystem's routes. The caller provides `web::Data` of `registry::Registry`, `proxy::Proxy`,
-/// `admission::PolicyStore` and `admission::AdmissionSettings`.
+/// `admission::PolicyStore`, `admission::AdmissionSettings` and `auth::Authenticator`.
 pub fn configure(cfg: &mut web::ServiceConfig) {
     health::configure(cfg);
+    auth::routes::configure(cfg);
     admission::configure(cfg);
     v2::configure(cfg);
 }

@@ -10,6 +10,7 @@ use actix_web::{web, App, HttpServer};
 
 use crate::admission::source::{self, ActivePolicy};
 use crate::admission::{AdmissionSettings, PolicyStore};
+use crate::auth::Authenticator;
 use crate::clock::SharedClock;
 use crate::config::{Config, PolicySource};
 use crate::limits::BodyLimits;
@@ -60,6 +61,9 @@ pub enum ServeError {
     /// An upstream of the proxy cannot be set up.
     #[error("proxy: {0}")]
     Proxy(#[source] crate::proxy::upstream::http::UpstreamError),
+    /// Authentication could not be set up (the htpasswd file, the token key, the TokenReview client).
+    #[error("authentication: {0}")]
+    Auth(#[from] crate::auth::authenticator::AuthSetupError),
     /// The SIGTERM/SIGINT handlers could not be installed.
     #[error("installing the SIGTERM/SIGINT handlers: {0}")]
     Signals(#[source] std::io::Error),
@@ -84,6 +88,8 @@ pub struct AppState {
     pub policy: web::Data<PolicyStore>,
     pub settings: web::Data<AdmissionSettings>,
     pub body_limits: web::Data<BodyLimits>,
+    /// Who is asking: htpasswd users, ServiceAccount tokens, berth's tokens (disabled when auth is off).
+    pub auth: web::Data<Authenticator>,
     /// The time the registry and the proxy age uploads and cache entries by (`serve` and the tests choose it here).
     pub clock: SharedClock,
 }
@@ -188,12 +194,16 @@ impl AppState {
                 // The upstreams the proxy serves (the configured ones, or a test's), so the two never disagree.
                 .with_proxy_upstreams(proxy.upstream_names().map(str::to_owned)),
         );
+        let auth = web::Data::new(
+            Authenticator::from_config(&config.auth, &config.cert_dir, clock.clone()).await?,
+        );
         Ok(AppState {
             registry,
             proxy: web::Data::new(proxy),
             policy,
             settings,
             body_limits,
+            auth,
             clock,
         })
     }
@@ -207,6 +217,7 @@ impl AppState {
             .app_data(self.policy.clone())
             .app_data(self.settings.clone())
             .app_data(self.body_limits.clone())
+            .app_data(self.auth.clone())
             // A scope matching every path, so the body limits wrap every route (and the 404 of no route).
             .service(
                 web::scope("")
@@ -222,8 +233,24 @@ pub async fn serve(config: Config) -> Result<(), ServeError> {
         path: config.data_dir.clone(),
         source,
     })?;
+    // The certificates (and, in a cluster, the token signing key from the managed Secret) are in the cert dir
+    // before the state reads the token key from there.
+    if !config.plain_http {
+        match &config.managed_certs {
+            Some(managed) => start_managed_certs(&config, managed).await?,
+            None => {
+                tls::ensure_serving_cert(&config.cert_dir, &config.sans)?;
+            }
+        }
+    }
     let state = AppState::build(&config, Arc::new(storage), crate::clock::system()).await?;
     watch_policy(&config, &state.policy).await?;
+    if let Some(htpasswd) = state.auth.htpasswd() {
+        actix_web::rt::spawn(htpasswd.clone().watch());
+    }
+    if !state.auth.enabled() {
+        log::warn!("authentication is off (no --htpasswd, no --token-review): anyone who reaches berth may push and pull");
+    }
 
     let sweeper = state.registry.clone();
     let max_age = config.upload_max_age;
@@ -256,12 +283,6 @@ pub async fn serve(config: Config) -> Result<(), ServeError> {
         log::warn!("serving plain HTTP on {addr}: use this only for local development or behind a TLS-terminating proxy");
         server.listen(listener).map_err(listen_error)?
     } else {
-        match &config.managed_certs {
-            Some(managed) => start_managed_certs(&config, managed).await?,
-            None => {
-                tls::ensure_serving_cert(&config.cert_dir, &config.sans)?;
-            }
-        }
         let cert = tls::ReloadingCert::load(&config.cert_dir)?;
         actix_web::rt::spawn(cert.clone().watch());
         let tls_config = tls::server_config(cert)?;

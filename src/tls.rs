@@ -67,7 +67,7 @@ fn io_error(path: &Path) -> impl FnOnce(std::io::Error) -> TlsError + '_ {
 /// never through a symlink) with its final mode, then fsynced, renamed over `path`, and the directory fsynced. So a
 /// key never takes the mode of the file it replaces (a `tls.key` left at 0644 gets a new 0600 inode), and a reader
 /// sees the old file or the new one, never half of one.
-fn write_file(path: &Path, contents: &str, secret: bool) -> Result<()> {
+pub(crate) fn write_file(path: &Path, contents: &str, secret: bool) -> Result<()> {
     let dir = match path.parent() {
         Some(dir) if !dir.as_os_str().is_empty() => dir,
         _ => Path::new("."),

@@ -10,6 +10,16 @@
 //! Must not: know routes or handlers (the front door maps a route to an [`Action`]), or store content.
 
 pub mod access;
+pub mod authenticator;
+pub mod credentials;
+pub mod htpasswd;
 pub mod identity;
+pub mod routes;
+pub mod scope;
+pub mod throttle;
+pub mod token;
+pub mod tokenreview;
 
+pub use authenticator::{AuthError, Authenticated, Authenticator, Presented};
 pub use identity::{Action, Identity};
+pub use scope::{parse_scopes, Grant, RequestedScope};

@@ -1,7 +1,9 @@
 //! Webhook certificates managed by berth itself (`--manage-webhook-certs`): a Secret holds a CA and a serving
 //! certificate for berth's Service; berth creates it when missing, reuses it while valid, renews it well before
 //! expiry, installs the serving pair in `--cert-dir` (where the TLS reloader picks it up), and keeps the CA in the
-//! `caBundle` of every webhook of the two webhook configurations. Replicas racing on first start end with one Secret
+//! `caBundle` of every webhook of the two webhook configurations. The same Secret keeps the signing key of berth's
+//! tokens (`token.key`): generated once, kept across certificate renewals, written into `--cert-dir` beside the
+//! serving pair, so that every replica signs and verifies with the same key. Replicas racing on first start end with one Secret
 //! and one CA: creation conflicts are resolved by re-reading, updates use the resourceVersion.
 
 use std::collections::BTreeMap;
@@ -34,6 +36,7 @@ const KEY_CA_CERT: &str = "ca.crt";
 const KEY_CA_KEY: &str = "ca.key";
 const KEY_CERT: &str = "tls.crt";
 const KEY_KEY: &str = "tls.key";
+const KEY_TOKEN_KEY: &str = crate::auth::token::TOKEN_KEY;
 
 #[derive(Debug, thiserror::Error)]
 pub enum CertsError {
@@ -47,6 +50,9 @@ pub enum CertsError {
     /// Certificates could not be generated or installed.
     #[error(transparent)]
     Tls(#[from] tls::TlsError),
+    /// A token signing key could not be generated.
+    #[error("generating the token signing key: {0}")]
+    TokenKey(String),
     /// Racing writers kept changing the Secret.
     #[error("secret {0} kept changing while it was being written; giving up for now")]
     Contended(String),
@@ -54,13 +60,15 @@ pub enum CertsError {
 
 type Result<T, E = CertsError> = std::result::Result<T, E>;
 
-/// The four PEM documents berth keeps in its Secret.
+/// The PEM documents berth keeps in its Secret.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Bundle {
     pub ca_cert: String,
     pub ca_key: String,
     pub cert: String,
     pub key: String,
+    /// The token signing key (empty when a Secret written before berth had tokens holds none).
+    pub token_key: String,
 }
 
 /// What to do with the bundle found in the Secret.
@@ -71,6 +79,8 @@ pub enum Plan {
     NewServing(String),
     /// Issue a new CA and serving certificate (why).
     NewAll(String),
+    /// Keep the certificates, add a token signing key (why).
+    NewTokenKey(String),
 }
 
 fn unix(time: SystemTime) -> i64 {
@@ -114,13 +124,28 @@ pub fn plan(existing: Option<&Bundle>, names: &[String], now: SystemTime) -> Pla
     if serving.not_after_unix - now < SERVING_RENEW_BEFORE.as_secs() as i64 {
         return Plan::NewServing("the serving certificate expires within 90 days".into());
     }
+    if !crate::auth::token::key_is_usable(&bundle.token_key) {
+        return Plan::NewTokenKey("no usable token signing key yet".into());
+    }
     Plan::Reuse
 }
 
-/// Carries out a plan; `Reuse` returns the bundle unchanged.
+/// Carries out a plan; `Reuse` returns the bundle unchanged. A usable token key is kept whatever else changes.
 pub fn carry_out(plan: &Plan, existing: Option<&Bundle>, names: &[String]) -> Result<Bundle> {
+    let token_key = match existing {
+        Some(bundle) if crate::auth::token::key_is_usable(&bundle.token_key) => {
+            bundle.token_key.clone()
+        }
+        _ => crate::auth::token::generate_key().map_err(|e| CertsError::TokenKey(e.to_string()))?,
+    };
     let ca = match (plan, existing) {
         (Plan::Reuse, Some(bundle)) => return Ok(bundle.clone()),
+        (Plan::NewTokenKey(_), Some(bundle)) => {
+            return Ok(Bundle {
+                token_key,
+                ..bundle.clone()
+            })
+        }
         (Plan::NewServing(_), Some(bundle)) => CaPem {
             cert: bundle.ca_cert.clone(),
             key: bundle.ca_key.clone(),
@@ -133,6 +158,7 @@ pub fn carry_out(plan: &Plan, existing: Option<&Bundle>, names: &[String]) -> Re
         ca_key: ca.key,
         cert,
         key,
+        token_key,
     })
 }
 
@@ -147,6 +173,7 @@ fn bundle_of(secret: &Secret) -> Option<Bundle> {
         ca_key: text(KEY_CA_KEY)?,
         cert: text(KEY_CERT)?,
         key: text(KEY_KEY)?,
+        token_key: text(KEY_TOKEN_KEY).unwrap_or_default(),
     })
 }
 
@@ -156,6 +183,7 @@ fn secret_data(bundle: &Bundle) -> BTreeMap<String, ByteString> {
         (KEY_CA_KEY, &bundle.ca_key),
         (KEY_CERT, &bundle.cert),
         (KEY_KEY, &bundle.key),
+        (KEY_TOKEN_KEY, &bundle.token_key),
     ]
     .into_iter()
     .map(|(k, v)| (k.to_owned(), ByteString(v.as_bytes().to_vec())))
@@ -240,7 +268,7 @@ impl WebhookCerts {
             let bundle = carry_out(&plan, current.as_ref(), &self.names)?;
             let written = match (&plan, existing) {
                 (Plan::Reuse, _) => Ok(()),
-                (Plan::NewAll(why) | Plan::NewServing(why), None) => {
+                (Plan::NewAll(why) | Plan::NewServing(why) | Plan::NewTokenKey(why), None) => {
                     log::info!("creating secret {what}: {why}");
                     let secret = Secret {
                         metadata: kube::api::ObjectMeta {
@@ -260,7 +288,10 @@ impl WebhookCerts {
                         .await
                         .map(drop)
                 }
-                (Plan::NewAll(why) | Plan::NewServing(why), Some(mut secret)) => {
+                (
+                    Plan::NewAll(why) | Plan::NewServing(why) | Plan::NewTokenKey(why),
+                    Some(mut secret),
+                ) => {
                     log::info!("renewing secret {what}: {why}");
                     // The resourceVersion read above makes a racing writer's change a conflict, not a loss.
                     secret.data = Some(secret_data(&bundle));
@@ -279,6 +310,7 @@ impl WebhookCerts {
                         &bundle.cert,
                         &bundle.key,
                     )?;
+                    install_token_key(&self.cert_dir, &bundle.token_key)?;
                     return Ok(bundle);
                 }
                 // Another replica wrote first (AlreadyExists is a 409 too): read theirs and reuse it.
@@ -360,6 +392,16 @@ impl WebhookCerts {
             }
         }
     }
+}
+
+/// Writes the token signing key into the cert dir (mode 0600) unless it is already there.
+fn install_token_key(dir: &std::path::Path, token_key: &str) -> Result<()> {
+    let path = dir.join(KEY_TOKEN_KEY);
+    if std::fs::read_to_string(&path).is_ok_and(|current| current == token_key) {
+        return Ok(());
+    }
+    tls::write_file(&path, token_key, true)?;
+    Ok(())
 }
 
 fn webhook_resources() -> [ApiResource; 2] {
@@ -444,13 +486,53 @@ mod tests {
     }
 
     #[test]
+    fn the_token_key_is_added_once_and_kept_across_renewals() {
+        let now = SystemTime::now();
+        let bundle = carry_out(&Plan::NewAll("test".into()), None, &names()).expect("issue");
+        assert!(crate::auth::token::key_is_usable(&bundle.token_key));
+        // A Secret from before berth had tokens: only the key is added, the certificates stay.
+        let old = Bundle {
+            token_key: String::new(),
+            ..bundle.clone()
+        };
+        let needed = plan(Some(&old), &names(), now);
+        assert!(matches!(needed, Plan::NewTokenKey(_)), "{needed:?}");
+        let added = carry_out(&needed, Some(&old), &names()).expect("add");
+        assert_eq!(
+            (&added.cert, &added.ca_cert),
+            (&bundle.cert, &bundle.ca_cert)
+        );
+        assert!(crate::auth::token::key_is_usable(&added.token_key));
+        // Renewing the certificates, even the CA, keeps the key.
+        for renewal in [Plan::NewServing("test".into()), Plan::NewAll("test".into())] {
+            let renewed = carry_out(&renewal, Some(&bundle), &names()).expect("renew");
+            assert_ne!(renewed.cert, bundle.cert);
+            assert_eq!(renewed.token_key, bundle.token_key);
+        }
+        let dir = tempfile::tempdir().expect("tempdir");
+        install_token_key(dir.path(), &bundle.token_key).expect("install");
+        assert_eq!(
+            crate::auth::token::load_or_generate_key(dir.path()).expect("load"),
+            bundle.token_key
+        );
+    }
+
+    #[test]
     fn secret_round_trip() {
         let bundle = carry_out(&Plan::NewAll("test".into()), None, &names()).expect("issue");
         let secret = Secret {
             data: Some(secret_data(&bundle)),
             ..Default::default()
         };
-        assert_eq!(bundle_of(&secret), Some(bundle));
+        assert_eq!(bundle_of(&secret), Some(bundle.clone()));
+        // A Secret without a token key still reads (the plan adds one).
+        let mut data = secret_data(&bundle);
+        data.remove(KEY_TOKEN_KEY);
+        let old = Secret {
+            data: Some(data),
+            ..Default::default()
+        };
+        assert_eq!(bundle_of(&old).map(|b| b.token_key), Some(String::new()));
         assert_eq!(bundle_of(&Secret::default()), None);
     }
 

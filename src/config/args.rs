@@ -80,6 +80,25 @@ pub struct ServeArgs {
     /// The Service name the webhooks reach berth by [default: berth].
     #[arg(long, value_name = "NAME")]
     pub service_name: Option<String>,
+    /// Users and bcrypt hashes (htpasswd file); turns authentication on; reloaded when it changes.
+    #[arg(long, value_name = "FILE")]
+    pub htpasswd: Option<PathBuf>,
+    /// Accept Kubernetes ServiceAccount tokens, checked with the TokenReview API; turns authentication on.
+    #[arg(long)]
+    pub token_review: bool,
+    /// Audience a ServiceAccount token must be for (repeatable) [default: berth].
+    #[arg(long = "token-audience", value_name = "AUDIENCE")]
+    pub token_audiences: Vec<String>,
+    /// How long a positive TokenReview answer is remembered (never past the token's expiry) [default: 30s].
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    pub token_cache_ttl: Option<Duration>,
+    /// How long berth's own tokens (from /auth/token) are valid [default: 5m].
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    pub token_expiry: Option<Duration>,
+    /// The node proxy's ServiceAccount, the only one whose Berth-Node-Name header is believed
+    /// [default: <namespace>/berth-node-proxy].
+    #[arg(long, value_name = "NAMESPACE/NAME")]
+    pub node_proxy_account: Option<String>,
 }
 
 /// The YAML file: the same settings as the flags.
@@ -108,6 +127,12 @@ pub(super) struct FileConfig {
     pub(super) webhook_config: Option<String>,
     pub(super) tls_secret: Option<String>,
     pub(super) service_name: Option<String>,
+    pub(super) htpasswd: Option<PathBuf>,
+    pub(super) token_review: Option<bool>,
+    pub(super) token_audiences: Option<Vec<String>>,
+    pub(super) token_cache_ttl: Option<String>,
+    pub(super) token_expiry: Option<String>,
+    pub(super) node_proxy_account: Option<String>,
     #[serde(default)]
     pub(super) proxy: Option<crate::proxy::config::ProxySpec>,
 }

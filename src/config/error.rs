@@ -53,6 +53,14 @@ pub enum ConfigError {
         "give either a policy file ({file:?}) or a policy ConfigMap ({configmap:?}), not both"
     )]
     PolicyConflict { file: PathBuf, configmap: String },
+    /// A token audience that is empty or holds whitespace or control characters.
+    #[error("{key} {value:?} is not an audience (empty, or whitespace or control characters)")]
+    BadAudience {
+        /// `--token-audience` or `tokenAudiences`, as the value was given.
+        key: String,
+        /// The value as given.
+        value: String,
+    },
     /// The `proxy:` section is invalid; the message names the upstream, the key and the value.
     #[error(transparent)]
     Proxy(#[from] crate::proxy::config::ProxyConfigError),

@@ -26,6 +26,10 @@ pub(super) const MAX_CONCURRENT_UPLOADS: Key =
 pub(super) const SEND_TIMEOUT: Key = Key::new("send-timeout", "sendTimeout");
 pub(super) const POLICY_CONFIGMAP: Key = Key::new("policy-configmap", "policyConfigmap");
 pub(super) const TLS_SECRET: Key = Key::new("tls-secret", "tlsSecret");
+pub(super) const TOKEN_CACHE_TTL: Key = Key::new("token-cache-ttl", "tokenCacheTtl");
+pub(super) const TOKEN_EXPIRY: Key = Key::new("token-expiry", "tokenExpiry");
+pub(super) const NODE_PROXY_ACCOUNT: Key = Key::new("node-proxy-account", "nodeProxyAccount");
+pub(super) const TOKEN_AUDIENCE: Key = Key::new("token-audience", "tokenAudiences");
 
 /// A value chosen by precedence (flag, else file, else default), remembering how the user spelled its key and
 /// the value, so that a range error names both as they were written.
@@ -40,6 +44,16 @@ pub(super) struct Chosen<T> {
 impl Key {
     const fn new(flag: &'static str, file: &'static str) -> Key {
         Key { flag, file }
+    }
+
+    /// `--flag`, as an error names a value from the flags.
+    pub(super) fn flag_name(self) -> String {
+        format!("--{}", self.flag)
+    }
+
+    /// `fileKey`, as an error names a value from the file (or the default).
+    pub(super) fn file_name(self) -> String {
+        self.file.to_owned()
     }
 }
 
@@ -156,7 +170,7 @@ fn show_duration(duration: Duration) -> String {
 mod tests {
     use super::*;
 
-    const KEYS: [Key; 11] = [
+    const KEYS: [Key; 15] = [
         UPLOAD_MAX_AGE,
         SHUTDOWN_TIMEOUT,
         WORKERS,
@@ -168,6 +182,10 @@ mod tests {
         SEND_TIMEOUT,
         POLICY_CONFIGMAP,
         TLS_SECRET,
+        TOKEN_CACHE_TTL,
+        TOKEN_EXPIRY,
+        NODE_PROXY_ACCOUNT,
+        TOKEN_AUDIENCE,
     ];
 
     /// An error must name a flag that exists and a key the file accepts.

@@ -213,6 +213,7 @@ pub fn config(data_dir: &Path) -> Config {
         namespace: "berth".into(),
         managed_certs: None,
         proxy: Default::default(),
+        auth: Default::default(),
     }
 }
 

@@ -1,0 +1,430 @@
+//! The token endpoint of the distribution token flow: `GET /auth/token?service=berth&scope=…` (Basic credentials,
+//! or none for anonymous) and `POST /auth/token` (the OAuth2 form: `grant_type=password` or `refresh_token`, as
+//! containerd and oras send it). The handlers extract, call [`grant`] (pure: the intersection of what was asked and
+//! what the access rules allow) and answer with a signed token; a partial or empty grant is still a token.
+//!
+//! Must not: decide access itself (the rules do), or answer anything but 400 to a malformed request and 401 to
+//! bad credentials.
+
+use actix_web::http::header;
+use actix_web::{web, HttpRequest, HttpResponse};
+use base64::Engine as _;
+use serde::Deserialize;
+use serde_json::json;
+
+use super::access::AccessPolicy;
+use super::authenticator::{AuthError, Authenticator, Presented, NODE_NAME_HEADER};
+use super::scope::{parse_scopes, Grant, RequestedScope, ScopeError};
+use super::token::{claims_berth_issuer, IssuedToken, SERVICE};
+use super::{Action, Identity};
+use crate::admission::PolicyStore;
+
+/// The challenge of the token endpoint.
+pub const BASIC_CHALLENGE: &str = r#"Basic realm="berth""#;
+
+pub fn configure(cfg: &mut web::ServiceConfig) {
+    cfg.service(
+        web::resource("/auth/token")
+            .route(web::get().to(get_token))
+            .route(web::post().to(post_token)),
+    );
+}
+
+/// What a token grants `identity`, of what it asked for: per repository, the actions the rules allow, in the
+/// order asked; a repository asked twice is merged. The catalog is granted to nobody yet (the rule for it is the
+/// access rules' to give). Pure.
+pub fn grant(
+    identity: &Identity,
+    requested: &[RequestedScope],
+    rules: &AccessPolicy,
+) -> Vec<Grant> {
+    let mut grants: Vec<Grant> = Vec::new();
+    for scope in requested {
+        let RequestedScope::Repository { name, actions } = scope else {
+            continue;
+        };
+        let allowed: Vec<Action> = actions
+            .iter()
+            .copied()
+            .filter(|action| rules.decide(identity, *action, name).allowed)
+            .collect();
+        let entry = match grants.iter_mut().find(|g| g.name == *name) {
+            Some(entry) => entry,
+            None => {
+                grants.push(Grant {
+                    resource_type: "repository".into(),
+                    name: name.clone(),
+                    actions: Vec::new(),
+                });
+                let last = grants.len() - 1;
+                &mut grants[last]
+            }
+        };
+        for action in allowed {
+            if !entry.actions.iter().any(|a| a == action.as_str()) {
+                entry.actions.push(action.as_str().to_owned());
+            }
+        }
+    }
+    grants
+}
+
+/// Why a token request was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum TokenRequestError {
+    /// `service` names another service.
+    #[error("this token service is for {SERVICE:?}, not {0:?}")]
+    WrongService(String),
+    /// A scope that does not parse.
+    #[error(transparent)]
+    Scope(#[from] ScopeError),
+    /// The credentials were not accepted.
+    #[error(transparent)]
+    Auth(AuthError),
+    /// An OAuth2 grant type other than `password` and `refresh_token`.
+    #[error("grant_type {0:?} is not supported (password or refresh_token)")]
+    GrantType(String),
+    /// A form field the grant type needs is missing.
+    #[error("{0} is required for this grant_type")]
+    Missing(&'static str),
+    /// A refresh token that is not a valid berth token.
+    #[error("the refresh token is not valid: {0}")]
+    RefreshToken(String),
+    /// Authentication is off: berth issues no tokens.
+    #[error("authentication is off: berth issues no tokens")]
+    Off,
+    /// Signing failed (logged; a 500).
+    #[error("the token could not be signed")]
+    Sign,
+}
+
+impl TokenRequestError {
+    fn status(&self) -> actix_web::http::StatusCode {
+        use actix_web::http::StatusCode;
+        match self {
+            TokenRequestError::Auth(e) if e.is_malformed() => StatusCode::BAD_REQUEST,
+            TokenRequestError::Auth(_) | TokenRequestError::RefreshToken(_) => {
+                StatusCode::UNAUTHORIZED
+            }
+            TokenRequestError::Off => StatusCode::NOT_FOUND,
+            TokenRequestError::Sign => StatusCode::INTERNAL_SERVER_ERROR,
+            _ => StatusCode::BAD_REQUEST,
+        }
+    }
+
+    /// The distribution spec's error code.
+    fn code(&self) -> &'static str {
+        match self {
+            TokenRequestError::Auth(e) if !e.is_malformed() => "UNAUTHORIZED",
+            TokenRequestError::RefreshToken(_) => "UNAUTHORIZED",
+            TokenRequestError::Scope(ScopeError::BadName(_)) => "NAME_INVALID",
+            TokenRequestError::Sign => "UNKNOWN",
+            _ => "UNSUPPORTED",
+        }
+    }
+
+    /// The OAuth2 error (RFC 6749 §5.2).
+    fn oauth_error(&self) -> &'static str {
+        match self {
+            TokenRequestError::Auth(e) if !e.is_malformed() => "invalid_client",
+            TokenRequestError::RefreshToken(_) => "invalid_grant",
+            TokenRequestError::GrantType(_) => "unsupported_grant_type",
+            TokenRequestError::Scope(_) => "invalid_scope",
+            TokenRequestError::Sign => "server_error",
+            _ => "invalid_request",
+        }
+    }
+
+    fn respond(&self, oauth: bool) -> HttpResponse {
+        let mut response = HttpResponse::build(self.status());
+        if self.status() == actix_web::http::StatusCode::UNAUTHORIZED {
+            response.insert_header((header::WWW_AUTHENTICATE, BASIC_CHALLENGE));
+        }
+        let message = self.to_string();
+        if oauth {
+            response.json(json!({ "error": self.oauth_error(), "error_description": message }))
+        } else {
+            response.json(
+                json!({ "errors": [{ "code": self.code(), "message": message, "detail": null }] }),
+            )
+        }
+    }
+}
+
+fn issued_at_text(issued: &IssuedToken) -> String {
+    let at = time::OffsetDateTime::from(issued.issued_at);
+    format!(
+        "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}Z",
+        at.year(),
+        u8::from(at.month()),
+        at.day(),
+        at.hour(),
+        at.minute(),
+        at.second()
+    )
+}
+
+/// The access rules in force.
+fn rules(policy: &PolicyStore) -> AccessPolicy {
+    // INTEGRATION: the access rules of the policy in force (`policy.current().policy.access()`) once they are
+    // part of `Policy`; the placeholder's rules until then.
+    let _ = policy.current();
+    AccessPolicy::default()
+}
+
+fn check_service(service: Option<&str>) -> Result<(), TokenRequestError> {
+    match service {
+        Some(service) if service != SERVICE => Err(TokenRequestError::WrongService(
+            service.chars().take(64).collect(),
+        )),
+        _ => Ok(()),
+    }
+}
+
+/// Authenticates `presented` and issues a token for `scopes`.
+async fn issue(
+    auth: &Authenticator,
+    policy: &PolicyStore,
+    presented: Presented<'_>,
+    scopes: Vec<RequestedScope>,
+) -> Result<IssuedToken, TokenRequestError> {
+    let issuer = auth.issuer().ok_or(TokenRequestError::Off)?;
+    let authenticated = auth
+        .authenticate(&presented)
+        .await
+        .map_err(TokenRequestError::Auth)?;
+    // A berth token presented here names an identity, not new rights: the rules decide again.
+    let identity = authenticated.identity;
+    let grants = grant(&identity, &scopes, &rules(policy));
+    log::info!(
+        "token for {identity}: {}",
+        if grants.is_empty() {
+            "no access".to_owned()
+        } else {
+            grants
+                .iter()
+                .map(|g| format!("{}:{}:{}", g.resource_type, g.name, g.actions.join(",")))
+                .collect::<Vec<_>>()
+                .join(" ")
+        }
+    );
+    issuer.issue(&identity, grants).map_err(|e| {
+        log::error!("{e}");
+        TokenRequestError::Sign
+    })
+}
+
+fn presented(request: &HttpRequest) -> Presented<'_> {
+    Presented {
+        authorization: request
+            .headers()
+            .get(header::AUTHORIZATION)
+            .map(|v| v.as_bytes()),
+        node_name: request
+            .headers()
+            .get(NODE_NAME_HEADER)
+            .and_then(|v| v.to_str().ok()),
+        client: request.peer_addr().map(|a| a.ip()),
+    }
+}
+
+async fn get_token(
+    request: HttpRequest,
+    query: web::Query<Vec<(String, String)>>,
+    auth: web::Data<Authenticator>,
+    policy: web::Data<PolicyStore>,
+) -> HttpResponse {
+    let service = query
+        .iter()
+        .find(|(k, _)| k == "service")
+        .map(|(_, v)| v.as_str());
+    let answer = async {
+        check_service(service)?;
+        let scopes = parse_scopes(
+            query
+                .iter()
+                .filter(|(k, _)| k == "scope")
+                .map(|(_, v)| v.as_str()),
+        )?;
+        issue(&auth, &policy, presented(&request), scopes).await
+    }
+    .await;
+    match answer {
+        Ok(issued) => HttpResponse::Ok()
+            .insert_header((header::CACHE_CONTROL, "no-store"))
+            .json(json!({
+                "token": issued.token,
+                "access_token": issued.token,
+                "expires_in": issued.expires_in,
+                "issued_at": issued_at_text(&issued),
+            })),
+        Err(e) => e.respond(false),
+    }
+}
+
+/// The OAuth2 form of `POST /auth/token`.
+#[derive(Debug, Deserialize)]
+struct TokenForm {
+    grant_type: Option<String>,
+    service: Option<String>,
+    scope: Option<String>,
+    username: Option<String>,
+    password: Option<String>,
+    refresh_token: Option<String>,
+    #[allow(dead_code)]
+    client_id: Option<String>,
+    #[allow(dead_code)]
+    access_type: Option<String>,
+}
+
+async fn post_token(
+    request: HttpRequest,
+    form: web::Form<TokenForm>,
+    auth: web::Data<Authenticator>,
+    policy: web::Data<PolicyStore>,
+) -> HttpResponse {
+    let form = form.into_inner();
+    let answer = async {
+        check_service(form.service.as_deref())?;
+        let scopes = parse_scopes(form.scope.iter().map(String::as_str))?;
+        let header = match form.grant_type.as_deref().unwrap_or("") {
+            "password" => {
+                let username = form.username.as_deref().unwrap_or("");
+                let password = form
+                    .password
+                    .as_deref()
+                    .filter(|p| !p.is_empty())
+                    .ok_or(TokenRequestError::Missing("password"))?;
+                format!(
+                    "Basic {}",
+                    base64::engine::general_purpose::STANDARD
+                        .encode(format!("{username}:{password}"))
+                )
+            }
+            "refresh_token" => {
+                let token = form
+                    .refresh_token
+                    .as_deref()
+                    .filter(|t| !t.is_empty())
+                    .ok_or(TokenRequestError::Missing("refresh_token"))?;
+                // berth's refresh tokens are berth tokens: the identity they name is asked about again.
+                if !claims_berth_issuer(token) {
+                    return Err(TokenRequestError::RefreshToken(
+                        "not issued by berth".into(),
+                    ));
+                }
+                format!("Bearer {token}")
+            }
+            other => {
+                return Err(TokenRequestError::GrantType(
+                    other.chars().take(64).collect(),
+                ))
+            }
+        };
+        let mut presented = presented(&request);
+        presented.authorization = Some(header.as_bytes());
+        let issued = issue(&auth, &policy, presented, scopes).await;
+        issued
+    }
+    .await;
+    match answer {
+        Ok(issued) => {
+            let scope = issued
+                .claims
+                .access
+                .iter()
+                .map(|g| format!("{}:{}:{}", g.resource_type, g.name, g.actions.join(",")))
+                .collect::<Vec<_>>()
+                .join(" ");
+            HttpResponse::Ok()
+                .insert_header((header::CACHE_CONTROL, "no-store"))
+                .json(json!({
+                    "token": issued.token,
+                    "access_token": issued.token,
+                    "expires_in": issued.expires_in,
+                    "issued_at": issued_at_text(&issued),
+                    "scope": scope,
+                }))
+        }
+        Err(e) => e.respond(true),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn repo(name: &str, actions: &[Action]) -> RequestedScope {
+        RequestedScope::Repository {
+            name: name.into(),
+            actions: actions.to_vec(),
+        }
+    }
+
+    fn check(requested: &[RequestedScope], expected: &[(&str, &[&str])]) {
+        let got = grant(&Identity::Anonymous, requested, &AccessPolicy::default());
+        let expected: Vec<Grant> = expected
+            .iter()
+            .map(|(name, actions)| Grant {
+                resource_type: "repository".into(),
+                name: (*name).into(),
+                actions: actions.iter().map(|a| (*a).to_owned()).collect(),
+            })
+            .collect();
+        assert_eq!(got, expected, "{requested:?}");
+    }
+
+    #[test]
+    fn grants_merge_repositories_and_skip_the_catalog() {
+        use Action::*;
+        check(&[], &[]);
+        check(&[repo("a", &[Pull, Push])], &[("a", &["pull", "push"])]);
+        check(
+            &[
+                repo("a", &[Pull]),
+                repo("b", &[Push]),
+                repo("a", &[Pull, Delete]),
+            ],
+            &[("a", &["pull", "delete"]), ("b", &["push"])],
+        );
+        check(&[RequestedScope::Catalog], &[]);
+        check(&[repo("a", &[])], &[("a", &[])]);
+    }
+
+    #[test]
+    fn errors_map_to_status_and_code() {
+        use actix_web::http::StatusCode;
+        let cases = [
+            (
+                TokenRequestError::WrongService("other".into()),
+                StatusCode::BAD_REQUEST,
+                "UNSUPPORTED",
+            ),
+            (
+                TokenRequestError::Auth(AuthError::Invalid("x".into())),
+                StatusCode::UNAUTHORIZED,
+                "UNAUTHORIZED",
+            ),
+            (
+                TokenRequestError::Auth(AuthError::Unavailable("x".into())),
+                StatusCode::UNAUTHORIZED,
+                "UNAUTHORIZED",
+            ),
+            (
+                TokenRequestError::Auth(AuthError::Malformed(
+                    crate::auth::credentials::CredentialsError::Base64,
+                )),
+                StatusCode::BAD_REQUEST,
+                "UNSUPPORTED",
+            ),
+            (
+                TokenRequestError::Scope(ScopeError::BadName("x".into())),
+                StatusCode::BAD_REQUEST,
+                "NAME_INVALID",
+            ),
+        ];
+        for (error, status, code) in cases {
+            assert_eq!((error.status(), error.code()), (status, code), "{error}");
+        }
+    }
+}
