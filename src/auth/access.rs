@@ -338,6 +338,11 @@ impl AccessPolicy {
         self.anonymous == Anonymous::Pull
     }
 
+    /// Whether `identity` is one of the admins (who may do everything, the catalog included).
+    pub fn is_admin(&self, identity: &Identity) -> bool {
+        self.admins.iter().any(|s| s.matches(identity))
+    }
+
     /// The names of the rules, in order.
     pub fn rule_names(&self) -> impl Iterator<Item = &str> {
         self.rules.iter().map(|r| r.name.as_str())
@@ -362,7 +367,7 @@ impl AccessPolicy {
     /// `proxy/…`, the node proxy pulls everything), then `anonymous: pull`; otherwise denied.
     pub fn decide(&self, identity: &Identity, action: Action, repository: &str) -> AccessDecision {
         let decision = |allowed: bool, reason: String| AccessDecision { allowed, reason };
-        if self.admins.iter().any(|s| s.matches(identity)) {
+        if self.is_admin(identity) {
             return decision(true, "admins".into());
         }
         if let Some(rule) = self.rules.iter().find(|rule| {

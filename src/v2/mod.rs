@@ -10,15 +10,19 @@
 pub mod access;
 pub mod route;
 
-use actix_web::http::Method;
+use actix_web::http::{header, Method};
 use actix_web::middleware::DefaultHeaders;
+use actix_web::HttpMessage;
 use actix_web::{web, HttpRequest, HttpResponse};
 
 use crate::admission::source::PolicyStore;
+use crate::auth::authenticator::{Authenticated, Authenticator, Presented, NODE_NAME_HEADER};
+use crate::auth::{scope, Action};
 use crate::proxy::Proxy;
 use crate::registry::error::{RegistryError, Result};
 use crate::registry::names::{RepoName, Tag};
 use crate::registry::{blobs, listings, manifests, referrers, uploads, Registry};
+use access::Needed;
 use route::{parse_route, Query, Route, RouteError};
 
 impl From<RouteError> for RegistryError {
@@ -40,35 +44,158 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
     );
 }
 
-/// One `/v2` request: the route, then who serves it.
+/// One `/v2` request: the route, who is asking and may they (when auth is on), then who serves it.
 async fn dispatch(
     req: HttpRequest,
     body: web::Payload,
     registry: web::Data<Registry>,
     proxy: web::Data<Proxy>,
+    auth: web::Data<Authenticator>,
 ) -> Result<HttpResponse> {
     let route = parse_route(req.path())?;
-    let query = Query::parse(req.query_string());
-    // Seam: who is asking (identity) and may they (access) are decided here, once per request, before anything
-    // is served.
-    let response = serve(&req, route, &query, body, registry.get_ref(), proxy).await;
+    let mut query = Query::parse(req.query_string());
+    let target = route
+        .repository()
+        .and_then(|repo| proxy.resolve(repo, query.get("ns")));
+    if auth.enabled() {
+        let cache_name = target.as_ref().map(|t| t.local_repo.as_str());
+        let needed = access::needed(&route, req.method(), cache_name);
+        let who = authorize(&req, &auth, &needed).await?;
+        // A cross-repository mount also reads the source: without pull there, the mount is dropped and a plain
+        // upload starts (the spec's answer to a mount the registry will not do), so nothing leaks from `from`.
+        if let (Route::Uploads(_), Some(from)) = (&route, query.get("from")) {
+            if !who.may(Action::Pull, from) {
+                query.remove("mount");
+                query.remove("from");
+            }
+        }
+        req.extensions_mut().insert(who.authenticated.identity);
+    }
     // Seam: the event record of what happened is written here, once, from the route and the response.
-    response
+    serve(&req, route, target, &query, body, registry.get_ref(), proxy).await
 }
 
-/// Local or proxied (the proxy resolves the target), the `proxy/` write ban, then that side's handler.
+/// The verified identity of a request, with what decides for it.
+struct Allowed {
+    authenticated: Authenticated,
+    policy: std::sync::Arc<crate::admission::source::ActivePolicy>,
+}
+
+impl Allowed {
+    /// Whether this identity may do `action` on `repository`: what its berth token grants, or else the rules.
+    fn may(&self, action: Action, repository: &str) -> bool {
+        match &self.authenticated.grants {
+            Some(grants) => scope::permits(grants, repository, action),
+            None => {
+                self.policy
+                    .policy
+                    .access()
+                    .decide(&self.authenticated.identity, action, repository)
+                    .allowed
+            }
+        }
+    }
+}
+
+/// Authenticates the request and decides whether it may do what it needs. A client without (sufficient)
+/// credentials gets 401 with a challenge naming the token endpoint and the scope to ask for; a known identity the
+/// rules refuse gets 403 `DENIED` naming the identity, the action, the repository and what decided.
+async fn authorize(req: &HttpRequest, auth: &Authenticator, needed: &Needed) -> Result<Allowed> {
+    let headers = req.headers();
+    let presented = Presented {
+        authorization: headers.get(header::AUTHORIZATION).map(|v| v.as_bytes()),
+        node_name: headers.get(NODE_NAME_HEADER).and_then(|v| v.to_str().ok()),
+        client: req.peer_addr().map(|a| a.ip()),
+    };
+    let unauthorized = |message: String| {
+        let info = req.connection_info();
+        let realm = access::realm(info.scheme(), info.host(), "localhost");
+        RegistryError::Unauthorized {
+            challenge: access::challenge(&realm, needed),
+            message,
+        }
+    };
+    let authenticated = auth
+        .authenticate(&presented)
+        .await
+        .map_err(|e| unauthorized(e.to_string()))?;
+    let policy = req
+        .app_data::<web::Data<PolicyStore>>()
+        .map(|store| store.current())
+        .ok_or_else(|| {
+            RegistryError::Storage(crate::registry::storage::StorageError::Corrupt(
+                "no policy store mounted".into(),
+            ))
+        })?;
+    let allowed = Allowed {
+        authenticated,
+        policy,
+    };
+    let identity = &allowed.authenticated.identity;
+    let token = allowed.authenticated.grants.is_some();
+    match needed {
+        Needed::Authenticated => {
+            if identity.is_authenticated() || token {
+                return Ok(allowed);
+            }
+            Err(unauthorized("authentication required".into()))
+        }
+        Needed::Catalog => {
+            let granted = match &allowed.authenticated.grants {
+                Some(grants) => scope::permits_catalog(grants),
+                None => allowed.policy.policy.access().is_admin(identity),
+            };
+            if granted {
+                return Ok(allowed);
+            }
+            if !identity.is_authenticated() || token {
+                return Err(unauthorized(
+                    "listing every repository needs the registry:catalog:* scope (admins)".into(),
+                ));
+            }
+            Err(RegistryError::Denied(format!(
+                "{identity} may not list the catalog: only admins may"
+            )))
+        }
+        Needed::Repository { repository, action } => {
+            if allowed.may(*action, repository) {
+                return Ok(allowed);
+            }
+            let decision = allowed
+                .policy
+                .policy
+                .access()
+                .decide(identity, *action, repository);
+            if !identity.is_authenticated() {
+                return Err(unauthorized(format!(
+                    "authentication required to {action} {repository}"
+                )));
+            }
+            if token && decision.allowed {
+                // The rules allow it, the token does not: the client asks for a token with this scope.
+                return Err(unauthorized(format!(
+                    "the token does not grant {action} on {repository}"
+                )));
+            }
+            Err(RegistryError::Denied(format!(
+                "{identity} may not {action} {repository}: {}",
+                decision.reason
+            )))
+        }
+    }
+}
+
+/// Local or proxied (the proxy resolved the target), the `proxy/` write ban, then that side's handler.
 async fn serve(
     req: &HttpRequest,
     route: Route,
+    target: Option<crate::proxy::ProxyTarget>,
     query: &Query,
     body: web::Payload,
     registry: &Registry,
     proxy: web::Data<Proxy>,
 ) -> Result<HttpResponse> {
-    if let Some(target) = route
-        .repository()
-        .and_then(|repo| proxy.resolve(repo, query.get("ns")))
-    {
+    if let Some(target) = target {
         return crate::proxy::http::dispatch(&proxy.into_inner(), registry, target, route, req)
             .await;
     }

@@ -160,6 +160,11 @@ impl Query {
             .map(|(_, v)| v.as_str())
     }
 
+    /// Drops every value of `key` (the front door drops a mount the client may not do).
+    pub fn remove(&mut self, key: &str) {
+        self.0.retain(|(k, _)| k != key);
+    }
+
     /// Every value of `key`, in order.
     pub fn get_all<'a>(&'a self, key: &'a str) -> impl Iterator<Item = &'a str> + 'a {
         self.0
