@@ -61,8 +61,9 @@ pub struct NodeProxyArgs {
     #[arg(long, value_name = "FILE")]
     pub token_file: Option<PathBuf>,
     /// The node this proxy runs on (the downward API's `spec.nodeName`), sent as `Berth-Node-Name` beside the
-    /// token; berth trusts it only from the node proxy's identity.
-    #[arg(long, env = "NODE_NAME", value_name = "NAME", requires = "token_file")]
+    /// token; berth trusts it only from the node proxy's identity. Ignored (with a warning) without
+    /// `--token-file`: a stray NODE_NAME in the environment (CI agents set one) does not stop the proxy.
+    #[arg(long, env = "NODE_NAME", value_name = "NAME")]
     pub node_name: Option<String>,
     /// How often the token file is re-read.
     #[arg(long, default_value = "5s", value_parser = crate::units::parse_duration)]
@@ -232,6 +233,12 @@ impl NodeIdentity {
         node_name: Option<&str>,
     ) -> Result<Option<NodeIdentity>, NodeProxyError> {
         let Some(token_file) = token_file else {
+            if let Some(node) = node_name {
+                log::warn!(
+                    "node name {node:?} (--node-name or NODE_NAME) ignored: without --token-file no node name is \
+                     sent, berth believes one only from the node proxy's identity"
+                );
+            }
             return Ok(None);
         };
         let node_name = node_name
@@ -934,6 +941,10 @@ mod tests {
         assert_eq!(*identity.authorization.load_full(), "Bearer tok");
         assert_eq!(identity.node_name.as_deref(), Some("node-a"));
         assert!(NodeIdentity::load(None, None).expect("load").is_none());
+        // A node name alone is no identity (and no reason not to start).
+        assert!(NodeIdentity::load(None, Some("node-a"))
+            .expect("load")
+            .is_none());
     }
 
     #[test]

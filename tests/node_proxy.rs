@@ -672,7 +672,8 @@ fn node_proxy_pulls_with_its_own_token_and_node_name_and_follows_rotation() {
     assert!(!proxy.log().contains("panicked"));
 }
 
-/// Without `--token-file` the node proxy passes the client's credentials on as they are, and sends no node name.
+/// Without `--token-file` the node proxy passes the client's credentials on as they are, and sends no node name,
+/// even when given one.
 #[test]
 fn node_proxy_without_a_token_passes_the_clients_credentials_on() {
     let upstream = RecordingUpstream::start();
@@ -683,7 +684,17 @@ fn node_proxy_without_a_token_passes_the_clients_credentials_on() {
         berth::tls::generate_ca("test CA").expect("ca").cert,
     )
     .expect("ca");
-    let proxy = NodeProxy::start_with_args(&["--upstream", &upstream.url], &ca_file);
+    let proxy = NodeProxy::start_with_args(
+        &["--upstream", &upstream.url, "--node-name", "node-a"],
+        &ca_file,
+    );
+    assert!(
+        proxy
+            .log()
+            .contains("\"node-a\" (--node-name or NODE_NAME) ignored"),
+        "{}",
+        proxy.log()
+    );
     let response = Client::builder()
         .no_proxy()
         .build()
