@@ -11,6 +11,10 @@
 //! daemon resolves: dockerd runs in its own mount namespace with its own `/etc/hosts` bind-mounted over the
 //! machine's, which stays untouched. The only system path written is the per-test `certs.d` directory, removed by
 //! a guard even when the test fails.
+//!
+//! For the auth tests (htpasswd users, ServiceAccount tokens): [`Docker::login`] / [`Docker::logout`] run the real
+//! `docker login --password-stdin` / `docker logout` and keep the credentials in the test's own `DOCKER_CONFIG`;
+//! [`Docker::client_config`] shows what was stored.
 
 use std::fs;
 use std::path::{Path, PathBuf};
