@@ -262,6 +262,7 @@ fn berth_args() -> Vec<&'static str> {
         "--manage-webhook-certs",
         "--webhook-config=berth",
         "--tls-secret=berth-system/berth-tls",
+        "--token-review",
     ]
 }
 
@@ -276,6 +277,7 @@ fn the_base_installs_exactly_berths_objects() {
         "RoleBinding berth-system/berth",
         "ClusterRole berth-webhook-ca",
         "ClusterRoleBinding berth-webhook-ca",
+        "ClusterRoleBinding berth-token-review",
         "ConfigMap berth-system/berth-policy",
         "Service berth-system/berth",
         "Service berth-system/berth-headless",
@@ -654,6 +656,17 @@ fn rbac_reaches_only_berths_own_objects() {
             json!([{"kind": "ServiceAccount", "name": "berth", "namespace": "berth-system"}])
         );
     }
+
+    // TokenReview (--token-review) through Kubernetes' own role for it, and only for berth.
+    assert!(strings(&berth["args"]).contains(&"--token-review"));
+    assert_eq!(
+        base.get("ClusterRoleBinding", "berth-token-review")["roleRef"],
+        json!({"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "system:auth-delegator"})
+    );
+    assert_eq!(
+        base.get("ClusterRoleBinding", "berth-token-review")["subjects"],
+        json!([{"kind": "ServiceAccount", "name": "berth", "namespace": "berth-system"}])
+    );
 
     // The node proxy has no API access at all: no API token (its only token is a projected one of audience berth,
     // which the API server refuses), and no binding names its account.
