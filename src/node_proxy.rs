@@ -7,6 +7,13 @@
 //!
 //! With `--upstream-address` it connects to that IP address (berth's ClusterIP) instead of resolving the upstream
 //! URL's host, so the node's pull path does not depend on cluster DNS; TLS still verifies the URL's host name.
+//!
+//! With `--token-file` it pulls as itself: every forwarded request carries `Authorization: Bearer <token>` (its
+//! projected ServiceAccount token, re-read every few seconds as the kubelet rotates it; never read per request)
+//! and, with `--node-name`, `Berth-Node-Name: <node>`. Whatever `Authorization` or `Berth-Node-Name` the client
+//! sent is dropped then, so a client's credentials are never mixed with the node proxy's identity. Without
+//! `--token-file` the client's own `Authorization` is passed on as it is and no node name is sent. It does not
+//! decide who may pull: berth does.
 
 use std::net::{IpAddr, Ipv6Addr, SocketAddr};
 use std::path::PathBuf;
@@ -48,7 +55,24 @@ pub struct NodeProxyArgs {
     /// HTTP worker threads.
     #[arg(long, default_value_t = 2)]
     pub workers: usize,
+    /// The node proxy's own ServiceAccount token (a projected token of audience `berth`), sent to berth as
+    /// `Authorization: Bearer` on every pull instead of anything the client sent. Re-read every
+    /// `--token-reload-interval` (the kubelet rotates it); must be readable at start.
+    #[arg(long, value_name = "FILE")]
+    pub token_file: Option<PathBuf>,
+    /// The node this proxy runs on (the downward API's `spec.nodeName`), sent as `Berth-Node-Name` beside the
+    /// token; berth trusts it only from the node proxy's identity. Ignored (with a warning) without
+    /// `--token-file`: a stray NODE_NAME in the environment (CI agents set one) does not stop the proxy.
+    #[arg(long, env = "NODE_NAME", value_name = "NAME")]
+    pub node_name: Option<String>,
+    /// How often the token file is re-read.
+    #[arg(long, default_value = "5s", value_parser = crate::units::parse_duration)]
+    pub token_reload_interval: Duration,
 }
+
+/// The header that names the node a node proxy runs on. berth must believe it only on a request authenticated as
+/// the node proxy's ServiceAccount.
+pub const NODE_NAME_HEADER: &str = "berth-node-name";
 
 #[derive(Debug, thiserror::Error)]
 pub enum NodeProxyError {
@@ -73,6 +97,16 @@ pub enum NodeProxyError {
     /// The HTTP client cannot be built.
     #[error("http client: {0}")]
     Client(#[from] reqwest::Error),
+    /// The token file is missing, unreadable, empty or not a token.
+    #[error("token file {path}: {why}")]
+    Token { path: PathBuf, why: String },
+    /// `--node-name` is not a Kubernetes node name.
+    #[error("node name {value:?}: {problem}")]
+    NodeName {
+        value: String,
+        #[source]
+        problem: NodeNameProblem,
+    },
     /// The listener failed.
     #[error("listening on {addr}: {source}")]
     Listen {
@@ -104,6 +138,156 @@ pub enum AddressProblem {
     /// `0.0.0.0` or `::`, which name no host to connect to.
     #[error("{0} is the unspecified address, not one to connect to")]
     Unspecified(IpAddr),
+}
+
+/// What is wrong with a token file's content.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum TokenProblem {
+    /// Nothing but white space.
+    #[error("empty (is the projected token volume mounted?)")]
+    Empty,
+    /// A byte that cannot be sent in an HTTP header (tokens are printable ASCII without spaces).
+    #[error("byte {byte:#04x} at offset {offset} cannot be part of a bearer token")]
+    Byte { byte: u8, offset: usize },
+}
+
+/// A token file's content → the token: surrounding white space (a trailing newline) dropped, the rest printable
+/// ASCII without spaces. Pure.
+pub fn parse_token(text: &[u8]) -> Result<&str, TokenProblem> {
+    let start = text
+        .iter()
+        .position(|b| !b.is_ascii_whitespace())
+        .ok_or(TokenProblem::Empty)?;
+    let end = text
+        .iter()
+        .rposition(|b| !b.is_ascii_whitespace())
+        .map_or(start, |last| last + 1);
+    let token = &text[start..end];
+    if let Some(offset) = token.iter().position(|b| !b.is_ascii_graphic()) {
+        return Err(TokenProblem::Byte {
+            byte: token[offset],
+            offset: start + offset,
+        });
+    }
+    // Only ASCII graphic bytes are left.
+    std::str::from_utf8(token).map_err(|_| TokenProblem::Empty)
+}
+
+/// What is wrong with a `--node-name`.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum NodeNameProblem {
+    /// A `$(NODE_NAME)` the kubelet left as it is: the variable is not set.
+    #[error("still contains $(…): set NODE_NAME from the downward API (fieldRef spec.nodeName)")]
+    Unexpanded,
+    /// Not a DNS subdomain: 1 to 253 characters, dot-separated labels of 1 to 63 of `[a-z0-9-]`, each starting
+    /// and ending with a letter or digit.
+    #[error("not a Kubernetes node name (a lowercase DNS subdomain of at most 253 characters)")]
+    Invalid,
+}
+
+/// Checks `--node-name`: a Kubernetes node name (a lowercase RFC 1123 subdomain). Pure.
+pub fn parse_node_name(value: &str) -> Result<&str, NodeNameProblem> {
+    if value.contains("$(") {
+        return Err(NodeNameProblem::Unexpanded);
+    }
+    let label_ok = |label: &str| {
+        let bytes = label.as_bytes();
+        (1..=63).contains(&bytes.len())
+            && bytes
+                .iter()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || *b == b'-')
+            && bytes.first() != Some(&b'-')
+            && bytes.last() != Some(&b'-')
+    };
+    if value.is_empty() || value.len() > 253 || !value.split('.').all(label_ok) {
+        return Err(NodeNameProblem::Invalid);
+    }
+    Ok(value)
+}
+
+/// The node proxy's identity: the `Authorization` value it sends (replaced when the token file changes) and the
+/// node name.
+struct NodeIdentity {
+    token_file: PathBuf,
+    /// `Bearer <token>`.
+    authorization: arc_swap::ArcSwap<String>,
+    node_name: Option<String>,
+}
+
+/// `Bearer <token>` from the token file at `path`.
+fn read_token(path: &std::path::Path) -> Result<String, NodeProxyError> {
+    let why = |why: String| NodeProxyError::Token {
+        path: path.to_owned(),
+        why,
+    };
+    let text = std::fs::read(path).map_err(|e| why(e.to_string()))?;
+    let token = parse_token(&text).map_err(|e| why(e.to_string()))?;
+    Ok(format!("Bearer {token}"))
+}
+
+impl NodeIdentity {
+    /// Reads the token (an error when it cannot be read: the node proxy does not start without its identity)
+    /// and checks the node name.
+    fn load(
+        token_file: Option<&std::path::Path>,
+        node_name: Option<&str>,
+    ) -> Result<Option<NodeIdentity>, NodeProxyError> {
+        let Some(token_file) = token_file else {
+            if let Some(node) = node_name {
+                log::warn!(
+                    "node name {node:?} (--node-name or NODE_NAME) ignored: without --token-file no node name is \
+                     sent, berth believes one only from the node proxy's identity"
+                );
+            }
+            return Ok(None);
+        };
+        let node_name = node_name
+            .map(|value| {
+                parse_node_name(value)
+                    .map(str::to_owned)
+                    .map_err(|problem| NodeProxyError::NodeName {
+                        value: value.to_owned(),
+                        problem,
+                    })
+            })
+            .transpose()?;
+        let authorization = read_token(token_file)?;
+        Ok(Some(NodeIdentity {
+            token_file: token_file.to_owned(),
+            authorization: arc_swap::ArcSwap::from_pointee(authorization),
+            node_name,
+        }))
+    }
+}
+
+/// Re-reads the token file every `interval` (the kubelet writes a rotated token in place); a file that cannot be
+/// read or holds no token is logged (once per distinct problem) and the last token stays in use.
+async fn watch_token(identity: std::sync::Arc<NodeIdentity>, interval: Duration) {
+    let path = identity.token_file.clone();
+    let mut last_problem: Option<String> = None;
+    loop {
+        tokio::time::sleep(interval).await;
+        match read_token(&path) {
+            Ok(authorization) => {
+                if last_problem.take().is_some() {
+                    log::info!("token file {} readable again", path.display());
+                }
+                if *identity.authorization.load_full() != authorization {
+                    identity
+                        .authorization
+                        .store(std::sync::Arc::new(authorization));
+                    log::info!("reloaded the token from {}", path.display());
+                }
+            }
+            Err(e) => {
+                let problem = e.to_string();
+                if last_problem.as_deref() != Some(problem.as_str()) {
+                    log::error!("{problem}; keeping the last token");
+                    last_problem = Some(problem);
+                }
+            }
+        }
+    }
 }
 
 /// Parses `--upstream-address`: `IPv4:PORT`, `[IPv6]:PORT`, or `IPv6:PORT` unbracketed, split at the last `:`
@@ -219,6 +403,8 @@ const FORWARDED_RESPONSE_HEADERS: [&str; 9] = [
 
 struct Upstream {
     target: UpstreamTarget,
+    /// With `--token-file`: who the node proxy is to berth.
+    identity: Option<std::sync::Arc<NodeIdentity>>,
     /// Replaced whole when the CA file changes (berth's CA was rotated).
     client: arc_swap::ArcSwap<reqwest::Client>,
 }
@@ -297,11 +483,28 @@ pub async fn run(args: NodeProxyArgs) -> Result<(), NodeProxyError> {
     };
     // Fail at start, not at the first pull, if the client cannot be built.
     let client = build_client(&args, target.pinned.as_ref(), ca.as_ref())?;
+    let identity = NodeIdentity::load(args.token_file.as_deref(), args.node_name.as_deref())?
+        .map(std::sync::Arc::new);
     let upstream = web::Data::new(Upstream {
         target: target.clone(),
+        identity: identity.clone(),
         client: arc_swap::ArcSwap::from_pointee(client),
     });
     actix_web::rt::spawn(watch_ca(upstream.clone(), args.clone(), pem));
+    match &identity {
+        Some(identity) => {
+            log::info!(
+                "pulling as the ServiceAccount token in {}{}",
+                identity.token_file.display(),
+                match &identity.node_name {
+                    Some(node) => format!(" for node {node}"),
+                    None => " (no --node-name)".to_owned(),
+                }
+            );
+            actix_web::rt::spawn(watch_token(identity.clone(), args.token_reload_interval));
+        }
+        None => log::info!("no --token-file: pulls carry the client's own credentials, if any"),
+    }
     let addr = args.listen;
     if !addr.ip().is_loopback() {
         log::warn!("node-proxy listening on {addr}, not on loopback: pulls are served without TLS to the network");
@@ -397,9 +600,23 @@ async fn forward(req: HttpRequest, upstream: web::Data<Upstream>) -> HttpRespons
         method,
         format!("{}{path_and_query}", upstream.target.request_base),
     );
+    let identity = upstream.identity.as_deref();
     for name in FORWARDED_REQUEST_HEADERS {
+        // The node proxy's identity replaces the client's credentials; the two are never sent together.
+        if identity.is_some() && name == header::AUTHORIZATION {
+            continue;
+        }
         if let Some(value) = req.headers().get(&name) {
             request = request.header(name.as_str(), value.as_bytes());
+        }
+    }
+    if let Some(identity) = identity {
+        request = request.header(
+            reqwest::header::AUTHORIZATION,
+            identity.authorization.load().as_str(),
+        );
+        if let Some(node) = &identity.node_name {
+            request = request.header(NODE_NAME_HEADER, node.as_str());
         }
     }
     let response = match request.send().await {
@@ -422,8 +639,24 @@ async fn forward(req: HttpRequest, upstream: web::Data<Upstream>) -> HttpRespons
     };
     let status =
         StatusCode::from_u16(response.status().as_u16()).unwrap_or(StatusCode::BAD_GATEWAY);
+    // berth refusing the node proxy's own token is the node proxy's problem, not the kubelet's: say so here, and
+    // do not pass on a challenge the kubelet cannot answer (it would send containerd to berth's token endpoint).
+    let refused_identity = identity.filter(|_| status == StatusCode::UNAUTHORIZED);
+    if let Some(identity) = refused_identity {
+        log::error!(
+            "{} {path_and_query}: berth at {} refused the node proxy's token from {} (401): expired, not yet \
+             valid, for another audience, or not accepted by berth's TokenReview (the token must be of audience \
+             berth; berth needs --token-review and the system:auth-delegator binding)",
+            req.method(),
+            upstream.target.describe(),
+            identity.token_file.display()
+        );
+    }
     let mut builder = HttpResponse::build(status);
     for name in FORWARDED_RESPONSE_HEADERS {
+        if refused_identity.is_some() && name == "www-authenticate" {
+            continue;
+        }
         if let Some(value) = response.headers().get(name) {
             builder.insert_header((name, value.as_bytes()));
         }
@@ -575,6 +808,143 @@ mod tests {
             ),
             "{message}"
         );
+    }
+
+    #[test]
+    fn node_proxy_token_file_content_is_one_printable_token() {
+        fn check(text: &[u8], expected: Result<&str, TokenProblem>) {
+            assert_eq!(
+                parse_token(text),
+                expected,
+                "{:?}",
+                String::from_utf8_lossy(text)
+            );
+        }
+        check(
+            b"eyJhbGciOiJSUzI1NiJ9.e30.c2ln",
+            Ok("eyJhbGciOiJSUzI1NiJ9.e30.c2ln"),
+        );
+        check(b"abc\n", Ok("abc"));
+        check(b"  \r\nabc\t\n", Ok("abc"));
+        check(b"a-b_c.d~e+f/g=", Ok("a-b_c.d~e+f/g="));
+        check(b"", Err(TokenProblem::Empty));
+        check(b" \n\t", Err(TokenProblem::Empty));
+        check(
+            b"ab cd",
+            Err(TokenProblem::Byte {
+                byte: b' ',
+                offset: 2,
+            }),
+        );
+        check(
+            b"\nab\ncd\n",
+            Err(TokenProblem::Byte {
+                byte: b'\n',
+                offset: 3,
+            }),
+        );
+        check(b"ab\0", Err(TokenProblem::Byte { byte: 0, offset: 2 }));
+        check(
+            "tök".as_bytes(),
+            Err(TokenProblem::Byte {
+                byte: 0xc3,
+                offset: 1,
+            }),
+        );
+        check(
+            b"ab\x7f",
+            Err(TokenProblem::Byte {
+                byte: 0x7f,
+                offset: 2,
+            }),
+        );
+    }
+
+    #[test]
+    fn node_proxy_node_name_is_a_dns_subdomain() {
+        fn check(value: &str, expected: Result<(), NodeNameProblem>) {
+            assert_eq!(parse_node_name(value).map(|_| ()), expected, "{value:?}");
+        }
+        for ok in [
+            "node-a",
+            "ip-10-0-0-1.eu-west-1.compute.internal",
+            "a",
+            "0",
+            &"a".repeat(63),
+            &[
+                "a".repeat(63),
+                "b".repeat(63),
+                "c".repeat(63),
+                "d".repeat(61),
+            ]
+            .join("."),
+        ] {
+            check(ok, Ok(()));
+        }
+        check("$(NODE_NAME)", Err(NodeNameProblem::Unexpanded));
+        for bad in [
+            "",
+            "Node-A",
+            "node_a",
+            "-node",
+            "node-",
+            "a..b",
+            ".a",
+            "a.",
+            "node a",
+            "node\r\nx-evil: 1",
+            &"a".repeat(64),
+            &[
+                "a".repeat(63),
+                "b".repeat(63),
+                "c".repeat(63),
+                "d".repeat(62),
+            ]
+            .join("."),
+        ] {
+            check(bad, Err(NodeNameProblem::Invalid));
+        }
+    }
+
+    #[test]
+    fn node_proxy_identity_needs_a_readable_token_at_start() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let missing = dir.path().join("token");
+        let message = NodeIdentity::load(Some(&missing), Some("node-a"))
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        assert!(
+            message.starts_with(&format!("token file {}: ", missing.display())),
+            "{message}"
+        );
+        std::fs::write(&missing, "\n").expect("write");
+        let message = NodeIdentity::load(Some(&missing), None)
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        assert!(
+            message.ends_with("empty (is the projected token volume mounted?)"),
+            "{message}"
+        );
+        std::fs::write(&missing, "tok\n").expect("write");
+        assert!(matches!(
+            NodeIdentity::load(Some(&missing), Some("$(NODE_NAME)")),
+            Err(NodeProxyError::NodeName {
+                problem: NodeNameProblem::Unexpanded,
+                ..
+            })
+        ));
+        let identity = NodeIdentity::load(Some(&missing), Some("node-a"))
+            .expect("load")
+            .expect("an identity");
+        assert_eq!(*identity.authorization.load_full(), "Bearer tok");
+        assert_eq!(identity.node_name.as_deref(), Some("node-a"));
+        assert!(NodeIdentity::load(None, None).expect("load").is_none());
+        // A node name alone is no identity (and no reason not to start).
+        assert!(NodeIdentity::load(None, Some("node-a"))
+            .expect("load")
+            .is_none());
     }
 
     #[test]

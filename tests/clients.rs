@@ -57,7 +57,12 @@ pub(crate) fn require_tool(name: &str) -> PathBuf {
 
 /// A command for `tool` with proxies removed (all traffic stays on 127.0.0.1).
 pub(crate) fn tool(name: &str) -> Command {
-    let mut cmd = Command::new(require_tool(name));
+    tool_at(&require_tool(name))
+}
+
+/// [`tool`] for the program at `path`.
+pub(crate) fn tool_at(path: &Path) -> Command {
+    let mut cmd = Command::new(path);
     for var in [
         "HTTP_PROXY",
         "HTTPS_PROXY",
@@ -90,15 +95,34 @@ impl Output {
 
 /// Run `cmd` to completion with a deadline; kills its whole process group
 /// and panics if the deadline passes.
-pub(crate) fn run(mut cmd: Command, timeout: Duration) -> Output {
+pub(crate) fn run(cmd: Command, timeout: Duration) -> Output {
+    run_with_input(cmd, timeout, None)
+}
+
+/// [`run`] with `input` written to the command's standard input (then closed); `None`: no standard input.
+pub(crate) fn run_with_input(mut cmd: Command, timeout: Duration, input: Option<&[u8]>) -> Output {
     let desc = format!("{cmd:?}");
-    cmd.stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .process_group(0);
+    cmd.stdin(if input.is_some() {
+        Stdio::piped()
+    } else {
+        Stdio::null()
+    })
+    .stdout(Stdio::piped())
+    .stderr(Stdio::piped())
+    .process_group(0);
     let mut child = cmd
         .spawn()
         .unwrap_or_else(|e| panic!("spawning {desc}: {e}"));
+    let writer = match (input, child.stdin.take()) {
+        (Some(input), Some(mut stdin)) => {
+            let input = input.to_vec();
+            // A thread, so a command that does not read its input cannot block the deadline below.
+            Some(thread::spawn(move || {
+                let _ = stdin.write_all(&input);
+            }))
+        }
+        _ => None,
+    };
     let mut out = child.stdout.take().unwrap();
     let mut err = child.stderr.take().unwrap();
     let out_t = thread::spawn(move || {
@@ -126,6 +150,9 @@ pub(crate) fn run(mut cmd: Command, timeout: Duration) -> Output {
         }
         thread::sleep(Duration::from_millis(50));
     };
+    if let Some(writer) = writer {
+        let _ = writer.join();
+    }
     Output {
         status,
         stdout: String::from_utf8_lossy(&out_t.join().unwrap()).into_owned(),
@@ -136,7 +163,7 @@ pub(crate) fn run(mut cmd: Command, timeout: Duration) -> Output {
 
 /// SIGKILL the process group led by `child` (it was started with
 /// `process_group(0)`), then reap the child.
-fn kill_group(child: &mut Child) {
+pub(crate) fn kill_group(child: &mut Child) {
     let _ = Command::new("kill")
         .arg("-KILL")
         .arg("--")

@@ -262,6 +262,7 @@ fn berth_args() -> Vec<&'static str> {
         "--manage-webhook-certs",
         "--webhook-config=berth",
         "--tls-secret=berth-system/berth-tls",
+        "--token-review",
     ]
 }
 
@@ -276,6 +277,7 @@ fn the_base_installs_exactly_berths_objects() {
         "RoleBinding berth-system/berth",
         "ClusterRole berth-webhook-ca",
         "ClusterRoleBinding berth-webhook-ca",
+        "ClusterRoleBinding berth-token-review",
         "ConfigMap berth-system/berth-policy",
         "Service berth-system/berth",
         "Service berth-system/berth-headless",
@@ -655,7 +657,19 @@ fn rbac_reaches_only_berths_own_objects() {
         );
     }
 
-    // The node proxy has no API access at all: no token, and no binding names its account.
+    // TokenReview (--token-review) through Kubernetes' own role for it, and only for berth.
+    assert!(strings(&berth["args"]).contains(&"--token-review"));
+    assert_eq!(
+        base.get("ClusterRoleBinding", "berth-token-review")["roleRef"],
+        json!({"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "system:auth-delegator"})
+    );
+    assert_eq!(
+        base.get("ClusterRoleBinding", "berth-token-review")["subjects"],
+        json!([{"kind": "ServiceAccount", "name": "berth", "namespace": "berth-system"}])
+    );
+
+    // The node proxy has no API access at all: no API token (its only token is a projected one of audience berth,
+    // which the API server refuses), and no binding names its account.
     let node_proxy = base.get("DaemonSet", "berth-node-proxy");
     let account = pod_spec(node_proxy)["serviceAccountName"]
         .as_str()
@@ -713,7 +727,36 @@ fn the_node_proxy_listens_on_every_nodes_loopback() {
             "--upstream=https://berth.berth-system.svc:443",
             "--upstream-address=$(BERTH_SERVICE_HOST):$(BERTH_SERVICE_PORT_HTTPS)",
             "--ca-file=/var/run/berth/ca.crt",
+            "--token-file=/var/run/secrets/berth/token",
+            "--node-name=$(NODE_NAME)",
         ]
+    );
+    // The node name the kubelet expands into --node-name is the pod's node, from the downward API.
+    assert!(
+        container["env"].as_array().expect("env").contains(
+            &json!({"name": "NODE_NAME", "valueFrom": {"fieldRef": {"fieldPath": "spec.nodeName"}}})
+        ),
+        "{}",
+        container["env"]
+    );
+    // The token is a projected ServiceAccount token for berth only, short-lived (the kubelet rotates it), read-only,
+    // in a directory mount that follows the rotation.
+    let token_file = Path::new(flag(container, "token-file"));
+    let (token_mount, token_volume) = mount(
+        daemonset,
+        token_file.parent().and_then(Path::to_str).expect("dir"),
+    );
+    assert_eq!(token_mount["readOnly"], true);
+    assert_eq!(
+        token_volume["projected"],
+        json!({
+            "sources": [{"serviceAccountToken": {
+                "audience": "berth",
+                "expirationSeconds": 3600,
+                "path": token_file.file_name().and_then(|f| f.to_str()).expect("file"),
+            }}],
+            "defaultMode": 0o440,
+        })
     );
     // No ports: with hostNetwork the API server would turn each containerPort into a hostPort.
     assert!(container["ports"].is_null(), "{}", container["ports"]);

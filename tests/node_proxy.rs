@@ -1,6 +1,8 @@
 //! `berth node-proxy` against a real berth over TLS: pulls stream through, pushes are refused with a clear error,
 //! an unreachable berth is a quick 503; `--upstream-address` reaches berth without resolving its name, and TLS
-//! still verifies the name; and `berth certs init`.
+//! still verifies the name; with `--token-file` and `--node-name` it pulls as itself (its token, rotated in place,
+//! and its node name replace whatever the client sent; checked against a recording stand-in for berth); and
+//! `berth certs init`.
 
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
@@ -506,4 +508,208 @@ fn certs_init_writes_a_usable_set() {
             .status(),
         StatusCode::OK
     );
+}
+
+/// A plain-HTTP stand-in for berth that keeps the head of every request it gets (lowercase) and answers each with
+/// the status in `status` and an empty JSON body, closing the connection.
+struct RecordingUpstream {
+    url: String,
+    heads: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+    status: std::sync::Arc<std::sync::atomic::AtomicU16>,
+}
+
+impl RecordingUpstream {
+    fn start() -> RecordingUpstream {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+        let url = format!("http://{}", listener.local_addr().expect("addr"));
+        let heads = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let status = std::sync::Arc::new(std::sync::atomic::AtomicU16::new(200));
+        let (seen, answer) = (heads.clone(), status.clone());
+        std::thread::spawn(move || {
+            for stream in listener.incoming() {
+                let Ok(mut stream) = stream else { continue };
+                let _ = stream.set_read_timeout(Some(Duration::from_secs(5)));
+                let mut head = Vec::new();
+                let mut byte = [0u8; 1];
+                while !head.ends_with(b"\r\n\r\n") && stream.read(&mut byte).unwrap_or(0) == 1 {
+                    head.push(byte[0]);
+                }
+                seen.lock()
+                    .expect("lock")
+                    .push(String::from_utf8_lossy(&head).to_lowercase());
+                let status = answer.load(std::sync::atomic::Ordering::SeqCst);
+                let _ = write!(
+                    stream,
+                    "HTTP/1.1 {status} X\r\ncontent-type: application/json\r\n\
+                     www-authenticate: Bearer realm=\"https://berth.example/auth/token\",service=\"berth\"\r\n\
+                     content-length: 2\r\nconnection: close\r\n\r\n{{}}"
+                );
+            }
+        });
+        RecordingUpstream { url, heads, status }
+    }
+
+    fn last_head(&self) -> String {
+        self.heads
+            .lock()
+            .expect("lock")
+            .last()
+            .cloned()
+            .unwrap_or_default()
+    }
+}
+
+/// The header lines named `name` (lowercase) in a request head.
+fn header_lines<'a>(head: &'a str, name: &str) -> Vec<&'a str> {
+    head.lines()
+        .filter(|line| line.starts_with(&format!("{name}:")))
+        .collect()
+}
+
+/// Replaces `path`'s content the way the kubelet updates a projected volume: a new file renamed over the old.
+fn rotate(path: &std::path::Path, content: &str) {
+    let next = path.with_extension("next");
+    std::fs::write(&next, content).expect("write token");
+    std::fs::rename(&next, path).expect("rename token");
+}
+
+#[test]
+fn node_proxy_pulls_with_its_own_token_and_node_name_and_follows_rotation() {
+    let upstream = RecordingUpstream::start();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let ca_file = dir.path().join("ca.crt");
+    std::fs::write(
+        &ca_file,
+        berth::tls::generate_ca("test CA").expect("ca").cert,
+    )
+    .expect("ca");
+    let token = dir.path().join("token");
+    std::fs::write(&token, "token-one\n").expect("token");
+    let proxy = NodeProxy::start_with_args(
+        &[
+            "--upstream",
+            &upstream.url,
+            "--token-file",
+            token.to_str().expect("utf-8"),
+            "--node-name",
+            "node-a",
+            "--token-reload-interval",
+            "100ms",
+        ],
+        &ca_file,
+    );
+    let client = Client::builder().no_proxy().build().expect("client");
+    // A client's own credentials and node name never reach berth beside the node proxy's.
+    let pull = || {
+        client
+            .get(format!("{}/v2/team/app/manifests/1.0", proxy.base))
+            .header("authorization", "Basic dXNlcjpwYXNz")
+            .header("berth-node-name", "node-b")
+            .send()
+            .expect("GET manifest")
+    };
+    assert_eq!(pull().status(), StatusCode::OK);
+    let head = upstream.last_head();
+    assert!(
+        head.starts_with("get /v2/team/app/manifests/1.0 "),
+        "{head}"
+    );
+    assert_eq!(
+        header_lines(&head, "authorization"),
+        ["authorization: bearer token-one"],
+        "{head}"
+    );
+    assert_eq!(
+        header_lines(&head, "berth-node-name"),
+        ["berth-node-name: node-a"],
+        "{head}"
+    );
+
+    // The kubelet rotates the token: the next pulls carry the new one, without a restart.
+    rotate(&token, "token-two\n");
+    poll_until(
+        Duration::from_secs(10),
+        "the rotated token upstream",
+        || {
+            pull();
+            header_lines(&upstream.last_head(), "authorization")
+                .contains(&"authorization: bearer token-two")
+                .then_some(())
+        },
+    );
+    assert!(
+        proxy.log().contains("reloaded the token from"),
+        "{}",
+        proxy.log()
+    );
+
+    // A token file gone bad is logged, and the last token stays in use.
+    rotate(&token, "\n");
+    poll_until(
+        Duration::from_secs(10),
+        "the empty token file logged",
+        || proxy.log().contains("keeping the last token").then_some(()),
+    );
+    assert_eq!(pull().status(), StatusCode::OK);
+    assert_eq!(
+        header_lines(&upstream.last_head(), "authorization"),
+        ["authorization: bearer token-two"]
+    );
+
+    // berth refuses the token: the kubelet gets the 401 without a challenge it cannot answer, and the log says
+    // what to check.
+    upstream
+        .status
+        .store(401, std::sync::atomic::Ordering::SeqCst);
+    let refused = pull();
+    assert_eq!(refused.status(), StatusCode::UNAUTHORIZED);
+    assert!(refused.headers().get("www-authenticate").is_none());
+    assert!(
+        proxy.log().contains("refused the node proxy's token from"),
+        "{}",
+        proxy.log()
+    );
+    assert!(!proxy.log().contains("panicked"));
+}
+
+/// Without `--token-file` the node proxy passes the client's credentials on as they are, and sends no node name,
+/// even when given one.
+#[test]
+fn node_proxy_without_a_token_passes_the_clients_credentials_on() {
+    let upstream = RecordingUpstream::start();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let ca_file = dir.path().join("ca.crt");
+    std::fs::write(
+        &ca_file,
+        berth::tls::generate_ca("test CA").expect("ca").cert,
+    )
+    .expect("ca");
+    let proxy = NodeProxy::start_with_args(
+        &["--upstream", &upstream.url, "--node-name", "node-a"],
+        &ca_file,
+    );
+    assert!(
+        proxy
+            .log()
+            .contains("\"node-a\" (--node-name or NODE_NAME) ignored"),
+        "{}",
+        proxy.log()
+    );
+    let response = Client::builder()
+        .no_proxy()
+        .build()
+        .expect("client")
+        .get(format!("{}/v2/team/app/manifests/1.0", proxy.base))
+        .header("authorization", "Basic dXNlcjpwYXNz")
+        .header("berth-node-name", "node-b")
+        .send()
+        .expect("GET manifest");
+    assert_eq!(response.status(), StatusCode::OK);
+    let head = upstream.last_head();
+    assert_eq!(
+        header_lines(&head, "authorization"),
+        ["authorization: basic dxnlcjpwyxnz"],
+        "{head}"
+    );
+    assert!(header_lines(&head, "berth-node-name").is_empty(), "{head}");
 }

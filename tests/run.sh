@@ -2,8 +2,8 @@
 # berth's test entry point (the README's test command).
 #
 # Installs, when missing, the real registry clients that tests/clients.rs
-# drives (skopeo, podman, buildah, containerd's ctr) plus busybox-static for
-# the test image, and docker-registry + apache2-utils (htpasswd) as an upstream
+# drives (skopeo, podman, buildah, containerd's ctr, docker.io's dockerd) plus
+# busybox-static for the test images, and docker-registry + apache2-utils (htpasswd) as an upstream
 # for tests/proxy.rs, makes sure real Kubernetes parts are there
 # (tests/k8s/ensure-kubernetes.sh: etcd and kube-apiserver for tests/cluster.rs,
 # and a kubelet, controller-manager, scheduler, kube-proxy and pause binary for
@@ -41,7 +41,19 @@ if ((${#missing[@]})); then
     apt-get update -q
     apt-get install -y -q "${missing[@]}"
 fi
-for bin in skopeo podman buildah containerd ctr gzip tar sha256sum; do
+# docker.io (dockerd and its client) for tests/docker.rs, without its recommendations (git, apparmor, ...): the
+# tests start their own dockerd without networking and never use a system one.
+if [[ ! -x /usr/sbin/dockerd ]]; then
+    echo "run.sh: installing docker.io"
+    if [[ $(id -u) -ne 0 ]]; then
+        echo "run.sh: need root to apt-get install docker.io" >&2
+        exit 1
+    fi
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -q
+    apt-get install -y -q --no-install-recommends docker.io
+fi
+for bin in skopeo podman buildah containerd ctr dockerd unshare setpriv gzip tar sha256sum; do
     command -v "$bin" >/dev/null || { echo "run.sh: $bin still missing" >&2; exit 1; }
 done
 

@@ -29,6 +29,10 @@ pub struct Options {
     pub env: Vec<(String, String)>,
     /// With `plain_http`, do not pass `--plain-http`: the setting comes from a `--config` file in `extra_args`.
     pub plain_http_in_config: bool,
+    /// Listen on this loopback address instead of `127.0.0.1` (e.g. `::1`: docker treats every 127.0.0.0/8
+    /// registry as insecure and skips TLS verification there, but not `::1`). berth's certificate must name it
+    /// (`--san ::1` in `extra_args`).
+    pub listen_ip: Option<std::net::IpAddr>,
 }
 
 /// A running `berth serve` child process.
@@ -54,7 +58,12 @@ pub struct Berth {
 
 /// Bind 127.0.0.1:0, take the port the kernel picked and release it.
 pub fn free_port() -> u16 {
-    let listener = TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
+    free_port_on(std::net::Ipv4Addr::LOCALHOST.into())
+}
+
+/// Bind `ip`:0, take the port the kernel picked and release it.
+pub fn free_port_on(ip: std::net::IpAddr) -> u16 {
+    let listener = TcpListener::bind((ip, 0)).unwrap_or_else(|e| panic!("bind {ip}:0: {e}"));
     listener.local_addr().expect("local_addr").port()
 }
 
@@ -78,7 +87,12 @@ impl Berth {
         fs::create_dir_all(&data_dir).expect("create data dir");
         fs::create_dir_all(&cert_dir).expect("create cert dir");
         fs::create_dir_all(&work_dir).expect("create work dir");
-        let host = format!("127.0.0.1:{}", opts.port.unwrap_or_else(free_port));
+        let ip = opts
+            .listen_ip
+            .unwrap_or(std::net::Ipv4Addr::LOCALHOST.into());
+        // `[::1]:PORT` for IPv6, as URLs and --listen write it.
+        let host = std::net::SocketAddr::new(ip, opts.port.unwrap_or_else(|| free_port_on(ip)))
+            .to_string();
         let scheme = if opts.plain_http { "http" } else { "https" };
         let mut berth = Berth {
             base_url: format!("{scheme}://{host}"),

@@ -5,6 +5,7 @@ mod architecture;
 mod clients;
 mod cluster;
 mod conformance;
+mod docker;
 mod e2e;
 mod inprocess;
 mod lifecycle;
