@@ -664,6 +664,56 @@ rewrites: [{name: internal, match: 'registry\.internal/(.+)', replace: '127.0.0.
         assert!(response.allowed, "{}", response.result.message);
     }
 
+    /// Issue 11: a pod berth's /mutate rewrote is authorized as the image it now names: a rewrite to berth's own
+    /// repositories (not the cache) is a pull of that repository, decided for the pod's ServiceAccount.
+    #[test]
+    fn a_rewritten_pod_is_authorized_as_what_it_now_pulls() {
+        let policy = Policy::from_yaml(
+            r#"
+rewrites:
+  - {name: internal, match: 'registry\.internal/(.+)', replace: '127.0.0.1:5050/$1'}
+  - {name: hub, match: 'docker\.io/(.+)', replace: '127.0.0.1:5050/proxy/docker.io/$1'}
+"#,
+        )
+        .expect("policy");
+        let on = scope().authorizing_pulls(true);
+        for (namespace, image, allowed) in [
+            ("team-a", "registry.internal/team-a/app:1", true),
+            ("team-b", "registry.internal/team-a/app:1", false),
+            ("team-b", "nginx:1.25", true),
+        ] {
+            let spec = json!({"containers": [{"name": "web", "image": image}]});
+            let mut object = pod(spec, None);
+            let plan = plan_mutation(
+                &request(("", "Pod"), "CREATE", namespace, object.clone()),
+                &policy,
+                &on,
+            );
+            let (patch, _) = build_patch(&plan, &[true]);
+            json_patch::patch(&mut object, &patch.expect("a patch")).expect("applies");
+            let rewritten = object["spec"]["containers"][0]["image"].clone();
+            let response = validate(
+                &request(("", "Pod"), "CREATE", namespace, object),
+                &policy,
+                &on,
+            );
+            assert_eq!(
+                response.allowed, allowed,
+                "{namespace} {image} -> {rewritten}: {}",
+                response.result.message
+            );
+            if !allowed {
+                assert!(
+                    response.result.message.contains(
+                        "serviceaccount:team-b/default may not pull repository team-a/app"
+                    ),
+                    "{}",
+                    response.result.message
+                );
+            }
+        }
+    }
+
     /// A rewrite to a host of the policy's own is berth's address too, and a verified original decides there as well.
     #[test]
     fn the_policys_rewrite_targets_are_berths_own_hosts() {
