@@ -84,13 +84,26 @@ enum PolicyCommand {
         /// The policy YAML file.
         file: PathBuf,
     },
-    /// Show the decision on an image, or the validate and mutate responses to a whole AdmissionReview.
+    /// Show the decision on an image, the validate and mutate responses to a whole AdmissionReview, or an access
+    /// decision (--subject, --action, --repository).
     Eval {
         /// The policy YAML file.
         file: PathBuf,
         /// An image reference as a pod would write it.
-        #[arg(long, required_unless_present = "review", conflicts_with = "review")]
+        #[arg(long, required_unless_present_any = ["review", "subject"], conflicts_with_all = ["review", "subject"])]
         image: Option<String>,
+        /// Who asks: user:<name>, serviceaccount:<namespace>/<name>, node-proxy or anonymous.
+        #[arg(long, conflicts_with = "review", requires_all = ["action", "repository"])]
+        subject: Option<String>,
+        /// A group of the ServiceAccount besides those every ServiceAccount has (repeatable).
+        #[arg(long = "group", value_name = "GROUP", requires = "subject")]
+        groups: Vec<String>,
+        /// What it does: pull, push or delete.
+        #[arg(long, requires = "subject")]
+        action: Option<String>,
+        /// The repository it does it to (team-a/app).
+        #[arg(long, requires = "subject")]
+        repository: Option<String>,
         /// The namespace the pod would be in.
         #[arg(long, default_value = "default")]
         namespace: String,
@@ -115,12 +128,27 @@ fn policy_command(command: PolicyCommand) -> Result<String, String> {
         PolicyCommand::Eval {
             file,
             image,
+            subject,
+            groups,
+            action,
+            repository,
             namespace,
             review,
             berth_namespace,
         } => {
             let policy =
                 Policy::from_yaml(&read(&file)?).map_err(|e| format!("{}: {e}", file.display()))?;
+            if let (Some(subject), Some(action), Some(repository)) = (subject, action, repository) {
+                return debug::eval_access(
+                    &policy,
+                    &subject,
+                    &groups,
+                    &action,
+                    &repository,
+                    &berth_namespace,
+                )
+                .map_err(|e| e.to_string());
+            }
             match (image, review) {
                 (Some(image), _) => Ok(debug::eval_image(
                     &policy,

@@ -9,6 +9,10 @@ use serde_json::{json, Value};
 use super::image::ImageRef;
 use super::policy::{Policy, PolicyError, Verdict};
 use super::{review, rewrite, scope, validate};
+use crate::auth::access::Subject;
+use crate::auth::identity::NODE_PROXY_SERVICE_ACCOUNT;
+use crate::auth::{Action, Identity};
+use crate::registry::names::RepoName;
 
 /// A summary of a valid policy.
 pub fn check(text: &str) -> Result<String, PolicyError> {
@@ -23,6 +27,100 @@ pub fn check(text: &str) -> Result<String, PolicyError> {
     for name in policy.rewrite_names() {
         let _ = writeln!(out, "rewrite {name}");
     }
+    let access = policy.access();
+    let _ = writeln!(out, "access: {}", access.summary());
+    for name in access.rule_names() {
+        let _ = writeln!(out, "access rule {name}");
+    }
+    for name in policy.immutable_tag_names() {
+        let _ = writeln!(out, "immutable tags {name}");
+    }
+    Ok(out)
+}
+
+/// A bad `berth policy eval --subject …` question; the message carries the offending input.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum EvalError {
+    /// A subject that does not parse, or one that is not a single identity (`group:`, `namespace:`).
+    #[error("--subject {subject:?}: {why}")]
+    Subject { subject: String, why: String },
+    /// `--group` given for an identity that has no groups.
+    #[error("--group is for a ServiceAccount subject only; {subject} has no groups")]
+    Groups { subject: String },
+    /// An action other than pull, push or delete.
+    #[error("--action {0:?}: expected pull, push or delete")]
+    Action(String),
+    /// A repository name outside the distribution grammar.
+    #[error("--repository {0:?}: not a valid repository name")]
+    Repository(String),
+}
+
+/// The identity `--subject` names (with `--group`s for a ServiceAccount, besides the groups every ServiceAccount
+/// has), as berth would see it with verified credentials.
+pub fn identity_for(
+    subject: &str,
+    groups: &[String],
+    own_namespace: &str,
+) -> Result<Identity, EvalError> {
+    let parsed = Subject::parse(subject).map_err(|e| EvalError::Subject {
+        subject: subject.to_owned(),
+        why: e.to_string(),
+    })?;
+    let identity = match parsed {
+        Subject::ServiceAccount { namespace, name } => {
+            return Ok(Identity::service_account(&namespace, &name, groups))
+        }
+        Subject::User(name) => Identity::User { name },
+        Subject::Anonymous => Identity::Anonymous,
+        Subject::NodeProxy => Identity::NodeProxy {
+            namespace: own_namespace.to_owned(),
+            name: NODE_PROXY_SERVICE_ACCOUNT.to_owned(),
+            node: None,
+        },
+        Subject::Group(_) | Subject::Namespace(_) | Subject::Authenticated => {
+            return Err(EvalError::Subject {
+                subject: subject.to_owned(),
+                why: "name one identity: user:<name>, serviceaccount:<namespace>/<name>, node-proxy or anonymous (groups with --group)".into(),
+            })
+        }
+    };
+    if !groups.is_empty() {
+        return Err(EvalError::Groups {
+            subject: subject.to_owned(),
+        });
+    }
+    Ok(identity)
+}
+
+/// The access decision on `subject` doing `action` on `repository`, and what decided it.
+pub fn eval_access(
+    policy: &Policy,
+    subject: &str,
+    groups: &[String],
+    action: &str,
+    repository: &str,
+    own_namespace: &str,
+) -> Result<String, EvalError> {
+    let identity = identity_for(subject, groups, own_namespace)?;
+    let action = Action::parse(action).ok_or_else(|| EvalError::Action(action.to_owned()))?;
+    let repository =
+        RepoName::parse(repository).map_err(|_| EvalError::Repository(repository.to_owned()))?;
+    let decision = policy
+        .access()
+        .decide(&identity, action, repository.as_str());
+    let mut out = String::new();
+    let _ = writeln!(out, "identity:   {identity}");
+    if let Identity::ServiceAccount { groups, .. } = &identity {
+        let _ = writeln!(out, "groups:     {}", groups.join(", "));
+    }
+    let _ = writeln!(out, "action:     {action}");
+    let _ = writeln!(out, "repository: {repository}");
+    let _ = writeln!(
+        out,
+        "decision:   {}",
+        if decision.allowed { "allow" } else { "deny" }
+    );
+    let _ = writeln!(out, "reason:     {}", decision.reason);
     Ok(out)
 }
 
@@ -162,6 +260,85 @@ pub fn eval_review(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn eval_explains_an_access_decision() {
+        let policy = Policy::from_yaml(
+            "access: {rules: [{name: ci, repositories: ['team-a/.*'], subjects: ['group:ci'], actions: [push, pull]}]}",
+        )
+        .expect("policy");
+        let eval = |subject: &str, groups: &[&str], action: &str, repository: &str| {
+            let groups: Vec<String> = groups.iter().map(|g| g.to_string()).collect();
+            eval_access(
+                &policy,
+                subject,
+                &groups,
+                action,
+                repository,
+                "berth-system",
+            )
+        };
+        let check = |out: Result<String, EvalError>, needles: &[&str]| {
+            let out = out.map_err(|e| e.to_string());
+            let text = match &out {
+                Ok(text) | Err(text) => text,
+            };
+            for needle in needles {
+                assert!(text.contains(needle), "{out:?} lacks {needle:?}");
+            }
+        };
+        check(
+            eval("serviceaccount:team-b/x", &["ci"], "push", "team-a/app"),
+            &[
+                "decision:   allow",
+                "reason:     rule \"ci\"",
+                "system:serviceaccounts:team-b, system:authenticated, ci",
+            ],
+        );
+        check(
+            eval("serviceaccount:team-b/x", &[], "push", "team-a/app"),
+            &["decision:   deny", "no rule allows it"],
+        );
+        check(
+            eval("node-proxy", &[], "pull", "team-a/app"),
+            &["identity:   node-proxy:unknown node (serviceaccount:berth-system/berth-node-proxy)", "decision:   allow"],
+        );
+        check(
+            eval("anonymous", &[], "pull", "team-a/app"),
+            &["decision:   deny"],
+        );
+        for (subject, groups, action, repository, error) in [
+            ("usr:x", &[][..], "pull", "a/b", "--subject \"usr:x\""),
+            ("group:ci", &[], "pull", "a/b", "name one identity"),
+            (
+                "user:alice",
+                &["ci"][..],
+                "pull",
+                "a/b",
+                "--group is for a ServiceAccount",
+            ),
+            ("user:alice", &[], "write", "a/b", "--action \"write\""),
+            ("user:alice", &[], "pull", "A//b", "--repository \"A//b\""),
+        ] {
+            let result = eval(subject, groups, action, repository);
+            assert!(
+                result
+                    .as_ref()
+                    .is_err_and(|e| e.to_string().contains(error)),
+                "{subject} {action} {repository}: {result:?}"
+            );
+        }
+        let summary = check_summary();
+        assert!(
+            summary.contains("access rule ci") && summary.contains("immutable tags releases"),
+            "{summary}"
+        );
+    }
+
+    fn check_summary() -> String {
+        check("access: {rules: [{name: ci, repositories: [x], subjects: [anonymous], actions: []}]}\nimmutableTags: [{name: releases, repositories: [x], tags: [y]}]")
+            .expect("valid")
+    }
 
     const POLICY: &str = r#"
 defaultAction: deny

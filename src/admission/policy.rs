@@ -736,6 +736,19 @@ mod shipped_policies {
     #[test]
     fn production_policy() {
         let policy = load(include_str!("../../policies/production.yaml"));
+        assert_eq!(
+            policy.immutable_tag_rule("team/app", "v1.2.3"),
+            Some("releases")
+        );
+        assert_eq!(policy.immutable_tag_rule("team/app", "1.2.3-rc1"), None);
+        let platform = crate::auth::Identity::service_account("platform", "deployer", &[]);
+        assert!(
+            policy
+                .access()
+                .decide(&platform, crate::auth::Action::Delete, "team/app")
+                .allowed
+        );
+        assert!(!policy.access().anonymous_pull());
         let cases: &[(&str, &str, Verdict, Option<&str>)] = &[
             ("nginx", "prod-web", Verdict::Deny, Some("no-latest")),
             (

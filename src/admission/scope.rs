@@ -21,6 +21,9 @@ pub struct Scope {
     /// berth's own addresses, as normalised registry hosts (besides the policy's rewrite targets): only a proxy path
     /// on one of these is berth's proxy; on any other host, `…/proxy/docker.io/…` is just a repository name.
     pub own_hosts: Vec<String>,
+    /// Whether `/validate` decides, for every image on one of berth's own hosts, whether the pod's ServiceAccount
+    /// may pull it by the policy's access rules (set when auth is on; off, pulls are not authorized at admission).
+    pub authorize_pulls: bool,
 }
 
 impl Scope {
@@ -31,6 +34,7 @@ impl Scope {
             namespace: namespace.to_owned(),
             proxy_upstreams: Vec::new(),
             own_hosts: Vec::new(),
+            authorize_pulls: false,
         }
         .with_hosts(
             NODE_PROXY_HOSTS
@@ -55,6 +59,12 @@ impl Scope {
                 }
             }
         }
+        self
+    }
+
+    /// The scope with pull authorization at admission on or off (see [`Scope::authorize_pulls`]).
+    pub fn authorizing_pulls(mut self, on: bool) -> Scope {
+        self.authorize_pulls = on;
         self
     }
 
@@ -92,7 +102,7 @@ impl Scope {
 
     /// Whether a normalised registry host is one of berth's own addresses: one of [`Scope::own_hosts`], or a host
     /// the policy's rewrites send pods to.
-    fn is_own_host(&self, host: &str, policy: &Policy) -> bool {
+    pub(super) fn is_own_host(&self, host: &str, policy: &Policy) -> bool {
         self.own_hosts.iter().any(|h| h == host) || policy.rewrite_hosts().iter().any(|h| h == host)
     }
 

@@ -1,7 +1,9 @@
 //! `/validate`'s decision: every container image of a Pod or workload decided by the policy, where a path of
 //! berth's proxy is decided as the upstream image behind it and berth's own rewrite as its original, and on UPDATE
 //! only what is new. The tests that run `/mutate`'s output through `/validate` are here too, since this is the
-//! module that trusts what the rewrite recorded. Pure: no I/O.
+//! module that trusts what the rewrite recorded. With pull authorization on, every image on one of berth's own hosts is
+//! also decided by the access rules, for the pod's ServiceAccount, as the image is in the pod (a rewritten image as
+//! the path of berth it now is). Pure: no I/O.
 
 use std::collections::BTreeMap;
 
@@ -9,10 +11,11 @@ use kube::core::admission::{AdmissionResponse, Operation};
 
 use super::image::ImageRef;
 use super::pod::{container_images, object_name, pod_spec, recorded_originals};
-use super::policy::{Policy, Verdict};
+use super::policy::{Mode, Policy, Verdict};
 use super::review::Request;
 use super::rewrite::original_behind;
 use super::scope::{skipped, Scope};
+use crate::auth::{Action, Identity};
 
 /// The images `/validate` decides for one container, each with how the denial message names it:
 /// - berth's rewrite of the recorded original (see [`original_behind`]): the original only;
@@ -40,6 +43,33 @@ fn images_to_decide(
         images.push((original.to_owned(), "original image"));
     }
     images
+}
+
+/// The ServiceAccount a pod spec runs as: `serviceAccountName`, else the deprecated `serviceAccount`, else
+/// `default`.
+fn service_account_of(spec: &serde_json::Value) -> &str {
+    ["serviceAccountName", "serviceAccount"]
+        .iter()
+        .find_map(|field| spec.get(field).and_then(serde_json::Value::as_str))
+        .filter(|name| !name.is_empty())
+        .unwrap_or("default")
+}
+
+/// Why the pod's ServiceAccount may not pull `image` from berth, or `None` when it may or the image is not
+/// berth's (another registry's, or one that does not parse: the image rules report that).
+fn pull_denial(image: &str, identity: &Identity, policy: &Policy, scope: &Scope) -> Option<String> {
+    let parsed = ImageRef::parse(image).ok()?;
+    if !scope.is_own_host(&parsed.domain, policy) {
+        return None;
+    }
+    let repository = parsed.path.as_str();
+    let decision = policy.access().decide(identity, Action::Pull, repository);
+    (!decision.allowed).then(|| {
+        format!(
+            "image {image:?}: {identity} may not pull repository {repository} from berth ({})",
+            decision.reason
+        )
+    })
 }
 
 /// On UPDATE, the images the old object already had, by container list and name: those are not decided again, so a
@@ -86,12 +116,27 @@ pub fn validate(request: &Request, policy: &Policy, scope: &Scope) -> AdmissionR
     };
 
     let previous = previous_images(request);
+    let puller = scope
+        .authorize_pulls
+        .then(|| Identity::service_account(namespace, service_account_of(spec), &[]));
     let mut denials = Vec::new();
     let mut warnings = Vec::new();
     for container in container_images(spec) {
         let key = (container.kind.field(), container.name.clone());
         if previous.get(&key) == Some(&container.image) {
             continue;
+        }
+        if let Some(denial) = puller
+            .as_ref()
+            .and_then(|identity| pull_denial(&container.image, identity, policy, scope))
+        {
+            match policy.mode {
+                Mode::Enforce => denials.push(format!("container {:?} {denial}", container.name)),
+                Mode::Audit => warnings.push(format!(
+                    "container {:?} audit mode, would be denied: {denial}",
+                    container.name
+                )),
+            }
         }
         let checks = images_to_decide(
             &container.image,
@@ -150,6 +195,118 @@ mod tests {
     use crate::admission::rewrite::{build_patch, plan_mutation};
     use crate::admission::testing::{pod, request, scope, POLICY};
     use serde_json::{json, Value};
+
+    /// Issue 11: with pull authorization on, an image on berth's own hosts is decided for the pod's ServiceAccount
+    /// by the access rules, as the image is in the pod; other registries' images are not berth's to authorize.
+    #[test]
+    fn pulls_from_berth_are_authorized_for_the_pods_service_account() {
+        let access = r#"
+access:
+  rules:
+    - {name: ci-reads-team-a, repositories: ['team-a/.*'], subjects: ['serviceaccount:team-b/ci', 'group:system:serviceaccounts:team-c'], actions: [pull]}
+    - {name: vault-closed, repositories: ['team-c/vault'], subjects: [authenticated], actions: []}
+"#;
+        let policy = Policy::from_yaml(access).expect("policy");
+        let audit = Policy::from_yaml(&format!("mode: audit\n{access}")).expect("policy");
+        let on = scope().authorizing_pulls(true);
+        // (namespace, serviceAccountName, image, allowed, what the denial says)
+        type Case<'a> = (&'a str, Option<&'a str>, &'a str, bool, &'a [&'a str]);
+        let cases: &[Case] = &[
+            (
+                "team-b",
+                None,
+                "127.0.0.1:5050/team-a/app:1",
+                false,
+                &[
+                    "container \"c\" image \"127.0.0.1:5050/team-a/app:1\"",
+                    "serviceaccount:team-b/default may not pull repository team-a/app",
+                    "(no rule allows it)",
+                ],
+            ),
+            (
+                "team-b",
+                None,
+                "berth.berth-system.svc/team-a/app:1",
+                false,
+                &["repository team-a/app"],
+            ),
+            (
+                "team-b",
+                None,
+                "localhost:5050/team-a/app:1",
+                false,
+                &["repository team-a/app"],
+            ),
+            ("team-a", None, "127.0.0.1:5050/team-a/app:1", true, &[]),
+            (
+                "team-b",
+                Some("ci"),
+                "127.0.0.1:5050/team-a/app:1",
+                true,
+                &[],
+            ),
+            (
+                "team-c",
+                Some("anyone"),
+                "127.0.0.1:5050/team-a/app:1",
+                true,
+                &[],
+            ),
+            (
+                "team-c",
+                None,
+                "127.0.0.1:5050/team-c/vault:1",
+                false,
+                &["rule \"vault-closed\""],
+            ),
+            // A rewritten image is authorized as the path of berth it is: the cache is open to every ServiceAccount.
+            (
+                "team-b",
+                None,
+                "127.0.0.1:5050/proxy/docker.io/library/nginx:1",
+                true,
+                &[],
+            ),
+            // Not berth's: the image rules alone decide.
+            ("team-b", None, "quay.io/team-a/app:1", true, &[]),
+            ("team-b", None, "evil.example/team-a/app:1", true, &[]),
+        ];
+        for (namespace, account, image, allowed, needles) in cases {
+            let mut spec = json!({"containers": [{"name": "c", "image": image}]});
+            if let Some(account) = account {
+                spec["serviceAccountName"] = json!(account);
+            }
+            let deployment = json!({"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "d"},
+                "spec": {"template": {"spec": spec.clone()}}});
+            for review in [
+                request(("", "Pod"), "CREATE", namespace, pod(spec.clone(), None)),
+                request(("apps", "Deployment"), "CREATE", namespace, deployment),
+            ] {
+                let response = validate(&review, &policy, &on);
+                assert_eq!(
+                    response.allowed, *allowed,
+                    "{namespace} {account:?} {image}: {}",
+                    response.result.message
+                );
+                for needle in *needles {
+                    assert!(
+                        response.result.message.contains(needle),
+                        "{:?} lacks {needle:?}",
+                        response.result.message
+                    );
+                }
+                // Off (auth off), pulls are not authorized at admission.
+                assert!(validate(&review, &policy, &scope()).allowed, "{image}");
+                // Audit mode: a warning instead.
+                let audited = validate(&review, &audit, &on);
+                assert!(audited.allowed);
+                let warned = audited.warnings.unwrap_or_default().iter().any(|w| {
+                    w.contains("audit mode, would be denied") && w.contains("may not pull")
+                });
+                assert_eq!(warned, !allowed, "{image}");
+            }
+        }
+    }
 
     #[test]
     fn validate_pods_and_workloads() {
@@ -505,6 +662,56 @@ rewrites: [{name: internal, match: 'registry\.internal/(.+)', replace: '127.0.0.
         assert_eq!(object["spec"]["containers"][0]["image"], proxied);
         let response = validate_pod(&policy, object);
         assert!(response.allowed, "{}", response.result.message);
+    }
+
+    /// Issue 11: a pod berth's /mutate rewrote is authorized as the image it now names: a rewrite to berth's own
+    /// repositories (not the cache) is a pull of that repository, decided for the pod's ServiceAccount.
+    #[test]
+    fn a_rewritten_pod_is_authorized_as_what_it_now_pulls() {
+        let policy = Policy::from_yaml(
+            r#"
+rewrites:
+  - {name: internal, match: 'registry\.internal/(.+)', replace: '127.0.0.1:5050/$1'}
+  - {name: hub, match: 'docker\.io/(.+)', replace: '127.0.0.1:5050/proxy/docker.io/$1'}
+"#,
+        )
+        .expect("policy");
+        let on = scope().authorizing_pulls(true);
+        for (namespace, image, allowed) in [
+            ("team-a", "registry.internal/team-a/app:1", true),
+            ("team-b", "registry.internal/team-a/app:1", false),
+            ("team-b", "nginx:1.25", true),
+        ] {
+            let spec = json!({"containers": [{"name": "web", "image": image}]});
+            let mut object = pod(spec, None);
+            let plan = plan_mutation(
+                &request(("", "Pod"), "CREATE", namespace, object.clone()),
+                &policy,
+                &on,
+            );
+            let (patch, _) = build_patch(&plan, &[true]);
+            json_patch::patch(&mut object, &patch.expect("a patch")).expect("applies");
+            let rewritten = object["spec"]["containers"][0]["image"].clone();
+            let response = validate(
+                &request(("", "Pod"), "CREATE", namespace, object),
+                &policy,
+                &on,
+            );
+            assert_eq!(
+                response.allowed, allowed,
+                "{namespace} {image} -> {rewritten}: {}",
+                response.result.message
+            );
+            if !allowed {
+                assert!(
+                    response.result.message.contains(
+                        "serviceaccount:team-b/default may not pull repository team-a/app"
+                    ),
+                    "{}",
+                    response.result.message
+                );
+            }
+        }
     }
 
     /// A rewrite to a host of the policy's own is berth's address too, and a verified original decides there as well.

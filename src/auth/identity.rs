@@ -64,7 +64,31 @@ pub enum Identity {
     },
 }
 
+/// The node proxy's ServiceAccount name in berth's namespace (manifests/base/node-proxy.yaml).
+pub const NODE_PROXY_SERVICE_ACCOUNT: &str = "berth-node-proxy";
+
 impl Identity {
+    /// A ServiceAccount with the groups the API server gives every ServiceAccount (`system:serviceaccounts`,
+    /// `system:serviceaccounts:<ns>`, `system:authenticated`), followed by `extra_groups`: what a pod's
+    /// ServiceAccount is when berth decides for it without its token (`/validate`, `berth policy eval`).
+    pub fn service_account(namespace: &str, name: &str, extra_groups: &[String]) -> Identity {
+        let mut groups = vec![
+            "system:serviceaccounts".to_owned(),
+            format!("system:serviceaccounts:{namespace}"),
+            "system:authenticated".to_owned(),
+        ];
+        for group in extra_groups {
+            if !groups.contains(group) {
+                groups.push(group.clone());
+            }
+        }
+        Identity::ServiceAccount {
+            namespace: namespace.to_owned(),
+            name: name.to_owned(),
+            groups,
+        }
+    }
+
     /// The Kubernetes user name of a ServiceAccount (`system:serviceaccount:<ns>:<name>`), the user's name, or
     /// `anonymous`.
     pub fn username(&self) -> String {

@@ -1,5 +1,6 @@
-//! The mutating webhook in process, where its answer depends on what berth can serve (the registry service and the
-//! proxy behind `/mutate`).
+//! The admission webhooks in process: `/mutate`, where its answer depends on what berth can serve (the registry
+//! service and the proxy behind it), and `/validate`'s pull authorization with the admission settings berth runs
+//! with when auth is on.
 
 use actix_web::test::TestRequest;
 use base64::Engine as _;
@@ -97,4 +98,46 @@ rewrites:
             && warnings.contains("unsupported digest algorithm (sha256 and sha512 are)"),
         "{warnings}"
     );
+}
+
+/// Issue 11: with pull authorization on (the lead sets it when auth is on), `/validate` refuses a pod whose
+/// ServiceAccount may not pull the berth image it names, and says who, what and why; the same image in its own
+/// namespace is admitted.
+#[actix_web::test]
+async fn validate_authorizes_pulls_from_berth_for_the_pods_service_account() {
+    let fixture = Fixture::new().await;
+    let mut state = fixture.berth.state.clone();
+    state.settings =
+        actix_web::web::Data::new(state.settings.as_ref().clone().authorizing_pulls(true));
+    let berth = super::InProcess::mount(state).await;
+    for (namespace, allowed) in [("team-b", false), ("team-a", true)] {
+        let mut review = review("127.0.0.1:5050/team-a/app:1.0");
+        review["request"]["namespace"] = json!(namespace);
+        review["request"]["object"]["spec"]["serviceAccountName"] = json!("runner");
+        let answer = berth
+            .send(
+                TestRequest::post()
+                    .uri("/validate")
+                    .insert_header(("content-type", "application/json"))
+                    .set_payload(review.to_string()),
+            )
+            .await;
+        assert_eq!(answer.status, 200, "{:?}", answer.body);
+        let body: Value = serde_json::from_slice(&answer.body).expect("an AdmissionReview");
+        let response = &body["response"];
+        assert_eq!(response["allowed"], allowed, "{namespace}: {response}");
+        if !allowed {
+            assert_eq!(response["status"]["code"], 403, "{response}");
+            let message = response["status"]["message"].as_str().unwrap_or_default();
+            for needle in [
+                "container \"web\"",
+                "\"127.0.0.1:5050/team-a/app:1.0\"",
+                "serviceaccount:team-b/runner",
+                "repository team-a/app",
+                "no rule allows it",
+            ] {
+                assert!(message.contains(needle), "{message:?} lacks {needle:?}");
+            }
+        }
+    }
 }

@@ -1,6 +1,7 @@
 //! Manifests and tags: a pushed manifest is parsed, its digest verified and every blob and child it names checked
 //! against the repository before it is stored, referred to and tagged; a delete removes only the tags still naming
-//! it. Both run under the repository's lock ([`RepoLocks`]).
+//! it. Both run under the repository's lock ([`RepoLocks`]), and so does the immutable-tag check: the caller says
+//! which tags are immutable ([`Immutability`]); this module does not know the policy.
 
 use std::collections::HashMap;
 
