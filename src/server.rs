@@ -188,14 +188,16 @@ impl AppState {
             .flat_map(|m| m.names.iter())
             .chain(&config.sans)
             .cloned();
+        let auth = web::Data::new(
+            Authenticator::from_config(&config.auth, &config.cert_dir, clock.clone()).await?,
+        );
         let settings = web::Data::new(
             AdmissionSettings::new(&config.namespace)
                 .with_hosts(own_names)
                 // The upstreams the proxy serves (the configured ones, or a test's), so the two never disagree.
-                .with_proxy_upstreams(proxy.upstream_names().map(str::to_owned)),
-        );
-        let auth = web::Data::new(
-            Authenticator::from_config(&config.auth, &config.cert_dir, clock.clone()).await?,
+                .with_proxy_upstreams(proxy.upstream_names().map(str::to_owned))
+                // With auth on, a pod may only run what its ServiceAccount may pull from berth.
+                .authorizing_pulls(auth.enabled()),
         );
         Ok(AppState {
             registry,

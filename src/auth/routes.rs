@@ -31,7 +31,7 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
 }
 
 /// What a token grants `identity`, of what it asked for: per repository, the actions the rules allow, in the
-/// order asked; a repository asked twice is merged. The catalog is granted to nobody yet (the rule for it is the
+/// order asked; a repository asked twice is merged. The catalog (`registry:catalog:*`) is granted to admins only. (The rule for it is the
 /// access rules' to give). Pure.
 pub fn grant(
     identity: &Identity,
@@ -40,8 +40,19 @@ pub fn grant(
 ) -> Vec<Grant> {
     let mut grants: Vec<Grant> = Vec::new();
     for scope in requested {
-        let RequestedScope::Repository { name, actions } = scope else {
-            continue;
+        let (name, actions) = match scope {
+            RequestedScope::Repository { name, actions } => (name, actions),
+            RequestedScope::Catalog => {
+                let listed = grants.iter().any(|g| g.resource_type == "registry");
+                if rules.is_admin(identity) && !listed {
+                    grants.push(Grant {
+                        resource_type: "registry".into(),
+                        name: "catalog".into(),
+                        actions: vec!["*".into()],
+                    });
+                }
+                continue;
+            }
         };
         let allowed: Vec<Action> = actions
             .iter()
@@ -164,14 +175,6 @@ fn issued_at_text(issued: &IssuedToken) -> String {
     )
 }
 
-/// The access rules in force.
-fn rules(policy: &PolicyStore) -> AccessPolicy {
-    // INTEGRATION: the access rules of the policy in force (`policy.current().policy.access()`) once they are
-    // part of `Policy`; the placeholder's rules until then.
-    let _ = policy.current();
-    AccessPolicy::default()
-}
-
 fn check_service(service: Option<&str>) -> Result<(), TokenRequestError> {
     match service {
         Some(service) if service != SERVICE => Err(TokenRequestError::WrongService(
@@ -195,7 +198,8 @@ async fn issue(
         .map_err(TokenRequestError::Auth)?;
     // A berth token presented here names an identity, not new rights: the rules decide again.
     let identity = authenticated.identity;
-    let grants = grant(&identity, &scopes, &rules(policy));
+    let current = policy.current();
+    let grants = grant(&identity, &scopes, current.policy.access());
     log::info!(
         "token for {identity}: {}",
         if grants.is_empty() {
@@ -361,8 +365,15 @@ mod tests {
         }
     }
 
+    /// Anonymous may do everything on every repository here, and `user:ops` is an admin.
+    fn everything_allowed() -> AccessPolicy {
+        let spec = "admins: ['user:ops']\nrules:\n  - name: all\n    repositories: ['.*']\n    subjects: [anonymous]\n    actions: [pull, push, delete]\n";
+        let value: serde_yaml_ng::Value = serde_yaml_ng::from_str(spec).expect("yaml");
+        AccessPolicy::compile(&value).expect("access policy")
+    }
+
     fn check(requested: &[RequestedScope], expected: &[(&str, &[&str])]) {
-        let got = grant(&Identity::Anonymous, requested, &AccessPolicy::default());
+        let got = grant(&Identity::Anonymous, requested, &everything_allowed());
         let expected: Vec<Grant> = expected
             .iter()
             .map(|(name, actions)| Grant {
@@ -375,7 +386,7 @@ mod tests {
     }
 
     #[test]
-    fn grants_merge_repositories_and_skip_the_catalog() {
+    fn grants_merge_repositories_and_give_the_catalog_to_admins() {
         use Action::*;
         check(&[], &[]);
         check(&[repo("a", &[Pull, Push])], &[("a", &["pull", "push"])]);
@@ -389,6 +400,33 @@ mod tests {
         );
         check(&[RequestedScope::Catalog], &[]);
         check(&[repo("a", &[])], &[("a", &[])]);
+        let ops = Identity::User { name: "ops".into() };
+        let catalog = grant(
+            &ops,
+            &[RequestedScope::Catalog, RequestedScope::Catalog],
+            &everything_allowed(),
+        );
+        assert_eq!(
+            catalog,
+            [Grant {
+                resource_type: "registry".into(),
+                name: "catalog".into(),
+                actions: vec!["*".into()],
+            }]
+        );
+        // Without an access section nobody is an admin, and anonymous gets nothing.
+        assert_eq!(
+            grant(
+                &ops,
+                &[RequestedScope::Catalog, repo("a", &[Action::Push])],
+                &AccessPolicy::default()
+            ),
+            [Grant {
+                resource_type: "repository".into(),
+                name: "a".into(),
+                actions: vec![],
+            }]
+        );
     }
 
     #[test]
