@@ -269,7 +269,11 @@ pub async fn serve(config: Config) -> Result<(), ServeError> {
 
     let server = HttpServer::new(move || {
         App::new()
-            .wrap(Logger::new(r#"%a "%r" %s %b %Dms"#))
+            // One line per request; `/v2` requests with auth on name who asked (the front door's identity).
+            .wrap(
+                Logger::new(r#"%a %{identity}xo "%r" %s %b %Dms"#)
+                    .custom_response_replace("identity", logged_identity),
+            )
             .configure(|cfg| state.configure(cfg))
     })
     .workers(config.workers)
@@ -304,6 +308,19 @@ pub async fn serve(config: Config) -> Result<(), ServeError> {
     server.run().await.map_err(listen_error)?;
     log::info!("berth stopped");
     Ok(())
+}
+
+/// The identity the front door verified for a request, as the access log names it (`-` when none was checked).
+fn logged_identity(response: &actix_web::dev::ServiceResponse) -> String {
+    use actix_web::HttpMessage;
+    response
+        .request()
+        .extensions()
+        .get::<crate::auth::Identity>()
+        .map_or_else(
+            || "-".to_owned(),
+            |identity| identity.to_string().replace(' ', ""),
+        )
 }
 
 /// The listening socket. Its `TCP_USER_TIMEOUT` (inherited by every accepted connection on Linux) drops a

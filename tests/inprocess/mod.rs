@@ -10,6 +10,7 @@
 //! it finds) and [`Fixture::sweep_uploads`] runs the upload sweep `serve` runs in the background, now.
 
 mod admission;
+mod auth;
 mod cache;
 mod fake_upstream;
 mod front_door;

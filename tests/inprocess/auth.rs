@@ -1,0 +1,370 @@
+//! The front door with auth on, in process: who is asking (anonymous, Basic credentials straight to `/v2`, berth's
+//! tokens from `/auth/token`) and what they get — the token-flow challenge for too little, 403 `DENIED` naming the
+//! identity, action, repository and rule for what the rules refuse, a token checked against what it grants, the
+//! catalog for admins only, and a cross-repository mount that the source's rules do not allow turned into a plain
+//! upload.
+
+use actix_web::test::TestRequest;
+use base64::Engine;
+use serde_json::Value;
+
+use super::Fixture;
+use crate::api::{content, sha256};
+use berth::config::PolicySource;
+
+const POLICY: &str = r#"
+access:
+  anonymous: none
+  admins: ['user:ops']
+  rules:
+    - name: bob-reads-team-a
+      repositories: ['team-a/.*']
+      subjects: ['user:bob']
+      actions: [pull]
+    - name: alice-team-a
+      repositories: ['team-a/.*']
+      subjects: ['user:alice']
+      actions: [pull, push]
+"#;
+
+/// A berth with auth on: htpasswd users alice, bob and ops (password `secret`, bcrypt cost 4 to keep it fast) and
+/// [`POLICY`]. The returned directory holds both files.
+async fn berth_with_auth() -> (Fixture, tempfile::TempDir) {
+    let dir = tempfile::tempdir().expect("temporary directory");
+    let hash = bcrypt::hash("secret", 4).expect("bcrypt");
+    let users: String = ["alice", "bob", "ops"]
+        .iter()
+        .map(|user| format!("{user}:{hash}\n"))
+        .collect();
+    std::fs::write(dir.path().join("htpasswd"), users).expect("write htpasswd");
+    std::fs::write(dir.path().join("policy.yaml"), POLICY).expect("write policy");
+    let htpasswd = dir.path().join("htpasswd");
+    let policy = dir.path().join("policy.yaml");
+    let fixture = Fixture::with_config(|config| {
+        config.auth.htpasswd = Some(htpasswd);
+        config.policy = PolicySource::File(policy);
+    })
+    .await;
+    (fixture, dir)
+}
+
+fn basic(user: &str, password: &str) -> (&'static str, String) {
+    let encoded = base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}"));
+    ("authorization", format!("Basic {encoded}"))
+}
+
+fn bearer(token: &str) -> (&'static str, String) {
+    ("authorization", format!("Bearer {token}"))
+}
+
+/// A token from `/auth/token` for `user` and the `scopes`.
+async fn token(fixture: &Fixture, user: &str, scopes: &[&str]) -> String {
+    let query: String = scopes.iter().map(|s| format!("&scope={s}")).collect();
+    let answer = fixture
+        .berth
+        .send(
+            TestRequest::get()
+                .uri(&format!("/auth/token?service=berth{query}"))
+                .insert_header(basic(user, "secret")),
+        )
+        .await;
+    assert_eq!(answer.status, 200, "{:?}", answer.body);
+    let body: Value = serde_json::from_slice(&answer.body).expect("token JSON");
+    body["token"].as_str().expect("token").to_owned()
+}
+
+/// Pushes a blob to `repo` with `credentials` and returns the status.
+async fn push_blob(fixture: &Fixture, repo: &str, credentials: (&str, String), seed: u64) -> u16 {
+    let blob = content(1000, seed);
+    let digest = sha256(&blob);
+    fixture
+        .berth
+        .send(
+            TestRequest::post()
+                .uri(&format!("/v2/{repo}/blobs/uploads/?digest={digest}"))
+                .insert_header(credentials)
+                .set_payload(blob),
+        )
+        .await
+        .status
+}
+
+#[actix_web::test]
+async fn anonymous_clients_are_challenged_with_the_scope_they_need() {
+    let (fixture, _dir) = berth_with_auth().await;
+    let base = fixture.berth.send(TestRequest::get().uri("/v2/")).await;
+    base.expect_error(401, "UNAUTHORIZED");
+    assert_eq!(
+        base.header("www-authenticate"),
+        r#"Bearer realm="http://localhost:8080/auth/token",service="berth""#
+    );
+    let pull = fixture
+        .berth
+        .send(TestRequest::get().uri("/v2/team-a/app/manifests/v1"))
+        .await;
+    let message = pull.expect_error(401, "UNAUTHORIZED");
+    assert_eq!(message, "authentication required to pull team-a/app");
+    assert_eq!(
+        pull.header("www-authenticate"),
+        r#"Bearer realm="http://localhost:8080/auth/token",service="berth",scope="repository:team-a/app:pull""#
+    );
+    let push = fixture
+        .berth
+        .send(TestRequest::post().uri("/v2/team-a/app/blobs/uploads/"))
+        .await;
+    push.expect_error(401, "UNAUTHORIZED");
+    assert!(
+        push.header("www-authenticate")
+            .ends_with(r#"scope="repository:team-a/app:pull,push""#),
+        "{}",
+        push.header("www-authenticate")
+    );
+}
+
+#[actix_web::test]
+async fn basic_credentials_straight_to_v2_are_decided_by_the_rules() {
+    let (fixture, _dir) = berth_with_auth().await;
+    let base = fixture
+        .berth
+        .send(
+            TestRequest::get()
+                .uri("/v2/")
+                .insert_header(basic("alice", "secret")),
+        )
+        .await;
+    assert_eq!(base.status, 200);
+    assert_eq!(
+        push_blob(&fixture, "team-a/app", basic("alice", "secret"), 1).await,
+        201
+    );
+    let refused = fixture
+        .berth
+        .send(
+            TestRequest::post()
+                .uri("/v2/team-b/app/blobs/uploads/")
+                .insert_header(basic("alice", "secret")),
+        )
+        .await;
+    let message = refused.expect_error(403, "DENIED");
+    assert_eq!(
+        message,
+        "user:alice may not push team-b/app: no rule allows it"
+    );
+    // The first matching rule decides: bob's rule lists pull only.
+    let bob = fixture
+        .berth
+        .send(
+            TestRequest::post()
+                .uri("/v2/team-a/app/blobs/uploads/")
+                .insert_header(basic("bob", "secret")),
+        )
+        .await;
+    assert_eq!(
+        bob.expect_error(403, "DENIED"),
+        r#"user:bob may not push team-a/app: rule "bob-reads-team-a""#
+    );
+    // A wrong password is a challenge again, not a denial.
+    let wrong = fixture
+        .berth
+        .send(
+            TestRequest::get()
+                .uri("/v2/team-a/app/tags/list")
+                .insert_header(basic("alice", "wrong")),
+        )
+        .await;
+    wrong.expect_error(401, "UNAUTHORIZED");
+    assert!(wrong
+        .header("www-authenticate")
+        .starts_with("Bearer realm="));
+    for header in [
+        "Basic",
+        "Basic !!!",
+        "Negotiate abc",
+        "Bearer",
+        "Bearer a.b.c",
+    ] {
+        let answer = fixture
+            .berth
+            .send(
+                TestRequest::get()
+                    .uri("/v2/team-a/app/tags/list")
+                    .insert_header(("authorization", header)),
+            )
+            .await;
+        answer.expect_error(401, "UNAUTHORIZED");
+        assert!(
+            answer
+                .header("www-authenticate")
+                .starts_with("Bearer realm="),
+            "{header}"
+        );
+    }
+}
+
+#[actix_web::test]
+async fn a_token_allows_what_it_grants_and_a_denial_names_the_rule() {
+    let (fixture, _dir) = berth_with_auth().await;
+    // A partial grant: team-b is not alice's, and the token simply leaves it out.
+    let alice = token(
+        &fixture,
+        "alice",
+        &[
+            "repository:team-a/app:pull,push",
+            "repository:team-b/app:pull",
+        ],
+    )
+    .await;
+    assert_eq!(
+        push_blob(&fixture, "team-a/app", bearer(&alice), 2).await,
+        201
+    );
+    let team_b = fixture
+        .berth
+        .send(
+            TestRequest::get()
+                .uri("/v2/team-b/app/tags/list")
+                .insert_header(bearer(&alice)),
+        )
+        .await;
+    assert_eq!(
+        team_b.expect_error(403, "DENIED"),
+        "user:alice may not pull team-b/app: no rule allows it"
+    );
+    // A token asked for pull only: the rules would allow the push, so the client is told to get a token for it.
+    let pull_only = token(&fixture, "alice", &["repository:team-a/app:pull"]).await;
+    let push = fixture
+        .berth
+        .send(
+            TestRequest::post()
+                .uri("/v2/team-a/app/blobs/uploads/")
+                .insert_header(bearer(&pull_only)),
+        )
+        .await;
+    assert_eq!(
+        push.expect_error(401, "UNAUTHORIZED"),
+        "the token does not grant push on team-a/app"
+    );
+    assert!(push
+        .header("www-authenticate")
+        .ends_with(r#"scope="repository:team-a/app:pull,push""#));
+    // bob asked for push and got pull only; his push is refused by his rule.
+    let bob = token(&fixture, "bob", &["repository:team-a/app:pull,push"]).await;
+    let push = fixture
+        .berth
+        .send(
+            TestRequest::post()
+                .uri("/v2/team-a/app/blobs/uploads/")
+                .insert_header(bearer(&bob)),
+        )
+        .await;
+    assert_eq!(
+        push.expect_error(403, "DENIED"),
+        r#"user:bob may not push team-a/app: rule "bob-reads-team-a""#
+    );
+    // A token opens /v2/ too (clients probe it with the token they got).
+    let base = fixture
+        .berth
+        .send(TestRequest::get().uri("/v2/").insert_header(bearer(&bob)))
+        .await;
+    assert_eq!(base.status, 200);
+}
+
+#[actix_web::test]
+async fn the_catalog_is_for_admins() {
+    let (fixture, _dir) = berth_with_auth().await;
+    let alice = fixture
+        .berth
+        .send(
+            TestRequest::get()
+                .uri("/v2/_catalog")
+                .insert_header(basic("alice", "secret")),
+        )
+        .await;
+    assert_eq!(
+        alice.expect_error(403, "DENIED"),
+        "user:alice may not list the catalog: only admins may"
+    );
+    let ops = fixture
+        .berth
+        .send(
+            TestRequest::get()
+                .uri("/v2/_catalog")
+                .insert_header(basic("ops", "secret")),
+        )
+        .await;
+    assert_eq!(ops.status, 200, "{:?}", ops.body);
+    let catalog_token = token(&fixture, "ops", &["registry:catalog:*"]).await;
+    let with_token = fixture
+        .berth
+        .send(
+            TestRequest::get()
+                .uri("/v2/_catalog")
+                .insert_header(bearer(&catalog_token)),
+        )
+        .await;
+    assert_eq!(with_token.status, 200, "{:?}", with_token.body);
+    // alice asked for the catalog and got a token without it: refused, as with her password.
+    let alice_token = token(&fixture, "alice", &["registry:catalog:*"]).await;
+    let refused = fixture
+        .berth
+        .send(
+            TestRequest::get()
+                .uri("/v2/_catalog")
+                .insert_header(bearer(&alice_token)),
+        )
+        .await;
+    refused.expect_error(403, "DENIED");
+    // An admin's token without the scope: the client is told to ask for it.
+    let ops_token = token(&fixture, "ops", &["repository:a/b:pull"]).await;
+    let challenged = fixture
+        .berth
+        .send(
+            TestRequest::get()
+                .uri("/v2/_catalog")
+                .insert_header(bearer(&ops_token)),
+        )
+        .await;
+    challenged.expect_error(401, "UNAUTHORIZED");
+    assert!(challenged
+        .header("www-authenticate")
+        .ends_with(r#"scope="registry:catalog:*""#));
+}
+
+#[actix_web::test]
+async fn a_mount_from_a_repository_the_client_may_not_pull_is_a_plain_upload() {
+    let (fixture, _dir) = berth_with_auth().await;
+    let blob = content(1000, 7);
+    let digest = sha256(&blob);
+    let pushed = fixture
+        .berth
+        .send(
+            TestRequest::post()
+                .uri(&format!("/v2/secret/app/blobs/uploads/?digest={digest}"))
+                .insert_header(basic("ops", "secret"))
+                .set_payload(blob),
+        )
+        .await;
+    assert_eq!(pushed.status, 201);
+    let mount = |user: &'static str| {
+        TestRequest::post()
+            .uri(&format!(
+                "/v2/team-a/app/blobs/uploads/?mount={digest}&from=secret/app"
+            ))
+            .insert_header(basic(user, "secret"))
+    };
+    // alice may push team-a but not pull secret/app: no mount, an upload session instead.
+    let alice = fixture.berth.send(mount("alice")).await;
+    assert_eq!(alice.status, 202, "{:?}", alice.body);
+    let blob_in_team_a = fixture
+        .berth
+        .send(
+            TestRequest::get()
+                .uri(&format!("/v2/team-a/app/blobs/{digest}"))
+                .insert_header(basic("alice", "secret")),
+        )
+        .await;
+    blob_in_team_a.expect_error(404, "BLOB_UNKNOWN");
+    // An admin may pull both: the mount happens.
+    let ops = fixture.berth.send(mount("ops")).await;
+    assert_eq!(ops.status, 201, "{:?}", ops.body);
+}
