@@ -430,6 +430,18 @@ fn service_account_tokens_are_checked_with_a_real_token_review() {
         .expect("GET /auth/token");
     assert_eq!(bearer.status(), StatusCode::OK);
 
+    // berth's token of a ServiceAccount is not renewable without the ServiceAccount token.
+    let refresh = client
+        .post(format!("{}/auth/token", berth.base_url))
+        .form(&[
+            ("grant_type", "refresh_token"),
+            ("refresh_token", body["token"].as_str().expect("token")),
+        ])
+        .send()
+        .expect("POST /auth/token");
+    assert_eq!(refresh.status(), StatusCode::UNAUTHORIZED);
+    assert_eq!(json_of(refresh)["error"], "invalid_grant");
+
     // Another audience is refused.
     let other = create_token(&cluster, "team-a", "ci", "vault");
     assert_eq!(

@@ -196,6 +196,18 @@ impl Authenticator {
         self.htpasswd.as_ref()
     }
 
+    /// Whether a berth token naming `identity` may be exchanged for a new one (the refresh grant) without the
+    /// original credentials: an htpasswd user still in the file, or anonymous. A ServiceAccount's berth token is not
+    /// refreshable: berth cannot ask TokenReview again without the ServiceAccount token, and a chain of refreshes
+    /// would outlive a deleted ServiceAccount.
+    pub fn may_refresh(&self, identity: &Identity) -> bool {
+        match identity {
+            Identity::Anonymous => true,
+            Identity::User { name } => self.htpasswd.as_ref().is_some_and(|h| h.has_user(name)),
+            Identity::ServiceAccount { .. } | Identity::NodeProxy { .. } => false,
+        }
+    }
+
     /// What `/readyz` reports about authentication.
     pub fn status(&self) -> serde_json::Value {
         json!({
@@ -653,6 +665,22 @@ mod tests {
             outcome(&auth, Some(tampered.as_bytes()), None).await,
             Err("invalid")
         );
+    }
+
+    #[test]
+    fn only_identities_that_still_stand_may_refresh() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let auth = authenticator(dir.path());
+        let cases = [
+            (Identity::Anonymous, true),
+            (user("alice"), true),
+            (user("removed"), false),
+            (ci(), false),
+            (node_proxy(Some("node-1")), false),
+        ];
+        for (identity, expected) in cases {
+            assert_eq!(auth.may_refresh(&identity), expected, "{identity}");
+        }
     }
 
     #[tokio::test]

@@ -193,8 +193,14 @@ async fn issue(
         .authenticate(&presented)
         .await
         .map_err(TokenRequestError::Auth)?;
-    // A berth token presented here names an identity, not new rights: the rules decide again.
+    // A berth token presented here names an identity, not new rights: the rules decide again, and only for an
+    // identity that still stands without its original credentials.
     let identity = authenticated.identity;
+    if authenticated.grants.is_some() && !auth.may_refresh(&identity) {
+        return Err(TokenRequestError::RefreshToken(format!(
+            "a token of {identity} cannot be renewed; log in with its credentials again"
+        )));
+    }
     let grants = grant(&identity, &scopes, &rules(policy));
     log::info!(
         "token for {identity}: {}",
