@@ -430,6 +430,23 @@ fn service_account_tokens_are_checked_with_a_real_token_review() {
         .expect("GET /auth/token");
     assert_eq!(bearer.status(), StatusCode::OK);
 
+    // containerd sends a password without a user name as the refresh token of the OAuth2 form.
+    let oauth = client
+        .post(format!("{}/auth/token", berth.base_url))
+        .form(&[
+            ("grant_type", "refresh_token"),
+            ("service", "berth"),
+            ("client_id", "containerd-client"),
+            ("refresh_token", &token),
+            ("scope", "repository:team-a/app:pull"),
+        ])
+        .send()
+        .expect("POST /auth/token");
+    assert_eq!(oauth.status(), StatusCode::OK);
+    assert_eq!(
+        claims_of(json_of(oauth)["access_token"].as_str().expect("token"))["sub"],
+        "system:serviceaccount:team-a:ci"
+    );
     // berth's token of a ServiceAccount is not renewable without the ServiceAccount token.
     let refresh = client
         .post(format!("{}/auth/token", berth.base_url))
