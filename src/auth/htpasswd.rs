@@ -28,6 +28,12 @@ const MAX_FILE_BYTES: usize = 4 << 20;
 /// The bcrypt cost of the hash verified for users that do not exist (htpasswd's default).
 const DUMMY_COST: u32 = 10;
 
+/// bcrypt verifications that run at once: one per CPU, so a flood of logins queues instead of taking every
+/// blocking thread and every core.
+fn bcrypt_slots() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get())
+}
+
 /// Why an htpasswd file was refused. Names the line and the user, never the hash.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum HtpasswdError {
@@ -164,6 +170,7 @@ pub struct HtpasswdStore {
     loaded: ArcSwap<Loaded>,
     last_error: Mutex<Option<String>>,
     verified: Mutex<Verified>,
+    bcrypt_slots: tokio::sync::Semaphore,
     clock: SharedClock,
 }
 
@@ -235,6 +242,7 @@ impl HtpasswdStore {
             verified: Mutex::new(Verified {
                 entries: HashMap::new(),
             }),
+            bcrypt_slots: tokio::sync::Semaphore::new(bcrypt_slots()),
             clock,
         })
     }
@@ -316,6 +324,14 @@ impl HtpasswdStore {
         let hash = loaded.users.hashes.get(user).cloned();
         let known = hash.is_some();
         let password = password.to_owned();
+        // The semaphore is never closed; a closed one would only mean no slot, and the check fails.
+        let Ok(_slot) = self.bcrypt_slots.acquire().await else {
+            return if known {
+                Verdict::WrongPassword
+            } else {
+                Verdict::UnknownUser
+            };
+        };
         let matched = tokio::task::spawn_blocking(move || {
             let hash = hash.unwrap_or_else(|| dummy_hash().to_owned());
             // bcrypt compares its output with the stored hash in constant time.
