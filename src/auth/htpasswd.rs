@@ -40,6 +40,13 @@ pub enum HtpasswdError {
     /// The file could not be read.
     #[error("htpasswd file {path}: {why}")]
     Read { path: String, why: String },
+    /// The file named is invalid (the cause names the line and the user).
+    #[error("htpasswd file {path}: {source}")]
+    Invalid {
+        path: String,
+        #[source]
+        source: Box<HtpasswdError>,
+    },
     /// The file is larger than berth reads.
     #[error("htpasswd file of {0} bytes is larger than the {MAX_FILE_BYTES} accepted")]
     TooLarge(usize),
@@ -221,9 +228,9 @@ impl HtpasswdStore {
     /// Reads `path` (an invalid or unreadable file refuses the start).
     pub fn load(path: &Path, clock: SharedClock) -> Result<HtpasswdStore, HtpasswdError> {
         let text = read(path)?;
-        let users = parse(&text).map_err(|e| HtpasswdError::Read {
+        let users = parse(&text).map_err(|e| HtpasswdError::Invalid {
             path: path.display().to_string(),
-            why: e.to_string(),
+            source: Box::new(e),
         })?;
         log::info!(
             "htpasswd file {} in force: {} users",
@@ -490,6 +497,22 @@ mod tests {
         let path = dir.join("htpasswd");
         std::fs::write(&path, text).expect("write");
         HtpasswdStore::load(&path, ManualClock::new()).expect("load")
+    }
+
+    #[test]
+    fn an_invalid_file_at_start_is_refused_naming_the_file_and_line() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("htpasswd");
+        std::fs::write(&path, "alice:plain\n").expect("write");
+        let error = HtpasswdStore::load(&path, ManualClock::new()).expect_err("invalid");
+        let shown = error.to_string();
+        assert!(
+            shown.contains(&path.display().to_string()) && shown.contains("line 1"),
+            "{shown}"
+        );
+        let missing =
+            HtpasswdStore::load(&dir.path().join("nope"), ManualClock::new()).expect_err("missing");
+        assert!(matches!(missing, HtpasswdError::Read { .. }), "{missing}");
     }
 
     #[tokio::test]
