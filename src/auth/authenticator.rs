@@ -240,6 +240,15 @@ impl Authenticator {
                 });
             }
         };
+        // The hot path: a berth token verified before is a hash and a lookup, nothing else.
+        if let (Credentials::Bearer(token), Some(issuer)) = (&credentials, &self.issuer) {
+            if let Some(hit) = issuer.cached(token) {
+                return Ok(Authenticated {
+                    identity: hit.identity.clone(),
+                    grants: Some(hit.grants.clone()),
+                });
+            }
+        }
         let (user, outcome) = self.check(&credentials, request).await;
         match outcome {
             Ok(authenticated) => {
