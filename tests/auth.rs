@@ -221,6 +221,12 @@ fn the_token_endpoint_refuses_bad_input_with_the_right_status() {
             "UNSUPPORTED",
         ),
         (
+            "service=berth&scope=%zz",
+            None,
+            StatusCode::BAD_REQUEST,
+            "UNSUPPORTED",
+        ),
+        (
             "service=berth",
             Some("Digest abc"),
             StatusCode::UNAUTHORIZED,
@@ -260,6 +266,19 @@ fn the_token_endpoint_refuses_bad_input_with_the_right_status() {
         .send()
         .expect("GET /auth/token");
     assert_eq!(response.status(), StatusCode::BAD_REQUEST);
+    for body in [
+        format!("grant_type=password&password={}", "a".repeat(100 * 1024)),
+        "grant_type=password&grant_type=password&password=x".to_owned(),
+    ] {
+        let response = client
+            .post(format!("{}/auth/token", berth.base_url))
+            .header("content-type", "application/x-www-form-urlencoded")
+            .body(body)
+            .send()
+            .expect("POST /auth/token");
+        assert_eq!(response.status(), StatusCode::BAD_REQUEST);
+        assert_eq!(json_of(response)["error"], "invalid_request");
+    }
     let response = client
         .post(format!("{}/auth/token", berth.base_url))
         .form(&[("grant_type", "client_credentials")])

@@ -19,6 +19,9 @@ use super::token::{IssuedToken, SERVICE};
 use super::{Action, Identity};
 use crate::admission::PolicyStore;
 
+/// Largest `POST /auth/token` form read (credentials, a token and scopes fit in a few KiB).
+const MAX_FORM_BYTES: u64 = 64 * 1024;
+
 /// The challenge of the token endpoint.
 pub const BASIC_CHALLENGE: &str = r#"Basic realm="berth""#;
 
@@ -93,6 +96,10 @@ pub enum TokenRequestError {
     /// Authentication is off: berth issues no tokens.
     #[error("authentication is off: berth issues no tokens")]
     Off,
+    /// The query string or the form does not decode (bad percent-encoding, a field given twice, a body too large
+    /// or not UTF-8).
+    #[error("the request does not decode: {0}")]
+    Undecodable(String),
     /// Signing failed (logged; a 500).
     #[error("the token could not be signed")]
     Sign,
@@ -236,15 +243,17 @@ fn presented(request: &HttpRequest) -> Presented<'_> {
 
 async fn get_token(
     request: HttpRequest,
-    query: web::Query<Vec<(String, String)>>,
     auth: web::Data<Authenticator>,
     policy: web::Data<PolicyStore>,
 ) -> HttpResponse {
-    let service = query
-        .iter()
-        .find(|(k, _)| k == "service")
-        .map(|(_, v)| v.as_str());
     let answer = async {
+        let query = web::Query::<Vec<(String, String)>>::from_query(request.query_string())
+            .map_err(|e| TokenRequestError::Undecodable(e.to_string()))?
+            .into_inner();
+        let service = query
+            .iter()
+            .find(|(k, _)| k == "service")
+            .map(|(_, v)| v.as_str());
         check_service(service)?;
         let scopes = parse_scopes(
             query
@@ -285,12 +294,25 @@ struct TokenForm {
 
 async fn post_token(
     request: HttpRequest,
-    form: web::Form<TokenForm>,
+    body: web::Payload,
     auth: web::Data<Authenticator>,
     policy: web::Data<PolicyStore>,
 ) -> HttpResponse {
-    let form = form.into_inner();
     let answer = async {
+        let declared = request
+            .headers()
+            .get(header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok());
+        let bytes = crate::limits::read_to_limit(body, declared, MAX_FORM_BYTES)
+            .await
+            .map_err(|e| TokenRequestError::Undecodable(e.to_string()))?;
+        let text = std::str::from_utf8(&bytes)
+            .map_err(|_| TokenRequestError::Undecodable("the form is not UTF-8".into()))?;
+        // The form is urlencoded like a query string.
+        let form = web::Query::<TokenForm>::from_query(text)
+            .map_err(|e| TokenRequestError::Undecodable(e.to_string()))?
+            .into_inner();
         check_service(form.service.as_deref())?;
         let scopes = parse_scopes(form.scope.iter().map(String::as_str))?;
         let header = match form.grant_type.as_deref().unwrap_or("") {
