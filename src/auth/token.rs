@@ -97,6 +97,14 @@ fn unix(time: SystemTime) -> u64 {
         .unwrap_or(0)
 }
 
+/// Whether a verified token is still inside its `exp` (with the leeway) at `now`.
+fn still_valid(token: &VerifiedToken, now: SystemTime) -> bool {
+    token
+        .expires_at
+        .checked_add(LEEWAY)
+        .is_none_or(|until| until > now)
+}
+
 /// Issues and verifies berth's tokens.
 pub struct TokenIssuer {
     encoding: EncodingKey,
@@ -243,7 +251,7 @@ impl TokenIssuer {
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner());
         let hit = cache.get(key)?;
-        if hit.expires_at + LEEWAY > now {
+        if still_valid(hit, now) {
             return Some(hit.clone());
         }
         cache.remove(key);
@@ -271,17 +279,21 @@ impl TokenIssuer {
         if claims.nbf > now_unix.saturating_add(leeway) {
             return Err(TokenError::NotYetValid);
         }
+        // Checked: only berth's own signed tokens get here, but a time past what SystemTime holds must not panic.
+        let expires_at = UNIX_EPOCH
+            .checked_add(Duration::from_secs(claims.exp))
+            .ok_or_else(|| TokenError::Invalid(format!("exp {} is out of range", claims.exp)))?;
         let verified = Arc::new(VerifiedToken {
             identity: claims.identity,
             grants: claims.access,
-            expires_at: UNIX_EPOCH + Duration::from_secs(claims.exp),
+            expires_at,
         });
         let mut cache = self
             .verified
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner());
         if cache.len() >= CACHE_ENTRIES {
-            cache.retain(|_, v| v.expires_at + LEEWAY > now);
+            cache.retain(|_, v| still_valid(v, now));
             if cache.len() >= CACHE_ENTRIES {
                 cache.clear();
             }
