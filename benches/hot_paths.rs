@@ -1,6 +1,7 @@
 //! The pure hot paths, without servers, so a regression shows in `cargo bench` before it shows in benches/run.sh:
 //! image reference parsing, policy evaluation with the 50-rule benchmark policy, a whole review through /validate's
-//! and /mutate's pure logic, manifest parsing and validation, and digest hashing throughput.
+//! and /mutate's pure logic, manifest parsing and validation, digest hashing throughput, and authentication (no
+//! credentials, a berth token verified before, a token's first verification, scope parsing).
 
 use std::hint::black_box;
 
@@ -139,5 +140,104 @@ fn hashing(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, references, policy, manifests, hashing);
+/// A TokenReviewer that refuses every token (the benchmarks never reach it; it only turns auth on).
+struct Refuses;
+
+#[async_trait::async_trait]
+impl berth::auth::tokenreview::TokenReviewer for Refuses {
+    async fn review(
+        &self,
+        _token: &str,
+        _audiences: &[String],
+    ) -> Result<berth::auth::tokenreview::ReviewOutcome, berth::auth::tokenreview::ReviewError>
+    {
+        Ok(berth::auth::tokenreview::ReviewOutcome::Rejected(
+            "benchmark".into(),
+        ))
+    }
+}
+
+fn auth(c: &mut Criterion) {
+    use berth::auth::authenticator::{AuthenticatorParts, Presented};
+    use berth::auth::token::{generate_key, TokenIssuer};
+    use berth::auth::{Authenticator, Grant, Identity};
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .build()
+        .expect("runtime");
+    let clock = berth::clock::system();
+    let key = generate_key().expect("key");
+    let issuer = || {
+        TokenIssuer::new(
+            &key,
+            std::path::Path::new("token.key"),
+            Duration::from_secs(300),
+            clock.clone(),
+        )
+        .expect("issuer")
+    };
+    let authenticator = Authenticator::new(AuthenticatorParts {
+        htpasswd: None,
+        reviews: Some(berth::auth::tokenreview::CachedReviews::new(
+            Arc::new(Refuses),
+            vec!["berth".into()],
+            Duration::from_secs(30),
+            clock.clone(),
+        )),
+        issuer: Some(issuer()),
+        node_proxy: None,
+        clock: clock.clone(),
+    });
+    let identity = Identity::ServiceAccount {
+        namespace: "team-a".into(),
+        name: "ci".into(),
+        groups: vec![
+            "system:serviceaccounts".into(),
+            "system:serviceaccounts:team-a".into(),
+        ],
+    };
+    let grants = vec![Grant {
+        resource_type: "repository".into(),
+        name: "team-a/app".into(),
+        actions: vec!["pull".into(), "push".into()],
+    }];
+    let token = authenticator
+        .issuer()
+        .expect("issuer")
+        .issue(&identity, grants.clone())
+        .expect("issue")
+        .token;
+    let header = format!("Bearer {token}");
+    let mut group = c.benchmark_group("auth");
+    group.bench_function("authenticate: no credentials", |b| {
+        b.iter(|| runtime.block_on(authenticator.authenticate(black_box(&Presented::default()))))
+    });
+    group.bench_function("authenticate: berth token verified before", |b| {
+        let presented = Presented {
+            authorization: Some(header.as_bytes()),
+            ..Presented::default()
+        };
+        b.iter(|| runtime.block_on(authenticator.authenticate(black_box(&presented))))
+    });
+    group.bench_function("verify: a berth token the first time (ES256)", |b| {
+        b.iter(|| issuer().verify(black_box(&token)))
+    });
+    group.bench_function("parse 3 scopes", |b| {
+        b.iter(|| {
+            berth::auth::parse_scopes(black_box(
+                [
+                    "repository:team-a/app:pull,push",
+                    "repository:proxy/docker.io/library/nginx:pull registry:catalog:*",
+                ]
+                .into_iter(),
+            ))
+        })
+    });
+    group.finish();
+}
+
+criterion_group!(benches, references, policy, manifests, hashing, auth);
 criterion_main!(benches);

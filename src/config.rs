@@ -106,8 +106,9 @@ impl AuthConfig {
             file.token_expiry.as_deref(),
             Duration::from_secs(300),
         )?;
-        if token_expiry.value < Duration::from_secs(10) {
-            return Err(token_expiry.out_of_range("at least 10s".into()));
+        // The distribution spec: a token is never issued with less than 60 s to live (older clients assume it).
+        if token_expiry.value < Duration::from_secs(60) {
+            return Err(token_expiry.out_of_range("at least 60s".into()));
         }
         if token_expiry.value > MAX_EXPIRY {
             return Err(token_expiry.out_of_range("at most 24h".into()));
@@ -841,8 +842,8 @@ mod tests {
             ),
             (
                 ServeArgs::default(),
-                "tokenExpiry: 5s\n",
-                "tokenExpiry 5s is out of range: it must be at least 10s",
+                "tokenExpiry: 30s\n",
+                "tokenExpiry 30s is out of range: it must be at least 60s",
             ),
             (
                 ServeArgs {

@@ -499,8 +499,8 @@ fn default_deny_with_a_rewrite_admits_the_pods_berth_rewrote() {
     }
 }
 
-/// Several replicas starting at once against a cluster without the Secret end with one Secret and one CA, and every
-/// replica serves a certificate from it.
+/// Several replicas starting at once against a cluster without the Secret end with one Secret, one CA and one token
+/// signing key, and every replica serves a certificate from it and holds the key.
 #[test]
 fn replicas_racing_on_first_start_share_one_secret() {
     let cluster = Cluster::start();
@@ -550,7 +550,18 @@ fn replicas_racing_on_first_start_share_one_secret() {
     );
     let secret = berth_tls_secret(&cluster);
     let ca = String::from_utf8(secret_key(&secret, "ca.crt")).expect("pem");
+    let token_key = String::from_utf8(secret_key(&secret, "token.key")).expect("pem");
+    assert!(
+        token_key.contains("PRIVATE KEY"),
+        "the Secret holds no token key"
+    );
     for replica in &replicas {
+        // Every replica signs berth's tokens with the Secret's key.
+        assert_eq!(
+            std::fs::read_to_string(replica.cert_dir.join("token.key")).expect("token.key"),
+            token_key,
+            "a replica has another token key"
+        );
         let served = std::fs::read_to_string(replica.cert_dir.join("tls.crt")).expect("tls.crt");
         assert!(
             served.contains(ca.trim()),

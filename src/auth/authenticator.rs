@@ -196,6 +196,18 @@ impl Authenticator {
         self.htpasswd.as_ref()
     }
 
+    /// Whether a berth token naming `identity` may be exchanged for a new one (the refresh grant) without the
+    /// original credentials: an htpasswd user still in the file, or anonymous. A ServiceAccount's berth token is not
+    /// refreshable: berth cannot ask TokenReview again without the ServiceAccount token, and a chain of refreshes
+    /// would outlive a deleted ServiceAccount.
+    pub fn may_refresh(&self, identity: &Identity) -> bool {
+        match identity {
+            Identity::Anonymous => true,
+            Identity::User { name } => self.htpasswd.as_ref().is_some_and(|h| h.has_user(name)),
+            Identity::ServiceAccount { .. } | Identity::NodeProxy { .. } => false,
+        }
+    }
+
     /// What `/readyz` reports about authentication.
     pub fn status(&self) -> serde_json::Value {
         json!({
@@ -228,6 +240,15 @@ impl Authenticator {
                 });
             }
         };
+        // The hot path: a berth token verified before is a hash and a lookup, nothing else.
+        if let (Credentials::Bearer(token), Some(issuer)) = (&credentials, &self.issuer) {
+            if let Some(hit) = issuer.cached(token) {
+                return Ok(Authenticated {
+                    identity: hit.identity.clone(),
+                    grants: Some(hit.grants.clone()),
+                });
+            }
+        }
         let (user, outcome) = self.check(&credentials, request).await;
         match outcome {
             Ok(authenticated) => {
@@ -279,7 +300,21 @@ impl Authenticator {
                         return (shown, outcome);
                     }
                 }
-                // Any other user name: the password is a ServiceAccount token.
+                // Any other user name: the password is a ServiceAccount token. A password that cannot be one (not
+                // three dot-separated parts) is not sent to the API server; with an htpasswd file, a bcrypt is
+                // spent on it so that timing does not tell which users exist.
+                if !looks_like_jwt(password) {
+                    if let Some(htpasswd) = &self.htpasswd {
+                        let _ = htpasswd.verify(username, password).await;
+                    }
+                    return (
+                        shown,
+                        Err(Failure::invalid(
+                            format!("invalid user name or password for {username:?}"),
+                            "no such user, and the password is not a token",
+                        )),
+                    );
+                }
                 (shown, self.service_account(password, request).await)
             }
             Credentials::Bearer(token) => {
@@ -389,6 +424,18 @@ impl Authenticator {
     }
 }
 
+/// Whether `text` has a JWT's shape (three non-empty base64url parts separated by dots); says nothing of its
+/// validity.
+fn looks_like_jwt(text: &str) -> bool {
+    let parts: Vec<&str> = text.split('.').collect();
+    parts.len() == 3
+        && parts.iter().all(|p| {
+            !p.is_empty()
+                && p.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'=')
+        })
+}
+
 /// A DNS subdomain (what a Kubernetes node name is).
 fn valid_node_name(name: &str) -> bool {
     name.len() <= 253
@@ -460,9 +507,9 @@ mod tests {
             format!("alice:{}\n", bcrypt::hash("s3cret", 4).expect("hash")),
         )
         .expect("write");
-        let fake = FakeReviewer::with("ci-token", sa("team-a", "ci"));
-        fake.set("np-token", node_proxy_token(None));
-        fake.set("np-bound", node_proxy_token(Some("node-1")));
+        let fake = FakeReviewer::with("ci.tok.en", sa("team-a", "ci"));
+        fake.set("np.tok.en", node_proxy_token(None));
+        fake.set("np.bou.nd", node_proxy_token(Some("node-1")));
         Authenticator::new(AuthenticatorParts {
             htpasswd: Some(Arc::new(
                 HtpasswdStore::load(&path, clock.clone()).expect("htpasswd"),
@@ -541,39 +588,41 @@ mod tests {
             (Some(basic("alice", "s3cret")), None, Ok(user("alice"))),
             (Some(basic("alice", "wrong")), None, Err("invalid")),
             // An htpasswd user is checked against htpasswd only, even with a valid token as the password.
-            (Some(basic("alice", "ci-token")), None, Err("invalid")),
-            (Some(basic("anyone", "ci-token")), None, Ok(ci())),
-            (Some(basic("anyone", "bad-token")), None, Err("invalid")),
-            (Some(b"Bearer ci-token".to_vec()), None, Ok(ci())),
+            (Some(basic("alice", "ci.tok.en")), None, Err("invalid")),
+            (Some(basic("anyone", "ci.tok.en")), None, Ok(ci())),
+            (Some(basic("anyone", "bad.tok.en")), None, Err("invalid")),
+            // Not a token, not a user: refused without asking the API server.
+            (Some(basic("anyone", "password")), None, Err("invalid")),
+            (Some(b"Bearer ci.tok.en".to_vec()), None, Ok(ci())),
             // The node header from anyone but the node proxy is ignored.
-            (Some(b"Bearer ci-token".to_vec()), Some("node-9"), Ok(ci())),
+            (Some(b"Bearer ci.tok.en".to_vec()), Some("node-9"), Ok(ci())),
             (
-                Some(b"Bearer np-token".to_vec()),
+                Some(b"Bearer np.tok.en".to_vec()),
                 Some("node-1"),
                 Ok(node_proxy(Some("node-1"))),
             ),
             (
-                Some(b"Bearer np-token".to_vec()),
+                Some(b"Bearer np.tok.en".to_vec()),
                 None,
                 Ok(node_proxy(None)),
             ),
             (
-                Some(b"Bearer np-bound".to_vec()),
+                Some(b"Bearer np.bou.nd".to_vec()),
                 None,
                 Ok(node_proxy(Some("node-1"))),
             ),
             (
-                Some(b"Bearer np-bound".to_vec()),
+                Some(b"Bearer np.bou.nd".to_vec()),
                 Some("node-1"),
                 Ok(node_proxy(Some("node-1"))),
             ),
             (
-                Some(b"Bearer np-bound".to_vec()),
+                Some(b"Bearer np.bou.nd".to_vec()),
                 Some("node-2"),
                 Err("invalid"),
             ),
             (
-                Some(b"Bearer np-token".to_vec()),
+                Some(b"Bearer np.tok.en".to_vec()),
                 Some("Node_1"),
                 Err("invalid"),
             ),
@@ -625,6 +674,22 @@ mod tests {
             outcome(&auth, Some(tampered.as_bytes()), None).await,
             Err("invalid")
         );
+    }
+
+    #[test]
+    fn only_identities_that_still_stand_may_refresh() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let auth = authenticator(dir.path());
+        let cases = [
+            (Identity::Anonymous, true),
+            (user("alice"), true),
+            (user("removed"), false),
+            (ci(), false),
+            (node_proxy(Some("node-1")), false),
+        ];
+        for (identity, expected) in cases {
+            assert_eq!(auth.may_refresh(&identity), expected, "{identity}");
+        }
     }
 
     #[tokio::test]

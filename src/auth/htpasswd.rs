@@ -28,12 +28,25 @@ const MAX_FILE_BYTES: usize = 4 << 20;
 /// The bcrypt cost of the hash verified for users that do not exist (htpasswd's default).
 const DUMMY_COST: u32 = 10;
 
+/// bcrypt verifications that run at once: one per CPU, so a flood of logins queues instead of taking every
+/// blocking thread and every core.
+fn bcrypt_slots() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get())
+}
+
 /// Why an htpasswd file was refused. Names the line and the user, never the hash.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum HtpasswdError {
     /// The file could not be read.
     #[error("htpasswd file {path}: {why}")]
     Read { path: String, why: String },
+    /// The file named is invalid (the cause names the line and the user).
+    #[error("htpasswd file {path}: {source}")]
+    Invalid {
+        path: String,
+        #[source]
+        source: Box<HtpasswdError>,
+    },
     /// The file is larger than berth reads.
     #[error("htpasswd file of {0} bytes is larger than the {MAX_FILE_BYTES} accepted")]
     TooLarge(usize),
@@ -164,6 +177,7 @@ pub struct HtpasswdStore {
     loaded: ArcSwap<Loaded>,
     last_error: Mutex<Option<String>>,
     verified: Mutex<Verified>,
+    bcrypt_slots: tokio::sync::Semaphore,
     clock: SharedClock,
 }
 
@@ -214,9 +228,9 @@ impl HtpasswdStore {
     /// Reads `path` (an invalid or unreadable file refuses the start).
     pub fn load(path: &Path, clock: SharedClock) -> Result<HtpasswdStore, HtpasswdError> {
         let text = read(path)?;
-        let users = parse(&text).map_err(|e| HtpasswdError::Read {
+        let users = parse(&text).map_err(|e| HtpasswdError::Invalid {
             path: path.display().to_string(),
-            why: e.to_string(),
+            source: Box::new(e),
         })?;
         log::info!(
             "htpasswd file {} in force: {} users",
@@ -235,6 +249,7 @@ impl HtpasswdStore {
             verified: Mutex::new(Verified {
                 entries: HashMap::new(),
             }),
+            bcrypt_slots: tokio::sync::Semaphore::new(bcrypt_slots()),
             clock,
         })
     }
@@ -316,6 +331,14 @@ impl HtpasswdStore {
         let hash = loaded.users.hashes.get(user).cloned();
         let known = hash.is_some();
         let password = password.to_owned();
+        // The semaphore is never closed; a closed one would only mean no slot, and the check fails.
+        let Ok(_slot) = self.bcrypt_slots.acquire().await else {
+            return if known {
+                Verdict::WrongPassword
+            } else {
+                Verdict::UnknownUser
+            };
+        };
         let matched = tokio::task::spawn_blocking(move || {
             let hash = hash.unwrap_or_else(|| dummy_hash().to_owned());
             // bcrypt compares its output with the stored hash in constant time.
@@ -474,6 +497,22 @@ mod tests {
         let path = dir.join("htpasswd");
         std::fs::write(&path, text).expect("write");
         HtpasswdStore::load(&path, ManualClock::new()).expect("load")
+    }
+
+    #[test]
+    fn an_invalid_file_at_start_is_refused_naming_the_file_and_line() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("htpasswd");
+        std::fs::write(&path, "alice:plain\n").expect("write");
+        let error = HtpasswdStore::load(&path, ManualClock::new()).expect_err("invalid");
+        let shown = error.to_string();
+        assert!(
+            shown.contains(&path.display().to_string()) && shown.contains("line 1"),
+            "{shown}"
+        );
+        let missing =
+            HtpasswdStore::load(&dir.path().join("nope"), ManualClock::new()).expect_err("missing");
+        assert!(matches!(missing, HtpasswdError::Read { .. }), "{missing}");
     }
 
     #[tokio::test]

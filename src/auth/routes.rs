@@ -15,9 +15,12 @@ use serde_json::json;
 use super::access::AccessPolicy;
 use super::authenticator::{AuthError, Authenticator, Presented, NODE_NAME_HEADER};
 use super::scope::{parse_scopes, Grant, RequestedScope, ScopeError};
-use super::token::{claims_berth_issuer, IssuedToken, SERVICE};
+use super::token::{IssuedToken, SERVICE};
 use super::{Action, Identity};
 use crate::admission::PolicyStore;
+
+/// Largest `POST /auth/token` form read (credentials, a token and scopes fit in a few KiB).
+const MAX_FORM_BYTES: u64 = 64 * 1024;
 
 /// The challenge of the token endpoint.
 pub const BASIC_CHALLENGE: &str = r#"Basic realm="berth""#;
@@ -98,12 +101,16 @@ pub enum TokenRequestError {
     /// A form field the grant type needs is missing.
     #[error("{0} is required for this grant_type")]
     Missing(&'static str),
-    /// A refresh token that is not a valid berth token.
-    #[error("the refresh token is not valid: {0}")]
+    /// A berth token presented for renewal whose identity does not stand without its credentials.
+    #[error("{0}")]
     RefreshToken(String),
     /// Authentication is off: berth issues no tokens.
     #[error("authentication is off: berth issues no tokens")]
     Off,
+    /// The query string or the form does not decode (bad percent-encoding, a field given twice, a body too large
+    /// or not UTF-8).
+    #[error("the request does not decode: {0}")]
+    Undecodable(String),
     /// Signing failed (logged; a 500).
     #[error("the token could not be signed")]
     Sign,
@@ -196,8 +203,14 @@ async fn issue(
         .authenticate(&presented)
         .await
         .map_err(TokenRequestError::Auth)?;
-    // A berth token presented here names an identity, not new rights: the rules decide again.
+    // A berth token presented here names an identity, not new rights: the rules decide again, and only for an
+    // identity that still stands without its original credentials.
     let identity = authenticated.identity;
+    if authenticated.grants.is_some() && !auth.may_refresh(&identity) {
+        return Err(TokenRequestError::RefreshToken(format!(
+            "a token of {identity} cannot be renewed; log in with its credentials again"
+        )));
+    }
     let current = policy.current();
     let grants = grant(&identity, &scopes, current.policy.access());
     log::info!(
@@ -234,15 +247,17 @@ fn presented(request: &HttpRequest) -> Presented<'_> {
 
 async fn get_token(
     request: HttpRequest,
-    query: web::Query<Vec<(String, String)>>,
     auth: web::Data<Authenticator>,
     policy: web::Data<PolicyStore>,
 ) -> HttpResponse {
-    let service = query
-        .iter()
-        .find(|(k, _)| k == "service")
-        .map(|(_, v)| v.as_str());
     let answer = async {
+        let query = web::Query::<Vec<(String, String)>>::from_query(request.query_string())
+            .map_err(|e| TokenRequestError::Undecodable(e.to_string()))?
+            .into_inner();
+        let service = query
+            .iter()
+            .find(|(k, _)| k == "service")
+            .map(|(_, v)| v.as_str());
         check_service(service)?;
         let scopes = parse_scopes(
             query
@@ -283,12 +298,25 @@ struct TokenForm {
 
 async fn post_token(
     request: HttpRequest,
-    form: web::Form<TokenForm>,
+    body: web::Payload,
     auth: web::Data<Authenticator>,
     policy: web::Data<PolicyStore>,
 ) -> HttpResponse {
-    let form = form.into_inner();
     let answer = async {
+        let declared = request
+            .headers()
+            .get(header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok());
+        let bytes = crate::limits::read_to_limit(body, declared, MAX_FORM_BYTES)
+            .await
+            .map_err(|e| TokenRequestError::Undecodable(e.to_string()))?;
+        let text = std::str::from_utf8(&bytes)
+            .map_err(|_| TokenRequestError::Undecodable("the form is not UTF-8".into()))?;
+        // The form is urlencoded like a query string.
+        let form = web::Query::<TokenForm>::from_query(text)
+            .map_err(|e| TokenRequestError::Undecodable(e.to_string()))?
+            .into_inner();
         check_service(form.service.as_deref())?;
         let scopes = parse_scopes(form.scope.iter().map(String::as_str))?;
         let header = match form.grant_type.as_deref().unwrap_or("") {
@@ -311,12 +339,8 @@ async fn post_token(
                     .as_deref()
                     .filter(|t| !t.is_empty())
                     .ok_or(TokenRequestError::Missing("refresh_token"))?;
-                // berth's refresh tokens are berth tokens: the identity they name is asked about again.
-                if !claims_berth_issuer(token) {
-                    return Err(TokenRequestError::RefreshToken(
-                        "not issued by berth".into(),
-                    ));
-                }
+                // A berth token (renewed only for an identity that still stands), or a ServiceAccount token:
+                // containerd sends a password without a user name as a refresh token.
                 format!("Bearer {token}")
             }
             other => {

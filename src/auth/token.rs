@@ -97,6 +97,14 @@ fn unix(time: SystemTime) -> u64 {
         .unwrap_or(0)
 }
 
+/// Whether a verified token is still inside its `exp` (with the leeway) at `now`.
+fn still_valid(token: &VerifiedToken, now: SystemTime) -> bool {
+    token
+        .expires_at
+        .checked_add(LEEWAY)
+        .is_none_or(|until| until > now)
+}
+
 /// Issues and verifies berth's tokens.
 pub struct TokenIssuer {
     encoding: EncodingKey,
@@ -231,6 +239,25 @@ impl TokenIssuer {
         })
     }
 
+    /// The token if it was verified before and has not expired: a hash and a lookup (the hot path).
+    pub fn cached(&self, token: &str) -> Option<Arc<VerifiedToken>> {
+        let key: [u8; 32] = Sha256::digest(token.as_bytes()).into();
+        self.cached_by(&key, self.clock.system())
+    }
+
+    fn cached_by(&self, key: &[u8; 32], now: SystemTime) -> Option<Arc<VerifiedToken>> {
+        let mut cache = self
+            .verified
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let hit = cache.get(key)?;
+        if still_valid(hit, now) {
+            return Some(hit.clone());
+        }
+        cache.remove(key);
+        None
+    }
+
     /// Verifies a token: from the cache of verified tokens (still checking `exp`), else in full.
     pub fn verify(&self, token: &str) -> Result<Arc<VerifiedToken>, TokenError> {
         if token.len() > MAX_TOKEN_BYTES {
@@ -238,17 +265,8 @@ impl TokenIssuer {
         }
         let key: [u8; 32] = Sha256::digest(token.as_bytes()).into();
         let now = self.clock.system();
-        {
-            let mut cache = self
-                .verified
-                .lock()
-                .unwrap_or_else(|poisoned| poisoned.into_inner());
-            if let Some(hit) = cache.get(&key) {
-                if hit.expires_at + LEEWAY > now {
-                    return Ok(hit.clone());
-                }
-                cache.remove(&key);
-            }
+        if let Some(hit) = self.cached_by(&key, now) {
+            return Ok(hit);
         }
         let data = jsonwebtoken::decode::<Claims>(token, &self.decoding, &self.validation)
             .map_err(|e| TokenError::Invalid(e.to_string()))?;
@@ -261,17 +279,21 @@ impl TokenIssuer {
         if claims.nbf > now_unix.saturating_add(leeway) {
             return Err(TokenError::NotYetValid);
         }
+        // Checked: only berth's own signed tokens get here, but a time past what SystemTime holds must not panic.
+        let expires_at = UNIX_EPOCH
+            .checked_add(Duration::from_secs(claims.exp))
+            .ok_or_else(|| TokenError::Invalid(format!("exp {} is out of range", claims.exp)))?;
         let verified = Arc::new(VerifiedToken {
             identity: claims.identity,
             grants: claims.access,
-            expires_at: UNIX_EPOCH + Duration::from_secs(claims.exp),
+            expires_at,
         });
         let mut cache = self
             .verified
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner());
         if cache.len() >= CACHE_ENTRIES {
-            cache.retain(|_, v| v.expires_at + LEEWAY > now);
+            cache.retain(|_, v| still_valid(v, now));
             if cache.len() >= CACHE_ENTRIES {
                 cache.clear();
             }
@@ -342,12 +364,15 @@ mod tests {
         let issued = issuer.issue(&alice(), pull("a")).expect("issue");
         assert_eq!(issued.expires_in, 300);
         assert!(claims_berth_issuer(&issued.token));
+        assert_eq!(issuer.cached(&issued.token), None, "not verified yet");
         let verified = issuer.verify(&issued.token).expect("verify");
+        assert_eq!(issuer.cached(&issued.token), Some(verified.clone()));
         assert_eq!(verified.identity, alice());
         assert_eq!(verified.grants, pull("a"));
         // Cached, and the cache still honours the expiry.
         issuer.verify(&issued.token).expect("cached");
         clock.advance(Duration::from_secs(300) + LEEWAY);
+        assert_eq!(issuer.cached(&issued.token), None, "expired");
         assert!(matches!(
             issuer.verify(&issued.token),
             Err(TokenError::Expired(_))

@@ -22,6 +22,9 @@ use crate::clock::SharedClock;
 pub const REVIEW_TIMEOUT: Duration = Duration::from_secs(5);
 /// Positive answers remembered at most.
 const CACHE_ENTRIES: usize = 4096;
+/// TokenReviews in flight at most: a flood of bad tokens waits here (within the timeout) instead of flooding the
+/// API server.
+const MAX_IN_FLIGHT: usize = 32;
 /// The key of the node name in a bound token's TokenReview `extra`.
 pub const NODE_NAME_EXTRA: &str = "authentication.kubernetes.io/node-name";
 
@@ -190,6 +193,7 @@ pub struct CachedReviews {
     timeout: Duration,
     clock: SharedClock,
     cache: Mutex<HashMap<[u8; 32], Cached>>,
+    in_flight: tokio::sync::Semaphore,
 }
 
 impl CachedReviews {
@@ -206,6 +210,7 @@ impl CachedReviews {
             timeout: REVIEW_TIMEOUT,
             clock,
             cache: Mutex::new(HashMap::new()),
+            in_flight: tokio::sync::Semaphore::new(MAX_IN_FLIGHT),
         }
     }
 
@@ -232,11 +237,13 @@ impl CachedReviews {
                 None => {}
             }
         }
-        let answer =
-            tokio::time::timeout(self.timeout, self.reviewer.review(token, &self.audiences))
-                .await
-                .map_err(|_| TokenReviewError::Unavailable(ReviewError::Timeout(self.timeout)))?
-                .map_err(TokenReviewError::Unavailable)?;
+        let answer = tokio::time::timeout(self.timeout, async {
+            let _slot = self.in_flight.acquire().await;
+            self.reviewer.review(token, &self.audiences).await
+        })
+        .await
+        .map_err(|_| TokenReviewError::Unavailable(ReviewError::Timeout(self.timeout)))?
+        .map_err(TokenReviewError::Unavailable)?;
         let user = match answer {
             ReviewOutcome::Authenticated(user) => service_account_of(&user)?,
             ReviewOutcome::Rejected(why) => return Err(TokenReviewError::Rejected(why)),
