@@ -2,6 +2,7 @@ mod abuse;
 mod admission;
 mod api;
 mod architecture;
+mod auth;
 mod clients;
 mod cluster;
 mod conformance;
