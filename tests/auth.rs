@@ -467,7 +467,8 @@ fn service_account_tokens_from_the_real_api_server() {
         "403 (Forbidden)",
     );
 
-    // The ServiceAccount deleted: its token stops working once berth's cached answer (2 s) has expired.
+    // The ServiceAccount deleted: its token stops working once berth's cached answer (2 s) has expired, and the API
+    // server's own cache of token answers (10 s in Kubernetes 1.20), so after about 10 s; the deadline bounds both.
     cluster.kubectl_ok(&["delete", "serviceaccount", "ci", "-n", "team-a"]);
     let deleted = Instant::now();
     let refused = poll_until(
