@@ -467,6 +467,52 @@ fn service_account_tokens_from_the_real_api_server() {
         "403 (Forbidden)",
     );
 
+    // podman login with the token: pull and push in its own namespace, refused elsewhere.
+    let podman = ClientEnv::new(&berth);
+    let login = run_with_input(
+        podman.reg_cmd(
+            "podman",
+            &["login"],
+            &["--username", "ci", "--password-stdin", &host],
+        ),
+        CLIENT_TIMEOUT,
+        Some(token.as_bytes()),
+    );
+    assert_ok(&login);
+    let skopeo_image = format!("{host}/team-a/skopeo:1.0");
+    ok(podman.reg_cmd("podman", &["pull"], &["-q", &skopeo_image]));
+    let podman_image = format!("{host}/team-a/podman:1.0");
+    ok(podman.cmd("podman", &["tag", &skopeo_image, &podman_image]));
+    ok(podman.reg_cmd("podman", &["push"], &[&podman_image]));
+    let refused = run(
+        podman.reg_cmd(
+            "podman",
+            &["push"],
+            &[&podman_image, &format!("docker://{host}/team-b/podman:1.0")],
+        ),
+        CLIENT_TIMEOUT,
+    );
+    // As with skopeo above: refused at the first HEAD, whose 403 has no body.
+    assert_refused(&refused, "403 (Forbidden)");
+
+    // ctr --user anything:$TOKEN: containerd's token flow with a ServiceAccount token.
+    let daemon = Containerd::start();
+    let user = format!("anything:{token}");
+    ok(daemon.ctr(&[
+        "images",
+        "pull",
+        "--snapshotter",
+        "native",
+        "--plain-http",
+        "--user",
+        &user,
+        &skopeo_image,
+    ]));
+    assert_eq!(
+        daemon.listed_digest(&skopeo_image),
+        Some(skopeo_digest.clone())
+    );
+
     // The ServiceAccount deleted: its token stops working once berth's cached answer (2 s) has expired, and the API
     // server's own cache of token answers (10 s in Kubernetes 1.20), so after about 10 s; the deadline bounds both.
     cluster.kubectl_ok(&["delete", "serviceaccount", "ci", "-n", "team-a"]);
