@@ -77,6 +77,26 @@ fn assert_shows(out: &Output, expected: &str) {
     );
 }
 
+/// Requires berth's request log to hold no 5xx answer: every refusal here is the client's (401, 403, 404).
+fn assert_no_server_errors(berth: &Berth) {
+    let log = berth.log();
+    let errors: Vec<&str> = log
+        .lines()
+        .filter(|line| line.contains("middleware::logger"))
+        .filter(|line| {
+            line.split("HTTP/")
+                .nth(1)
+                .and_then(|rest| rest.split_whitespace().nth(1))
+                .is_some_and(|status| status.starts_with('5'))
+        })
+        .collect();
+    assert!(
+        errors.is_empty(),
+        "berth answered 5xx:\n{}",
+        errors.join("\n")
+    );
+}
+
 /// Requires `out` to have succeeded.
 fn assert_ok(out: &Output) {
     assert!(out.status.success(), "{}", out.describe());
@@ -162,6 +182,7 @@ fn docker_htpasswd_login_push_pull_denied_logout_plain_http() {
     docker.ok(&["rmi", &format!("{host}/team-a/busybox:1.0")]);
     let anonymous = docker.run(&["pull", &format!("{host}/team-a/busybox:1.0")]);
     assert_refused(&anonymous, "authentication required");
+    assert_no_server_errors(&berth);
 }
 
 #[test]
@@ -192,6 +213,7 @@ fn docker_htpasswd_login_push_pull_tls_with_certs_d() {
     assert_ok(&docker.login(&host, ALICE.0, ALICE.1));
     // The realm of the challenge is https://registry.test:PORT/auth/token: the token is fetched over verified TLS.
     docker_round_trip(&docker, &format!("{host}/team-a/tls:1.0"));
+    assert_no_server_errors(&berth);
 }
 
 /// One small image in an OCI layout under `env`, tagged `tag` there; returns (layout reference, manifest digest).
@@ -362,6 +384,7 @@ fn podman_skopeo_ctr_with_htpasswd_users_and_a_partial_grant_tls() {
     assert_refused(&ctr_pull(None), "401");
     assert_ok(&ctr_pull(Some(&creds(READER))));
     assert_eq!(daemon.listed_digest(&image), Some(digest));
+    assert_no_server_errors(&berth);
 }
 
 /// A berth that checks ServiceAccount tokens with `cluster`'s API server (as its admin), answers kept 2 s, and has
@@ -576,6 +599,7 @@ fn service_account_tokens_from_the_real_api_server() {
         )),
         skopeo_digest
     );
+    assert_no_server_errors(&berth);
 }
 
 /// Stops the cluster's kube-apiserver (etcd keeps running): SIGKILL, as a crash would; the cluster's drop reaps it.
@@ -670,6 +694,7 @@ immutableTags:
         CLIENT_TIMEOUT,
     );
     assert_ok(&out);
+    assert_no_server_errors(&berth);
 }
 
 #[test]
@@ -714,4 +739,5 @@ fn anonymous_pull_with_skopeo_and_ctr_while_anonymous_push_is_refused() {
 
     let refused = skopeo_push(&env, None, &src, &format!("{}/public/hello:v2", berth.host));
     assert_refused(&refused, "authentication required to push public/hello");
+    assert_no_server_errors(&berth);
 }
