@@ -304,6 +304,13 @@ fn podman_skopeo_ctr_with_htpasswd_users_and_a_partial_grant_tls() {
         "the refused push took {:?} (a retry loop?)",
         started.elapsed()
     );
+    // The token it was refused with: asked for pull and push, granted pull (a partial grant, not an error).
+    let log = berth.log();
+    assert!(
+        log.contains("token for user:reader: repository:team-a/app:pull\n")
+            && !log.contains("token for user:reader: repository:team-a/app:pull,push"),
+        "no pull-only token for reader in the log:\n{log}"
+    );
 
     // podman login / pull / push (its credentials in its own auth file).
     let podman = ClientEnv::new(&berth);
