@@ -216,7 +216,8 @@ fn docker_htpasswd_login_push_pull_tls_with_certs_d() {
     assert_no_server_errors(&berth);
 }
 
-/// One small image in an OCI layout under `env`, tagged `tag` there; returns (layout reference, manifest digest).
+/// One small image (one file holding `content`) in an OCI layout of its own under `env`, labelled `name`; returns
+/// (its `oci:` reference, its manifest digest).
 fn layout_image(env: &ClientEnv, name: &str, content: &[u8]) -> (String, String) {
     let mut layout = OciLayout::new(env.path().join(format!("layout-{name}")));
     let fixture =
@@ -236,7 +237,7 @@ fn skopeo_push(env: &ClientEnv, creds: Option<&str>, src: &str, dst: &str) -> Ou
     )
 }
 
-/// The manifest digest `skopeo inspect` reports for `docker://image` with `--creds creds` (or none); the outcome.
+/// `skopeo inspect docker://image` with `--creds creds` (or none): the outcome.
 fn skopeo_inspect(env: &ClientEnv, creds: Option<&str>, image: &str) -> Output {
     let mut args = Vec::new();
     if let Some(creds) = creds {
@@ -247,6 +248,7 @@ fn skopeo_inspect(env: &ClientEnv, creds: Option<&str>, image: &str) -> Output {
     run(env.skopeo("inspect", &args), CLIENT_TIMEOUT)
 }
 
+/// The manifest digest of a `skopeo inspect` that must have succeeded.
 fn inspected_digest(out: &Output) -> String {
     assert_ok(out);
     let value: serde_json::Value = serde_json::from_str(&out.stdout)
@@ -254,6 +256,7 @@ fn inspected_digest(out: &Output) -> String {
     value["Digest"].as_str().unwrap_or_default().to_owned()
 }
 
+/// `user:password`, as `--creds` takes it.
 fn creds((user, password): (&str, &str)) -> String {
     format!("{user}:{password}")
 }
