@@ -3,6 +3,7 @@ mod admission;
 mod api;
 mod architecture;
 mod auth;
+mod auth_clients;
 mod clients;
 mod cluster;
 mod conformance;
