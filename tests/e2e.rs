@@ -581,3 +581,149 @@ fn replicas_racing_on_first_start_share_one_secret() {
         assert_eq!(status.as_u16(), 200);
     }
 }
+
+const PULL_AUTHORIZATION_POLICY: &str = r#"apiVersion: v1
+kind: ConfigMap
+metadata:
+  name: berth-policy
+  namespace: berth-system
+data:
+  policy.yaml: |
+    defaultAction: allow
+    access:
+      anonymous: none
+      rules:
+        - name: shared-base-images
+          repositories: ['shared/.*']
+          subjects: ['authenticated']
+          actions: [pull]
+    rewrites:
+      - name: hub-via-node
+        match: 'docker\.io/(.+)'
+        replace: '127.0.0.1:5050/proxy/docker.io/$1'
+"#;
+
+/// A pod in `namespace` running `image` as `service_account` (none: the namespace's `default`).
+fn pod_in(namespace: &str, name: &str, image: &str, service_account: Option<&str>) -> String {
+    let account = service_account
+        .map(|sa| format!("  serviceAccountName: {sa}\n"))
+        .unwrap_or_default();
+    format!(
+        "apiVersion: v1\nkind: Pod\nmetadata:\n  name: {name}\n  namespace: {namespace}\nspec:\n{account}  containers:\n    - name: main\n      image: {image}\n"
+    )
+}
+
+/// Issue 11, pull authorization at admission: with auth on (`--token-review`), the real API server's pods may only
+/// name images on berth that their ServiceAccount may pull. A pod in team-b cannot run team-a's image through the
+/// node-local address or the Service name; in team-a it can; a pod berth rewrote to the pull-through cache is
+/// authorized as what it now pulls (`proxy/…`, which every identity may pull).
+#[test]
+fn pods_run_from_berth_only_what_their_service_account_may_pull() {
+    let cluster = Cluster::start();
+    let work = tempfile::tempdir().expect("tempdir");
+    let port = free_port();
+    let host = format!("127.0.0.1:{port}");
+    cluster.kubectl_ok(&["create", "namespace", "berth-system"]);
+    cluster.kubectl_ok(&["label", "namespace", "kube-system", "berth.dev/ignore=true"]);
+    let installed = test_overlay(&work.path().join("overlay"), BASE, &host);
+    let output = cluster.apply_yaml(&installed);
+    assert!(output.status.success(), "install: {}", stderr(&output));
+    let output = cluster.apply_yaml(PULL_AUTHORIZATION_POLICY);
+    assert!(output.status.success(), "policy: {}", stderr(&output));
+    for namespace in ["team-a", "team-b"] {
+        cluster.kubectl_ok(&["create", "namespace", namespace]);
+    }
+    let config = work.path().join("config.yaml");
+    std::fs::write(
+        &config,
+        "proxy:\n  upstreams:\n    - name: docker.io\n      url: 'https://127.0.0.1:9'\n",
+    )
+    .expect("write config");
+    // berth as its ServiceAccount, with the manifests' RBAC (TokenReview through system:auth-delegator).
+    let kubeconfig = cluster.kubeconfig_for(
+        "system:serviceaccount:berth-system:berth",
+        &[
+            "system:serviceaccounts",
+            "system:serviceaccounts:berth-system",
+        ],
+    );
+    let _berth = Berth::start(Options {
+        port: Some(port),
+        env: vec![("KUBECONFIG".into(), kubeconfig.display().to_string())],
+        extra_args: [
+            "--config",
+            &config.display().to_string(),
+            "--policy-configmap",
+            "berth-system/berth-policy",
+            "--namespace",
+            "berth-system",
+            "--manage-webhook-certs",
+            "--webhook-config",
+            "berth",
+            "--san",
+            "127.0.0.1",
+            "--token-review",
+        ]
+        .map(String::from)
+        .to_vec(),
+        ..Options::default()
+    });
+    let team_a_image = "127.0.0.1:5050/team-a/app:1";
+    // The webhooks are live (and the ConfigMap's access rules in force) once team-b's pod is refused.
+    let refused = poll_until(
+        Duration::from_secs(30),
+        "berth to refuse team-b's pod of team-a's image",
+        || {
+            let output = dry_run(&cluster, &pod_in("team-b", "thief", team_a_image, None));
+            stderr(&output).contains("berth denied").then_some(output)
+        },
+    );
+    assert!(
+        stderr(&refused).contains(
+            r#"berth denied Pod team-b/thief: container "main" image "127.0.0.1:5050/team-a/app:1": serviceaccount:team-b/default may not pull repository team-a/app from berth (no rule allows it)"#
+        ),
+        "{}",
+        stderr(&refused)
+    );
+    // Named another way (berth's Service name), by another ServiceAccount of team-b: refused the same.
+    let refused = cluster.apply_yaml(&pod_in(
+        "team-b",
+        "thief-2",
+        "berth.berth-system.svc/team-a/app@sha256:0000000000000000000000000000000000000000000000000000000000000000",
+        Some("ci"),
+    ));
+    assert!(!refused.status.success(), "team-b/ci ran team-a's image");
+    assert!(
+        stderr(&refused).contains("serviceaccount:team-b/ci may not pull repository team-a/app"),
+        "{}",
+        stderr(&refused)
+    );
+    // In team-a (the built-in: a ServiceAccount pulls its own namespace's repositories), and a shared repository
+    // the rules open to every identity: admitted.
+    for (namespace, name, image) in [
+        ("team-a", "own", team_a_image),
+        ("team-b", "shared", "127.0.0.1:5050/shared/base:1"),
+    ] {
+        let output = cluster.apply_yaml(&pod_in(namespace, name, image, None));
+        assert!(
+            output.status.success(),
+            "{namespace}/{name}: {}",
+            stderr(&output)
+        );
+    }
+    // A pod of a public image in team-b: berth rewrites it to the pull-through cache, and the rewritten pod is
+    // authorized as what it now pulls.
+    let output = cluster.apply_yaml(&pod_in("team-b", "public", "busybox:1.36", None));
+    assert!(output.status.success(), "rewritten: {}", stderr(&output));
+    let created: Value = serde_json::from_str(
+        &cluster.kubectl_ok(&["get", "pod", "-n", "team-b", "public", "-o", "json"]),
+    )
+    .expect("json");
+    assert_eq!(
+        created["spec"]["containers"][0]["image"],
+        "127.0.0.1:5050/proxy/docker.io/library/busybox:1.36"
+    );
+    // Images of other registries are the image rules' business, not berth's to authorize.
+    let output = cluster.apply_yaml(&pod_in("team-b", "elsewhere", "quay.io/team-a/app:1", None));
+    assert!(output.status.success(), "elsewhere: {}", stderr(&output));
+}
