@@ -368,3 +368,67 @@ async fn a_mount_from_a_repository_the_client_may_not_pull_is_a_plain_upload() {
     let ops = fixture.berth.send(mount("ops")).await;
     assert_eq!(ops.status, 201, "{:?}", ops.body);
 }
+
+#[actix_web::test]
+async fn forged_altered_and_expired_tokens_are_challenged_not_served() {
+    use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    let (fixture, _dir) = berth_with_auth().await;
+    let alice = token(&fixture, "alice", &["repository:team-a/app:pull"]).await;
+    let parts: Vec<&str> = alice.split('.').collect();
+    assert_eq!(parts.len(), 3, "{alice}");
+    let claims: Value =
+        serde_json::from_slice(&URL_SAFE_NO_PAD.decode(parts[1]).expect("base64")).expect("json");
+    // The same claims made an admin's, with everything granted.
+    let mut admin = claims.clone();
+    admin["sub"] = "ops".into();
+    admin["berth.dev/identity"] = serde_json::json!({"kind": "user", "name": "ops"});
+    admin["access"] = serde_json::json!([
+        {"type": "repository", "name": "team-b/app", "actions": ["pull", "push", "delete"]}
+    ]);
+    let admin_payload = URL_SAFE_NO_PAD.encode(admin.to_string());
+    let none_header = URL_SAFE_NO_PAD.encode(r#"{"typ":"JWT","alg":"none"}"#);
+    let hs256_header = URL_SAFE_NO_PAD.encode(r#"{"typ":"JWT","alg":"HS256"}"#);
+    let forged = [
+        ("alg none", format!("{none_header}.{admin_payload}.")),
+        (
+            "alg HS256",
+            format!("{hs256_header}.{admin_payload}.{}", parts[2]),
+        ),
+        (
+            "claims changed under alice's signature",
+            format!("{}.{admin_payload}.{}", parts[0], parts[2]),
+        ),
+        ("truncated", alice[..alice.len() - 10].to_owned()),
+        ("two parts", format!("{}.{}", parts[0], parts[1])),
+    ];
+    for (what, token) in forged {
+        let answer = fixture
+            .berth
+            .send(
+                TestRequest::get()
+                    .uri("/v2/team-b/app/tags/list")
+                    .insert_header(bearer(&token)),
+            )
+            .await;
+        answer.expect_error(401, "UNAUTHORIZED");
+        assert!(
+            answer
+                .header("www-authenticate")
+                .starts_with("Bearer realm="),
+            "{what}"
+        );
+    }
+    // alice's genuine token works until it expires (5 minutes by default), then is challenged.
+    let tags = |token: String| {
+        TestRequest::get()
+            .uri("/v2/team-a/app/tags/list")
+            .insert_header(bearer(&token))
+    };
+    let before = fixture.berth.send(tags(alice.clone())).await;
+    before.expect_error(404, "NAME_UNKNOWN");
+    fixture
+        .clock
+        .advance(std::time::Duration::from_secs(6 * 60));
+    let after = fixture.berth.send(tags(alice)).await;
+    after.expect_error(401, "UNAUTHORIZED");
+}
