@@ -135,8 +135,10 @@ async fn authorize(req: &HttpRequest, auth: &Authenticator, needed: &Needed) -> 
     let identity = &allowed.authenticated.identity;
     let token = allowed.authenticated.grants.is_some();
     match needed {
+        // Verified credentials, not merely a token: an anonymous client's token proves nothing (`docker login`
+        // checks a password here).
         Needed::Authenticated => {
-            if identity.is_authenticated() || token {
+            if identity.is_authenticated() {
                 return Ok(allowed);
             }
             Err(unauthorized("authentication required".into()))

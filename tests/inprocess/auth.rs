@@ -261,12 +261,27 @@ async fn a_token_allows_what_it_grants_and_a_denial_names_the_rule() {
         push.expect_error(403, "DENIED"),
         r#"user:bob may not push team-a/app: rule "bob-reads-team-a""#
     );
-    // A token opens /v2/ too (clients probe it with the token they got).
+    // A token opens /v2/ too (clients probe it with the token they got), but an anonymous client's does not.
     let base = fixture
         .berth
         .send(TestRequest::get().uri("/v2/").insert_header(bearer(&bob)))
         .await;
     assert_eq!(base.status, 200);
+    let anonymous = fixture
+        .berth
+        .send(TestRequest::get().uri("/auth/token?service=berth&scope=repository:team-a/app:pull"))
+        .await;
+    assert_eq!(anonymous.status, 200);
+    let anonymous: Value = serde_json::from_slice(&anonymous.body).expect("token JSON");
+    let base = fixture
+        .berth
+        .send(
+            TestRequest::get()
+                .uri("/v2/")
+                .insert_header(bearer(anonymous["token"].as_str().unwrap_or_default())),
+        )
+        .await;
+    base.expect_error(401, "UNAUTHORIZED");
 }
 
 #[actix_web::test]
