@@ -376,9 +376,16 @@ data:
 
 /// Issue 9, item 1: with `defaultAction: deny` and a rewrite to berth's proxy, `kubectl run --image=nginx:1.25` was
 /// refused: `/mutate` rewrote the image, then `/validate` decided the rewritten reference, which no rule allows.
-#[test]
-fn default_deny_with_a_rewrite_admits_the_pods_berth_rewrote() {
-    let cluster = Cluster::start();
+/// Installs the manifests with URL webhooks to a berth on a free loopback port, applies `policy` (a ConfigMap),
+/// creates `namespaces`, and starts that berth as its ServiceAccount (the manifests' RBAC: TokenReview included)
+/// with `--manage-webhook-certs`, the policy ConfigMap, a docker.io upstream that is never reached (pods stay
+/// Pending without a kubelet) and `extra_args`.
+fn install_with_a_proxying_berth(
+    cluster: &Cluster,
+    policy: &str,
+    namespaces: &[&str],
+    extra_args: &[&str],
+) -> Berth {
     let work = tempfile::tempdir().expect("tempdir");
     let port = free_port();
     let host = format!("127.0.0.1:{port}");
@@ -387,12 +394,13 @@ fn default_deny_with_a_rewrite_admits_the_pods_berth_rewrote() {
     let installed = test_overlay(&work.path().join("overlay"), BASE, &host);
     let output = cluster.apply_yaml(&installed);
     assert!(output.status.success(), "install: {}", stderr(&output));
-    let output = cluster.apply_yaml(DEFAULT_DENY_POLICY);
+    let output = cluster.apply_yaml(policy);
     assert!(output.status.success(), "policy: {}", stderr(&output));
-    cluster.kubectl_ok(&["create", "namespace", "apps"]);
-
-    // berth proxies docker.io (never reached here: pods stay Pending without a kubelet).
-    let config = work.path().join("config.yaml");
+    for namespace in namespaces {
+        cluster.kubectl_ok(&["create", "namespace", namespace]);
+    }
+    let berth_dir = tempfile::tempdir().expect("tempdir");
+    let config = berth_dir.path().join("config.yaml");
     std::fs::write(
         &config,
         "proxy:\n  upstreams:\n    - name: docker.io\n      url: 'https://127.0.0.1:9'\n",
@@ -405,24 +413,35 @@ fn default_deny_with_a_rewrite_admits_the_pods_berth_rewrote() {
             "system:serviceaccounts:berth-system",
         ],
     );
-    let _berth = Berth::start(Options {
+    let mut args: Vec<String> = [
+        "--config",
+        &config.display().to_string(),
+        "--policy-configmap",
+        "berth-system/berth-policy",
+        "--namespace",
+        "berth-system",
+        "--manage-webhook-certs",
+        "--webhook-config",
+        "berth",
+        "--san",
+        "127.0.0.1",
+    ]
+    .map(String::from)
+    .to_vec();
+    args.extend(extra_args.iter().map(|a| a.to_string()));
+    // berth reads the config at start, so the directory may go when this returns.
+    Berth::start(Options {
         port: Some(port),
         env: vec![("KUBECONFIG".into(), kubeconfig.display().to_string())],
-        extra_args: vec![
-            "--config".into(),
-            config.display().to_string(),
-            "--policy-configmap".into(),
-            "berth-system/berth-policy".into(),
-            "--namespace".into(),
-            "berth-system".into(),
-            "--manage-webhook-certs".into(),
-            "--webhook-config".into(),
-            "berth".into(),
-            "--san".into(),
-            "127.0.0.1".into(),
-        ],
+        extra_args: args,
         ..Options::default()
-    });
+    })
+}
+
+#[test]
+fn default_deny_with_a_rewrite_admits_the_pods_berth_rewrote() {
+    let cluster = Cluster::start();
+    let _berth = install_with_a_proxying_berth(&cluster, DEFAULT_DENY_POLICY, &["apps"], &[]);
     let rewritten = "127.0.0.1:5050/proxy/docker.io/library/nginx:1.25";
     // The webhooks are live once berth patched their caBundle and the API server picked it up.
     poll_until(
@@ -620,54 +639,12 @@ fn pod_in(namespace: &str, name: &str, image: &str, service_account: Option<&str
 #[test]
 fn pods_run_from_berth_only_what_their_service_account_may_pull() {
     let cluster = Cluster::start();
-    let work = tempfile::tempdir().expect("tempdir");
-    let port = free_port();
-    let host = format!("127.0.0.1:{port}");
-    cluster.kubectl_ok(&["create", "namespace", "berth-system"]);
-    cluster.kubectl_ok(&["label", "namespace", "kube-system", "berth.dev/ignore=true"]);
-    let installed = test_overlay(&work.path().join("overlay"), BASE, &host);
-    let output = cluster.apply_yaml(&installed);
-    assert!(output.status.success(), "install: {}", stderr(&output));
-    let output = cluster.apply_yaml(PULL_AUTHORIZATION_POLICY);
-    assert!(output.status.success(), "policy: {}", stderr(&output));
-    for namespace in ["team-a", "team-b"] {
-        cluster.kubectl_ok(&["create", "namespace", namespace]);
-    }
-    let config = work.path().join("config.yaml");
-    std::fs::write(
-        &config,
-        "proxy:\n  upstreams:\n    - name: docker.io\n      url: 'https://127.0.0.1:9'\n",
-    )
-    .expect("write config");
-    // berth as its ServiceAccount, with the manifests' RBAC (TokenReview through system:auth-delegator).
-    let kubeconfig = cluster.kubeconfig_for(
-        "system:serviceaccount:berth-system:berth",
-        &[
-            "system:serviceaccounts",
-            "system:serviceaccounts:berth-system",
-        ],
+    let _berth = install_with_a_proxying_berth(
+        &cluster,
+        PULL_AUTHORIZATION_POLICY,
+        &["team-a", "team-b"],
+        &["--token-review"],
     );
-    let _berth = Berth::start(Options {
-        port: Some(port),
-        env: vec![("KUBECONFIG".into(), kubeconfig.display().to_string())],
-        extra_args: [
-            "--config",
-            &config.display().to_string(),
-            "--policy-configmap",
-            "berth-system/berth-policy",
-            "--namespace",
-            "berth-system",
-            "--manage-webhook-certs",
-            "--webhook-config",
-            "berth",
-            "--san",
-            "127.0.0.1",
-            "--token-review",
-        ]
-        .map(String::from)
-        .to_vec(),
-        ..Options::default()
-    });
     let team_a_image = "127.0.0.1:5050/team-a/app:1";
     // The webhooks are live (and the ConfigMap's access rules in force) once team-b's pod is refused.
     let refused = poll_until(

@@ -8,7 +8,7 @@ use actix_web::test::TestRequest;
 use base64::Engine;
 use serde_json::Value;
 
-use super::Fixture;
+use super::{Answer, Fixture};
 use crate::api::{content, sha256};
 use berth::config::PolicySource;
 
@@ -57,17 +57,27 @@ fn bearer(token: &str) -> (&'static str, String) {
     ("authorization", format!("Bearer {token}"))
 }
 
+/// `GET uri` with `credentials` (an `Authorization` header).
+async fn get(fixture: &Fixture, uri: &str, credentials: (&'static str, String)) -> Answer {
+    let request = TestRequest::get().uri(uri).insert_header(credentials);
+    fixture.berth.send(request).await
+}
+
+/// `POST uri` (no body) with `credentials`.
+async fn post(fixture: &Fixture, uri: &str, credentials: (&'static str, String)) -> Answer {
+    let request = TestRequest::post().uri(uri).insert_header(credentials);
+    fixture.berth.send(request).await
+}
+
 /// A token from `/auth/token` for `user` and the `scopes`.
 async fn token(fixture: &Fixture, user: &str, scopes: &[&str]) -> String {
     let query: String = scopes.iter().map(|s| format!("&scope={s}")).collect();
-    let answer = fixture
-        .berth
-        .send(
-            TestRequest::get()
-                .uri(&format!("/auth/token?service=berth{query}"))
-                .insert_header(basic(user, "secret")),
-        )
-        .await;
+    let answer = get(
+        &fixture,
+        &format!("/auth/token?service=berth{query}"),
+        basic(user, "secret"),
+    )
+    .await;
     assert_eq!(answer.status, 200, "{:?}", answer.body);
     let body: Value = serde_json::from_slice(&answer.body).expect("token JSON");
     body["token"].as_str().expect("token").to_owned()
@@ -124,54 +134,41 @@ async fn anonymous_clients_are_challenged_with_the_scope_they_need() {
 #[actix_web::test]
 async fn basic_credentials_straight_to_v2_are_decided_by_the_rules() {
     let (fixture, _dir) = berth_with_auth().await;
-    let base = fixture
-        .berth
-        .send(
-            TestRequest::get()
-                .uri("/v2/")
-                .insert_header(basic("alice", "secret")),
-        )
-        .await;
+    let base = get(&fixture, "/v2/", basic("alice", "secret")).await;
     assert_eq!(base.status, 200);
     assert_eq!(
         push_blob(&fixture, "team-a/app", basic("alice", "secret"), 1).await,
         201
     );
-    let refused = fixture
-        .berth
-        .send(
-            TestRequest::post()
-                .uri("/v2/team-b/app/blobs/uploads/")
-                .insert_header(basic("alice", "secret")),
-        )
-        .await;
+    let refused = post(
+        &fixture,
+        "/v2/team-b/app/blobs/uploads/",
+        basic("alice", "secret"),
+    )
+    .await;
     let message = refused.expect_error(403, "DENIED");
     assert_eq!(
         message,
         "user:alice may not push team-b/app: no rule allows it"
     );
     // The first matching rule decides: bob's rule lists pull only.
-    let bob = fixture
-        .berth
-        .send(
-            TestRequest::post()
-                .uri("/v2/team-a/app/blobs/uploads/")
-                .insert_header(basic("bob", "secret")),
-        )
-        .await;
+    let bob = post(
+        &fixture,
+        "/v2/team-a/app/blobs/uploads/",
+        basic("bob", "secret"),
+    )
+    .await;
     assert_eq!(
         bob.expect_error(403, "DENIED"),
         r#"user:bob may not push team-a/app: rule "bob-reads-team-a""#
     );
     // A wrong password is a challenge again, not a denial.
-    let wrong = fixture
-        .berth
-        .send(
-            TestRequest::get()
-                .uri("/v2/team-a/app/tags/list")
-                .insert_header(basic("alice", "wrong")),
-        )
-        .await;
+    let wrong = get(
+        &fixture,
+        "/v2/team-a/app/tags/list",
+        basic("alice", "wrong"),
+    )
+    .await;
     wrong.expect_error(401, "UNAUTHORIZED");
     assert!(wrong
         .header("www-authenticate")
@@ -183,14 +180,12 @@ async fn basic_credentials_straight_to_v2_are_decided_by_the_rules() {
         "Bearer",
         "Bearer a.b.c",
     ] {
-        let answer = fixture
-            .berth
-            .send(
-                TestRequest::get()
-                    .uri("/v2/team-a/app/tags/list")
-                    .insert_header(("authorization", header)),
-            )
-            .await;
+        let answer = get(
+            &fixture,
+            "/v2/team-a/app/tags/list",
+            ("authorization", header.to_string()),
+        )
+        .await;
         answer.expect_error(401, "UNAUTHORIZED");
         assert!(
             answer
@@ -218,28 +213,19 @@ async fn a_token_allows_what_it_grants_and_a_denial_names_the_rule() {
         push_blob(&fixture, "team-a/app", bearer(&alice), 2).await,
         201
     );
-    let team_b = fixture
-        .berth
-        .send(
-            TestRequest::get()
-                .uri("/v2/team-b/app/tags/list")
-                .insert_header(bearer(&alice)),
-        )
-        .await;
+    let team_b = get(&fixture, "/v2/team-b/app/tags/list", bearer(&alice)).await;
     assert_eq!(
         team_b.expect_error(403, "DENIED"),
         "user:alice may not pull team-b/app: no rule allows it"
     );
     // A token asked for pull only: the rules would allow the push, so the client is told to get a token for it.
     let pull_only = token(&fixture, "alice", &["repository:team-a/app:pull"]).await;
-    let push = fixture
-        .berth
-        .send(
-            TestRequest::post()
-                .uri("/v2/team-a/app/blobs/uploads/")
-                .insert_header(bearer(&pull_only)),
-        )
-        .await;
+    let push = post(
+        &fixture,
+        "/v2/team-a/app/blobs/uploads/",
+        bearer(&pull_only),
+    )
+    .await;
     assert_eq!(
         push.expect_error(401, "UNAUTHORIZED"),
         "the token does not grant push on team-a/app"
@@ -249,23 +235,13 @@ async fn a_token_allows_what_it_grants_and_a_denial_names_the_rule() {
         .ends_with(r#"scope="repository:team-a/app:pull,push""#));
     // bob asked for push and got pull only; his push is refused by his rule.
     let bob = token(&fixture, "bob", &["repository:team-a/app:pull,push"]).await;
-    let push = fixture
-        .berth
-        .send(
-            TestRequest::post()
-                .uri("/v2/team-a/app/blobs/uploads/")
-                .insert_header(bearer(&bob)),
-        )
-        .await;
+    let push = post(&fixture, "/v2/team-a/app/blobs/uploads/", bearer(&bob)).await;
     assert_eq!(
         push.expect_error(403, "DENIED"),
         r#"user:bob may not push team-a/app: rule "bob-reads-team-a""#
     );
     // A token opens /v2/ too (clients probe it with the token they got), but an anonymous client's does not.
-    let base = fixture
-        .berth
-        .send(TestRequest::get().uri("/v2/").insert_header(bearer(&bob)))
-        .await;
+    let base = get(&fixture, "/v2/", bearer(&bob)).await;
     assert_eq!(base.status, 200);
     let anonymous = fixture
         .berth
@@ -273,72 +249,35 @@ async fn a_token_allows_what_it_grants_and_a_denial_names_the_rule() {
         .await;
     assert_eq!(anonymous.status, 200);
     let anonymous: Value = serde_json::from_slice(&anonymous.body).expect("token JSON");
-    let base = fixture
-        .berth
-        .send(
-            TestRequest::get()
-                .uri("/v2/")
-                .insert_header(bearer(anonymous["token"].as_str().unwrap_or_default())),
-        )
-        .await;
+    let base = get(
+        &fixture,
+        "/v2/",
+        bearer(anonymous["token"].as_str().unwrap_or_default()),
+    )
+    .await;
     base.expect_error(401, "UNAUTHORIZED");
 }
 
 #[actix_web::test]
 async fn the_catalog_is_for_admins() {
     let (fixture, _dir) = berth_with_auth().await;
-    let alice = fixture
-        .berth
-        .send(
-            TestRequest::get()
-                .uri("/v2/_catalog")
-                .insert_header(basic("alice", "secret")),
-        )
-        .await;
+    let alice = get(&fixture, "/v2/_catalog", basic("alice", "secret")).await;
     assert_eq!(
         alice.expect_error(403, "DENIED"),
         "user:alice may not list the catalog: only admins may"
     );
-    let ops = fixture
-        .berth
-        .send(
-            TestRequest::get()
-                .uri("/v2/_catalog")
-                .insert_header(basic("ops", "secret")),
-        )
-        .await;
+    let ops = get(&fixture, "/v2/_catalog", basic("ops", "secret")).await;
     assert_eq!(ops.status, 200, "{:?}", ops.body);
     let catalog_token = token(&fixture, "ops", &["registry:catalog:*"]).await;
-    let with_token = fixture
-        .berth
-        .send(
-            TestRequest::get()
-                .uri("/v2/_catalog")
-                .insert_header(bearer(&catalog_token)),
-        )
-        .await;
+    let with_token = get(&fixture, "/v2/_catalog", bearer(&catalog_token)).await;
     assert_eq!(with_token.status, 200, "{:?}", with_token.body);
     // alice asked for the catalog and got a token without it: refused, as with her password.
     let alice_token = token(&fixture, "alice", &["registry:catalog:*"]).await;
-    let refused = fixture
-        .berth
-        .send(
-            TestRequest::get()
-                .uri("/v2/_catalog")
-                .insert_header(bearer(&alice_token)),
-        )
-        .await;
+    let refused = get(&fixture, "/v2/_catalog", bearer(&alice_token)).await;
     refused.expect_error(403, "DENIED");
     // An admin's token without the scope: the client is told to ask for it.
     let ops_token = token(&fixture, "ops", &["repository:a/b:pull"]).await;
-    let challenged = fixture
-        .berth
-        .send(
-            TestRequest::get()
-                .uri("/v2/_catalog")
-                .insert_header(bearer(&ops_token)),
-        )
-        .await;
+    let challenged = get(&fixture, "/v2/_catalog", bearer(&ops_token)).await;
     challenged.expect_error(401, "UNAUTHORIZED");
     assert!(challenged
         .header("www-authenticate")
@@ -370,14 +309,12 @@ async fn a_mount_from_a_repository_the_client_may_not_pull_is_a_plain_upload() {
     // alice may push team-a but not pull secret/app: no mount, an upload session instead.
     let alice = fixture.berth.send(mount("alice")).await;
     assert_eq!(alice.status, 202, "{:?}", alice.body);
-    let blob_in_team_a = fixture
-        .berth
-        .send(
-            TestRequest::get()
-                .uri(&format!("/v2/team-a/app/blobs/{digest}"))
-                .insert_header(basic("alice", "secret")),
-        )
-        .await;
+    let blob_in_team_a = get(
+        &fixture,
+        &format!("/v2/team-a/app/blobs/{digest}"),
+        basic("alice", "secret"),
+    )
+    .await;
     blob_in_team_a.expect_error(404, "BLOB_UNKNOWN");
     // An admin may pull both: the mount happens.
     let ops = fixture.berth.send(mount("ops")).await;
@@ -417,14 +354,7 @@ async fn forged_altered_and_expired_tokens_are_challenged_not_served() {
         ("two parts", format!("{}.{}", parts[0], parts[1])),
     ];
     for (what, token) in forged {
-        let answer = fixture
-            .berth
-            .send(
-                TestRequest::get()
-                    .uri("/v2/team-b/app/tags/list")
-                    .insert_header(bearer(&token)),
-            )
-            .await;
+        let answer = get(&fixture, "/v2/team-b/app/tags/list", bearer(&token)).await;
         answer.expect_error(401, "UNAUTHORIZED");
         assert!(
             answer
