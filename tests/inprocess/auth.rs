@@ -73,7 +73,7 @@ async fn post(fixture: &Fixture, uri: &str, credentials: (&'static str, String))
 async fn token(fixture: &Fixture, user: &str, scopes: &[&str]) -> String {
     let query: String = scopes.iter().map(|s| format!("&scope={s}")).collect();
     let answer = get(
-        &fixture,
+        fixture,
         &format!("/auth/token?service=berth{query}"),
         basic(user, "secret"),
     )
