@@ -229,6 +229,23 @@ impl AppState {
     }
 }
 
+/// The access log: one line per request with the client, the request line, the status, the bytes sent, the
+/// duration and, quoted last, who asked ([`logged_identity`]).
+fn access_log() -> Logger {
+    Logger::new(r#"%a "%r" %s %b %Dms "%{identity}xo""#)
+        .custom_response_replace("identity", |res| logged_identity(res.request()))
+}
+
+/// The identity that asked, as the front door verified it (`node-proxy:node-1 (serviceaccount:…)`,
+/// `serviceaccount:team-a/ci`, `anonymous`; refused requests too), or `-` when none was checked (auth off, a route
+/// outside `/v2`, credentials that did not verify).
+fn logged_identity(req: &actix_web::HttpRequest) -> String {
+    use actix_web::HttpMessage;
+    req.extensions()
+        .get::<crate::auth::Identity>()
+        .map_or_else(|| "-".to_owned(), ToString::to_string)
+}
+
 /// Runs the server until it is told to stop.
 pub async fn serve(config: Config) -> Result<(), ServeError> {
     let storage = FsStorage::open(&config.data_dir).map_err(|source| ServeError::Storage {
@@ -269,11 +286,7 @@ pub async fn serve(config: Config) -> Result<(), ServeError> {
 
     let server = HttpServer::new(move || {
         App::new()
-            // One line per request; `/v2` requests with auth on name who asked (the front door's identity).
-            .wrap(
-                Logger::new(r#"%a %{identity}xo "%r" %s %b %Dms"#)
-                    .custom_response_replace("identity", logged_identity),
-            )
+            .wrap(access_log())
             .configure(|cfg| state.configure(cfg))
     })
     .workers(config.workers)
@@ -308,19 +321,6 @@ pub async fn serve(config: Config) -> Result<(), ServeError> {
     server.run().await.map_err(listen_error)?;
     log::info!("berth stopped");
     Ok(())
-}
-
-/// The identity the front door verified for a request, as the access log names it (`-` when none was checked).
-fn logged_identity(response: &actix_web::dev::ServiceResponse) -> String {
-    use actix_web::HttpMessage;
-    response
-        .request()
-        .extensions()
-        .get::<crate::auth::Identity>()
-        .map_or_else(
-            || "-".to_owned(),
-            |identity| identity.to_string().replace(' ', ""),
-        )
 }
 
 /// The listening socket. Its `TCP_USER_TIMEOUT` (inherited by every accepted connection on Linux) drops a
@@ -418,6 +418,32 @@ async fn start_managed_certs(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_access_log_names_the_authorized_identity() {
+        use actix_web::HttpMessage;
+        let check = |identity: Option<crate::auth::Identity>, expected: &str| {
+            let req = actix_web::test::TestRequest::default().to_http_request();
+            if let Some(identity) = identity {
+                req.extensions_mut().insert(identity);
+            }
+            assert_eq!(logged_identity(&req), expected);
+        };
+        check(None, "-");
+        check(Some(crate::auth::Identity::Anonymous), "anonymous");
+        check(
+            Some(crate::auth::Identity::NodeProxy {
+                namespace: "berth-system".into(),
+                name: "berth-node-proxy".into(),
+                node: Some("node-1".into()),
+            }),
+            "node-proxy:node-1 (serviceaccount:berth-system/berth-node-proxy)",
+        );
+        check(
+            Some(crate::auth::Identity::service_account("team-a", "ci", &[])),
+            "serviceaccount:team-a/ci",
+        );
+    }
 
     #[test]
     fn accepted_connections_inherit_the_send_timeout() {

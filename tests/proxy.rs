@@ -354,7 +354,7 @@ fn files_under(dir: &Path) -> Vec<PathBuf> {
     found
 }
 
-/// Lines of a berth request log (`%a "%r" %s %b %Dms`) for `GET <path>`, whatever the HTTP version.
+/// Lines of a berth request log (`%a "%r" %s %b %Dms "<identity>"`) for `GET <path>`, whatever the HTTP version.
 fn count_gets(log: &str, path: &str) -> usize {
     let needle = format!("\"GET {path} HTTP/");
     log.lines().filter(|line| line.contains(&needle)).count()

@@ -32,8 +32,9 @@ pub fn cluster_ip(node: &Node) -> std::net::IpAddr {
 
 /// Pushes `archive` to berth through its Service, as a host that resolves the Service name would: skopeo runs
 /// in a private mount namespace whose /etc/hosts maps berth.berth-system.svc to the ClusterIP (the machine's
-/// /etc/hosts is not touched), and verifies berth's certificate with the CA from berth's Secret.
-pub fn push_to_berth(node: &Node, archive: &Path, reference: &str) {
+/// /etc/hosts is not touched), verifies berth's certificate with the CA from berth's Secret, and logs in with
+/// `creds` (`user:password`; a ServiceAccount token is the password) through berth's token flow.
+pub fn push_to_berth(node: &Node, archive: &Path, reference: &str, creds: &str) {
     let ip = cluster_ip(node);
     let hosts = node.work.join("hosts");
     fs::write(
@@ -58,6 +59,8 @@ pub fn push_to_berth(node: &Node, archive: &Path, reference: &str) {
     }
     cmd.args(["copy", "--insecure-policy", "--dest-cert-dir"])
         .arg(&certs)
+        .arg("--dest-creds")
+        .arg(creds)
         .arg(format!("docker-archive:{}", archive.display()))
         .arg(format!("docker://{SERVICE_NAME}:443/{reference}"));
     ok(cmd);
@@ -79,8 +82,32 @@ pub fn berth_ca(node: &Node) -> Vec<u8> {
         .expect("ca.crt of berth-tls is base64")
 }
 
-/// GET on berth through its Service (name verified with berth's CA).
+/// A token of ServiceAccount `namespace/name` for audience berth, as a CI job gets one (`kubectl create token`).
+pub fn service_account_token(node: &Node, namespace: &str, name: &str) -> String {
+    let token = node.kubectl_ok(&[
+        "-n",
+        namespace,
+        "create",
+        "token",
+        name,
+        "--audience",
+        "berth",
+    ]);
+    let token = token.trim().to_string();
+    assert!(
+        token.split('.').count() == 3,
+        "kubectl create token printed a JWT: {token:?}"
+    );
+    token
+}
+
+/// GET on berth through its Service (name verified with berth's CA), anonymously.
 pub fn berth_get(node: &Node, path: &str) -> (u16, String) {
+    berth_get_as(node, path, None)
+}
+
+/// GET on berth through its Service with Basic credentials `(user, password)`, or none.
+pub fn berth_get_as(node: &Node, path: &str, basic: Option<(&str, &str)>) -> (u16, String) {
     let ip = cluster_ip(node);
     let client = reqwest::blocking::Client::builder()
         .no_proxy()
@@ -90,7 +117,11 @@ pub fn berth_get(node: &Node, path: &str) -> (u16, String) {
         .timeout(Duration::from_secs(5))
         .build()
         .unwrap();
-    match client.get(format!("https://{SERVICE_NAME}{path}")).send() {
+    let mut request = client.get(format!("https://{SERVICE_NAME}{path}"));
+    if let Some((user, password)) = basic {
+        request = request.basic_auth(user, Some(password));
+    }
+    match request.send() {
         Ok(r) => (r.status().as_u16(), r.text().unwrap_or_default()),
         Err(e) => (0, e.to_string()),
     }
@@ -181,6 +212,17 @@ pub fn apply(node: &Node, yaml: &str) {
         "kubectl apply failed: {}\n{yaml}",
         String::from_utf8_lossy(&out.stderr)
     );
+}
+
+/// Applies `yaml`, which the cluster must refuse; kubectl's stderr (the reason).
+pub fn apply_refused(node: &Node, yaml: &str) -> String {
+    let out = node.cluster().apply_yaml(yaml);
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(
+        !out.status.success(),
+        "kubectl apply succeeded, the cluster should have refused:\n{yaml}"
+    );
+    stderr
 }
 
 /// The spec of the test's pods (one container `app`, non-root), indented by `indent` spaces.

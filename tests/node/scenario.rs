@@ -8,7 +8,7 @@
 use super::images::{self, File};
 use super::kube::*;
 use super::upstream::{ok, skopeo, Forwarder, Upstream};
-use super::{Node, NODE_IP};
+use super::{Node, NODE_IP, NODE_NAME};
 use crate::support::poll_until;
 use std::fs;
 use std::io::Read;
@@ -55,6 +55,18 @@ fn app_pods(node: &Node, fields: &str) -> String {
         &["-n", "apps", "get", "pods", "-l", "app=app"],
         &format!("{{range .items[*]}}{fields}{{\"\\n\"}}{{end}}"),
     )
+}
+
+/// In an access log (`%a "%r" %s %b %Dms …`), the first answer with `status` to `request` (method and path,
+/// any HTTP version): what the line has after the duration (berth: the quoted identity; the node proxy: nothing).
+fn answered(log: &str, request: &str, status: &str) -> Option<String> {
+    let needle = format!("\"{request} HTTP/");
+    log.lines().find_map(|line| {
+        let (_, after) = line.split_once(&needle)?;
+        let (_, rest) = after.split_once("\" ")?;
+        let mut fields = rest.splitn(4, ' ');
+        (fields.next()? == status).then(|| fields.nth(2).unwrap_or("").to_string())
+    })
 }
 
 #[test]
@@ -116,36 +128,79 @@ fn berth_installed_from_manifests_serves_a_real_kubelet() {
         "berth's process: (uid, read-only root)"
     );
 
-    // 3. Push from the host through the Service; a pod names the node-local address.
+    // 3. Auth is on by default. A CI job's ServiceAccount pushes from the host through the Service with a token
+    //    from `kubectl create token` (built in: a ServiceAccount pushes under its own namespace).
+    for ns in ["team-a", "team-b", "apps"] {
+        node.kubectl_ok(&["create", "namespace", ns]);
+    }
+    node.kubectl_ok(&["-n", "team-a", "create", "serviceaccount", "ci"]);
+    let ci_token = service_account_token(&node, "team-a", "ci");
     let hello = work.join("hello.tar");
-    images::app_image(&work.join("images/hello"), "team/hello:v1", &[], &hello);
-    push_to_berth(&node, &hello, "team/hello:v1");
-    node.kubectl_ok(&["create", "namespace", "apps"]);
+    images::app_image(&work.join("images/hello"), "team-a/app:v1", &[], &hello);
+    push_to_berth(&node, &hello, "team-a/app:v1", &format!("ci:{ci_token}"));
+    // Nobody pulls it anonymously from the Service.
+    let (status, body) = berth_get(&node, "/v2/team-a/app/manifests/v1");
+    assert_eq!(status, 401, "an anonymous pull from the Service: {body}");
+    assert!(
+        body.contains("UNAUTHORIZED"),
+        "the spec's error code: {body}"
+    );
+    // A pod of team-a names the node-local address: admitted (its ServiceAccount pulls its own namespace) and
+    // pulled by the kubelet, without credentials, through the node proxy, which authenticates as itself.
     apply(
         &node,
         &pod_yaml(
-            "apps",
+            "team-a",
             "hello",
-            "127.0.0.1:5050/team/hello:v1",
+            "127.0.0.1:5050/team-a/app:v1",
             "IfNotPresent",
         ),
     );
-    wait_running(&mut node, "apps", "hello", Duration::from_secs(60));
+    wait_running(&mut node, "team-a", "hello", Duration::from_secs(60));
     let proxy_log = node.kubectl_ok(&["-n", NS, "logs", &node_proxy_pod(&node)]);
     // containerd resolves the tag with a HEAD, then fetches by digest.
-    for wanted in [
-        "HEAD /v2/team/hello/manifests/v1 HTTP",
-        "GET /v2/team/hello/blobs/sha256:",
-    ] {
-        assert!(
-            proxy_log.contains(wanted),
-            "the kubelet's pull went through the node proxy ({wanted}):\n{proxy_log}"
-        );
-    }
-    let berth_log = node.kubectl_ok(&["-n", NS, "logs", "berth-0"]);
     assert!(
-        berth_log.contains("HEAD /v2/team/hello/manifests/v1 HTTP"),
-        "berth served the pull:\n{berth_log}"
+        answered(&proxy_log, "HEAD /v2/team-a/app/manifests/v1", "200").is_some(),
+        "the kubelet's pull went through the node proxy and was answered 200:\n{proxy_log}"
+    );
+    assert!(
+        proxy_log.contains("GET /v2/team-a/app/blobs/sha256:"),
+        "the kubelet fetched the layers through the node proxy:\n{proxy_log}"
+    );
+    // berth's access log names who the pull was authorized as: the node proxy, with the node it runs on.
+    let berth_log = node.kubectl_ok(&["-n", NS, "logs", "berth-0"]);
+    assert_eq!(
+        answered(&berth_log, "HEAD /v2/team-a/app/manifests/v1", "200"),
+        Some(format!(
+            "\"node-proxy:{NODE_NAME} (serviceaccount:{NS}/berth-node-proxy)\""
+        )),
+        "berth served the pull to the node proxy of node {NODE_NAME}:\n{berth_log}"
+    );
+    // A pod of team-b (its default ServiceAccount) naming the same image is refused at admission, and says why.
+    node.wait_for(
+        Duration::from_secs(30),
+        "ServiceAccount team-b/default",
+        |n| {
+            n.kubectl(&["-n", "team-b", "get", "serviceaccount", "default"])
+                .status
+                .success()
+                .then_some(())
+        },
+    );
+    let refused = apply_refused(
+        &node,
+        &pod_yaml(
+            "team-b",
+            "stolen",
+            "127.0.0.1:5050/team-a/app:v1",
+            "IfNotPresent",
+        ),
+    );
+    assert!(
+        refused.contains(
+            "serviceaccount:team-b/default may not pull repository team-a/app from berth (no rule allows it)"
+        ),
+        "the denial names the ServiceAccount, the repository and the reason: {refused}"
     );
 
     // 4. A rewrite through the pull-through cache: docker.io is a docker-registry on loopback behind a forwarder
@@ -157,7 +212,7 @@ fn berth_installed_from_manifests_serves_a_real_kubelet() {
         UPSTREAM_BYTES_PER_SEC,
     );
     let app = work.join("app.tar");
-    // A layer of its own (not the one team/hello pushed), so that berth has to fetch it from the upstream.
+    // A layer of its own (not the one team-a/app pushed), so that berth has to fetch it from the upstream.
     let version = work.join("app-version");
     fs::write(&version, "app 1.0\n").unwrap();
     images::app_image(
@@ -302,7 +357,10 @@ fn berth_installed_from_manifests_serves_a_real_kubelet() {
     node.wait_for(
         Duration::from_secs(30),
         "berth back with its content",
-        |n| (berth_get(n, "/v2/team/hello/tags/list").0 == 200).then_some(()),
+        |n| {
+            let basic = Some(("ci", ci_token.as_str()));
+            (berth_get_as(n, "/v2/team-a/app/tags/list", basic).0 == 200).then_some(())
+        },
     );
 
     // 5b. An invalid policy: reported, and the last good one stays in force.
@@ -435,20 +493,20 @@ data:
     node.wait_for(Duration::from_secs(60), "the volume Released", |n| {
         (jsonpath(n, &["get", "pv", "berth-data"], "{.status.phase}") == "Released").then_some(())
     });
-    let tag = work.join("volumes/berth-data/repositories/team/hello/_tags/v1");
+    let tag = work.join("volumes/berth-data/repositories/team-a/app/_tags/v1");
     assert!(
         tag.is_file(),
         "the images are still in the volume ({})",
         tag.display()
     );
-    assert_eq!(pod_phase(&node, "apps", "hello"), "Running");
+    assert_eq!(pod_phase(&node, "team-a", "hello"), "Running");
     // A new pod of an image cached on the node starts; one whose image the node never pulled cannot.
     apply(
         &node,
         &pod_yaml(
             "apps",
             "cached",
-            "127.0.0.1:5050/team/hello:v1",
+            "127.0.0.1:5050/team-a/app:v1",
             "IfNotPresent",
         ),
     );
@@ -458,7 +516,7 @@ data:
         &pod_yaml(
             "apps",
             "uncached",
-            "127.0.0.1:5050/team/never:v1",
+            "127.0.0.1:5050/team-a/never:v1",
             "IfNotPresent",
         ),
     );
@@ -479,7 +537,7 @@ data:
                 "{.items[*].message}",
             );
             failed
-                .contains("127.0.0.1:5050/team/never:v1")
+                .contains("127.0.0.1:5050/team-a/never:v1")
                 .then_some(())
         },
     );
