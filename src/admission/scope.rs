@@ -113,9 +113,14 @@ impl Scope {
     pub(super) fn is_own_host(&self, host: &str, policy: &Policy) -> bool {
         self.own_hosts.iter().any(|h| h == host)
             || policy.rewrite_hosts().iter().any(|h| h == host)
-            || self
-                .node_proxy_port
-                .is_some_and(|port| is_node_local(host, port))
+            || self.is_node_proxy(host)
+    }
+
+    /// Whether a normalised registry host is the node proxy: [`NODE_PROXY_HOSTS`] or any other spelling of the
+    /// node's own address on its port (see [`is_node_local`]).
+    pub(super) fn is_node_proxy(&self, host: &str) -> bool {
+        self.node_proxy_port
+            .is_some_and(|port| is_node_local(host, port))
     }
 
     /// The upstream image behind a reference to berth's proxy (`127.0.0.1:5050/proxy/docker.io/library/nginx:1` →
