@@ -95,10 +95,16 @@ pub fn normalize_host(host: &str) -> Result<String, &'static str> {
 }
 
 /// `[…]` with the IPv6 address in its one compressed spelling (`[0:0:0:0:0:0:0:1]` and `[::0001]` are `[::1]`),
-/// always in hex groups (an IPv4-mapped address is not written with dots, which the reference grammar refuses).
+/// always in hex groups (the reference grammar refuses dots inside brackets). An IPv4-mapped address
+/// (`[::ffff:7f00:1]`, `[0:0:0:0:0:FFFF:7F00:1]`) is the IPv4 address it maps, in dotted form (`127.0.0.1`): a client
+/// connecting to it reaches that IPv4 address, so it is that host (review finding: `[::ffff:7f00:1]:5050` was not
+/// berth's node-local `127.0.0.1:5050` to admission, though containerd pulled from it as loopback).
 fn canonical_ipv6(name: &str) -> Option<String> {
     let inner = name.strip_prefix('[')?.strip_suffix(']')?;
     let ip: std::net::Ipv6Addr = inner.parse().ok()?;
+    if let Some(v4) = ip.to_ipv4_mapped() {
+        return Some(v4.to_string());
+    }
     let text = ip.to_string();
     if !text.contains('.') {
         return Some(format!("[{text}]"));
@@ -309,10 +315,20 @@ mod tests {
             // One spelling of an IPv6 address (review finding: `[0:0:0:0:0:0:0:1]` slipped past a rule on `[::1]`).
             ("[0:0:0:0:0:0:0:1]:5000/x", Ok("[::1]:5000/x:latest")),
             ("[::0001]:5000/x", Ok("[::1]:5000/x:latest")),
+            // An IPv4-mapped address is the IPv4 address it maps (review finding: `[::ffff:7f00:1]:5050` was not
+            // `127.0.0.1:5050`); an IPv4-compatible one (deprecated, not routed as IPv4) stays IPv6.
+            ("[::ffff:102:304]/x", Ok("1.2.3.4/x:latest")),
+            ("[::ffff:7f00:1]:5050/x", Ok("127.0.0.1:5050/x:latest")),
+            ("[::FFFF:7F00:1]:5050/x", Ok("127.0.0.1:5050/x:latest")),
             (
-                "[::ffff:102:304]/x",
-                Ok("[0:0:0:0:0:ffff:102:304]/x:latest"),
+                "[0:0:0:0:0:ffff:7f00:1]:5050/x",
+                Ok("127.0.0.1:5050/x:latest"),
             ),
+            ("[::ffff:7f00:1]:443/x", Ok("127.0.0.1/x:latest")),
+            ("[::ffff:0:0]:5050/x", Ok("0.0.0.0:5050/x:latest")),
+            ("[::102:304]/x", Ok("[::102:304]/x:latest")),
+            // Dots inside brackets are not the reference grammar's (nor containerd's): refused, never a host.
+            ("[::ffff:127.0.0.1]:5050/x", Err("bad registry host")),
             ("[::1]:5000/x", Ok("[::1]:5000/x:latest")),
             ("Docker.IO/nginx", Ok("docker.io/library/nginx:latest")),
             ("docker.io:443/nginx", Ok("docker.io/library/nginx:latest")),

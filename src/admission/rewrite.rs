@@ -110,6 +110,9 @@ pub fn plan_mutation(request: &Request, policy: &Policy, scope: &Scope) -> Mutat
             continue;
         };
         match planned.target {
+            // Already at the node proxy, spelled another way (`localhost:5050`, `[::]:5050`): the same endpoint as
+            // a node-local target, so the image already points at the rewrite's target registry.
+            Ok(target) if scope.is_node_proxy(&image.domain) && scope.is_node_proxy(&target.domain) => {}
             Ok(target) => plan.candidates.push(Candidate { container, target, rule: planned.rule, when: planned.when }),
             Err(e) => plan.warnings.push(format!(
                 "container {:?}: rewrite {:?} produced an invalid reference, image left unchanged: {e}",
@@ -274,6 +277,46 @@ mod tests {
                 "{:?}",
                 review.kind
             );
+        }
+    }
+
+    /// Review finding (issue 11): every spelling of the node-local address is the node proxy, so an image already
+    /// there is not rewritten to it again; a Service-name image is still rewritten to the node proxy.
+    #[test]
+    fn an_image_at_the_node_proxy_by_any_spelling_is_not_rewritten_to_it() {
+        let policy = Policy::from_yaml(
+            r#"
+rewrites:
+  - {name: to-node, match: '(?:localhost|[0-9.]+|\[[0-9a-f:]+\]|berth\.berth-system\.svc):5050/(.+)', replace: '127.0.0.1:5050/$1'}
+  - {name: svc-to-node, match: 'berth\.berth-system\.svc/(.+)', replace: '127.0.0.1:5050/$1'}
+"#,
+        )
+        .expect("policy");
+        fn check(policy: &Policy, image: &str, expected: Option<&str>) {
+            let spec = json!({"containers": [{"name": "web", "image": image}]});
+            let review = request(("", "Pod"), "CREATE", "prod", pod(spec, None));
+            let plan = plan_mutation(&review, policy, &scope());
+            let got = plan.candidates.first().map(|c| c.target.to_string());
+            assert_eq!(got.as_deref(), expected, "{image}");
+        }
+        let cases = [
+            ("localhost:5050/team/app:1", None),
+            ("127.0.0.2:5050/team/app:1", None),
+            ("0.0.0.0:5050/team/app:1", None),
+            ("[::]:5050/team/app:1", None),
+            ("[::ffff:7f00:1]:5050/team/app:1", None),
+            ("[::1]:5050/team/app:1", None),
+            (
+                "10.0.0.1:5050/team/app:1",
+                Some("127.0.0.1:5050/team/app:1"),
+            ),
+            (
+                "berth.berth-system.svc/team/app:1",
+                Some("127.0.0.1:5050/team/app:1"),
+            ),
+        ];
+        for (image, expected) in cases {
+            check(&policy, image, expected);
         }
     }
 

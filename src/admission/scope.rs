@@ -11,6 +11,9 @@ use super::review::Request;
 /// berth's node-local pull endpoint (`berth node-proxy`, manifests/base/node-proxy.yaml) on every node's loopback.
 pub const NODE_PROXY_HOSTS: [&str; 2] = ["127.0.0.1:5050", "localhost:5050"];
 
+/// The port of [`NODE_PROXY_HOSTS`]: on it, every loopback or unspecified address is the node proxy.
+pub const NODE_PROXY_PORT: u16 = 5050;
+
 /// What the webhooks know about the berth they run in, besides the policy.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Scope {
@@ -24,6 +27,9 @@ pub struct Scope {
     /// Whether `/validate` decides, for every image on one of berth's own hosts, whether the pod's ServiceAccount
     /// may pull it by the policy's access rules (set when auth is on; off, pulls are not authorized at admission).
     pub authorize_pulls: bool,
+    /// The node proxy's port: on it, every spelling of the node's own address (see [`is_node_local`]) is berth's.
+    /// `None` for a scope without the node proxy.
+    pub node_proxy_port: Option<u16>,
 }
 
 impl Scope {
@@ -35,6 +41,7 @@ impl Scope {
             proxy_upstreams: Vec::new(),
             own_hosts: Vec::new(),
             authorize_pulls: false,
+            node_proxy_port: Some(NODE_PROXY_PORT),
         }
         .with_hosts(
             NODE_PROXY_HOSTS
@@ -100,10 +107,20 @@ impl Scope {
         self.proxied_image(&ImageRef::parse(image).ok()?, policy)
     }
 
-    /// Whether a normalised registry host is one of berth's own addresses: one of [`Scope::own_hosts`], or a host
-    /// the policy's rewrites send pods to.
+    /// Whether a normalised registry host is one of berth's own addresses: one of [`Scope::own_hosts`], a host
+    /// the policy's rewrites send pods to, or any spelling of the node's own address on the node proxy's port
+    /// (`127.0.0.2:5050`, `0.0.0.0:5050`, `[::1]:5050`, `[::]:5050`, `foo.localhost:5050`; see [`is_node_local`]).
     pub(super) fn is_own_host(&self, host: &str, policy: &Policy) -> bool {
-        self.own_hosts.iter().any(|h| h == host) || policy.rewrite_hosts().iter().any(|h| h == host)
+        self.own_hosts.iter().any(|h| h == host)
+            || policy.rewrite_hosts().iter().any(|h| h == host)
+            || self.is_node_proxy(host)
+    }
+
+    /// Whether a normalised registry host is the node proxy: [`NODE_PROXY_HOSTS`] or any other spelling of the
+    /// node's own address on its port (see [`is_node_local`]).
+    pub(super) fn is_node_proxy(&self, host: &str) -> bool {
+        self.node_proxy_port
+            .is_some_and(|port| is_node_local(host, port))
     }
 
     /// The upstream image behind a reference to berth's proxy (`127.0.0.1:5050/proxy/docker.io/library/nginx:1` →
@@ -139,6 +156,30 @@ impl Scope {
     }
 }
 
+/// Whether a normalised registry host (as [`normalize_host`] spells it) names `port` on the node itself: an address
+/// a connection from the node reaches the node proxy's loopback listener by. That is every loopback address
+/// (`127.0.0.0/8`, `[::1]`; an IPv4-mapped one is already its IPv4 form), the unspecified addresses (`0.0.0.0` and
+/// `[::]`, which Linux connects to the local host) and `localhost` with its subdomains (RFC 6761; systemd's
+/// resolver answers them with loopback). Spelled another way, a node-local image would skip pull authorization at
+/// admission while the kubelet still pulls it through the node proxy, which may pull everything.
+pub fn is_node_local(host: &str, port: u16) -> bool {
+    let Some((name, host_port)) = host.rsplit_once(':') else {
+        return false;
+    };
+    if host_port.parse::<u16>() != Ok(port) {
+        return false;
+    }
+    if name == "localhost" || name.ends_with(".localhost") {
+        return true;
+    }
+    let ip = match name.strip_prefix('[').and_then(|n| n.strip_suffix(']')) {
+        Some(v6) => v6.parse::<std::net::Ipv6Addr>().map(std::net::IpAddr::V6),
+        None => name.parse::<std::net::Ipv4Addr>().map(std::net::IpAddr::V4),
+    };
+    ip.map(|ip| ip.to_canonical())
+        .is_ok_and(|ip| ip.is_loopback() || ip.is_unspecified())
+}
+
 /// Whether a review is out of berth's scope: not a create/update, berth's own namespace, or excluded by policy.
 pub(super) fn skipped(request: &Request, policy: &Policy, scope: &Scope) -> bool {
     let namespace = request.namespace.as_deref().unwrap_or_default();
@@ -150,6 +191,48 @@ pub(super) fn skipped(request: &Request, policy: &Policy, scope: &Scope) -> bool
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Which normalised hosts are the node proxy on port 5050 (review finding: only the two literal spellings were).
+    #[test]
+    fn node_local_spellings() {
+        fn check(host: &str, expected: bool) {
+            assert_eq!(is_node_local(host, NODE_PROXY_PORT), expected, "{host}");
+        }
+        let cases = [
+            ("127.0.0.1:5050", true),
+            ("127.1.2.3:5050", true),
+            ("0.0.0.0:5050", true),
+            ("[::1]:5050", true),
+            ("[::]:5050", true),
+            ("localhost:5050", true),
+            ("a.b.localhost:5050", true),
+            // Not normalised (normalize_host writes it as 127.0.0.1), still the loopback.
+            ("[::ffff:7f00:1]:5050", true),
+            ("127.0.0.1:5051", false),
+            ("127.0.0.1", false),
+            ("[::1]", false),
+            ("localhost", false),
+            ("10.0.0.1:5050", false),
+            ("[fe80::1]:5050", false),
+            ("[::2]:5050", false),
+            ("localhost.example:5050", false),
+            ("xlocalhost:5050", false),
+            ("berth.berth-system.svc:5050", false),
+            ("", false),
+            (":5050", false),
+        ];
+        for (host, expected) in cases {
+            check(host, expected);
+        }
+        // Through normalize_host and the scope: a scope without the node proxy has no node-local host.
+        let policy = Policy::default();
+        let scope = Scope::new("berth-system");
+        for spelling in ["[::FFFF:7F00:1]:5050", "127.9.9.9:5050", "[0::0]:5050"] {
+            let host = normalize_host(spelling).expect("a host");
+            assert!(scope.is_own_host(&host, &policy), "{spelling} ({host})");
+            assert!(!Scope::default().is_own_host(&host, &policy), "{spelling}");
+        }
+    }
 
     #[test]
     fn berths_own_hosts_are_normalised_names() {

@@ -308,6 +308,97 @@ access:
         }
     }
 
+    /// Review finding (issue 11): the node-local address spelled another way (`[::ffff:7f00:1]:5050`, any
+    /// `127.x.y.z`, `0.0.0.0`, `[::]`) was not berth's own host, so a team-b pod ran team-a's image through the node
+    /// proxy without its pull being authorized. Every spelling a kubelet could pull from the node proxy by is decided
+    /// for the pod's ServiceAccount; one the reference grammar refuses is denied as unparseable; other ports and
+    /// addresses are not berth's.
+    #[test]
+    fn every_spelling_of_the_node_local_address_is_authorized() {
+        let policy = Policy::from_yaml(
+            "access: {rules: [{name: proxy-open, repositories: ['proxy/.*'], subjects: [authenticated], actions: [pull]}]}",
+        )
+        .expect("policy");
+        let on = scope().authorizing_pulls(true);
+        /// How `/validate` answers a team-b pod naming team-a's image on `host`.
+        #[derive(Debug, PartialEq)]
+        enum Expected {
+            /// Berth's own host: decided for the pod's ServiceAccount, which may not pull team-a's repository.
+            PullDenied,
+            /// Not a reference (the grammar refuses the host): denied by the image rules.
+            Unparseable,
+            /// Not berth's: the image rules alone decide, and allow it.
+            NotBerths,
+        }
+        fn check(policy: &Policy, scope: &Scope, host: &str, expected: Expected) {
+            let image = format!("{host}/team-a/app:1");
+            let spec = json!({"containers": [{"name": "c", "image": image}]});
+            let response = validate(
+                &request(("", "Pod"), "CREATE", "team-b", pod(spec, None)),
+                policy,
+                scope,
+            );
+            let message = &response.result.message;
+            let got = if response.allowed {
+                Expected::NotBerths
+            } else if message
+                .contains("serviceaccount:team-b/default may not pull repository team-a/app")
+            {
+                Expected::PullDenied
+            } else if message.contains("invalid image reference") {
+                Expected::Unparseable
+            } else {
+                panic!("{host}: unexpected denial {message}");
+            };
+            assert_eq!(got, expected, "{host}: {message}");
+        }
+        use Expected::*;
+        let cases = [
+            ("127.0.0.1:5050", PullDenied),
+            ("localhost:5050", PullDenied),
+            ("LOCALHOST:5050", PullDenied),
+            ("[::ffff:7f00:1]:5050", PullDenied),
+            ("[::FFFF:7F00:1]:5050", PullDenied),
+            ("[0:0:0:0:0:ffff:7f00:1]:5050", PullDenied),
+            ("[::ffff:7f01:203]:5050", PullDenied),
+            ("127.0.0.2:5050", PullDenied),
+            ("127.255.255.254:5050", PullDenied),
+            ("127.0.0.1:05050", PullDenied),
+            ("0.0.0.0:5050", PullDenied),
+            ("[::ffff:0:0]:5050", PullDenied),
+            ("[::]:5050", PullDenied),
+            ("[0:0:0:0:0:0:0:0]:5050", PullDenied),
+            ("[::1]:5050", PullDenied),
+            ("[0:0:0:0:0:0:0:1]:5050", PullDenied),
+            ("node.localhost:5050", PullDenied),
+            ("[::ffff:127.0.0.1]:5050", Unparseable),
+            // Other ports of the node and other addresses are not the node proxy.
+            ("127.0.0.1:5051", NotBerths),
+            ("127.0.0.1", NotBerths),
+            ("0.0.0.0", NotBerths),
+            ("[::1]:5000", NotBerths),
+            ("[::ffff:a00:1]:5050", NotBerths),
+            ("128.0.0.1:5050", NotBerths),
+            ("localhost.evil.example:5050", NotBerths),
+            ("evil-localhost:5050", NotBerths),
+        ];
+        for (host, expected) in cases {
+            check(&policy, &on, host, expected);
+        }
+        // The cache stays open by every spelling: the proxy path is recognised as berth's and decided as the
+        // upstream image.
+        for host in ["[::ffff:7f00:1]:5050", "127.0.0.2:5050", "[::]:5050"] {
+            let image = format!("{host}/proxy/docker.io/library/nginx:1");
+            let spec = json!({"containers": [{"name": "c", "image": image}]});
+            let response = validate(
+                &request(("", "Pod"), "CREATE", "team-b", pod(spec, None)),
+                &policy,
+                &on,
+            );
+            assert!(response.allowed, "{image}: {}", response.result.message);
+        }
+    }
+
     #[test]
     fn validate_pods_and_workloads() {
         let policy = Policy::from_yaml(POLICY).expect("policy");

@@ -8,7 +8,7 @@ use actix_web::{HttpRequest, HttpResponse};
 use super::error::Result;
 use super::names::{Digest, RepoName};
 use super::ranges::parse_range;
-use super::service::Registry;
+use super::service::{Immutability, Registry};
 
 pub async fn get(
     registry: &Registry,
@@ -65,8 +65,15 @@ fn blob_headers<'a>(
         .insert_header((header::CACHE_CONTROL, "max-age=31536000"))
 }
 
-pub async fn delete(registry: &Registry, repo: &RepoName, digest: &str) -> Result<HttpResponse> {
+/// `DELETE` of a blob; `immutable` says which tags are immutable (the caller's policy): a blob one of them holds
+/// is not deleted.
+pub async fn delete(
+    registry: &Registry,
+    repo: &RepoName,
+    digest: &str,
+    immutable: Immutability<'_>,
+) -> Result<HttpResponse> {
     let digest = Digest::parse(digest)?;
-    registry.blob_delete(repo, &digest).await?;
+    registry.blob_delete(repo, &digest, immutable).await?;
     Ok(HttpResponse::Accepted().finish())
 }

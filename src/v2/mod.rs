@@ -254,7 +254,8 @@ async fn local(
             blobs::get(registry, req, &repo, &digest, head).await
         }
         (Route::Blob(repo, digest), Method::DELETE) => {
-            blobs::delete(registry, &repo, &digest).await
+            let immutable = immutable_tags(req, &repo);
+            blobs::delete(registry, &repo, &digest, &immutable).await
         }
         (Route::Uploads(repo), Method::POST) => {
             let start = uploads::StartQuery {

@@ -1,7 +1,8 @@
 //! Blobs as a repository sees them: a blob is visible in a repository only while it is linked there, and a mount
-//! links it under the content gate so that eviction cannot delete it in between. Never writes content itself.
+//! links it under the content gate so that eviction cannot delete it in between. A delete is refused for a blob an
+//! immutable tag holds (the caller says which tags are immutable). Never writes content itself.
 
-use super::Registry;
+use super::{Immutability, Registry};
 use crate::registry::error::{RegistryError, Result};
 use crate::registry::names::{Digest, RepoName};
 use crate::registry::storage::{BlobContent, ByteRange};
@@ -35,8 +36,23 @@ impl Registry {
         Ok((content, range))
     }
 
-    /// Removes the blob from `repo` (the content stays while other repositories use it).
-    pub async fn blob_delete(&self, repo: &RepoName, digest: &Digest) -> Result<()> {
+    /// Removes the blob from `repo` (the content stays while other repositories use it). A blob an immutable tag
+    /// holds (a config or layer of the manifest it points at, or of a child of its index) is not removed: the
+    /// release would be broken though it cannot be replaced. Runs under the repository's lock, so a push that
+    /// checked the blob and is about to set an immutable tag cannot lose it in between.
+    pub async fn blob_delete(
+        &self,
+        repo: &RepoName,
+        digest: &Digest,
+        immutable: Immutability<'_>,
+    ) -> Result<()> {
+        let _repo = self.repo_lock(repo).lock().await;
+        if let Some(holder) = self.immutable_holder(repo, digest, immutable).await? {
+            return Err(holder.refuse(
+                repo,
+                "the blob cannot be deleted while a manifest an immutable tag holds names it",
+            ));
+        }
         if self.storage.blob_unlink(repo, digest).await? {
             Ok(())
         } else {

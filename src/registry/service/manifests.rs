@@ -1,7 +1,8 @@
 //! Manifests and tags: a pushed manifest is parsed, its digest verified and every blob and child it names checked
 //! against the repository before it is stored, referred to and tagged; a delete removes only the tags still naming
 //! it. Both run under the repository's lock ([`RepoLocks`]), and so does the immutable-tag check: the caller says
-//! which tags are immutable ([`Immutability`]); this module does not know the policy.
+//! which tags are immutable ([`Immutability`]); this module does not know the policy. What an immutable tag holds
+//! ([`Registry::immutable_holder`]: its manifest, an index's children, their blobs) is neither deleted nor changed.
 
 use std::collections::HashMap;
 
@@ -29,6 +30,28 @@ pub type Immutability<'a> = &'a (dyn Fn(&Tag) -> Option<String> + Sync);
 /// No tag is immutable.
 pub fn all_tags_mutable(_: &Tag) -> Option<String> {
     None
+}
+
+/// An immutable tag that holds a manifest or blob in place: the tag, its rule and the manifest it points at.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) struct ImmutableHolder {
+    pub(super) tag: Tag,
+    pub(super) rule: String,
+    /// The manifest the tag points at (the held digest itself, or an index or manifest that names it).
+    pub(super) root: Digest,
+}
+
+impl ImmutableHolder {
+    /// The refusal of a change to what this tag holds; `what` says which change.
+    pub(super) fn refuse(self, repo: &RepoName, what: &'static str) -> RegistryError {
+        RegistryError::TagImmutable {
+            what,
+            repository: repo.to_string(),
+            tag: self.tag.to_string(),
+            rule: self.rule,
+            digest: self.root.to_string(),
+        }
+    }
 }
 
 /// How many locks [`RepoLocks`] stripes repositories over.
@@ -91,6 +114,56 @@ impl Registry {
         Ok((digest, manifest))
     }
 
+    /// The first immutable tag of `repo` (in the order `tags` lists them) that holds `target` in place: the tag
+    /// points at `target`, or at a manifest whose config or layers are `target`, or at an index (of indexes) with
+    /// such a child manifest. What an immutable tag holds can be neither deleted nor changed, or the release would
+    /// be destroyed though it cannot be replaced. Lists the repository's tags and reads the manifests each immutable
+    /// one reaches (each once): a cost for deletes, not pulls. Call it under the repository's lock.
+    pub(super) async fn immutable_holder(
+        &self,
+        repo: &RepoName,
+        target: &Digest,
+        immutable: Immutability<'_>,
+    ) -> Result<Option<ImmutableHolder>> {
+        let tags = self.storage.tags(repo).await?.unwrap_or_default();
+        let mut visited: std::collections::HashSet<Digest> = std::collections::HashSet::new();
+        for tag in tags {
+            let Some(rule) = immutable(&tag) else {
+                continue;
+            };
+            let Some(root) = self.storage.tag_get(repo, &tag).await? else {
+                continue;
+            };
+            let mut pending = vec![root.clone()];
+            let mut holds = false;
+            while let Some(digest) = pending.pop() {
+                if &digest == target {
+                    holds = true;
+                    break;
+                }
+                if !visited.insert(digest.clone()) {
+                    continue;
+                }
+                let Some(stored) = self.storage.manifest_get(repo, &digest).await? else {
+                    continue;
+                };
+                // A stored manifest was parsed when it was pushed; one that no longer parses names nothing.
+                let Ok(parsed) = manifest::parse(&stored.bytes, Some(&stored.media_type)) else {
+                    continue;
+                };
+                if parsed.blobs.iter().any(|blob| &blob.digest == target) {
+                    holds = true;
+                    break;
+                }
+                pending.extend(parsed.children.into_iter().map(|child| child.digest));
+            }
+            if holds {
+                return Ok(Some(ImmutableHolder { tag, rule, root }));
+            }
+        }
+        Ok(None)
+    }
+
     /// The lock that serialises the manifest and tag changes of `repo` (see [`RepoLocks`]).
     pub(super) fn repo_lock(&self, repo: &RepoName) -> &tokio::sync::Mutex<()> {
         self.repo_locks.get(repo)
@@ -99,7 +172,8 @@ impl Registry {
     /// Validates and stores a manifest; tags it with `reference` when that is a tag, and with each of `tags`
     /// (the `?tag=` parameters of a push by digest). A tag `immutable` names a rule for may not move: if it points
     /// at another manifest, the push is refused and nothing is stored; pushing the manifest it points at again
-    /// succeeds.
+    /// succeeds, unless the push would change the media type it is served with (the same bytes without `mediaType`
+    /// under another Content-Type): that is refused for every manifest an immutable tag holds, tagged or not.
     pub async fn manifest_put(
         &self,
         repo: &RepoName,
@@ -150,6 +224,18 @@ impl Registry {
                     })
                 }
                 _ => {}
+            }
+        }
+        // The identical bytes again with another media type (a manifest without `mediaType`, pushed with another
+        // Content-Type) would change what an immutable tag serves: refused, the stored media type stays.
+        if let Some(stored) = self.storage.manifest_get(repo, &digest).await? {
+            if stored.media_type != parsed.media_type {
+                if let Some(holder) = self.immutable_holder(repo, &digest, immutable).await? {
+                    return Err(holder.refuse(
+                        repo,
+                        "the manifest is stored with another media type, which it cannot be pushed to change",
+                    ));
+                }
             }
         }
         // A manifest's bytes are content (stored as the blob of its digest): held across the check and the store,
@@ -253,7 +339,7 @@ impl Registry {
     }
 
     /// Deletes a manifest by digest (with its tags and referrer entry) or a tag. A tag `immutable` names a rule
-    /// for is not deleted, nor is a manifest such a tag points at.
+    /// for is not deleted, nor is a manifest such a tag holds (points at, or names as a child of its index).
     pub async fn manifest_delete(
         &self,
         repo: &RepoName,
@@ -285,23 +371,17 @@ impl Registry {
                 let Some(stored) = self.storage.manifest_get(repo, digest).await? else {
                     return Err(RegistryError::ManifestUnknown(format!("{repo}@{digest}")));
                 };
-                let tags = self.storage.tags(repo).await?.unwrap_or_default();
-                // Deleting the manifest would delete its immutable tags with it.
-                for tag in &tags {
-                    let Some(rule) = immutable(tag) else {
-                        continue;
+                // Deleting the manifest would delete its immutable tags with it, or break the index such a tag
+                // points at.
+                if let Some(holder) = self.immutable_holder(repo, digest, immutable).await? {
+                    let what = if &holder.root == digest {
+                        "the manifest cannot be deleted while an immutable tag points at it"
+                    } else {
+                        "the manifest cannot be deleted while an index an immutable tag points at names it"
                     };
-                    if self.storage.tag_get(repo, tag).await?.as_ref() == Some(digest) {
-                        return Err(RegistryError::TagImmutable {
-                            what:
-                                "the manifest cannot be deleted while an immutable tag points at it",
-                            repository: repo.to_string(),
-                            tag: tag.to_string(),
-                            rule,
-                            digest: digest.to_string(),
-                        });
-                    }
+                    return Err(holder.refuse(repo, what));
                 }
+                let tags = self.storage.tags(repo).await?.unwrap_or_default();
                 for tag in tags {
                     self.storage.tag_delete_if(repo, &tag, digest).await?;
                 }
