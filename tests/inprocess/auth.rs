@@ -609,3 +609,42 @@ async fn a_throttled_address_gets_429_with_retry_after_without_a_check() {
         .await
         .expect_error(404, "NAME_UNKNOWN");
 }
+
+/// Issue 11 review finding 1: refreshes do not make a session last for ever — each keeps the login's
+/// `auth_time`, and none is made 24 h after it.
+#[actix_web::test]
+async fn a_chain_of_refreshes_ends_a_day_after_the_login() {
+    let (fixture, _dir) = berth_with_auth().await;
+    let mut current = token(&fixture, "alice", &["repository:team-a/app:pull"]).await;
+    let step = std::time::Duration::from_secs(4 * 60);
+    let refresh = |token: &str| {
+        TestRequest::get()
+            .uri("/auth/token?service=berth&scope=repository:team-a/app:pull")
+            .insert_header(bearer(token))
+    };
+    let mut elapsed = std::time::Duration::ZERO;
+    let day = berth::auth::token::MAX_SESSION;
+    let last = loop {
+        fixture.clock.advance(step);
+        elapsed += step;
+        let answer = fixture.berth.send(refresh(&current)).await;
+        if answer.status != 200 {
+            break answer;
+        }
+        let body: Value = serde_json::from_slice(&answer.body).expect("token JSON");
+        current = body["token"].as_str().expect("token").to_owned();
+        assert!(
+            elapsed < day,
+            "a token was renewed {elapsed:?} after the login"
+        );
+    };
+    assert_eq!(last.status, 401, "{:?}", last.body);
+    assert!(elapsed >= day, "refused after only {elapsed:?}");
+    let message = String::from_utf8_lossy(&last.body);
+    assert!(
+        message.contains("log in with its credentials again"),
+        "{message}"
+    );
+    // A login starts a new session.
+    token(&fixture, "alice", &["repository:team-a/app:pull"]).await;
+}
