@@ -326,8 +326,6 @@ impl Authenticator {
         credentials: &Credentials,
         request: &Presented<'_>,
     ) -> Result<Authenticated, AuthError> {
-        let berth_token =
-            matches!(credentials, Credentials::Bearer(token) if claims_berth_issuer(token));
         // The hot path: a berth token verified before is a hash and a lookup, and a look at the user's entry.
         if let (Credentials::Bearer(token), Some(issuer)) = (credentials, &self.issuer) {
             if let Some(hit) = issuer.cached(token) {
@@ -344,6 +342,8 @@ impl Authenticator {
                 };
             }
         }
+        let berth_token =
+            matches!(credentials, Credentials::Bearer(token) if claims_berth_issuer(token));
         // An address in its refusal period gets no check at all (berth's own tokens are not guesses: a signature
         // cannot be guessed, and a client holding one is not refused for its neighbours' failures).
         if !berth_token {

@@ -200,6 +200,8 @@ struct Loaded {
     users: Users,
     /// A hash of nothing anyone knows at the file's highest cost, verified for unknown users.
     dummy: Arc<String>,
+    /// Each user's [`CredentialTag`], made once per file (checked on every request with a user's token).
+    tags: HashMap<String, CredentialTag>,
     source: String,
     digest: String,
     loaded_at: SystemTime,
@@ -257,6 +259,14 @@ fn cache_key(user: &str, password: &str) -> [u8; 32] {
     hasher.finalize().into()
 }
 
+fn tags_of(users: &Users) -> HashMap<String, CredentialTag> {
+    users
+        .hashes
+        .iter()
+        .map(|(user, hash)| (user.clone(), credential_tag(hash)))
+        .collect()
+}
+
 /// A bcrypt hash of nothing anyone knows at `cost`, verified for unknown users: made once per cost and kept.
 fn dummy_hash(cost: u32) -> Arc<String> {
     static DUMMIES: OnceLock<Mutex<HashMap<u32, Arc<String>>>> = OnceLock::new();
@@ -296,6 +306,7 @@ impl HtpasswdStore {
         Ok(HtpasswdStore {
             path: path.to_owned(),
             loaded: ArcSwap::from_pointee(Loaded {
+                tags: tags_of(&users),
                 users,
                 dummy,
                 source: format!("file:{}", path.display()),
@@ -349,6 +360,7 @@ impl HtpasswdStore {
                 log::info!("htpasswd {source} reloaded: {} users", users.len());
                 let dummy = dummy_hash(users.max_cost());
                 self.loaded.store(Arc::new(Loaded {
+                    tags: tags_of(&users),
                     users,
                     dummy,
                     source,
@@ -379,12 +391,7 @@ impl HtpasswdStore {
 
     /// The tag of `user`'s entry in the file in force (None: no such user).
     pub fn credential_of(&self, user: &str) -> Option<CredentialTag> {
-        self.loaded
-            .load()
-            .users
-            .hashes
-            .get(user)
-            .map(|hash| credential_tag(hash))
+        self.loaded.load().tags.get(user).cloned()
     }
 
     /// Checks `password` for `user`: from the cache of successful checks, else with bcrypt on a blocking thread.
