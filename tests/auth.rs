@@ -1,5 +1,5 @@
 //! Authentication through the real binary: `/auth/token` with htpasswd users (GET and the OAuth2 POST), the
-//! htpasswd reload, slowed failures, the token key in the cert dir, and ServiceAccount tokens checked with a real
+//! htpasswd reload, failed logins refused for a while (429), the token key in the cert dir, and ServiceAccount tokens checked with a real
 //! kube-apiserver's TokenReview.
 
 use std::time::{Duration, Instant};

@@ -2,7 +2,9 @@
 //! tokens from `/auth/token`) and what they get — the token-flow challenge for too little, 403 `DENIED` naming the
 //! identity, action, repository and rule for what the rules refuse, a token checked against what it grants, the
 //! catalog for admins only, and a cross-repository mount that the source's rules do not allow turned into a plain
-//! upload.
+//! upload. The review's regressions too: a user's tokens end with a changed password or the user's removal, a
+//! chain of refreshes ends a day after the login, a throttled address gets 429 without a check, and the password
+//! grant keeps a `:` in a user name.
 
 use actix_web::test::TestRequest;
 use base64::Engine;
