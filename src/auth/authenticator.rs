@@ -1021,6 +1021,50 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn one_address_cannot_take_every_token_review() {
+        let slow = FakeReviewer {
+            slow: true,
+            ..FakeReviewer::default()
+        };
+        let auth = Authenticator::new(AuthenticatorParts {
+            htpasswd: None,
+            reviews: Some(
+                CachedReviews::new(
+                    Arc::new(slow),
+                    vec!["berth".into()],
+                    Duration::from_secs(30),
+                    ManualClock::new(),
+                )
+                .with_timeout(Duration::from_millis(100)),
+            ),
+            issuer: None,
+            node_proxy: None,
+            clock: ManualClock::new(),
+        });
+        let flooder: IpAddr = "10.0.0.1".parse().expect("ip");
+        let other: IpAddr = "10.0.0.2".parse().expect("ip");
+        let headers: Vec<Vec<u8>> = (0..=MAX_REVIEWS_PER_CLIENT)
+            .map(|i| format!("Bearer junk.tok.en{i}").into_bytes())
+            .chain(std::iter::once(b"Bearer junk.tok.other".to_vec()))
+            .collect();
+        let clients = (0..=MAX_REVIEWS_PER_CLIENT)
+            .map(|_| flooder)
+            .chain(std::iter::once(other));
+        let answers = futures_util::future::join_all(
+            headers
+                .iter()
+                .zip(clients)
+                .map(|(header, client)| outcome_from(&auth, header, client)),
+        )
+        .await;
+        let mut expected = vec![Err("unavailable"); MAX_REVIEWS_PER_CLIENT];
+        // The one past the cap is told to retry at once; another address is still asked about.
+        expected.push(Err("busy"));
+        expected.push(Err("unavailable"));
+        assert_eq!(answers, expected);
+    }
+
+    #[tokio::test]
     async fn a_password_past_72_bytes_is_not_truncated() {
         let dir = tempfile::tempdir().expect("tempdir");
         let path = dir.path().join("htpasswd");
