@@ -555,3 +555,63 @@ fn service_account_tokens_are_checked_with_a_real_token_review() {
     );
     assert_eq!(alice, StatusCode::OK);
 }
+
+/// Issue 11 review finding 2: a flood of unknown-user logins from one address neither starves another client's
+/// login of bcrypt nor queues without bound — the flood past the per-address cap is told to retry (429), and a
+/// real login from elsewhere is answered promptly.
+#[test]
+fn a_flood_of_unknown_user_logins_does_not_starve_a_real_login() {
+    let berth = berth_with_users(&htpasswd_line("alice", "s3cret"), &[]);
+    let flood = 80;
+    let barrier = std::sync::Arc::new(std::sync::Barrier::new(flood + 1));
+    let floods: Vec<_> = (0..flood)
+        .map(|i| {
+            let url = format!("{}/auth/token?service=berth", berth.base_url);
+            let client = berth.client();
+            let barrier = barrier.clone();
+            std::thread::spawn(move || {
+                barrier.wait();
+                client
+                    .get(url)
+                    .basic_auth(format!("nobody{i}"), Some("guess"))
+                    .send()
+                    .map(|r| r.status())
+                    .ok()
+            })
+        })
+        .collect();
+    let elsewhere = reqwest::blocking::Client::builder()
+        .no_proxy()
+        .local_address(std::net::IpAddr::from([127, 0, 0, 2]))
+        .timeout(Duration::from_secs(120))
+        .build()
+        .expect("client from 127.0.0.2");
+    barrier.wait();
+    let started = Instant::now();
+    let login = elsewhere
+        .get(format!("{}/auth/token?service=berth", berth.base_url))
+        .basic_auth("alice", Some("s3cret"))
+        .send()
+        .expect("GET /auth/token");
+    let took = started.elapsed();
+    assert_eq!(login.status(), StatusCode::OK);
+    assert!(
+        took < Duration::from_secs(3),
+        "the real login took {took:?}"
+    );
+    let statuses: Vec<Option<StatusCode>> = floods
+        .into_iter()
+        .map(|t| t.join().expect("flood thread"))
+        .collect();
+    assert!(
+        statuses.contains(&Some(StatusCode::TOO_MANY_REQUESTS)),
+        "no flooding login was told to retry: {statuses:?}"
+    );
+    assert!(
+        statuses.iter().all(|s| matches!(
+            *s,
+            Some(StatusCode::TOO_MANY_REQUESTS | StatusCode::UNAUTHORIZED)
+        )),
+        "{statuses:?}"
+    );
+}
