@@ -1,5 +1,5 @@
 //! Authentication through the real binary: `/auth/token` with htpasswd users (GET and the OAuth2 POST), the
-//! htpasswd reload, slowed failures, the token key in the cert dir, and ServiceAccount tokens checked with a real
+//! htpasswd reload, failed logins refused for a while (429), the token key in the cert dir, and ServiceAccount tokens checked with a real
 //! kube-apiserver's TokenReview.
 
 use std::time::{Duration, Instant};
@@ -328,21 +328,37 @@ fn htpasswd_changes_apply_and_a_bad_file_keeps_the_last_good_one() {
 fn failed_logins_are_slowed_per_client() {
     let berth = berth_with_users(&htpasswd_line("alice", "s3cret"), &[]);
     let client = berth.client();
-    for _ in 0..5 {
+    for _ in 0..6 {
         assert_eq!(
             get_token(&berth, &client, "service=berth", Some(("alice", "guess"))).status(),
             StatusCode::UNAUTHORIZED
         );
     }
-    let started = Instant::now();
+    // Past the free failures, the address is refused at once, without a check (the right password too), and
+    // told when to come back; then the right password works again.
+    let refused = get_token(&berth, &client, "service=berth", Some(("alice", "s3cret")));
+    assert_eq!(refused.status(), StatusCode::TOO_MANY_REQUESTS);
     assert_eq!(
-        get_token(&berth, &client, "service=berth", Some(("alice", "guess"))).status(),
-        StatusCode::UNAUTHORIZED
+        refused
+            .headers()
+            .get("retry-after")
+            .and_then(|v| v.to_str().ok()),
+        Some("1")
     );
-    assert!(
-        started.elapsed() >= Duration::from_millis(250),
-        "the sixth failure answered after {:?}",
-        started.elapsed()
+    let body = json_of(refused);
+    assert_eq!(body["errors"][0]["code"], "TOOMANYREQUESTS", "{body}");
+    assert_eq!(
+        body["errors"][0]["message"],
+        "too many failed logins from 127.0.0.1; retry in 1s"
+    );
+    poll_until(
+        Duration::from_secs(5),
+        "the right password to work after the refusal period",
+        || {
+            (get_token(&berth, &client, "service=berth", Some(("alice", "s3cret"))).status()
+                == StatusCode::OK)
+                .then_some(())
+        },
     );
     assert!(berth
         .log()
@@ -435,6 +451,16 @@ fn service_account_tokens_are_checked_with_a_real_token_review() {
     ));
     let issued = claims_of(body["token"].as_str().expect("token"));
     assert_eq!(issued["sub"], "system:serviceaccount:team-a:ci");
+    // berth's token of a ServiceAccount lives no longer than TokenReview's answer is kept (2 s here), but not
+    // under the spec's 60 s.
+    assert_eq!(body["expires_in"], 60, "{body}");
+    assert_eq!(
+        issued["exp"]
+            .as_u64()
+            .zip(issued["iat"].as_u64())
+            .map(|(exp, iat)| exp - iat),
+        Some(60)
+    );
     assert_eq!(issued["berth.dev/identity"]["kind"], "serviceAccount");
     assert!(
         issued["berth.dev/identity"]["groups"]
@@ -528,4 +554,64 @@ fn service_account_tokens_are_checked_with_a_real_token_review() {
         "{body}"
     );
     assert_eq!(alice, StatusCode::OK);
+}
+
+/// Issue 11 review finding 2: a flood of unknown-user logins from one address neither starves another client's
+/// login of bcrypt nor queues without bound — the flood past the per-address cap is told to retry (429), and a
+/// real login from elsewhere is answered promptly.
+#[test]
+fn a_flood_of_unknown_user_logins_does_not_starve_a_real_login() {
+    let berth = berth_with_users(&htpasswd_line("alice", "s3cret"), &[]);
+    let flood = 80;
+    let barrier = std::sync::Arc::new(std::sync::Barrier::new(flood + 1));
+    let floods: Vec<_> = (0..flood)
+        .map(|i| {
+            let url = format!("{}/auth/token?service=berth", berth.base_url);
+            let client = berth.client();
+            let barrier = barrier.clone();
+            std::thread::spawn(move || {
+                barrier.wait();
+                client
+                    .get(url)
+                    .basic_auth(format!("nobody{i}"), Some("guess"))
+                    .send()
+                    .map(|r| r.status())
+                    .ok()
+            })
+        })
+        .collect();
+    let elsewhere = reqwest::blocking::Client::builder()
+        .no_proxy()
+        .local_address(std::net::IpAddr::from([127, 0, 0, 2]))
+        .timeout(Duration::from_secs(120))
+        .build()
+        .expect("client from 127.0.0.2");
+    barrier.wait();
+    let started = Instant::now();
+    let login = elsewhere
+        .get(format!("{}/auth/token?service=berth", berth.base_url))
+        .basic_auth("alice", Some("s3cret"))
+        .send()
+        .expect("GET /auth/token");
+    let took = started.elapsed();
+    assert_eq!(login.status(), StatusCode::OK);
+    assert!(
+        took < Duration::from_secs(3),
+        "the real login took {took:?}"
+    );
+    let statuses: Vec<Option<StatusCode>> = floods
+        .into_iter()
+        .map(|t| t.join().expect("flood thread"))
+        .collect();
+    assert!(
+        statuses.contains(&Some(StatusCode::TOO_MANY_REQUESTS)),
+        "no flooding login was told to retry: {statuses:?}"
+    );
+    assert!(
+        statuses.iter().all(|s| matches!(
+            *s,
+            Some(StatusCode::TOO_MANY_REQUESTS | StatusCode::UNAUTHORIZED)
+        )),
+        "{statuses:?}"
+    );
 }

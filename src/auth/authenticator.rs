@@ -1,8 +1,10 @@
 //! Turns what a request presents (its `Authorization` header, the node proxy's `Berth-Node-Name`, the client's
 //! address) into a verified [`Identity`]: htpasswd users, ServiceAccount tokens through TokenReview (Bearer, or the
 //! password of Basic with any user name that is not an htpasswd user), berth's own tokens (with what they grant),
-//! and the node proxy's ServiceAccount with the node it runs on. Failed logins are logged (never the secret) and
-//! slowed per client address.
+//! and the node proxy's ServiceAccount with the node it runs on. A berth token of an htpasswd user stands only while
+//! the user's htpasswd entry is the one it was issued for (a changed password or a removed user ends it at once).
+//! Failed logins are logged (never the secret) and counted per client address; an address in its refusal period
+//! is refused at once, without a check (429 with `Retry-After`).
 //!
 //! Must not: decide what an identity may do (that is [`super::access`]), know routes, or trust a client's claim
 //! (the node name) without a credential that proves it may make it.
@@ -13,13 +15,20 @@ use std::sync::Arc;
 use serde_json::json;
 
 use super::credentials::{parse_authorization, Credentials, CredentialsError};
-use super::htpasswd::{HtpasswdStore, Verdict};
+use super::htpasswd::{HtpasswdStore, Verdict, BUSY_RETRY_AFTER, MAX_PASSWORD_BYTES};
 use super::scope::Grant;
-use super::throttle::Throttle;
-use super::token::{claims_berth_issuer, TokenIssuer};
+use super::throttle::{PerClient, Throttle};
+use super::token::{claims_berth_issuer, TokenIssuer, VerifiedToken};
 use super::tokenreview::{CachedReviews, ServiceAccountUser, TokenReviewError};
 use super::Identity;
 use crate::clock::SharedClock;
+
+/// The shortest a berth token lives (the distribution token spec's minimum `expires_in`).
+pub const MIN_TOKEN_LIFETIME: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// TokenReviews in flight from one client address at most (of the 32 berth sends at once): one address cannot
+/// take every slot and make real ServiceAccount logins fail.
+const MAX_REVIEWS_PER_CLIENT: usize = 4;
 
 /// The header in which the node proxy names its node.
 pub const NODE_NAME_HEADER: &str = "Berth-Node-Name";
@@ -31,8 +40,10 @@ pub struct Presented<'a> {
     pub authorization: Option<&'a [u8]>,
     /// The `Berth-Node-Name` header, if any (believed only from the node proxy's ServiceAccount).
     pub node_name: Option<&'a str>,
-    /// The client's address (failed logins are slowed per address).
+    /// The client's address (failed logins are counted per address).
     pub client: Option<IpAddr>,
+    /// Credentials already taken apart (the token endpoint's OAuth2 form): used instead of `authorization`.
+    pub credentials: Option<&'a Credentials>,
 }
 
 /// A verified identity.
@@ -41,6 +52,11 @@ pub struct Authenticated {
     pub identity: Identity,
     /// Some for a berth token: what it grants (the front door checks this, not the rules).
     pub grants: Option<Vec<Grant>>,
+    /// For a berth token: when its session began (unix seconds), which a refresh keeps.
+    pub auth_time: Option<u64>,
+    /// For an htpasswd user: the tag of the htpasswd entry the password (or the token) was checked against, for
+    /// binding a token issued now to it.
+    pub credential: Option<String>,
 }
 
 impl Authenticated {
@@ -48,6 +64,17 @@ impl Authenticated {
         Authenticated {
             identity,
             grants: None,
+            auth_time: None,
+            credential: None,
+        }
+    }
+
+    fn of_token(verified: &VerifiedToken) -> Authenticated {
+        Authenticated {
+            identity: verified.identity.clone(),
+            grants: Some(verified.grants.clone()),
+            auth_time: Some(verified.auth_time),
+            credential: verified.credential.clone(),
         }
     }
 }
@@ -66,6 +93,14 @@ pub enum AuthError {
     /// closed, with a message saying so.
     #[error("{0}")]
     Unavailable(String),
+    /// Not checked: the client's address is in its refusal period after failed logins, or too many logins are
+    /// being checked (429 `TOOMANYREQUESTS` with `Retry-After`).
+    #[error("{message}")]
+    Busy {
+        message: String,
+        /// Seconds to wait.
+        retry_after: u32,
+    },
 }
 
 impl AuthError {
@@ -83,6 +118,8 @@ pub struct Authenticator {
     /// The node proxy's ServiceAccount (namespace, name).
     node_proxy: Option<(String, String)>,
     throttle: Throttle,
+    /// TokenReviews in flight by client address.
+    reviews_in_flight: PerClient,
 }
 
 impl std::fmt::Debug for Authenticator {
@@ -178,6 +215,7 @@ impl Authenticator {
             issuer: parts.issuer,
             node_proxy: parts.node_proxy,
             throttle: Throttle::new(parts.clock),
+            reviews_in_flight: PerClient::new(MAX_REVIEWS_PER_CLIENT),
         }
     }
 
@@ -208,6 +246,41 @@ impl Authenticator {
         }
     }
 
+    /// How long a token issued to `identity` may live, if shorter than `--token-expiry`: for a ServiceAccount or
+    /// the node proxy, no longer than TokenReview's answer is kept (`--token-cache-ttl`), so a deleted
+    /// ServiceAccount stops working as soon through a token as with its own, but not under the distribution
+    /// spec's minimum of 60 s.
+    pub fn token_lifetime(&self, identity: &Identity) -> Option<std::time::Duration> {
+        match identity {
+            Identity::ServiceAccount { .. } | Identity::NodeProxy { .. } => {
+                let ttl = self
+                    .reviews
+                    .as_ref()
+                    .map_or(std::time::Duration::ZERO, CachedReviews::ttl);
+                Some(ttl.max(MIN_TOKEN_LIFETIME))
+            }
+            Identity::Anonymous | Identity::User { .. } => None,
+        }
+    }
+
+    /// Whether a berth token still stands: for an htpasswd user, its entry must be the one the token was issued
+    /// for (a changed password or a removed user ends the token at once). The message is for the client.
+    fn token_stands(&self, verified: &VerifiedToken) -> Result<(), String> {
+        let Identity::User { name } = &verified.identity else {
+            return Ok(());
+        };
+        let current = self.htpasswd.as_ref().and_then(|h| h.credential_of(name));
+        match (current, &verified.credential) {
+            (Some(current), Some(bound)) if current == *bound => Ok(()),
+            (None, _) => Err(format!(
+                "the token of user {name:?} is no longer valid: the user is not in the htpasswd file"
+            )),
+            _ => Err(format!(
+                "the token of user {name:?} is no longer valid: the password changed since it was issued; log in again"
+            )),
+        }
+    }
+
     /// What `/readyz` reports about authentication.
     pub fn status(&self) -> serde_json::Value {
         json!({
@@ -223,36 +296,80 @@ impl Authenticator {
         if !self.enabled() {
             return Ok(Authenticated::of(Identity::Anonymous));
         }
-        let Some(header) = request.authorization else {
-            return Ok(Authenticated::of(Identity::Anonymous));
+        let parsed;
+        let credentials = match (request.credentials, request.authorization) {
+            (Some(credentials), _) => credentials,
+            (None, None) => return Ok(Authenticated::of(Identity::Anonymous)),
+            (None, Some(header)) => match parse_authorization(header) {
+                Ok(credentials) => {
+                    parsed = credentials;
+                    &parsed
+                }
+                Err(e) => {
+                    log::warn!(
+                        "refused credentials from {}: {e}",
+                        shown_client(request.client)
+                    );
+                    return Err(if e.is_challenge() {
+                        AuthError::Invalid(e.to_string())
+                    } else {
+                        AuthError::Malformed(e)
+                    });
+                }
+            },
         };
-        let credentials = match parse_authorization(header) {
-            Ok(credentials) => credentials,
-            Err(e) => {
-                log::warn!(
-                    "refused credentials from {}: {e}",
-                    shown_client(request.client)
-                );
-                return Err(if e.is_challenge() {
-                    AuthError::Invalid(e.to_string())
-                } else {
-                    AuthError::Malformed(e)
-                });
-            }
-        };
-        // The hot path: a berth token verified before is a hash and a lookup, nothing else.
-        if let (Credentials::Bearer(token), Some(issuer)) = (&credentials, &self.issuer) {
+        self.authenticate_credentials(credentials, request).await
+    }
+
+    async fn authenticate_credentials(
+        &self,
+        credentials: &Credentials,
+        request: &Presented<'_>,
+    ) -> Result<Authenticated, AuthError> {
+        // The hot path: a berth token verified before is a hash and a lookup, and a look at the user's entry.
+        if let (Credentials::Bearer(token), Some(issuer)) = (credentials, &self.issuer) {
             if let Some(hit) = issuer.cached(token) {
-                return Ok(Authenticated {
-                    identity: hit.identity.clone(),
-                    grants: Some(hit.grants.clone()),
+                return match self.token_stands(&hit) {
+                    Ok(()) => Ok(Authenticated::of_token(&hit)),
+                    Err(message) => {
+                        log::warn!(
+                            "refused a token of {} from {}: {message}",
+                            hit.identity,
+                            shown_client(request.client)
+                        );
+                        Err(AuthError::Invalid(message))
+                    }
+                };
+            }
+        }
+        let berth_token =
+            matches!(credentials, Credentials::Bearer(token) if claims_berth_issuer(token));
+        // An address in its refusal period gets no check at all (berth's own tokens are not guesses: a signature
+        // cannot be guessed, and a client holding one is not refused for its neighbours' failures).
+        if !berth_token {
+            if let (Some(left), Some(client)) =
+                (self.throttle.refused_for(request.client), request.client)
+            {
+                let seconds = u32::try_from(left.as_millis().div_ceil(1000))
+                    .unwrap_or(u32::MAX)
+                    .max(1);
+                return Err(AuthError::Busy {
+                    message: format!(
+                        "too many failed logins from {}; retry in {seconds}s",
+                        super::throttle::shown_key(client)
+                    ),
+                    retry_after: seconds,
                 });
             }
         }
-        let (user, outcome) = self.check(&credentials, request).await;
+        let name = match credentials {
+            Credentials::Basic { username, .. } => username.as_str(),
+            Credentials::Bearer(_) => "",
+        };
+        let (user, outcome) = self.check(credentials, request).await;
         match outcome {
             Ok(authenticated) => {
-                self.throttle.succeeded(request.client);
+                self.throttle.succeeded(request.client, name);
                 Ok(authenticated)
             }
             Err(Failure { for_client, why }) => {
@@ -260,13 +377,16 @@ impl Authenticator {
                     "failed login of {user} from {}: {why}",
                     shown_client(request.client)
                 );
-                let delay = match for_client {
-                    // The API server's trouble is not the client's guess.
-                    AuthError::Unavailable(_) => std::time::Duration::ZERO,
-                    _ => self.throttle.failed(request.client),
-                };
-                if !delay.is_zero() {
-                    tokio::time::sleep(delay).await;
+                // Not checked is not a failure, a berth token is not a guess, and the API server's trouble is not
+                // the client's (counting it would refuse the address's htpasswd logins while the API server is
+                // down). A flood of junk tokens is held by the per-address cap on TokenReviews in flight, the
+                // negative cache and the count of refused tokens.
+                let counted = !matches!(
+                    for_client,
+                    AuthError::Busy { .. } | AuthError::Unavailable(_)
+                );
+                if counted && !berth_token {
+                    self.throttle.failed(request.client, name);
                 }
                 Err(for_client)
             }
@@ -284,10 +404,21 @@ impl Authenticator {
                 let shown = format!("user {username:?}");
                 if let Some(htpasswd) = &self.htpasswd {
                     if htpasswd.has_user(username) || self.reviews.is_none() {
-                        let outcome = match htpasswd.verify(username, password).await {
-                            Verdict::Valid => Ok(Authenticated::of(Identity::User {
-                                name: username.clone(),
-                            })),
+                        let (verdict, tag) = htpasswd
+                            .verify_from(username, password, request.client)
+                            .await;
+                        let outcome = match verdict {
+                            Verdict::Valid => Ok(Authenticated {
+                                credential: tag,
+                                ..Authenticated::of(Identity::User {
+                                    name: username.clone(),
+                                })
+                            }),
+                            Verdict::TooLong => Err(Failure::invalid(
+                                format!("the password for {username:?} is longer than {MAX_PASSWORD_BYTES} bytes, more than bcrypt can check"),
+                                "password too long",
+                            )),
+                            Verdict::Busy => Err(Failure::busy()),
                             Verdict::WrongPassword => Err(Failure::invalid(
                                 format!("invalid user name or password for {username:?}"),
                                 "wrong password",
@@ -305,7 +436,12 @@ impl Authenticator {
                 // spent on it so that timing does not tell which users exist.
                 if !looks_like_jwt(password) {
                     if let Some(htpasswd) = &self.htpasswd {
-                        let _ = htpasswd.verify(username, password).await;
+                        let (verdict, _) = htpasswd
+                            .verify_from(username, password, request.client)
+                            .await;
+                        if verdict == Verdict::Busy {
+                            return (shown, Err(Failure::busy()));
+                        }
                     }
                     return (
                         shown,
@@ -331,10 +467,12 @@ impl Authenticator {
                     return match issuer.verify(token) {
                         Ok(verified) => (
                             verified.identity.to_string(),
-                            Ok(Authenticated {
-                                identity: verified.identity.clone(),
-                                grants: Some(verified.grants.clone()),
-                            }),
+                            self.token_stands(&verified)
+                                .map(|()| Authenticated::of_token(&verified))
+                                .map_err(|message| Failure {
+                                    for_client: AuthError::Invalid(message),
+                                    why: "the user's htpasswd entry changed".into(),
+                                }),
                         ),
                         Err(e) => (
                             "a berth token".into(),
@@ -361,6 +499,13 @@ impl Authenticator {
                     .into(),
                 "unknown token",
             ));
+        };
+        let _in_flight = match request.client {
+            Some(client) => match self.reviews_in_flight.enter(client) {
+                Some(guard) => Some(guard),
+                None => return Err(Failure::busy()),
+            },
+            None => None,
         };
         match reviews.review(token).await {
             Ok(user) => self
@@ -467,6 +612,19 @@ impl Failure {
             why: why.to_owned(),
         }
     }
+
+    /// No bcrypt slot in time, or too many checks in flight from the address.
+    fn busy() -> Failure {
+        Failure {
+            for_client: AuthError::Busy {
+                message: format!(
+                    "too many logins are being checked now; retry in {BUSY_RETRY_AFTER}s"
+                ),
+                retry_after: BUSY_RETRY_AFTER,
+            },
+            why: "not checked: no bcrypt slot in time, or too many checks from this address".into(),
+        }
+    }
 }
 
 #[cfg(test)]
@@ -568,6 +726,7 @@ mod tests {
             authorization: header,
             node_name: node,
             client: None,
+            credentials: None,
         })
         .await
         .map(|a| a.identity)
@@ -575,6 +734,7 @@ mod tests {
             AuthError::Malformed(_) => "malformed",
             AuthError::Invalid(_) => "invalid",
             AuthError::Unavailable(_) => "unavailable",
+            AuthError::Busy { .. } => "busy",
         })
     }
 
@@ -649,10 +809,18 @@ mod tests {
             name: "a".into(),
             actions: vec!["pull".into()],
         }];
+        let credential = auth.htpasswd().and_then(|h| h.credential_of("alice"));
         let issued = auth
             .issuer()
             .expect("issuer")
-            .issue(&user("alice"), grants.clone())
+            .issue_with(
+                &user("alice"),
+                grants.clone(),
+                crate::auth::token::IssueOptions {
+                    credential: credential.clone(),
+                    ..Default::default()
+                },
+            )
             .expect("issue");
         let header = format!("Bearer {}", issued.token);
         let authenticated = auth
@@ -666,13 +834,266 @@ mod tests {
             authenticated,
             Authenticated {
                 identity: user("alice"),
-                grants: Some(grants)
+                grants: Some(grants),
+                auth_time: issued.claims.auth_time,
+                credential,
             }
         );
         let tampered = format!("Bearer {}x", issued.token);
         assert_eq!(
             outcome(&auth, Some(tampered.as_bytes()), None).await,
             Err("invalid")
+        );
+    }
+
+    /// A token for alice as the token endpoint issues it: bound to the entry her password was checked against.
+    async fn alice_token(auth: &Authenticator, password: &str) -> String {
+        let header = basic("alice", password);
+        let login = auth
+            .authenticate(&Presented {
+                authorization: Some(&header),
+                ..Presented::default()
+            })
+            .await
+            .expect("alice logs in");
+        assert!(
+            login.credential.is_some(),
+            "a password login names the entry"
+        );
+        auth.issuer()
+            .expect("issuer")
+            .issue_with(
+                &login.identity,
+                vec![],
+                crate::auth::token::IssueOptions {
+                    credential: login.credential,
+                    ..Default::default()
+                },
+            )
+            .expect("issue")
+            .token
+    }
+
+    #[tokio::test]
+    async fn a_changed_password_or_a_removed_user_ends_the_users_tokens_at_once() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let auth = authenticator(dir.path());
+        let htpasswd = auth.htpasswd().expect("htpasswd").clone();
+        let first = format!("Bearer {}", alice_token(&auth, "s3cret").await);
+        let unverified = format!("Bearer {}", alice_token(&auth, "s3cret").await);
+        assert_eq!(
+            outcome(&auth, Some(first.as_bytes()), None).await,
+            Ok(user("alice")),
+            "verified, and cached now"
+        );
+        // Tokens issued without the binding (an htpasswd user's token must carry it) are refused.
+        let unbound = format!(
+            "Bearer {}",
+            auth.issuer()
+                .expect("issuer")
+                .issue(&user("alice"), vec![])
+                .expect("issue")
+                .token
+        );
+        assert_eq!(
+            outcome(&auth, Some(unbound.as_bytes()), None).await,
+            Err("invalid")
+        );
+        htpasswd
+            .apply(&format!(
+                "alice:{}\n",
+                bcrypt::hash("n3w", 4).expect("hash")
+            ))
+            .expect("new password");
+        // The cached token and the one never verified before both stop working.
+        for token in [&first, &unverified] {
+            assert_eq!(
+                outcome(&auth, Some(token.as_bytes()), None).await,
+                Err("invalid")
+            );
+        }
+        let renewed = format!("Bearer {}", alice_token(&auth, "n3w").await);
+        assert_eq!(
+            outcome(&auth, Some(renewed.as_bytes()), None).await,
+            Ok(user("alice"))
+        );
+        htpasswd
+            .apply(&format!("bob:{}\n", bcrypt::hash("pw", 4).expect("hash")))
+            .expect("alice removed");
+        assert_eq!(
+            outcome(&auth, Some(renewed.as_bytes()), None).await,
+            Err("invalid")
+        );
+    }
+
+    #[test]
+    fn service_account_tokens_live_no_longer_than_the_review_cache_but_at_least_60s() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        // The review cache of the test authenticator keeps answers 30 s: raised to the spec's minimum.
+        let auth = authenticator(dir.path());
+        let cases = [
+            (ci(), Some(MIN_TOKEN_LIFETIME)),
+            (node_proxy(None), Some(MIN_TOKEN_LIFETIME)),
+            (user("alice"), None),
+            (Identity::Anonymous, None),
+        ];
+        for (identity, expected) in cases {
+            assert_eq!(auth.token_lifetime(&identity), expected, "{identity}");
+        }
+        let issued = auth
+            .issuer()
+            .expect("issuer")
+            .issue_with(
+                &ci(),
+                vec![],
+                crate::auth::token::IssueOptions {
+                    lifetime: auth.token_lifetime(&ci()),
+                    ..Default::default()
+                },
+            )
+            .expect("issue");
+        assert_eq!(issued.expires_in, 60);
+        assert_eq!(issued.claims.exp - issued.claims.iat, 60);
+    }
+
+    /// The kind of answer a client at `client` gets for `header`.
+    async fn outcome_from(
+        auth: &Authenticator,
+        header: &[u8],
+        client: IpAddr,
+    ) -> Result<Identity, &'static str> {
+        auth.authenticate(&Presented {
+            authorization: Some(header),
+            client: Some(client),
+            ..Presented::default()
+        })
+        .await
+        .map(|a| a.identity)
+        .map_err(|e| match e {
+            AuthError::Malformed(_) => "malformed",
+            AuthError::Invalid(_) => "invalid",
+            AuthError::Unavailable(_) => "unavailable",
+            AuthError::Busy { .. } => "busy",
+        })
+    }
+
+    #[tokio::test]
+    async fn a_throttled_address_is_refused_without_a_check_and_its_own_account_clears_nothing() {
+        use crate::auth::throttle::FREE_FAILURES;
+        let dir = tempfile::tempdir().expect("tempdir");
+        let auth = authenticator(dir.path());
+        let attacker: IpAddr = "2001:db8::1".parse().expect("ip");
+        let neighbour: IpAddr = "2001:db8::2".parse().expect("ip");
+        let elsewhere: IpAddr = "10.0.0.9".parse().expect("ip");
+        for _ in 0..FREE_FAILURES {
+            assert_eq!(
+                outcome_from(&auth, &basic("alice", "guess"), attacker).await,
+                Err("invalid")
+            );
+        }
+        // The guesser's own account (here a ServiceAccount token) forgives nothing of alice's failures.
+        assert_eq!(
+            outcome_from(&auth, b"Bearer ci.tok.en", attacker).await,
+            Ok(ci())
+        );
+        assert_eq!(
+            outcome_from(&auth, &basic("alice", "guess"), attacker).await,
+            Err("invalid"),
+            "the failure past the free ones starts the refusal period"
+        );
+        // Refused at once, even the right password, from the whole /64.
+        let error = auth
+            .authenticate(&Presented {
+                authorization: Some(&basic("alice", "s3cret")),
+                client: Some(neighbour),
+                ..Presented::default()
+            })
+            .await
+            .expect_err("refused");
+        assert_eq!(
+            error.to_string(),
+            "too many failed logins from 2001:db8::/64; retry in 1s"
+        );
+        assert_eq!(
+            outcome_from(&auth, &basic("alice", "s3cret"), elsewhere).await,
+            Ok(user("alice"))
+        );
+    }
+
+    #[tokio::test]
+    async fn one_address_cannot_take_every_token_review() {
+        let slow = FakeReviewer {
+            slow: true,
+            ..FakeReviewer::default()
+        };
+        let auth = Authenticator::new(AuthenticatorParts {
+            htpasswd: None,
+            reviews: Some(
+                CachedReviews::new(
+                    Arc::new(slow),
+                    vec!["berth".into()],
+                    Duration::from_secs(30),
+                    ManualClock::new(),
+                )
+                .with_timeout(Duration::from_millis(100)),
+            ),
+            issuer: None,
+            node_proxy: None,
+            clock: ManualClock::new(),
+        });
+        let flooder: IpAddr = "10.0.0.1".parse().expect("ip");
+        let other: IpAddr = "10.0.0.2".parse().expect("ip");
+        let headers: Vec<Vec<u8>> = (0..=MAX_REVIEWS_PER_CLIENT)
+            .map(|i| format!("Bearer junk.tok.en{i}").into_bytes())
+            .chain(std::iter::once(b"Bearer junk.tok.other".to_vec()))
+            .collect();
+        let clients = (0..=MAX_REVIEWS_PER_CLIENT)
+            .map(|_| flooder)
+            .chain(std::iter::once(other));
+        let answers = futures_util::future::join_all(
+            headers
+                .iter()
+                .zip(clients)
+                .map(|(header, client)| outcome_from(&auth, header, client)),
+        )
+        .await;
+        let mut expected = vec![Err("unavailable"); MAX_REVIEWS_PER_CLIENT];
+        // The one past the cap is told to retry at once; another address is still asked about.
+        expected.push(Err("busy"));
+        expected.push(Err("unavailable"));
+        assert_eq!(answers, expected);
+    }
+
+    #[tokio::test]
+    async fn a_password_past_72_bytes_is_not_truncated() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("htpasswd");
+        let long = format!("{}A", "x".repeat(72));
+        std::fs::write(
+            &path,
+            format!("alice:{}\n", bcrypt::hash(&long, 4).expect("hash")),
+        )
+        .expect("write");
+        let auth = Authenticator::new(AuthenticatorParts {
+            htpasswd: Some(Arc::new(
+                HtpasswdStore::load(&path, ManualClock::new()).expect("htpasswd"),
+            )),
+            reviews: None,
+            issuer: None,
+            node_proxy: None,
+            clock: ManualClock::new(),
+        });
+        let other = format!("{}B", "x".repeat(72));
+        let error = auth
+            .authenticate(&Presented {
+                authorization: Some(&basic("alice", &other)),
+                ..Presented::default()
+            })
+            .await
+            .expect_err("not alice's password");
+        assert!(
+            error.to_string().contains("longer than 72 bytes"),
+            "{error}"
         );
     }
 

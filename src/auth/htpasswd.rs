@@ -1,8 +1,12 @@
 //! Users from an htpasswd file (`--htpasswd`): bcrypt hashes only, parsed into a user table ([`parse`], pure),
 //! held in a [`HtpasswdStore`] that swaps in a new table when the file changes (an invalid file keeps the last good
 //! one and says why in `/readyz`), and verifies passwords: bcrypt off the async workers, a short-lived cache of
-//! successful checks keyed by a hash of user and password, and a bcrypt verification for unknown users too so that
-//! timing does not tell which users exist.
+//! successful checks keyed by a hash of user and password, and a bcrypt verification for unknown users too, at the
+//! cost of the file's own hashes, so that timing does not tell which users exist. Verifications wait a bounded time
+//! for one of the per-CPU bcrypt slots and a client address has only a few in flight: a flood is told it is busy
+//! instead of starving everyone's logins. Passwords bcrypt cannot check whole (over 72 bytes) are refused, never
+//! truncated. [`HtpasswdStore::credential_of`] names a user's entry (a short hash of it) so that a token issued to
+//! that user can be bound to the password it was issued for.
 //!
 //! Must not: log, return or put into an error a password or a hash.
 
@@ -15,6 +19,7 @@ use arc_swap::ArcSwap;
 use serde_json::json;
 use sha2::{Digest as _, Sha256};
 
+use super::throttle::PerClient;
 use crate::clock::SharedClock;
 
 /// How often the file is checked for changes.
@@ -25,8 +30,17 @@ const CACHE_TTL: Duration = Duration::from_secs(300);
 const CACHE_ENTRIES: usize = 4096;
 /// Largest htpasswd file read (a bcrypt line is about 70 bytes: this is tens of thousands of users).
 const MAX_FILE_BYTES: usize = 4 << 20;
-/// The bcrypt cost of the hash verified for users that do not exist (htpasswd's default).
-const DUMMY_COST: u32 = 10;
+/// The bcrypt cost of the hash verified for unknown users when the file has no hash to take it from (the cost
+/// `htpasswd -B` uses by default).
+const DEFAULT_COST: u32 = 5;
+/// The longest password bcrypt reads; longer ones would be checked by their first 72 bytes only.
+pub const MAX_PASSWORD_BYTES: usize = 72;
+/// How long a verification waits for a bcrypt slot before the login is told to retry.
+const SLOT_WAIT: Duration = Duration::from_secs(2);
+/// bcrypt verifications in flight (waiting or running) from one client address at most.
+pub const MAX_IN_FLIGHT_PER_CLIENT: usize = 4;
+/// What a client told to retry is told to wait, in seconds.
+pub const BUSY_RETRY_AFTER: u32 = 1;
 
 /// bcrypt verifications that run at once: one per CPU, so a flood of logins queues instead of taking every
 /// blocking thread and every core.
@@ -91,6 +105,16 @@ impl Users {
 
     pub fn contains(&self, user: &str) -> bool {
         self.hashes.contains_key(user)
+    }
+
+    /// The highest bcrypt cost of the file's hashes ([`DEFAULT_COST`] for an empty file): what an unknown user's
+    /// verification must cost so that it takes as long as a known one's.
+    pub fn max_cost(&self) -> u32 {
+        self.hashes
+            .values()
+            .filter_map(|hash| hash.get(4..6)?.parse::<u32>().ok())
+            .max()
+            .unwrap_or(DEFAULT_COST)
     }
 }
 
@@ -157,10 +181,27 @@ pub enum Verdict {
     WrongPassword,
     /// No such user (a bcrypt verification was spent all the same).
     UnknownUser,
+    /// The password is longer than bcrypt reads ([`MAX_PASSWORD_BYTES`]); refused without a check, whoever the
+    /// user.
+    TooLong,
+    /// No bcrypt slot within the wait, or too many verifications in flight from the client's address: retry later.
+    Busy,
+}
+
+/// A short, stable name of one user's htpasswd entry (the first 16 hex digits of sha256 of the hash string): it
+/// changes when the password does. Not a secret, and it reveals nothing of the hash.
+pub type CredentialTag = String;
+
+fn credential_tag(hash: &str) -> CredentialTag {
+    hex::encode(&Sha256::digest(hash.as_bytes())[..8])
 }
 
 struct Loaded {
     users: Users,
+    /// A hash of nothing anyone knows at the file's highest cost, verified for unknown users.
+    dummy: Arc<String>,
+    /// Each user's [`CredentialTag`], made once per file (checked on every request with a user's token).
+    tags: HashMap<String, CredentialTag>,
     source: String,
     digest: String,
     loaded_at: SystemTime,
@@ -178,6 +219,9 @@ pub struct HtpasswdStore {
     last_error: Mutex<Option<String>>,
     verified: Mutex<Verified>,
     bcrypt_slots: tokio::sync::Semaphore,
+    slot_wait: Duration,
+    /// Verifications in flight by client address.
+    in_flight: PerClient,
     clock: SharedClock,
 }
 
@@ -215,13 +259,34 @@ fn cache_key(user: &str, password: &str) -> [u8; 32] {
     hasher.finalize().into()
 }
 
-/// A bcrypt hash of nothing anyone knows, verified for unknown users.
-fn dummy_hash() -> &'static str {
-    static DUMMY: OnceLock<String> = OnceLock::new();
-    DUMMY.get_or_init(|| {
-        let secret = uuid::Uuid::new_v4().to_string();
-        bcrypt::hash(secret, DUMMY_COST).unwrap_or_default()
-    })
+fn tags_of(users: &Users) -> HashMap<String, CredentialTag> {
+    users
+        .hashes
+        .iter()
+        .map(|(user, hash)| (user.clone(), credential_tag(hash)))
+        .collect()
+}
+
+/// A bcrypt hash of nothing anyone knows at `cost`, verified for unknown users: made once per cost and kept.
+fn dummy_hash(cost: u32) -> Arc<String> {
+    static DUMMIES: OnceLock<Mutex<HashMap<u32, Arc<String>>>> = OnceLock::new();
+    let dummies = DUMMIES.get_or_init(|| Mutex::new(HashMap::new()));
+    let mut dummies = dummies
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner());
+    dummies
+        .entry(cost)
+        .or_insert_with(|| {
+            let secret = uuid::Uuid::new_v4().to_string();
+            // The costs come from hashes that parsed (two digits); bcrypt refuses only costs outside 4..=31,
+            // and the lowest is used then.
+            Arc::new(
+                bcrypt::hash(&secret, cost)
+                    .or_else(|_| bcrypt::hash(&secret, 4))
+                    .unwrap_or_default(),
+            )
+        })
+        .clone()
 }
 
 impl HtpasswdStore {
@@ -237,10 +302,13 @@ impl HtpasswdStore {
             path.display(),
             users.len()
         );
+        let dummy = dummy_hash(users.max_cost());
         Ok(HtpasswdStore {
             path: path.to_owned(),
             loaded: ArcSwap::from_pointee(Loaded {
+                tags: tags_of(&users),
                 users,
+                dummy,
                 source: format!("file:{}", path.display()),
                 digest: digest(&text),
                 loaded_at: clock.system(),
@@ -250,8 +318,17 @@ impl HtpasswdStore {
                 entries: HashMap::new(),
             }),
             bcrypt_slots: tokio::sync::Semaphore::new(bcrypt_slots()),
+            slot_wait: SLOT_WAIT,
+            in_flight: PerClient::new(MAX_IN_FLIGHT_PER_CLIENT),
             clock,
         })
+    }
+
+    /// The same with `slots` bcrypt slots and a wait of `slot_wait` for one (tests).
+    pub fn with_slots(mut self, slots: usize, slot_wait: Duration) -> HtpasswdStore {
+        self.bcrypt_slots = tokio::sync::Semaphore::new(slots.max(1));
+        self.slot_wait = slot_wait;
+        self
     }
 
     fn set_error(&self, error: Option<String>) {
@@ -281,8 +358,11 @@ impl HtpasswdStore {
                     return Ok(false);
                 }
                 log::info!("htpasswd {source} reloaded: {} users", users.len());
+                let dummy = dummy_hash(users.max_cost());
                 self.loaded.store(Arc::new(Loaded {
+                    tags: tags_of(&users),
                     users,
+                    dummy,
                     source,
                     digest: next_digest,
                     loaded_at: self.clock.system(),
@@ -309,46 +389,75 @@ impl HtpasswdStore {
         self.loaded.load().users.contains(user)
     }
 
+    /// The tag of `user`'s entry in the file in force (None: no such user).
+    pub fn credential_of(&self, user: &str) -> Option<CredentialTag> {
+        self.loaded.load().tags.get(user).cloned()
+    }
+
     /// Checks `password` for `user`: from the cache of successful checks, else with bcrypt on a blocking thread.
     pub async fn verify(&self, user: &str, password: &str) -> Verdict {
+        self.verify_from(user, password, None).await.0
+    }
+
+    /// Checks `password` for `user` on behalf of `client` (its verifications in flight are capped), and answers with
+    /// the tag of the entry it was checked against when valid (see [`HtpasswdStore::credential_of`]).
+    pub async fn verify_from(
+        &self,
+        user: &str,
+        password: &str,
+        client: Option<std::net::IpAddr>,
+    ) -> (Verdict, Option<CredentialTag>) {
+        // Before anything that depends on the user, so that it tells nothing about who exists.
+        if password.len() > MAX_PASSWORD_BYTES {
+            return (Verdict::TooLong, None);
+        }
         let key = cache_key(user, password);
         let now = self.clock.instant();
         let loaded = self.loaded.load_full();
+        let hash = loaded.users.hashes.get(user).cloned();
         {
             let verified = self
                 .verified
                 .lock()
                 .unwrap_or_else(|poisoned| poisoned.into_inner());
-            if verified
-                .entries
-                .get(&key)
-                .is_some_and(|deadline| *deadline > now)
-                && loaded.users.contains(user)
-            {
-                return Verdict::Valid;
+            if let (true, Some(hash)) = (
+                verified
+                    .entries
+                    .get(&key)
+                    .is_some_and(|deadline| *deadline > now),
+                &hash,
+            ) {
+                return (Verdict::Valid, Some(credential_tag(hash)));
             }
         }
-        let hash = loaded.users.hashes.get(user).cloned();
-        let known = hash.is_some();
-        let password = password.to_owned();
-        // The semaphore is never closed; a closed one would only mean no slot, and the check fails.
-        let Ok(_slot) = self.bcrypt_slots.acquire().await else {
-            return if known {
-                Verdict::WrongPassword
-            } else {
-                Verdict::UnknownUser
-            };
+        let _in_flight = match client {
+            Some(client) => match self.in_flight.enter(client) {
+                Some(guard) => Some(guard),
+                None => return (Verdict::Busy, None),
+            },
+            None => None,
         };
+        let known = hash.is_some();
+        let tag = hash.as_deref().map(credential_tag);
+        let password = password.to_owned();
+        // The semaphore is never closed; a closed one would only mean no slot, and the login is told to retry.
+        let _slot = match tokio::time::timeout(self.slot_wait, self.bcrypt_slots.acquire()).await {
+            Ok(Ok(slot)) => slot,
+            Ok(Err(_)) | Err(_) => return (Verdict::Busy, None),
+        };
+        let dummy = loaded.dummy.clone();
         let matched = tokio::task::spawn_blocking(move || {
-            let hash = hash.unwrap_or_else(|| dummy_hash().to_owned());
-            // bcrypt compares its output with the stored hash in constant time.
-            bcrypt::verify(password, &hash).unwrap_or(false)
+            let hash = hash.as_deref().unwrap_or(dummy.as_str());
+            // bcrypt compares its output with the stored hash in constant time. The length was checked above, so
+            // bcrypt reads the whole password (`non_truncating_verify` would also refuse exactly 72 bytes, for
+            // the terminating NUL it cuts, which `htpasswd -B` accepts).
+            bcrypt::verify(password, hash).unwrap_or(false)
         })
         .await
         .unwrap_or(false);
         match (known, matched) {
-            (false, _) => Verdict::UnknownUser,
-            (true, false) => Verdict::WrongPassword,
+            (false, _) => (Verdict::UnknownUser, None),
+            (true, false) => (Verdict::WrongPassword, None),
             (true, true) => {
                 // Remember it only if the users it was checked against are still the ones in force.
                 if Arc::ptr_eq(&loaded, &self.loaded.load_full()) {
@@ -364,7 +473,7 @@ impl HtpasswdStore {
                     }
                     verified.entries.insert(key, now + CACHE_TTL);
                 }
-                Verdict::Valid
+                (Verdict::Valid, tag)
             }
         }
     }
@@ -555,6 +664,96 @@ mod tests {
                 .is_some_and(|e| e.contains("line 1") && e.contains("alice")),
             "{status}"
         );
+    }
+
+    #[test]
+    fn unknown_users_cost_what_the_files_hashes_cost() {
+        let check = |costs: &[u32], expected: u32| {
+            let text: String = costs
+                .iter()
+                .enumerate()
+                .map(|(i, cost)| format!("user{i}:{}\n", bcrypt::hash("pw", *cost).expect("hash")))
+                .collect();
+            let users = parse(&text).expect("parse");
+            assert_eq!(users.max_cost(), expected, "{costs:?}");
+        };
+        check(&[], DEFAULT_COST);
+        check(&[4], 4);
+        check(&[4, 6, 5], 6);
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = store_with(
+            dir.path(),
+            &format!("alice:{}\n", bcrypt::hash("pw", 6).expect("hash")),
+        );
+        assert_eq!(&store.loaded.load().dummy[..7], "$2b$06$");
+        store
+            .apply(&format!("alice:{}\n", hash("pw")))
+            .expect("reload");
+        assert_eq!(&store.loaded.load().dummy[..7], "$2b$04$");
+    }
+
+    #[tokio::test]
+    async fn a_login_waits_a_bounded_time_for_bcrypt_and_one_address_has_few_in_flight() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = store_with(dir.path(), &format!("alice:{}\n", hash("pw")))
+            .with_slots(1, Duration::from_millis(50));
+        let held = store.bcrypt_slots.acquire().await.expect("slot");
+        assert_eq!(store.verify("alice", "pw").await, Verdict::Busy);
+        drop(held);
+        let client: std::net::IpAddr = "10.0.0.1".parse().expect("ip");
+        let crowd: Vec<_> = (0..MAX_IN_FLIGHT_PER_CLIENT)
+            .map(|_| store.in_flight.enter(client).expect("room"))
+            .collect();
+        assert_eq!(
+            store.verify_from("alice", "pw", Some(client)).await.0,
+            Verdict::Busy
+        );
+        let other: std::net::IpAddr = "10.0.0.2".parse().expect("ip");
+        let (verdict, tag) = store.verify_from("alice", "pw", Some(other)).await;
+        assert_eq!(
+            (verdict, tag),
+            (Verdict::Valid, store.credential_of("alice"))
+        );
+        drop(crowd);
+        assert_eq!(
+            store.verify_from("alice", "pw", Some(client)).await.0,
+            Verdict::Valid
+        );
+        assert!(store.in_flight.is_idle());
+    }
+
+    #[tokio::test]
+    async fn passwords_bcrypt_cannot_read_whole_are_refused() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let long = format!("{}A", "x".repeat(MAX_PASSWORD_BYTES));
+        let store = store_with(
+            dir.path(),
+            &format!("alice:{}\n", hash(&"x".repeat(MAX_PASSWORD_BYTES))),
+        );
+        assert_eq!(store.verify("alice", &long).await, Verdict::TooLong);
+        assert_eq!(store.verify("nobody", &long).await, Verdict::TooLong);
+        assert_eq!(
+            store.verify("alice", &"x".repeat(MAX_PASSWORD_BYTES)).await,
+            Verdict::Valid
+        );
+    }
+
+    #[test]
+    fn the_credential_tag_changes_with_the_password_only() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let alice = hash("pw");
+        let store = store_with(dir.path(), &format!("alice:{alice}\n"));
+        let before = store.credential_of("alice").expect("alice");
+        assert_eq!(before.len(), 16);
+        store
+            .apply(&format!("alice:{alice}\nbob:{}\n", hash("x")))
+            .expect("bob added");
+        assert_eq!(store.credential_of("alice"), Some(before.clone()));
+        store
+            .apply(&format!("alice:{}\n", hash("pw")))
+            .expect("new salt");
+        assert_ne!(store.credential_of("alice"), Some(before));
+        assert_eq!(store.credential_of("bob"), None);
     }
 
     #[tokio::test]

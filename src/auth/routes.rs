@@ -8,14 +8,14 @@
 
 use actix_web::http::header;
 use actix_web::{web, HttpRequest, HttpResponse};
-use base64::Engine as _;
 use serde::Deserialize;
 use serde_json::json;
 
 use super::access::AccessPolicy;
 use super::authenticator::{AuthError, Authenticator, Presented, NODE_NAME_HEADER};
+use super::credentials::Credentials;
 use super::scope::{parse_scopes, Grant, RequestedScope, ScopeError};
-use super::token::{IssuedToken, SERVICE};
+use super::token::{IssueOptions, IssuedToken, TokenError, SERVICE};
 use super::{Action, Identity};
 use crate::admission::PolicyStore;
 
@@ -62,7 +62,11 @@ pub fn grant(
             .copied()
             .filter(|action| rules.decide(identity, *action, name).allowed)
             .collect();
-        let entry = match grants.iter_mut().find(|g| g.name == *name) {
+        // By type and name: a repository named `catalog` is not the registry's catalog.
+        let entry = match grants
+            .iter_mut()
+            .find(|g| g.resource_type == "repository" && g.name == *name)
+        {
             Some(entry) => entry,
             None => {
                 grants.push(Grant {
@@ -111,6 +115,10 @@ pub enum TokenRequestError {
     /// or not UTF-8).
     #[error("the request does not decode: {0}")]
     Undecodable(String),
+    /// The credentials were not checked (too many failed logins from the address, or too many logins being
+    /// checked): 429 with `Retry-After`.
+    #[error("{message}")]
+    Busy { message: String, retry_after: u32 },
     /// Signing failed (logged; a 500).
     #[error("the token could not be signed")]
     Sign,
@@ -125,6 +133,7 @@ impl TokenRequestError {
                 StatusCode::UNAUTHORIZED
             }
             TokenRequestError::Off => StatusCode::NOT_FOUND,
+            TokenRequestError::Busy { .. } => StatusCode::TOO_MANY_REQUESTS,
             TokenRequestError::Sign => StatusCode::INTERNAL_SERVER_ERROR,
             _ => StatusCode::BAD_REQUEST,
         }
@@ -137,6 +146,7 @@ impl TokenRequestError {
             TokenRequestError::RefreshToken(_) => "UNAUTHORIZED",
             TokenRequestError::Scope(ScopeError::BadName(_)) => "NAME_INVALID",
             TokenRequestError::Sign => "UNKNOWN",
+            TokenRequestError::Busy { .. } => "TOOMANYREQUESTS",
             _ => "UNSUPPORTED",
         }
     }
@@ -149,6 +159,7 @@ impl TokenRequestError {
             TokenRequestError::GrantType(_) => "unsupported_grant_type",
             TokenRequestError::Scope(_) => "invalid_scope",
             TokenRequestError::Sign => "server_error",
+            TokenRequestError::Busy { .. } => "temporarily_unavailable",
             _ => "invalid_request",
         }
     }
@@ -157,6 +168,9 @@ impl TokenRequestError {
         let mut response = HttpResponse::build(self.status());
         if self.status() == actix_web::http::StatusCode::UNAUTHORIZED {
             response.insert_header((header::WWW_AUTHENTICATE, BASIC_CHALLENGE));
+        }
+        if let TokenRequestError::Busy { retry_after, .. } = self {
+            response.insert_header((header::RETRY_AFTER, retry_after.to_string()));
         }
         let message = self.to_string();
         if oauth {
@@ -199,18 +213,35 @@ async fn issue(
     scopes: Vec<RequestedScope>,
 ) -> Result<IssuedToken, TokenRequestError> {
     let issuer = auth.issuer().ok_or(TokenRequestError::Off)?;
-    let authenticated = auth
-        .authenticate(&presented)
-        .await
-        .map_err(TokenRequestError::Auth)?;
+    let authenticated = auth.authenticate(&presented).await.map_err(|e| match e {
+        AuthError::Busy {
+            message,
+            retry_after,
+        } => TokenRequestError::Busy {
+            message,
+            retry_after,
+        },
+        e => TokenRequestError::Auth(e),
+    })?;
     // A berth token presented here names an identity, not new rights: the rules decide again, and only for an
-    // identity that still stands without its original credentials.
+    // identity that still stands without its original credentials (an htpasswd user's token was checked against
+    // the user's entry in force by the authenticator), within the session's maximum age.
     let identity = authenticated.identity;
-    if authenticated.grants.is_some() && !auth.may_refresh(&identity) {
+    let refresh = authenticated.grants.is_some();
+    if refresh && !auth.may_refresh(&identity) {
         return Err(TokenRequestError::RefreshToken(format!(
             "a token of {identity} cannot be renewed; log in with its credentials again"
         )));
     }
+    let options = IssueOptions {
+        lifetime: auth.token_lifetime(&identity),
+        auth_time: if refresh {
+            authenticated.auth_time
+        } else {
+            None
+        },
+        credential: authenticated.credential,
+    };
     let current = policy.current();
     let grants = grant(&identity, &scopes, current.policy.access());
     log::info!(
@@ -225,10 +256,17 @@ async fn issue(
                 .join(" ")
         }
     );
-    issuer.issue(&identity, grants).map_err(|e| {
-        log::error!("{e}");
-        TokenRequestError::Sign
-    })
+    issuer
+        .issue_with(&identity, grants, options)
+        .map_err(|e| match e {
+            TokenError::SessionOver { .. } => TokenRequestError::RefreshToken(format!(
+                "a token of {identity} cannot be renewed: {e}; log in with its credentials again"
+            )),
+            e => {
+                log::error!("{e}");
+                TokenRequestError::Sign
+            }
+        })
 }
 
 fn presented(request: &HttpRequest) -> Presented<'_> {
@@ -242,6 +280,7 @@ fn presented(request: &HttpRequest) -> Presented<'_> {
             .get(NODE_NAME_HEADER)
             .and_then(|v| v.to_str().ok()),
         client: request.peer_addr().map(|a| a.ip()),
+        credentials: None,
     }
 }
 
@@ -319,19 +358,16 @@ async fn post_token(
             .into_inner();
         check_service(form.service.as_deref())?;
         let scopes = parse_scopes(form.scope.iter().map(String::as_str))?;
-        let header = match form.grant_type.as_deref().unwrap_or("") {
+        // The user name and password as they are (never joined and split again: a `:` in a user name stays).
+        let credentials = match form.grant_type.as_deref().unwrap_or("") {
             "password" => {
-                let username = form.username.as_deref().unwrap_or("");
+                let username = form.username.clone().unwrap_or_default();
                 let password = form
                     .password
-                    .as_deref()
+                    .clone()
                     .filter(|p| !p.is_empty())
                     .ok_or(TokenRequestError::Missing("password"))?;
-                format!(
-                    "Basic {}",
-                    base64::engine::general_purpose::STANDARD
-                        .encode(format!("{username}:{password}"))
-                )
+                Credentials::Basic { username, password }
             }
             "refresh_token" => {
                 let token = form
@@ -341,7 +377,7 @@ async fn post_token(
                     .ok_or(TokenRequestError::Missing("refresh_token"))?;
                 // A berth token (renewed only for an identity that still stands), or a ServiceAccount token:
                 // containerd sends a password without a user name as a refresh token.
-                format!("Bearer {token}")
+                Credentials::Bearer(token.to_owned())
             }
             other => {
                 return Err(TokenRequestError::GrantType(
@@ -350,7 +386,7 @@ async fn post_token(
             }
         };
         let mut presented = presented(&request);
-        presented.authorization = Some(header.as_bytes());
+        presented.credentials = Some(&credentials);
         let issued = issue(&auth, &policy, presented, scopes).await;
         issued
     }
@@ -454,6 +490,37 @@ mod tests {
     }
 
     #[test]
+    fn a_repository_named_catalog_is_not_the_catalog() {
+        let ops = Identity::User { name: "ops".into() };
+        let grants = grant(
+            &ops,
+            &[
+                RequestedScope::Catalog,
+                repo("catalog", &[Action::Push]),
+                repo("catalog", &[Action::Pull]),
+            ],
+            &everything_allowed(),
+        );
+        let shown: Vec<(&str, &str, Vec<&str>)> = grants
+            .iter()
+            .map(|g| {
+                (
+                    g.resource_type.as_str(),
+                    g.name.as_str(),
+                    g.actions.iter().map(String::as_str).collect(),
+                )
+            })
+            .collect();
+        assert_eq!(
+            shown,
+            [
+                ("registry", "catalog", vec!["*"]),
+                ("repository", "catalog", vec!["push", "pull"]),
+            ]
+        );
+    }
+
+    #[test]
     fn errors_map_to_status_and_code() {
         use actix_web::http::StatusCode;
         let cases = [
@@ -483,6 +550,14 @@ mod tests {
                 TokenRequestError::Scope(ScopeError::BadName("x".into())),
                 StatusCode::BAD_REQUEST,
                 "NAME_INVALID",
+            ),
+            (
+                TokenRequestError::Busy {
+                    message: "x".into(),
+                    retry_after: 1,
+                },
+                StatusCode::TOO_MANY_REQUESTS,
+                "TOOMANYREQUESTS",
             ),
         ];
         for (error, status, code) in cases {

@@ -2,7 +2,10 @@
 //! dir (`token.key`, P-256; generated there standalone, written there from the managed Secret in a cluster so
 //! replicas share it). [`TokenIssuer::issue`] signs the identity and the grants; [`TokenIssuer::verify`] accepts
 //! only ES256, issuer and audience `berth`, a good signature and a time inside `nbf`..`exp` (a little leeway), and
-//! remembers verified tokens by sha256 until they expire so that the hot path is a hash and a lookup.
+//! remembers verified tokens by sha256 until they expire so that the hot path is a hash and a lookup. A token
+//! carries when its session began (`auth_time`, the login with real credentials: refreshes keep it, and none is
+//! made past [`MAX_SESSION`]) and, for an htpasswd user, the tag of the htpasswd entry it was issued for (checked
+//! by the authenticator against the file in force).
 //!
 //! Must not: log the key or a token, or accept any other algorithm (`none` included).
 
@@ -27,6 +30,9 @@ pub const SERVICE: &str = "berth";
 const LEEWAY: Duration = Duration::from_secs(30);
 /// Verified tokens remembered at most.
 const CACHE_ENTRIES: usize = 8192;
+/// The longest a session of refreshed tokens lasts: no token is issued by refresh once this long has passed since
+/// the login with real credentials (so a session ends at most this plus `--token-expiry` after it began).
+pub const MAX_SESSION: Duration = Duration::from_secs(24 * 60 * 60);
 /// Longest token verified (berth's are well under 2 KiB even with many grants).
 const MAX_TOKEN_BYTES: usize = 8 * 1024;
 
@@ -46,6 +52,28 @@ pub struct Claims {
     /// Who it was issued to (private claim).
     #[serde(rename = "berth.dev/identity")]
     pub identity: Identity,
+    /// When the session began: the login with real credentials (OpenID Connect's claim; refreshes keep it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub auth_time: Option<u64>,
+    /// For an htpasswd user: the tag of the htpasswd entry it was issued for
+    /// ([`crate::auth::htpasswd::HtpasswdStore::credential_of`]).
+    #[serde(
+        rename = "berth.dev/credential",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub credential: Option<String>,
+}
+
+/// How a token is issued beyond its identity and grants.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct IssueOptions {
+    /// Shorter than `--token-expiry` (never longer; at least 1 s).
+    pub lifetime: Option<Duration>,
+    /// The session's start (unix seconds); None: now (a login).
+    pub auth_time: Option<u64>,
+    /// The htpasswd entry's tag, for an htpasswd user.
+    pub credential: Option<String>,
 }
 
 /// A token as issued.
@@ -63,6 +91,10 @@ pub struct VerifiedToken {
     pub identity: Identity,
     pub grants: Vec<Grant>,
     pub expires_at: SystemTime,
+    /// When its session began (unix seconds; `iat` for a token without `auth_time`).
+    pub auth_time: u64,
+    /// The htpasswd entry it is bound to, if any.
+    pub credential: Option<String>,
 }
 
 /// Why a token was not issued or not accepted. Never carries the token or the key.
@@ -89,6 +121,9 @@ pub enum TokenError {
     /// Before its `nbf`.
     #[error("token is not valid yet")]
     NotYetValid,
+    /// A refresh asked for a session older than [`MAX_SESSION`].
+    #[error("its session began {age_seconds} s ago, and a session lasts at most {} s", MAX_SESSION.as_secs())]
+    SessionOver { age_seconds: u64 },
 }
 
 fn unix(time: SystemTime) -> u64 {
@@ -209,15 +244,34 @@ impl TokenIssuer {
         self.expiry
     }
 
-    /// Signs a token for `identity` granting `access`.
+    /// Signs a token for `identity` granting `access` (a new session, valid for `--token-expiry`).
     pub fn issue(
         &self,
         identity: &Identity,
         access: Vec<Grant>,
     ) -> Result<IssuedToken, TokenError> {
+        self.issue_with(identity, access, IssueOptions::default())
+    }
+
+    /// Signs a token for `identity` granting `access`, as `options` say.
+    pub fn issue_with(
+        &self,
+        identity: &Identity,
+        access: Vec<Grant>,
+        options: IssueOptions,
+    ) -> Result<IssuedToken, TokenError> {
         let issued_at = self.clock.system();
         let now = unix(issued_at);
-        let expires_in = self.expiry.as_secs().max(1);
+        let lifetime = options
+            .lifetime
+            .map_or(self.expiry, |lifetime| lifetime.min(self.expiry));
+        let expires_in = lifetime.as_secs().max(1);
+        if let Some(auth_time) = options.auth_time {
+            let age_seconds = now.saturating_sub(auth_time);
+            if age_seconds >= MAX_SESSION.as_secs() {
+                return Err(TokenError::SessionOver { age_seconds });
+            }
+        }
         let claims = Claims {
             iss: SERVICE.into(),
             aud: SERVICE.into(),
@@ -228,6 +282,8 @@ impl TokenIssuer {
             jti: uuid::Uuid::new_v4().simple().to_string(),
             access,
             identity: identity.clone(),
+            auth_time: Some(options.auth_time.unwrap_or(now).min(now)),
+            credential: options.credential,
         };
         let token = jsonwebtoken::encode(&Header::new(Algorithm::ES256), &claims, &self.encoding)
             .map_err(|e| TokenError::Sign(e.to_string()))?;
@@ -287,6 +343,8 @@ impl TokenIssuer {
             identity: claims.identity,
             grants: claims.access,
             expires_at,
+            auth_time: claims.auth_time.unwrap_or(claims.iat),
+            credential: claims.credential,
         });
         let mut cache = self
             .verified
@@ -377,6 +435,62 @@ mod tests {
             issuer.verify(&issued.token),
             Err(TokenError::Expired(_))
         ));
+    }
+
+    #[test]
+    fn a_session_is_not_renewed_past_its_maximum_age() {
+        let clock = ManualClock::new();
+        let issuer = issuer(clock.clone());
+        let login = issuer.issue(&alice(), vec![]).expect("login");
+        let began = login.claims.auth_time.expect("auth_time");
+        assert_eq!(began, login.claims.iat);
+        clock.advance(MAX_SESSION - Duration::from_secs(1));
+        let renew = |auth_time| {
+            issuer.issue_with(
+                &alice(),
+                vec![],
+                IssueOptions {
+                    auth_time: Some(auth_time),
+                    ..Default::default()
+                },
+            )
+        };
+        let renewed = renew(began).expect("within the session");
+        assert_eq!(renewed.claims.auth_time, Some(began), "a refresh keeps it");
+        assert_eq!(
+            issuer.verify(&renewed.token).expect("verify").auth_time,
+            began
+        );
+        clock.advance(Duration::from_secs(1));
+        assert_eq!(
+            renew(began).map(|t| t.claims),
+            Err(TokenError::SessionOver {
+                age_seconds: MAX_SESSION.as_secs()
+            })
+        );
+    }
+
+    #[test]
+    fn a_lifetime_shortens_a_token_and_never_lengthens_it() {
+        let issuer = issuer(ManualClock::new());
+        let check = |lifetime: Option<Duration>, expected: u64| {
+            let issued = issuer
+                .issue_with(
+                    &alice(),
+                    vec![],
+                    IssueOptions {
+                        lifetime,
+                        ..Default::default()
+                    },
+                )
+                .expect("issue");
+            assert_eq!(issued.expires_in, expected, "{lifetime:?}");
+            assert_eq!(issued.claims.exp - issued.claims.iat, expected);
+        };
+        check(None, 300);
+        check(Some(Duration::from_secs(60)), 60);
+        check(Some(Duration::from_secs(3600)), 300);
+        check(Some(Duration::ZERO), 1);
     }
 
     #[test]

@@ -1,7 +1,8 @@
 //! Kubernetes ServiceAccount tokens, checked with the TokenReview API: a [`TokenReviewer`] asks (the real one
 //! through the kube client; tests use a fake), and [`CachedReviews`] bounds the wait, refuses what is not a
 //! ServiceAccount, and remembers positive answers for a short time keyed by sha256 of the token (never past the
-//! token's own `exp`, and a bounded number of them).
+//! token's own `exp`, and a bounded number of them). Negative answers (refused, not a ServiceAccount) are
+//! remembered briefly too ([`NEGATIVE_TTL`]), so that the same junk token sent again costs no API-server call.
 //!
 //! Must not: log or keep a token (only its hash), or trust anything in the token that the API server did not
 //! confirm (the `exp` read here only shortens how long an answer is kept).
@@ -20,8 +21,10 @@ use crate::clock::SharedClock;
 
 /// How long a TokenReview may take before the login fails closed.
 pub const REVIEW_TIMEOUT: Duration = Duration::from_secs(5);
-/// Positive answers remembered at most.
+/// Positive answers remembered at most (and negative ones, apart).
 const CACHE_ENTRIES: usize = 4096;
+/// How long a negative answer is remembered: short, so a token just created is not refused long.
+pub const NEGATIVE_TTL: Duration = Duration::from_secs(5);
 /// TokenReviews in flight at most: a flood of bad tokens waits here (within the timeout) instead of flooding the
 /// API server.
 const MAX_IN_FLIGHT: usize = 32;
@@ -193,6 +196,7 @@ pub struct CachedReviews {
     timeout: Duration,
     clock: SharedClock,
     cache: Mutex<HashMap<[u8; 32], Cached>>,
+    refused: Mutex<HashMap<[u8; 32], (TokenReviewError, Instant)>>,
     in_flight: tokio::sync::Semaphore,
 }
 
@@ -210,6 +214,7 @@ impl CachedReviews {
             timeout: REVIEW_TIMEOUT,
             clock,
             cache: Mutex::new(HashMap::new()),
+            refused: Mutex::new(HashMap::new()),
             in_flight: tokio::sync::Semaphore::new(MAX_IN_FLIGHT),
         }
     }
@@ -220,10 +225,54 @@ impl CachedReviews {
         self
     }
 
-    /// The ServiceAccount `token` belongs to, from the cache or the API server.
+    /// How long a positive answer is kept (`--token-cache-ttl`).
+    pub fn ttl(&self) -> Duration {
+        self.ttl
+    }
+
+    /// The ServiceAccount `token` belongs to, from the caches or the API server.
     pub async fn review(&self, token: &str) -> Result<ServiceAccountUser, TokenReviewError> {
         let key: [u8; 32] = Sha256::digest(token.as_bytes()).into();
         let now = self.clock.instant();
+        {
+            let mut refused = self
+                .refused
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner());
+            match refused.get(&key) {
+                Some((error, until)) if *until > now => return Err(error.clone()),
+                Some(_) => {
+                    refused.remove(&key);
+                }
+                None => {}
+            }
+        }
+        let outcome = self.review_uncached(token, key, now).await;
+        if let Err(
+            error @ (TokenReviewError::Rejected(_) | TokenReviewError::NotServiceAccount(_)),
+        ) = &outcome
+        {
+            let mut refused = self
+                .refused
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner());
+            if refused.len() >= CACHE_ENTRIES {
+                refused.retain(|_, (_, until)| *until > now);
+                if refused.len() >= CACHE_ENTRIES {
+                    refused.clear();
+                }
+            }
+            refused.insert(key, (error.clone(), now + NEGATIVE_TTL));
+        }
+        outcome
+    }
+
+    async fn review_uncached(
+        &self,
+        token: &str,
+        key: [u8; 32],
+        now: Instant,
+    ) -> Result<ServiceAccountUser, TokenReviewError> {
         {
             let mut cache = self
                 .cache
@@ -406,6 +455,31 @@ pub(crate) mod tests {
             reviews.review(&short).await,
             Err(TokenReviewError::Rejected(_))
         ));
+    }
+
+    #[tokio::test]
+    async fn a_refused_token_is_not_asked_again_for_a_few_seconds() {
+        let clock = ManualClock::new();
+        let fake = Arc::new(FakeReviewer::default());
+        let reviews = CachedReviews::new(
+            fake.clone(),
+            vec!["berth".into()],
+            Duration::from_secs(30),
+            clock.clone(),
+        );
+        let refused = Err(TokenReviewError::Rejected("unknown token".into()));
+        assert_eq!(reviews.review("junk.tok.en").await, refused);
+        assert_eq!(reviews.review("junk.tok.en").await, refused);
+        assert_eq!(
+            fake.calls.load(Ordering::SeqCst),
+            1,
+            "the second answer is remembered"
+        );
+        // Created meanwhile: accepted once the negative answer is forgotten.
+        fake.set("junk.tok.en", sa("team-a", "ci"));
+        clock.advance(NEGATIVE_TTL);
+        assert!(reviews.review("junk.tok.en").await.is_ok());
+        assert_eq!(fake.calls.load(Ordering::SeqCst), 2);
     }
 
     #[tokio::test]

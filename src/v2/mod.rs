@@ -16,7 +16,9 @@ use actix_web::HttpMessage;
 use actix_web::{web, HttpRequest, HttpResponse};
 
 use crate::admission::source::PolicyStore;
-use crate::auth::authenticator::{Authenticated, Authenticator, Presented, NODE_NAME_HEADER};
+use crate::auth::authenticator::{
+    AuthError, Authenticated, Authenticator, Presented, NODE_NAME_HEADER,
+};
 use crate::auth::{scope, Action};
 use crate::proxy::Proxy;
 use crate::registry::error::{RegistryError, Result};
@@ -105,6 +107,7 @@ async fn authorize(req: &HttpRequest, auth: &Authenticator, needed: &Needed) -> 
         authorization: headers.get(header::AUTHORIZATION).map(|v| v.as_bytes()),
         node_name: headers.get(NODE_NAME_HEADER).and_then(|v| v.to_str().ok()),
         client: req.peer_addr().map(|a| a.ip()),
+        credentials: None,
     };
     let unauthorized = |message: String| {
         let info = req.connection_info();
@@ -114,10 +117,17 @@ async fn authorize(req: &HttpRequest, auth: &Authenticator, needed: &Needed) -> 
             message,
         }
     };
-    let authenticated = auth
-        .authenticate(&presented)
-        .await
-        .map_err(|e| unauthorized(e.to_string()))?;
+    let authenticated = auth.authenticate(&presented).await.map_err(|e| match e {
+        // Not checked (too many failed logins from the address, or too many checks at once): retry later.
+        AuthError::Busy {
+            message,
+            retry_after,
+        } => RegistryError::Busy {
+            why: message,
+            retry_after,
+        },
+        e => unauthorized(e.to_string()),
+    })?;
     // For the access log, refusals included.
     req.extensions_mut().insert(authenticated.identity.clone());
     let policy = req

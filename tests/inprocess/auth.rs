@@ -2,7 +2,9 @@
 //! tokens from `/auth/token`) and what they get — the token-flow challenge for too little, 403 `DENIED` naming the
 //! identity, action, repository and rule for what the rules refuse, a token checked against what it grants, the
 //! catalog for admins only, and a cross-repository mount that the source's rules do not allow turned into a plain
-//! upload.
+//! upload. The review's regressions too: a user's tokens end with a changed password or the user's removal, a
+//! chain of refreshes ends a day after the login, a throttled address gets 429 without a check, and the password
+//! grant keeps a `:` in a user name.
 
 use actix_web::test::TestRequest;
 use base64::Engine;
@@ -376,4 +378,205 @@ async fn forged_altered_and_expired_tokens_are_challenged_not_served() {
         .advance(std::time::Duration::from_secs(6 * 60));
     let after = fixture.berth.send(tags(alice)).await;
     after.expect_error(401, "UNAUTHORIZED");
+}
+
+/// Replaces the htpasswd file in force with `text`, as a reload of the file does.
+fn set_htpasswd(fixture: &Fixture, text: &str) {
+    fixture
+        .berth
+        .state
+        .auth
+        .htpasswd()
+        .expect("htpasswd")
+        .apply(text)
+        .expect("valid htpasswd");
+}
+
+/// An htpasswd line for `user` with `password` (bcrypt cost 4, a new salt each time).
+fn line(user: &str, password: &str) -> String {
+    format!("{user}:{}\n", bcrypt::hash(password, 4).expect("bcrypt"))
+}
+
+/// Issue 11 review finding 1: a berth token of an htpasswd user is bound to the user's htpasswd entry — a changed
+/// password ends it at once at `/v2` and for refreshes, a removed user's token stops pushing at once.
+#[actix_web::test]
+async fn a_changed_password_or_a_removed_user_ends_their_tokens_at_once() {
+    let (fixture, dir) = berth_with_auth().await;
+    let alice = token(&fixture, "alice", &["repository:team-a/app:pull,push"]).await;
+    let bob = token(&fixture, "bob", &["repository:team-a/app:pull"]).await;
+    let tags = |token: &str| {
+        TestRequest::get()
+            .uri("/v2/team-a/app/tags/list")
+            .insert_header(bearer(token))
+    };
+    fixture
+        .berth
+        .send(tags(&alice))
+        .await
+        .expect_error(404, "NAME_UNKNOWN");
+    fixture
+        .berth
+        .send(tags(&bob))
+        .await
+        .expect_error(404, "NAME_UNKNOWN");
+    // bob's line stays as it is (a line written again, even with the same password, has a new salt and ends
+    // the user's tokens too).
+    let bob_line = std::fs::read_to_string(dir.path().join("htpasswd"))
+        .expect("htpasswd")
+        .lines()
+        .find(|l| l.starts_with("bob:"))
+        .expect("bob")
+        .to_owned();
+    set_htpasswd(
+        &fixture,
+        &format!("{}{bob_line}\n", line("alice", "changed")),
+    );
+    let refused = fixture.berth.send(tags(&alice)).await;
+    let message = refused.expect_error(401, "UNAUTHORIZED");
+    assert!(message.contains("password changed"), "{message}");
+    // Nor can the old token be renewed, by either form of the refresh.
+    let renew = fixture
+        .berth
+        .send(
+            TestRequest::get()
+                .uri("/auth/token?service=berth&scope=repository:team-a/app:pull")
+                .insert_header(bearer(&alice)),
+        )
+        .await;
+    assert_eq!(renew.status, 401, "{:?}", renew.body);
+    let refresh = fixture
+        .berth
+        .send(
+            TestRequest::post()
+                .uri("/auth/token")
+                .insert_header(("content-type", "application/x-www-form-urlencoded"))
+                .set_payload(format!(
+                    "grant_type=refresh_token&service=berth&refresh_token={alice}"
+                )),
+        )
+        .await;
+    assert_eq!(refresh.status, 401, "{:?}", refresh.body);
+    // bob's password did not change: his token stands, until he is removed.
+    fixture
+        .berth
+        .send(tags(&bob))
+        .await
+        .expect_error(404, "NAME_UNKNOWN");
+    set_htpasswd(&fixture, &line("alice", "changed"));
+    fixture
+        .berth
+        .send(tags(&bob))
+        .await
+        .expect_error(401, "UNAUTHORIZED");
+}
+
+/// Issue 11 review finding 7: the POST password grant takes the user name as sent — a `:` in it is not the
+/// password's start.
+#[actix_web::test]
+async fn the_password_grant_keeps_a_colon_in_the_user_name() {
+    let (fixture, _dir) = berth_with_auth().await;
+    set_htpasswd(&fixture, &line("alice", "pass:word"));
+    let login = |username: &str, password: &str| {
+        TestRequest::post()
+            .uri("/auth/token")
+            .insert_header(("content-type", "application/x-www-form-urlencoded"))
+            .set_payload(format!(
+                "grant_type=password&service=berth&username={}&password={}",
+                username.replace(':', "%3A"),
+                password.replace(':', "%3A")
+            ))
+    };
+    let wrong = fixture.berth.send(login("alice:pass", "word")).await;
+    assert_eq!(wrong.status, 401, "{:?}", wrong.body);
+    let right = fixture.berth.send(login("alice", "pass:word")).await;
+    assert_eq!(right.status, 200, "{:?}", right.body);
+}
+
+/// Issue 11 review finding 3: an address in its refusal period after failed logins is refused at once, without a
+/// check — the right password included — with 429 and `Retry-After`, at `/v2` and at the token endpoint.
+#[actix_web::test]
+async fn a_throttled_address_gets_429_with_retry_after_without_a_check() {
+    let (fixture, _dir) = berth_with_auth().await;
+    let guesser: std::net::SocketAddr = "192.0.2.7:40000".parse().expect("address");
+    let tags = |user: &str, password: &str| {
+        TestRequest::get()
+            .uri("/v2/team-a/app/tags/list")
+            .peer_addr(guesser)
+            .insert_header(basic(user, password))
+    };
+    for _ in 0..=berth::auth::throttle::FREE_FAILURES {
+        fixture
+            .berth
+            .send(tags("alice", "guess"))
+            .await
+            .expect_error(401, "UNAUTHORIZED");
+    }
+    let refused = fixture.berth.send(tags("alice", "secret")).await;
+    let message = refused.expect_error(429, "TOOMANYREQUESTS");
+    assert_eq!(
+        message,
+        "too many failed logins from 192.0.2.7; retry in 1s"
+    );
+    assert_eq!(refused.header("retry-after"), "1");
+    let token = fixture
+        .berth
+        .send(
+            TestRequest::get()
+                .uri("/auth/token?service=berth")
+                .peer_addr(guesser)
+                .insert_header(basic("alice", "secret")),
+        )
+        .await;
+    assert_eq!(
+        (token.status, token.header("retry-after")),
+        (429, "1"),
+        "{:?}",
+        token.body
+    );
+    // Once the period is over, the right password works again.
+    fixture.clock.advance(berth::auth::throttle::MAX_DELAY);
+    fixture
+        .berth
+        .send(tags("alice", "secret"))
+        .await
+        .expect_error(404, "NAME_UNKNOWN");
+}
+
+/// Issue 11 review finding 1: refreshes do not make a session last for ever — each keeps the login's
+/// `auth_time`, and none is made 24 h after it.
+#[actix_web::test]
+async fn a_chain_of_refreshes_ends_a_day_after_the_login() {
+    let (fixture, _dir) = berth_with_auth().await;
+    let mut current = token(&fixture, "alice", &["repository:team-a/app:pull"]).await;
+    let step = std::time::Duration::from_secs(4 * 60);
+    let refresh = |token: &str| {
+        TestRequest::get()
+            .uri("/auth/token?service=berth&scope=repository:team-a/app:pull")
+            .insert_header(bearer(token))
+    };
+    let mut elapsed = std::time::Duration::ZERO;
+    let day = berth::auth::token::MAX_SESSION;
+    let last = loop {
+        fixture.clock.advance(step);
+        elapsed += step;
+        let answer = fixture.berth.send(refresh(&current)).await;
+        if answer.status != 200 {
+            break answer;
+        }
+        let body: Value = serde_json::from_slice(&answer.body).expect("token JSON");
+        current = body["token"].as_str().expect("token").to_owned();
+        assert!(
+            elapsed < day,
+            "a token was renewed {elapsed:?} after the login"
+        );
+    };
+    assert_eq!(last.status, 401, "{:?}", last.body);
+    assert!(elapsed >= day, "refused after only {elapsed:?}");
+    let message = String::from_utf8_lossy(&last.body);
+    assert!(
+        message.contains("log in with its credentials again"),
+        "{message}"
+    );
+    // A login starts a new session.
+    token(&fixture, "alice", &["repository:team-a/app:pull"]).await;
 }
