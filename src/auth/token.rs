@@ -231,24 +231,38 @@ impl TokenIssuer {
         })
     }
 
+    /// The token if this issuer verified it before and it has not expired (the hot path: a hash and a lookup,
+    /// nothing decoded). None for any other token, including one too long to have been verified.
+    pub fn cached(&self, token: &str) -> Option<Arc<VerifiedToken>> {
+        if token.len() > MAX_TOKEN_BYTES {
+            return None;
+        }
+        self.lookup(&cache_key(token), self.clock.system())
+    }
+
+    /// The cached verification under `key`, dropped when it has expired.
+    fn lookup(&self, key: &[u8; 32], now: SystemTime) -> Option<Arc<VerifiedToken>> {
+        let mut cache = self
+            .verified
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let hit = cache.get(key)?;
+        if hit.expires_at + LEEWAY > now {
+            return Some(hit.clone());
+        }
+        cache.remove(key);
+        None
+    }
+
     /// Verifies a token: from the cache of verified tokens (still checking `exp`), else in full.
     pub fn verify(&self, token: &str) -> Result<Arc<VerifiedToken>, TokenError> {
         if token.len() > MAX_TOKEN_BYTES {
             return Err(TokenError::TooLong(token.len()));
         }
-        let key: [u8; 32] = Sha256::digest(token.as_bytes()).into();
+        let key = cache_key(token);
         let now = self.clock.system();
-        {
-            let mut cache = self
-                .verified
-                .lock()
-                .unwrap_or_else(|poisoned| poisoned.into_inner());
-            if let Some(hit) = cache.get(&key) {
-                if hit.expires_at + LEEWAY > now {
-                    return Ok(hit.clone());
-                }
-                cache.remove(&key);
-            }
+        if let Some(hit) = self.lookup(&key, now) {
+            return Ok(hit);
         }
         let data = jsonwebtoken::decode::<Claims>(token, &self.decoding, &self.validation)
             .map_err(|e| TokenError::Invalid(e.to_string()))?;
@@ -279,6 +293,11 @@ impl TokenIssuer {
         cache.insert(key, verified.clone());
         Ok(verified)
     }
+}
+
+/// The key of a verified token in the cache: its sha256 (the token itself is not kept).
+fn cache_key(token: &str) -> [u8; 32] {
+    Sha256::digest(token.as_bytes()).into()
 }
 
 /// Whether `token` says it was issued by berth (read without verifying: it only picks the verifier).
@@ -352,6 +371,24 @@ mod tests {
             issuer.verify(&issued.token),
             Err(TokenError::Expired(_))
         ));
+    }
+
+    #[test]
+    fn only_verified_tokens_are_cached_and_only_until_they_expire() {
+        let clock = ManualClock::new();
+        let issuer = issuer(clock.clone());
+        let token = issuer.issue(&alice(), pull("a")).expect("issue").token;
+        assert_eq!(issuer.cached(&token), None, "issued, not yet verified");
+        let verified = issuer.verify(&token).expect("verify");
+        assert_eq!(issuer.cached(&token), Some(verified));
+        // A refused token is not remembered, and does not disturb the good one.
+        let tampered = format!("{token}x");
+        assert!(issuer.verify(&tampered).is_err());
+        assert_eq!(issuer.cached(&tampered), None);
+        assert_eq!(issuer.cached(&"a".repeat(MAX_TOKEN_BYTES + 1)), None);
+        clock.advance(Duration::from_secs(300) + LEEWAY);
+        assert_eq!(issuer.cached(&token), None, "expired");
+        assert!(matches!(issuer.verify(&token), Err(TokenError::Expired(_))));
     }
 
     #[test]
