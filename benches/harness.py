@@ -10,16 +10,24 @@ Environment (all optional):
   BENCH_RUN_DIR   where data directories, logs and the test blob go (run.sh makes one on tmpfs)
   BERTH_BIN       the berth binary (default target/release/berth)
   BENCH_QUICK=1   a smoke run: 64 MiB blob, 500 tags/repositories, 2 s load phases
-  BENCH_ONLY      comma-separated subset of: berth,berth-tls,distribution,nginx
+  BENCH_ONLY      comma-separated subset of: berth,berth-tls,berth-auth,distribution,nginx
+
+berth-auth is berth (plain HTTP, the same 50-rule policy) with auth on: an htpasswd user and access rules granting
+it pull and push on bench/*. The harness logs in once (GET /auth/token with Basic credentials, a token valid for 2 h)
+and sends that Bearer token with every request, as docker and containerd do after their first 401. It takes part in
+blob pull (1 stream) and manifest GET, in the same interleaved rounds as anonymous berth, and in the /auth/token row;
+not in the push, listing and admission rows (their figures would be berth's own again).
 """
 
 import atexit
+import base64
 import hashlib
 import http.client
 import json
 import os
 import platform
 import re
+import secrets
 import shutil
 import signal
 import socket
@@ -50,6 +58,18 @@ ACCEPT = f"Accept: {OCI_MANIFEST}, application/vnd.docker.distribution.manifest.
 RUN = os.environ.get("BENCH_RUN_DIR") or ""
 BERTH = os.environ.get("BERTH_BIN") or os.path.join(ROOT, "target", "release", "berth")
 POLICY = os.path.join(HERE, "policy-50.yaml")
+BENCH_USER = "bench"
+TOKEN_EXPIRY = "2h"
+# Appended to the 50-rule policy for berth-auth: the bench user may pull and push bench/*, nobody else anything.
+ACCESS_POLICY = f"""
+access:
+  anonymous: none
+  rules:
+    - name: bench
+      repositories: ['bench/.*']
+      subjects: ['user:{BENCH_USER}']
+      actions: [pull, push]
+"""
 REVIEW = os.path.join(HERE, "pod-review.json")
 
 
@@ -148,10 +168,22 @@ def rss_mb(pid, field="VmRSS"):
 # servers
 
 
+class AuthHTTPConnection(http.client.HTTPConnection):
+    """A connection that sends `Authorization: <self.authorization>` with every request (the Bearer token)."""
+    authorization = None
+
+    def putrequest(self, method, url, *args, **kwargs):
+        super().putrequest(method, url, *args, **kwargs)
+        if self.authorization:
+            self.putheader("Authorization", self.authorization)
+
+
 class Server:
-    def __init__(self, name, label, tls=False, registry=True, admission=False, push=True):
+    def __init__(self, name, label, tls=False, registry=True, admission=False, push=True, auth=False):
         self.name, self.label, self.tls = name, label, tls
-        self.registry, self.admission, self.push = registry, admission, push
+        self.registry, self.admission, self.push, self.auth = registry, admission, push, auth
+        self.token = None  # auth: the Bearer token every request carries
+        self.basic = None  # auth: the user's Basic credentials (the token endpoint's row)
         self.port = free_port()
         self.proc = None
         self.dir = os.path.join(RUN, name)
@@ -170,16 +202,72 @@ class Server:
     def conn(self, timeout=120):
         if self.tls:
             return http.client.HTTPSConnection("127.0.0.1", self.port, timeout=timeout, context=self.ssl_context())
-        return http.client.HTTPConnection("127.0.0.1", self.port, timeout=timeout)
+        conn = AuthHTTPConnection("127.0.0.1", self.port, timeout=timeout)
+        conn.authorization = self.bearer()
+        return conn
+
+    def bearer(self):
+        return f"Bearer {self.token}" if self.token else None
+
+    def auth_headers(self):
+        """The headers of every load-generator request (wrk, curl): the Bearer token, if any."""
+        return [f"Authorization: {self.bearer()}"] if self.token else []
 
     def curl_args(self):
-        return ["--cacert", self.ca, "--http1.1"] if self.tls else []
+        args = ["--cacert", self.ca, "--http1.1"] if self.tls else []
+        for h in self.auth_headers():
+            args += ["-H", h]
+        return args
 
 
-def berth_cmd(port, data, certs=None, policy=True):
+def berth_cmd(port, data, certs=None, policy=True, policy_file=POLICY):
     cmd = [BERTH, "serve", "--listen", f"127.0.0.1:{port}", "--data-dir", data]
-    cmd += ["--policy-file", POLICY] if policy else []
+    cmd += ["--policy-file", policy_file] if policy else []
     return cmd + (["--cert-dir", certs] if certs else ["--plain-http"])
+
+
+def berth_auth_cmd(server, data):
+    """berth with an htpasswd user (bcrypt, by `htpasswd -B`) and access rules; plain HTTP like `berth`. The token
+    signing key is generated in the server's own cert dir (berth keeps it there even without TLS)."""
+    password = secrets.token_urlsafe(18)
+    htpasswd = os.path.join(server.dir, "htpasswd")
+    subprocess.run(["htpasswd", "-bBc", "-C", "10", htpasswd, BENCH_USER, password], check=True,
+                   capture_output=True, timeout=30)
+    policy = os.path.join(server.dir, "policy-auth.yaml")
+    with open(POLICY) as src, open(policy, "w") as dst:
+        dst.write(src.read() + ACCESS_POLICY)
+    server.basic = "Basic " + base64.b64encode(f"{BENCH_USER}:{password}".encode()).decode()
+    cmd = berth_cmd(server.port, data, policy_file=policy)
+    return cmd + ["--cert-dir", os.path.join(server.dir, "certs"), "--htpasswd", htpasswd,
+                  "--token-expiry", TOKEN_EXPIRY]
+
+
+def token_path(*repos, actions="pull,push"):
+    scopes = "&".join(f"scope=repository:{r}:{actions}" for r in repos)
+    return f"/auth/token?service=berth&{scopes}"
+
+
+def log_in(server):
+    """Asks the token endpoint for a token for the bench repositories and checks that berth-auth really refuses
+    an anonymous pull and grants what was asked."""
+    conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=30)
+    st, h, body = request(conn, "GET", "/v2/bench/small/manifests/v1", headers={"Accept": OCI_MANIFEST})
+    expect(st, 401, "anonymous manifest GET on berth with auth on", body)
+    if not h.get("WWW-Authenticate", "").startswith("Bearer "):
+        raise RuntimeError(f"401 without a Bearer challenge: {h.get('WWW-Authenticate')!r}")
+    st, _, body = request(conn, "GET", token_path("bench/small", "bench/blob"), headers={"Authorization": server.basic})
+    expect(st, 200, "GET /auth/token", body)
+    conn.close()
+    doc = json.loads(body)
+    payload = doc["token"].split(".")[1]
+    claims = json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
+    granted = {(g["name"], a) for g in claims.get("access", []) for a in g.get("actions", [])}
+    wanted = {(r, a) for r in ("bench/small", "bench/blob") for a in ("pull", "push")}
+    if granted != wanted:
+        raise RuntimeError(f"the token grants {sorted(granted)}, wanted {sorted(wanted)}")
+    if doc.get("expires_in", 0) < 3600:
+        raise RuntimeError(f"token valid for {doc.get('expires_in')} s only: the run outlasts it")
+    server.token = doc["token"]
 
 
 def distribution_config(port, data, path):
@@ -265,7 +353,9 @@ def wait_answer(proc, port, tls_ctx=None, limit=20.0, pause=0.0002):
 def start(server):
     os.makedirs(server.dir, exist_ok=True)
     data = os.path.join(server.dir, "data")
-    if server.name in ("berth", "berth-tls"):
+    if server.name == "berth-auth":
+        server.proc = spawn(berth_auth_cmd(server, data), "berth-auth.log")
+    elif server.name in ("berth", "berth-tls"):
         certs = os.path.join(server.dir, "certs") if server.tls else None
         server.proc = spawn(berth_cmd(server.port, data, certs), f"{server.name}.log")
         if server.tls:
@@ -279,6 +369,8 @@ def start(server):
     else:
         server.proc = spawn(nginx_config(server.port, server.dir, server.answers), "nginx.log")
     wait_answer(server.proc, server.port, server.ssl_context() if server.tls else None)
+    if server.auth:
+        log_in(server)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -406,9 +498,10 @@ def curl_pull(server, path, size, streams=1):
 UNITS = {"us": 1e-3, "ms": 1.0, "s": 1e3, "m": 60e3}
 
 
-def wrk(server, path, threads=2, conns=32, seconds=LOAD_SECONDS, headers=(), script=None):
+def wrk(server, path, threads=2, conns=32, seconds=LOAD_SECONDS, headers=(), script=None, bearer=True):
+    """wrk's figures; the server's Bearer token goes with every request unless `bearer` is false."""
     cmd = ["wrk", f"-t{threads}", f"-c{conns}", f"-d{seconds}s", "--latency", "--timeout", "5s"]
-    for h in headers:
+    for h in list(headers) + (server.auth_headers() if bearer else []):
         cmd += ["-H", h]
     if script:
         cmd += ["-s", script]
@@ -606,7 +699,10 @@ def loadavg():
         return float(f.read().split()[0])
 
 
-def scenario(servers, blob, digest, results):
+def scenario(all_servers, blob, digest, results):
+    # berth-auth (auth on) joins only the rows it is there for: blob pull (1 stream), manifest GET, /auth/token.
+    authed = [s for s in all_servers if s.auth]
+    servers = [s for s in all_servers if not s.auth]
     by_name = {s.name: s for s in servers}
     registries = [s for s in servers if s.registry]
     pushers = [s for s in servers if s.push]
@@ -614,7 +710,7 @@ def scenario(servers, blob, digest, results):
 
     # Idle RSS is taken before any request but the start probe. nginx starts last: berth's admission answers become
     # its fixed answers.
-    others = [s for s in servers if s.name != "nginx"]
+    others = [s for s in all_servers if s.name != "nginx"]
     for server in others:
         log(f"starting {server.label}")
         start(server)
@@ -656,6 +752,8 @@ def scenario(servers, blob, digest, results):
         record(results, "rss_after", {s.name: rss_mb(s.proc.pid) for s in pushers})
         rest = interleaved(pushers, lambda s: push_monolithic(s, "bench/blob", blob, BLOB_SIZE, digest),
                            reps=REPS - 1, pick=list)
+        for server in authed:  # the blob to pull, pushed once with the token (not a measurement)
+            push_monolithic(server, "bench/blob", blob, BLOB_SIZE, digest)
         record(results, "push_mono", {n: BLOB_SIZE / median([first[n]] + rest[n]) / 1e6 for n in first})
         log("chunked push")
         times = interleaved(pushers, lambda s: push_chunked(s, "bench/chunked", blob, BLOB_SIZE, digest))
@@ -665,13 +763,13 @@ def scenario(servers, blob, digest, results):
         return f"/v2/bench/blob/blobs/{digest}" if server.push else "/blob"
 
     log("pull, 1 stream")
-    record(results, "pull_1", interleaved(servers, lambda s: curl_pull(s, blob_path(s), BLOB_SIZE)))
+    record(results, "pull_1", interleaved(servers + authed, lambda s: curl_pull(s, blob_path(s), BLOB_SIZE)))
     log("pull, 8 streams")
     record(results, "pull_8", interleaved(servers, lambda s: curl_pull(s, blob_path(s), BLOB_SIZE, streams=8)))
 
     log("manifest GET")
     images = {}
-    for server in registries:
+    for server in registries + authed:
         images[server.name] = small_image(server)
     if "nginx" in by_name and images:
         with open(os.path.join(RUN, "static", "manifest"), "wb") as f:
@@ -679,10 +777,25 @@ def scenario(servers, blob, digest, results):
 
     def manifest_path(server):
         return "/v2/bench/small/manifests/v1" if server.registry else "/manifest"
-    for server in servers:
+    for server in servers + authed:
         wrk(server, manifest_path(server), seconds=1, headers=[ACCEPT])  # warm-up
     record_wrk(results, "manifest", interleaved(
-        servers, lambda s: wrk(s, manifest_path(s), seconds=LOAD_SECONDS, headers=[ACCEPT]), pick=list))
+        servers + authed, lambda s: wrk(s, manifest_path(s), seconds=LOAD_SECONDS, headers=[ACCEPT]), pick=list))
+    for server in authed:
+        anonymous = results.get("berth", {})
+        mine = results[server.name]
+        for key in ("pull_1", "manifest_rps"):
+            if anonymous.get(key) and mine.get(key):
+                mine[f"{key}_vs_anonymous"] = mine[key] / anonymous[key]
+    if authed:
+        # The token endpoint itself: Basic credentials (bcrypt checked once, then remembered for 5 minutes), the
+        # access rules for each scope, an ES256 signature and the JSON answer, per request.
+        log("/auth/token")
+        path = token_path("bench/small")
+        for server in authed:
+            wrk(server, path, seconds=1, headers=[f"Authorization: {server.basic}"], bearer=False)
+        record_wrk(results, "token", interleaved(authed, lambda s: wrk(
+            s, path, seconds=LOAD_SECONDS, headers=[f"Authorization: {s.basic}"], bearer=False), pick=list))
     record(results, "head_rps", interleaved(servers, lambda s: curl_head_loop(s, manifest_path(s))))
 
     for server in registries:
@@ -723,7 +836,7 @@ def scenario(servers, blob, digest, results):
         record_wrk(results, endpoint, interleaved(
             targets, lambda s: wrk(s, f"/{endpoint}", seconds=LOAD_SECONDS, script=script), pick=list))
 
-    for server in servers:
+    for server in servers + authed:
         stop(server.proc)
         shutil.rmtree(os.path.join(server.dir, "data"), ignore_errors=True)
 
@@ -797,6 +910,10 @@ def target_ratio(key, value, text):
     return lambda res: (text, (ratio(res, "berth", "nginx", key) or 0) >= value)
 
 
+def target_auth(key, value, text):
+    return lambda res: (text, (res.get("berth-auth", {}).get(key) or 0) >= value)
+
+
 ROWS = [
     ("pull_1", "blob pull, 1 stream", "MB/s", "hi", target_ratio("pull_1", 0.95, "≥ 0.95× nginx")),
     ("pull_8", "blob pull, 8 streams", "MB/s", "hi", target_ratio("pull_8", 0.95, "≥ 0.95× nginx")),
@@ -808,6 +925,18 @@ ROWS = [
     ("manifest_p50", "manifest GET p50", "ms", "lo", None),
     ("manifest_p99", "manifest GET p99", "ms", "lo", target_max("manifest_p99", 3.0, "≤ 3")),
     ("head_rps", "manifest HEAD, sequential curl loop", "req/s", "hi", None),
+    # Auth on (berth-auth): its figures stand in the berth column.
+    ("pull_1", "blob pull, 1 stream, with a Bearer token (auth on)", "MB/s", "hi", None, "berth-auth"),
+    ("pull_1_vs_anonymous", "blob pull, 1 stream: Bearer / anonymous", "×", "hi",
+     target_auth("pull_1_vs_anonymous", 0.9, "≥ 0.9×"), "berth-auth"),
+    ("manifest_rps", "manifest GET by tag with a Bearer token (auth on, wrk as above)", "req/s", "hi", None,
+     "berth-auth"),
+    ("manifest_rps_vs_anonymous", "manifest GET: Bearer / anonymous", "×", "hi",
+     target_auth("manifest_rps_vs_anonymous", 0.9, "≥ 0.9×"), "berth-auth"),
+    ("manifest_p99", "manifest GET p99, Bearer token", "ms", "lo", None, "berth-auth"),
+    ("token_rps", "/auth/token, Basic credentials (bcrypt remembered after the first check; rules + ES256 per "
+     "request)", "req/s", "hi", None, "berth-auth"),
+    ("token_p99", "/auth/token p99", "ms", "lo", None, "berth-auth"),
     ("seed_tags", "tag PUT (setup, 4 conns)", "req/s", "hi", None),
     ("seed_repos", "mount + manifest PUT (setup, 4 conns)", "req/s", "hi", None),
     ("tags_all_rps", "tags/list, all 10,000 tags (wrk 8 conns)", "req/s", "hi", None),
@@ -851,11 +980,17 @@ def table(results):
     head = ["measure", "unit"] + [label for _, label in COLUMNS] + ["berth / distribution", "berth / nginx",
                                                                      "target (berth)", "met"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    for key, label, unit, _better, target in ROWS:
+    for key, label, unit, _better, target, *source in ROWS:
         if QUICK:
             label = label.replace("10,000", f"{N_TAGS:,}")
-        cells = [label, unit] + [fmt(results.get(name, {}).get(key), unit) for name, _ in COLUMNS]
-        cells += [fmt(ratio(results, "berth", "distribution", key), "×"), fmt(ratio(results, "berth", "nginx", key), "×")]
+        if source:  # one server's figure, in the berth column
+            cells = [label, unit] + [fmt(results.get(source[0], {}).get(key) if name == "berth" else None, unit)
+                                     for name, _ in COLUMNS]
+            cells += ["—", "—"]
+        else:
+            cells = [label, unit] + [fmt(results.get(name, {}).get(key), unit) for name, _ in COLUMNS]
+            cells += [fmt(ratio(results, "berth", "distribution", key), "×"),
+                      fmt(ratio(results, "berth", "nginx", key), "×")]
         if target:
             text, met = target(results)
             cells += [text, "yes" if met else "**no**"]
@@ -918,6 +1053,7 @@ def main():
 
     servers = [Server("berth", "berth, plain HTTP", admission=True),
                Server("berth-tls", "berth, TLS", tls=True, admission=True),
+               Server("berth-auth", "berth, plain HTTP, auth on (Bearer token)", auth=True),
                Server("distribution", "CNCF distribution (docker-registry)"),
                Server("nginx", "nginx, static files with sendfile", registry=False, push=False)]
     servers = [s for s in servers if not only or s.name in only]
@@ -928,7 +1064,7 @@ def main():
         for server in servers:
             if server.proc:
                 stop(server.proc)
-    startup([s.name for s in servers], results)
+    startup([s.name for s in servers if not s.auth], results)
     load_after = loadavg()
     results.pop("_answers", None)
 
@@ -951,6 +1087,9 @@ Blob: {BLOB_SIZE // MiB} MiB of random bytes; MB = 10^6 bytes. wrk phases ran {L
 after a 1 s warm-up. nginx serves the same bytes as static files (the blob, the manifest, the listings berth returned,
 and berth's own admission answers as a fixed `return 200`), so its column is the loopback limit for each answer, not
 a registry. Ratios are berth (plain HTTP) over the peer, from this run; for ms and MB a lower ratio is better.
+The rows "with a Bearer token" are a third berth (plain HTTP, the same policy plus access rules, an htpasswd user)
+with auth on, in the same rounds as the others: the harness logged in once at `/auth/token` and sent that token
+with every request; "Bearer / anonymous" is its figure over anonymous berth's from the same rounds.
 
 """
     caveats = []

@@ -4,9 +4,9 @@
 #
 #   benches/run.sh                 # the full run (about 12 to 20 minutes on 2 cores, longer while the machine is busy)
 #   BENCH_QUICK=1 benches/run.sh   # a smoke run with small sizes (about 3 minutes)
-#   BENCH_ONLY=berth,nginx ...     # a subset of berth, berth-tls, distribution, nginx
+#   BENCH_ONLY=berth,nginx ...     # a subset of berth, berth-tls, berth-auth, distribution, nginx
 #
-# Installs docker-registry, nginx-light, wrk and curl from Debian when missing (without starting their services),
+# Installs docker-registry, nginx-light, wrk, curl and apache2-utils (htpasswd -B, for berth-auth's user) from Debian when missing (without starting their services),
 # builds berth in release mode, then runs benches/harness.py. Everything it starts is killed when it ends, fails or
 # is interrupted, and the whole run is bounded in time.
 set -euo pipefail
@@ -17,6 +17,7 @@ command -v docker-registry >/dev/null || need+=(docker-registry)
 command -v nginx >/dev/null || [ -x /usr/sbin/nginx ] || need+=(nginx-light)
 command -v wrk >/dev/null || need+=(wrk)
 command -v curl >/dev/null || need+=(curl)
+command -v htpasswd >/dev/null || need+=(apache2-utils)
 command -v python3 >/dev/null || need+=(python3)
 if [ ${#need[@]} -gt 0 ]; then
     echo "installing ${need[*]} from Debian" >&2
@@ -65,6 +66,8 @@ cleanup() {
 }
 trap cleanup EXIT INT TERM HUP
 
+# The binary just built, wherever cargo put it (CARGO_TARGET_DIR is honoured).
+export BERTH_BIN="${BERTH_BIN:-${CARGO_TARGET_DIR:-target}/release/berth}"
 BENCH_RUN_DIR="$run_dir" timeout --signal=TERM --kill-after=30 60m python3 benches/harness.py &
 harness=$!
 wait "$harness"

@@ -108,7 +108,9 @@ pub fn parse_authorization(header: &[u8]) -> Result<Credentials, CredentialsErro
         if rest.is_empty() {
             return Err(CredentialsError::MissingValue("Bearer"));
         }
-        if rest.contains([' ', '\t']) {
+        // A byte scan: only visible ASCII, space and tab are left (a char-pattern search decodes UTF-8 per char,
+        // on every Bearer request).
+        if rest.bytes().any(|b| b == b' ' || b == b'\t') {
             return Err(CredentialsError::BadCharacters("bearer token"));
         }
         Ok(Credentials::Bearer(rest.to_owned()))
@@ -214,6 +216,7 @@ mod tests {
                 Err(Utf8),
             ),
             (b"Bearer a b".to_vec(), Err(BadCharacters("bearer token"))),
+            (b"Bearer a\tb".to_vec(), Err(BadCharacters("bearer token"))),
             (
                 b"Bearer a\r\nX-Injected: 1".to_vec(),
                 Err(BadCharacters("authorization header")),

@@ -295,13 +295,17 @@ impl TokenIssuer {
         })
     }
 
-    /// The token if it was verified before and has not expired: a hash and a lookup (the hot path).
+    /// The token if this issuer verified it before and it has not expired (the hot path: a hash and a lookup,
+    /// nothing decoded). None for any other token, including one too long to have been verified.
     pub fn cached(&self, token: &str) -> Option<Arc<VerifiedToken>> {
-        let key: [u8; 32] = Sha256::digest(token.as_bytes()).into();
-        self.cached_by(&key, self.clock.system())
+        if token.len() > MAX_TOKEN_BYTES {
+            return None;
+        }
+        self.lookup(&cache_key(token), self.clock.system())
     }
 
-    fn cached_by(&self, key: &[u8; 32], now: SystemTime) -> Option<Arc<VerifiedToken>> {
+    /// The cached verification under `key`, dropped when it has expired.
+    fn lookup(&self, key: &[u8; 32], now: SystemTime) -> Option<Arc<VerifiedToken>> {
         let mut cache = self
             .verified
             .lock()
@@ -319,9 +323,9 @@ impl TokenIssuer {
         if token.len() > MAX_TOKEN_BYTES {
             return Err(TokenError::TooLong(token.len()));
         }
-        let key: [u8; 32] = Sha256::digest(token.as_bytes()).into();
+        let key = cache_key(token);
         let now = self.clock.system();
-        if let Some(hit) = self.cached_by(&key, now) {
+        if let Some(hit) = self.lookup(&key, now) {
             return Ok(hit);
         }
         let data = jsonwebtoken::decode::<Claims>(token, &self.decoding, &self.validation)
@@ -359,6 +363,11 @@ impl TokenIssuer {
         cache.insert(key, verified.clone());
         Ok(verified)
     }
+}
+
+/// The key of a verified token in the cache: its sha256 (the token itself is not kept).
+fn cache_key(token: &str) -> [u8; 32] {
+    Sha256::digest(token.as_bytes()).into()
 }
 
 /// Whether `token` says it was issued by berth (read without verifying: it only picks the verifier).
@@ -491,6 +500,24 @@ mod tests {
         check(Some(Duration::from_secs(60)), 60);
         check(Some(Duration::from_secs(3600)), 300);
         check(Some(Duration::ZERO), 1);
+    }
+
+    #[test]
+    fn only_verified_tokens_are_cached_and_only_until_they_expire() {
+        let clock = ManualClock::new();
+        let issuer = issuer(clock.clone());
+        let token = issuer.issue(&alice(), pull("a")).expect("issue").token;
+        assert_eq!(issuer.cached(&token), None, "issued, not yet verified");
+        let verified = issuer.verify(&token).expect("verify");
+        assert_eq!(issuer.cached(&token), Some(verified));
+        // A refused token is not remembered, and does not disturb the good one.
+        let tampered = format!("{token}x");
+        assert!(issuer.verify(&tampered).is_err());
+        assert_eq!(issuer.cached(&tampered), None);
+        assert_eq!(issuer.cached(&"a".repeat(MAX_TOKEN_BYTES + 1)), None);
+        clock.advance(Duration::from_secs(300) + LEEWAY);
+        assert_eq!(issuer.cached(&token), None, "expired");
+        assert!(matches!(issuer.verify(&token), Err(TokenError::Expired(_))));
     }
 
     #[test]
