@@ -51,7 +51,7 @@ pub struct Presented<'a> {
 pub struct Authenticated {
     pub identity: Identity,
     /// Some for a berth token: what it grants (the front door checks this, not the rules).
-    pub grants: Option<Vec<Grant>>,
+    pub grants: Option<Arc<[Grant]>>,
     /// For a berth token: when its session began (unix seconds), which a refresh keeps.
     pub auth_time: Option<u64>,
     /// For an htpasswd user: the tag of the htpasswd entry the password (or the token) was checked against, for
@@ -342,11 +342,15 @@ impl Authenticator {
                 };
             }
         }
-        let berth_token =
-            matches!(credentials, Credentials::Bearer(token) if claims_berth_issuer(token));
+        // Credentials verified before (a ServiceAccount token with a cached answer, an htpasswd password checked
+        // recently) are not guesses: the node proxy's pulls, and clients behind a shared address, are not refused for
+        // their neighbours' failures.
+        let verified_before = self.verified_before(credentials);
+        let berth_token = !verified_before
+            && matches!(credentials, Credentials::Bearer(token) if claims_berth_issuer(token));
         // An address in its refusal period gets no check at all (berth's own tokens are not guesses: a signature
         // cannot be guessed, and a client holding one is not refused for its neighbours' failures).
-        if !berth_token {
+        if !berth_token && !verified_before {
             if let (Some(left), Some(client)) =
                 (self.throttle.refused_for(request.client), request.client)
             {
@@ -389,6 +393,23 @@ impl Authenticator {
                     self.throttle.failed(request.client, name);
                 }
                 Err(for_client)
+            }
+        }
+    }
+
+    /// Whether these exact credentials were verified before and the answer is still remembered: a cached
+    /// TokenReview of the token (Bearer, or a Basic password that is a token), or a recent bcrypt check of an
+    /// htpasswd user's password. Lookups only, nothing is checked.
+    fn verified_before(&self, credentials: &Credentials) -> bool {
+        let reviewed = |token: &str| self.reviews.as_ref().is_some_and(|r| r.is_cached(token));
+        match credentials {
+            Credentials::Bearer(token) => reviewed(token),
+            Credentials::Basic { username, password } => {
+                self.htpasswd
+                    .as_ref()
+                    .is_some_and(|h| h.is_verified(username, password))
+                    || (!self.htpasswd.as_ref().is_some_and(|h| h.has_user(username))
+                        && reviewed(password))
             }
         }
     }
@@ -451,7 +472,25 @@ impl Authenticator {
                         )),
                     );
                 }
-                (shown, self.service_account(password, request).await)
+                let outcome = self.service_account(password, request).await;
+                // With an htpasswd file, a refused token answers as a wrong password does, so that the answer does
+                // not tell an unknown user from a known one (the log keeps the reason).
+                let outcome = match (outcome, &self.htpasswd) {
+                    (
+                        Err(Failure {
+                            for_client: AuthError::Invalid(_),
+                            why,
+                        }),
+                        Some(_),
+                    ) => Err(Failure {
+                        for_client: AuthError::Invalid(format!(
+                            "invalid user name or password for {username:?}"
+                        )),
+                        why,
+                    }),
+                    (outcome, _) => outcome,
+                };
+                (shown, outcome)
             }
             Credentials::Bearer(token) => {
                 if claims_berth_issuer(token) {
@@ -500,12 +539,15 @@ impl Authenticator {
                 "unknown token",
             ));
         };
+        // The per-address cap counts what asks the API server: not a token answered from the cache, nor one whose
+        // review is already being asked (the request waits for that answer).
+        let asks = !reviews.is_cached(token) && !reviews.is_pending(token);
         let _in_flight = match request.client {
-            Some(client) => match self.reviews_in_flight.enter(client) {
+            Some(client) if asks => match self.reviews_in_flight.enter(client) {
                 Some(guard) => Some(guard),
                 None => return Err(Failure::busy()),
             },
-            None => None,
+            _ => None,
         };
         match reviews.review(token).await {
             Ok(user) => self
@@ -825,7 +867,7 @@ mod tests {
         let header = format!("Bearer {}", issued.token);
         let expected = Authenticated {
             identity: user("alice"),
-            grants: Some(grants),
+            grants: Some(grants.into()),
             auth_time: issued.claims.auth_time,
             credential,
         };
@@ -1063,6 +1105,92 @@ mod tests {
         expected.push(Err("busy"));
         expected.push(Err("unavailable"));
         assert_eq!(answers, expected);
+    }
+
+    /// A reviewer that answers after a pause, as the API server does.
+    struct Delayed(Arc<FakeReviewer>);
+
+    #[async_trait::async_trait]
+    impl crate::auth::tokenreview::TokenReviewer for Delayed {
+        async fn review(
+            &self,
+            token: &str,
+            audiences: &[String],
+        ) -> Result<ReviewOutcome, crate::auth::tokenreview::ReviewError> {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            self.0.review(token, audiences).await
+        }
+    }
+
+    #[tokio::test]
+    async fn the_node_proxy_is_refused_neither_for_pulling_in_parallel_nor_for_its_neighbours_failures(
+    ) {
+        use crate::auth::throttle::FREE_FAILURES;
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("htpasswd");
+        std::fs::write(
+            &path,
+            format!("alice:{}\n", bcrypt::hash("s3cret", 4).expect("hash")),
+        )
+        .expect("write");
+        let clock = ManualClock::new();
+        let fake = Arc::new(FakeReviewer::with("np.tok.en", node_proxy_token(None)));
+        let auth = Authenticator::new(AuthenticatorParts {
+            htpasswd: Some(Arc::new(
+                HtpasswdStore::load(&path, clock.clone()).expect("htpasswd"),
+            )),
+            reviews: Some(CachedReviews::new(
+                Arc::new(Delayed(fake.clone())),
+                vec!["berth".into()],
+                Duration::from_secs(30),
+                clock.clone(),
+            )),
+            issuer: None,
+            node_proxy: Some(("berth-system".into(), "berth-node-proxy".into())),
+            clock,
+        });
+        let node: IpAddr = "10.0.0.5".parse().expect("ip");
+        // Many pulls at once with the same token, as when its cached answer has just expired: one review, every
+        // pull answered (the per-address cap counts what asks the API server, not who waits for the answer).
+        let pulls = futures_util::future::join_all(
+            (0..3 * MAX_REVIEWS_PER_CLIENT).map(|_| outcome_from(&auth, b"Bearer np.tok.en", node)),
+        )
+        .await;
+        assert_eq!(
+            pulls,
+            vec![Ok(node_proxy(None)); 3 * MAX_REVIEWS_PER_CLIENT]
+        );
+        assert_eq!(fake.calls.load(std::sync::atomic::Ordering::SeqCst), 1);
+        // alice's right password, checked once from the node's address.
+        assert_eq!(
+            outcome_from(&auth, &basic("alice", "s3cret"), node).await,
+            Ok(user("alice"))
+        );
+        // A process on the node guesses until the address is refused ...
+        for _ in 0..=FREE_FAILURES {
+            assert_eq!(
+                outcome_from(&auth, &basic("alice", "guess"), node).await,
+                Err("invalid")
+            );
+        }
+        assert_eq!(
+            outcome_from(&auth, &basic("alice", "guess"), node).await,
+            Err("busy")
+        );
+        assert_eq!(
+            outcome_from(&auth, b"Bearer new.tok.en", node).await,
+            Err("busy"),
+            "a token never verified is a guess like any other"
+        );
+        // ... and credentials verified before still pass: the node proxy's pulls and alice's cached login.
+        assert_eq!(
+            outcome_from(&auth, b"Bearer np.tok.en", node).await,
+            Ok(node_proxy(None))
+        );
+        assert_eq!(
+            outcome_from(&auth, &basic("alice", "s3cret"), node).await,
+            Ok(user("alice"))
+        );
     }
 
     #[tokio::test]

@@ -401,6 +401,21 @@ impl HtpasswdStore {
 
     /// Checks `password` for `user` on behalf of `client` (its verifications in flight are capped), and answers with
     /// the tag of the entry it was checked against when valid (see [`HtpasswdStore::credential_of`]).
+    /// Whether `user`'s `password` was verified recently against the users in force (a lookup, no bcrypt).
+    pub fn is_verified(&self, user: &str, password: &str) -> bool {
+        if password.len() > MAX_PASSWORD_BYTES || !self.has_user(user) {
+            return false;
+        }
+        let key = cache_key(user, password);
+        let now = self.clock.instant();
+        self.verified
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .entries
+            .get(&key)
+            .is_some_and(|deadline| *deadline > now)
+    }
+
     pub async fn verify_from(
         &self,
         user: &str,
@@ -459,12 +474,14 @@ impl HtpasswdStore {
             (false, _) => (Verdict::UnknownUser, None),
             (true, false) => (Verdict::WrongPassword, None),
             (true, true) => {
-                // Remember it only if the users it was checked against are still the ones in force.
+                // Remember it only if the users it was checked against are still the ones in force, compared under
+                // the lock: a reload stores the new users and then clears the cache under it, so a check that saw
+                // the old users cannot slip its entry in after the clearing.
+                let mut verified = self
+                    .verified
+                    .lock()
+                    .unwrap_or_else(|poisoned| poisoned.into_inner());
                 if Arc::ptr_eq(&loaded, &self.loaded.load_full()) {
-                    let mut verified = self
-                        .verified
-                        .lock()
-                        .unwrap_or_else(|poisoned| poisoned.into_inner());
                     if verified.entries.len() >= CACHE_ENTRIES {
                         verified.entries.retain(|_, deadline| *deadline > now);
                         if verified.entries.len() >= CACHE_ENTRIES {

@@ -385,6 +385,18 @@ async fn post_token(
                 ))
             }
         };
+        // The same bound as credentials in an `Authorization` header: nothing longer is hashed or sent to the API
+        // server.
+        let length = match &credentials {
+            Credentials::Basic { username, password } => username.len() + password.len(),
+            Credentials::Bearer(token) => token.len(),
+        };
+        if length > crate::auth::credentials::MAX_AUTHORIZATION_BYTES {
+            return Err(TokenRequestError::Undecodable(format!(
+                "credentials of {length} bytes are longer than the {} accepted",
+                crate::auth::credentials::MAX_AUTHORIZATION_BYTES
+            )));
+        }
         let mut presented = presented(&request);
         presented.credentials = Some(&credentials);
         let issued = issue(&auth, &policy, presented, scopes).await;

@@ -89,7 +89,8 @@ pub struct IssuedToken {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct VerifiedToken {
     pub identity: Identity,
-    pub grants: Vec<Grant>,
+    /// Shared, so that a cached token hands its grants to every request without copying them.
+    pub grants: Arc<[Grant]>,
     pub expires_at: SystemTime,
     /// When its session began (unix seconds; `iat` for a token without `auth_time`).
     pub auth_time: u64,
@@ -345,7 +346,7 @@ impl TokenIssuer {
             .ok_or_else(|| TokenError::Invalid(format!("exp {} is out of range", claims.exp)))?;
         let verified = Arc::new(VerifiedToken {
             identity: claims.identity,
-            grants: claims.access,
+            grants: claims.access.into(),
             expires_at,
             auth_time: claims.auth_time.unwrap_or(claims.iat),
             credential: claims.credential,
@@ -435,7 +436,7 @@ mod tests {
         let verified = issuer.verify(&issued.token).expect("verify");
         assert_eq!(issuer.cached(&issued.token), Some(verified.clone()));
         assert_eq!(verified.identity, alice());
-        assert_eq!(verified.grants, pull("a"));
+        assert_eq!(&verified.grants[..], &pull("a")[..]);
         // Cached, and the cache still honours the expiry.
         issuer.verify(&issued.token).expect("cached");
         clock.advance(Duration::from_secs(300) + LEEWAY);

@@ -198,7 +198,13 @@ pub struct CachedReviews {
     cache: Mutex<HashMap<[u8; 32], Cached>>,
     refused: Mutex<HashMap<[u8; 32], (TokenReviewError, Instant)>>,
     in_flight: tokio::sync::Semaphore,
+    /// The reviews being asked now, by token hash: concurrent requests with the same token (the node proxy's pulls
+    /// when its cached answer expires) wait for one answer instead of each asking the API server.
+    pending: Mutex<HashMap<[u8; 32], Arc<tokio::sync::OnceCell<Answer>>>>,
 }
+
+/// What one review of a token came to.
+type Answer = Result<ServiceAccountUser, TokenReviewError>;
 
 impl CachedReviews {
     pub fn new(
@@ -216,6 +222,7 @@ impl CachedReviews {
             cache: Mutex::new(HashMap::new()),
             refused: Mutex::new(HashMap::new()),
             in_flight: tokio::sync::Semaphore::new(MAX_IN_FLIGHT),
+            pending: Mutex::new(HashMap::new()),
         }
     }
 
@@ -228,6 +235,27 @@ impl CachedReviews {
     /// How long a positive answer is kept (`--token-cache-ttl`).
     pub fn ttl(&self) -> Duration {
         self.ttl
+    }
+
+    /// Whether a positive answer for `token` is cached and current: the token was verified before (no guess).
+    pub fn is_cached(&self, token: &str) -> bool {
+        let key: [u8; 32] = Sha256::digest(token.as_bytes()).into();
+        let now = self.clock.instant();
+        self.cache
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .get(&key)
+            .is_some_and(|hit| hit.until > now)
+    }
+
+    /// Whether a review of `token` is being asked now (a request with it would wait for that answer, not ask).
+    pub fn is_pending(&self, token: &str) -> bool {
+        let key: [u8; 32] = Sha256::digest(token.as_bytes()).into();
+        self.pending
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .get(&key)
+            .is_some_and(|cell| !cell.initialized())
     }
 
     /// The ServiceAccount `token` belongs to, from the caches or the API server.
@@ -286,6 +314,35 @@ impl CachedReviews {
                 None => {}
             }
         }
+        // One review a token at a time: the first request asks, the others with the same token wait for its answer
+        // (a cell left initialized by a cancelled leader is replaced, so no answer outlives its review).
+        let cell = {
+            let mut pending = self
+                .pending
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner());
+            match pending.get(&key) {
+                Some(cell) if !cell.initialized() => cell.clone(),
+                _ => {
+                    let cell = Arc::new(tokio::sync::OnceCell::new());
+                    pending.insert(key, cell.clone());
+                    cell
+                }
+            }
+        };
+        let answer = cell.get_or_init(|| self.ask(token, key, now)).await.clone();
+        let mut pending = self
+            .pending
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        if pending.get(&key).is_some_and(|c| Arc::ptr_eq(c, &cell)) {
+            pending.remove(&key);
+        }
+        answer
+    }
+
+    /// Asks the API server about `token` (bounded by the timeout and the slots) and caches a positive answer.
+    async fn ask(&self, token: &str, key: [u8; 32], now: Instant) -> Answer {
         let answer = tokio::time::timeout(self.timeout, async {
             let _slot = self.in_flight.acquire().await;
             self.reviewer.review(token, &self.audiences).await
