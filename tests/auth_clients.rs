@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 
 use crate::clients::{ok, run, run_with_input, ClientEnv, Containerd, OciLayout, Output};
 use crate::cluster::Cluster;
-use crate::docker::{CertsD, Docker, REGISTRY_NAME};
+use crate::docker::{verified_tls_host, verified_tls_options, CertsD, Docker};
 use crate::support::{poll_until, write_file, Berth, Options};
 
 /// Deadline for one client command here (the images are a few kilobytes).
@@ -95,6 +95,19 @@ fn assert_no_server_errors(berth: &Berth) {
         "berth answered 5xx:\n{}",
         errors.join("\n")
     );
+}
+
+/// `podman login` of `user` (name, password) to `host`, the password on stdin, in `env`'s own auth file.
+fn podman_login(env: &ClientEnv, host: &str, user: (&str, &str)) -> Output {
+    run_with_input(
+        env.reg_cmd(
+            "podman",
+            &["login"],
+            &["--username", user.0, "--password-stdin", host],
+        ),
+        CLIENT_TIMEOUT,
+        Some(user.1.as_bytes()),
+    )
 }
 
 /// Requires `out` to have succeeded.
@@ -188,23 +201,8 @@ fn docker_htpasswd_login_push_pull_denied_logout_plain_http() {
 #[test]
 fn docker_htpasswd_login_push_pull_tls_with_certs_d() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let berth = berth_with_auth(
-        dir.path(),
-        &[ALICE],
-        USERS_POLICY,
-        Options {
-            listen_ip: Some(std::net::Ipv6Addr::LOCALHOST.into()),
-            extra_args: vec![
-                "--san".into(),
-                "::1".into(),
-                "--san".into(),
-                REGISTRY_NAME.into(),
-            ],
-            ..Options::default()
-        },
-    );
-    let port = berth.host.rsplit_once(':').expect("HOST:PORT").1;
-    let host = format!("{REGISTRY_NAME}:{port}");
+    let berth = berth_with_auth(dir.path(), &[ALICE], USERS_POLICY, verified_tls_options());
+    let host = verified_tls_host(&berth);
     let _ca = CertsD::install(&host, &berth.ca_file());
     let docker = Docker::start();
 
@@ -317,16 +315,7 @@ fn podman_skopeo_ctr_with_htpasswd_users_and_a_partial_grant_tls() {
 
     // podman login / pull / push (its credentials in its own auth file).
     let podman = ClientEnv::new(&berth);
-    let login = run_with_input(
-        podman.reg_cmd(
-            "podman",
-            &["login"],
-            &["--username", ALICE.0, "--password-stdin", host],
-        ),
-        CLIENT_TIMEOUT,
-        Some(ALICE.1.as_bytes()),
-    );
-    assert_ok(&login);
+    assert_ok(&podman_login(&podman, host, ALICE));
     ok(podman.reg_cmd("podman", &["pull"], &["-q", &image]));
     let pushed = format!("{host}/team-a/podman:v1");
     ok(podman.cmd("podman", &["tag", &image, &pushed]));
@@ -344,16 +333,7 @@ fn podman_skopeo_ctr_with_htpasswd_users_and_a_partial_grant_tls() {
     );
     // podman as reader: the same partial grant, refused with DENIED.
     let reader_env = ClientEnv::new(&berth);
-    let login = run_with_input(
-        reader_env.reg_cmd(
-            "podman",
-            &["login"],
-            &["--username", READER.0, "--password-stdin", host],
-        ),
-        CLIENT_TIMEOUT,
-        Some(READER.1.as_bytes()),
-    );
-    assert_ok(&login);
+    assert_ok(&podman_login(&reader_env, host, READER));
     ok(reader_env.reg_cmd("podman", &["pull"], &["-q", &image]));
     let refused = run(
         reader_env.reg_cmd(
@@ -511,16 +491,7 @@ fn service_account_tokens_from_the_real_api_server() {
 
     // podman login with the token: pull and push in its own namespace, refused elsewhere.
     let podman = ClientEnv::new(&berth);
-    let login = run_with_input(
-        podman.reg_cmd(
-            "podman",
-            &["login"],
-            &["--username", "ci", "--password-stdin", &host],
-        ),
-        CLIENT_TIMEOUT,
-        Some(token.as_bytes()),
-    );
-    assert_ok(&login);
+    assert_ok(&podman_login(&podman, &host, ("ci", &token)));
     let skopeo_image = format!("{host}/team-a/skopeo:1.0");
     ok(podman.reg_cmd("podman", &["pull"], &["-q", &skopeo_image]));
     let podman_image = format!("{host}/team-a/podman:1.0");

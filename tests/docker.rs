@@ -335,9 +335,10 @@ fn docker_push_rmi_pull_round_trip_plain_http_on_loopback() {
     push_rmi_pull(&docker, &berth, &berth.host);
 }
 
-#[test]
-fn docker_push_rmi_pull_round_trip_tls_with_certs_d() {
-    let berth = Berth::start(Options {
+/// Options for a berth docker verifies over TLS: on `[::1]` (docker skips verification for 127.0.0.0/8), with a
+/// certificate for `::1` and [`REGISTRY_NAME`], which only the test's dockerd resolves.
+pub fn verified_tls_options() -> Options {
+    Options {
         listen_ip: Some(std::net::Ipv6Addr::LOCALHOST.into()),
         extra_args: vec![
             "--san".into(),
@@ -346,9 +347,19 @@ fn docker_push_rmi_pull_round_trip_tls_with_certs_d() {
             REGISTRY_NAME.into(),
         ],
         ..Options::default()
-    });
+    }
+}
+
+/// `registry.test:<port>`: how the test's dockerd reaches a berth started with [`verified_tls_options`].
+pub fn verified_tls_host(berth: &Berth) -> String {
     let port = berth.host.rsplit_once(':').expect("HOST:PORT").1;
-    let host = format!("{REGISTRY_NAME}:{port}");
+    format!("{REGISTRY_NAME}:{port}")
+}
+
+#[test]
+fn docker_push_rmi_pull_round_trip_tls_with_certs_d() {
+    let berth = Berth::start(verified_tls_options());
+    let host = verified_tls_host(&berth);
     let docker = Docker::start();
 
     // Without berth's CA docker refuses the certificate: TLS is verified here, not skipped as on 127.0.0.1.

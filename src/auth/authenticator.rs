@@ -764,20 +764,31 @@ mod tests {
         header: Option<&[u8]>,
         node: Option<&str>,
     ) -> Result<Identity, &'static str> {
-        auth.authenticate(&Presented {
-            authorization: header,
-            node_name: node,
-            client: None,
-            credentials: None,
-        })
+        answer(
+            auth,
+            Presented {
+                authorization: header,
+                node_name: node,
+                ..Presented::default()
+            },
+        )
         .await
-        .map(|a| a.identity)
-        .map_err(|e| match e {
-            AuthError::Malformed(_) => "malformed",
-            AuthError::Invalid(_) => "invalid",
-            AuthError::Unavailable(_) => "unavailable",
-            AuthError::Busy { .. } => "busy",
-        })
+    }
+
+    /// The identity `presented` gets, or the error's kind.
+    async fn answer(
+        auth: &Authenticator,
+        presented: Presented<'_>,
+    ) -> Result<Identity, &'static str> {
+        auth.authenticate(&presented)
+            .await
+            .map(|a| a.identity)
+            .map_err(|e| match e {
+                AuthError::Malformed(_) => "malformed",
+                AuthError::Invalid(_) => "invalid",
+                AuthError::Unavailable(_) => "unavailable",
+                AuthError::Busy { .. } => "busy",
+            })
     }
 
     #[tokio::test]
@@ -1005,19 +1016,15 @@ mod tests {
         header: &[u8],
         client: IpAddr,
     ) -> Result<Identity, &'static str> {
-        auth.authenticate(&Presented {
-            authorization: Some(header),
-            client: Some(client),
-            ..Presented::default()
-        })
+        answer(
+            auth,
+            Presented {
+                authorization: Some(header),
+                client: Some(client),
+                ..Presented::default()
+            },
+        )
         .await
-        .map(|a| a.identity)
-        .map_err(|e| match e {
-            AuthError::Malformed(_) => "malformed",
-            AuthError::Invalid(_) => "invalid",
-            AuthError::Unavailable(_) => "unavailable",
-            AuthError::Busy { .. } => "busy",
-        })
     }
 
     #[tokio::test]
