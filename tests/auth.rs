@@ -404,22 +404,6 @@ fn the_token_key_lives_in_the_cert_dir_and_survives_a_restart() {
     assert!(!berth.log().contains("BEGIN PRIVATE KEY"));
 }
 
-/// `kubectl create token` of `namespace/name` for `audience`.
-fn create_token(cluster: &Cluster, namespace: &str, name: &str, audience: &str) -> String {
-    cluster
-        .kubectl_ok(&[
-            "create",
-            "token",
-            name,
-            "-n",
-            namespace,
-            "--audience",
-            audience,
-        ])
-        .trim()
-        .to_owned()
-}
-
 #[test]
 fn service_account_tokens_are_checked_with_a_real_token_review() {
     let cluster = Cluster::start();
@@ -440,7 +424,7 @@ fn service_account_tokens_are_checked_with_a_real_token_review() {
         ..Options::default()
     });
     let client = berth.client();
-    let token = create_token(&cluster, "team-a", "ci", "berth");
+    let token = cluster.create_token("team-a", "ci", "berth");
 
     // As the password of any user name, and as a Bearer token.
     let body = json_of(get_token(
@@ -505,7 +489,7 @@ fn service_account_tokens_are_checked_with_a_real_token_review() {
     assert_eq!(json_of(refresh)["error"], "invalid_grant");
 
     // Another audience is refused.
-    let other = create_token(&cluster, "team-a", "ci", "vault");
+    let other = cluster.create_token("team-a", "ci", "vault");
     assert_eq!(
         get_token(&berth, &client, "service=berth", Some(("ci", &other))).status(),
         StatusCode::UNAUTHORIZED
@@ -524,7 +508,7 @@ fn service_account_tokens_are_checked_with_a_real_token_review() {
 
     // The API server stops answering: ServiceAccount logins fail closed within the timeout, htpasswd logins work.
     cluster.kubectl_ok(&["create", "serviceaccount", "ci2", "-n", "team-a"]);
-    let fresh = create_token(&cluster, "team-a", "ci2", "berth");
+    let fresh = cluster.create_token("team-a", "ci2", "berth");
     let pids: Vec<String> = cluster.pids().iter().map(u32::to_string).collect();
     let signal = |name: &str| {
         let status = std::process::Command::new("kill")

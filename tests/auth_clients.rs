@@ -408,21 +408,6 @@ fn berth_for_cluster(dir: &Path, cluster: &Cluster) -> Berth {
     )
 }
 
-fn create_token(cluster: &Cluster, namespace: &str, account: &str, audience: &str) -> String {
-    cluster
-        .kubectl_ok(&[
-            "create",
-            "token",
-            account,
-            "-n",
-            namespace,
-            "--audience",
-            audience,
-        ])
-        .trim()
-        .to_owned()
-}
-
 #[test]
 fn service_account_tokens_from_the_real_api_server() {
     let mut cluster = Cluster::start();
@@ -434,11 +419,11 @@ fn service_account_tokens_from_the_real_api_server() {
     let dir = tempfile::tempdir().expect("tempdir");
     let berth = berth_for_cluster(dir.path(), &cluster);
     let host = berth.host.clone();
-    let token = create_token(&cluster, "team-a", "ci", "berth");
+    let token = cluster.create_token("team-a", "ci", "berth");
 
     // docker login with the token as the password (any user name), push to its own namespace, refused elsewhere.
     let docker = Docker::start();
-    let other_audience = create_token(&cluster, "team-a", "ci", "not-berth");
+    let other_audience = cluster.create_token("team-a", "ci", "not-berth");
     // With an htpasswd file beside TokenReview, a refused token answers like a wrong password (no hint of which
     // user names are htpasswd users); berth's log keeps the API server's reason.
     assert_refused(
@@ -549,7 +534,7 @@ fn service_account_tokens_from_the_real_api_server() {
     );
 
     // The API server stopped: a ServiceAccount login fails closed, quickly and saying why; alice still pushes.
-    let builder = format!("x:{}", create_token(&cluster, "team-a", "builder", "berth"));
+    let builder = format!("x:{}", cluster.create_token("team-a", "builder", "berth"));
     assert_eq!(
         inspected_digest(&skopeo_inspect(&skopeo, Some(&builder), &own)),
         digest

@@ -468,6 +468,22 @@ impl Cluster {
         path
     }
 
+    /// A token of ServiceAccount `namespace/name` for `audience` (`kubectl create token`), as a CI job or a
+    /// developer gets one.
+    pub fn create_token(&self, namespace: &str, name: &str, audience: &str) -> String {
+        self.kubectl_ok(&[
+            "create",
+            "token",
+            name,
+            "-n",
+            namespace,
+            "--audience",
+            audience,
+        ])
+        .trim()
+        .to_owned()
+    }
+
     /// Bearer token of a static-token user (`admin`, `berth`, `alice`).
     pub fn token_of(&self, user: &str) -> String {
         self.tokens
