@@ -18,9 +18,10 @@ pub use error::ConfigError;
 
 use args::FileConfig;
 use sources::{
-    Chosen, Key, BODY_IDLE_TIMEOUT, BODY_MEMORY, BODY_TIMEOUT, MAX_CONCURRENT_UPLOADS,
-    MAX_UPLOAD_SESSIONS, NODE_PROXY_ACCOUNT, POLICY_CONFIGMAP, SEND_TIMEOUT, SHUTDOWN_TIMEOUT,
-    TLS_SECRET, TOKEN_AUDIENCE, TOKEN_CACHE_TTL, TOKEN_EXPIRY, UPLOAD_MAX_AGE, WORKERS,
+    Chosen, Key, BODY_IDLE_TIMEOUT, BODY_MEMORY, BODY_TIMEOUT, EVENTS_MAX_SIZE, EVENTS_RETENTION,
+    INSTANCE, MAX_CONCURRENT_UPLOADS, MAX_UPLOAD_SESSIONS, NODE_PROXY_ACCOUNT, POLICY_CONFIGMAP,
+    SEND_TIMEOUT, SHUTDOWN_TIMEOUT, TLS_SECRET, TOKEN_AUDIENCE, TOKEN_CACHE_TTL, TOKEN_EXPIRY,
+    UPLOAD_MAX_AGE, WORKERS,
 };
 
 /// Validated settings of `berth serve`.
@@ -44,6 +45,72 @@ pub struct Config {
     pub proxy: crate::proxy::config::ProxyConfig,
     /// Who can log in, and berth's tokens.
     pub auth: AuthConfig,
+    /// The event log.
+    pub events: EventsConfig,
+}
+
+/// The event log's settings (the README's "Event log" section).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EventsConfig {
+    /// Whether events are kept (`--no-event-log` turns it off).
+    pub enabled: bool,
+    /// What is kept.
+    pub retention: crate::events::Retention,
+    /// The name events are recorded under.
+    pub instance: String,
+}
+
+impl Default for EventsConfig {
+    fn default() -> Self {
+        EventsConfig {
+            enabled: true,
+            retention: crate::events::Retention {
+                max_age: Duration::from_secs(30 * 86_400),
+                max_bytes: 1 << 30,
+            },
+            instance: "berth".to_owned(),
+        }
+    }
+}
+
+impl EventsConfig {
+    fn from_sources(
+        args: &ServeArgs,
+        file: &FileConfig,
+        env: Environment<'_>,
+    ) -> Result<EventsConfig, ConfigError> {
+        let default = EventsConfig::default();
+        let max_age = EVENTS_RETENTION.duration(
+            args.events_retention,
+            file.events_retention.as_deref(),
+            default.retention.max_age,
+        )?;
+        if max_age.value < Duration::from_secs(60) {
+            return Err(max_age.out_of_range("at least 1m".into()));
+        }
+        let max_bytes = EVENTS_MAX_SIZE.size(
+            args.events_max_size,
+            file.events_max_size.as_deref(),
+            default.retention.max_bytes,
+        )?;
+        if max_bytes.value < 1 << 20 {
+            return Err(max_bytes.out_of_range("at least 1MiB".into()));
+        }
+        let instance = INSTANCE
+            .text(args.instance.as_deref(), file.instance.as_deref())
+            .map(|chosen| chosen.value)
+            .or_else(|| env("POD_NAME").filter(|n| !n.is_empty()))
+            .or_else(|| env("HOSTNAME").filter(|n| !n.is_empty()))
+            .unwrap_or(default.instance);
+        Ok(EventsConfig {
+            enabled: !args.no_event_log && file.event_log.unwrap_or(true),
+            retention: crate::events::Retention {
+                max_age: max_age.value,
+                max_bytes: max_bytes.value,
+            },
+            instance,
+        })
+    }
 }
 
 /// Authentication settings (the README's "Authentication" section). Auth is on when `htpasswd` is set or
@@ -431,6 +498,7 @@ impl Config {
                 None
             };
         let auth = AuthConfig::from_sources(args, &file, &namespace)?;
+        let events = EventsConfig::from_sources(args, &file, env)?;
         let proxy = match &file.proxy {
             Some(spec) => spec.validate()?,
             None => crate::proxy::config::ProxyConfig::default(),
@@ -473,6 +541,7 @@ impl Config {
             managed_certs,
             proxy,
             auth,
+            events,
         })
     }
 }

@@ -5,6 +5,7 @@ use serde_json::json;
 
 use crate::admission::PolicyStore;
 use crate::auth::Authenticator;
+use crate::events::EventLog;
 use crate::registry::Registry;
 
 pub fn configure(cfg: &mut web::ServiceConfig) {
@@ -22,17 +23,20 @@ async fn readyz(
     registry: web::Data<Registry>,
     policy: web::Data<PolicyStore>,
     auth: web::Data<Authenticator>,
+    events: web::Data<EventLog>,
 ) -> HttpResponse {
     let policy = policy.status();
     let auth = auth.status();
+    // Reported, never a reason to be unready: a broken event log must not stop pulls or admission.
+    let events = events.status();
     match registry.check_writable().await {
         Ok(()) => HttpResponse::Ok().json(
-            json!({ "status": "ready", "storage": "writable", "policy": policy, "auth": auth }),
+            json!({ "status": "ready", "storage": "writable", "policy": policy, "auth": auth, "events": events }),
         ),
         Err(e) => {
             log::warn!("not ready: {e}");
             HttpResponse::ServiceUnavailable().json(json!({
-                "status": "not ready", "storage": e.to_string(), "policy": policy, "auth": auth
+                "status": "not ready", "storage": e.to_string(), "policy": policy, "auth": auth, "events": events
             }))
         }
     }

@@ -15,6 +15,7 @@ pub mod auth;
 pub mod clock;
 pub mod cluster;
 pub mod config;
+pub mod events;
 pub mod health;
 pub mod limits;
 pub mod node_proxy;

@@ -13,6 +13,7 @@ use crate::admission::{AdmissionSettings, PolicyStore};
 use crate::auth::Authenticator;
 use crate::clock::SharedClock;
 use crate::config::{Config, PolicySource};
+use crate::events::EventLog;
 use crate::limits::BodyLimits;
 use crate::proxy::upstream::Upstream;
 use crate::proxy::Proxy;
@@ -61,6 +62,9 @@ pub enum ServeError {
     /// An upstream of the proxy cannot be set up.
     #[error("proxy: {0}")]
     Proxy(#[source] crate::proxy::upstream::http::UpstreamError),
+    /// The event log's database cannot be opened.
+    #[error("event log: {0}")]
+    Events(#[from] crate::events::StoreError),
     /// Authentication could not be set up (the htpasswd file, the token key, the TokenReview client).
     #[error("authentication: {0}")]
     Auth(#[from] crate::auth::authenticator::AuthSetupError),
@@ -90,6 +94,10 @@ pub struct AppState {
     pub body_limits: web::Data<BodyLimits>,
     /// Who is asking: htpasswd users, ServiceAccount tokens, berth's tokens (disabled when auth is off).
     pub auth: web::Data<Authenticator>,
+    /// The event log (off with `--no-event-log`): what was pushed, pulled, admitted and denied, by whom.
+    pub events: web::Data<EventLog>,
+    /// What runs in the cluster (filled by the pod watch in a cluster; empty elsewhere).
+    pub running: web::Data<crate::cluster::running::RunningImages>,
     /// The time the registry and the proxy age uploads and cache entries by (`serve` and the tests choose it here).
     pub clock: SharedClock,
 }
@@ -199,6 +207,11 @@ impl AppState {
                 // With auth on, a pod may only run what its ServiceAccount may pull from berth.
                 .authorizing_pulls(auth.enabled()),
         );
+        let events = if config.events.enabled {
+            crate::events::open_in(&config.data_dir, &config.events.instance, clock.clone())?
+        } else {
+            EventLog::off()
+        };
         Ok(AppState {
             registry,
             proxy: web::Data::new(proxy),
@@ -206,6 +219,8 @@ impl AppState {
             settings,
             body_limits,
             auth,
+            events: web::Data::new(events),
+            running: web::Data::new(crate::cluster::running::RunningImages::new()),
             clock,
         })
     }
@@ -220,6 +235,8 @@ impl AppState {
             .app_data(self.settings.clone())
             .app_data(self.body_limits.clone())
             .app_data(self.auth.clone())
+            .app_data(self.events.clone())
+            .app_data(self.running.clone())
             // A scope matching every path, so the body limits wrap every route (and the 404 of no route).
             .service(
                 web::scope("")
@@ -271,6 +288,14 @@ pub async fn serve(config: Config) -> Result<(), ServeError> {
         log::warn!("authentication is off (no --htpasswd, no --token-review): anyone who reaches berth may push and pull");
     }
 
+    if state.events.enabled() {
+        let events = state.events.get_ref().clone();
+        actix_web::rt::spawn(events.prune_forever(config.events.retention));
+    } else {
+        log::warn!("the event log is off (--no-event-log): pushes, pulls and admission decisions are not recorded");
+    }
+    let events = state.events.clone();
+
     let sweeper = state.registry.clone();
     let max_age = config.upload_max_age;
     actix_web::rt::spawn(async move {
@@ -318,7 +343,10 @@ pub async fn serve(config: Config) -> Result<(), ServeError> {
         "berth listening on {addr}, data in {}",
         config.data_dir.display()
     );
-    server.run().await.map_err(listen_error)?;
+    let served = server.run().await.map_err(listen_error);
+    // Every event recorded by the requests that finished is committed before the process ends.
+    events.shutdown().await;
+    served?;
     log::info!("berth stopped");
     Ok(())
 }

@@ -1,6 +1,7 @@
 //! Running inside Kubernetes: webhook certificates that berth manages itself (a Secret, the webhooks' caBundle).
 //! Talks to the API server through kube; nothing here is on a request path.
 
+pub mod running;
 pub mod webhook_certs;
 
 pub use webhook_certs::WebhookCerts;

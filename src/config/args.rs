@@ -99,6 +99,18 @@ pub struct ServeArgs {
     /// [default: <namespace>/berth-node-proxy].
     #[arg(long, value_name = "NAMESPACE/NAME")]
     pub node_proxy_account: Option<String>,
+    /// Keep no event log (no `events.db`, no `/berth/v1/events`).
+    #[arg(long)]
+    pub no_event_log: bool,
+    /// Events older than this are pruned, e.g. 7d [default: 30d].
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    pub events_retention: Option<Duration>,
+    /// When the event log takes more than this, its oldest events are pruned, e.g. 2GiB [default: 1GiB].
+    #[arg(long, value_name = "SIZE", value_parser = crate::units::parse_size)]
+    pub events_max_size: Option<u64>,
+    /// The name this berth records its events under [default: $POD_NAME, else $HOSTNAME, else berth].
+    #[arg(long, value_name = "NAME")]
+    pub instance: Option<String>,
 }
 
 /// The YAML file: the same settings as the flags.
@@ -133,6 +145,10 @@ pub(super) struct FileConfig {
     pub(super) token_cache_ttl: Option<String>,
     pub(super) token_expiry: Option<String>,
     pub(super) node_proxy_account: Option<String>,
+    pub(super) event_log: Option<bool>,
+    pub(super) events_retention: Option<String>,
+    pub(super) events_max_size: Option<String>,
+    pub(super) instance: Option<String>,
     #[serde(default)]
     pub(super) proxy: Option<crate::proxy::config::ProxySpec>,
 }

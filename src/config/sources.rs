@@ -30,6 +30,9 @@ pub(super) const TOKEN_CACHE_TTL: Key = Key::new("token-cache-ttl", "tokenCacheT
 pub(super) const TOKEN_EXPIRY: Key = Key::new("token-expiry", "tokenExpiry");
 pub(super) const NODE_PROXY_ACCOUNT: Key = Key::new("node-proxy-account", "nodeProxyAccount");
 pub(super) const TOKEN_AUDIENCE: Key = Key::new("token-audience", "tokenAudiences");
+pub(super) const EVENTS_RETENTION: Key = Key::new("events-retention", "eventsRetention");
+pub(super) const EVENTS_MAX_SIZE: Key = Key::new("events-max-size", "eventsMaxSize");
+pub(super) const INSTANCE: Key = Key::new("instance", "instance");
 
 /// A value chosen by precedence (flag, else file, else default), remembering how the user spelled its key and
 /// the value, so that a range error names both as they were written.

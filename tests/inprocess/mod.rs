@@ -215,6 +215,7 @@ pub fn config(data_dir: &Path) -> Config {
         managed_certs: None,
         proxy: Default::default(),
         auth: Default::default(),
+        events: Default::default(),
     }
 }
 

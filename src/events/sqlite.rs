@@ -1,0 +1,450 @@
+//! The embedded event store: one SQLite file (`<data-dir>/events/events.db`) in WAL mode, `synchronous=FULL` so a
+//! committed batch survives a crash of the machine, not only of the process. One connection writes (the log's
+//! writer, and the pruner, serialised by a mutex); readers take their own connections from a small pool, so a
+//! long query never holds up the writer (WAL lets readers and the writer run at once).
+//!
+//! Must not: be reached other than through [`EventStore`].
+
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use rusqlite::{params, params_from_iter, Connection, OpenFlags, OptionalExtension};
+
+use super::model::Event;
+use super::store::{EventQuery, EventStore, Pruned, Result, Retention, StoreError, StoredEvent};
+
+/// The schema this code writes; a store with a newer one is refused rather than misread.
+const SCHEMA_VERSION: i64 = 1;
+
+/// Read connections kept open for reuse.
+const READ_POOL: usize = 4;
+
+/// Rows one prune statement deletes, so that the writer waits at most for one such chunk.
+const PRUNE_CHUNK: i64 = 5_000;
+
+/// How long a statement waits for the other writer (the pruner or the log's writer) before failing.
+const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
+
+impl From<rusqlite::Error> for StoreError {
+    fn from(error: rusqlite::Error) -> Self {
+        StoreError::Database(error.to_string())
+    }
+}
+
+/// The SQLite store.
+pub struct SqliteStore {
+    path: PathBuf,
+    writer: Mutex<Connection>,
+    readers: Mutex<Vec<Connection>>,
+}
+
+impl std::fmt::Debug for SqliteStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SqliteStore")
+            .field("path", &self.path)
+            .finish()
+    }
+}
+
+impl SqliteStore {
+    /// The file events are kept in under a data directory.
+    pub fn path_in(data_dir: &Path) -> PathBuf {
+        data_dir.join("events").join("events.db")
+    }
+
+    /// Opens (creating when missing) the store at `path` and brings its schema up to date.
+    pub fn open(path: &Path) -> Result<SqliteStore> {
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir)
+                .map_err(|e| StoreError::Database(format!("creating {}: {e}", dir.display())))?;
+        }
+        let writer = Connection::open(path)?;
+        writer.busy_timeout(BUSY_TIMEOUT)?;
+        // Before any table exists, so that pruned pages can be handed back to the file system.
+        writer.pragma_update(None, "auto_vacuum", "INCREMENTAL")?;
+        let mode: String = writer.query_row("PRAGMA journal_mode=WAL", [], |row| row.get(0))?;
+        if !mode.eq_ignore_ascii_case("wal") {
+            return Err(StoreError::Database(format!(
+                "{}: journal mode {mode}, not wal",
+                path.display()
+            )));
+        }
+        writer.pragma_update(None, "synchronous", "FULL")?;
+        writer.execute_batch(
+            "CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL);
+             CREATE TABLE IF NOT EXISTS events (
+                 seq INTEGER PRIMARY KEY AUTOINCREMENT,
+                 id TEXT NOT NULL,
+                 time_ms INTEGER NOT NULL,
+                 action TEXT NOT NULL,
+                 actor TEXT NOT NULL,
+                 namespace TEXT,
+                 repository TEXT,
+                 body TEXT NOT NULL
+             );
+             CREATE INDEX IF NOT EXISTS events_time ON events (time_ms);
+             CREATE INDEX IF NOT EXISTS events_repository ON events (repository, seq);
+             CREATE TABLE IF NOT EXISTS cursors (name TEXT PRIMARY KEY, seq INTEGER NOT NULL);",
+        )?;
+        let version: Option<i64> = writer
+            .query_row("SELECT value FROM meta WHERE key = 'schema'", [], |row| {
+                row.get(0)
+            })
+            .optional()?;
+        match version {
+            None => {
+                writer.execute(
+                    "INSERT INTO meta (key, value) VALUES ('schema', ?1)",
+                    [SCHEMA_VERSION],
+                )?;
+            }
+            Some(v) if v > SCHEMA_VERSION => {
+                return Err(StoreError::Database(format!(
+                    "{}: schema version {v} is newer than this berth's ({SCHEMA_VERSION})",
+                    path.display()
+                )))
+            }
+            Some(_) => {}
+        }
+        Ok(SqliteStore {
+            path: path.to_owned(),
+            writer: Mutex::new(writer),
+            readers: Mutex::new(Vec::new()),
+        })
+    }
+
+    fn writer(&self) -> std::sync::MutexGuard<'_, Connection> {
+        self.writer
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Runs `f` on a read connection (a pooled one, or a new one), returning it to the pool after.
+    fn read<T>(&self, f: impl FnOnce(&Connection) -> Result<T>) -> Result<T> {
+        let pooled = self
+            .readers
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .pop();
+        let connection = match pooled {
+            Some(connection) => connection,
+            None => {
+                let connection = Connection::open_with_flags(
+                    &self.path,
+                    OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+                )?;
+                connection.busy_timeout(BUSY_TIMEOUT)?;
+                connection
+            }
+        };
+        let result = f(&connection);
+        let mut pool = self
+            .readers
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        if pool.len() < READ_POOL {
+            pool.push(connection);
+        }
+        result
+    }
+}
+
+fn millis(time: SystemTime) -> i64 {
+    time.duration_since(UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+}
+
+impl EventStore for SqliteStore {
+    fn append(&self, events: &[Event]) -> Result<u64> {
+        let mut writer = self.writer();
+        let transaction = writer.transaction()?;
+        {
+            let mut insert = transaction.prepare_cached(
+                "INSERT INTO events (id, time_ms, action, actor, namespace, repository, body)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+            )?;
+            for event in events {
+                let body = serde_json::to_string(event)
+                    .map_err(|e| StoreError::Database(format!("encoding event: {e}")))?;
+                insert.execute(params![
+                    event.id,
+                    event.unix_millis(),
+                    event.action.as_str(),
+                    event.actor.subject(),
+                    event.namespace(),
+                    event.target.repository,
+                    body,
+                ])?;
+            }
+        }
+        let last = transaction.last_insert_rowid();
+        transaction.commit()?;
+        Ok(u64::try_from(last).unwrap_or(0))
+    }
+
+    fn query(&self, query: &EventQuery) -> Result<Vec<StoredEvent>> {
+        let mut sql = String::from("SELECT seq, body FROM events WHERE 1=1");
+        let mut values: Vec<rusqlite::types::Value> = Vec::new();
+        if !query.actions.is_empty() {
+            sql.push_str(" AND action IN (");
+            for (i, action) in query.actions.iter().enumerate() {
+                sql.push_str(if i == 0 { "?" } else { ", ?" });
+                values.push(action.as_str().to_owned().into());
+            }
+            sql.push(')');
+        }
+        if let Some(prefix) = &query.repository_prefix {
+            // A range on the index rather than LIKE, whose wildcards a repository name would have to escape.
+            sql.push_str(" AND repository >= ? AND repository < ?");
+            values.push(prefix.clone().into());
+            values.push(format!("{prefix}\u{10FFFF}").into());
+        }
+        if let Some(actor) = &query.actor {
+            match actor.strip_suffix('*') {
+                Some(prefix) => {
+                    sql.push_str(" AND substr(actor, 1, ?) = ?");
+                    values.push(i64::try_from(prefix.chars().count()).unwrap_or(0).into());
+                    values.push(prefix.to_owned().into());
+                }
+                None => {
+                    sql.push_str(" AND actor = ?");
+                    values.push(actor.clone().into());
+                }
+            }
+        }
+        if let Some(namespace) = &query.namespace {
+            sql.push_str(" AND namespace = ?");
+            values.push(namespace.clone().into());
+        }
+        if let Some(since) = query.since_millis {
+            sql.push_str(" AND time_ms >= ?");
+            values.push(since.into());
+        }
+        if let Some(until) = query.until_millis {
+            sql.push_str(" AND time_ms < ?");
+            values.push(until.into());
+        }
+        if let Some(after) = query.after_seq {
+            sql.push_str(" AND seq > ?");
+            values.push(i64::try_from(after).unwrap_or(i64::MAX).into());
+        }
+        sql.push_str(" ORDER BY seq LIMIT ?");
+        values.push(i64::try_from(query.limit).unwrap_or(i64::MAX).into());
+        self.read(|connection| {
+            let mut statement = connection.prepare_cached(&sql)?;
+            let rows = statement.query_map(params_from_iter(values), |row| {
+                Ok((row.get::<_, i64>(0)?, row.get::<_, String>(1)?))
+            })?;
+            let mut events = Vec::new();
+            for row in rows {
+                let (seq, body) = row?;
+                let seq = u64::try_from(seq).unwrap_or(0);
+                let event = serde_json::from_str(&body).map_err(|e| StoreError::Unreadable {
+                    seq,
+                    why: e.to_string(),
+                })?;
+                events.push(StoredEvent { seq, event });
+            }
+            Ok(events)
+        })
+    }
+
+    fn last_seq(&self) -> Result<u64> {
+        self.read(|connection| {
+            let seq: Option<i64> =
+                connection.query_row("SELECT max(seq) FROM events", [], |row| row.get(0))?;
+            Ok(seq.and_then(|s| u64::try_from(s).ok()).unwrap_or(0))
+        })
+    }
+
+    fn prune(&self, retention: &Retention, now: SystemTime) -> Result<Pruned> {
+        let mut pruned = Pruned::default();
+        let cutoff = millis(now.checked_sub(retention.max_age).unwrap_or(UNIX_EPOCH));
+        loop {
+            let deleted = self.writer().execute(
+                "DELETE FROM events WHERE seq IN
+                     (SELECT seq FROM events WHERE time_ms < ?1 ORDER BY seq LIMIT ?2)",
+                params![cutoff, PRUNE_CHUNK],
+            )?;
+            pruned.by_age += deleted as u64;
+            if (deleted as i64) < PRUNE_CHUNK {
+                break;
+            }
+        }
+        while self.size()? > retention.max_bytes {
+            let deleted = self.writer().execute(
+                "DELETE FROM events WHERE seq IN (SELECT seq FROM events ORDER BY seq LIMIT ?1)",
+                [PRUNE_CHUNK],
+            )?;
+            if deleted == 0 {
+                break;
+            }
+            pruned.by_size += deleted as u64;
+        }
+        if pruned.by_age + pruned.by_size > 0 {
+            let writer = self.writer();
+            writer.execute_batch("PRAGMA incremental_vacuum; PRAGMA wal_checkpoint(TRUNCATE);")?;
+        }
+        Ok(pruned)
+    }
+
+    fn cursor(&self, name: &str) -> Result<u64> {
+        self.read(|connection| {
+            let seq: Option<i64> = connection
+                .query_row("SELECT seq FROM cursors WHERE name = ?1", [name], |row| {
+                    row.get(0)
+                })
+                .optional()?;
+            Ok(seq.and_then(|s| u64::try_from(s).ok()).unwrap_or(0))
+        })
+    }
+
+    fn set_cursor(&self, name: &str, seq: u64) -> Result<()> {
+        self.writer().execute(
+            "INSERT INTO cursors (name, seq) VALUES (?1, ?2)
+             ON CONFLICT (name) DO UPDATE SET seq = excluded.seq",
+            params![name, i64::try_from(seq).unwrap_or(i64::MAX)],
+        )?;
+        Ok(())
+    }
+
+    fn size(&self) -> Result<u64> {
+        self.read(|connection| {
+            let pages: i64 = connection.query_row(
+                "SELECT (SELECT page_count FROM pragma_page_count()) - (SELECT freelist_count FROM pragma_freelist_count())",
+                [],
+                |row| row.get(0),
+            )?;
+            let page_size: i64 =
+                connection.query_row("PRAGMA page_size", [], |row| row.get(0))?;
+            Ok(u64::try_from(pages.saturating_mul(page_size)).unwrap_or(0))
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::events::model::{Actor, EventAction};
+
+    fn event(action: EventAction, repository: &str, at_millis: u64) -> Event {
+        let mut event = Event::new(
+            action,
+            Actor::anonymous(),
+            "test",
+            UNIX_EPOCH + Duration::from_millis(at_millis),
+        );
+        event.target.repository = Some(repository.to_owned());
+        event
+    }
+
+    #[test]
+    fn appended_events_come_back_in_order_and_filtered() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = SqliteStore::open(&SqliteStore::path_in(dir.path())).expect("open");
+        let last = store
+            .append(&[
+                event(EventAction::Push, "team-a/app", 1_000),
+                event(EventAction::Pull, "team-a/app", 2_000),
+                event(EventAction::Pull, "team-b/app", 3_000),
+            ])
+            .expect("append");
+        assert_eq!(last, 3);
+        assert_eq!(store.last_seq().expect("last"), 3);
+        let all = |query: EventQuery| {
+            store
+                .query(&EventQuery {
+                    limit: 100,
+                    ..query
+                })
+                .expect("query")
+                .into_iter()
+                .map(|stored| stored.seq)
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(all(EventQuery::default()), [1, 2, 3]);
+        assert_eq!(
+            all(EventQuery {
+                actions: vec![EventAction::Pull],
+                ..Default::default()
+            }),
+            [2, 3]
+        );
+        assert_eq!(
+            all(EventQuery {
+                repository_prefix: Some("team-a/".into()),
+                ..Default::default()
+            }),
+            [1, 2]
+        );
+        assert_eq!(
+            all(EventQuery {
+                since_millis: Some(2_000),
+                until_millis: Some(3_000),
+                ..Default::default()
+            }),
+            [2]
+        );
+        assert_eq!(
+            all(EventQuery {
+                after_seq: Some(1),
+                actor: Some("anon*".into()),
+                ..Default::default()
+            }),
+            [2, 3]
+        );
+    }
+
+    #[test]
+    fn pruning_deletes_by_age_then_by_size_and_keeps_the_sequence_growing() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = SqliteStore::open(&SqliteStore::path_in(dir.path())).expect("open");
+        let day = 86_400_000;
+        let batch: Vec<Event> = (0..100)
+            .map(|i| event(EventAction::Pull, "team-a/app", i * day / 10))
+            .collect();
+        store.append(&batch).expect("append");
+        let now = UNIX_EPOCH + Duration::from_millis(10 * day);
+        let pruned = store
+            .prune(
+                &Retention {
+                    max_age: Duration::from_millis(5 * day),
+                    max_bytes: u64::MAX,
+                },
+                now,
+            )
+            .expect("prune");
+        assert_eq!(pruned.by_age, 50);
+        let pruned = store
+            .prune(
+                &Retention {
+                    max_age: Duration::from_millis(100 * day),
+                    max_bytes: 0,
+                },
+                now,
+            )
+            .expect("prune");
+        assert_eq!(pruned.by_size, 50);
+        let last = store
+            .append(&[event(EventAction::Push, "team-a/app", 11 * day)])
+            .expect("append");
+        assert_eq!(last, 101, "sequence numbers are never reused");
+        store.set_cursor("endpoint", 7).expect("cursor");
+        store.set_cursor("endpoint", 9).expect("cursor");
+        assert_eq!(store.cursor("endpoint").expect("cursor"), 9);
+        assert_eq!(store.cursor("other").expect("cursor"), 0);
+    }
+
+    #[test]
+    fn reopening_keeps_what_was_committed() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = SqliteStore::path_in(dir.path());
+        SqliteStore::open(&path)
+            .expect("open")
+            .append(&[event(EventAction::Push, "a", 1)])
+            .expect("append");
+        let store = SqliteStore::open(&path).expect("reopen");
+        assert_eq!(store.last_seq().expect("last"), 1);
+    }
+}
