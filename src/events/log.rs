@@ -169,11 +169,12 @@ impl EventLog {
             event: Box::new(event),
             committed: None,
         };
+        // Counted before it is sent, so the writer never takes away what was not yet added.
+        inner.shared.stats.queued.fetch_add(1, Ordering::Relaxed);
         match inner.queue.try_send(message) {
-            Ok(()) => {
-                inner.shared.stats.queued.fetch_add(1, Ordering::Relaxed);
-            }
+            Ok(()) => {}
             Err(_) => {
+                inner.shared.stats.queued.fetch_sub(1, Ordering::Relaxed);
                 let dropped = inner.shared.stats.dropped.fetch_add(1, Ordering::Relaxed);
                 if dropped % 10_000 == 0 {
                     log::warn!(
@@ -195,12 +196,11 @@ impl EventLog {
             event: Box::new(event),
             committed: Some(committed),
         };
-        inner
-            .queue
-            .send(message)
-            .await
-            .map_err(|_| EventLogError::Stopped)?;
         inner.shared.stats.queued.fetch_add(1, Ordering::Relaxed);
+        if inner.queue.send(message).await.is_err() {
+            inner.shared.stats.queued.fetch_sub(1, Ordering::Relaxed);
+            return Err(EventLogError::Stopped);
+        }
         answer.await.map_err(|_| EventLogError::Stopped)?
     }
 
