@@ -14,6 +14,7 @@ mod lifecycle;
 mod manifests;
 mod node;
 mod node_proxy;
+mod pod_watch;
 mod proxy;
 mod randomized;
 mod support;

@@ -190,8 +190,20 @@ rewrites:
         Option<&'a str>,
     );
     let cases: &[Case] = &[
-        ("/validate", "nginx:latest", Some("denied"), Some("no-latest"), None),
-        ("/validate", "redis:5.0", Some("warned"), Some("old-redis"), None),
+        (
+            "/validate",
+            "nginx:latest",
+            Some("denied"),
+            Some("no-latest"),
+            None,
+        ),
+        (
+            "/validate",
+            "redis:5.0",
+            Some("warned"),
+            Some("old-redis"),
+            None,
+        ),
         ("/validate", "nginx:1.25", Some("admitted"), None, None),
         (
             "/mutate",
