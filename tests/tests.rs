@@ -1,5 +1,6 @@
 mod abuse;
 mod admission;
+mod admission_events;
 mod api;
 mod architecture;
 mod auth;
