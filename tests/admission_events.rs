@@ -104,6 +104,13 @@ fn admitted_denied_warned_and_mutated_pods_are_in_the_event_log() {
         berth.log()
     );
 
+    // The probes were dry runs, and say so.
+    let probes = events_of(&berth, "probe", 1);
+    assert!(
+        probes.iter().all(|e| e["admission"]["dryRun"] == true),
+        "{probes:#?}"
+    );
+
     // Rewritten, then admitted: a `mutated` and an `admitted` event.
     let output = cluster.apply_yaml(&pod("web", "nginx:1.25"));
     assert!(output.status.success(), "{}", stderr(&output));
@@ -112,6 +119,7 @@ fn admitted_denied_warned_and_mutated_pods_are_in_the_event_log() {
     let actions: Vec<&str> = events.iter().filter_map(|e| e["action"].as_str()).collect();
     assert_eq!(actions, ["mutated", "admitted"], "{events:#?}");
     let mutated = &events[0];
+    assert!(mutated["admission"].get("dryRun").is_none(), "{mutated}");
     assert_eq!(mutated["actor"]["kind"], "kubernetes");
     assert_eq!(mutated["actor"]["name"], "admin", "the user who created it");
     assert_eq!(mutated["admission"]["namespace"], "apps");

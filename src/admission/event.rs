@@ -15,22 +15,18 @@ use super::validate::{service_account_of, Validation};
 use crate::events::model::{Admission, AdmittedContainer, Client, Outcome};
 use crate::events::{Actor, ActorKind, Event, EventAction};
 
-/// Where the review came from, as the handler saw it.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+/// Where the review came from and when, as the handler saw it.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Origin {
     pub client: Option<Client>,
+    /// The berth recording it.
     pub instance: String,
-    pub now: Option<SystemTime>,
+    pub now: SystemTime,
 }
 
 impl Origin {
     fn event(&self, action: EventAction, actor: Actor) -> Event {
-        let mut event = Event::new(
-            action,
-            actor,
-            &self.instance,
-            self.now.unwrap_or_else(SystemTime::now),
-        );
+        let mut event = Event::new(action, actor, &self.instance, self.now);
         event.client = self.client.clone();
         event
     }
@@ -113,8 +109,8 @@ fn requester(request: &Request) -> Actor {
     }
 }
 
-/// The object reviewed: namespace, kind, name (or `generateName*`), operation, and, for an object with a pod spec,
-/// its ServiceAccount and every container's image. A DELETE's object is its old one.
+/// The object reviewed: namespace, kind, name (or `generateName*`), operation, whether it is a dry run, and, for an
+/// object with a pod spec, its ServiceAccount and every container's image. A DELETE's object is its old one.
 fn details(request: &Request) -> Admission {
     let object = request.object.as_ref().or(request.old_object.as_ref());
     let name = object.map_or_else(|| request.name.clone(), |o| object_name(request, o));
@@ -137,6 +133,7 @@ fn details(request: &Request) -> Admission {
             .collect(),
         rule: None,
         warnings: Vec::new(),
+        dry_run: request.dry_run,
     }
 }
 
@@ -171,7 +168,7 @@ mod tests {
         Origin {
             client: None,
             instance: "berth-0".into(),
-            now: None,
+            now: SystemTime::now(),
         }
     }
 
@@ -305,6 +302,28 @@ rules:
         let none = vec![false; plan.candidates.len()];
         let (_, warnings) = rewrite::build_patch(&plan, &none);
         assert!(mutated(&review, &plan, &none, &warnings, &origin()).is_none());
+    }
+
+    /// A dry run (nothing created) says so; a real review does not.
+    #[test]
+    fn a_dry_run_is_marked() {
+        let policy = Policy::allow_all();
+        let spec = json!({"containers": [{"name": "c", "image": "nginx:1.25"}]});
+        let mut review = request(("", "Pod"), "CREATE", "apps", pod(spec, None));
+        for dry_run in [false, true] {
+            review.dry_run = dry_run;
+            let event = validated(
+                &review,
+                &validate::decide(&review, &policy, &scope()),
+                &origin(),
+            );
+            let json = serde_json::to_value(&event).expect("json");
+            assert_eq!(
+                json["admission"].get("dryRun").and_then(|v| v.as_bool()),
+                dry_run.then_some(true),
+                "{json}"
+            );
+        }
     }
 
     #[test]

@@ -100,7 +100,7 @@ fn origin(req: &HttpRequest, events: &EventLog) -> Origin {
             user_agent,
         }),
         instance: events.instance().to_owned(),
-        now: Some(events.now()),
+        now: events.now(),
     }
 }
 
