@@ -47,6 +47,8 @@ pub struct Config {
     pub auth: AuthConfig,
     /// The event log.
     pub events: EventsConfig,
+    /// Whether berth watches the pods of every namespace through the Kubernetes API (`--watch-pods`).
+    pub watch_pods: bool,
 }
 
 /// The event log's settings (the README's "Event log" section).
@@ -377,6 +379,9 @@ pub type Environment<'a> = &'a dyn Fn(&str) -> Option<String>;
 /// it in the pod).
 pub const NAMESPACE_VARIABLE: &str = "POD_NAMESPACE";
 
+/// Set in every pod of a cluster: where it is, the pod watch is on by default ([`Config::watch_pods`]).
+pub const KUBERNETES_SERVICE_VARIABLE: &str = "KUBERNETES_SERVICE_HOST";
+
 /// The content of the `--config` file and where it was read from (for messages).
 #[derive(Debug, Clone)]
 pub struct ConfigFile {
@@ -416,8 +421,9 @@ impl Config {
     /// The validated settings from the flags, the config file's content and the environment. Pure.
     ///
     /// Precedence, for every setting: a flag wins over the file, the file over the default. The environment is
-    /// asked only for the namespace, after the flag and the file ([`NAMESPACE_VARIABLE`], ignored when empty).
-    /// `--san` values add to the file's `san` list; `--plain-http` and `--manage-webhook-certs` switch on
+    /// asked for the namespace, after the flag and the file ([`NAMESPACE_VARIABLE`], ignored when empty), the
+    /// event log's instance name, and whether berth is in a cluster (the pod watch's default,
+    /// [`KUBERNETES_SERVICE_VARIABLE`]). `--san` values add to the file's `san` list; `--plain-http` and `--manage-webhook-certs` switch on
     /// whatever the file says.
     pub fn build(
         args: &ServeArgs,
@@ -499,6 +505,10 @@ impl Config {
             };
         let auth = AuthConfig::from_sources(args, &file, &namespace)?;
         let events = EventsConfig::from_sources(args, &file, env)?;
+        // In a cluster (the variable every pod gets) the watch is on unless turned off; elsewhere only when asked.
+        let watch_pods = args.watch_pods.or(file.watch_pods).unwrap_or_else(|| {
+            env(KUBERNETES_SERVICE_VARIABLE).is_some_and(|host| !host.is_empty())
+        });
         let proxy = match &file.proxy {
             Some(spec) => spec.validate()?,
             None => crate::proxy::config::ProxyConfig::default(),
@@ -542,6 +552,7 @@ impl Config {
             proxy,
             auth,
             events,
+            watch_pods,
         })
     }
 }
@@ -1012,5 +1023,49 @@ mod tests {
         .expect("managed");
         assert_eq!(managed.secret_namespace, "ops");
         assert_eq!(managed.names[0], "berth.ops.svc");
+    }
+
+    /// Issue 12: the pod watch is on in a cluster unless turned off, and elsewhere only when asked (a test's
+    /// kubeconfig); the flag spells on and off, the file too, and the flag wins.
+    #[test]
+    fn the_pod_watch_is_on_in_a_cluster_unless_turned_off() {
+        #[derive(clap::Parser)]
+        struct Cli {
+            #[command(flatten)]
+            serve: ServeArgs,
+        }
+        fn check(flags: &[&str], yaml: Option<&str>, in_cluster: bool, expected: bool) {
+            let args = <Cli as clap::Parser>::try_parse_from(
+                std::iter::once("berth").chain(flags.iter().copied()),
+            )
+            .expect("flags")
+            .serve;
+            let file = yaml.map(|content| ConfigFile {
+                path: "berth.yaml".into(),
+                content: content.into(),
+            });
+            let lookup = |name: &str| {
+                (in_cluster && name == KUBERNETES_SERVICE_VARIABLE).then(|| "10.96.0.1".to_owned())
+            };
+            let config = Config::build(&args, file.as_ref(), &lookup).expect("config");
+            assert_eq!(
+                config.watch_pods, expected,
+                "{flags:?} {yaml:?} in a cluster: {in_cluster}"
+            );
+        }
+        check(&[], None, false, false);
+        check(&[], None, true, true);
+        check(&["--watch-pods"], None, false, true);
+        check(&["--watch-pods=true"], None, false, true);
+        check(&["--watch-pods=false"], None, true, false);
+        check(&[], Some("watchPods: false\n"), true, false);
+        check(&[], Some("watchPods: true\n"), false, true);
+        check(&["--watch-pods"], Some("watchPods: false\n"), false, true);
+        // An empty variable is not a cluster.
+        let config = Config::build(&ServeArgs::default(), None, &|name| {
+            (name == KUBERNETES_SERVICE_VARIABLE).then(String::new)
+        })
+        .expect("config");
+        assert!(!config.watch_pods);
     }
 }

@@ -1,5 +1,5 @@
 //! Starting `berth serve`: the shared state built once ([`AppState`], also what the in-process tests mount),
-//! background tasks, and one actix-web server on one listener (TLS with a reloading certificate, or plain HTTP). Graceful shutdown on SIGTERM and SIGINT alike: stop
+//! background tasks (the upload sweep, the policy and htpasswd watches, the event log's pruning, the pod watch), and one actix-web server on one listener (TLS with a reloading certificate, or plain HTTP). Graceful shutdown on SIGTERM and SIGINT alike: stop
 //! accepting, let in-flight requests finish within the configured timeout, exit.
 
 use std::sync::Arc;
@@ -53,6 +53,9 @@ pub enum ServeError {
     /// No Kubernetes client for the policy ConfigMap.
     #[error("kubernetes client for the policy ConfigMap: {0}")]
     Kube(#[from] kube::Error),
+    /// No Kubernetes client for the pod watch (`--watch-pods`, on by default in a cluster).
+    #[error("kubernetes client for the pod watch (--watch-pods=false turns it off): {0}")]
+    PodWatch(#[source] kube::Error),
     /// Certificates could not be generated or loaded.
     #[error(transparent)]
     Tls(#[from] tls::TlsError),
@@ -281,6 +284,9 @@ pub async fn serve(config: Config) -> Result<(), ServeError> {
     }
     let state = AppState::build(&config, Arc::new(storage), crate::clock::system()).await?;
     watch_policy(&config, &state.policy).await?;
+    if config.watch_pods {
+        start_pod_watch(&state).await?;
+    }
     if let Some(htpasswd) = state.auth.htpasswd() {
         actix_web::rt::spawn(htpasswd.clone().watch());
     }
@@ -412,6 +418,23 @@ async fn watch_policy(config: &Config, store: &web::Data<PolicyStore>) -> Result
             actix_web::rt::spawn(watched);
         }
     }
+    Ok(())
+}
+
+/// Starts the pod watch (what runs where) over the in-cluster config or `KUBECONFIG`, filling `state.running`.
+async fn start_pod_watch(state: &AppState) -> Result<(), ServeError> {
+    let client = kube::Client::try_default()
+        .await
+        .map_err(ServeError::PodWatch)?;
+    log::info!(
+        "watching the pods of every namespace (what runs where; --watch-pods=false turns it off)"
+    );
+    actix_web::rt::spawn(crate::cluster::pods::watch(
+        client,
+        state.running.clone().into_inner(),
+        state.settings.clone().into_inner(),
+        state.policy.clone().into_inner(),
+    ));
     Ok(())
 }
 

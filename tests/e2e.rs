@@ -59,7 +59,7 @@ fn stdout(output: &Output) -> String {
     String::from_utf8_lossy(&output.stdout).into_owned()
 }
 
-fn stderr(output: &Output) -> String {
+pub(crate) fn stderr(output: &Output) -> String {
     String::from_utf8_lossy(&output.stderr).into_owned()
 }
 
@@ -76,7 +76,7 @@ fn deployment(name: &str, image: &str) -> String {
 }
 
 /// `kubectl create --dry-run=server`: the API server runs the webhooks but stores nothing.
-fn dry_run(cluster: &Cluster, yaml: &str) -> Output {
+pub(crate) fn dry_run(cluster: &Cluster, yaml: &str) -> Output {
     cluster.kubectl_as(
         &cluster.kubeconfig,
         &["create", "--dry-run=server", "-o", "json", "-f", "-"],
@@ -380,7 +380,7 @@ data:
 /// creates `namespaces`, and starts that berth as its ServiceAccount (the manifests' RBAC: TokenReview included)
 /// with `--manage-webhook-certs`, the policy ConfigMap, a docker.io upstream that is never reached (pods stay
 /// Pending without a kubelet) and `extra_args`.
-fn install_with_a_proxying_berth(
+pub(crate) fn install_with_a_proxying_berth(
     cluster: &Cluster,
     policy: &str,
     namespaces: &[&str],

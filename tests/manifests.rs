@@ -278,6 +278,8 @@ fn the_base_installs_exactly_berths_objects() {
         "ClusterRole berth-webhook-ca",
         "ClusterRoleBinding berth-webhook-ca",
         "ClusterRoleBinding berth-token-review",
+        "ClusterRole berth-pod-watch",
+        "ClusterRoleBinding berth-pod-watch",
         "ConfigMap berth-system/berth-policy",
         "Service berth-system/berth",
         "Service berth-system/berth-headless",
@@ -665,6 +667,21 @@ fn rbac_reaches_only_berths_own_objects() {
     );
     assert_eq!(
         base.get("ClusterRoleBinding", "berth-token-review")["subjects"],
+        json!([{"kind": "ServiceAccount", "name": "berth", "namespace": "berth-system"}])
+    );
+
+    // The pod watch (issue 12): list and watch pods in every namespace, nothing else, and only for berth.
+    assert_eq!(
+        base.get("ClusterRole", "berth-pod-watch")["rules"],
+        json!([{"apiGroups": [""], "resources": ["pods"], "verbs": ["list", "watch"]}])
+    );
+    let binding = base.get("ClusterRoleBinding", "berth-pod-watch");
+    assert_eq!(
+        binding["roleRef"],
+        json!({"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "berth-pod-watch"})
+    );
+    assert_eq!(
+        binding["subjects"],
         json!([{"kind": "ServiceAccount", "name": "berth", "namespace": "berth-system"}])
     );
 

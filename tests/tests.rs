@@ -1,5 +1,6 @@
 mod abuse;
 mod admission;
+mod admission_events;
 mod api;
 mod architecture;
 mod auth;
@@ -14,6 +15,7 @@ mod lifecycle;
 mod manifests;
 mod node;
 mod node_proxy;
+mod pod_watch;
 mod proxy;
 mod randomized;
 mod support;

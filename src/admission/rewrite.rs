@@ -123,6 +123,17 @@ pub fn plan_mutation(request: &Request, policy: &Policy, scope: &Scope) -> Mutat
     plan
 }
 
+/// The candidates [`build_patch`] applies given the same `available`: what `/mutate` rewrote.
+pub fn applied<'a>(
+    plan: &'a MutationPlan,
+    available: &'a [bool],
+) -> impl Iterator<Item = &'a Candidate> + 'a {
+    plan.candidates
+        .iter()
+        .zip(available)
+        .filter_map(|(candidate, &available)| available.then_some(candidate))
+}
+
 /// Builds the patch for the candidates that may be applied (`available[i]` for candidate `i`); the others stay as
 /// they are, with a warning. Returns `None` when nothing changes.
 pub fn build_patch(plan: &MutationPlan, available: &[bool]) -> (Option<Patch>, Vec<String>) {

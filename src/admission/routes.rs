@@ -1,14 +1,18 @@
-//! `POST /validate` and `POST /mutate`: read the AdmissionReview, run the pure decision, answer. Never a 5xx: a
+//! `POST /validate` and `POST /mutate`: read the AdmissionReview, run the pure decision, answer, and record the
+//! answer in the event log ([`super::event`]; queued, never waited for, never failing the review). Never a 5xx: a
 //! review that cannot be read gets `allowed: false` with a message saying why.
 
-use actix_web::{web, HttpResponse};
+use actix_web::{web, HttpRequest, HttpResponse};
 use kube::core::admission::AdmissionResponse;
 
+use super::event::{self, Origin};
 use super::image::ImageRef;
 use super::review;
 use super::rewrite::{self, MutationPlan};
 use super::source::PolicyStore;
 use super::validate;
+use crate::events::model::Client;
+use crate::events::EventLog;
 use crate::proxy::Proxy;
 use crate::registry::names::{Reference, Tag};
 use crate::registry::Registry;
@@ -58,12 +62,24 @@ fn answer(response: AdmissionResponse) -> HttpResponse {
 /// Refuses a review berth cannot decide. The answer carries the review's `uid` when the body has one: the API server
 /// discards an answer with another uid as a failed call and then applies the webhook's `failurePolicy` (with the
 /// shipped `Ignore`, the pod would be admitted unchecked), so with the uid the refusal is what the API server acts on.
-fn refuse_unreadable(endpoint: &str, unreadable: Unreadable) -> HttpResponse {
+fn refuse_unreadable(
+    endpoint: &str,
+    unreadable: Unreadable,
+    req: &HttpRequest,
+    events: &EventLog,
+) -> HttpResponse {
     log::warn!(
         "{endpoint}: {} (uid {})",
         unreadable.why,
         unreadable.uid.as_deref().unwrap_or("not found")
     );
+    if events.enabled() {
+        events.record(event::unreadable(
+            &unreadable.why,
+            unreadable.uid.as_deref(),
+            &origin(req, events),
+        ));
+    }
     let mut response = AdmissionResponse::invalid(unreadable.why);
     if let Some(uid) = unreadable.uid {
         response.uid = uid;
@@ -71,17 +87,44 @@ fn refuse_unreadable(endpoint: &str, unreadable: Unreadable) -> HttpResponse {
     answer(response)
 }
 
+/// Where a review came from and when, for its event.
+fn origin(req: &HttpRequest, events: &EventLog) -> Origin {
+    let user_agent = req
+        .headers()
+        .get(actix_web::http::header::USER_AGENT)
+        .and_then(|value| value.to_str().ok())
+        .map(str::to_owned);
+    Origin {
+        client: Some(Client {
+            address: req.peer_addr().map(|a| a.ip().to_string()),
+            user_agent,
+        }),
+        instance: events.instance().to_owned(),
+        now: events.now(),
+    }
+}
+
 async fn validate(
+    req: HttpRequest,
     body: web::Payload,
     store: web::Data<PolicyStore>,
     settings: web::Data<AdmissionSettings>,
+    events: web::Data<EventLog>,
 ) -> HttpResponse {
     let request = match read_request(body).await {
         Ok(request) => request,
-        Err(unreadable) => return refuse_unreadable("/validate", unreadable),
+        Err(unreadable) => return refuse_unreadable("/validate", unreadable, &req, &events),
     };
     let active = store.current();
-    let response = validate::validate(&request, &active.policy, &settings);
+    let validation = validate::decide(&request, &active.policy, &settings);
+    if events.enabled() {
+        events.record(event::validated(
+            &request,
+            &validation,
+            &origin(&req, &events),
+        ));
+    }
+    let response = validation.response;
     if !response.allowed {
         log::info!(
             "validate {}: denied: {}",
@@ -99,20 +142,28 @@ async fn validate(
 }
 
 async fn mutate(
+    req: HttpRequest,
     body: web::Payload,
     store: web::Data<PolicyStore>,
     settings: web::Data<AdmissionSettings>,
     registry: web::Data<Registry>,
     proxy: web::Data<Proxy>,
+    events: web::Data<EventLog>,
 ) -> HttpResponse {
     let request = match read_request(body).await {
         Ok(request) => request,
-        Err(unreadable) => return refuse_unreadable("/mutate", unreadable),
+        Err(unreadable) => return refuse_unreadable("/mutate", unreadable, &req, &events),
     };
     let active = store.current();
     let plan = rewrite::plan_mutation(&request, &active.policy, &settings);
     let available = availability(&plan, &registry, &proxy).await;
     let (patch, warnings) = rewrite::build_patch(&plan, &available);
+    if events.enabled() {
+        let origin = origin(&req, &events);
+        if let Some(event) = event::mutated(&request, &plan, &available, &warnings, &origin) {
+            events.record(event);
+        }
+    }
     let mut response = AdmissionResponse::from(&request);
     if !warnings.is_empty() {
         log::info!("mutate {}: {}", describe(&request), warnings.join("; "));

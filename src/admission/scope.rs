@@ -107,6 +107,12 @@ impl Scope {
         self.proxied_image(&ImageRef::parse(image).ok()?, policy)
     }
 
+    /// Whether `image` is on one of berth's own hosts (see [`Scope::is_own_host`]): then its path is a repository
+    /// of berth (what the pod watch reports of running images).
+    pub fn serves(&self, image: &ImageRef, policy: &Policy) -> bool {
+        self.is_own_host(&image.domain, policy)
+    }
+
     /// Whether a normalised registry host is one of berth's own addresses: one of [`Scope::own_hosts`], a host
     /// the policy's rewrites send pods to, or any spelling of the node's own address on the node proxy's port
     /// (`127.0.0.2:5050`, `0.0.0.0:5050`, `[::1]:5050`, `[::]:5050`, `foo.localhost:5050`; see [`is_node_local`]).

@@ -47,7 +47,7 @@ fn images_to_decide(
 
 /// The ServiceAccount a pod spec runs as: `serviceAccountName`, else the deprecated `serviceAccount`, else
 /// `default`.
-fn service_account_of(spec: &serde_json::Value) -> &str {
+pub(super) fn service_account_of(spec: &serde_json::Value) -> &str {
     ["serviceAccountName", "serviceAccount"]
         .iter()
         .find_map(|field| spec.get(field).and_then(serde_json::Value::as_str))
@@ -55,9 +55,15 @@ fn service_account_of(spec: &serde_json::Value) -> &str {
         .unwrap_or("default")
 }
 
-/// Why the pod's ServiceAccount may not pull `image` from berth, or `None` when it may or the image is not
-/// berth's (another registry's, or one that does not parse: the image rules report that).
-fn pull_denial(image: &str, identity: &Identity, policy: &Policy, scope: &Scope) -> Option<String> {
+/// Why the pod's ServiceAccount may not pull `image` from berth, and the access decision's reason (`rule "x"`, `no
+/// rule allows it`), or `None` when it may or the image is not berth's (another registry's, or one that does not
+/// parse: the image rules report that).
+fn pull_denial(
+    image: &str,
+    identity: &Identity,
+    policy: &Policy,
+    scope: &Scope,
+) -> Option<(String, String)> {
     let parsed = ImageRef::parse(image).ok()?;
     if !scope.is_own_host(&parsed.domain, policy) {
         return None;
@@ -65,10 +71,11 @@ fn pull_denial(image: &str, identity: &Identity, policy: &Policy, scope: &Scope)
     let repository = parsed.path.as_str();
     let decision = policy.access().decide(identity, Action::Pull, repository);
     (!decision.allowed).then(|| {
-        format!(
+        let message = format!(
             "image {image:?}: {identity} may not pull repository {repository} from berth ({})",
             decision.reason
-        )
+        );
+        (message, decision.reason)
     })
 }
 
@@ -91,22 +98,41 @@ fn previous_images(request: &Request) -> BTreeMap<(&'static str, String), String
     previous
 }
 
+/// `/validate`'s answer and the rule that decided it (what the event log records).
+#[derive(Debug, Clone)]
+pub struct Validation {
+    pub response: AdmissionResponse,
+    /// For a denial, the first rule that denied (an access decision as `access: <its reason>`); for an answer with
+    /// warnings, the first rule that warned; otherwise the first rule that allowed an image, or `None` when no rule
+    /// matched (the default action allowed, or the review was not one berth decides).
+    pub rule: Option<String>,
+}
+
 /// `/validate`: allows or denies the object by the policy. A denial names, for every offending image, the container,
 /// the normalised image, the rule and its message; warnings go in `warnings`.
 pub fn validate(request: &Request, policy: &Policy, scope: &Scope) -> AdmissionResponse {
+    decide(request, policy, scope).response
+}
+
+/// [`validate`], with the rule that decided.
+pub fn decide(request: &Request, policy: &Policy, scope: &Scope) -> Validation {
     let mut response = AdmissionResponse::from(request);
+    let undecided = |response| Validation {
+        response,
+        rule: None,
+    };
     if skipped(request, policy, scope) {
-        return response;
+        return undecided(response);
     }
     let Some(object) = request.object.as_ref() else {
-        return response;
+        return undecided(response);
     };
     // An object being deleted only loses finalizers: never stand in its way.
     if object.metadata.deletion_timestamp.is_some() {
-        return response;
+        return undecided(response);
     }
     let Some(spec) = pod_spec(request, object) else {
-        return response;
+        return undecided(response);
     };
     let namespace = request.namespace.as_deref().unwrap_or_default();
     let originals = if request.kind.kind == "Pod" {
@@ -121,21 +147,30 @@ pub fn validate(request: &Request, policy: &Policy, scope: &Scope) -> AdmissionR
         .then(|| Identity::service_account(namespace, service_account_of(spec), &[]));
     let mut denials = Vec::new();
     let mut warnings = Vec::new();
+    // The first rule that denied, warned and allowed: the event log's `rule` (see `Validation::rule`).
+    let (mut denied_by, mut warned_by, mut allowed_by) = (None, None, None);
     for container in container_images(spec) {
         let key = (container.kind.field(), container.name.clone());
         if previous.get(&key) == Some(&container.image) {
             continue;
         }
-        if let Some(denial) = puller
+        if let Some((denial, reason)) = puller
             .as_ref()
             .and_then(|identity| pull_denial(&container.image, identity, policy, scope))
         {
+            let rule = Some(format!("access: {reason}"));
             match policy.mode {
-                Mode::Enforce => denials.push(format!("container {:?} {denial}", container.name)),
-                Mode::Audit => warnings.push(format!(
-                    "container {:?} audit mode, would be denied: {denial}",
-                    container.name
-                )),
+                Mode::Enforce => {
+                    denied_by = denied_by.or(rule);
+                    denials.push(format!("container {:?} {denial}", container.name));
+                }
+                Mode::Audit => {
+                    warned_by = warned_by.or(rule);
+                    warnings.push(format!(
+                        "container {:?} audit mode, would be denied: {denial}",
+                        container.name
+                    ));
+                }
             }
         }
         let checks = images_to_decide(
@@ -161,17 +196,28 @@ pub fn validate(request: &Request, policy: &Policy, scope: &Scope) -> AdmissionR
                 (None, None) => String::new(),
             };
             match decision.verdict {
-                Verdict::Allow => {}
+                Verdict::Allow => allowed_by = allowed_by.or(decision.rule),
                 Verdict::Warn => {
+                    warned_by = warned_by.or(decision.rule);
                     warnings.push(format!("container {:?} {what}: {why}", container.name))
                 }
-                Verdict::Deny => denials.push(format!(
-                    "container {:?} {what} is denied by {why}",
-                    container.name
-                )),
+                Verdict::Deny => {
+                    denied_by = denied_by.or(decision.rule);
+                    denials.push(format!(
+                        "container {:?} {what} is denied by {why}",
+                        container.name
+                    ))
+                }
             }
         }
     }
+    let rule = if !denials.is_empty() {
+        denied_by
+    } else if !warnings.is_empty() {
+        warned_by
+    } else {
+        allowed_by
+    };
     if !warnings.is_empty() {
         response.warnings = Some(warnings);
     }
@@ -185,7 +231,7 @@ pub fn validate(request: &Request, policy: &Policy, scope: &Scope) -> AdmissionR
         response.result.code = 403;
         response.result.reason = "Forbidden".into();
     }
-    response
+    Validation { response, rule }
 }
 
 #[cfg(test)]

@@ -111,6 +111,10 @@ pub struct ServeArgs {
     /// The name this berth records its events under [default: $POD_NAME, else $HOSTNAME, else berth].
     #[arg(long, value_name = "NAME")]
     pub instance: Option<String>,
+    /// Watch the pods of every namespace (what runs where, for the images report); `--watch-pods=false` turns it
+    /// off [default: on in a cluster ($KUBERNETES_SERVICE_HOST set), else off].
+    #[arg(long, value_name = "BOOL", num_args = 0..=1, default_missing_value = "true")]
+    pub watch_pods: Option<bool>,
 }
 
 /// The YAML file: the same settings as the flags.
@@ -149,6 +153,7 @@ pub(super) struct FileConfig {
     pub(super) events_retention: Option<String>,
     pub(super) events_max_size: Option<String>,
     pub(super) instance: Option<String>,
+    pub(super) watch_pods: Option<bool>,
     #[serde(default)]
     pub(super) proxy: Option<crate::proxy::config::ProxySpec>,
 }

@@ -321,6 +321,9 @@ pub struct Admission {
     /// The warnings given with an allowed object.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub warnings: Vec<String>,
+    /// A dry run (`kubectl apply --dry-run=server`, a GitOps diff): decided, but nothing was created or changed.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub dry_run: bool,
 }
 
 /// One container of an admitted object.

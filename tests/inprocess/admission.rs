@@ -141,3 +141,173 @@ async fn validate_authorizes_pulls_from_berth_for_the_pods_service_account() {
         }
     }
 }
+
+/// The events committed after sequence number `after`, once everything queued is committed.
+async fn events_after(berth: &super::InProcess, after: u64) -> Vec<berth::events::StoredEvent> {
+    berth.state.events.flush().await;
+    let store = berth.state.events.store().expect("the event log is on");
+    tokio::task::spawn_blocking(move || {
+        store.query(&berth::events::EventQuery {
+            after_seq: Some(after),
+            limit: 100,
+            ..Default::default()
+        })
+    })
+    .await
+    .expect("the query task")
+    .expect("querying the events")
+}
+
+/// Issue 12: every `/validate` answer is one event (`denied`, `warned`, `admitted`) and a `/mutate` that rewrote an
+/// image one `mutated` event, each with the object, its ServiceAccount, every container's image, the rule that
+/// decided, the requesting user as the actor and the review's uid as the request id; a `/mutate` that changed
+/// nothing records none, and a review berth cannot read is recorded as `denied` with why.
+#[actix_web::test]
+async fn each_admission_answer_records_one_event_with_its_decision() {
+    let policy_dir = tempfile::tempdir().expect("temporary directory");
+    let policy = policy_dir.path().join("policy.yaml");
+    std::fs::write(
+        &policy,
+        r#"
+defaultAction: allow
+rules:
+  - {name: no-latest, action: deny, images: ['.*:latest'], message: pin a version}
+  - {name: old-redis, action: warn, images: ['docker\.io/library/redis:5\..*'], message: upgrade}
+rewrites:
+  - {name: example-via-berth, match: 'registry\.example/(.+)', replace: 'berth.berth-system.svc/$1', when: always}
+"#,
+    )
+    .expect("writing the policy");
+    let fixture = Fixture::with_config(|config| config.policy = PolicySource::File(policy)).await;
+    let berth = &fixture.berth;
+    let mut seen = 0;
+    // (endpoint, image, the action recorded (none for a no-op mutate), rule, rewritten to)
+    type Case<'a> = (
+        &'a str,
+        &'a str,
+        Option<&'a str>,
+        Option<&'a str>,
+        Option<&'a str>,
+    );
+    let cases: &[Case] = &[
+        (
+            "/validate",
+            "nginx:latest",
+            Some("denied"),
+            Some("no-latest"),
+            None,
+        ),
+        (
+            "/validate",
+            "redis:5.0",
+            Some("warned"),
+            Some("old-redis"),
+            None,
+        ),
+        ("/validate", "nginx:1.25", Some("admitted"), None, None),
+        (
+            "/mutate",
+            "registry.example/team-a/app:1",
+            Some("mutated"),
+            Some("example-via-berth"),
+            Some("berth.berth-system.svc/team-a/app:1"),
+        ),
+        ("/mutate", "nginx:1.25", None, None, None),
+    ];
+    for (n, (endpoint, image, action, rule, rewritten)) in cases.iter().enumerate() {
+        let uid = format!("0c0ffee0-0000-4000-8000-00000000000{n}");
+        let mut body = review(image);
+        body["request"]["uid"] = json!(uid);
+        body["request"]["object"]["spec"]["serviceAccountName"] = json!("runner");
+        let answer = berth
+            .send(
+                TestRequest::post()
+                    .uri(endpoint)
+                    .insert_header(("content-type", "application/json"))
+                    .insert_header(("user-agent", "kube-apiserver-admission"))
+                    .set_payload(body.to_string()),
+            )
+            .await;
+        assert_eq!(answer.status, 200, "{endpoint} {image}: {:?}", answer.body);
+        let events = events_after(berth, seen).await;
+        let Some(action) = action else {
+            assert!(events.is_empty(), "{endpoint} {image}: {events:?}");
+            continue;
+        };
+        assert_eq!(events.len(), 1, "{endpoint} {image}: {events:?}");
+        seen = events[0].seq;
+        let event = serde_json::to_value(&events[0].event).expect("json");
+        assert_eq!(event["action"], *action, "{event}");
+        assert_eq!(
+            event["actor"],
+            json!({"kind": "kubernetes", "name": "dev"}),
+            "{event}"
+        );
+        assert_eq!(event["requestId"], uid.as_str(), "{event}");
+        assert_eq!(
+            event["client"]["userAgent"], "kube-apiserver-admission",
+            "{event}"
+        );
+        let admission = &event["admission"];
+        assert_eq!(admission["namespace"], "apps", "{event}");
+        assert_eq!(admission["kind"], "Pod", "{event}");
+        assert_eq!(admission["name"], "app", "{event}");
+        assert_eq!(admission["operation"], "CREATE", "{event}");
+        assert_eq!(admission["serviceAccount"], "runner", "{event}");
+        assert_eq!(admission["containers"][0]["name"], "web", "{event}");
+        assert_eq!(admission["containers"][0]["image"], *image, "{event}");
+        assert_eq!(
+            admission["containers"][0]["rewritten"].as_str(),
+            *rewritten,
+            "{event}"
+        );
+        assert_eq!(admission["rule"].as_str(), *rule, "{event}");
+        assert_eq!(event["result"]["status"], 200, "{event}");
+        match *action {
+            "denied" => assert!(
+                event["result"]["message"]
+                    .as_str()
+                    .is_some_and(|m| m.contains("pin a version")),
+                "{event}"
+            ),
+            _ => assert!(event["result"].get("message").is_none(), "{event}"),
+        }
+        match *action {
+            "warned" => assert!(
+                admission["warnings"][0]
+                    .as_str()
+                    .is_some_and(|w| w.contains("upgrade")),
+                "{event}"
+            ),
+            _ => assert!(admission.get("warnings").is_none(), "{event}"),
+        }
+    }
+
+    // Unreadable: answered allowed false, recorded as denied with why, under the uid found in the body.
+    let cut = r#"{"kind":"AdmissionReview","apiVersion":"admission.k8s.io/v1","request":{"uid":"cut-1","kind":"#;
+    for endpoint in ["/validate", "/mutate"] {
+        let answer = berth
+            .send(
+                TestRequest::post()
+                    .uri(endpoint)
+                    .insert_header(("content-type", "application/json"))
+                    .set_payload(cut),
+            )
+            .await;
+        assert_eq!(answer.status, 200, "{:?}", answer.body);
+        let events = events_after(berth, seen).await;
+        assert_eq!(events.len(), 1, "{endpoint}: {events:?}");
+        seen = events[0].seq;
+        let event = &events[0].event;
+        assert_eq!(event.action, berth::events::EventAction::Denied);
+        assert_eq!(event.request_id.as_deref(), Some("cut-1"));
+        assert!(
+            event
+                .result
+                .message
+                .as_deref()
+                .is_some_and(|m| m.starts_with("cannot read the AdmissionReview")),
+            "{event:?}"
+        );
+    }
+}
