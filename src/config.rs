@@ -47,6 +47,8 @@ pub struct Config {
     pub auth: AuthConfig,
     /// The event log.
     pub events: EventsConfig,
+    /// Where events are sent on (config file only).
+    pub notifications: crate::events::notify::NotificationsConfig,
 }
 
 /// The event log's settings (the README's "Event log" section).
@@ -503,6 +505,13 @@ impl Config {
             Some(spec) => spec.validate()?,
             None => crate::proxy::config::ProxyConfig::default(),
         };
+        let notifications = match &file.notifications {
+            Some(spec) => spec.validate()?,
+            None => crate::events::notify::NotificationsConfig::default(),
+        };
+        if !notifications.endpoints.is_empty() && !events.enabled {
+            return Err(ConfigError::NotificationsWithoutLog);
+        }
         Ok(Config {
             listen: args
                 .listen
@@ -542,6 +551,7 @@ impl Config {
             proxy,
             auth,
             events,
+            notifications,
         })
     }
 }

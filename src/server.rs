@@ -65,6 +65,9 @@ pub enum ServeError {
     /// The event log's database cannot be opened.
     #[error("event log: {0}")]
     Events(#[from] crate::events::StoreError),
+    /// A notification endpoint's HTTP client cannot be set up.
+    #[error(transparent)]
+    Notifications(#[from] crate::events::notify::NotifyError),
     /// Authentication could not be set up (the htpasswd file, the token key, the TokenReview client).
     #[error("authentication: {0}")]
     Auth(#[from] crate::auth::authenticator::AuthSetupError),
@@ -98,6 +101,8 @@ pub struct AppState {
     pub events: web::Data<EventLog>,
     /// What runs in the cluster (filled by the pod watch in a cluster; empty elsewhere).
     pub running: web::Data<crate::cluster::running::RunningImages>,
+    /// The notification endpoints and their progress ([`serve`] starts the delivery; `/readyz` shows it).
+    pub notifications: web::Data<crate::events::notify::Notifications>,
     /// The time the registry and the proxy age uploads and cache entries by (`serve` and the tests choose it here).
     pub clock: SharedClock,
 }
@@ -221,6 +226,9 @@ impl AppState {
             auth,
             events: web::Data::new(events),
             running: web::Data::new(crate::cluster::running::RunningImages::new()),
+            notifications: web::Data::new(crate::events::notify::Notifications::new(
+                &config.notifications,
+            )?),
             clock,
         })
     }
@@ -237,6 +245,7 @@ impl AppState {
             .app_data(self.auth.clone())
             .app_data(self.events.clone())
             .app_data(self.running.clone())
+            .app_data(self.notifications.clone())
             // A scope matching every path, so the body limits wrap every route (and the 404 of no route).
             .service(
                 web::scope("")
@@ -295,6 +304,8 @@ pub async fn serve(config: Config) -> Result<(), ServeError> {
         log::warn!("the event log is off (--no-event-log): pushes, pulls and admission decisions are not recorded");
     }
     let events = state.events.clone();
+    // Stopped with the process: what was delivered but not yet saved is sent again after a restart.
+    let _delivery = state.notifications.start(state.events.get_ref());
 
     let sweeper = state.registry.clone();
     let max_age = config.upload_max_age;

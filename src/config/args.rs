@@ -151,4 +151,6 @@ pub(super) struct FileConfig {
     pub(super) instance: Option<String>,
     #[serde(default)]
     pub(super) proxy: Option<crate::proxy::config::ProxySpec>,
+    #[serde(default)]
+    pub(super) notifications: Option<crate::events::notify::NotificationsSpec>,
 }

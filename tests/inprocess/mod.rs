@@ -216,6 +216,7 @@ pub fn config(data_dir: &Path) -> Config {
         proxy: Default::default(),
         auth: Default::default(),
         events: Default::default(),
+        notifications: Default::default(),
     }
 }
 
