@@ -14,6 +14,7 @@ mod lifecycle;
 mod manifests;
 mod node;
 mod node_proxy;
+mod notify;
 mod proxy;
 mod randomized;
 mod support;
