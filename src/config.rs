@@ -1023,4 +1023,33 @@ mod tests {
         assert_eq!(managed.secret_namespace, "ops");
         assert_eq!(managed.names[0], "berth.ops.svc");
     }
+
+    #[test]
+    fn the_notifications_section_is_validated_and_needs_the_event_log() {
+        let file = ConfigFile {
+            path: "berth.yaml".into(),
+            content: "notifications:\n  endpoints:\n    - url: https://hooks.example.com/berth\n"
+                .into(),
+        };
+        let config = Config::build(&ServeArgs::default(), Some(&file), &|_| None).expect("config");
+        assert_eq!(config.notifications.endpoints[0].name, "hooks.example.com");
+        let off = ServeArgs {
+            no_event_log: true,
+            ..ServeArgs::default()
+        };
+        let refused = Config::build(&off, Some(&file), &|_| None).expect_err("no log");
+        assert!(
+            matches!(refused, ConfigError::NotificationsWithoutLog),
+            "{refused}"
+        );
+        let bad = ConfigFile {
+            path: "berth.yaml".into(),
+            content: "notifications:\n  endpoints:\n    - url: ftp://h/x\n".into(),
+        };
+        let refused = Config::build(&ServeArgs::default(), Some(&bad), &|_| None).expect_err("ftp");
+        assert_eq!(
+            refused.to_string(),
+            r#"notifications.endpoints[0].url "ftp://h/x": the scheme must be http or https"#
+        );
+    }
 }

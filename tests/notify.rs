@@ -476,13 +476,15 @@ fn a_dead_endpoint_holds_up_neither_the_requests_nor_a_live_endpoint() {
         error.to_lowercase().contains("connect"),
         "a refused connection: {error}"
     );
-    let lags = notifications.lags();
-    assert_eq!(
-        lags.iter()
-            .map(|l| (l.endpoint.as_str(), l.lag))
-            .collect::<Vec<_>>(),
-        [("live", 0), ("dead", 50)]
-    );
+    // The live one's cursor moves just after its receiver has the last event.
+    poll_until(DELIVERED, "the lags for the metrics", || {
+        let lags: Vec<(String, u64)> = notifications
+            .lags()
+            .into_iter()
+            .map(|l| (l.endpoint, l.lag))
+            .collect();
+        (lags == [("live".to_owned(), 0), ("dead".to_owned(), 50)]).then_some(())
+    });
 }
 
 #[test]
@@ -553,30 +555,54 @@ fn events_pruned_before_delivery_are_counted_as_lost_and_the_rest_still_sent() {
     assert_eq!(status_of(&notifications, "audit")["lost"], 9);
 }
 
+/// Appends `count` events alternating push and pull to the store in `data_dir` (berth stopped, or not yet
+/// started); the ids of the pushes.
+fn append_to_store(data_dir: &Path, count: usize) -> Vec<String> {
+    let store = SqliteStore::open(&SqliteStore::path_in(data_dir)).expect("open the event store");
+    let events: Vec<Event> = (0..count)
+        .map(|i| event([EventAction::Push, EventAction::Pull][i % 2], i))
+        .collect();
+    store.append(&events).expect("append");
+    events
+        .into_iter()
+        .filter(|e| e.action == EventAction::Push)
+        .map(|e| e.id)
+        .collect()
+}
+
 #[test]
-fn berth_serve_reports_its_endpoints_in_readyz_and_refuses_a_bad_section() {
-    let receiver = Receiver::start(0);
-    let config_dir = tempfile::tempdir().expect("tempdir");
-    let good = config_dir.path().join("good.yaml");
+fn berth_serve_delivers_from_its_log_resumes_after_kill_9_and_refuses_a_bad_section() {
+    let receiver = Receiver::start(2);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let data_dir = dir.path().join("data");
+    let mut expected = append_to_store(&data_dir, 10);
+    let good = dir.path().join("good.yaml");
     write_file(
         &good,
         format!(
-            "notifications:\n  endpoints:\n    - name: audit\n      url: '{}'\n      headers: {{Authorization: Bearer s3cret}}\n      actions: [push]\n",
+            "notifications:\n  endpoints:\n    - name: audit\n      url: '{}'\n      headers: {{Authorization: Bearer s3cret}}\n      actions: [push]\n      backoff: {{initial: 50ms, max: 500ms}}\n",
             receiver.url()
         ),
     );
-    let berth = Berth::start(Options {
+    let mut berth = Berth::start(Options {
         plain_http: true,
+        data_dir: Some(data_dir.clone()),
         extra_args: vec!["--config".into(), good.display().to_string()],
         ..Options::default()
     });
-    let readyz: Value = berth
-        .client()
-        .get(format!("{}/readyz", berth.base_url))
-        .send()
-        .expect("readyz")
-        .json()
-        .expect("json");
+    poll_until(DELIVERED, "the pushes in the log delivered", || {
+        (receiver.unique_ids() == expected).then_some(())
+    });
+    let readyz = poll_until(DELIVERED, "the lag at 0 in /readyz", || {
+        let readyz: Value = berth
+            .client()
+            .get(format!("{}/readyz", berth.base_url))
+            .send()
+            .expect("readyz")
+            .json()
+            .expect("json");
+        (readyz["events"]["notifications"][0]["lag"] == 0).then_some(readyz)
+    });
     let endpoints = readyz["events"]["notifications"]
         .as_array()
         .unwrap_or_else(|| panic!("no notifications in {readyz}"));
@@ -586,11 +612,22 @@ fn berth_serve_reports_its_endpoints_in_readyz_and_refuses_a_bad_section() {
         endpoints[0]["url"],
         format!("http://{}/hook", receiver.addr)
     );
-    assert_eq!(endpoints[0]["lag"], 0, "{readyz}");
+    assert_eq!(endpoints[0]["cursor"], 10, "{readyz}");
+    assert_eq!(endpoints[0]["delivered"], 5, "{readyz}");
+    assert_eq!(endpoints[0]["failures"], 2, "{readyz}");
     assert!(!readyz.to_string().contains("s3cret"));
+
+    // Killed, more events committed while it is down: the restart sends them, and nothing is lost.
+    berth.kill9();
+    expected.extend(append_to_store(&data_dir, 10));
+    berth.restart();
+    poll_until(DELIVERED, "every push after the restart", || {
+        (receiver.unique_ids() == expected).then_some(())
+    });
+    check_cloudevents(&receiver.events());
     assert!(!berth.log().contains("s3cret"), "{}", berth.log());
 
-    let bad = config_dir.path().join("bad.yaml");
+    let bad = dir.path().join("bad.yaml");
     write_file(
         &bad,
         "notifications:\n  endpoints:\n    - url: 'http://127.0.0.1:9/x'\n      actions: [pushed]\n",
@@ -605,7 +642,7 @@ fn berth_serve_reports_its_endpoints_in_readyz_and_refuses_a_bad_section() {
         ])
         .arg(&bad)
         .arg("--data-dir")
-        .arg(config_dir.path().join("data"))
+        .arg(dir.path().join("other-data"))
         .output()
         .expect("run berth");
     assert!(!output.status.success());

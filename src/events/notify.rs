@@ -3,9 +3,9 @@
 //! One task per endpoint follows the store ([`EventStore::query`] after the endpoint's cursor), keeps the
 //! events its `actions` filter wants, and POSTs each (or, with `maxBatch` > 1, a batch) in commit order. The
 //! cursor advances only past what a 2xx answered (or what the filter skips), and is saved in the store
-//! ([`EventStore::set_cursor`] under `notify:<name>`) at least once a second while delivering and whenever the
-//! endpoint has caught up, so a restart resumes there: delivery is at least once, and a receiver dedupes by the
-//! CloudEvents `id` (the event id). A failure is retried with exponential backoff and jitter, never skipping
+//! ([`EventStore::set_cursor`] under `notify:<name>`) about once a second while it moves, so a restart resumes
+//! there: delivery is at least once (a restart may send the last second's events again), and a receiver dedupes
+//! by the CloudEvents `id` (the event id). A new endpoint starts at the oldest event the store keeps. A failure is retried with exponential backoff and jitter, never skipping
 //! ahead. When it has caught up the task waits for the log's next commit ([`EventLog::subscribe`]).
 //!
 //! A dead endpoint costs requests nothing: the tasks only read the store, from blocking threads. Events the
@@ -399,12 +399,27 @@ async fn deliver_forever(
             cursor = cursor.max(last.seq);
             endpoint.progress.cursor.store(cursor, Ordering::Relaxed);
         }
-        if caught_up {
-            save_cursor(&store, &key, cursor, &mut saved).await;
-            last_save = Instant::now();
-            if *committed.borrow() <= cursor && committed.changed().await.is_err() {
-                // The log stopped: nothing more will be committed.
-                return;
+        if !caught_up || *committed.borrow() > cursor {
+            continue;
+        }
+        // Caught up: wait for the next commit, saving the cursor once it is due (at most once a second, so a
+        // trickle of events does not add a write to the store per event).
+        loop {
+            if saved != cursor && last_save.elapsed() >= CURSOR_SAVE_INTERVAL {
+                save_cursor(&store, &key, cursor, &mut saved).await;
+                last_save = Instant::now();
+            }
+            let due = CURSOR_SAVE_INTERVAL.saturating_sub(last_save.elapsed());
+            tokio::select! {
+                changed = committed.changed() => {
+                    if changed.is_err() {
+                        // The log stopped: nothing more will be committed.
+                        save_cursor(&store, &key, cursor, &mut saved).await;
+                        return;
+                    }
+                    break;
+                }
+                () = tokio::time::sleep(due), if saved != cursor => {}
             }
         }
     }
