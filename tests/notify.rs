@@ -5,7 +5,7 @@
 
 use std::collections::HashSet;
 use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::{SocketAddr, TcpListener};
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -53,7 +53,31 @@ struct Receiver {
 }
 
 impl Receiver {
+    /// A plain HTTP receiver answering 500 to its first `fail_first` requests.
     fn start(fail_first: usize) -> Receiver {
+        Receiver::listen(fail_first, None)
+    }
+
+    /// An HTTPS receiver with this certificate and key (PEM).
+    fn start_tls(cert: &str, key: &str) -> Receiver {
+        use rustls::pki_types::pem::PemObject;
+        use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+        let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(cert.as_bytes())
+            .collect::<Result<_, _>>()
+            .expect("certificate");
+        let key = PrivateKeyDer::from_pem_slice(key.as_bytes()).expect("key");
+        let config = rustls::ServerConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .expect("protocol versions")
+        .with_no_client_auth()
+        .with_single_cert(certs, key)
+        .expect("server config");
+        Receiver::listen(0, Some(Arc::new(config)))
+    }
+
+    fn listen(fail_first: usize, tls: Option<Arc<rustls::ServerConfig>>) -> Receiver {
         let listener = TcpListener::bind("127.0.0.1:0").expect("bind receiver");
         let addr = listener.local_addr().expect("address");
         let state = Arc::new(ReceiverState {
@@ -64,7 +88,16 @@ impl Receiver {
         thread::spawn(move || {
             for stream in listener.incoming().flatten() {
                 let state = shared.clone();
-                thread::spawn(move || serve_connection(stream, &state));
+                let tls = tls.clone();
+                thread::spawn(move || match tls {
+                    Some(config) => {
+                        let Ok(connection) = rustls::ServerConnection::new(config) else {
+                            return;
+                        };
+                        serve_connection(rustls::StreamOwned::new(connection, stream), &state);
+                    }
+                    None => serve_connection(stream, &state),
+                });
             }
         });
         Receiver { addr, state }
@@ -101,8 +134,7 @@ impl Receiver {
 }
 
 /// Answers the requests of one keep-alive connection until the client closes it.
-fn serve_connection(stream: TcpStream, state: &ReceiverState) {
-    let mut writer = stream.try_clone().expect("clone stream");
+fn serve_connection(stream: impl Read + Write, state: &ReceiverState) {
     let mut reader = BufReader::new(stream);
     loop {
         let mut line = String::new();
@@ -149,7 +181,10 @@ fn serve_connection(stream: TcpStream, state: &ReceiverState) {
         } else {
             "200 OK"
         };
-        if write!(writer, "HTTP/1.1 {status}\r\nContent-Length: 0\r\n\r\n").is_err() {
+        let writer = reader.get_mut();
+        if write!(writer, "HTTP/1.1 {status}\r\nContent-Length: 0\r\n\r\n").is_err()
+            || writer.flush().is_err()
+        {
             return;
         }
     }
@@ -553,6 +588,43 @@ fn events_pruned_before_delivery_are_counted_as_lost_and_the_rest_still_sent() {
         (receiver.unique_ids() == expected).then_some(())
     });
     assert_eq!(status_of(&notifications, "audit")["lost"], 9);
+}
+
+#[test]
+fn an_https_endpoint_is_trusted_through_its_ca_file_and_refused_without_it() {
+    let runtime = runtime();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (log, _store) = open_log(dir.path());
+    let ca = berth::tls::generate_ca("receiver CA").expect("CA");
+    let (cert, key) =
+        berth::tls::issue_serving_cert(&ca, &["127.0.0.1".into()]).expect("serving certificate");
+    let ca_file = dir.path().join("receiver-ca.pem");
+    write_file(&ca_file, &ca.cert);
+    let receiver = Receiver::start_tls(&cert, &key);
+    let url = format!("https://{}/hook", receiver.addr);
+    let config = format!(
+        "{}  - {{name: untrusted, url: '{url}', backoff: {{initial: 20ms, max: 200ms}}, timeout: 2s}}\n",
+        endpoint("trusted", &url, &format!(", caFile: '{}'", ca_file.display()))
+    );
+    let (notifications, _delivery) = notify(&runtime, &log, &config);
+    let expected: Vec<String> = record(&runtime, &log, &[EventAction::Push], 3)
+        .into_iter()
+        .map(|(id, _)| id)
+        .collect();
+    poll_until(DELIVERED, "the events over HTTPS", || {
+        (receiver.unique_ids() == expected).then_some(())
+    });
+    let untrusted = poll_until(DELIVERED, "the untrusted endpoint failing", || {
+        let status = status_of(&notifications, "untrusted");
+        (status["state"] == "failing").then_some(status)
+    });
+    let error = untrusted["lastError"].as_str().expect("lastError");
+    assert!(
+        error.to_lowercase().contains("certificate"),
+        "a certificate error: {error}"
+    );
+    assert_eq!(untrusted["delivered"], 0);
+    assert_eq!(receiver.events().len(), 3, "only the trusted endpoint's");
 }
 
 /// Appends `count` events alternating push and pull to the store in `data_dir` (berth stopped, or not yet
