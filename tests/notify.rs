@@ -523,6 +523,72 @@ fn a_dead_endpoint_holds_up_neither_the_requests_nor_a_live_endpoint() {
 }
 
 #[test]
+fn a_new_endpoint_starts_with_the_events_after_it_starts_unless_told_oldest() {
+    let runtime = runtime();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (log, store) = open_log(dir.path());
+    let before: Vec<String> = record(&runtime, &log, &[EventAction::Push], 3)
+        .into_iter()
+        .map(|(id, _)| id)
+        .collect();
+    let latest = Receiver::start(0);
+    let oldest = Receiver::start(0);
+    let config = format!(
+        "{}  - {{name: oldest, url: '{}', start: oldest}}\n",
+        endpoint("latest", &latest.url(), ""),
+        oldest.url()
+    );
+    let (_notifications, _delivery) = notify(&runtime, &log, &config);
+    let after: Vec<String> = record(&runtime, &log, &[EventAction::Pull], 2)
+        .into_iter()
+        .map(|(id, _)| id)
+        .collect();
+    poll_until(DELIVERED, "both cursors at the end", || {
+        (store.cursor("notify:latest").expect("cursor") == 5
+            && store.cursor("notify:oldest").expect("cursor") == 5)
+            .then_some(())
+    });
+    assert_eq!(latest.unique_ids(), after);
+    assert_eq!(oldest.unique_ids(), [before, after].concat());
+}
+
+#[test]
+fn an_unreadable_stored_event_is_passed_and_counted_and_the_others_still_sent() {
+    let runtime = runtime();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (log, _store) = open_log(dir.path());
+    let recorded: Vec<String> = record(&runtime, &log, &[EventAction::Push], 5)
+        .into_iter()
+        .map(|(id, _)| id)
+        .collect();
+    let database = rusqlite::Connection::open(SqliteStore::path_in(dir.path())).expect("open");
+    database
+        .execute("UPDATE events SET body = '{' WHERE seq = 3", [])
+        .expect("corrupt event 3");
+    drop(database);
+    let receiver = Receiver::start(0);
+    let (notifications, _delivery) = notify(
+        &runtime,
+        &log,
+        &endpoint("audit", &receiver.url(), ", start: oldest"),
+    );
+    let expected: Vec<String> = recorded
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| *i != 2)
+        .map(|(_, id)| id.clone())
+        .collect();
+    poll_until(DELIVERED, "the readable events", || {
+        (receiver.unique_ids() == expected).then_some(())
+    });
+    let status = poll_until(DELIVERED, "the lag at 0", || {
+        let status = status_of(&notifications, "audit");
+        (status["lag"] == 0).then_some(status)
+    });
+    assert_eq!(status["lost"], 1, "{status}");
+}
+
+#[test]
 fn with_max_batch_events_arrive_in_batches_in_order() {
     let runtime = runtime();
     let dir = tempfile::tempdir().expect("tempdir");
@@ -533,7 +599,7 @@ fn with_max_batch_events_arrive_in_batches_in_order() {
     let (_notifications, _delivery) = notify(
         &runtime,
         &log,
-        &endpoint("batches", &receiver.url(), ", maxBatch: 10"),
+        &endpoint("batches", &receiver.url(), ", maxBatch: 10, start: oldest"),
     );
     let expected: Vec<String> = recorded.into_iter().map(|(id, _)| id).collect();
     poll_until(DELIVERED, "every event in batches", || {
@@ -652,7 +718,7 @@ fn berth_serve_delivers_from_its_log_resumes_after_kill_9_and_refuses_a_bad_sect
     write_file(
         &good,
         format!(
-            "notifications:\n  endpoints:\n    - name: audit\n      url: '{}'\n      headers: {{Authorization: Bearer s3cret}}\n      actions: [push]\n      backoff: {{initial: 50ms, max: 500ms}}\n",
+            "notifications:\n  endpoints:\n    - name: audit\n      url: '{}'\n      headers: {{Authorization: Bearer s3cret}}\n      actions: [push]\n      backoff: {{initial: 50ms, max: 500ms}}\n      start: oldest\n",
             receiver.url()
         ),
     );

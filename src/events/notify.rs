@@ -5,7 +5,8 @@
 //! cursor advances only past what a 2xx answered (or what the filter skips), and is saved in the store
 //! ([`EventStore::set_cursor`] under `notify:<name>`) about once a second while it moves, so a restart resumes
 //! there: delivery is at least once (a restart may send the last second's events again), and a receiver dedupes
-//! by the CloudEvents `id` (the event id). A new endpoint starts at the oldest event the store keeps. A failure is retried with exponential backoff and jitter, never skipping
+//! by the CloudEvents `id` (the event id). A new endpoint starts with the events committed after it first starts
+//! (`start: latest`) or with the oldest the store keeps (`start: oldest`). A failure is retried with exponential backoff and jitter, never skipping
 //! ahead. When it has caught up the task waits for the log's next commit ([`EventLog::subscribe`]).
 //!
 //! A dead endpoint costs requests nothing: the tasks only read the store, from blocking threads. Events the
@@ -23,7 +24,9 @@ use std::time::{Duration, Instant, SystemTime};
 use serde_json::{json, Value};
 use tokio::sync::watch;
 
-pub use config::{EndpointConfig, NotificationsConfig, NotificationsSpec, NotifyConfigError};
+pub use config::{
+    EndpointConfig, NotificationsConfig, NotificationsSpec, NotifyConfigError, Start,
+};
 
 use super::store::{EventQuery, EventStore, StoreError, StoredEvent};
 use super::EventLog;
@@ -210,6 +213,8 @@ impl Notifications {
             return Delivery { tasks: Vec::new() };
         };
         *self.committed.lock().unwrap_or_else(|p| p.into_inner()) = Some(committed.clone());
+        // What is committed now: where a new endpoint with `start: latest` begins.
+        let latest_at_start = *committed.borrow();
         let tasks = self
             .endpoints
             .iter()
@@ -234,6 +239,7 @@ impl Notifications {
                     endpoint.clone(),
                     store.clone(),
                     committed.clone(),
+                    latest_at_start,
                     log.clone(),
                 ))
             })
@@ -310,18 +316,31 @@ async fn blocking<T: Send + 'static>(
         .unwrap_or_else(|e| Err(StoreError::Database(format!("store task: {e}"))))
 }
 
-/// One endpoint's task: read, filter, send, advance; wait when caught up; back off on failure.
+/// One endpoint's task: read, filter, send, advance; wait when caught up; back off on failure. `latest_at_start`
+/// is the last sequence number committed when delivery started.
 async fn deliver_forever(
     endpoint: Arc<Endpoint>,
     store: Arc<dyn EventStore>,
     mut committed: watch::Receiver<u64>,
+    latest_at_start: u64,
     log: EventLog,
 ) {
     let key = format!("{CURSOR_PREFIX}{}", endpoint.config.name);
     let mut failures = 0u32;
+    let start = endpoint.config.start;
     let mut cursor = loop {
         let (store, key) = (store.clone(), key.clone());
-        match blocking(move || store.cursor(&key)).await {
+        let cursor = blocking(move || match store.saved_cursor(&key)? {
+            Some(cursor) => Ok(cursor),
+            None if start == config::Start::Oldest => Ok(0),
+            // New, starting from now: saved at once, so a restart before the first delivery does not skip ahead.
+            None => {
+                store.set_cursor(&key, latest_at_start)?;
+                Ok(latest_at_start)
+            }
+        })
+        .await;
+        match cursor {
             Ok(cursor) => break cursor,
             Err(e) => {
                 endpoint
@@ -334,6 +353,8 @@ async fn deliver_forever(
     endpoint.progress.detail().started = true;
     let mut saved = cursor;
     let mut last_save = Instant::now();
+    // Events asked for at once: a page, or fewer to reach an unreadable event.
+    let mut limit = PAGE;
     loop {
         // Read before the query: what is committed up to here is in the store or was pruned.
         let last_committed = *committed.borrow_and_update();
@@ -341,13 +362,30 @@ async fn deliver_forever(
             let store = store.clone();
             let query = EventQuery {
                 after_seq: Some(cursor),
-                limit: PAGE,
+                limit,
                 ..EventQuery::default()
             };
             blocking(move || store.query(&query)).await
         };
         let page = match page {
             Ok(page) => page,
+            // An event that cannot be read back can never be sent: passed (and counted), or the endpoint would
+            // stop there for good.
+            // The events before it are read (and sent) first.
+            Err(StoreError::Unreadable { seq, .. }) if seq > cursor.saturating_add(1) => {
+                limit = usize::try_from(seq - cursor - 1).map_or(PAGE, |before| before.min(PAGE));
+                continue;
+            }
+            Err(StoreError::Unreadable { seq, why }) if seq > cursor => {
+                log::error!(
+                    "notifications: {}: event {seq} is unreadable ({why}); passing it",
+                    endpoint.config.name
+                );
+                endpoint.progress.lost.fetch_add(1, Ordering::Relaxed);
+                cursor = seq;
+                endpoint.progress.cursor.store(cursor, Ordering::Relaxed);
+                continue;
+            }
             Err(e) => {
                 endpoint
                     .failed(&DeliveryError::Store(e), &mut failures, &log)
@@ -357,9 +395,11 @@ async fn deliver_forever(
         };
         // Sequence numbers are never reused and pruning takes the oldest first: a gap after the cursor is what
         // the retention deleted before this endpoint got it.
-        let next = page.first().map_or(last_committed, |first| first.seq - 1);
+        let next = page
+            .first()
+            .map_or(last_committed, |first| first.seq.saturating_sub(1));
         if next > cursor && cursor == 0 {
-            // A new endpoint starts at the oldest event kept: nothing it was owed is missing.
+            // Never delivered anything and starting at the oldest event kept: nothing it was owed is missing.
             log::info!(
                 "notifications: {}: starting at event {} (the oldest kept)",
                 endpoint.config.name,
@@ -377,7 +417,8 @@ async fn deliver_forever(
             cursor = next;
             endpoint.progress.cursor.store(cursor, Ordering::Relaxed);
         }
-        let caught_up = page.len() < PAGE;
+        let caught_up = page.len() < limit;
+        limit = PAGE;
         for batch in batches(&page, &endpoint.config) {
             loop {
                 match endpoint.send(batch.events).await {
@@ -617,6 +658,7 @@ mod tests {
             max_batch,
             backoff_initial: Duration::from_secs(1),
             backoff_max: Duration::from_secs(1),
+            start: config::Start::Latest,
         }
     }
 

@@ -128,6 +128,21 @@ pub struct EndpointSpec {
     pub max_batch: Option<usize>,
     #[serde(default)]
     pub backoff: Option<BackoffSpec>,
+    /// Where a new endpoint (one with no saved cursor) starts: `latest` (events from now on, the default) or
+    /// `oldest` (every event the log keeps first).
+    #[serde(default)]
+    pub start: Option<Start>,
+}
+
+/// Where a new endpoint starts in the log.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Start {
+    /// Only events committed after the endpoint first starts.
+    #[default]
+    Latest,
+    /// Every event the log still keeps, then the new ones.
+    Oldest,
 }
 
 /// Headers are secrets: `Debug` shows their names only.
@@ -142,6 +157,7 @@ impl std::fmt::Debug for EndpointSpec {
             .field("timeout", &self.timeout)
             .field("max_batch", &self.max_batch)
             .field("backoff", &self.backoff)
+            .field("start", &self.start)
             .finish()
     }
 }
@@ -180,6 +196,8 @@ pub struct EndpointConfig {
     pub max_batch: usize,
     pub backoff_initial: Duration,
     pub backoff_max: Duration,
+    /// Where it starts when it has no saved cursor.
+    pub start: Start,
 }
 
 impl EndpointConfig {
@@ -213,6 +231,7 @@ impl std::fmt::Debug for EndpointConfig {
             .field("max_batch", &self.max_batch)
             .field("backoff_initial", &self.backoff_initial)
             .field("backoff_max", &self.backoff_max)
+            .field("start", &self.start)
             .finish()
     }
 }
@@ -375,6 +394,7 @@ impl EndpointSpec {
             max_batch,
             backoff_initial,
             backoff_max,
+            start: self.start.unwrap_or_default(),
         })
     }
 }
@@ -401,6 +421,7 @@ mod tests {
         assert_eq!(endpoint.max_batch, 1);
         assert_eq!(endpoint.backoff_initial, DEFAULT_BACKOFF_INITIAL);
         assert_eq!(endpoint.backoff_max, DEFAULT_BACKOFF_MAX);
+        assert_eq!(endpoint.start, Start::Latest);
         assert!(endpoint.wants(EventAction::Pull) && endpoint.wants(EventAction::Denied));
         assert_eq!(endpoint.shown_url(), "https://hooks.example.com/berth");
     }
@@ -415,7 +436,8 @@ mod tests {
                  actions: [push, denied, push]
                  timeout: 2s
                  maxBatch: 50
-                 backoff: {initial: 100ms, max: 10s}",
+                 backoff: {initial: 100ms, max: 10s}
+                 start: oldest",
         )
         .expect("valid");
         let endpoint = &config.endpoints[0];
@@ -425,6 +447,7 @@ mod tests {
         assert_eq!(endpoint.timeout, Duration::from_secs(2));
         assert_eq!(endpoint.max_batch, 50);
         assert_eq!(endpoint.backoff_initial, Duration::from_millis(100));
+        assert_eq!(endpoint.start, Start::Oldest);
         assert_eq!(endpoint.headers.len(), 2);
         let shown = format!("{config:?}");
         assert!(shown.contains("authorization"), "{shown}");
@@ -506,6 +529,10 @@ mod tests {
             "backoff.max 1s is out of range: it must be at least backoff.initial",
         );
         check("{url: 'http://h/', secret: x}", "unknown field `secret`");
+        check(
+            "{url: 'http://h/', start: now}",
+            "unknown variant `now`, expected `latest` or `oldest`",
+        );
         check(
             "{url: 'http://h/a'}, {url: 'https://h/b'}",
             r#"endpoints "h": the name is used twice"#,
