@@ -304,8 +304,7 @@ pub async fn serve(config: Config) -> Result<(), ServeError> {
         log::warn!("the event log is off (--no-event-log): pushes, pulls and admission decisions are not recorded");
     }
     let events = state.events.clone();
-    // Stopped with the process: what was delivered but not yet saved is sent again after a restart.
-    let _delivery = state.notifications.start(state.events.get_ref());
+    let delivery = state.notifications.start(state.events.get_ref());
 
     let sweeper = state.registry.clone();
     let max_age = config.upload_max_age;
@@ -355,6 +354,8 @@ pub async fn serve(config: Config) -> Result<(), ServeError> {
         config.data_dir.display()
     );
     let served = server.run().await.map_err(listen_error);
+    // The endpoints' cursors are saved, so a restart sends nothing twice (a kill sends the last second again).
+    delivery.stop().await;
     // Every event recorded by the requests that finished is committed before the process ends.
     events.shutdown().await;
     served?;

@@ -431,6 +431,28 @@ fn a_restart_resumes_from_the_saved_cursor_and_loses_nothing() {
 }
 
 #[test]
+fn a_clean_stop_saves_the_cursor_at_once() {
+    let runtime = runtime();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (log, store) = open_log(dir.path());
+    let receiver = Receiver::start(0);
+    let (notifications, delivery) = notify(&runtime, &log, &endpoint("audit", &receiver.url(), ""));
+    let expected: Vec<String> = record(&runtime, &log, &[EventAction::Push], 5)
+        .into_iter()
+        .map(|(id, _)| id)
+        .collect();
+    poll_until(DELIVERED, "the events", || {
+        (receiver.unique_ids() == expected).then_some(())
+    });
+    // The task moves its cursor just after the answer.
+    poll_until(DELIVERED, "the cursor at 5", || {
+        (notifications.lags()[0].lag == 0).then_some(())
+    });
+    runtime.block_on(delivery.stop());
+    assert_eq!(store.cursor("notify:audit").expect("cursor"), 5);
+}
+
+#[test]
 fn the_actions_filter_sends_only_the_chosen_actions_and_the_cursor_passes_the_rest() {
     let runtime = runtime();
     let dir = tempfile::tempdir().expect("tempdir");
@@ -764,6 +786,26 @@ fn berth_serve_delivers_from_its_log_resumes_after_kill_9_and_refuses_a_bad_sect
     });
     check_cloudevents(&receiver.events());
     assert!(!berth.log().contains("s3cret"), "{}", berth.log());
+
+    // A clean stop saves the cursor: past all 20 events (the pulls at the end passed by the filter).
+    poll_until(DELIVERED, "the lag at 0 after the restart", || {
+        let readyz: Value = berth
+            .client()
+            .get(format!("{}/readyz", berth.base_url))
+            .send()
+            .expect("readyz")
+            .json()
+            .expect("json");
+        (readyz["events"]["notifications"][0]["lag"] == 0).then_some(())
+    });
+    let term = std::process::Command::new("kill")
+        .args(["-TERM", &berth.pid().to_string()])
+        .status()
+        .expect("kill -TERM");
+    assert!(term.success());
+    assert!(berth.wait_exit(Duration::from_secs(30)).success());
+    let store = SqliteStore::open(&SqliteStore::path_in(&data_dir)).expect("open the event store");
+    assert_eq!(store.cursor("notify:audit").expect("cursor"), 20);
 
     let bad = dir.path().join("bad.yaml");
     write_file(

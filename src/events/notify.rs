@@ -129,14 +129,41 @@ pub struct Notifications {
     committed: Mutex<Option<watch::Receiver<u64>>>,
 }
 
-/// The running delivery tasks; [`Delivery::stop`] (or dropping it) ends them.
+/// The running delivery tasks. [`Delivery::stop`] ends them and saves their cursors (a clean stop); dropping
+/// it only ends them (what was delivered in the last second is sent again after a restart).
 pub struct Delivery {
     tasks: Vec<tokio::task::JoinHandle<()>>,
+    /// The store and the endpoints, for the cursors [`Delivery::stop`] saves (none with the log off).
+    store: Option<Arc<dyn EventStore>>,
+    endpoints: Vec<Arc<Endpoint>>,
 }
 
 impl Delivery {
-    /// Ends every delivery task (what is delivered but not yet saved is sent again after a restart).
-    pub fn stop(self) {}
+    /// Ends every delivery task and saves each endpoint's cursor, so a restart sends nothing twice. An endpoint
+    /// in the middle of a request has not moved its cursor past it: that event is sent again.
+    pub async fn stop(mut self) {
+        for task in &self.tasks {
+            task.abort();
+        }
+        let Some(store) = self.store.take() else {
+            return;
+        };
+        let endpoints = std::mem::take(&mut self.endpoints);
+        let saved = blocking(move || {
+            for endpoint in &endpoints {
+                let cursor = endpoint.progress.cursor.load(Ordering::Relaxed);
+                // Not before the task has read its saved cursor (it would be 0, and could go back).
+                if endpoint.progress.detail().started {
+                    store.set_cursor(&endpoint.cursor_key(), cursor)?;
+                }
+            }
+            Ok(())
+        })
+        .await;
+        if let Err(e) = saved {
+            log::warn!("notifications: saving the cursors at stop: {e}");
+        }
+    }
 }
 
 impl Drop for Delivery {
@@ -210,7 +237,11 @@ impl Notifications {
             if !self.endpoints.is_empty() {
                 log::warn!("notifications: the event log is off, nothing is sent");
             }
-            return Delivery { tasks: Vec::new() };
+            return Delivery {
+                tasks: Vec::new(),
+                store: None,
+                endpoints: Vec::new(),
+            };
         };
         *self.committed.lock().unwrap_or_else(|p| p.into_inner()) = Some(committed.clone());
         // What is committed now: where a new endpoint with `start: latest` begins.
@@ -244,7 +275,11 @@ impl Notifications {
                 ))
             })
             .collect();
-        Delivery { tasks }
+        Delivery {
+            tasks,
+            store: Some(store),
+            endpoints: self.endpoints.clone(),
+        }
     }
 
     fn committed(&self) -> u64 {
@@ -325,7 +360,7 @@ async fn deliver_forever(
     latest_at_start: u64,
     log: EventLog,
 ) {
-    let key = format!("{CURSOR_PREFIX}{}", endpoint.config.name);
+    let key = endpoint.cursor_key();
     let mut failures = 0u32;
     let start = endpoint.config.start;
     let mut cursor = loop {
@@ -369,9 +404,8 @@ async fn deliver_forever(
         };
         let page = match page {
             Ok(page) => page,
-            // An event that cannot be read back can never be sent: passed (and counted), or the endpoint would
-            // stop there for good.
-            // The events before it are read (and sent) first.
+            // An event that cannot be read back can never be sent: it is passed (and counted), or the endpoint
+            // would stop there for good; the events before it are read (and sent) first.
             Err(StoreError::Unreadable { seq, .. }) if seq > cursor.saturating_add(1) => {
                 limit = usize::try_from(seq - cursor - 1).map_or(PAGE, |before| before.min(PAGE));
                 continue;
@@ -523,6 +557,11 @@ fn batches<'a>(page: &'a [StoredEvent], endpoint: &EndpointConfig) -> Vec<Batch<
 }
 
 impl Endpoint {
+    /// The name of its cursor in the store.
+    fn cursor_key(&self) -> String {
+        format!("{CURSOR_PREFIX}{}", self.config.name)
+    }
+
     /// POSTs `events`: one structured message, or (maxBatch > 1) a batch of them.
     async fn send(&self, events: &[StoredEvent]) -> Result<(), DeliveryError> {
         let (content_type, body) = if self.config.max_batch > 1 {
