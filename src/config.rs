@@ -49,6 +49,8 @@ pub struct Config {
     pub events: EventsConfig,
     /// Whether berth watches the pods of every namespace through the Kubernetes API (`--watch-pods`).
     pub watch_pods: bool,
+    /// Where events are sent on (config file only).
+    pub notifications: crate::events::notify::NotificationsConfig,
 }
 
 /// The event log's settings (the README's "Event log" section).
@@ -513,6 +515,13 @@ impl Config {
             Some(spec) => spec.validate()?,
             None => crate::proxy::config::ProxyConfig::default(),
         };
+        let notifications = match &file.notifications {
+            Some(spec) => spec.validate()?,
+            None => crate::events::notify::NotificationsConfig::default(),
+        };
+        if !notifications.endpoints.is_empty() && !events.enabled {
+            return Err(ConfigError::NotificationsWithoutLog);
+        }
         Ok(Config {
             listen: args
                 .listen
@@ -553,6 +562,7 @@ impl Config {
             auth,
             events,
             watch_pods,
+            notifications,
         })
     }
 }
@@ -1067,5 +1077,34 @@ mod tests {
         })
         .expect("config");
         assert!(!config.watch_pods);
+    }
+
+    #[test]
+    fn the_notifications_section_is_validated_and_needs_the_event_log() {
+        let file = ConfigFile {
+            path: "berth.yaml".into(),
+            content: "notifications:\n  endpoints:\n    - url: https://hooks.example.com/berth\n"
+                .into(),
+        };
+        let config = Config::build(&ServeArgs::default(), Some(&file), &|_| None).expect("config");
+        assert_eq!(config.notifications.endpoints[0].name, "hooks.example.com");
+        let off = ServeArgs {
+            no_event_log: true,
+            ..ServeArgs::default()
+        };
+        let refused = Config::build(&off, Some(&file), &|_| None).expect_err("no log");
+        assert!(
+            matches!(refused, ConfigError::NotificationsWithoutLog),
+            "{refused}"
+        );
+        let bad = ConfigFile {
+            path: "berth.yaml".into(),
+            content: "notifications:\n  endpoints:\n    - url: ftp://h/x\n".into(),
+        };
+        let refused = Config::build(&ServeArgs::default(), Some(&bad), &|_| None).expect_err("ftp");
+        assert_eq!(
+            refused.to_string(),
+            r#"notifications.endpoints[0].url "ftp://h/x": the scheme must be http or https"#
+        );
     }
 }

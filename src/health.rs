@@ -1,10 +1,12 @@
-//! `/healthz` (the process answers) and `/readyz` (storage accepts writes; policy details), outside `/v2/`.
+//! `/healthz` (the process answers) and `/readyz` (storage accepts writes; policy, auth, event log and notification
+//! details), outside `/v2/`.
 
 use actix_web::{web, HttpResponse};
 use serde_json::json;
 
 use crate::admission::PolicyStore;
 use crate::auth::Authenticator;
+use crate::events::notify::Notifications;
 use crate::events::EventLog;
 use crate::registry::Registry;
 
@@ -24,11 +26,16 @@ async fn readyz(
     policy: web::Data<PolicyStore>,
     auth: web::Data<Authenticator>,
     events: web::Data<EventLog>,
+    notifications: Option<web::Data<Notifications>>,
 ) -> HttpResponse {
     let policy = policy.status();
     let auth = auth.status();
-    // Reported, never a reason to be unready: a broken event log must not stop pulls or admission.
-    let events = events.status();
+    // Reported, never a reason to be unready: a broken event log or a dead notification endpoint must not stop
+    // pulls or admission.
+    let mut events = events.status();
+    if let Some(notifications) = notifications.filter(|n| !n.is_empty()) {
+        events["notifications"] = notifications.status();
+    }
     match registry.check_writable().await {
         Ok(()) => HttpResponse::Ok().json(
             json!({ "status": "ready", "storage": "writable", "policy": policy, "auth": auth, "events": events }),

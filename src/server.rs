@@ -68,6 +68,9 @@ pub enum ServeError {
     /// The event log's database cannot be opened.
     #[error("event log: {0}")]
     Events(#[from] crate::events::StoreError),
+    /// A notification endpoint's HTTP client cannot be set up.
+    #[error(transparent)]
+    Notifications(#[from] crate::events::notify::NotifyError),
     /// Authentication could not be set up (the htpasswd file, the token key, the TokenReview client).
     #[error("authentication: {0}")]
     Auth(#[from] crate::auth::authenticator::AuthSetupError),
@@ -101,6 +104,8 @@ pub struct AppState {
     pub events: web::Data<EventLog>,
     /// What runs in the cluster (filled by the pod watch in a cluster; empty elsewhere).
     pub running: web::Data<crate::cluster::running::RunningImages>,
+    /// The notification endpoints and their progress ([`serve`] starts the delivery; `/readyz` shows it).
+    pub notifications: web::Data<crate::events::notify::Notifications>,
     /// The time the registry and the proxy age uploads and cache entries by (`serve` and the tests choose it here).
     pub clock: SharedClock,
 }
@@ -224,6 +229,9 @@ impl AppState {
             auth,
             events: web::Data::new(events),
             running: web::Data::new(crate::cluster::running::RunningImages::new()),
+            notifications: web::Data::new(crate::events::notify::Notifications::new(
+                &config.notifications,
+            )?),
             clock,
         })
     }
@@ -240,6 +248,7 @@ impl AppState {
             .app_data(self.auth.clone())
             .app_data(self.events.clone())
             .app_data(self.running.clone())
+            .app_data(self.notifications.clone())
             // A scope matching every path, so the body limits wrap every route (and the 404 of no route).
             .service(
                 web::scope("")
@@ -301,6 +310,7 @@ pub async fn serve(config: Config) -> Result<(), ServeError> {
         log::warn!("the event log is off (--no-event-log): pushes, pulls and admission decisions are not recorded");
     }
     let events = state.events.clone();
+    let delivery = state.notifications.start(state.events.get_ref());
 
     let sweeper = state.registry.clone();
     let max_age = config.upload_max_age;
@@ -350,6 +360,8 @@ pub async fn serve(config: Config) -> Result<(), ServeError> {
         config.data_dir.display()
     );
     let served = server.run().await.map_err(listen_error);
+    // The endpoints' cursors are saved, so a restart sends nothing twice (a kill sends the last second again).
+    delivery.stop().await;
     // Every event recorded by the requests that finished is committed before the process ends.
     events.shutdown().await;
     served?;

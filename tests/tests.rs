@@ -15,6 +15,7 @@ mod lifecycle;
 mod manifests;
 mod node;
 mod node_proxy;
+mod notify;
 mod pod_watch;
 mod proxy;
 mod randomized;

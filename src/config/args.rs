@@ -156,4 +156,6 @@ pub(super) struct FileConfig {
     pub(super) watch_pods: Option<bool>,
     #[serde(default)]
     pub(super) proxy: Option<crate::proxy::config::ProxySpec>,
+    #[serde(default)]
+    pub(super) notifications: Option<crate::events::notify::NotificationsSpec>,
 }

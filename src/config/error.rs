@@ -64,4 +64,11 @@ pub enum ConfigError {
     /// The `proxy:` section is invalid; the message names the upstream, the key and the value.
     #[error(transparent)]
     Proxy(#[from] crate::proxy::config::ProxyConfigError),
+    /// The `notifications:` section is invalid; the message names the endpoint, the key and the value (never a
+    /// header's value).
+    #[error(transparent)]
+    Notifications(#[from] crate::events::notify::NotifyConfigError),
+    /// Notification endpoints with the event log off: they are sent from the log.
+    #[error("notifications.endpoints need the event log, which is off (--no-event-log or eventLog: false)")]
+    NotificationsWithoutLog,
 }

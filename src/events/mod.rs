@@ -5,7 +5,8 @@
 //! - [`store`]: the store's trait ([`EventStore`]), so a server database can later serve several replicas;
 //! - [`sqlite`]: the embedded store (SQLite in WAL mode in the data directory);
 //! - [`log`]: [`EventLog`], what handlers record into: a bounded queue and one writer committing in batches, and
-//!   the durable record a push answers after.
+//!   the durable record a push answers after;
+//! - [`notify`]: notifications, the log's events POSTed as CloudEvents to configured endpoints.
 //!
 //! Operations are recorded where they are decided, once: the registry's in the front door ([`crate::v2`]), the
 //! admission decisions in the webhook handlers. Must not: be read or written on a request path other than through
@@ -13,6 +14,7 @@
 
 pub mod log;
 pub mod model;
+pub mod notify;
 pub mod sqlite;
 pub mod store;
 

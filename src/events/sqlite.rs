@@ -290,13 +290,17 @@ impl EventStore for SqliteStore {
     }
 
     fn cursor(&self, name: &str) -> Result<u64> {
+        Ok(self.saved_cursor(name)?.unwrap_or(0))
+    }
+
+    fn saved_cursor(&self, name: &str) -> Result<Option<u64>> {
         self.read(|connection| {
             let seq: Option<i64> = connection
                 .query_row("SELECT seq FROM cursors WHERE name = ?1", [name], |row| {
                     row.get(0)
                 })
                 .optional()?;
-            Ok(seq.and_then(|s| u64::try_from(s).ok()).unwrap_or(0))
+            Ok(seq.map(|s| u64::try_from(s).unwrap_or(0)))
         })
     }
 
@@ -434,6 +438,9 @@ mod tests {
         store.set_cursor("endpoint", 9).expect("cursor");
         assert_eq!(store.cursor("endpoint").expect("cursor"), 9);
         assert_eq!(store.cursor("other").expect("cursor"), 0);
+        store.set_cursor("at-start", 0).expect("cursor");
+        assert_eq!(store.saved_cursor("at-start").expect("cursor"), Some(0));
+        assert_eq!(store.saved_cursor("other").expect("cursor"), None);
     }
 
     #[test]

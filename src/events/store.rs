@@ -88,6 +88,12 @@ pub trait EventStore: Send + Sync + 'static {
     /// Saves a reader's position.
     fn set_cursor(&self, name: &str, seq: u64) -> Result<()>;
 
+    /// A reader's saved position, `None` when it never saved one (a new notification endpoint). The default
+    /// takes 0 for never saved; a store that can tell them apart says so.
+    fn saved_cursor(&self, name: &str) -> Result<Option<u64>> {
+        self.cursor(name).map(|seq| (seq > 0).then_some(seq))
+    }
+
     /// Bytes the events take.
     fn size(&self) -> Result<u64>;
 }

@@ -217,6 +217,7 @@ pub fn config(data_dir: &Path) -> Config {
         auth: Default::default(),
         events: Default::default(),
         watch_pods: false,
+        notifications: Default::default(),
     }
 }
 
