@@ -5,7 +5,8 @@
 //! - [`store`]: the store's trait ([`EventStore`]), so a server database can later serve several replicas;
 //! - [`sqlite`]: the embedded store (SQLite in WAL mode in the data directory);
 //! - [`log`]: [`EventLog`], what handlers record into: a bounded queue and one writer committing in batches, and
-//!   the durable record a push answers after.
+//!   the durable record a push answers after;
+//! - [`report`]: the images report and what is out of date (pure).
 //!
 //! Operations are recorded where they are decided, once: the registry's in the front door ([`crate::v2`]), the
 //! admission decisions in the webhook handlers. Must not: be read or written on a request path other than through
@@ -13,12 +14,15 @@
 
 pub mod log;
 pub mod model;
+pub mod report;
 pub mod sqlite;
 pub mod store;
 
 pub use log::{EventLog, EventLogError};
 pub use model::{Actor, ActorKind, Event, EventAction};
-pub use store::{EventQuery, EventStore, Retention, StoreError, StoredEvent};
+pub use store::{
+    EventQuery, EventStore, PullStats, PushRecord, Retention, StoreError, StoredEvent,
+};
 
 use std::path::Path;
 use std::sync::Arc;
