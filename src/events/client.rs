@@ -294,9 +294,8 @@ async fn events_async(args: &EventsArgs, out: &mut dyn Write) -> Result<(), Clie
         }
     }
     let mut left = args.limit.unwrap_or(usize::MAX);
-    if args.output == Output::Table {
-        writeln!(out, "{}", event_row(None))?;
-    }
+    // The header once the first answer came (an error is then alone on the screen).
+    let mut header = args.output == Output::Table;
     let mut cursor: Option<String> = None;
     while left > 0 {
         let mut page_query = query.clone();
@@ -305,6 +304,9 @@ async fn events_async(args: &EventsArgs, out: &mut dyn Write) -> Result<(), Clie
             page_query.push(("cursor", cursor.clone()));
         }
         let page = client.get_json("/berth/v1/events", &page_query).await?;
+        if std::mem::take(&mut header) {
+            writeln!(out, "{}", event_row(None))?;
+        }
         let events = page["events"]
             .as_array()
             .ok_or_else(|| client.unexpected("no events list"))?;
@@ -453,6 +455,20 @@ async fn images_async(args: &ImagesArgs, out: &mut dyn Write) -> Result<(), Clie
         return Ok(());
     }
     let text = |v: &Value| v.as_str().unwrap_or("-").to_owned();
+    let watching = answer["watchingPods"] != Value::Bool(false);
+    if items.is_empty() {
+        let what = match (args.outdated, watching) {
+            (false, _) => "no images".to_owned(),
+            (true, true) => format!(
+                "nothing that runs is out of date ({} containers of berth's images checked)",
+                answer["running"]
+            ),
+            (true, false) => String::new(),
+        };
+        if !what.is_empty() {
+            writeln!(out, "{what}")?;
+        }
+    }
     let mut rows: Vec<Vec<String>> = Vec::new();
     if args.outdated {
         rows.push(
@@ -545,8 +561,10 @@ async fn images_async(args: &ImagesArgs, out: &mut dyn Write) -> Result<(), Clie
             ]);
         }
     }
-    out.write_all(align(&rows).as_bytes())?;
-    if answer["watchingPods"] == Value::Bool(false) {
+    if rows.len() > 1 {
+        out.write_all(align(&rows).as_bytes())?;
+    }
+    if !watching {
         writeln!(
             out,
             "(berth is not watching pods — it runs outside a cluster — so nothing is known to run)"
