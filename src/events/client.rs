@@ -336,28 +336,36 @@ async fn events_async(args: &EventsArgs, out: &mut dyn Write) -> Result<(), Clie
     while let Some(chunk) = body.next().await {
         let chunk = chunk.map_err(|e| client.http_error(error_chain(&e)))?;
         buffer.extend_from_slice(&chunk);
-        while let Some(end) = find(&buffer, b"\n\n") {
-            let message: Vec<u8> = buffer.drain(..end + 2).collect();
-            let text = String::from_utf8_lossy(&message);
-            for line in text.lines() {
-                if let Some(data) = line.strip_prefix("data: ") {
-                    let item: Value =
-                        serde_json::from_str(data).map_err(|e| client.unexpected(e))?;
-                    print_event(&item, args.output, out)?;
-                    left -= 1;
-                    if left == 0 {
-                        return Ok(());
-                    }
-                }
+        for data in take_sse_data(&mut buffer) {
+            let item: Value = serde_json::from_str(&data).map_err(|e| client.unexpected(e))?;
+            print_event(&item, args.output, out)?;
+            left -= 1;
+            if left == 0 {
+                return Ok(());
             }
-            out.flush()?;
         }
+        out.flush()?;
     }
     Err(client.http_error("the event stream ended"))
 }
 
-fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
-    haystack.windows(needle.len()).position(|w| w == needle)
+/// Takes the complete messages off the front of an SSE `buffer` and returns their `data` (comments, `id:` and
+/// `retry:` lines are skipped; multi-line data is joined with newlines, as the SSE spec says).
+fn take_sse_data(buffer: &mut Vec<u8>) -> Vec<String> {
+    let mut found = Vec::new();
+    while let Some(end) = buffer.windows(2).position(|w| w == b"\n\n") {
+        let message: Vec<u8> = buffer.drain(..end + 2).collect();
+        let text = String::from_utf8_lossy(&message);
+        let data: Vec<&str> = text
+            .lines()
+            .filter_map(|line| line.strip_prefix("data:"))
+            .map(|d| d.strip_prefix(' ').unwrap_or(d))
+            .collect();
+        if !data.is_empty() {
+            found.push(data.join("\n"));
+        }
+    }
+    found
 }
 
 fn print_event(item: &Value, output: Output, out: &mut dyn Write) -> Result<(), ClientError> {
@@ -599,4 +607,78 @@ fn align(rows: &[Vec<String>]) -> String {
         text.push('\n');
     }
     text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sse_messages_are_taken_whole_and_only_their_data_kept() {
+        let check = |chunks: &[&str], expected: &[&[&str]]| {
+            let mut buffer = Vec::new();
+            for (chunk, expected) in chunks.iter().zip(expected) {
+                buffer.extend_from_slice(chunk.as_bytes());
+                assert_eq!(take_sse_data(&mut buffer), *expected, "{chunks:?}");
+            }
+        };
+        check(
+            &[
+                "retry: 3000\n: following\n\n",
+                "id: 1\ndata: {\"a\":1}\n\nid: 2\nda",
+                "ta: {}\n\n",
+            ],
+            &[&[], &["{\"a\":1}"], &["{}"]],
+        );
+        check(&[": heartbeat\n\n"], &[&[]]);
+        check(&["data:x\ndata: y\n\n"], &[&["x\ny"]]);
+        check(&["id: 3\ndata: {}\n"], &[&[]]);
+    }
+
+    fn event_with(target: super::super::model::Target) -> Event {
+        let mut event = Event::new(
+            super::super::EventAction::Pull,
+            super::super::Actor::anonymous(),
+            "t",
+            std::time::UNIX_EPOCH + Duration::from_millis(1_764_600_000_123),
+        );
+        event.target = target;
+        event
+    }
+
+    #[test]
+    fn the_table_names_targets_compactly() {
+        use super::super::model::Target;
+        let check = |target: Target, expected: &str| {
+            assert_eq!(super::target(&event_with(target)), expected);
+        };
+        let digest = "sha256:0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
+        check(
+            Target {
+                repository: Some("team-a/app".into()),
+                tag: Some("v1".into()),
+                digest: Some(digest.into()),
+                ..Target::default()
+            },
+            "team-a/app:v1@sha256:0123456789ab",
+        );
+        check(
+            Target {
+                repository: Some("team-a/app".into()),
+                ..Target::default()
+            },
+            "team-a/app",
+        );
+        check(
+            Target {
+                scope: Some("registry:catalog:*".into()),
+                ..Target::default()
+            },
+            "registry:catalog:*",
+        );
+        check(Target::default(), "-");
+        let row = event_row(Some(&event_with(Target::default())));
+        assert!(row.starts_with("2025-12-01T14:40:00Z  pull "), "{row}");
+        assert!(row.ends_with("  200"), "{row}");
+    }
 }

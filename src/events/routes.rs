@@ -558,6 +558,8 @@ async fn next_chunk(state: &mut Following) -> Option<Bytes> {
                 state.fetch = true;
             }
             () = tokio::time::sleep(HEARTBEAT) => {
+                // Also a look at the store: events another berth committed to a shared store signal nobody here.
+                state.fetch = true;
                 return Some(Bytes::from_static(b": heartbeat\n\n"));
             }
         }

@@ -713,3 +713,23 @@ async fn the_images_report_counts_pulls_and_names_pushers_nodes_and_pods() {
     );
     assert_eq!(outdated["running"], 2);
 }
+
+#[actix_web::test]
+async fn with_the_event_log_off_the_events_are_not_found_and_the_report_still_answers() {
+    let fixture = Fixture::with_config(|config| config.events.enabled = false).await;
+    let events = get(&fixture.berth, "/berth/v1/events", None).await;
+    assert_eq!(events.status, 404);
+    assert_eq!(
+        json_of(&events)["error"]["message"],
+        "the event log is off (berth runs with --no-event-log)"
+    );
+    let images = get(&fixture.berth, "/berth/v1/images", None).await;
+    assert_eq!(images.status, 200);
+    assert_eq!(json_of(&images)["eventLog"], false);
+    assert_eq!(
+        get(&fixture.berth, "/berth/v1/images?repo=x", None)
+            .await
+            .status,
+        400
+    );
+}
