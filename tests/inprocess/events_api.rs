@@ -733,3 +733,33 @@ async fn with_the_event_log_off_the_events_are_not_found_and_the_report_still_an
         400
     );
 }
+
+#[actix_web::test]
+async fn a_reader_who_sees_little_gets_a_short_page_and_a_cursor_not_a_scan_of_the_whole_log() {
+    let (fixture, _dir) = berth_with_auth().await;
+    let hidden: Vec<Event> = (0..10_500)
+        .map(|_| event(&fixture, EventAction::Pull, Some("team-b/lib"), user("ops")))
+        .collect();
+    commit(&fixture, hidden).await;
+    commit(
+        &fixture,
+        vec![event(
+            &fixture,
+            EventAction::Pull,
+            Some("team-a/app"),
+            user("ops"),
+        )],
+    )
+    .await;
+    let first = get(&fixture.berth, "/berth/v1/events", Some("Bearer sa-token")).await;
+    assert_eq!(first.status, 200);
+    let (events, next) = seqs(&json_of(&first));
+    assert_eq!((events, next.as_deref()), (vec![], Some("10000")));
+    let second = get(
+        &fixture.berth,
+        "/berth/v1/events?cursor=10000",
+        Some("Bearer sa-token"),
+    )
+    .await;
+    assert_eq!(seqs(&json_of(&second)), (vec![10_501], None));
+}
