@@ -742,4 +742,45 @@ mod tests {
             "{plan:?}"
         );
     }
+
+    #[test]
+    fn a_schema_1_store_gets_the_target_columns_filled_from_its_events() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = SqliteStore::path_in(dir.path());
+        std::fs::create_dir_all(path.parent().expect("dir")).expect("mkdir");
+        let mut pulled = event(EventAction::Pull, "team-a/app", 1_000);
+        pulled.target.digest = Some("sha256:aa".into());
+        {
+            let old = Connection::open(&path).expect("open");
+            old.execute_batch(
+                "CREATE TABLE meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL);
+                 INSERT INTO meta VALUES ('schema', 1);
+                 CREATE TABLE events (seq INTEGER PRIMARY KEY AUTOINCREMENT, id TEXT NOT NULL,
+                     time_ms INTEGER NOT NULL, action TEXT NOT NULL, actor TEXT NOT NULL, namespace TEXT,
+                     repository TEXT, body TEXT NOT NULL);",
+            )
+            .expect("schema 1");
+            old.execute(
+                "INSERT INTO events (id, time_ms, action, actor, repository, body)
+                 VALUES (?1, 1000, 'pull', 'anonymous', 'team-a/app', ?2)",
+                params![pulled.id, serde_json::to_string(&pulled).expect("json")],
+            )
+            .expect("insert");
+        }
+        let store = SqliteStore::open(&path).expect("migrated");
+        let stats = store
+            .pull_stats(&["team-a/app".to_owned()], 0, 0)
+            .expect("stats");
+        assert_eq!(
+            (stats.len(), stats[0].digest.as_str(), stats[0].total),
+            (1, "sha256:aa", 1)
+        );
+        let version: i64 = store
+            .writer()
+            .query_row("SELECT value FROM meta WHERE key = 'schema'", [], |row| {
+                row.get(0)
+            })
+            .expect("version");
+        assert_eq!(version, SCHEMA_VERSION);
+    }
 }
