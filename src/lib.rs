@@ -28,11 +28,13 @@ pub mod v2;
 
 use actix_web::web;
 
-/// Mounts every subsystem's routes. The caller provides `web::Data` of `registry::Registry`, `proxy::Proxy`,
-/// `admission::PolicyStore`, `admission::AdmissionSettings` and `auth::Authenticator`.
+/// Mounts every subsystem's routes (berth's own read API, `/berth/v1`, from [`events::routes`]). The caller
+/// provides `web::Data` of `registry::Registry`, `proxy::Proxy`, `admission::PolicyStore`,
+/// `admission::AdmissionSettings`, `auth::Authenticator`, `events::EventLog` and `cluster::running::RunningImages`.
 pub fn configure(cfg: &mut web::ServiceConfig) {
     health::configure(cfg);
     auth::routes::configure(cfg);
     admission::configure(cfg);
     v2::configure(cfg);
+    events::routes::configure(cfg);
 }

@@ -33,6 +33,10 @@ enum Command {
     /// Certificates for manual or local use.
     #[command(subcommand)]
     Certs(CertsCommand),
+    /// Read berth's event log: pushes, pulls, deletes, admission decisions, with who and when.
+    Events(Box<berth::events::client::EventsArgs>),
+    /// Per repository and tag: the digest, pushes, pulls, pullers, nodes and pods; --outdated: what runs out of date.
+    Images(Box<berth::events::client::ImagesArgs>),
 }
 
 #[derive(Subcommand)]
@@ -203,5 +207,13 @@ fn main() -> ExitCode {
         ),
         Command::Certs(command) => exit(certs_command(command)),
         Command::Policy(command) => exit(policy_command(command)),
+        Command::Events(args) => exit(
+            berth::events::client::events(&args, &mut std::io::stdout().lock())
+                .map(|()| String::new()),
+        ),
+        Command::Images(args) => exit(
+            berth::events::client::images(&args, &mut std::io::stdout().lock())
+                .map(|()| String::new()),
+        ),
     }
 }

@@ -14,6 +14,7 @@ pub mod authenticator;
 pub mod credentials;
 pub mod htpasswd;
 pub mod identity;
+pub mod request;
 pub mod routes;
 pub mod scope;
 pub mod throttle;

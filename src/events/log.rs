@@ -406,6 +406,17 @@ mod tests {
         fn size(&self) -> Result<u64> {
             Ok(0)
         }
+        fn pull_stats(
+            &self,
+            _: &[String],
+            _: i64,
+            _: i64,
+        ) -> Result<Vec<crate::events::store::PullStats>> {
+            Ok(Vec::new())
+        }
+        fn last_pushes(&self, _: &[String]) -> Result<Vec<crate::events::store::PushRecord>> {
+            Ok(Vec::new())
+        }
     }
 
     fn pull() -> Event {

@@ -6,21 +6,29 @@
 //! - [`sqlite`]: the embedded store (SQLite in WAL mode in the data directory);
 //! - [`log`]: [`EventLog`], what handlers record into: a bounded queue and one writer committing in batches, and
 //!   the durable record a push answers after;
-//! - [`notify`]: notifications, the log's events POSTed as CloudEvents to configured endpoints.
+//! - [`notify`]: notifications, the log's events POSTed as CloudEvents to configured endpoints;
+//! - [`report`]: the images report and what is out of date (pure);
+//! - [`routes`]: `/berth/v1`, reading the log and the images report over HTTP;
+//! - [`client`]: `berth events` and `berth images`, the command-line readers of that API.
 //!
 //! Operations are recorded where they are decided, once: the registry's in the front door ([`crate::v2`]), the
 //! admission decisions in the webhook handlers. Must not: be read or written on a request path other than through
-//! [`EventLog::record`] / [`EventLog::record_durable`] (readers use the store from blocking tasks).
+//! [`EventLog::record`] / [`EventLog::record_durable`] (readers use the store from blocking tasks, as [`routes`] does).
 
+pub mod client;
 pub mod log;
 pub mod model;
 pub mod notify;
+pub mod report;
+pub mod routes;
 pub mod sqlite;
 pub mod store;
 
 pub use log::{EventLog, EventLogError};
 pub use model::{Actor, ActorKind, Event, EventAction};
-pub use store::{EventQuery, EventStore, Retention, StoreError, StoredEvent};
+pub use store::{
+    EventQuery, EventStore, PullStats, PushRecord, Retention, StoreError, StoredEvent,
+};
 
 use std::path::Path;
 use std::sync::Arc;

@@ -12,16 +12,32 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use rusqlite::{params, params_from_iter, Connection, OpenFlags, OptionalExtension};
 
 use super::model::Event;
-use super::store::{EventQuery, EventStore, Pruned, Result, Retention, StoreError, StoredEvent};
+use super::store::{
+    EventQuery, EventStore, Pruned, PullStats, PushRecord, Result, Retention, StoreError,
+    StoredEvent,
+};
 
 /// The schema this code writes; a store with a newer one is refused rather than misread.
-const SCHEMA_VERSION: i64 = 1;
+/// 2: the target's digest and tag in their own columns, for the images report's indexes.
+const SCHEMA_VERSION: i64 = 2;
 
 /// Read connections kept open for reuse.
 const READ_POOL: usize = 4;
 
 /// Rows one prune statement deletes, so that the writer waits at most for one such chunk.
 const PRUNE_CHUNK: i64 = 5_000;
+
+/// Repositories one grouped report statement asks about (SQLite allows 32,766 parameters; this keeps each
+/// statement's work and its text small).
+const REPORT_CHUNK: usize = 100;
+
+/// `?, ?, …` for `n` parameters.
+fn placeholders(n: usize) -> String {
+    vec!["?"; n].join(", ")
+}
+
+/// The actor column's prefix for the node proxy (`node-proxy:node-1`).
+const NODE_PROXY_PREFIX: &str = "node-proxy:";
 
 /// How long a statement waits for the other writer (the pruner or the log's writer) before failing.
 const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
@@ -81,7 +97,9 @@ impl SqliteStore {
                  actor TEXT NOT NULL,
                  namespace TEXT,
                  repository TEXT,
-                 body TEXT NOT NULL
+                 body TEXT NOT NULL,
+                 digest TEXT,
+                 tag TEXT
              );
              CREATE INDEX IF NOT EXISTS events_time ON events (time_ms);
              CREATE INDEX IF NOT EXISTS events_repository ON events (repository, seq);
@@ -105,8 +123,15 @@ impl SqliteStore {
                     path.display()
                 )))
             }
+            Some(v) if v < SCHEMA_VERSION => {
+                writer.execute(
+                    "UPDATE meta SET value = ?1 WHERE key = 'schema'",
+                    [SCHEMA_VERSION],
+                )?;
+            }
             Some(_) => {}
         }
+        add_target_columns(&writer)?;
         Ok(SqliteStore {
             path: path.to_owned(),
             writer: Mutex::new(writer),
@@ -150,6 +175,34 @@ impl SqliteStore {
     }
 }
 
+/// Schema 2: the `digest` and `tag` columns (filled from the bodies of the events stored before them) and the
+/// images report's indexes over them: its grouped pull counts read `events_pulls` alone (it covers them), never
+/// the bodies.
+fn add_target_columns(writer: &Connection) -> Result<()> {
+    let has_digest: bool = writer.query_row(
+        "SELECT count(*) > 0 FROM pragma_table_info('events') WHERE name = 'digest'",
+        [],
+        |row| row.get(0),
+    )?;
+    if !has_digest {
+        writer.execute_batch(
+            "BEGIN;
+             ALTER TABLE events ADD COLUMN digest TEXT;
+             ALTER TABLE events ADD COLUMN tag TEXT;
+             UPDATE events SET digest = json_extract(body, '$.target.digest'),
+                               tag = json_extract(body, '$.target.tag');
+             COMMIT;",
+        )?;
+    }
+    writer.execute_batch(
+        "CREATE INDEX IF NOT EXISTS events_pulls ON events (repository, digest, time_ms, actor)
+             WHERE action = 'pull';
+         CREATE INDEX IF NOT EXISTS events_pushes ON events (repository, tag, time_ms)
+             WHERE action = 'push';",
+    )?;
+    Ok(())
+}
+
 fn millis(time: SystemTime) -> i64 {
     time.duration_since(UNIX_EPOCH)
         .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
@@ -161,8 +214,8 @@ impl EventStore for SqliteStore {
         let transaction = writer.transaction()?;
         {
             let mut insert = transaction.prepare_cached(
-                "INSERT INTO events (id, time_ms, action, actor, namespace, repository, body)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+                "INSERT INTO events (id, time_ms, action, actor, namespace, repository, body, digest, tag)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
             )?;
             for event in events {
                 let body = serde_json::to_string(event)
@@ -175,6 +228,8 @@ impl EventStore for SqliteStore {
                     event.namespace(),
                     event.target.repository,
                     body,
+                    event.target.digest,
+                    event.target.tag,
                 ])?;
             }
         }
@@ -311,6 +366,109 @@ impl EventStore for SqliteStore {
             params![name, i64::try_from(seq).unwrap_or(i64::MAX)],
         )?;
         Ok(())
+    }
+
+    fn pull_stats(
+        &self,
+        repositories: &[String],
+        day_since: i64,
+        week_since: i64,
+    ) -> Result<Vec<PullStats>> {
+        let mut stats = Vec::new();
+        for chunk in repositories.chunks(REPORT_CHUNK) {
+            let marks = placeholders(chunk.len());
+            // One max() aggregate: SQLite takes the bare `actor` from the row holding the maximum (the last pull).
+            let counts = format!(
+                "SELECT repository, digest, count(*),
+                        sum(time_ms >= ?), sum(time_ms >= ?), max(time_ms), actor, count(DISTINCT actor)
+                 FROM events
+                 WHERE action = 'pull' AND repository IN ({marks}) AND digest IS NOT NULL
+                 GROUP BY repository, digest"
+            );
+            let nodes = format!(
+                "SELECT DISTINCT repository, digest, actor
+                 FROM events
+                 WHERE action = 'pull' AND repository IN ({marks}) AND digest IS NOT NULL
+                   AND actor >= '{NODE_PROXY_PREFIX}' AND actor < 'node-proxy;'
+                 ORDER BY repository, digest, actor"
+            );
+            self.read(|connection| {
+                let mut values: Vec<rusqlite::types::Value> =
+                    vec![day_since.into(), week_since.into()];
+                values.extend(chunk.iter().map(|r| r.clone().into()));
+                let mut statement = connection.prepare_cached(&counts)?;
+                let rows = statement.query_map(params_from_iter(values), |row| {
+                    let count = |i: usize| -> rusqlite::Result<u64> {
+                        Ok(u64::try_from(row.get::<_, Option<i64>>(i)?.unwrap_or(0)).unwrap_or(0))
+                    };
+                    Ok(PullStats {
+                        repository: row.get(0)?,
+                        digest: row.get(1)?,
+                        total: count(2)?,
+                        last_day: count(3)?,
+                        last_week: count(4)?,
+                        last_millis: row.get(5)?,
+                        last_actor: row.get(6)?,
+                        pullers: count(7)?,
+                        nodes: Vec::new(),
+                    })
+                })?;
+                let first = stats.len();
+                for row in rows {
+                    stats.push(row?);
+                }
+                let mut statement = connection.prepare_cached(&nodes)?;
+                let rows = statement.query_map(params_from_iter(chunk.iter()), |row| {
+                    Ok((
+                        row.get::<_, String>(0)?,
+                        row.get::<_, String>(1)?,
+                        row.get::<_, String>(2)?,
+                    ))
+                })?;
+                for row in rows {
+                    let (repository, digest, actor) = row?;
+                    let node = actor.strip_prefix(NODE_PROXY_PREFIX).unwrap_or(&actor);
+                    if let Some(entry) = stats[first..]
+                        .iter_mut()
+                        .find(|s| s.repository == repository && s.digest == digest)
+                    {
+                        entry.nodes.push(node.to_owned());
+                    }
+                }
+                Ok(())
+            })?;
+        }
+        Ok(stats)
+    }
+
+    fn last_pushes(&self, repositories: &[String]) -> Result<Vec<PushRecord>> {
+        let mut pushes = Vec::new();
+        for chunk in repositories.chunks(REPORT_CHUNK) {
+            let sql = format!(
+                "SELECT repository, tag, max(time_ms), digest, actor
+                 FROM events
+                 WHERE action = 'push' AND repository IN ({}) AND tag IS NOT NULL
+                 GROUP BY repository, tag",
+                placeholders(chunk.len())
+            );
+            self.read(|connection| {
+                let mut statement = connection.prepare_cached(&sql)?;
+                let rows = statement.query_map(params_from_iter(chunk.iter()), |row| {
+                    Ok(PushRecord {
+                        repository: row.get(0)?,
+                        tag: row.get(1)?,
+                        millis: row.get(2)?,
+                        digest: row.get(3)?,
+                        actor: row.get(4)?,
+                    })
+                })?;
+                for row in rows {
+                    pushes.push(row?);
+                }
+                Ok(())
+            })?;
+        }
+        Ok(pushes)
     }
 
     fn size(&self) -> Result<u64> {
@@ -453,5 +611,183 @@ mod tests {
             .expect("append");
         let store = SqliteStore::open(&path).expect("reopen");
         assert_eq!(store.last_seq().expect("last"), 1);
+    }
+
+    fn by(action: EventAction, actor: Actor, target: (&str, Option<&str>, &str), at: u64) -> Event {
+        let mut event = event(action, target.0, at);
+        event.actor = actor;
+        event.target.tag = target.1.map(str::to_owned);
+        event.target.digest = Some(target.2.to_owned());
+        event
+    }
+
+    fn actor(identity: crate::auth::Identity) -> Actor {
+        Actor::from(&identity)
+    }
+
+    #[test]
+    fn pull_stats_and_last_pushes_are_grouped_per_manifest_and_tag() {
+        use crate::auth::Identity;
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = SqliteStore::open(&SqliteStore::path_in(dir.path())).expect("open");
+        let alice = actor(Identity::User {
+            name: "alice".into(),
+        });
+        let bob = actor(Identity::User { name: "bob".into() });
+        let node = |name: &str| {
+            actor(Identity::NodeProxy {
+                namespace: "berth-system".into(),
+                name: "berth-node-proxy".into(),
+                node: Some(name.into()),
+            })
+        };
+        let app = |tag: Option<&'static str>, digest: &'static str| ("team-a/app", tag, digest);
+        store
+            .append(&[
+                by(
+                    EventAction::Push,
+                    alice.clone(),
+                    app(Some("v1"), "sha256:aa"),
+                    1_000,
+                ),
+                by(
+                    EventAction::Push,
+                    bob.clone(),
+                    app(Some("v1"), "sha256:bb"),
+                    2_000,
+                ),
+                by(
+                    EventAction::Pull,
+                    alice.clone(),
+                    app(Some("v1"), "sha256:aa"),
+                    1_500,
+                ),
+                by(EventAction::Pull, node("n1"), app(None, "sha256:bb"), 3_000),
+                by(
+                    EventAction::Pull,
+                    node("n2"),
+                    app(Some("v1"), "sha256:bb"),
+                    4_000,
+                ),
+                by(
+                    EventAction::Pull,
+                    node("n1"),
+                    app(Some("v1"), "sha256:bb"),
+                    5_000,
+                ),
+                by(
+                    EventAction::Pull,
+                    bob.clone(),
+                    app(Some("v1"), "sha256:bb"),
+                    6_000,
+                ),
+                by(
+                    EventAction::Pull,
+                    bob.clone(),
+                    ("team-b/lib", None, "sha256:cc"),
+                    7_000,
+                ),
+            ])
+            .expect("append");
+        let repos = vec!["team-a/app".to_owned()];
+        let mut stats = store.pull_stats(&repos, 5_000, 3_000).expect("stats");
+        stats.sort_by(|a, b| a.digest.cmp(&b.digest));
+        assert_eq!(
+            stats,
+            [
+                PullStats {
+                    repository: "team-a/app".into(),
+                    digest: "sha256:aa".into(),
+                    total: 1,
+                    last_day: 0,
+                    last_week: 0,
+                    last_millis: 1_500,
+                    last_actor: "user:alice".into(),
+                    pullers: 1,
+                    nodes: vec![],
+                },
+                PullStats {
+                    repository: "team-a/app".into(),
+                    digest: "sha256:bb".into(),
+                    total: 4,
+                    last_day: 2,
+                    last_week: 4,
+                    last_millis: 6_000,
+                    last_actor: "user:bob".into(),
+                    pullers: 3,
+                    nodes: vec!["n1".into(), "n2".into()],
+                },
+            ]
+        );
+        let pushes = store.last_pushes(&repos).expect("pushes");
+        assert_eq!(
+            pushes,
+            [PushRecord {
+                repository: "team-a/app".into(),
+                tag: "v1".into(),
+                digest: Some("sha256:bb".into()),
+                millis: 2_000,
+                actor: "user:bob".into(),
+            }]
+        );
+        // The grouped pull counts read the covering index, not the table.
+        let plan: Vec<String> = store
+            .read(|connection| {
+                let mut statement = connection.prepare(
+                    "EXPLAIN QUERY PLAN SELECT repository, digest,
+                         count(*), max(time_ms), actor, count(DISTINCT actor) FROM events
+                     WHERE action = 'pull' AND repository IN (?) AND digest IS NOT NULL
+                     GROUP BY repository, digest",
+                )?;
+                let rows = statement.query_map(["team-a/app"], |row| row.get::<_, String>(3))?;
+                Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
+            })
+            .expect("plan");
+        assert!(
+            plan.iter()
+                .any(|step| step.contains("COVERING INDEX events_pulls")),
+            "{plan:?}"
+        );
+    }
+
+    #[test]
+    fn a_schema_1_store_gets_the_target_columns_filled_from_its_events() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = SqliteStore::path_in(dir.path());
+        std::fs::create_dir_all(path.parent().expect("dir")).expect("mkdir");
+        let mut pulled = event(EventAction::Pull, "team-a/app", 1_000);
+        pulled.target.digest = Some("sha256:aa".into());
+        {
+            let old = Connection::open(&path).expect("open");
+            old.execute_batch(
+                "CREATE TABLE meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL);
+                 INSERT INTO meta VALUES ('schema', 1);
+                 CREATE TABLE events (seq INTEGER PRIMARY KEY AUTOINCREMENT, id TEXT NOT NULL,
+                     time_ms INTEGER NOT NULL, action TEXT NOT NULL, actor TEXT NOT NULL, namespace TEXT,
+                     repository TEXT, body TEXT NOT NULL);",
+            )
+            .expect("schema 1");
+            old.execute(
+                "INSERT INTO events (id, time_ms, action, actor, repository, body)
+                 VALUES (?1, 1000, 'pull', 'anonymous', 'team-a/app', ?2)",
+                params![pulled.id, serde_json::to_string(&pulled).expect("json")],
+            )
+            .expect("insert");
+        }
+        let store = SqliteStore::open(&path).expect("migrated");
+        let stats = store
+            .pull_stats(&["team-a/app".to_owned()], 0, 0)
+            .expect("stats");
+        assert_eq!(
+            (stats.len(), stats[0].digest.as_str(), stats[0].total),
+            (1, "sha256:aa", 1)
+        );
+        let version: i64 = store
+            .writer()
+            .query_row("SELECT value FROM meta WHERE key = 'schema'", [], |row| {
+                row.get(0)
+            })
+            .expect("version");
+        assert_eq!(version, SCHEMA_VERSION);
     }
 }

@@ -51,6 +51,37 @@ pub struct EventQuery {
     pub limit: usize,
 }
 
+/// The pulls of one manifest of one repository (the images report's numbers), from the `pull` events.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PullStats {
+    pub repository: String,
+    /// The manifest pulled (by tag or by digest: a pull event names the digest it sent).
+    pub digest: String,
+    pub total: u64,
+    /// Pulls at or after the `day_since` given to [`EventStore::pull_stats`].
+    pub last_day: u64,
+    /// Pulls at or after its `week_since`.
+    pub last_week: u64,
+    /// The last pull's time (milliseconds since the epoch) and actor ([`super::Actor::subject`]).
+    pub last_millis: i64,
+    pub last_actor: String,
+    /// Distinct actors that pulled it.
+    pub pullers: u64,
+    /// The nodes whose node proxy pulled it, sorted.
+    pub nodes: Vec<String>,
+}
+
+/// The last push of one tag of one repository.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PushRecord {
+    pub repository: String,
+    pub tag: String,
+    /// The digest the push stored under the tag.
+    pub digest: Option<String>,
+    pub millis: i64,
+    pub actor: String,
+}
+
 /// How much the store keeps.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Retention {
@@ -96,4 +127,17 @@ pub trait EventStore: Send + Sync + 'static {
 
     /// Bytes the events take.
     fn size(&self) -> Result<u64>;
+
+    /// The pull counts of every manifest of `repositories` that was pulled, with `day_since` and `week_since`
+    /// (milliseconds since the epoch) splitting off the recent ones. Grouped in the store: the cost is that of
+    /// the pulls of these repositories, never of the whole log.
+    fn pull_stats(
+        &self,
+        repositories: &[String],
+        day_since: i64,
+        week_since: i64,
+    ) -> Result<Vec<PullStats>>;
+
+    /// The last push of each tag of `repositories` (pushes by digest alone name no tag and are left out).
+    fn last_pushes(&self, repositories: &[String]) -> Result<Vec<PushRecord>>;
 }

@@ -10,15 +10,14 @@
 pub mod access;
 pub mod route;
 
-use actix_web::http::{header, Method};
+use actix_web::http::Method;
 use actix_web::middleware::DefaultHeaders;
 use actix_web::HttpMessage;
 use actix_web::{web, HttpRequest, HttpResponse};
 
 use crate::admission::source::PolicyStore;
-use crate::auth::authenticator::{
-    AuthError, Authenticated, Authenticator, Presented, NODE_NAME_HEADER,
-};
+use crate::auth::authenticator::{AuthError, Authenticator};
+use crate::auth::request::Caller as Allowed;
 use crate::auth::{scope, Action};
 use crate::proxy::Proxy;
 use crate::registry::error::{RegistryError, Result};
@@ -76,39 +75,11 @@ async fn dispatch(
     serve(&req, route, target, &query, body, registry.get_ref(), proxy).await
 }
 
-/// The verified identity of a request, with what decides for it.
-struct Allowed {
-    authenticated: Authenticated,
-    policy: std::sync::Arc<crate::admission::source::ActivePolicy>,
-}
-
-impl Allowed {
-    /// Whether this identity may do `action` on `repository`: what its berth token grants, or else the rules.
-    fn may(&self, action: Action, repository: &str) -> bool {
-        match &self.authenticated.grants {
-            Some(grants) => scope::permits(grants, repository, action),
-            None => {
-                self.policy
-                    .policy
-                    .access()
-                    .decide(&self.authenticated.identity, action, repository)
-                    .allowed
-            }
-        }
-    }
-}
-
 /// Authenticates the request and decides whether it may do what it needs. A client without (sufficient)
 /// credentials gets 401 with a challenge naming the token endpoint and the scope to ask for; a known identity the
 /// rules refuse gets 403 `DENIED` naming the identity, the action, the repository and what decided.
 async fn authorize(req: &HttpRequest, auth: &Authenticator, needed: &Needed) -> Result<Allowed> {
-    let headers = req.headers();
-    let presented = Presented {
-        authorization: headers.get(header::AUTHORIZATION).map(|v| v.as_bytes()),
-        node_name: headers.get(NODE_NAME_HEADER).and_then(|v| v.to_str().ok()),
-        client: req.peer_addr().map(|a| a.ip()),
-        credentials: None,
-    };
+    let presented = crate::auth::request::presented(req);
     let unauthorized = |message: String| {
         let info = req.connection_info();
         let realm = access::realm(info.scheme(), info.host(), "localhost");
@@ -130,14 +101,11 @@ async fn authorize(req: &HttpRequest, auth: &Authenticator, needed: &Needed) -> 
     })?;
     // For the access log, refusals included.
     req.extensions_mut().insert(authenticated.identity.clone());
-    let policy = req
-        .app_data::<web::Data<PolicyStore>>()
-        .map(|store| store.current())
-        .ok_or_else(|| {
-            RegistryError::Storage(crate::registry::storage::StorageError::Corrupt(
-                "no policy store mounted".into(),
-            ))
-        })?;
+    let policy = crate::auth::request::policy(req).ok_or_else(|| {
+        RegistryError::Storage(crate::registry::storage::StorageError::Corrupt(
+            "no policy store mounted".into(),
+        ))
+    })?;
     let allowed = Allowed {
         authenticated,
         policy,

@@ -165,6 +165,11 @@ impl Query {
         self.0.retain(|(k, _)| k != key);
     }
 
+    /// Every key given, in order (repeated keys repeat).
+    pub fn keys(&self) -> impl Iterator<Item = &str> {
+        self.0.iter().map(|(k, _)| k.as_str())
+    }
+
     /// Every value of `key`, in order.
     pub fn get_all<'a>(&'a self, key: &'a str) -> impl Iterator<Item = &'a str> + 'a {
         self.0

@@ -67,6 +67,18 @@ impl Registry {
         Ok(paginate(tags, n, last))
     }
 
+    /// Every tag of `repo` with the digest it points at, in tag order (none for a repository without tags).
+    pub async fn tag_digests(&self, repo: &RepoName) -> Result<Vec<(Tag, Digest)>> {
+        let tags = self.storage.tags(repo).await?.unwrap_or_default();
+        let mut pointed = Vec::with_capacity(tags.len());
+        for tag in tags {
+            if let Some(digest) = self.storage.tag_get(repo, &tag).await? {
+                pointed.push((tag, digest));
+            }
+        }
+        Ok(pointed)
+    }
+
     pub async fn catalog(&self, n: Option<usize>, last: Option<&str>) -> Result<Page<RepoName>> {
         Ok(paginate(self.storage.repositories().await?, n, last))
     }
