@@ -29,9 +29,11 @@ pub mod v2;
 use actix_web::web;
 
 /// Mounts every subsystem's routes. The caller provides `web::Data` of `registry::Registry`, `proxy::Proxy`,
-/// `admission::PolicyStore`, `admission::AdmissionSettings` and `auth::Authenticator`.
+/// `admission::PolicyStore`, `admission::AdmissionSettings`, `auth::Authenticator`, `events::EventLog` and
+/// `events::Metrics`.
 pub fn configure(cfg: &mut web::ServiceConfig) {
     health::configure(cfg);
+    events::metrics::configure(cfg);
     auth::routes::configure(cfg);
     admission::configure(cfg);
     v2::configure(cfg);

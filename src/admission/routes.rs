@@ -9,6 +9,7 @@ use super::review;
 use super::rewrite::{self, MutationPlan};
 use super::source::PolicyStore;
 use super::validate;
+use crate::events::metrics::{Decision, Metrics, Webhook};
 use crate::proxy::Proxy;
 use crate::registry::names::{Reference, Tag};
 use crate::registry::Registry;
@@ -75,13 +76,24 @@ async fn validate(
     body: web::Payload,
     store: web::Data<PolicyStore>,
     settings: web::Data<AdmissionSettings>,
+    metrics: web::Data<Metrics>,
 ) -> HttpResponse {
     let request = match read_request(body).await {
         Ok(request) => request,
-        Err(unreadable) => return refuse_unreadable("/validate", unreadable),
+        Err(unreadable) => {
+            metrics.admission_decision(Webhook::Validate, Decision::Invalid, None);
+            return refuse_unreadable("/validate", unreadable);
+        }
     };
     let active = store.current();
-    let response = validate::validate(&request, &active.policy, &settings);
+    let response =
+        validate::validate_observing(&request, &active.policy, &settings, &mut |decision| {
+            metrics.admission_decision(
+                Webhook::Validate,
+                decision.verdict.into(),
+                decision.rule.as_deref(),
+            )
+        });
     if !response.allowed {
         log::info!(
             "validate {}: denied: {}",
@@ -104,14 +116,26 @@ async fn mutate(
     settings: web::Data<AdmissionSettings>,
     registry: web::Data<Registry>,
     proxy: web::Data<Proxy>,
+    metrics: web::Data<Metrics>,
 ) -> HttpResponse {
     let request = match read_request(body).await {
         Ok(request) => request,
-        Err(unreadable) => return refuse_unreadable("/mutate", unreadable),
+        Err(unreadable) => {
+            metrics.admission_decision(Webhook::Mutate, Decision::Invalid, None);
+            return refuse_unreadable("/mutate", unreadable);
+        }
     };
     let active = store.current();
     let plan = rewrite::plan_mutation(&request, &active.policy, &settings);
     let available = availability(&plan, &registry, &proxy).await;
+    for (candidate, &ok) in plan.candidates.iter().zip(&available) {
+        let decision = if ok {
+            Decision::Mutated
+        } else {
+            Decision::Unavailable
+        };
+        metrics.admission_decision(Webhook::Mutate, decision, Some(&candidate.rule));
+    }
     let (patch, warnings) = rewrite::build_patch(&plan, &available);
     let mut response = AdmissionResponse::from(&request);
     if !warnings.is_empty() {

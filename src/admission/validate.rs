@@ -11,7 +11,7 @@ use kube::core::admission::{AdmissionResponse, Operation};
 
 use super::image::ImageRef;
 use super::pod::{container_images, object_name, pod_spec, recorded_originals};
-use super::policy::{Mode, Policy, Verdict};
+use super::policy::{ImageDecision, Mode, Policy, Verdict};
 use super::review::Request;
 use super::rewrite::original_behind;
 use super::scope::{skipped, Scope};
@@ -94,6 +94,16 @@ fn previous_images(request: &Request) -> BTreeMap<(&'static str, String), String
 /// `/validate`: allows or denies the object by the policy. A denial names, for every offending image, the container,
 /// the normalised image, the rule and its message; warnings go in `warnings`.
 pub fn validate(request: &Request, policy: &Policy, scope: &Scope) -> AdmissionResponse {
+    validate_observing(request, policy, scope, &mut |_| {})
+}
+
+/// [`validate`], showing `observe` every image decision the policy's rules make (the metrics count them by rule).
+pub fn validate_observing(
+    request: &Request,
+    policy: &Policy,
+    scope: &Scope,
+    observe: &mut dyn FnMut(&ImageDecision),
+) -> AdmissionResponse {
     let mut response = AdmissionResponse::from(request);
     if skipped(request, policy, scope) {
         return response;
@@ -148,6 +158,7 @@ pub fn validate(request: &Request, policy: &Policy, scope: &Scope) -> AdmissionR
         for (image, label) in checks {
             let image = &image;
             let decision = policy.decide(image, namespace);
+            observe(&decision);
             let what = match &decision.normalized {
                 Some(normalized) if normalized != image => {
                     format!("{label} {image:?} ({normalized})")

@@ -4,6 +4,7 @@
 //! - [`model`]: the event (pure data and its JSON shape);
 //! - [`store`]: the store's trait ([`EventStore`]), so a server database can later serve several replicas;
 //! - [`sqlite`]: the embedded store (SQLite in WAL mode in the data directory);
+//! - [`metrics`]: `GET /metrics` ([`metrics::Metrics`]) and the node proxy's ([`metrics::NodeProxyMetrics`]);
 //! - [`log`]: [`EventLog`], what handlers record into: a bounded queue and one writer committing in batches, and
 //!   the durable record a push answers after.
 //!
@@ -12,11 +13,13 @@
 //! [`EventLog::record`] / [`EventLog::record_durable`] (readers use the store from blocking tasks).
 
 pub mod log;
+pub mod metrics;
 pub mod model;
 pub mod sqlite;
 pub mod store;
 
 pub use log::{EventLog, EventLogError};
+pub use metrics::Metrics;
 pub use model::{Actor, ActorKind, Event, EventAction};
 pub use store::{EventQuery, EventStore, Retention, StoreError, StoredEvent};
 
