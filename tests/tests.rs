@@ -12,6 +12,7 @@ mod e2e;
 mod inprocess;
 mod lifecycle;
 mod manifests;
+mod metrics;
 mod node;
 mod node_proxy;
 mod proxy;

@@ -1,0 +1,278 @@
+//! `GET /metrics` read by the real parsers: a real Prometheus server (Debian's `prometheus`) scrapes berth over
+//! TLS and the node proxy, and its query API returns the request counts the test made; `promtool check metrics`
+//! passes the text berth and the node proxy serve. Issue 12.
+
+use std::io::Write;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use reqwest::blocking::Client;
+use reqwest::StatusCode;
+use serde_json::Value;
+
+use crate::api::Api;
+use crate::node_proxy::NodeProxy;
+use crate::support::{free_port, poll_until, Berth, Options};
+
+const PROMETHEUS: &str = "/usr/bin/prometheus";
+const PROMTOOL: &str = "/usr/bin/promtool";
+
+/// A Prometheus server with its own config and storage in a temporary directory; killed on drop.
+struct Prometheus {
+    base: String,
+    child: Child,
+    dir: tempfile::TempDir,
+}
+
+impl Prometheus {
+    /// Starts Prometheus scraping every second: `scrape_configs` is the YAML list of jobs.
+    fn start(scrape_configs: &str) -> Prometheus {
+        let dir = tempfile::Builder::new()
+            .prefix("berth-prometheus-")
+            .tempdir()
+            .expect("temp dir");
+        let config = dir.path().join("prometheus.yml");
+        std::fs::write(
+            &config,
+            format!(
+                "global:\n  scrape_interval: 1s\n  scrape_timeout: 1s\n  evaluation_interval: 1s\nscrape_configs:\n{scrape_configs}"
+            ),
+        )
+        .expect("write prometheus.yml");
+        let port = free_port();
+        let log = std::fs::File::create(dir.path().join("prometheus.log")).expect("log");
+        let child = Command::new(PROMETHEUS)
+            .arg(format!("--config.file={}", config.display()))
+            .arg(format!(
+                "--storage.tsdb.path={}",
+                dir.path().join("data").display()
+            ))
+            .arg(format!("--web.listen-address=127.0.0.1:{port}"))
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap_or_else(|e| panic!("start {PROMETHEUS} (tests/run.sh installs it): {e}"));
+        let prometheus = Prometheus {
+            base: format!("http://127.0.0.1:{port}"),
+            child,
+            dir,
+        };
+        let client = Client::new();
+        poll_until(Duration::from_secs(30), "prometheus ready", || {
+            client
+                .get(format!("{}/-/ready", prometheus.base))
+                .send()
+                .ok()
+                .filter(|r| r.status() == StatusCode::OK)
+        });
+        prometheus
+    }
+
+    /// The value of an instant query that returns one sample, or `None` while it returns none.
+    fn query_one(&self, query: &str) -> Option<f64> {
+        let answer: Value = Client::new()
+            .get(format!("{}/api/v1/query", self.base))
+            .query(&[("query", query)])
+            .send()
+            .ok()?
+            .json()
+            .ok()?;
+        assert_eq!(answer["status"], "success", "{query}: {answer}");
+        let result = answer["data"]["result"].as_array()?;
+        let sample = result.first()?;
+        sample["value"][1].as_str()?.parse().ok()
+    }
+
+    /// Waits until `query` returns `expected` (it may return less first: scrapes come every second).
+    fn wait_for(&self, query: &str, expected: f64) {
+        let mut last = None;
+        let found = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            poll_until(Duration::from_secs(30), query, || {
+                last = self.query_one(query);
+                last.filter(|v| *v == expected)
+            })
+        }));
+        if found.is_err() {
+            panic!(
+                "{query}: last {last:?}, expected {expected}\n--- targets ---\n{}\n--- prometheus log ---\n{}",
+                self.targets(),
+                std::fs::read_to_string(self.dir.path().join("prometheus.log")).unwrap_or_default()
+            );
+        }
+    }
+
+    fn targets(&self) -> String {
+        Client::new()
+            .get(format!("{}/api/v1/targets", self.base))
+            .send()
+            .and_then(|r| r.text())
+            .unwrap_or_default()
+    }
+}
+
+impl Drop for Prometheus {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The count of manifest GETs a real Prometheus scraped from berth (over TLS, verifying berth's CA) and from the
+/// node proxy is the number the test sent; the admission counter has the rule that denied.
+#[test]
+fn a_real_prometheus_scrapes_the_request_counts() {
+    let berth = Berth::start(Options::default());
+    let api = Api::new(&berth);
+    api.push_image("team/app", "1.0", 7);
+    const GETS: usize = 5;
+    for _ in 0..GETS {
+        assert_eq!(
+            api.get("/v2/team/app/manifests/1.0").status(),
+            StatusCode::OK
+        );
+    }
+    // Other methods, statuses and routes are other series.
+    assert_eq!(
+        api.head("/v2/team/app/manifests/1.0").status(),
+        StatusCode::OK
+    );
+    assert_eq!(
+        api.get("/v2/team/app/manifests/nope").status(),
+        StatusCode::NOT_FOUND
+    );
+    let proxy = NodeProxy::start(&berth);
+    let plain = Client::builder().no_proxy().build().expect("client");
+    for _ in 0..2 {
+        let response = plain
+            .get(format!("{}/v2/team/app/manifests/1.0", proxy.base))
+            .send()
+            .expect("GET through the node proxy");
+        assert_eq!(response.status(), StatusCode::OK);
+    }
+
+    let berth_host = &berth.host;
+    let proxy_host = &proxy.host;
+    let ca = berth.ca_file();
+    let prometheus = Prometheus::start(&format!(
+        "  - job_name: berth\n    scheme: https\n    tls_config:\n      ca_file: {}\n    static_configs:\n      - targets: ['{berth_host}']\n  - job_name: node-proxy\n    static_configs:\n      - targets: ['{proxy_host}']\n",
+        ca.display()
+    ));
+    let manifests = r#"route="/v2/{name}/manifests/{reference}""#;
+    // The node proxy's two GETs reached berth as GETs too.
+    prometheus.wait_for(
+        &format!(
+            r#"sum(berth_http_requests_total{{job="berth",{manifests},method="GET",status="200"}})"#
+        ),
+        (GETS + 2) as f64,
+    );
+    prometheus.wait_for(
+        &format!(
+            r#"sum(berth_http_requests_total{{job="berth",{manifests},method="GET",status="404"}})"#
+        ),
+        1.0,
+    );
+    prometheus.wait_for(
+        &format!(r#"sum(berth_http_requests_total{{job="berth",{manifests},method="HEAD"}})"#),
+        1.0,
+    );
+    prometheus.wait_for(
+        &format!(r#"sum(berth_http_request_duration_seconds_count{{job="berth",{manifests},method="GET"}})"#),
+        (GETS + 3) as f64,
+    );
+    prometheus.wait_for(
+        &format!(r#"sum(berth_node_proxy_http_requests_total{{job="node-proxy",{manifests},method="GET",status="200"}})"#),
+        2.0,
+    );
+    prometheus.wait_for(
+        r#"sum(berth_node_proxy_upstream_requests_total{job="node-proxy",result="answered"})"#,
+        2.0,
+    );
+    // No label carries a repository name.
+    assert_eq!(
+        prometheus.query_one(r#"count({__name__=~"berth_.+", route=~".*team.*"})"#),
+        None
+    );
+}
+
+/// `promtool check metrics` (the Prometheus project's linter over its own text parser) passes what berth and the
+/// node proxy serve, after requests of several kinds have made series.
+#[test]
+fn promtool_passes_the_served_metrics() {
+    let berth = Berth::start(Options {
+        plain_http: true,
+        ..Options::default()
+    });
+    let api = Api::new(&berth);
+    api.push_image("team/lint", "1", 9);
+    assert_eq!(
+        api.get("/v2/team/lint/manifests/1").status(),
+        StatusCode::OK
+    );
+    assert_eq!(api.get("/nowhere").status(), StatusCode::NOT_FOUND);
+    let denied = api
+        .client
+        .post(api.url("/validate"))
+        .header("content-type", "application/json")
+        .body("not a review")
+        .send()
+        .expect("POST /validate");
+    assert_eq!(denied.status(), StatusCode::OK);
+    let text = api.get("/metrics");
+    assert_eq!(text.status(), StatusCode::OK);
+    assert!(
+        crate::api::header(text.headers(), "content-type").starts_with("text/plain; version=0.0.4"),
+        "{:?}",
+        text.headers()
+    );
+    let text = text.text().expect("metrics text");
+    promtool_check(&text);
+    for line in [
+        r#"berth_http_requests_total{route="other",method="GET",status="404"} 1"#,
+        r#"berth_admission_decisions_total{webhook="validate",decision="invalid",rule="none"} 1"#,
+        "berth_uploads_in_progress 0",
+    ] {
+        assert!(text.lines().any(|l| l == line), "{line} in\n{text}");
+    }
+
+    let proxy_berth = Berth::start(Options::default());
+    let proxy = NodeProxy::start(&proxy_berth);
+    let response = Client::new()
+        .get(format!("{}/v2/", proxy.base))
+        .send()
+        .expect("GET /v2/");
+    assert_eq!(response.status(), StatusCode::OK);
+    let text = Client::new()
+        .get(format!("{}/metrics", proxy.base))
+        .send()
+        .and_then(|r| r.text())
+        .expect("node proxy metrics");
+    promtool_check(&text);
+    assert!(
+        text.lines().any(|l| l
+            == r#"berth_node_proxy_http_requests_total{route="/v2/",method="GET",status="200"} 1"#),
+        "{text}"
+    );
+}
+
+fn promtool_check(text: &str) {
+    let mut child = Command::new(PROMTOOL)
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("start {PROMTOOL} (tests/run.sh installs prometheus): {e}"));
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(text.as_bytes())
+        .expect("write to promtool");
+    let output = child.wait_with_output().expect("promtool");
+    assert!(
+        output.status.success(),
+        "promtool check metrics: {}{}\n--- text ---\n{text}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
