@@ -270,7 +270,7 @@ impl HttpMetrics {
         );
         registry.register(
             format!("{prefix}_request_bytes"),
-            "Request body bytes declared by Content-Length, by route template",
+            "Request body bytes (Content-Length of requests answered below 400), by route template",
             metrics.request_bytes.clone(),
         );
         registry.register(
@@ -835,14 +835,33 @@ pub async fn count_requests(
         .and_then(|v| v.parse::<u64>().ok())
         .unwrap_or(0);
     let started = Instant::now();
-    let res = next.call(req).await?;
+    let res = next.call(req).await;
     let metrics = http.http();
     let elapsed = started.elapsed();
-    metrics.observe(route, method, res.status().as_u16(), elapsed);
-    metrics.request_bytes(route, declared);
-    http.webhook_duration(route, elapsed);
+    let res = match res {
+        Ok(res) => res,
+        Err(error) => {
+            // Answered by actix from the error: counted with the status it gets, no body counted.
+            let status = error.as_response_error().status_code().as_u16();
+            metrics.observe(route, method, status, elapsed);
+            return Err(error);
+        }
+    };
+    let status = res.status().as_u16();
+    metrics.observe(route, method, status, elapsed);
+    // A declared length is the client's claim: counted only when the body was taken (below 400), so a refused
+    // request cannot inflate (or wrap) the counter with a length it never sent.
+    if status < 400 {
+        metrics.request_bytes(route, declared);
+    }
+    if method == MethodLabel::Post {
+        http.webhook_duration(route, elapsed);
+    }
     let response_bytes = metrics.response_bytes(route).clone();
+    // A HEAD answer's body size is the GET's; nothing of it is sent.
+    let head = method == MethodLabel::Head;
     Ok(res.map_body(move |_, body| match body.size() {
+        _ if head => EitherBody::left(BoxBody::new(body)),
         BodySize::Sized(n) => {
             response_bytes.inc_by(n);
             EitherBody::left(BoxBody::new(body))
@@ -1091,6 +1110,71 @@ mod tests {
             r#"berth_http_request_duration_seconds_bucket{route="/v2/{name}/manifests/{reference}",method="GET",le="0.0025"} 4"#,
         );
         has(r#"berth_http_request_bytes_total{route="/v2/{name}/manifests/{reference}"} 10"#);
+    }
+
+    /// The middleware: statuses per template, bytes of sized and streamed bodies as sent, none for a HEAD, and a
+    /// refused request's declared length not counted.
+    #[actix_web::test]
+    async fn the_middleware_counts_statuses_and_bytes_as_sent() {
+        use actix_web::{middleware::from_fn, test, App};
+        let metrics = web::Data::new(Metrics::new());
+        let app = test::init_service(
+            App::new()
+                .app_data(metrics.clone())
+                .wrap(from_fn(count_requests))
+                .route(
+                    "/v2/{tail:.*}",
+                    web::route().to(|req: actix_web::HttpRequest| async move {
+                        if req.path().ends_with("/stream") {
+                            let chunks = futures_util::stream::iter(["abc", "defg"].map(|c| {
+                                Ok::<_, std::io::Error>(Bytes::from_static(c.as_bytes()))
+                            }));
+                            return HttpResponse::Ok().streaming(chunks);
+                        }
+                        if req.method() == Method::PUT {
+                            return HttpResponse::PayloadTooLarge().finish();
+                        }
+                        HttpResponse::Ok().body("0123456789")
+                    }),
+                ),
+        )
+        .await;
+        let send = |method: Method, path: &'static str| {
+            test::TestRequest::default()
+                .method(method)
+                .uri(path)
+                .insert_header((header::CONTENT_LENGTH, "1000"))
+                .to_request()
+        };
+        for (method, path) in [
+            (Method::GET, "/v2/a/manifests/latest"),
+            (Method::HEAD, "/v2/a/manifests/latest"),
+            (Method::GET, "/v2/a/blobs/stream"),
+            (Method::PUT, "/v2/a/manifests/big"),
+        ] {
+            let body = test::call_and_read_body(&app, send(method, path)).await;
+            assert!(body.len() <= 10, "{body:?}");
+        }
+        let text = metrics.render(&Scrape::default(), false).expect("encode");
+        let manifests = "/v2/{name}/manifests/{reference}";
+        for line in [
+            format!(
+                r#"berth_http_requests_total{{route="{manifests}",method="GET",status="200"}} 1"#
+            ),
+            format!(
+                r#"berth_http_requests_total{{route="{manifests}",method="HEAD",status="200"}} 1"#
+            ),
+            format!(
+                r#"berth_http_requests_total{{route="{manifests}",method="PUT",status="413"}} 1"#
+            ),
+            // The GET's 10 bytes; the HEAD sent none, the 413's body is empty.
+            format!(r#"berth_http_response_bytes_total{{route="{manifests}"}} 10"#),
+            // The GET's and the HEAD's declared 1000 each; the refused PUT's 1000 not.
+            format!(r#"berth_http_request_bytes_total{{route="{manifests}"}} 2000"#),
+            r#"berth_http_response_bytes_total{route="/v2/{name}/blobs/{digest}"} 7"#.to_owned(),
+        ] {
+            assert!(text.lines().any(|l| l == line), "{line} in\n{text}");
+        }
     }
 
     #[test]
