@@ -276,3 +276,74 @@ fn promtool_check(text: &str) {
         String::from_utf8_lossy(&output.stderr)
     );
 }
+
+/// Admission decisions are counted per image by webhook, decision and the rule that decided; the review latency per
+/// webhook; a policy reload and a refused policy text; all read back from `/metrics`.
+#[test]
+fn admission_decisions_and_policy_reloads_are_counted() {
+    let fixtures = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures");
+    let fixture = |name: &str| std::fs::read_to_string(fixtures.join(name)).expect("fixture");
+    let policy_dir = tempfile::tempdir().expect("tempdir");
+    let policy_path = policy_dir.path().join("policy.yaml");
+    std::fs::write(&policy_path, fixture("policy.yaml")).expect("write policy");
+    let berth = Berth::start(Options {
+        extra_args: vec!["--policy-file".into(), policy_path.display().to_string()],
+        ..Options::default()
+    });
+    let api = Api::new(&berth);
+    // The `when: available` rewrite of busybox applies only to what berth holds; nginx:1.25 is not held.
+    api.push_image("library/busybox", "1.36", 21);
+    for (endpoint, review) in [
+        ("/validate", "pod-create.json"),
+        ("/mutate", "pod-mutate.json"),
+    ] {
+        let response = api
+            .client
+            .post(api.url(endpoint))
+            .header("content-type", "application/json")
+            .body(fixture(review))
+            .send()
+            .expect("POST review");
+        assert_eq!(response.status(), StatusCode::OK, "{endpoint}");
+    }
+    let scrape = || api.get("/metrics").text().expect("metrics text");
+    let text = scrape();
+    promtool_check(&text);
+    for line in [
+        r#"berth_admission_decisions_total{webhook="validate",decision="denied",rule="no-latest"} 1"#,
+        r#"berth_admission_decisions_total{webhook="validate",decision="denied",rule="evil"} 1"#,
+        r#"berth_admission_decisions_total{webhook="validate",decision="warned",rule="hub-warning"} 1"#,
+        r#"berth_admission_decisions_total{webhook="mutate",decision="mutated",rule="hub-via-berth"} 1"#,
+        r#"berth_admission_decisions_total{webhook="mutate",decision="mutated",rule="k8s-always"} 1"#,
+        r#"berth_admission_review_duration_seconds_count{webhook="validate"} 1"#,
+        r#"berth_admission_review_duration_seconds_count{webhook="mutate"} 1"#,
+        "berth_policy_reloads_total 0",
+        "berth_policy_reload_errors_total 0",
+    ] {
+        assert!(text.lines().any(|l| l == line), "{line} in\n{text}");
+    }
+
+    // A changed policy is a reload; a broken one is an error (and the last good one stays).
+    std::fs::write(
+        &policy_path,
+        fixture("policy.yaml").replace("pin a version", "pin it"),
+    )
+    .expect("write policy");
+    poll_until(Duration::from_secs(10), "a policy reload", || {
+        scrape()
+            .lines()
+            .any(|l| l == "berth_policy_reloads_total 1")
+            .then_some(())
+    });
+    std::fs::write(
+        &policy_path,
+        "rules: [{name: x, action: deny, images: ['[']}]\n",
+    )
+    .expect("write policy");
+    poll_until(Duration::from_secs(10), "a refused policy", || {
+        scrape()
+            .lines()
+            .any(|l| l == "berth_policy_reload_errors_total 1")
+            .then_some(())
+    });
+}
