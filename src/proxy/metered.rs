@@ -95,3 +95,63 @@ impl Upstream for Metered {
         self.failed(self.inner.tags(repository, query).await)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use bytes::Bytes;
+
+    use super::super::fake::{manifest, Harness};
+    use crate::registry::names::{Digest, Reference, Tag};
+
+    /// The proxy's series in the metrics text, sorted (a family's series come in no fixed order).
+    fn proxy_lines(h: &Harness) -> std::collections::BTreeSet<String> {
+        let text = h
+            .metrics
+            .render(&crate::events::metrics::Scrape::default(), false)
+            .expect("encode");
+        text.lines()
+            .filter(|l| l.starts_with("berth_proxy_") && !l.starts_with('#'))
+            .map(str::to_owned)
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn misses_hits_errors_and_upstream_bytes_are_counted() {
+        let h = Harness::new(None);
+        let target = h.target("team/app");
+        let content = Bytes::from(vec![7u8; 1000]);
+        let digest = Digest::sha256_of(&content);
+        h.upstream.set_blob(&digest, content.clone());
+        let body = manifest(1);
+        h.upstream.set_tag("1.0", body.clone());
+        let tag = Reference::Tag(Tag::parse("1.0").expect("tag"));
+
+        assert_eq!(h.pull(&target, &digest).await, content.to_vec());
+        h.fetches_ended().await;
+        assert_eq!(h.pull(&target, &digest).await, content.to_vec());
+        h.proxy.manifest(&target, &tag).await.expect("fetched");
+        h.proxy
+            .manifest(&target, &tag)
+            .await
+            .expect("cached, fresh");
+        // Not there upstream: an answer, not an error.
+        let missing = Digest::sha256_of(b"missing");
+        assert!(h.proxy.blob(&target, &missing).await.is_err());
+        h.upstream
+            .down
+            .store(true, std::sync::atomic::Ordering::SeqCst);
+        let other = Digest::sha256_of(b"other");
+        assert!(h.proxy.blob(&target, &other).await.is_err());
+
+        let bytes = content.len() + body.len();
+        assert_eq!(
+            proxy_lines(&h),
+            std::collections::BTreeSet::from([
+                r#"berth_proxy_requests_total{upstream="up",result="miss"} 2"#.to_owned(),
+                r#"berth_proxy_requests_total{upstream="up",result="hit"} 2"#.to_owned(),
+                r#"berth_proxy_requests_total{upstream="up",result="error"} 1"#.to_owned(),
+                format!(r#"berth_proxy_upstream_bytes_total{{upstream="up"}} {bytes}"#),
+            ])
+        );
+    }
+}
