@@ -347,3 +347,59 @@ fn admission_decisions_and_policy_reloads_are_counted() {
             .then_some(())
     });
 }
+
+/// Credential checks are counted by method and result: htpasswd passwords, berth's tokens, and a header that does
+/// not parse.
+#[test]
+fn logins_are_counted_by_method_and_result() {
+    let htpasswd = format!(
+        "alice:{}\n",
+        bcrypt::hash("s3cret", 4).expect("bcrypt hash")
+    );
+    let berth = Berth::start(Options {
+        plain_http: true,
+        htpasswd: Some(htpasswd),
+        ..Options::default()
+    });
+    let client = Client::builder().no_proxy().build().expect("client");
+    let v2 = format!("{}/v2/", berth.base_url);
+    let status = |request: reqwest::blocking::RequestBuilder| request.send().expect("GET").status();
+    assert_eq!(
+        status(client.get(&v2).basic_auth("alice", Some("s3cret"))),
+        StatusCode::OK
+    );
+    assert_eq!(
+        status(client.get(&v2).basic_auth("alice", Some("wrong"))),
+        StatusCode::UNAUTHORIZED
+    );
+    assert_eq!(
+        status(client.get(&v2).header("authorization", "Digest nonce=1")),
+        StatusCode::UNAUTHORIZED
+    );
+    let answer: Value = client
+        .get(format!(
+            "{}/auth/token?service=berth&scope=repository:alice/app:pull",
+            berth.base_url
+        ))
+        .basic_auth("alice", Some("s3cret"))
+        .send()
+        .and_then(|r| r.json())
+        .expect("a token");
+    let token = answer["token"].as_str().expect("token");
+    for _ in 0..2 {
+        assert_eq!(status(client.get(&v2).bearer_auth(token)), StatusCode::OK);
+    }
+    let text = client
+        .get(format!("{}/metrics", berth.base_url))
+        .send()
+        .and_then(|r| r.text())
+        .expect("metrics");
+    for line in [
+        r#"berth_logins_total{method="basic",result="ok"} 2"#,
+        r#"berth_logins_total{method="basic",result="invalid"} 1"#,
+        r#"berth_logins_total{method="bearer",result="ok"} 2"#,
+        r#"berth_logins_total{method="unknown",result="invalid"} 1"#,
+    ] {
+        assert!(text.lines().any(|l| l == line), "{line} in\n{text}");
+    }
+}

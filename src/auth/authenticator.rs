@@ -128,6 +128,11 @@ pub struct Authenticator {
 /// ServiceAccount token given as a password included), a berth token (`bearer`), a ServiceAccount token as a
 /// Bearer (`token-review`), an `Authorization` header that did not parse (`unknown`).
 const LOGIN_METHODS: [&str; 4] = ["basic", "bearer", "token-review", "unknown"];
+/// Indexes in [`LOGIN_METHODS`].
+const BASIC: usize = 0;
+const BEARER: usize = 1;
+const TOKEN_REVIEW: usize = 2;
+const UNKNOWN: usize = 3;
 /// How a credential check ended, as the metrics name it.
 const LOGIN_RESULTS: [&str; 5] = ["ok", "invalid", "malformed", "unavailable", "throttled"];
 
@@ -151,9 +156,9 @@ impl LoginCounts {
 /// The index in [`LOGIN_METHODS`] of `credentials`' method. Reads a Bearer token's claims: not for the hot path.
 fn login_method(credentials: &Credentials) -> usize {
     match credentials {
-        Credentials::Basic { .. } => 0,
-        Credentials::Bearer(token) if claims_berth_issuer(token) => 1,
-        Credentials::Bearer(_) => 2,
+        Credentials::Basic { .. } => BASIC,
+        Credentials::Bearer(token) if claims_berth_issuer(token) => BEARER,
+        Credentials::Bearer(_) => TOKEN_REVIEW,
     }
 }
 
@@ -365,7 +370,7 @@ impl Authenticator {
                     } else {
                         AuthError::Malformed(e)
                     });
-                    self.logins.count(3, &refused);
+                    self.logins.count(UNKNOWN, &refused);
                     return refused;
                 }
             },
@@ -392,7 +397,7 @@ impl Authenticator {
                         Err(AuthError::Invalid(message))
                     }
                 };
-                self.logins.count(1, &outcome);
+                self.logins.count(BEARER, &outcome);
                 return outcome;
             }
         }
