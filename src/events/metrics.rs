@@ -10,8 +10,9 @@
 //! twice.
 //!
 //! Must not: label anything by a repository, a tag, a digest or an identity (unbounded, and not for a scraper's
-//! eyes: `/metrics` is open like `/healthz`); allocate or lock a map on the request path for the request metrics
-//! (their series are resolved once and kept, see [`HttpMetrics`]).
+//! eyes: `/metrics` is open like `/healthz`); allocate or look up a family's map on the request path for the
+//! request metrics (their series are resolved once and kept, see [`HttpMetrics`]; only a status outside the common
+//! ones is looked up).
 
 use std::collections::HashSet;
 use std::pin::Pin;
