@@ -403,3 +403,40 @@ fn logins_are_counted_by_method_and_result() {
         assert!(text.lines().any(|l| l == line), "{line} in\n{text}");
     }
 }
+
+/// `--metrics-listen` serves the node proxy's `/metrics` (and `/healthz`) on a second address, and nothing else
+/// there: no pull is forwarded from it.
+#[test]
+fn the_node_proxy_serves_metrics_on_its_metrics_listener_only() {
+    let berth = Berth::start(Options::default());
+    let metrics_addr = format!("127.0.0.1:{}", free_port());
+    let proxy = NodeProxy::start_with_args(
+        &[
+            "--upstream",
+            &berth.base_url,
+            "--metrics-listen",
+            &metrics_addr,
+        ],
+        &berth.ca_file(),
+    );
+    let client = Client::builder().no_proxy().build().expect("client");
+    let get = |url: String| client.get(url).send().expect("GET");
+    assert_eq!(get(format!("{}/v2/", proxy.base)).status(), StatusCode::OK);
+    let text = poll_until(Duration::from_secs(10), "the metrics listener", || {
+        client
+            .get(format!("http://{metrics_addr}/metrics"))
+            .send()
+            .ok()
+            .filter(|r| r.status() == StatusCode::OK)
+            .and_then(|r| r.text().ok())
+    });
+    assert!(
+        text.lines().any(|l| l
+            == r#"berth_node_proxy_http_requests_total{route="/v2/",method="GET",status="200"} 1"#),
+        "{text}"
+    );
+    assert_eq!(
+        get(format!("http://{metrics_addr}/v2/")).status(),
+        StatusCode::NOT_FOUND
+    );
+}
