@@ -30,9 +30,11 @@ use actix_web::web;
 
 /// Mounts every subsystem's routes (berth's own read API, `/berth/v1`, from [`events::routes`]). The caller
 /// provides `web::Data` of `registry::Registry`, `proxy::Proxy`, `admission::PolicyStore`,
-/// `admission::AdmissionSettings`, `auth::Authenticator`, `events::EventLog` and `cluster::running::RunningImages`.
+/// `admission::AdmissionSettings`, `auth::Authenticator`, `events::EventLog`, `events::Metrics` and
+/// `cluster::running::RunningImages`.
 pub fn configure(cfg: &mut web::ServiceConfig) {
     health::configure(cfg);
+    events::metrics::configure(cfg);
     auth::routes::configure(cfg);
     admission::configure(cfg);
     v2::configure(cfg);

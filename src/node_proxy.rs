@@ -21,10 +21,12 @@ use std::time::Duration;
 
 use actix_web::body::{BodyStream, SizedStream};
 use actix_web::http::{header, Method, StatusCode};
+use actix_web::middleware::from_fn;
 use actix_web::middleware::Logger;
 use actix_web::{web, App, HttpRequest, HttpResponse, HttpServer, ResponseError};
-use futures_util::TryStreamExt;
+use futures_util::{StreamExt, TryStreamExt};
 
+use crate::events::metrics::{ForwardResult, NodeProxyMetrics};
 use crate::registry::names::{Digest, Reference};
 use crate::registry::response::{envelope, envelope_with};
 use crate::registry::{ErrorCode, RegistryError};
@@ -68,6 +70,11 @@ pub struct NodeProxyArgs {
     /// How often the token file is re-read.
     #[arg(long, default_value = "5s", value_parser = crate::units::parse_duration)]
     pub token_reload_interval: Duration,
+    /// Also serve `GET /metrics` (and `/healthz`, nothing else) on this address, for a scraper that cannot reach
+    /// the loopback `--listen` (with hostNetwork, the node's IP: `$(POD_IP):5051`). `/metrics` is always served on
+    /// `--listen` too.
+    #[arg(long, value_name = "ADDR")]
+    pub metrics_listen: Option<SocketAddr>,
 }
 
 /// The header that names the node a node proxy runs on. berth must believe it only on a request authenticated as
@@ -521,24 +528,89 @@ pub async fn run(args: NodeProxyArgs) -> Result<(), NodeProxyError> {
         ),
     }
     let workers = args.workers.max(1);
+    let metrics = web::Data::new(NodeProxyMetrics::new());
+    let served_metrics = metrics.clone();
     let server = HttpServer::new(move || {
         App::new()
             .app_data(upstream.clone())
+            .app_data(served_metrics.clone())
+            .wrap(from_fn(crate::events::metrics::count_requests))
             .wrap(Logger::new(r#"%a "%r" %s %b %Dms"#))
             .route(
                 "/healthz",
                 web::get().to(|| async { HttpResponse::Ok().body("ok\n") }),
             )
+            .route("/metrics", web::get().to(serve_metrics))
             .default_service(web::to(forward))
     })
     .workers(workers)
     .shutdown_timeout(10)
     .bind(addr)
     .map_err(|source| NodeProxyError::Listen { addr, source })?;
-    server
-        .run()
-        .await
-        .map_err(|source| NodeProxyError::Listen { addr, source })
+    let metrics_server = match args.metrics_listen {
+        Some(metrics_addr) => {
+            log::info!("node-proxy serving /metrics on http://{metrics_addr} too");
+            let server = HttpServer::new(move || {
+                App::new()
+                    .app_data(metrics.clone())
+                    .route(
+                        "/healthz",
+                        web::get().to(|| async { HttpResponse::Ok().body("ok\n") }),
+                    )
+                    .route("/metrics", web::get().to(serve_metrics))
+            })
+            .workers(1)
+            .shutdown_timeout(1)
+            .bind(metrics_addr)
+            .map_err(|source| NodeProxyError::Listen {
+                addr: metrics_addr,
+                source,
+            })?
+            .run();
+            Some((metrics_addr, server))
+        }
+        None => None,
+    };
+    let served = server.run();
+    match metrics_server {
+        Some((metrics_addr, metrics_server)) => {
+            let (served, metrics_served) = futures_util::future::join(served, metrics_server).await;
+            metrics_served.map_err(|source| NodeProxyError::Listen {
+                addr: metrics_addr,
+                source,
+            })?;
+            served.map_err(|source| NodeProxyError::Listen { addr, source })
+        }
+        None => served
+            .await
+            .map_err(|source| NodeProxyError::Listen { addr, source }),
+    }
+}
+
+/// `GET /metrics` of the node proxy: its requests, bytes, and forwarding to berth (open, like `/healthz`).
+async fn serve_metrics(req: HttpRequest, metrics: web::Data<NodeProxyMetrics>) -> HttpResponse {
+    let openmetrics = crate::events::metrics::wants_openmetrics(
+        req.headers()
+            .get(header::ACCEPT)
+            .and_then(|v| v.to_str().ok()),
+    );
+    crate::events::metrics::scrape_response(metrics.render(openmetrics), openmetrics)
+}
+
+/// A request to berth in flight, counted in the gauge until dropped.
+struct InFlight(web::Data<NodeProxyMetrics>);
+
+impl InFlight {
+    fn start(metrics: web::Data<NodeProxyMetrics>) -> InFlight {
+        metrics.in_flight().inc();
+        InFlight(metrics)
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.in_flight().dec();
+    }
 }
 
 /// The path berth is asked for: `path` parsed by the registry's own route grammar ([`parse_route`]) and written
@@ -569,7 +641,11 @@ pub fn upstream_path(path: &str) -> Result<String, RegistryError> {
     })
 }
 
-async fn forward(req: HttpRequest, upstream: web::Data<Upstream>) -> HttpResponse {
+async fn forward(
+    req: HttpRequest,
+    upstream: web::Data<Upstream>,
+    metrics: web::Data<NodeProxyMetrics>,
+) -> HttpResponse {
     if !matches!(*req.method(), Method::GET | Method::HEAD) {
         let message = format!(
             "the node-local endpoint only serves pulls; push to the registry at {} instead",
@@ -619,9 +695,11 @@ async fn forward(req: HttpRequest, upstream: web::Data<Upstream>) -> HttpRespons
             request = request.header(NODE_NAME_HEADER, node.as_str());
         }
     }
+    let in_flight = InFlight::start(metrics.clone());
     let response = match request.send().await {
         Ok(response) => response,
         Err(e) => {
+            metrics.forwarded(ForwardResult::Unreachable);
             log::warn!(
                 "{} {path_and_query}: berth at {} unreachable: {}",
                 req.method(),
@@ -642,6 +720,11 @@ async fn forward(req: HttpRequest, upstream: web::Data<Upstream>) -> HttpRespons
     // berth refusing the node proxy's own token is the node proxy's problem, not the kubelet's: say so here, and
     // do not pass on a challenge the kubelet cannot answer (it would send containerd to berth's token endpoint).
     let refused_identity = identity.filter(|_| status == StatusCode::UNAUTHORIZED);
+    metrics.forwarded(if refused_identity.is_some() {
+        ForwardResult::Refused
+    } else {
+        ForwardResult::Answered
+    });
     if let Some(identity) = refused_identity {
         log::error!(
             "{} {path_and_query}: berth at {} refused the node proxy's token from {} (401): expired, not yet \
@@ -667,7 +750,13 @@ async fn forward(req: HttpRequest, upstream: web::Data<Upstream>) -> HttpRespons
     } else {
         response.content_length()
     };
-    let body = response.bytes_stream().map_err(std::io::Error::other);
+    // The request stays in flight until its body is sent (or the client goes away and the stream is dropped).
+    let body = response
+        .bytes_stream()
+        .map_err(std::io::Error::other)
+        .inspect(move |_| {
+            let _held = &in_flight;
+        });
     match length {
         // HEAD: the length of what a GET would send; actix sends the headers only.
         Some(length) => builder.body(SizedStream::new(length, body)),

@@ -106,6 +106,8 @@ pub struct AppState {
     pub running: web::Data<crate::cluster::running::RunningImages>,
     /// The notification endpoints and their progress ([`serve`] starts the delivery; `/readyz` shows it).
     pub notifications: web::Data<crate::events::notify::Notifications>,
+    /// `GET /metrics`: every family, registered once; modules without a request hold it as an `Arc`.
+    pub metrics: web::Data<crate::events::Metrics>,
     /// The time the registry and the proxy age uploads and cache entries by (`serve` and the tests choose it here).
     pub clock: SharedClock,
 }
@@ -176,11 +178,13 @@ impl AppState {
             Some(upstreams) => upstreams,
             None => Proxy::http_upstreams(&config.proxy).map_err(ServeError::Proxy)?,
         };
-        let proxy = Proxy::new(
+        let metrics = web::Data::new(crate::events::Metrics::new());
+        let proxy = Proxy::with_metrics(
             upstreams,
             config.proxy.max_size,
             registry.clone().into_inner(),
             clock.clone(),
+            metrics.clone().into_inner(),
         );
         proxy.load_usage().await.map_err(|e| {
             ServeError::Proxy(crate::proxy::upstream::http::UpstreamError::Setup {
@@ -232,6 +236,7 @@ impl AppState {
             notifications: web::Data::new(crate::events::notify::Notifications::new(
                 &config.notifications,
             )?),
+            metrics,
             clock,
         })
     }
@@ -249,10 +254,13 @@ impl AppState {
             .app_data(self.events.clone())
             .app_data(self.running.clone())
             .app_data(self.notifications.clone())
-            // A scope matching every path, so the body limits wrap every route (and the 404 of no route).
+            .app_data(self.metrics.clone())
+            // A scope matching every path, so the body limits wrap every route (and the 404 of no route), and the
+            // request metrics wrap the body limits (a refused body is counted too).
             .service(
                 web::scope("")
                     .wrap(from_fn(crate::limits::limit_bodies))
+                    .wrap(from_fn(crate::events::metrics::count_requests))
                     .configure(crate::configure),
             );
     }

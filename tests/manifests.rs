@@ -18,15 +18,20 @@ pub const BASE: &str = "manifests";
 pub const FAIL_CLOSED: &str = "manifests/overlays/fail-closed";
 /// Certificates from cert-manager.
 pub const CERT_MANAGER: &str = "manifests/overlays/cert-manager";
+/// Scraped by the Prometheus Operator.
+pub const PROMETHEUS_OPERATOR: &str = "manifests/overlays/prometheus-operator";
 
 /// The Kubernetes version whose schemas the manifests must satisfy.
 const KUBERNETES_VERSION: &str = "1.30.0";
 
 /// Kinds that are not part of Kubernetes, so kubernetes-validate has no schema for them: cert-manager's, in the
-/// cert-manager overlay. They are left out of schema validation by name; any other unknown kind fails the test.
-const SKIPPED_KINDS: [(&str, &str); 2] = [
+/// cert-manager overlay, and the Prometheus Operator's, in the prometheus-operator overlay. They are left out of
+/// schema validation by name; any other unknown kind fails the test.
+const SKIPPED_KINDS: [(&str, &str); 4] = [
     ("cert-manager.io/v1", "Issuer"),
     ("cert-manager.io/v1", "Certificate"),
+    ("monitoring.coreos.com/v1", "ServiceMonitor"),
+    ("monitoring.coreos.com/v1", "PodMonitor"),
 ];
 
 fn root() -> &'static Path {
@@ -989,7 +994,7 @@ fn validate(dir: &'static str) {
             .iter()
             .any(|(api_version, kind)| doc["apiVersion"] == *api_version && doc["kind"] == *kind)
     });
-    if dir != CERT_MANAGER {
+    if dir != CERT_MANAGER && dir != PROMETHEUS_OPERATOR {
         assert!(skipped.is_empty(), "{dir}: {skipped:?}");
     }
     let mut yaml = String::new();
@@ -1045,6 +1050,123 @@ fn the_fail_closed_overlay_validates_strictly_against_kubernetes_1_30() {
 #[test]
 fn the_cert_manager_overlay_validates_strictly_against_kubernetes_1_30() {
     validate(CERT_MANAGER);
+}
+
+#[test]
+fn the_prometheus_operator_overlay_validates_strictly_against_kubernetes_1_30() {
+    validate(PROMETHEUS_OPERATOR);
+}
+
+/// The labels of a workload's pods.
+fn pod_labels(workload: &Value) -> BTreeMap<&str, &str> {
+    workload["spec"]["template"]["metadata"]["labels"]
+        .as_object()
+        .expect("pod labels")
+        .iter()
+        .map(|(key, value)| (key.as_str(), value.as_str().expect("label value")))
+        .collect()
+}
+
+/// The container port named `name`.
+fn container_port<'a>(container: &'a Value, name: &str) -> &'a Value {
+    container["ports"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|port| port["name"] == name)
+        .unwrap_or_else(|| panic!("no port {name} in {}", container["ports"]))
+}
+
+/// Issue 12: the pod template announces /metrics the conventional way, on the TLS port berth listens on.
+#[test]
+fn berth_announces_its_metrics_on_the_https_port() {
+    let base = Rendered::of(BASE);
+    let berth = base.get("StatefulSet", "berth");
+    let annotations = &berth["spec"]["template"]["metadata"]["annotations"];
+    let container = only_container(berth);
+    let port = container_port(container, "https")["containerPort"]
+        .as_u64()
+        .expect("port");
+    assert!(
+        flag(container, "listen").ends_with(&format!(":{port}")),
+        "{}",
+        flag(container, "listen")
+    );
+    assert_eq!(
+        annotations,
+        &json!({
+            "prometheus.io/scrape": "true",
+            "prometheus.io/port": port.to_string(),
+            "prometheus.io/path": "/metrics",
+            "prometheus.io/scheme": "https",
+        })
+    );
+}
+
+/// Issue 12: the ServiceMonitor scrapes berth's Service on its https port verifying berth's CA; the PodMonitor
+/// scrapes each node proxy on the port its --metrics-listen opens; nothing else changes.
+#[test]
+fn the_prometheus_operator_overlay_scrapes_berth_and_the_node_proxies() {
+    let base = Rendered::of(BASE);
+    let mut overlay = Rendered::of(PROMETHEUS_OPERATOR);
+
+    let service = overlay.get("Service", "berth");
+    let monitor = overlay.get("ServiceMonitor", "berth");
+    let service_labels: BTreeMap<&str, &str> = service["metadata"]["labels"]
+        .as_object()
+        .expect("labels")
+        .iter()
+        .map(|(key, value)| (key.as_str(), value.as_str().expect("label value")))
+        .collect();
+    assert!(selects(&monitor["spec"]["selector"], &service_labels));
+    let endpoint = &monitor["spec"]["endpoints"][0];
+    assert_eq!(endpoint["port"], service["spec"]["ports"][0]["name"]);
+    assert_eq!(endpoint["scheme"], "https");
+    assert_eq!(endpoint["path"], "/metrics");
+    assert_eq!(
+        endpoint["tlsConfig"]["ca"],
+        json!({"secret": {"name": "berth-tls", "key": "ca.crt"}})
+    );
+    assert_eq!(
+        endpoint["tlsConfig"]["serverName"],
+        format!(
+            "{}.{}.svc",
+            service["metadata"]["name"].as_str().expect("name"),
+            service["metadata"]["namespace"]
+                .as_str()
+                .expect("namespace")
+        )
+    );
+
+    let daemonset = overlay.get("DaemonSet", "berth-node-proxy");
+    let pod_monitor = overlay.get("PodMonitor", "berth-node-proxy");
+    assert!(selects(
+        &pod_monitor["spec"]["selector"],
+        &pod_labels(daemonset)
+    ));
+    let container = only_container(daemonset);
+    let endpoint = &pod_monitor["spec"]["podMetricsEndpoints"][0];
+    assert_eq!(endpoint["path"], "/metrics");
+    let port = container_port(container, endpoint["port"].as_str().expect("port name"));
+    assert_eq!(
+        flag(container, "metrics-listen"),
+        format!("$(POD_IP):{}", port["containerPort"])
+    );
+    let env = container["env"].as_array().expect("env");
+    assert!(
+        env.contains(
+            &json!({"name": "POD_IP", "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}})
+        ),
+        "{env:?}"
+    );
+
+    // Apart from the node proxy's metrics listener and the two monitors, the overlay is the base.
+    let base_daemonset = base.get("DaemonSet", "berth-node-proxy").clone();
+    *overlay.get_mut("DaemonSet", "berth-node-proxy") = base_daemonset;
+    overlay
+        .docs
+        .retain(|doc| doc["apiVersion"] != "monitoring.coreos.com/v1");
+    assert_eq!(overlay.docs, base.docs);
 }
 
 #[test]

@@ -3,8 +3,9 @@
 #
 # Installs, when missing, the real registry clients that tests/clients.rs
 # drives (skopeo, podman, buildah, containerd's ctr, docker.io's dockerd) plus
-# busybox-static for the test images, and docker-registry + apache2-utils (htpasswd) as an upstream
-# for tests/proxy.rs, makes sure real Kubernetes parts are there
+# busybox-static for the test images, docker-registry + apache2-utils (htpasswd) as an upstream
+# for tests/proxy.rs, prometheus (the server and promtool; its systemd service is not used, tests/metrics.rs
+# runs its own) for tests/metrics.rs, makes sure real Kubernetes parts are there
 # (tests/k8s/ensure-kubernetes.sh: etcd and kube-apiserver for tests/cluster.rs,
 # and a kubelet, controller-manager, scheduler, kube-proxy and pause binary for
 # the one-node cluster of tests/node/), then runs the whole test suite. Works
@@ -23,6 +24,7 @@ declare -A needs=(
     [busybox-static]=/bin/busybox
     [docker-registry]=/usr/bin/docker-registry
     [apache2-utils]=/usr/bin/htpasswd
+    [prometheus]=/usr/bin/prometheus
 )
 missing=()
 for pkg in "${!needs[@]}"; do

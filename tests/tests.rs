@@ -14,6 +14,7 @@ mod events_cli;
 mod inprocess;
 mod lifecycle;
 mod manifests;
+mod metrics;
 mod node;
 mod node_proxy;
 mod notify;

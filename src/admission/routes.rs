@@ -11,6 +11,7 @@ use super::review;
 use super::rewrite::{self, MutationPlan};
 use super::source::PolicyStore;
 use super::validate;
+use crate::events::metrics::{Decision, Metrics, Webhook};
 use crate::events::model::Client;
 use crate::events::EventLog;
 use crate::proxy::Proxy;
@@ -110,13 +111,24 @@ async fn validate(
     store: web::Data<PolicyStore>,
     settings: web::Data<AdmissionSettings>,
     events: web::Data<EventLog>,
+    metrics: web::Data<Metrics>,
 ) -> HttpResponse {
     let request = match read_request(body).await {
         Ok(request) => request,
-        Err(unreadable) => return refuse_unreadable("/validate", unreadable, &req, &events),
+        Err(unreadable) => {
+            metrics.admission_decision(Webhook::Validate, Decision::Invalid, None);
+            return refuse_unreadable("/validate", unreadable, &req, &events);
+        }
     };
     let active = store.current();
-    let validation = validate::decide(&request, &active.policy, &settings);
+    let validation =
+        validate::decide_observing(&request, &active.policy, &settings, &mut |decision| {
+            metrics.admission_decision(
+                Webhook::Validate,
+                decision.verdict.into(),
+                decision.rule.as_deref(),
+            )
+        });
     if events.enabled() {
         events.record(event::validated(
             &request,
@@ -149,14 +161,26 @@ async fn mutate(
     registry: web::Data<Registry>,
     proxy: web::Data<Proxy>,
     events: web::Data<EventLog>,
+    metrics: web::Data<Metrics>,
 ) -> HttpResponse {
     let request = match read_request(body).await {
         Ok(request) => request,
-        Err(unreadable) => return refuse_unreadable("/mutate", unreadable, &req, &events),
+        Err(unreadable) => {
+            metrics.admission_decision(Webhook::Mutate, Decision::Invalid, None);
+            return refuse_unreadable("/mutate", unreadable, &req, &events);
+        }
     };
     let active = store.current();
     let plan = rewrite::plan_mutation(&request, &active.policy, &settings);
     let available = availability(&plan, &registry, &proxy).await;
+    for (candidate, &ok) in plan.candidates.iter().zip(&available) {
+        let decision = if ok {
+            Decision::Mutated
+        } else {
+            Decision::Unavailable
+        };
+        metrics.admission_decision(Webhook::Mutate, decision, Some(&candidate.rule));
+    }
     let (patch, warnings) = rewrite::build_patch(&plan, &available);
     if events.enabled() {
         let origin = origin(&req, &events);

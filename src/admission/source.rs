@@ -3,6 +3,7 @@
 //! policy stays in force; a deleted ConfigMap falls back to the built-in default (allow all, no rewrites).
 
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -58,6 +59,9 @@ impl ActivePolicy {
 pub struct PolicyStore {
     active: ArcSwap<ActivePolicy>,
     last_error: Mutex<Option<String>>,
+    /// Policies swapped in after the first, and texts refused (for the metrics).
+    reloads: AtomicU64,
+    reload_errors: AtomicU64,
 }
 
 impl PolicyStore {
@@ -66,6 +70,8 @@ impl PolicyStore {
         PolicyStore {
             active: ArcSwap::from_pointee(initial),
             last_error: Mutex::new(None),
+            reloads: AtomicU64::new(0),
+            reload_errors: AtomicU64::new(0),
         }
     }
 
@@ -99,6 +105,7 @@ impl PolicyStore {
                 }
                 log_active(&next);
                 self.active.store(Arc::new(next));
+                self.reloads.fetch_add(1, Ordering::Relaxed);
                 Ok(true)
             }
             Err(e) => {
@@ -109,6 +116,7 @@ impl PolicyStore {
                     current.digest
                 );
                 self.set_error(Some(format!("{source}: {e}")));
+                self.reload_errors.fetch_add(1, Ordering::Relaxed);
                 Err(e)
             }
         }
@@ -119,6 +127,15 @@ impl PolicyStore {
         log::warn!("{why}; falling back to the built-in default policy (allow all, no rewrites)");
         self.set_error(Some(why.to_owned()));
         self.active.store(Arc::new(ActivePolicy::builtin_default()));
+        self.reloads.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Policies swapped in since start, and policy texts refused (the metrics read them).
+    pub fn reload_counts(&self) -> (u64, u64) {
+        (
+            self.reloads.load(Ordering::Relaxed),
+            self.reload_errors.load(Ordering::Relaxed),
+        )
     }
 
     /// What `/readyz` reports about the policy.

@@ -11,7 +11,7 @@ use kube::core::admission::{AdmissionResponse, Operation};
 
 use super::image::ImageRef;
 use super::pod::{container_images, object_name, pod_spec, recorded_originals};
-use super::policy::{Mode, Policy, Verdict};
+use super::policy::{ImageDecision, Mode, Policy, Verdict};
 use super::review::Request;
 use super::rewrite::original_behind;
 use super::scope::{skipped, Scope};
@@ -116,6 +116,16 @@ pub fn validate(request: &Request, policy: &Policy, scope: &Scope) -> AdmissionR
 
 /// [`validate`], with the rule that decided.
 pub fn decide(request: &Request, policy: &Policy, scope: &Scope) -> Validation {
+    decide_observing(request, policy, scope, &mut |_| {})
+}
+
+/// [`decide`], showing `observe` every image decision the policy's rules make (the metrics count them by rule).
+pub fn decide_observing(
+    request: &Request,
+    policy: &Policy,
+    scope: &Scope,
+    observe: &mut dyn FnMut(&ImageDecision),
+) -> Validation {
     let mut response = AdmissionResponse::from(request);
     let undecided = |response| Validation {
         response,
@@ -183,6 +193,7 @@ pub fn decide(request: &Request, policy: &Policy, scope: &Scope) -> Validation {
         for (image, label) in checks {
             let image = &image;
             let decision = policy.decide(image, namespace);
+            observe(&decision);
             let what = match &decision.normalized {
                 Some(normalized) if normalized != image => {
                     format!("{label} {image:?} ({normalized})")

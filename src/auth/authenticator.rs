@@ -120,6 +120,46 @@ pub struct Authenticator {
     throttle: Throttle,
     /// TokenReviews in flight by client address.
     reviews_in_flight: PerClient,
+    /// Credential checks by method and result, for the metrics.
+    logins: LoginCounts,
+}
+
+/// The methods credentials are checked by, as the metrics name them: an htpasswd password (`basic`, a
+/// ServiceAccount token given as a password included), a berth token (`bearer`), a ServiceAccount token as a
+/// Bearer (`token-review`), an `Authorization` header that did not parse (`unknown`).
+const LOGIN_METHODS: [&str; 4] = ["basic", "bearer", "token-review", "unknown"];
+/// Indexes in [`LOGIN_METHODS`].
+const BASIC: usize = 0;
+const BEARER: usize = 1;
+const TOKEN_REVIEW: usize = 2;
+const UNKNOWN: usize = 3;
+/// How a credential check ended, as the metrics name it.
+const LOGIN_RESULTS: [&str; 5] = ["ok", "invalid", "malformed", "unavailable", "throttled"];
+
+/// Credential checks by method and result: relaxed counters, one add per check (the Bearer hot path included).
+#[derive(Debug, Default)]
+struct LoginCounts([[std::sync::atomic::AtomicU64; LOGIN_RESULTS.len()]; LOGIN_METHODS.len()]);
+
+impl LoginCounts {
+    fn count(&self, method: usize, outcome: &Result<Authenticated, AuthError>) {
+        let result = match outcome {
+            Ok(_) => 0,
+            Err(AuthError::Invalid(_)) => 1,
+            Err(AuthError::Malformed(_)) => 2,
+            Err(AuthError::Unavailable(_)) => 3,
+            Err(AuthError::Busy { .. }) => 4,
+        };
+        self.0[method][result].fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
+/// The index in [`LOGIN_METHODS`] of `credentials`' method. Reads a Bearer token's claims: not for the hot path.
+fn login_method(credentials: &Credentials) -> usize {
+    match credentials {
+        Credentials::Basic { .. } => BASIC,
+        Credentials::Bearer(token) if claims_berth_issuer(token) => BEARER,
+        Credentials::Bearer(_) => TOKEN_REVIEW,
+    }
 }
 
 impl std::fmt::Debug for Authenticator {
@@ -216,7 +256,22 @@ impl Authenticator {
             node_proxy: parts.node_proxy,
             throttle: Throttle::new(parts.clock),
             reviews_in_flight: PerClient::new(MAX_REVIEWS_PER_CLIENT),
+            logins: LoginCounts::default(),
         }
+    }
+
+    /// Credential checks since start: `(method, result, count)` for every pair checked at least once.
+    pub fn login_counts(&self) -> Vec<(&'static str, &'static str, u64)> {
+        let mut counts = Vec::new();
+        for (method, results) in LOGIN_METHODS.iter().zip(&self.logins.0) {
+            for (result, count) in LOGIN_RESULTS.iter().zip(results) {
+                let count = count.load(std::sync::atomic::Ordering::Relaxed);
+                if count > 0 {
+                    counts.push((*method, *result, count));
+                }
+            }
+        }
+        counts
     }
 
     /// Whether auth is on: an htpasswd file or TokenReview is configured.
@@ -310,11 +365,13 @@ impl Authenticator {
                         "refused credentials from {}: {e}",
                         shown_client(request.client)
                     );
-                    return Err(if e.is_challenge() {
+                    let refused = Err(if e.is_challenge() {
                         AuthError::Invalid(e.to_string())
                     } else {
                         AuthError::Malformed(e)
                     });
+                    self.logins.count(UNKNOWN, &refused);
+                    return refused;
                 }
             },
         };
@@ -329,7 +386,7 @@ impl Authenticator {
         // The hot path: a berth token verified before is a hash and a lookup, and a look at the user's entry.
         if let (Credentials::Bearer(token), Some(issuer)) = (credentials, &self.issuer) {
             if let Some(hit) = issuer.cached(token) {
-                return match self.token_stands(&hit) {
+                let outcome = match self.token_stands(&hit) {
                     Ok(()) => Ok(Authenticated::of_token(&hit)),
                     Err(message) => {
                         log::warn!(
@@ -340,8 +397,21 @@ impl Authenticator {
                         Err(AuthError::Invalid(message))
                     }
                 };
+                self.logins.count(BEARER, &outcome);
+                return outcome;
             }
         }
+        let outcome = self.check_uncached(credentials, request).await;
+        self.logins.count(login_method(credentials), &outcome);
+        outcome
+    }
+
+    /// [`Authenticator::authenticate_credentials`] past the cache of berth's tokens.
+    async fn check_uncached(
+        &self,
+        credentials: &Credentials,
+        request: &Presented<'_>,
+    ) -> Result<Authenticated, AuthError> {
         // Credentials verified before (a ServiceAccount token with a cached answer, an htpasswd password checked
         // recently) are not guesses: the node proxy's pulls, and clients behind a shared address, are not refused for
         // their neighbours' failures.

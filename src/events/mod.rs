@@ -4,6 +4,7 @@
 //! - [`model`]: the event (pure data and its JSON shape);
 //! - [`store`]: the store's trait ([`EventStore`]), so a server database can later serve several replicas;
 //! - [`sqlite`]: the embedded store (SQLite in WAL mode in the data directory);
+//! - [`metrics`]: `GET /metrics` ([`metrics::Metrics`]) and the node proxy's ([`metrics::NodeProxyMetrics`]);
 //! - [`log`]: [`EventLog`], what handlers record into: a bounded queue and one writer committing in batches, and
 //!   the durable record a push answers after;
 //! - [`notify`]: notifications, the log's events POSTed as CloudEvents to configured endpoints;
@@ -17,6 +18,7 @@
 
 pub mod client;
 pub mod log;
+pub mod metrics;
 pub mod model;
 pub mod notify;
 pub mod report;
@@ -25,6 +27,7 @@ pub mod sqlite;
 pub mod store;
 
 pub use log::{EventLog, EventLogError};
+pub use metrics::Metrics;
 pub use model::{Actor, ActorKind, Event, EventAction};
 pub use store::{
     EventQuery, EventStore, PullStats, PushRecord, Retention, StoreError, StoredEvent,

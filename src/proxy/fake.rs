@@ -191,6 +191,8 @@ pub struct Harness {
     pub upstream: Arc<FakeUpstream>,
     pub clock: Arc<ManualClock>,
     pub proxy: Arc<Proxy>,
+    /// What the proxy counts.
+    pub metrics: Arc<crate::events::Metrics>,
 }
 
 impl Harness {
@@ -201,11 +203,13 @@ impl Harness {
         let registry = Arc::new(Registry::new(storage.clone()));
         let upstream = Arc::new(FakeUpstream::default());
         let clock = ManualClock::new();
-        let proxy = Arc::new(Proxy::new(
+        let metrics = Arc::new(crate::events::Metrics::new());
+        let proxy = Arc::new(Proxy::with_metrics(
             vec![upstream.clone()],
             max_size,
             registry.clone(),
             clock.clone(),
+            metrics.clone(),
         ));
         Harness {
             _dir: dir,
@@ -214,6 +218,7 @@ impl Harness {
             upstream,
             clock,
             proxy,
+            metrics,
         }
     }
 

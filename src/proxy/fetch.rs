@@ -52,11 +52,18 @@ pub struct Fetcher {
     /// Told of every blob served from the cache or fetched into it.
     lru: Arc<Lru>,
     fetches: Mutex<HashMap<Digest, watch::Receiver<FetchState>>>,
+    /// Counts the blobs served from the cache (the upstream counts its own, `super::metered`).
+    metrics: Arc<crate::events::Metrics>,
 }
 
 impl Fetcher {
-    pub fn new(registry: Arc<Registry>, lru: Arc<Lru>) -> Fetcher {
+    pub fn new(
+        registry: Arc<Registry>,
+        lru: Arc<Lru>,
+        metrics: Arc<crate::events::Metrics>,
+    ) -> Fetcher {
         Fetcher {
+            metrics,
             registry,
             lru,
             fetches: Mutex::new(HashMap::new()),
@@ -90,6 +97,10 @@ impl Fetcher {
         digest: &Digest,
     ) -> Result<(Option<u64>, ByteStream)> {
         if let Some(local) = self.cached_blob(target, digest).await? {
+            self.metrics.proxy_request(
+                target.upstream.name(),
+                crate::events::metrics::ProxyResult::Hit,
+            );
             return Ok(local);
         }
         let mut state = self.join_fetch(target, digest);

@@ -40,11 +40,18 @@ pub struct Manifests {
     fresh_tags: Mutex<HashMap<(RepoName, Tag), Instant>>,
     /// One lock per manifest reference being fetched, so concurrent requests share one upstream fetch.
     manifest_locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+    /// Counts the answers from the cache (the upstream counts its own, `super::metered`).
+    metrics: Arc<crate::events::Metrics>,
 }
 
 impl Manifests {
-    pub fn new(registry: Arc<Registry>, clock: SharedClock) -> Manifests {
+    pub fn new(
+        registry: Arc<Registry>,
+        clock: SharedClock,
+        metrics: Arc<crate::events::Metrics>,
+    ) -> Manifests {
         Manifests {
+            metrics,
             registry,
             clock,
             fresh_tags: Mutex::new(HashMap::new()),
@@ -92,6 +99,7 @@ impl Manifests {
                     .cached_manifest(&target.local_repo, reference)
                     .await?
                 {
+                    self.hit(target);
                     return Ok(cached);
                 }
                 self.fetch_manifest(target, reference).await
@@ -110,6 +118,7 @@ impl Manifests {
         let cached = self.registry.cached_manifest(repo, &reference).await?;
         if let Some(cached) = &cached {
             if self.is_fresh(repo, tag) {
+                self.hit(target);
                 return Ok(cached.clone());
             }
             match target
@@ -119,6 +128,7 @@ impl Manifests {
             {
                 Ok(UpstreamTag::At(digest)) if digest == cached.0 => {
                     self.mark_fresh(repo, tag, target.upstream.tag_ttl());
+                    self.hit(target);
                     return Ok(cached.clone());
                 }
                 Ok(UpstreamTag::At(_) | UpstreamTag::Unknown) => {}
@@ -137,6 +147,7 @@ impl Manifests {
                         cached.0
                     );
                     self.mark_fresh(repo, tag, STALE_RETRY);
+                    self.hit(target);
                     return Ok(cached.clone());
                 }
                 Err(e) => return Err(e),
@@ -152,10 +163,19 @@ impl Manifests {
                     "serving cached {repo}:{tag} ({}) because the upstream failed: {e}",
                     cached.0
                 );
+                self.hit(target);
                 Ok(cached)
             }
             (Err(e), _) => Err(e),
         }
+    }
+
+    /// Counts an answer from the cache.
+    fn hit(&self, target: &ProxyTarget) {
+        self.metrics.proxy_request(
+            target.upstream.name(),
+            crate::events::metrics::ProxyResult::Hit,
+        );
     }
 
     /// Fetches a manifest from the upstream and has the registry verify and cache it (by tag: and tag it).

@@ -20,6 +20,7 @@ mod fetch;
 pub mod http;
 mod locked;
 mod manifests;
+mod metered;
 mod target;
 pub mod upstream;
 
@@ -29,6 +30,7 @@ mod fake;
 use std::sync::Arc;
 
 use crate::clock::SharedClock;
+use crate::events::Metrics;
 use crate::registry::names::{Digest, Reference};
 use crate::registry::storage::{ByteStream, StoredManifest};
 use crate::registry::Registry;
@@ -81,11 +83,32 @@ impl Proxy {
         registry: Arc<Registry>,
         clock: SharedClock,
     ) -> Proxy {
+        Proxy::with_metrics(
+            upstreams,
+            max_size,
+            registry,
+            clock,
+            Arc::new(Metrics::new()),
+        )
+    }
+
+    /// [`Proxy::new`] counting its hits, misses, upstream errors and upstream bytes into `metrics`.
+    pub fn with_metrics(
+        upstreams: Vec<Arc<dyn Upstream>>,
+        max_size: Option<u64>,
+        registry: Arc<Registry>,
+        clock: SharedClock,
+        metrics: Arc<Metrics>,
+    ) -> Proxy {
+        let upstreams = upstreams
+            .into_iter()
+            .map(|upstream| metered::Metered::wrap(upstream, metrics.clone()))
+            .collect();
         let lru = Arc::new(Lru::new(registry.clone(), clock.clone(), max_size));
         Proxy {
             targets: Targets::new(upstreams),
-            manifests: Manifests::new(registry.clone(), clock),
-            fetcher: Arc::new(Fetcher::new(registry, lru.clone())),
+            manifests: Manifests::new(registry.clone(), clock, metrics.clone()),
+            fetcher: Arc::new(Fetcher::new(registry, lru.clone(), metrics)),
             lru,
         }
     }

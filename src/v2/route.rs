@@ -52,6 +52,114 @@ impl Route {
     }
 }
 
+/// The kind of a registry route, without its repository or reference: what metrics label a request by (a
+/// template such as `/v2/{name}/manifests/{reference}`, never a name or a digest).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum RouteKind {
+    Base,
+    Catalog,
+    Tags,
+    Manifest,
+    Blob,
+    Uploads,
+    Upload,
+    Referrers,
+}
+
+impl RouteKind {
+    /// Every kind, in a fixed order (metrics index tables by it).
+    pub const ALL: [RouteKind; 8] = [
+        RouteKind::Base,
+        RouteKind::Catalog,
+        RouteKind::Tags,
+        RouteKind::Manifest,
+        RouteKind::Blob,
+        RouteKind::Uploads,
+        RouteKind::Upload,
+        RouteKind::Referrers,
+    ];
+
+    /// The route's template.
+    pub fn template(self) -> &'static str {
+        match self {
+            RouteKind::Base => "/v2/",
+            RouteKind::Catalog => "/v2/_catalog",
+            RouteKind::Tags => "/v2/{name}/tags/list",
+            RouteKind::Manifest => "/v2/{name}/manifests/{reference}",
+            RouteKind::Blob => "/v2/{name}/blobs/{digest}",
+            RouteKind::Uploads => "/v2/{name}/blobs/uploads/",
+            RouteKind::Upload => "/v2/{name}/blobs/uploads/{id}",
+            RouteKind::Referrers => "/v2/{name}/referrers/{digest}",
+        }
+    }
+
+    /// The kind of the route `path` has the shape of, by the rules of [`parse_route`] but without validating the
+    /// repository name or allocating (it runs on every request). A shape with an invalid name is still its kind:
+    /// the request is a client's mistake on that route.
+    pub fn of_path(path: &str) -> Option<RouteKind> {
+        let rest = match path.strip_prefix("/v2") {
+            Some("") => return Some(RouteKind::Base),
+            Some(rest) => rest.strip_prefix('/')?,
+            None => return None,
+        };
+        if rest.is_empty() {
+            return Some(RouteKind::Base);
+        }
+        if rest == "_catalog" {
+            return Some(RouteKind::Catalog);
+        }
+        // The last three segments decide, as in `parse_route`; a name needs at least one segment before them.
+        let mut segments = rest.rsplit('/');
+        let last = segments.next()?;
+        let decoded;
+        let last = if last.contains('%') {
+            decoded = percent_decode(last);
+            decoded.as_str()
+        } else {
+            last
+        };
+        let second = segments.next();
+        let third = segments.next();
+        let has_name_before = |n: usize| rest.split('/').count() > n;
+        if second == Some("tags") && last == "list" && has_name_before(2) {
+            return Some(RouteKind::Tags);
+        }
+        if third == Some("blobs") && second == Some("uploads") && has_name_before(3) {
+            return Some(if last.is_empty() {
+                RouteKind::Uploads
+            } else {
+                RouteKind::Upload
+            });
+        }
+        if !has_name_before(2) {
+            return None;
+        }
+        match second {
+            Some("manifests") => Some(RouteKind::Manifest),
+            Some("blobs") if last == "uploads" => Some(RouteKind::Uploads),
+            Some("blobs") => Some(RouteKind::Blob),
+            Some("referrers") => Some(RouteKind::Referrers),
+            _ => None,
+        }
+    }
+}
+
+impl Route {
+    /// The route's kind.
+    pub fn kind(&self) -> RouteKind {
+        match self {
+            Route::Base => RouteKind::Base,
+            Route::Catalog => RouteKind::Catalog,
+            Route::Tags(_) => RouteKind::Tags,
+            Route::Manifest(..) => RouteKind::Manifest,
+            Route::Blob(..) => RouteKind::Blob,
+            Route::Uploads(_) => RouteKind::Uploads,
+            Route::Upload(..) => RouteKind::Upload,
+            Route::Referrers(..) => RouteKind::Referrers,
+        }
+    }
+}
+
 /// Decodes `%XX` escapes in one path segment (clients may send `sha256%3A…`). Invalid escapes are kept as they
 /// are; the validators then reject the segment.
 fn percent_decode(segment: &str) -> String {
@@ -185,6 +293,38 @@ mod tests {
 
     fn repo(name: &str) -> RepoName {
         RepoName::parse(name).expect("valid")
+    }
+
+    /// The metrics' route kind agrees with the grammar: for a valid path it is the parsed route's kind, for a
+    /// route's shape with an invalid name it is still that route's, and other paths have none.
+    #[test]
+    fn route_kinds_follow_the_grammar() {
+        let d = format!("sha256:{}", "a".repeat(64));
+        let check = |path: &str, expected: Option<RouteKind>| {
+            assert_eq!(RouteKind::of_path(path), expected, "{path}");
+            if let Ok(route) = parse_route(path) {
+                assert_eq!(Some(route.kind()), expected, "{path} parsed");
+            }
+        };
+        check("/v2/", Some(RouteKind::Base));
+        check("/v2", Some(RouteKind::Base));
+        check("/v2/_catalog", Some(RouteKind::Catalog));
+        check("/v2/a/b/tags/list", Some(RouteKind::Tags));
+        check("/v2/a/manifests/latest", Some(RouteKind::Manifest));
+        check("/v2/a/b/c/manifests/tags", Some(RouteKind::Manifest));
+        check(&format!("/v2/a/blobs/{d}"), Some(RouteKind::Blob));
+        check("/v2/a/blobs/uploads/", Some(RouteKind::Uploads));
+        check("/v2/a/blobs/uploads", Some(RouteKind::Uploads));
+        check("/v2/a/blobs/upl%6Fads", Some(RouteKind::Uploads));
+        check("/v2/a/blobs/uploads/0f3c-id", Some(RouteKind::Upload));
+        check(&format!("/v2/a/referrers/{d}"), Some(RouteKind::Referrers));
+        check("/v2/manifests/latest", None);
+        check("/v2/tags/list", None);
+        check("/v2/blobs/uploads/", None);
+        check("/v2/a/unknown/x", None);
+        check("/v20/a/manifests/x", None);
+        check("/healthz", None);
+        check("/v2/Bad_Name/manifests/latest", Some(RouteKind::Manifest));
     }
 
     #[test]
