@@ -153,6 +153,8 @@ async fn validate(
     answer(response)
 }
 
+// Each argument is an actix extractor (the request, the body and the shared state the answer needs).
+#[allow(clippy::too_many_arguments)]
 async fn mutate(
     req: HttpRequest,
     body: web::Payload,
