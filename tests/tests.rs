@@ -18,6 +18,7 @@ mod metrics;
 mod node;
 mod node_proxy;
 mod notify;
+mod outdated;
 mod pod_watch;
 mod proxy;
 mod randomized;
