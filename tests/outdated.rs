@@ -72,7 +72,11 @@ fn berth_images(berth: &Berth, args: &[&str]) -> String {
         String::from_utf8_lossy(&output.stderr)
     );
     let stdout = String::from_utf8(output.stdout).expect("UTF-8");
-    println!("$ berth images {}\n{stdout}", args.join(" "));
+    // The session the README shows (the CA's temporary path shortened).
+    let mut shown = vec!["berth", "images"];
+    shown.extend(args);
+    shown.extend(["--server", &berth.base_url, "--ca-file", "certs/ca.crt"]);
+    println!("$ {}\n{stdout}", shown.join(" "));
     stdout
 }
 
@@ -189,7 +193,7 @@ fn a_moved_tag_and_a_newer_version_make_a_running_pod_outdated() {
     let table = berth_images(&berth, &["--outdated"]);
     assert_eq!(
         table.trim_end(),
-        "nothing that runs is out of date (1 containers of berth's images checked)",
+        "nothing that runs is out of date (1 container of berth's images checked)",
         "{table}"
     );
 

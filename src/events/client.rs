@@ -467,10 +467,7 @@ async fn images_async(args: &ImagesArgs, out: &mut dyn Write) -> Result<(), Clie
     if items.is_empty() {
         let what = match (args.outdated, watching) {
             (false, _) => "no images".to_owned(),
-            (true, true) => format!(
-                "nothing that runs is out of date ({} containers of berth's images checked)",
-                answer["running"]
-            ),
+            (true, true) => nothing_outdated(&answer["running"]),
             (true, false) => String::new(),
         };
         if !what.is_empty() {
@@ -581,6 +578,18 @@ async fn images_async(args: &ImagesArgs, out: &mut dyn Write) -> Result<(), Clie
     Ok(())
 }
 
+/// The table's line when nothing is out of date, saying how many containers were checked (`running`, the
+/// answer's count; left out when it is not a number).
+fn nothing_outdated(running: &Value) -> String {
+    let checked = match running.as_u64() {
+        Some(0) => " (no container runs one of berth's images)".to_owned(),
+        Some(1) => " (1 container of berth's images checked)".to_owned(),
+        Some(n) => format!(" ({n} containers of berth's images checked)"),
+        None => String::new(),
+    };
+    format!("nothing that runs is out of date{checked}")
+}
+
 /// Rows as columns padded to their widest cell, two spaces apart.
 fn align(rows: &[Vec<String>]) -> String {
     let columns = rows.iter().map(Vec::len).max().unwrap_or(0);
@@ -633,6 +642,27 @@ mod tests {
         check(&[": heartbeat\n\n"], &[&[]]);
         check(&["data:x\ndata: y\n\n"], &[&["x\ny"]]);
         check(&["id: 3\ndata: {}\n"], &[&[]]);
+    }
+
+    #[test]
+    fn nothing_out_of_date_says_how_many_containers_were_checked() {
+        let check = |running: Value, expected: &str| {
+            assert_eq!(nothing_outdated(&running), expected, "{running}");
+        };
+        check(
+            Value::from(0),
+            "nothing that runs is out of date (no container runs one of berth's images)",
+        );
+        check(
+            Value::from(1),
+            "nothing that runs is out of date (1 container of berth's images checked)",
+        );
+        check(
+            Value::from(3),
+            "nothing that runs is out of date (3 containers of berth's images checked)",
+        );
+        check(Value::Null, "nothing that runs is out of date");
+        check(Value::from(-1), "nothing that runs is out of date");
     }
 
     fn event_with(target: super::super::model::Target) -> Event {
