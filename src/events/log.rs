@@ -28,7 +28,7 @@ pub const QUEUE_CAPACITY: usize = 131_072;
 const MAX_BATCH: usize = 16_384;
 
 /// How often old events are pruned.
-const PRUNE_INTERVAL: Duration = Duration::from_secs(600);
+const PRUNE_INTERVAL: Duration = Duration::from_secs(60);
 
 /// Why a durable record failed.
 #[derive(Debug, thiserror::Error)]

@@ -11,7 +11,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use rusqlite::{params, params_from_iter, Connection, OpenFlags, OptionalExtension};
 
-use super::model::Event;
+use super::model::{Event, EventAction};
 use super::store::{
     EventQuery, EventStore, Pruned, PullStats, PushRecord, Result, Retention, StoreError,
     StoredEvent,
@@ -327,13 +327,29 @@ impl EventStore for SqliteStore {
                 break;
             }
         }
+        // Over the size limit, the oldest of the plentiful events (pulls, refusals, admission answers, fetches) go
+        // first, and only when none is left the oldest changes of content: a flood of pulls or forged reviews cannot
+        // push the record of who pushed and deleted out of the log.
+        let content_changes = EventAction::ALL
+            .iter()
+            .filter(|action| action.durable())
+            .map(|action| format!("'{}'", action.as_str()))
+            .collect::<Vec<_>>()
+            .join(", ");
+        let plentiful_first = format!(
+            "DELETE FROM events WHERE seq IN
+                 (SELECT seq FROM events WHERE action NOT IN ({content_changes}) ORDER BY seq LIMIT ?1)"
+        );
+        let oldest = "DELETE FROM events WHERE seq IN (SELECT seq FROM events ORDER BY seq LIMIT ?1)";
+        let mut statement = plentiful_first.as_str();
         while self.size()? > retention.max_bytes {
-            let deleted = self.writer().execute(
-                "DELETE FROM events WHERE seq IN (SELECT seq FROM events ORDER BY seq LIMIT ?1)",
-                [PRUNE_CHUNK],
-            )?;
+            let deleted = self.writer().execute(statement, [PRUNE_CHUNK])?;
             if deleted == 0 {
-                break;
+                if statement == oldest {
+                    break;
+                }
+                statement = oldest;
+                continue;
             }
             pruned.by_size += deleted as u64;
         }
@@ -599,6 +615,49 @@ mod tests {
         store.set_cursor("at-start", 0).expect("cursor");
         assert_eq!(store.saved_cursor("at-start").expect("cursor"), Some(0));
         assert_eq!(store.saved_cursor("other").expect("cursor"), None);
+    }
+
+    #[test]
+    fn over_the_size_limit_pulls_go_before_the_pushes_older_than_them() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = SqliteStore::open(&SqliteStore::path_in(dir.path())).expect("open");
+        let mut batch = vec![event(EventAction::Push, "team-a/app", 1)];
+        batch.extend((0..3000).map(|i| event(EventAction::Pull, "team-a/app", 2 + i)));
+        batch.push(event(EventAction::Delete, "team-a/app", 5_000));
+        store.append(&batch).expect("append");
+        let now = UNIX_EPOCH + Duration::from_millis(10_000);
+        let keep_all_ages = Duration::from_secs(3600);
+        let pruned = store
+            .prune(
+                &Retention {
+                    max_age: keep_all_ages,
+                    max_bytes: 128 << 10,
+                },
+                now,
+            )
+            .expect("prune");
+        assert_eq!(pruned.by_size, 3000);
+        let left: Vec<EventAction> = store
+            .query(&EventQuery {
+                limit: 10,
+                ..Default::default()
+            })
+            .expect("query")
+            .into_iter()
+            .map(|stored| stored.event.action)
+            .collect();
+        assert_eq!(left, [EventAction::Push, EventAction::Delete]);
+        // Only content changes left and still too big: the oldest of them go.
+        let pruned = store
+            .prune(
+                &Retention {
+                    max_age: keep_all_ages,
+                    max_bytes: 0,
+                },
+                now,
+            )
+            .expect("prune");
+        assert_eq!(pruned.by_size, 2);
     }
 
     #[test]
