@@ -65,9 +65,6 @@ pub enum ServeError {
     /// An upstream of the proxy cannot be set up.
     #[error("proxy: {0}")]
     Proxy(#[source] crate::proxy::upstream::http::UpstreamError),
-    /// The event log's database cannot be opened.
-    #[error("event log: {0}")]
-    Events(#[from] crate::events::StoreError),
     /// A notification endpoint's HTTP client cannot be set up.
     #[error(transparent)]
     Notifications(#[from] crate::events::notify::NotifyError),
@@ -220,7 +217,7 @@ impl AppState {
                 .authorizing_pulls(auth.enabled()),
         );
         let events = if config.events.enabled {
-            crate::events::open_in(&config.data_dir, &config.events.instance, clock.clone())?
+            crate::events::open_in(&config.data_dir, &config.events.instance, clock.clone())
         } else {
             EventLog::off()
         };

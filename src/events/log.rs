@@ -95,12 +95,16 @@ impl EventLog {
     /// Starts the writer thread over `store`.
     pub fn start(store: Arc<dyn EventStore>, instance: &str, clock: SharedClock) -> EventLog {
         let (queue, receiver) = mpsc::channel(QUEUE_CAPACITY);
-        let last = store.last_seq().unwrap_or(0);
+        // A store that cannot answer now (it could not be opened) is reported from the start.
+        let (last, error) = match store.last_seq() {
+            Ok(last) => (last, None),
+            Err(e) => (0, Some((e.to_string(), time::OffsetDateTime::from(clock.system())))),
+        };
         let shared = Arc::new(Shared {
             instance: instance.to_owned(),
             store,
             stats: EventStats::default(),
-            last_error: Mutex::new(None),
+            last_error: Mutex::new(error),
             committed: watch::Sender::new(last),
             clock,
         });

@@ -20,6 +20,7 @@ pub mod client;
 pub mod log;
 pub mod metrics;
 pub mod model;
+pub mod reopen;
 pub mod notify;
 pub mod report;
 pub mod routes;
@@ -38,12 +39,20 @@ use std::sync::Arc;
 
 use crate::clock::SharedClock;
 
-/// Opens the embedded store in `data_dir` and starts the log's writer over it.
-pub fn open_in(
-    data_dir: &Path,
-    instance: &str,
-    clock: SharedClock,
-) -> Result<EventLog, StoreError> {
-    let store = sqlite::SqliteStore::open(&sqlite::SqliteStore::path_in(data_dir))?;
-    Ok(EventLog::start(Arc::new(store), instance, clock))
+/// Opens the embedded store in `data_dir` and starts the log's writer over it. A database that cannot be opened
+/// does not stop berth: the log starts over a store that tries again every [`reopen::RETRY_EVERY`] and reports
+/// the failure until then ([`reopen`]).
+pub fn open_in(data_dir: &Path, instance: &str, clock: SharedClock) -> EventLog {
+    let path = sqlite::SqliteStore::path_in(data_dir);
+    let store: Arc<dyn EventStore> = match sqlite::SqliteStore::open(&path) {
+        Ok(store) => Arc::new(store),
+        Err(e) => {
+            ::log::error!(
+                "event log: {e}; berth serves without it and tries again every {:?}",
+                reopen::RETRY_EVERY
+            );
+            Arc::new(reopen::Reopening::broken(path, &e, reopen::RETRY_EVERY))
+        }
+    };
+    EventLog::start(store, instance, clock)
 }
