@@ -27,7 +27,7 @@ pub struct Reopening {
 
 enum State {
     Open(Arc<SqliteStore>),
-    Broken { error: String, next_try: Instant },
+    Broken { error: StoreError, next_try: Instant },
 }
 
 impl Reopening {
@@ -37,7 +37,7 @@ impl Reopening {
             path,
             retry_every,
             state: Mutex::new(State::Broken {
-                error: error.to_string(),
+                error: error.clone(),
                 next_try: Instant::now() + retry_every,
             }),
         }
@@ -52,7 +52,7 @@ impl Reopening {
         match &*state {
             State::Open(store) => Ok(store.clone()),
             State::Broken { error, next_try } if Instant::now() < *next_try => {
-                Err(StoreError::Database(error.clone()))
+                Err(error.clone())
             }
             State::Broken { .. } => match SqliteStore::open(&self.path) {
                 Ok(store) => {
@@ -63,7 +63,7 @@ impl Reopening {
                 }
                 Err(e) => {
                     *state = State::Broken {
-                        error: e.to_string(),
+                        error: e.clone(),
                         next_try: Instant::now() + self.retry_every,
                     };
                     Err(e)

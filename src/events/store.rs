@@ -10,7 +10,7 @@ use std::time::SystemTime;
 
 use super::model::{Event, EventAction};
 
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum StoreError {
     /// The database refused or failed (full disk, corrupt file, locked too long).
     #[error("event store: {0}")]
