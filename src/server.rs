@@ -168,11 +168,17 @@ impl AppState {
             Some(upstreams) => upstreams,
             None => Proxy::http_upstreams(&config.proxy).map_err(ServeError::Proxy)?,
         };
-        let proxy = Proxy::new(
+        let events = if config.events.enabled {
+            crate::events::open_in(&config.data_dir, &config.events.instance, clock.clone())?
+        } else {
+            EventLog::off()
+        };
+        let proxy = Proxy::recording(
             upstreams,
             config.proxy.max_size,
             registry.clone().into_inner(),
             clock.clone(),
+            events.clone(),
         );
         proxy.load_usage().await.map_err(|e| {
             ServeError::Proxy(crate::proxy::upstream::http::UpstreamError::Setup {
@@ -207,11 +213,6 @@ impl AppState {
                 // With auth on, a pod may only run what its ServiceAccount may pull from berth.
                 .authorizing_pulls(auth.enabled()),
         );
-        let events = if config.events.enabled {
-            crate::events::open_in(&config.data_dir, &config.events.instance, clock.clone())?
-        } else {
-            EventLog::off()
-        };
         Ok(AppState {
             registry,
             proxy: web::Data::new(proxy),

@@ -4,6 +4,7 @@
 //! - [`model`]: the event (pure data and its JSON shape);
 //! - [`store`]: the store's trait ([`EventStore`]), so a server database can later serve several replicas;
 //! - [`sqlite`]: the embedded store (SQLite in WAL mode in the data directory);
+//! - [`registry`]: building the registry's events from what a handler did and who asked (pure);
 //! - [`log`]: [`EventLog`], what handlers record into: a bounded queue and one writer committing in batches, and
 //!   the durable record a push answers after.
 //!
@@ -13,6 +14,7 @@
 
 pub mod log;
 pub mod model;
+pub mod registry;
 pub mod sqlite;
 pub mod store;
 

@@ -18,6 +18,9 @@ use super::eviction::Lru;
 use super::locked::lock;
 use super::target::ProxyTarget;
 use super::upstream::UpstreamBlob;
+use crate::events::model::Target;
+use crate::events::registry::proxy_fetch;
+use crate::events::EventLog;
 use crate::registry::error::RegistryError;
 use crate::registry::names::{Digest, UploadId};
 use crate::registry::service::cache::{CacheError, CacheUpload};
@@ -52,13 +55,16 @@ pub struct Fetcher {
     /// Told of every blob served from the cache or fetched into it.
     lru: Arc<Lru>,
     fetches: Mutex<HashMap<Digest, watch::Receiver<FetchState>>>,
+    /// Where each fetch from an upstream is recorded (`proxy-fetch`).
+    events: EventLog,
 }
 
 impl Fetcher {
-    pub fn new(registry: Arc<Registry>, lru: Arc<Lru>) -> Fetcher {
+    pub fn new(registry: Arc<Registry>, lru: Arc<Lru>, events: EventLog) -> Fetcher {
         Fetcher {
             registry,
             lru,
+            events,
             fetches: Mutex::new(HashMap::new()),
         }
     }
@@ -258,6 +264,17 @@ impl BlobFetch {
             self.digest,
             self.target.local_repo
         );
+        let events = &self.fetcher.events;
+        if events.enabled() {
+            let fetched = Target {
+                repository: Some(self.target.local_repo.to_string()),
+                digest: Some(self.digest.to_string()),
+                size: Some(written),
+                upstream: Some(upstream.to_owned()),
+                ..Target::default()
+            };
+            events.record(proxy_fetch(fetched, events.instance(), events.now()));
+        }
         Ok(written)
     }
 

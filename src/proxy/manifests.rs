@@ -15,6 +15,9 @@ use super::locked::lock;
 use super::target::ProxyTarget;
 use super::upstream::{UpstreamTag, MANIFEST_ACCEPT};
 use crate::clock::SharedClock;
+use crate::events::model::Target;
+use crate::events::registry::proxy_fetch;
+use crate::events::EventLog;
 use crate::registry::error::RegistryError;
 use crate::registry::names::{Digest, Reference, RepoName, Tag};
 use crate::registry::service::cache::CacheError;
@@ -40,13 +43,16 @@ pub struct Manifests {
     fresh_tags: Mutex<HashMap<(RepoName, Tag), Instant>>,
     /// One lock per manifest reference being fetched, so concurrent requests share one upstream fetch.
     manifest_locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+    /// Where each fetch from an upstream is recorded (`proxy-fetch`).
+    events: EventLog,
 }
 
 impl Manifests {
-    pub fn new(registry: Arc<Registry>, clock: SharedClock) -> Manifests {
+    pub fn new(registry: Arc<Registry>, clock: SharedClock, events: EventLog) -> Manifests {
         Manifests {
             registry,
             clock,
+            events,
             fresh_tags: Mutex::new(HashMap::new()),
             manifest_locks: Mutex::new(HashMap::new()),
         }
@@ -193,6 +199,25 @@ impl Manifests {
             target.local_repo,
             upstream.name()
         );
+        if self.events.enabled() {
+            let fetched = Target {
+                repository: Some(target.local_repo.to_string()),
+                tag: match reference {
+                    Reference::Tag(tag) => Some(tag.to_string()),
+                    Reference::Digest(_) => None,
+                },
+                digest: Some(digest.to_string()),
+                media_type: Some(manifest.media_type.clone()),
+                size: Some(manifest.bytes.len() as u64),
+                upstream: Some(upstream.name().to_owned()),
+                ..Target::default()
+            };
+            self.events.record(proxy_fetch(
+                fetched,
+                self.events.instance(),
+                self.events.now(),
+            ));
+        }
         Ok((digest, manifest))
     }
 }

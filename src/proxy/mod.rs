@@ -29,6 +29,7 @@ mod fake;
 use std::sync::Arc;
 
 use crate::clock::SharedClock;
+use crate::events::EventLog;
 use crate::registry::names::{Digest, Reference};
 use crate::registry::storage::{ByteStream, StoredManifest};
 use crate::registry::Registry;
@@ -81,11 +82,23 @@ impl Proxy {
         registry: Arc<Registry>,
         clock: SharedClock,
     ) -> Proxy {
+        Proxy::recording(upstreams, max_size, registry, clock, EventLog::off())
+    }
+
+    /// [`Proxy::new`], recording a `proxy-fetch` event into `events` for every manifest and blob it fetches from
+    /// an upstream and caches (where the fetch is known to have succeeded, once however many clients wait for it).
+    pub fn recording(
+        upstreams: Vec<Arc<dyn Upstream>>,
+        max_size: Option<u64>,
+        registry: Arc<Registry>,
+        clock: SharedClock,
+        events: EventLog,
+    ) -> Proxy {
         let lru = Arc::new(Lru::new(registry.clone(), clock.clone(), max_size));
         Proxy {
             targets: Targets::new(upstreams),
-            manifests: Manifests::new(registry.clone(), clock),
-            fetcher: Arc::new(Fetcher::new(registry, lru.clone())),
+            manifests: Manifests::new(registry.clone(), clock, events.clone()),
+            fetcher: Arc::new(Fetcher::new(registry, lru.clone(), events)),
             lru,
         }
     }
