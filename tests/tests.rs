@@ -9,6 +9,7 @@ mod cluster;
 mod conformance;
 mod docker;
 mod e2e;
+mod events;
 mod inprocess;
 mod lifecycle;
 mod manifests;
