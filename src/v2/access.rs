@@ -216,6 +216,25 @@ mod tests {
     }
 
     #[test]
+    fn the_attempted_scope_names_the_one_action_refused() {
+        let check = |needed: Needed, expected: Option<&str>| {
+            assert_eq!(attempted_scope(&needed).as_deref(), expected, "{needed:?}");
+        };
+        let repository = |action| Needed::Repository {
+            repository: "team-a/app".into(),
+            action,
+        };
+        check(repository(Action::Push), Some("repository:team-a/app:push"));
+        check(repository(Action::Pull), Some("repository:team-a/app:pull"));
+        check(
+            repository(Action::Delete),
+            Some("repository:team-a/app:delete"),
+        );
+        check(Needed::Catalog, Some("registry:catalog:*"));
+        check(Needed::Authenticated, None);
+    }
+
+    #[test]
     fn a_host_that_could_break_the_header_is_not_echoed() {
         for host in [
             "",
