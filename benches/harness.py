@@ -10,13 +10,17 @@ Environment (all optional):
   BENCH_RUN_DIR   where data directories, logs and the test blob go (run.sh makes one on tmpfs)
   BERTH_BIN       the berth binary (default target/release/berth)
   BENCH_QUICK=1   a smoke run: 64 MiB blob, 500 tags/repositories, 2 s load phases
-  BENCH_ONLY      comma-separated subset of: berth,berth-tls,berth-auth,distribution,nginx
+  BENCH_ONLY      comma-separated subset of: berth,berth-tls,berth-auth,berth-noevents,distribution,nginx
 
 berth-auth is berth (plain HTTP, the same 50-rule policy) with auth on: an htpasswd user and access rules granting
 it pull and push on bench/*. The harness logs in once (GET /auth/token with Basic credentials, a token valid for 2 h)
 and sends that Bearer token with every request, as docker and containerd do after their first 401. It takes part in
 blob pull (1 stream) and manifest GET, in the same interleaved rounds as anonymous berth, and in the /auth/token row;
 not in the push, listing and admission rows (their figures would be berth's own again).
+
+berth-noevents is berth (plain HTTP, the same policy) with `--no-event-log`: it takes part in manifest GET only, in
+the same interleaved rounds as berth, whose every GET records a pull event; "event log on / off" is berth's figure
+over its own.
 """
 
 import atexit
@@ -179,9 +183,11 @@ class AuthHTTPConnection(http.client.HTTPConnection):
 
 
 class Server:
-    def __init__(self, name, label, tls=False, registry=True, admission=False, push=True, auth=False):
+    def __init__(self, name, label, tls=False, registry=True, admission=False, push=True, auth=False,
+                 events=True):
         self.name, self.label, self.tls = name, label, tls
         self.registry, self.admission, self.push, self.auth = registry, admission, push, auth
+        self.events = events  # False: --no-event-log (berth-noevents, manifest GET only)
         self.token = None  # auth: the Bearer token every request carries
         self.basic = None  # auth: the user's Basic credentials (the token endpoint's row)
         self.port = free_port()
@@ -355,6 +361,8 @@ def start(server):
     data = os.path.join(server.dir, "data")
     if server.name == "berth-auth":
         server.proc = spawn(berth_auth_cmd(server, data), "berth-auth.log")
+    elif server.name == "berth-noevents":
+        server.proc = spawn(berth_cmd(server.port, data) + ["--no-event-log"], "berth-noevents.log")
     elif server.name in ("berth", "berth-tls"):
         certs = os.path.join(server.dir, "certs") if server.tls else None
         server.proc = spawn(berth_cmd(server.port, data, certs), f"{server.name}.log")
@@ -702,7 +710,9 @@ def loadavg():
 def scenario(all_servers, blob, digest, results):
     # berth-auth (auth on) joins only the rows it is there for: blob pull (1 stream), manifest GET, /auth/token.
     authed = [s for s in all_servers if s.auth]
-    servers = [s for s in all_servers if not s.auth]
+    # berth without its event log joins manifest GET only, beside berth.
+    bare = [s for s in all_servers if not s.events]
+    servers = [s for s in all_servers if not s.auth and s.events]
     by_name = {s.name: s for s in servers}
     registries = [s for s in servers if s.registry]
     pushers = [s for s in servers if s.push]
@@ -769,7 +779,7 @@ def scenario(all_servers, blob, digest, results):
 
     log("manifest GET")
     images = {}
-    for server in registries + authed:
+    for server in registries + authed + bare:
         images[server.name] = small_image(server)
     if "nginx" in by_name and images:
         with open(os.path.join(RUN, "static", "manifest"), "wb") as f:
@@ -777,10 +787,16 @@ def scenario(all_servers, blob, digest, results):
 
     def manifest_path(server):
         return "/v2/bench/small/manifests/v1" if server.registry else "/manifest"
-    for server in servers + authed:
+    for server in servers + authed + bare:
         wrk(server, manifest_path(server), seconds=1, headers=[ACCEPT])  # warm-up
     record_wrk(results, "manifest", interleaved(
-        servers + authed, lambda s: wrk(s, manifest_path(s), seconds=LOAD_SECONDS, headers=[ACCEPT]), pick=list))
+        servers + authed + bare, lambda s: wrk(s, manifest_path(s), seconds=LOAD_SECONDS, headers=[ACCEPT]),
+        pick=list))
+    for server in bare:
+        with_log = results.get("berth", {}).get("manifest_rps")
+        without = results[server.name].get("manifest_rps")
+        if with_log and without:
+            results["berth"]["manifest_rps_events_on_vs_off"] = with_log / without
     for server in authed:
         anonymous = results.get("berth", {})
         mine = results[server.name]
@@ -836,7 +852,7 @@ def scenario(all_servers, blob, digest, results):
         record_wrk(results, endpoint, interleaved(
             targets, lambda s: wrk(s, f"/{endpoint}", seconds=LOAD_SECONDS, script=script), pick=list))
 
-    for server in servers + authed:
+    for server in servers + authed + bare:
         stop(server.proc)
         shutil.rmtree(os.path.join(server.dir, "data"), ignore_errors=True)
 
@@ -934,6 +950,11 @@ ROWS = [
     ("manifest_rps_vs_anonymous", "manifest GET: Bearer / anonymous", "×", "hi",
      target_auth("manifest_rps_vs_anonymous", 0.9, "≥ 0.9×"), "berth-auth"),
     ("manifest_p99", "manifest GET p99, Bearer token", "ms", "lo", None, "berth-auth"),
+    # The event log off (berth-noevents): its figures stand in the berth column.
+    ("manifest_rps", "manifest GET by tag with the event log off (--no-event-log, wrk as above)", "req/s", "hi", None,
+     "berth-noevents"),
+    ("manifest_rps_events_on_vs_off", "manifest GET: event log on / off", "×", "hi",
+     target_min("manifest_rps_events_on_vs_off", 0.9, "≥ 0.9×"), "berth"),
     ("token_rps", "/auth/token, Basic credentials (bcrypt remembered after the first check; rules + ES256 per "
      "request)", "req/s", "hi", None, "berth-auth"),
     ("token_p99", "/auth/token p99", "ms", "lo", None, "berth-auth"),
@@ -1054,6 +1075,7 @@ def main():
     servers = [Server("berth", "berth, plain HTTP", admission=True),
                Server("berth-tls", "berth, TLS", tls=True, admission=True),
                Server("berth-auth", "berth, plain HTTP, auth on (Bearer token)", auth=True),
+               Server("berth-noevents", "berth, plain HTTP, --no-event-log", events=False),
                Server("distribution", "CNCF distribution (docker-registry)"),
                Server("nginx", "nginx, static files with sendfile", registry=False, push=False)]
     servers = [s for s in servers if not only or s.name in only]
@@ -1064,7 +1086,7 @@ def main():
         for server in servers:
             if server.proc:
                 stop(server.proc)
-    startup([s.name for s in servers if not s.auth], results)
+    startup([s.name for s in servers if not s.auth and s.events], results)
     load_after = loadavg()
     results.pop("_answers", None)
 
@@ -1089,7 +1111,9 @@ and berth's own admission answers as a fixed `return 200`), so its column is the
 a registry. Ratios are berth (plain HTTP) over the peer, from this run; for ms and MB a lower ratio is better.
 The rows "with a Bearer token" are a third berth (plain HTTP, the same policy plus access rules, an htpasswd user)
 with auth on, in the same rounds as the others: the harness logged in once at `/auth/token` and sent that token
-with every request; "Bearer / anonymous" is its figure over anonymous berth's from the same rounds.
+with every request; "Bearer / anonymous" is its figure over anonymous berth's from the same rounds. The row "with
+the event log off" is a fourth berth run with `--no-event-log`, in the same manifest GET rounds; "event log on / off"
+is berth's figure (every GET recording a pull event) over it.
 
 """
     caveats = []

@@ -4,7 +4,7 @@
 #
 #   benches/run.sh                 # the full run (about 12 to 20 minutes on 2 cores, longer while the machine is busy)
 #   BENCH_QUICK=1 benches/run.sh   # a smoke run with small sizes (about 3 minutes)
-#   BENCH_ONLY=berth,nginx ...     # a subset of berth, berth-tls, berth-auth, distribution, nginx
+#   BENCH_ONLY=berth,nginx ...     # a subset of berth, berth-tls, berth-auth, berth-noevents, distribution, nginx
 #
 # Installs docker-registry, nginx-light, wrk, curl and apache2-utils (htpasswd -B, for berth-auth's user) from Debian when missing (without starting their services),
 # builds berth in release mode, then runs benches/harness.py. Everything it starts is killed when it ends, fails or

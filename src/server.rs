@@ -176,12 +176,18 @@ impl AppState {
             None => Proxy::http_upstreams(&config.proxy).map_err(ServeError::Proxy)?,
         };
         let metrics = web::Data::new(crate::events::Metrics::new());
-        let proxy = Proxy::with_metrics(
+        let events = if config.events.enabled {
+            crate::events::open_in(&config.data_dir, &config.events.instance, clock.clone())
+        } else {
+            EventLog::off()
+        };
+        let proxy = Proxy::observed(
             upstreams,
             config.proxy.max_size,
             registry.clone().into_inner(),
             clock.clone(),
             metrics.clone().into_inner(),
+            events.clone(),
         );
         proxy.load_usage().await.map_err(|e| {
             ServeError::Proxy(crate::proxy::upstream::http::UpstreamError::Setup {
@@ -216,11 +222,6 @@ impl AppState {
                 // With auth on, a pod may only run what its ServiceAccount may pull from berth.
                 .authorizing_pulls(auth.enabled()),
         );
-        let events = if config.events.enabled {
-            crate::events::open_in(&config.data_dir, &config.events.instance, clock.clone())
-        } else {
-            EventLog::off()
-        };
         Ok(AppState {
             registry,
             proxy: web::Data::new(proxy),

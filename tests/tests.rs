@@ -10,6 +10,7 @@ mod cluster;
 mod conformance;
 mod docker;
 mod e2e;
+mod events;
 mod events_cli;
 mod inprocess;
 mod lifecycle;

@@ -5,6 +5,7 @@
 //! - [`store`]: the store's trait ([`EventStore`]), so a server database can later serve several replicas;
 //! - [`sqlite`]: the embedded store (SQLite in WAL mode in the data directory);
 //! - [`metrics`]: `GET /metrics` ([`metrics::Metrics`]) and the node proxy's ([`metrics::NodeProxyMetrics`]);
+//! - [`registry`]: building the registry's events from what a handler did and who asked (pure);
 //! - [`log`]: [`EventLog`], what handlers record into: a bounded queue and one writer committing in batches, and
 //!   the durable record a push answers after;
 //! - [`notify`]: notifications, the log's events POSTed as CloudEvents to configured endpoints;
@@ -20,8 +21,9 @@ pub mod client;
 pub mod log;
 pub mod metrics;
 pub mod model;
-pub mod reopen;
 pub mod notify;
+pub mod registry;
+pub mod reopen;
 pub mod report;
 pub mod routes;
 pub mod sqlite;

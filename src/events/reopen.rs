@@ -11,7 +11,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use super::sqlite::SqliteStore;
 use super::store::{
-    EventQuery, EventStore, PullStats, PushRecord, Pruned, Result, Retention, StoreError,
+    EventQuery, EventStore, Pruned, PullStats, PushRecord, Result, Retention, StoreError,
     StoredEvent,
 };
 
@@ -27,7 +27,10 @@ pub struct Reopening {
 
 enum State {
     Open(Arc<SqliteStore>),
-    Broken { error: StoreError, next_try: Instant },
+    Broken {
+        error: StoreError,
+        next_try: Instant,
+    },
 }
 
 impl Reopening {
@@ -51,9 +54,7 @@ impl Reopening {
             .unwrap_or_else(|poisoned| poisoned.into_inner());
         match &*state {
             State::Open(store) => Ok(store.clone()),
-            State::Broken { error, next_try } if Instant::now() < *next_try => {
-                Err(error.clone())
-            }
+            State::Broken { error, next_try } if Instant::now() < *next_try => Err(error.clone()),
             State::Broken { .. } => match SqliteStore::open(&self.path) {
                 Ok(store) => {
                     log::info!("event log: {} opened", self.path.display());

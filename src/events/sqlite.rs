@@ -340,7 +340,8 @@ impl EventStore for SqliteStore {
             "DELETE FROM events WHERE seq IN
                  (SELECT seq FROM events WHERE action NOT IN ({content_changes}) ORDER BY seq LIMIT ?1)"
         );
-        let oldest = "DELETE FROM events WHERE seq IN (SELECT seq FROM events ORDER BY seq LIMIT ?1)";
+        let oldest =
+            "DELETE FROM events WHERE seq IN (SELECT seq FROM events ORDER BY seq LIMIT ?1)";
         let mut statement = plentiful_first.as_str();
         while self.size()? > retention.max_bytes {
             let deleted = self.writer().execute(statement, [PRUNE_CHUNK])?;

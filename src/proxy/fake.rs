@@ -204,12 +204,13 @@ impl Harness {
         let upstream = Arc::new(FakeUpstream::default());
         let clock = ManualClock::new();
         let metrics = Arc::new(crate::events::Metrics::new());
-        let proxy = Arc::new(Proxy::with_metrics(
+        let proxy = Arc::new(Proxy::observed(
             vec![upstream.clone()],
             max_size,
             registry.clone(),
             clock.clone(),
             metrics.clone(),
+            crate::events::EventLog::off(),
         ));
         Harness {
             _dir: dir,

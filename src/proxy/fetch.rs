@@ -18,6 +18,9 @@ use super::eviction::Lru;
 use super::locked::lock;
 use super::target::ProxyTarget;
 use super::upstream::UpstreamBlob;
+use crate::events::model::Target;
+use crate::events::registry::proxy_fetch;
+use crate::events::EventLog;
 use crate::registry::error::RegistryError;
 use crate::registry::names::{Digest, UploadId};
 use crate::registry::service::cache::{CacheError, CacheUpload};
@@ -54,6 +57,8 @@ pub struct Fetcher {
     fetches: Mutex<HashMap<Digest, watch::Receiver<FetchState>>>,
     /// Counts the blobs served from the cache (the upstream counts its own, `super::metered`).
     metrics: Arc<crate::events::Metrics>,
+    /// Where each fetch from an upstream is recorded (`proxy-fetch`).
+    events: EventLog,
 }
 
 impl Fetcher {
@@ -61,11 +66,13 @@ impl Fetcher {
         registry: Arc<Registry>,
         lru: Arc<Lru>,
         metrics: Arc<crate::events::Metrics>,
+        events: EventLog,
     ) -> Fetcher {
         Fetcher {
             metrics,
             registry,
             lru,
+            events,
             fetches: Mutex::new(HashMap::new()),
         }
     }
@@ -269,6 +276,17 @@ impl BlobFetch {
             self.digest,
             self.target.local_repo
         );
+        let events = &self.fetcher.events;
+        if events.enabled() {
+            let fetched = Target {
+                repository: Some(self.target.local_repo.to_string()),
+                digest: Some(self.digest.to_string()),
+                size: Some(written),
+                upstream: Some(upstream.to_owned()),
+                ..Target::default()
+            };
+            events.record(proxy_fetch(fetched, events.instance(), events.now()));
+        }
         Ok(written)
     }
 

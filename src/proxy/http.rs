@@ -41,11 +41,12 @@ async fn serve(
             let reference = Reference::parse(&reference)
                 .map_err(RegistryError::unknown_if_invalid_reference)?;
             let (digest, manifest) = proxy.manifest(&target, &reference).await?;
-            Ok(HttpResponse::Ok()
-                .insert_header((header::CONTENT_TYPE, manifest.media_type))
-                .insert_header(("Docker-Content-Digest", digest.to_string()))
-                .insert_header((header::ETAG, format!("\"{digest}\"")))
-                .body(manifest.bytes))
+            Ok(crate::registry::manifests::served(
+                target.local_repo.as_str(),
+                &reference,
+                &digest,
+                manifest,
+            ))
         }
         (Route::Blob(_, digest), method @ (Method::GET | Method::HEAD)) => {
             let parsed = Digest::parse(&digest)?;

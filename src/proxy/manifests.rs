@@ -15,6 +15,9 @@ use super::locked::lock;
 use super::target::ProxyTarget;
 use super::upstream::{UpstreamTag, MANIFEST_ACCEPT};
 use crate::clock::SharedClock;
+use crate::events::model::Target;
+use crate::events::registry::proxy_fetch;
+use crate::events::EventLog;
 use crate::registry::error::RegistryError;
 use crate::registry::names::{Digest, Reference, RepoName, Tag};
 use crate::registry::service::cache::CacheError;
@@ -42,6 +45,8 @@ pub struct Manifests {
     manifest_locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
     /// Counts the answers from the cache (the upstream counts its own, `super::metered`).
     metrics: Arc<crate::events::Metrics>,
+    /// Where each fetch from an upstream is recorded (`proxy-fetch`).
+    events: EventLog,
 }
 
 impl Manifests {
@@ -49,11 +54,13 @@ impl Manifests {
         registry: Arc<Registry>,
         clock: SharedClock,
         metrics: Arc<crate::events::Metrics>,
+        events: EventLog,
     ) -> Manifests {
         Manifests {
             metrics,
             registry,
             clock,
+            events,
             fresh_tags: Mutex::new(HashMap::new()),
             manifest_locks: Mutex::new(HashMap::new()),
         }
@@ -213,6 +220,25 @@ impl Manifests {
             target.local_repo,
             upstream.name()
         );
+        if self.events.enabled() {
+            let fetched = Target {
+                repository: Some(target.local_repo.to_string()),
+                tag: match reference {
+                    Reference::Tag(tag) => Some(tag.to_string()),
+                    Reference::Digest(_) => None,
+                },
+                digest: Some(digest.to_string()),
+                media_type: Some(manifest.media_type.clone()),
+                size: Some(manifest.bytes.len() as u64),
+                upstream: Some(upstream.name().to_owned()),
+                ..Target::default()
+            };
+            self.events.record(proxy_fetch(
+                fetched,
+                self.events.instance(),
+                self.events.now(),
+            ));
+        }
         Ok((digest, manifest))
     }
 }

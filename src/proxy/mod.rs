@@ -30,7 +30,7 @@ mod fake;
 use std::sync::Arc;
 
 use crate::clock::SharedClock;
-use crate::events::Metrics;
+use crate::events::{EventLog, Metrics};
 use crate::registry::names::{Digest, Reference};
 use crate::registry::storage::{ByteStream, StoredManifest};
 use crate::registry::Registry;
@@ -83,22 +83,26 @@ impl Proxy {
         registry: Arc<Registry>,
         clock: SharedClock,
     ) -> Proxy {
-        Proxy::with_metrics(
+        Proxy::observed(
             upstreams,
             max_size,
             registry,
             clock,
             Arc::new(Metrics::new()),
+            EventLog::off(),
         )
     }
 
-    /// [`Proxy::new`] counting its hits, misses, upstream errors and upstream bytes into `metrics`.
-    pub fn with_metrics(
+    /// [`Proxy::new`] counting its hits, misses, upstream errors and upstream bytes into `metrics`, and recording a
+    /// `proxy-fetch` event into `events` for every manifest and blob it fetches from an upstream and caches (where
+    /// the fetch is known to have succeeded, once however many clients wait for it).
+    pub fn observed(
         upstreams: Vec<Arc<dyn Upstream>>,
         max_size: Option<u64>,
         registry: Arc<Registry>,
         clock: SharedClock,
         metrics: Arc<Metrics>,
+        events: EventLog,
     ) -> Proxy {
         let upstreams = upstreams
             .into_iter()
@@ -107,8 +111,8 @@ impl Proxy {
         let lru = Arc::new(Lru::new(registry.clone(), clock.clone(), max_size));
         Proxy {
             targets: Targets::new(upstreams),
-            manifests: Manifests::new(registry.clone(), clock, metrics.clone()),
-            fetcher: Arc::new(Fetcher::new(registry, lru.clone(), metrics)),
+            manifests: Manifests::new(registry.clone(), clock, metrics.clone(), events.clone()),
+            fetcher: Arc::new(Fetcher::new(registry, lru.clone(), metrics, events)),
             lru,
         }
     }

@@ -9,6 +9,8 @@ use super::error::Result;
 use super::names::{Digest, RepoName};
 use super::ranges::parse_range;
 use super::service::{Immutability, Registry};
+use crate::events::model::{EventAction, Target};
+use crate::events::registry::EventFacts;
 
 pub async fn get(
     registry: &Registry,
@@ -75,5 +77,14 @@ pub async fn delete(
 ) -> Result<HttpResponse> {
     let digest = Digest::parse(digest)?;
     registry.blob_delete(repo, &digest, immutable).await?;
-    Ok(HttpResponse::Accepted().finish())
+    let mut response = HttpResponse::Accepted().finish();
+    response.extensions_mut().insert(EventFacts::one(
+        EventAction::Delete,
+        Target {
+            repository: Some(repo.to_string()),
+            digest: Some(digest.to_string()),
+            ..Target::default()
+        },
+    ));
+    Ok(response)
 }

@@ -33,7 +33,20 @@ pub enum ErrorCode {
     Denied,
     /// Not in the spec's table; distribution's code for a bad `n`, which clients know.
     PaginationNumberInvalid,
+    /// Not in the spec's table; distribution's code for a registry that cannot answer now (503): the client
+    /// retries.
+    Unavailable,
     Unknown,
+}
+
+impl ErrorCode {
+    /// The code as the spec writes it (`DIGEST_INVALID`): its serialised form, so the two never differ.
+    pub fn name(self) -> String {
+        match serde_json::to_value(self) {
+            Ok(serde_json::Value::String(name)) => name,
+            _ => format!("{self:?}"),
+        }
+    }
 }
 
 /// Everything that can go wrong answering a registry request.
@@ -144,6 +157,10 @@ pub enum RegistryError {
         rule: String,
         digest: String,
     },
+    /// The event log did not store the event of a push, delete, tag move or mount, so the operation is not
+    /// acknowledged (503): its content is stored, and the client retries.
+    #[error("the event log did not store the event: {0}")]
+    EventNotStored(String),
     /// A storage failure: the client did nothing wrong.
     #[error("storage failure: {0}")]
     Storage(#[from] StorageError),
@@ -177,6 +194,7 @@ impl RegistryError {
             Unsupported(_) | TooManyTags { .. } => ErrorCode::Unsupported,
             PaginationNumberInvalid(_) => ErrorCode::PaginationNumberInvalid,
             Storage(_) => ErrorCode::Unknown,
+            EventNotStored(_) => ErrorCode::Unavailable,
             Busy { .. } => ErrorCode::Toomanyrequests,
             Unauthorized { .. } => ErrorCode::Unauthorized,
             Denied(_) => ErrorCode::Denied,

@@ -7,19 +7,48 @@ use super::error::{RegistryError, Result};
 use super::manifest::MAX_MANIFEST_BYTES;
 use super::names::{Reference, RepoName, Tag};
 use super::service::{Immutability, Registry};
+use crate::events::model::{EventAction, Target};
+use crate::events::registry::{EventFacts, PushedManifest, PushedTag};
 use crate::limits::{read_to_limit, BodyLimitError, ReadError};
 
-/// `GET` and `HEAD` alike: for `HEAD`, actix sends the headers (with Content-Length) and drops the body.
+/// `GET` and `HEAD` alike: for `HEAD`, actix sends the headers (with Content-Length) and drops the body. The
+/// response carries the `pull` it served ([`served`]); the front door records it for a `GET` only.
 pub async fn get(registry: &Registry, repo: &RepoName, reference: &str) -> Result<HttpResponse> {
     let reference =
         Reference::parse(reference).map_err(RegistryError::unknown_if_invalid_reference)?;
     let (digest, manifest) = registry.manifest_get(repo, &reference).await?;
-    let mut response = HttpResponse::Ok();
-    response
+    Ok(served(repo.as_str(), &reference, &digest, manifest))
+}
+
+/// The 200 of a manifest `GET`/`HEAD` (local or proxied; `repository` is the name it is stored under), with the
+/// `pull` fact for the event log.
+pub fn served(
+    repository: &str,
+    reference: &Reference,
+    digest: &super::names::Digest,
+    manifest: crate::registry::storage::StoredManifest,
+) -> HttpResponse {
+    let facts = EventFacts::one(
+        EventAction::Pull,
+        Target {
+            repository: Some(repository.to_owned()),
+            tag: match reference {
+                Reference::Tag(tag) => Some(tag.to_string()),
+                Reference::Digest(_) => None,
+            },
+            digest: Some(digest.to_string()),
+            media_type: Some(manifest.media_type.clone()),
+            size: Some(manifest.bytes.len() as u64),
+            ..Target::default()
+        },
+    );
+    let mut response = HttpResponse::Ok()
         .insert_header((header::CONTENT_TYPE, manifest.media_type))
         .insert_header(("Docker-Content-Digest", digest.to_string()))
-        .insert_header((header::ETAG, format!("\"{digest}\"")));
-    Ok(response.body(manifest.bytes))
+        .insert_header((header::ETAG, format!("\"{digest}\"")))
+        .body(manifest.bytes);
+    response.extensions_mut().insert(facts);
+    response
 }
 
 /// Reads the whole body, refusing more than the manifest size limit. The time it may take and the memory all
@@ -106,7 +135,25 @@ pub async fn put(
             response.append_header(("OCI-Tag", tag.as_str()));
         }
     }
-    Ok(response.finish())
+    let pushed_tags: Vec<PushedTag> = pushed
+        .tags
+        .iter()
+        .zip(&pushed.previous)
+        .map(|(tag, old)| PushedTag {
+            tag: tag.to_string(),
+            old_digest: old.as_ref().map(ToString::to_string),
+        })
+        .collect();
+    let facts = EventFacts::pushed(&PushedManifest {
+        repository: repo.as_str(),
+        digest: &pushed.digest.to_string(),
+        media_type: &pushed.media_type,
+        size: pushed.size,
+        tags: &pushed_tags,
+    });
+    let mut response = response.finish();
+    response.extensions_mut().insert(facts);
+    Ok(response)
 }
 
 /// A delete by tag or digest; `immutable` says which tags may not be deleted, nor the manifests they point at.
@@ -117,8 +164,21 @@ pub async fn delete(
     immutable: Immutability<'_>,
 ) -> Result<HttpResponse> {
     let reference = Reference::parse(reference)?;
-    registry
+    let digest = registry
         .manifest_delete(repo, &reference, immutable)
         .await?;
-    Ok(HttpResponse::Accepted().finish())
+    let mut response = HttpResponse::Accepted().finish();
+    response.extensions_mut().insert(EventFacts::one(
+        EventAction::Delete,
+        Target {
+            repository: Some(repo.to_string()),
+            tag: match &reference {
+                Reference::Tag(tag) => Some(tag.to_string()),
+                Reference::Digest(_) => None,
+            },
+            digest: Some(digest.to_string()),
+            ..Target::default()
+        },
+    ));
+    Ok(response)
 }

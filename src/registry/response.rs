@@ -65,6 +65,7 @@ impl ResponseError for RegistryError {
             MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
             Unsupported(_) => StatusCode::METHOD_NOT_ALLOWED,
             Storage(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            EventNotStored(_) => StatusCode::SERVICE_UNAVAILABLE,
             Unauthorized { .. } => StatusCode::UNAUTHORIZED,
             Denied(_) => StatusCode::FORBIDDEN,
             Busy { .. } => StatusCode::TOO_MANY_REQUESTS,
@@ -86,9 +87,8 @@ impl ResponseError for RegistryError {
 
     fn error_response(&self) -> HttpResponse {
         let status = self.status_code();
-        let message = self.to_string();
         if status.is_server_error() {
-            log::error!("request failed: {message}");
+            log::error!("request failed: {self}");
         }
         let mut response = HttpResponse::build(status);
         match self {
@@ -113,15 +113,24 @@ impl ResponseError for RegistryError {
             RegistryError::Busy { retry_after, .. } => {
                 response.insert_header((header::RETRY_AFTER, retry_after.to_string()));
             }
+            RegistryError::EventNotStored(_) => {
+                response.insert_header((header::RETRY_AFTER, "5"));
+            }
             _ => {}
         }
-        // Storage failures do not leak paths; the cause is in the log.
-        let message = if matches!(self, RegistryError::Storage(_)) {
-            "internal error; see the registry's log"
+        envelope_with(response, self.code(), &self.client_message(), None)
+    }
+}
+
+impl RegistryError {
+    /// The message a client is shown for this error (and the event log records): the error itself, but for a
+    /// storage failure, whose cause (paths) stays in the log.
+    pub fn client_message(&self) -> std::borrow::Cow<'_, str> {
+        if matches!(self, RegistryError::Storage(_)) {
+            "internal error; see the registry's log".into()
         } else {
-            &message
-        };
-        envelope_with(response, self.code(), message, None)
+            self.to_string().into()
+        }
     }
 }
 
@@ -196,6 +205,11 @@ mod tests {
             RegistryError::DigestInvalid("x".into()),
             400,
             "DIGEST_INVALID",
+        );
+        check(
+            RegistryError::EventNotStored("event store: disk full".into()),
+            503,
+            "UNAVAILABLE",
         );
         check(
             RegistryError::TagInvalid(".x".into()),

@@ -9,6 +9,8 @@ use super::names::{Digest, RepoName, UploadId};
 use super::ranges::{parse_content_range, InvalidContentRange};
 use super::response::upload_range;
 use super::service::Registry;
+use crate::events::model::{EventAction, Target};
+use crate::events::registry::EventFacts;
 
 fn upload_location(repo: &RepoName, id: &UploadId) -> String {
     format!("/v2/{repo}/blobs/uploads/{id}")
@@ -89,7 +91,17 @@ pub async fn start(
         let digest = Digest::parse(mount)?;
         let from = query.from.map(RepoName::parse).transpose()?;
         if registry.blob_mount(repo, &digest, from.as_ref()).await? {
-            return Ok(created(repo, &digest));
+            let mut response = created(repo, &digest);
+            response.extensions_mut().insert(EventFacts::one(
+                EventAction::Mount,
+                Target {
+                    repository: Some(repo.to_string()),
+                    digest: Some(digest.to_string()),
+                    from: from.as_ref().map(ToString::to_string),
+                    ..Target::default()
+                },
+            ));
+            return Ok(response);
         }
         // Not mountable: the client proceeds with an ordinary upload.
     } else if let Some(digest) = query.digest {

@@ -60,6 +60,18 @@ pub fn scope(needed: &Needed) -> Option<String> {
     }
 }
 
+/// The scope a refused request attempted, as the event log records it: `repository:<name>:<action>` (the one
+/// action, where [`scope`] asks for `pull,push`), `registry:catalog:*`, or `None` for the base endpoint.
+pub fn attempted_scope(needed: &Needed) -> Option<String> {
+    match needed {
+        Needed::Authenticated => None,
+        Needed::Catalog => Some("registry:catalog:*".into()),
+        Needed::Repository { repository, action } => {
+            Some(format!("repository:{repository}:{}", action.as_str()))
+        }
+    }
+}
+
 /// The token endpoint's URL for a request that reached berth as `scheme://host`. The host comes from the client's
 /// own request, so a client is sent back to the address it used; a host that is not a plain `name[:port]` or
 /// `[v6]:port` (quotes, commas, spaces: anything that could break the header) is replaced by `fallback`.
@@ -201,6 +213,25 @@ mod tests {
             .as_deref(),
             Some("repository:x:delete")
         );
+    }
+
+    #[test]
+    fn the_attempted_scope_names_the_one_action_refused() {
+        let check = |needed: Needed, expected: Option<&str>| {
+            assert_eq!(attempted_scope(&needed).as_deref(), expected, "{needed:?}");
+        };
+        let repository = |action| Needed::Repository {
+            repository: "team-a/app".into(),
+            action,
+        };
+        check(repository(Action::Push), Some("repository:team-a/app:push"));
+        check(repository(Action::Pull), Some("repository:team-a/app:pull"));
+        check(
+            repository(Action::Delete),
+            Some("repository:team-a/app:delete"),
+        );
+        check(Needed::Catalog, Some("registry:catalog:*"));
+        check(Needed::Authenticated, None);
     }
 
     #[test]

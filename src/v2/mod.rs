@@ -10,18 +10,22 @@
 pub mod access;
 pub mod route;
 
-use actix_web::http::Method;
+use actix_web::http::{header, Method};
 use actix_web::middleware::DefaultHeaders;
 use actix_web::HttpMessage;
-use actix_web::{web, HttpRequest, HttpResponse};
+use actix_web::{web, HttpRequest, HttpResponse, ResponseError};
 
 use crate::admission::source::PolicyStore;
 use crate::auth::authenticator::{AuthError, Authenticator};
 use crate::auth::request::Caller as Allowed;
+use crate::auth::Identity;
 use crate::auth::{scope, Action};
+use crate::events::model::{Actor, Client, EventAction, Outcome, Target};
+use crate::events::registry::{EventFacts, Fact};
+use crate::events::{self, EventLog, EventLogError};
 use crate::proxy::Proxy;
 use crate::registry::error::{RegistryError, Result};
-use crate::registry::names::{RepoName, Tag};
+use crate::registry::names::{Digest, RepoName, Tag};
 use crate::registry::{blobs, listings, manifests, referrers, uploads, Registry};
 use access::Needed;
 use route::{parse_route, Query, Route, RouteError};
@@ -45,15 +49,79 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
     );
 }
 
-/// One `/v2` request: the route, who is asking and may they (when auth is on), then who serves it.
+/// The header a request id travels in, both ways.
+pub const REQUEST_ID: &str = "x-request-id";
+
+/// One `/v2` request: the route, who is asking and may they (when auth is on), then who serves it; then the
+/// event of what happened, once, here (see [`record`]). Every answer carries the request id.
 async fn dispatch(
     req: HttpRequest,
     body: web::Payload,
     registry: web::Data<Registry>,
     proxy: web::Data<Proxy>,
     auth: web::Data<Authenticator>,
-) -> Result<HttpResponse> {
-    let route = parse_route(req.path())?;
+    events: web::Data<EventLog>,
+) -> HttpResponse {
+    let request_id = events::registry::request_id(
+        req.headers().get(REQUEST_ID).map(|v| v.as_bytes()),
+        events.now(),
+    );
+    let answered = answer(&req, body, &registry, proxy, &auth).await;
+    let mut response = if events.enabled() {
+        record(&req, &events, &request_id, answered).await
+    } else {
+        answered.unwrap_or_else(|failed| failed.error().error_response())
+    };
+    // A sane id, or a fresh one: always a valid header value.
+    if let Ok(value) = header::HeaderValue::from_str(&request_id) {
+        response
+            .headers_mut()
+            .insert(header::HeaderName::from_static(REQUEST_ID), value);
+    }
+    response
+}
+
+/// How a request failed, as the event log tells failures apart.
+enum Failed {
+    /// Refused by [`authorize`] (401, 403), with the scope it asked for.
+    Refused {
+        error: RegistryError,
+        scope: Option<String>,
+    },
+    /// An upload ended with a digest that was invalid or did not match, with the digest given (when it is one).
+    UploadRejected {
+        error: RegistryError,
+        digest: Option<String>,
+    },
+    /// Anything else (not recorded).
+    Error(RegistryError),
+}
+
+impl Failed {
+    fn error(&self) -> &RegistryError {
+        match self {
+            Failed::Refused { error, .. }
+            | Failed::UploadRejected { error, .. }
+            | Failed::Error(error) => error,
+        }
+    }
+}
+
+impl From<RegistryError> for Failed {
+    fn from(error: RegistryError) -> Self {
+        Failed::Error(error)
+    }
+}
+
+/// The route, the authorization and the handler's answer.
+async fn answer(
+    req: &HttpRequest,
+    body: web::Payload,
+    registry: &Registry,
+    proxy: web::Data<Proxy>,
+    auth: &Authenticator,
+) -> std::result::Result<HttpResponse, Failed> {
+    let route = parse_route(req.path()).map_err(RegistryError::from)?;
     let mut query = Query::parse(req.query_string());
     let target = route
         .repository()
@@ -61,7 +129,15 @@ async fn dispatch(
     if auth.enabled() {
         let cache_name = target.as_ref().map(|t| t.local_repo.as_str());
         let needed = access::needed(&route, req.method(), cache_name);
-        let who = authorize(&req, &auth, &needed).await?;
+        let who = authorize(req, auth, &needed)
+            .await
+            .map_err(|error| match error {
+                RegistryError::Unauthorized { .. } | RegistryError::Denied(_) => Failed::Refused {
+                    error,
+                    scope: access::attempted_scope(&needed),
+                },
+                error => Failed::Error(error),
+            })?;
         // A cross-repository mount also reads the source: without pull there, the mount is dropped and a plain
         // upload starts (the spec's answer to a mount the registry will not do), so nothing leaks from `from`.
         if let (Route::Uploads(_), Some(from)) = (&route, query.get("from")) {
@@ -71,8 +147,136 @@ async fn dispatch(
             }
         }
     }
-    // Seam: the event record of what happened is written here, once, from the route and the response.
-    serve(&req, route, target, &query, body, registry.get_ref(), proxy).await
+    // The closing PUT of an upload, or a monolithic POST ?digest=: a DIGEST_INVALID there is a rejected upload.
+    let ends_upload = matches!(
+        (&route, req.method()),
+        (Route::Upload(..), &Method::PUT) | (Route::Uploads(_), &Method::POST)
+    );
+    let served = serve(req, route, target, &query, body, registry, proxy).await;
+    served.map_err(|error| match error {
+        RegistryError::DigestInvalid(_) if ends_upload => Failed::UploadRejected {
+            error,
+            digest: query
+                .get("digest")
+                .and_then(|d| Digest::parse(d).ok())
+                .map(|d| d.to_string()),
+        },
+        error => Failed::Error(error),
+    })
+}
+
+/// The event log's record of one request: the facts the handler put in the response (a `pull` only for a `GET`
+/// answered 200), or the refusal's event (`auth-failed`, `upload-rejected`); with the actor, the client, the
+/// request id and the result. Events that change content are stored durably before the answer: when the store
+/// fails, the answer is 503 instead (the content is stored; the client retries). The rest is queued.
+async fn record(
+    req: &HttpRequest,
+    events: &EventLog,
+    request_id: &str,
+    answered: std::result::Result<HttpResponse, Failed>,
+) -> HttpResponse {
+    let (response, facts, result) = match answered {
+        Ok(mut response) => {
+            let status = response.status().as_u16();
+            let facts = response
+                .extensions_mut()
+                .remove::<EventFacts>()
+                .map(|facts| facts.facts)
+                .unwrap_or_default();
+            let pulled = *req.method() == Method::GET && status == 200;
+            let facts: Vec<Fact> = facts
+                .into_iter()
+                .filter(|fact| fact.action != EventAction::Pull || pulled)
+                .collect();
+            (response, facts, Outcome::ok(status))
+        }
+        Err(failed) => {
+            let error = failed.error();
+            let result = Outcome {
+                status: error.status_code().as_u16(),
+                code: Some(error.code().name()),
+                message: Some(error.client_message().into_owned()),
+            };
+            let facts = refusal_facts(req, &failed);
+            (error.error_response(), facts, result)
+        }
+    };
+    if facts.is_empty() {
+        return response;
+    }
+    let request = events::registry::Request {
+        actor: req
+            .extensions()
+            .get::<Identity>()
+            .map_or_else(Actor::anonymous, Actor::from),
+        client: Client {
+            address: req.peer_addr().map(|a| a.ip().to_string()),
+            user_agent: req
+                .headers()
+                .get(header::USER_AGENT)
+                .map(|v| events::registry::user_agent(v.as_bytes())),
+        },
+        request_id: request_id.to_owned(),
+    };
+    let now = events.now();
+    let mut durable = Vec::new();
+    for fact in facts {
+        let event = request.event(fact, result.clone(), events.instance(), now);
+        if event.action.durable() {
+            durable.push(events.record_durable(event));
+        } else {
+            events.record(event);
+        }
+    }
+    if durable.is_empty() {
+        return response;
+    }
+    let stored = futures_util::future::join_all(durable).await;
+    match stored.into_iter().find_map(std::result::Result::err) {
+        None => response,
+        Some(e) => {
+            let why = match e {
+                EventLogError::Store(e) => e.to_string(),
+                e @ EventLogError::Stopped => e.to_string(),
+            };
+            RegistryError::EventNotStored(why).error_response()
+        }
+    }
+}
+
+/// The event of a refusal: `auth-failed` for a 403, and for a 401 to a client that presented credentials (a 401
+/// to a request without any is the challenge every token flow starts with, not a failure); `upload-rejected`
+/// for an upload whose digest was invalid or did not match.
+fn refusal_facts(req: &HttpRequest, failed: &Failed) -> Vec<Fact> {
+    let repository = || {
+        parse_route(req.path())
+            .ok()
+            .and_then(|route| route.repository().map(|r| r.to_string()))
+    };
+    let (action, target) = match failed {
+        Failed::Error(_) => return Vec::new(),
+        Failed::Refused {
+            error: RegistryError::Unauthorized { .. },
+            ..
+        } if !req.headers().contains_key(header::AUTHORIZATION) => return Vec::new(),
+        Failed::Refused { scope, .. } => (
+            EventAction::AuthFailed,
+            Target {
+                repository: repository(),
+                scope: scope.clone(),
+                ..Target::default()
+            },
+        ),
+        Failed::UploadRejected { digest, .. } => (
+            EventAction::UploadRejected,
+            Target {
+                repository: repository(),
+                digest: digest.clone(),
+                ..Target::default()
+            },
+        ),
+    };
+    vec![Fact { action, target }]
 }
 
 /// Authenticates the request and decides whether it may do what it needs. A client without (sufficient)

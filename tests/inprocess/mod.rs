@@ -12,6 +12,7 @@
 mod admission;
 mod auth;
 mod cache;
+mod events;
 mod events_api;
 mod fake_upstream;
 mod front_door;

@@ -20,6 +20,13 @@ pub struct PushedManifest {
     pub subject: Option<Digest>,
     /// Every tag now pointing at it (the reference's and the `?tag=` ones), in the order given.
     pub tags: Vec<Tag>,
+    /// The digest each of `tags` pointed at before the push (read under the repository's lock), `None` for a new
+    /// tag: a different digest means the push moved the tag.
+    pub previous: Vec<Option<Digest>>,
+    /// The media type it is stored and served with.
+    pub media_type: String,
+    /// Its size in bytes.
+    pub size: u64,
 }
 
 /// Which tags of a repository are immutable, and by which rule (its name, for the error): the caller's decision
@@ -256,7 +263,9 @@ impl Registry {
                 .referrer_add(repo, subject, &digest, &descriptor)
                 .await?;
         }
+        let mut previous = Vec::with_capacity(all_tags.len());
         for tag in &all_tags {
+            previous.push(self.storage.tag_get(repo, tag).await?);
             self.storage.tag_set(repo, tag, &digest).await?;
         }
         log::info!(
@@ -275,6 +284,9 @@ impl Registry {
             digest,
             subject: parsed.subject,
             tags: all_tags,
+            previous,
+            media_type: parsed.media_type,
+            size: stored.bytes.len() as u64,
         })
     }
 
@@ -340,31 +352,32 @@ impl Registry {
 
     /// Deletes a manifest by digest (with its tags and referrer entry) or a tag. A tag `immutable` names a rule
     /// for is not deleted, nor is a manifest such a tag holds (points at, or names as a child of its index).
+    /// Returns the digest deleted, or the one the deleted tag pointed at.
     pub async fn manifest_delete(
         &self,
         repo: &RepoName,
         reference: &Reference,
         immutable: Immutability<'_>,
-    ) -> Result<()> {
+    ) -> Result<Digest> {
         let _repo = self.repo_lock(repo).lock().await;
         match reference {
             Reference::Tag(tag) => {
-                if let Some(rule) = immutable(tag) {
-                    if let Some(current) = self.storage.tag_get(repo, tag).await? {
-                        return Err(RegistryError::TagImmutable {
-                            what: "the tag cannot be deleted",
-                            repository: repo.to_string(),
-                            tag: tag.to_string(),
-                            rule,
-                            digest: current.to_string(),
-                        });
-                    }
+                let current = self.storage.tag_get(repo, tag).await?;
+                if let (Some(rule), Some(current)) = (immutable(tag), &current) {
+                    return Err(RegistryError::TagImmutable {
+                        what: "the tag cannot be deleted",
+                        repository: repo.to_string(),
+                        tag: tag.to_string(),
+                        rule,
+                        digest: current.to_string(),
+                    });
                 }
-                if self.storage.tag_delete(repo, tag).await? {
-                    log::info!("tag {repo}:{tag} deleted");
-                    Ok(())
-                } else {
-                    Err(RegistryError::ManifestUnknown(format!("{repo}:{tag}")))
+                match current {
+                    Some(current) if self.storage.tag_delete(repo, tag).await? => {
+                        log::info!("tag {repo}:{tag} deleted");
+                        Ok(current)
+                    }
+                    _ => Err(RegistryError::ManifestUnknown(format!("{repo}:{tag}"))),
                 }
             }
             Reference::Digest(digest) => {
@@ -392,7 +405,7 @@ impl Registry {
                 }
                 self.storage.manifest_delete(repo, digest).await?;
                 log::info!("manifest {repo}@{digest} deleted");
-                Ok(())
+                Ok(digest.clone())
             }
         }
     }
