@@ -462,7 +462,9 @@ impl EventStore for SqliteStore {
         let mut pushes = Vec::new();
         for chunk in repositories.chunks(REPORT_CHUNK) {
             let sql = format!(
-                "SELECT repository, tag, max(time_ms), digest, actor
+                // The last committed push of each tag (SQLite takes the bare columns from the row of max(seq)):
+                // commit order, not the clock, which two pushes in one millisecond share.
+                "SELECT repository, tag, time_ms, digest, actor, max(seq)
                  FROM events
                  WHERE action = 'push' AND repository IN ({}) AND tag IS NOT NULL
                  GROUP BY repository, tag",

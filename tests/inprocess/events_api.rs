@@ -703,7 +703,16 @@ async fn the_images_report_counts_pulls_and_names_pushers_nodes_and_pods() {
         [
             (
                 "web-1".to_owned(),
-                format!("tag stable now points at {}", short(&newest))
+                // The push berth recorded itself names its time and (auth off) its anonymous pusher.
+                format!(
+                    "tag stable now points at {} (pushed {} by anonymous)",
+                    short(&newest),
+                    time::OffsetDateTime::from(berth::clock::Clock::system(&*fixture.clock))
+                        .replace_nanosecond(0)
+                        .expect("whole seconds")
+                        .format(&time::format_description::well_known::Rfc3339)
+                        .expect("RFC 3339")
+                )
             ),
             (
                 "web-2".to_owned(),
