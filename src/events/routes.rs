@@ -20,10 +20,10 @@ use tokio::sync::watch;
 
 use super::report::{self, TagState};
 use super::store::{EventQuery, EventStore, StoreError, StoredEvent};
-use super::{Event, EventAction, EventLog};
+use super::{Actor, Event, EventAction, EventLog};
 use crate::auth::request::{self, Caller};
-use crate::auth::{Action, AuthError, Authenticator};
-use crate::cluster::running::RunningImages;
+use crate::auth::{Action, AuthError, Authenticator, Identity};
+use crate::cluster::running::{RunningContainer, RunningImages};
 use crate::registry::names::RepoName;
 use crate::registry::Registry;
 use crate::v2::route::Query;
@@ -305,6 +305,37 @@ impl Seer {
         }
     }
 
+    /// Whether the caller may see a running container: everyone when it sees everything, a ServiceAccount the
+    /// containers of its own namespace (in repositories it may pull), any other identity (users, the node proxy)
+    /// none: which pods run where is the cluster's business, not the registry's.
+    fn sees_container(&mut self, container: &RunningContainer) -> bool {
+        match &*self.visibility {
+            Visibility::All => true,
+            Visibility::Pullable(caller) => {
+                let Identity::ServiceAccount { namespace, .. } = &caller.authenticated.identity
+                else {
+                    return false;
+                };
+                *namespace == container.namespace
+                    && container
+                        .repository
+                        .as_deref()
+                        .is_some_and(|r| self.sees_repository(r))
+            }
+        }
+    }
+
+    /// Whether the caller may see where an event came from (its `client`: address and user agent): everyone who
+    /// sees everything; others only for their own events.
+    fn sees_client(&self, event: &Event) -> bool {
+        match &*self.visibility {
+            Visibility::All => true,
+            Visibility::Pullable(caller) => {
+                Actor::from(&caller.authenticated.identity).subject() == event.actor.subject()
+            }
+        }
+    }
+
     /// Events about no repository (admission decisions, a refused login) are for admins.
     fn sees(&mut self, event: &Event) -> bool {
         match (&*self.visibility, &event.target.repository) {
@@ -410,10 +441,14 @@ fn page(store: &dyn EventStore, query: &EventQuery, seer: &mut Seer) -> Result<P
     Ok(page)
 }
 
-/// An event as the API shows it: its JSON with its `seq` (the cursor after it).
-fn item(stored: &StoredEvent) -> Value {
+/// An event as the API shows it to this caller: its JSON with its `seq` (the cursor after it), without its
+/// `client` when the caller may not see it ([`Seer::sees_client`]).
+fn item(stored: &StoredEvent, seer: &Seer) -> Value {
     let mut value = serde_json::to_value(&stored.event).unwrap_or(Value::Null);
     if let Value::Object(map) = &mut value {
+        if !seer.sees_client(&stored.event) {
+            map.remove("client");
+        }
         map.insert("seq".into(), stored.seq.into());
     }
     value
@@ -446,7 +481,8 @@ async fn events(
         return follow(store, parsed.query, seer, &log).await;
     }
     let query = parsed.query;
-    let page = web::block(move || page(&*store, &query, &mut seer)).await??;
+    let (page, seer) =
+        web::block(move || page(&*store, &query, &mut seer).map(|p| (p, seer))).await??;
     let next = if page.more {
         page.scanned.map(|seq| seq.to_string())
     } else {
@@ -455,7 +491,7 @@ async fn events(
     Ok(HttpResponse::Ok()
         .insert_header((header::CACHE_CONTROL, "no-store"))
         .json(json!({
-            "events": page.events.iter().map(item).collect::<Vec<_>>(),
+            "events": page.events.iter().map(|e| item(e, &seer)).collect::<Vec<_>>(),
             "next": next,
         })))
 }
@@ -531,7 +567,6 @@ async fn next_chunk(state: &mut Following) -> Option<Bytes> {
             let (result, seer) = web::block(move || (page(&*store, &query, &mut seer), seer))
                 .await
                 .ok()?;
-            state.seer = Some(seer);
             let page = match result {
                 Ok(page) => page,
                 Err(e) => {
@@ -546,10 +581,16 @@ async fn next_chunk(state: &mut Following) -> Option<Bytes> {
             if !page.events.is_empty() {
                 let mut text = String::new();
                 for stored in &page.events {
-                    text.push_str(&format!("id: {}\ndata: {}\n\n", stored.seq, item(stored)));
+                    text.push_str(&format!(
+                        "id: {}\ndata: {}\n\n",
+                        stored.seq,
+                        item(stored, &seer)
+                    ));
                 }
+                state.seer = Some(seer);
                 return Some(Bytes::from(text));
             }
+            state.seer = Some(seer);
             continue;
         }
         tokio::select! {
@@ -624,7 +665,13 @@ async fn images(
         None => (Vec::new(), Vec::new()),
     };
     let snapshot = running.snapshot();
-    let rows = report::images(&tags, &pulls, &pushes, &snapshot.containers);
+    let containers: Vec<_> = snapshot
+        .containers
+        .iter()
+        .filter(|c| seer.sees_container(c))
+        .cloned()
+        .collect();
+    let rows = report::images(&tags, &pulls, &pushes, &containers);
     Ok(HttpResponse::Ok()
         .insert_header((header::CACHE_CONTROL, "no-store"))
         .json(json!({
@@ -653,7 +700,8 @@ async fn outdated(
         .filter(|c| {
             c.repository
                 .as_deref()
-                .is_some_and(|r| r.starts_with(prefix) && seer.sees_repository(r))
+                .is_some_and(|r| r.starts_with(prefix))
+                && seer.sees_container(c)
         })
         .cloned()
         .collect();

@@ -324,6 +324,10 @@ access:
       repositories: ['team-a/.*']
       subjects: ['serviceaccount:team-a/ci']
       actions: [pull]
+    - name: carol-pulls-team-a
+      repositories: ['team-a/.*']
+      subjects: ['user:carol']
+      actions: [pull]
 "#;
 
 fn basic(user: &str) -> String {
@@ -333,13 +337,14 @@ fn basic(user: &str) -> String {
     )
 }
 
-/// berth with auth on: htpasswd users ops (an admin) and bob (who may pull nothing), the ServiceAccount
+/// berth with auth on: htpasswd users ops (an admin), bob (who may pull nothing) and carol (who may pull team-a/…), the ServiceAccount
 /// team-a/ci through a fake TokenReview, and [`POLICY`].
 async fn berth_with_auth() -> (Fixture, tempfile::TempDir) {
     let dir = tempfile::tempdir().expect("temporary directory");
     let hash = bcrypt::hash("secret", 4).expect("bcrypt");
     let htpasswd = dir.path().join("htpasswd");
-    std::fs::write(&htpasswd, format!("ops:{hash}\nbob:{hash}\n")).expect("write htpasswd");
+    std::fs::write(&htpasswd, format!("ops:{hash}\nbob:{hash}\ncarol:{hash}\n"))
+        .expect("write htpasswd");
     let path = htpasswd.clone();
     let mut fixture = Fixture::with_config(|config| config.auth.htpasswd = Some(path)).await;
     let clock: berth::clock::SharedClock = fixture.clock.clone();
@@ -547,16 +552,31 @@ async fn the_stream_sends_the_events_after_the_cursor_then_each_new_one() {
 
 /// Pushes an image manifest (a config blob and a manifest unique by `seed`) as `repository:tag`; its digest.
 async fn push_image(berth: &InProcess, repository: &str, tag: &str, seed: u32) -> String {
+    push_image_as(berth, repository, tag, seed, None).await
+}
+
+/// [`push_image`] with an `Authorization` header.
+async fn push_image_as(
+    berth: &InProcess,
+    repository: &str,
+    tag: &str,
+    seed: u32,
+    authorization: Option<&str>,
+) -> String {
+    let authorized = |request: TestRequest| match authorization {
+        Some(value) => request.insert_header(("authorization", value.to_owned())),
+        None => request,
+    };
     let config = br#"{"os":"linux"}"#;
     let pushed = berth
-        .send(
+        .send(authorized(
             TestRequest::post()
                 .uri(&format!(
                     "/v2/{repository}/blobs/uploads/?digest={}",
                     sha256(config)
                 ))
                 .set_payload(config.to_vec()),
-        )
+        ))
         .await;
     assert_eq!(pushed.status, 201, "{:?}", pushed.body);
     let manifest = serde_json::to_vec(&json!({
@@ -568,12 +588,12 @@ async fn push_image(berth: &InProcess, repository: &str, tag: &str, seed: u32) -
     }))
     .expect("json");
     let put = berth
-        .send(
+        .send(authorized(
             TestRequest::put()
                 .uri(&format!("/v2/{repository}/manifests/{tag}"))
                 .insert_header(("content-type", OCI_MANIFEST))
                 .set_payload(manifest.clone()),
-        )
+        ))
         .await;
     assert_eq!(put.status, 201, "{:?}", put.body);
     sha256(&manifest)
@@ -762,4 +782,125 @@ async fn a_reader_who_sees_little_gets_a_short_page_and_a_cursor_not_a_scan_of_t
     )
     .await;
     assert_eq!(seqs(&json_of(&second)), (vec![10_501], None));
+}
+
+#[actix_web::test]
+async fn non_admins_see_running_containers_of_their_own_namespace_and_no_one_elses_client() {
+    let (fixture, _dir) = berth_with_auth().await;
+    let berth = &fixture.berth;
+    let ops = basic("ops");
+    let carol = basic("carol");
+    let digest = push_image_as(berth, "team-a/app", "v1.0.0", 1, Some(&ops)).await;
+    push_image_as(berth, "team-a/app", "v1.1.0", 2, Some(&ops)).await;
+    let mut elsewhere = running("web-9", "team-a/app", "v1.0.0", &digest);
+    elsewhere.namespace = "team-b".into();
+    berth.state.running.replace(vec![
+        running("web-1", "team-a/app", "v1.0.0", &digest),
+        elsewhere,
+    ]);
+    let pods = |authorization: &str| {
+        let authorization = authorization.to_owned();
+        async move {
+            let images = get(berth, "/berth/v1/images", Some(&authorization)).await;
+            assert_eq!(images.status, 200, "{:?}", images.body);
+            let mut pods: Vec<String> = json_of(&images)["images"]
+                .as_array()
+                .expect("images")
+                .iter()
+                .flat_map(|i| i["running"].as_array().cloned().unwrap_or_default())
+                .map(|r| {
+                    format!(
+                        "{}/{}",
+                        r["namespace"].as_str().unwrap_or(""),
+                        r["pod"].as_str().unwrap_or("")
+                    )
+                })
+                .collect();
+            let outdated = get(berth, "/berth/v1/images/outdated", Some(&authorization)).await;
+            assert_eq!(outdated.status, 200, "{:?}", outdated.body);
+            pods.extend(
+                json_of(&outdated)["outdated"]
+                    .as_array()
+                    .expect("outdated")
+                    .iter()
+                    .map(|o| {
+                        format!(
+                            "outdated {}/{}",
+                            o["namespace"].as_str().unwrap_or(""),
+                            o["pod"].as_str().unwrap_or("")
+                        )
+                    }),
+            );
+            pods
+        }
+    };
+    assert_eq!(
+        pods(&ops).await,
+        [
+            "team-a/web-1",
+            "team-b/web-9",
+            "outdated team-a/web-1",
+            "outdated team-b/web-9"
+        ]
+    );
+    assert_eq!(
+        pods("Bearer sa-token").await,
+        ["team-a/web-1", "outdated team-a/web-1"]
+    );
+    assert_eq!(pods(&carol).await, Vec::<String>::new());
+
+    let from = |actor: Actor, address: &str| {
+        let mut e = event(&fixture, EventAction::Pull, Some("team-a/app"), actor);
+        e.client = Some(berth::events::model::Client {
+            address: Some(address.into()),
+            user_agent: Some("agent".into()),
+        });
+        e
+    };
+    commit(
+        &fixture,
+        vec![
+            from(user("ops"), "10.0.0.1"),
+            from(service_account("team-a", "ci"), "10.0.0.2"),
+        ],
+    )
+    .await;
+    let clients = |answer: Answer| -> Vec<(String, Value)> {
+        assert_eq!(answer.status, 200, "{:?}", answer.body);
+        json_of(&answer)["events"]
+            .as_array()
+            .expect("events")
+            .iter()
+            .filter(|e| e["action"] == "pull")
+            .map(|e| {
+                (
+                    format!(
+                        "{} {}",
+                        e["action"].as_str().unwrap_or(""),
+                        e["target"]["repository"].as_str().unwrap_or("")
+                    ),
+                    e["client"]["address"].clone(),
+                )
+            })
+            .collect()
+    };
+    let pull = "pull team-a/app".to_owned();
+    assert_eq!(
+        clients(get(berth, "/berth/v1/events", Some(&ops)).await),
+        [
+            (pull.clone(), json!("10.0.0.1")),
+            (pull.clone(), json!("10.0.0.2"))
+        ]
+    );
+    assert_eq!(
+        clients(get(berth, "/berth/v1/events", Some("Bearer sa-token")).await),
+        [
+            (pull.clone(), Value::Null),
+            (pull.clone(), json!("10.0.0.2"))
+        ]
+    );
+    assert_eq!(
+        clients(get(berth, "/berth/v1/events", Some(&carol)).await),
+        [(pull.clone(), Value::Null), (pull, Value::Null)]
+    );
 }
