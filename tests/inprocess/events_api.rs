@@ -904,3 +904,119 @@ async fn non_admins_see_running_containers_of_their_own_namespace_and_no_one_els
         [(pull.clone(), Value::Null), (pull, Value::Null)]
     );
 }
+
+/// Opens `/berth/v1/events` as a stream with these headers; the response.
+async fn open_stream(
+    berth: &InProcess,
+    uri: &str,
+    headers: &[(&str, &str)],
+) -> actix_web::dev::ServiceResponse {
+    let mut request = TestRequest::get()
+        .uri(uri)
+        .insert_header(("accept", "text/event-stream"));
+    for (name, value) in headers {
+        request = request.insert_header((name.to_string(), value.to_string()));
+    }
+    berth.call(request).await
+}
+
+#[actix_web::test]
+async fn a_stream_that_sees_nothing_in_a_scan_budget_moves_its_resume_point_instead_of_scanning_on()
+{
+    let (fixture, _dir) = berth_with_auth().await;
+    let hidden: Vec<Event> = (0..10_500)
+        .map(|_| event(&fixture, EventAction::Pull, Some("team-b/lib"), user("ops")))
+        .collect();
+    commit(&fixture, hidden).await;
+    commit(
+        &fixture,
+        vec![event(
+            &fixture,
+            EventAction::Pull,
+            Some("team-a/app"),
+            user("ops"),
+        )],
+    )
+    .await;
+    let response = open_stream(
+        &fixture.berth,
+        "/berth/v1/events?cursor=0",
+        &[("authorization", "Bearer sa-token")],
+    )
+    .await;
+    assert_eq!(response.status(), 200);
+    let mut body = response.into_body();
+    assert!(next_chunk(&mut body).await.starts_with("retry: "));
+    assert_eq!(next_chunk(&mut body).await, "id: 10000\n\n");
+    assert_eq!(
+        sse_events(&next_chunk(&mut body).await),
+        [(10_501, "pull".to_owned())]
+    );
+}
+
+#[actix_web::test]
+async fn a_reader_gets_eight_streams_at_once_and_the_ninth_is_refused_until_one_closes() {
+    let (fixture, _dir) = berth_with_auth().await;
+    let sa = [("authorization", "Bearer sa-token")];
+    let mut open = Vec::new();
+    for _ in 0..8 {
+        let response = open_stream(&fixture.berth, "/berth/v1/events", &sa).await;
+        assert_eq!(response.status(), 200);
+        open.push(response.into_body());
+    }
+    let refused = open_stream(&fixture.berth, "/berth/v1/events?follow=true", &sa).await;
+    assert_eq!(refused.status(), 429);
+    let body = actix_web::body::to_bytes(refused.into_body())
+        .await
+        .expect("body");
+    let error: Value = serde_json::from_slice(&body).expect("JSON");
+    assert_eq!(error["error"]["code"], "TOOMANYREQUESTS");
+    assert_eq!(
+        error["error"]["message"],
+        "serviceaccount:team-a/ci already follows the event log in 8 streams; close one before opening another"
+    );
+    // Another reader is not held up by this one's streams.
+    let ops = basic("ops");
+    let other = open_stream(
+        &fixture.berth,
+        "/berth/v1/events",
+        &[("authorization", ops.as_str())],
+    )
+    .await;
+    assert_eq!(other.status(), 200);
+    drop(open.pop());
+    let again = open_stream(&fixture.berth, "/berth/v1/events", &sa).await;
+    assert_eq!(again.status(), 200);
+}
+
+#[actix_web::test]
+async fn last_event_id_wins_over_the_cursor_of_the_url_an_event_source_reconnects_with() {
+    let fixture = Fixture::new().await;
+    commit(
+        &fixture,
+        (0..3)
+            .map(|_| {
+                event(
+                    &fixture,
+                    EventAction::Pull,
+                    Some("team-a/app"),
+                    user("alice"),
+                )
+            })
+            .collect(),
+    )
+    .await;
+    let response = open_stream(
+        &fixture.berth,
+        "/berth/v1/events?cursor=1",
+        &[("last-event-id", "2")],
+    )
+    .await;
+    assert_eq!(response.status(), 200);
+    let mut body = response.into_body();
+    assert!(next_chunk(&mut body).await.starts_with("retry: "));
+    assert_eq!(
+        sse_events(&next_chunk(&mut body).await),
+        [(3, "pull".to_owned())]
+    );
+}
