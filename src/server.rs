@@ -101,6 +101,8 @@ pub struct AppState {
     pub events: web::Data<EventLog>,
     /// What runs in the cluster (filled by the pod watch in a cluster; empty elsewhere).
     pub running: web::Data<crate::cluster::running::RunningImages>,
+    /// The open `/berth/v1/events` streams, per reader and in all (each is capped).
+    pub event_streams: web::Data<crate::events::routes::StreamLimits>,
     /// The notification endpoints and their progress ([`serve`] starts the delivery; `/readyz` shows it).
     pub notifications: web::Data<crate::events::notify::Notifications>,
     /// `GET /metrics`: every family, registered once; modules without a request hold it as an `Arc`.
@@ -231,6 +233,7 @@ impl AppState {
             auth,
             events: web::Data::new(events),
             running: web::Data::new(crate::cluster::running::RunningImages::new()),
+            event_streams: web::Data::new(crate::events::routes::StreamLimits::default()),
             notifications: web::Data::new(crate::events::notify::Notifications::new(
                 &config.notifications,
             )?),
@@ -251,6 +254,7 @@ impl AppState {
             .app_data(self.auth.clone())
             .app_data(self.events.clone())
             .app_data(self.running.clone())
+            .app_data(self.event_streams.clone())
             .app_data(self.notifications.clone())
             .app_data(self.metrics.clone())
             // A scope matching every path, so the body limits wrap every route (and the 404 of no route), and the

@@ -374,8 +374,8 @@ fn a_receiver_that_fails_at_first_gets_every_event_once_it_recovers_in_order() {
     assert!(status["lastSuccessAt"].is_string(), "{status}");
     assert_eq!(
         status["url"],
-        format!("http://{}/hook", receiver.addr),
-        "shown without the query"
+        format!("http://{}", receiver.addr),
+        "shown without the path and query"
     );
     assert!(!status.to_string().contains("s3cret"), "{status}");
 }
@@ -770,7 +770,8 @@ fn berth_serve_delivers_from_its_log_resumes_after_kill_9_and_refuses_a_bad_sect
     assert_eq!(endpoints[0]["name"], "audit");
     assert_eq!(
         endpoints[0]["url"],
-        format!("http://{}/hook", receiver.addr)
+        format!("http://{}", receiver.addr),
+        "shown without the path"
     );
     assert_eq!(endpoints[0]["cursor"], 10, "{readyz}");
     assert_eq!(endpoints[0]["delivered"], 5, "{readyz}");

@@ -3,6 +3,9 @@
 //! server is the actor, named by the user the review is for (who created the pod); the object, its
 //! ServiceAccount, every container's image, the rule that decided and the warnings are the details. Pure: builds
 //! the event from the review and the decision; recording it is the handler's.
+//!
+//! Anyone who reaches the webhook port can post a review, so what an event records is what the caller posted: every
+//! text is bounded ([`bound`]) so a forged review cannot write a 3 MiB event.
 
 use std::time::SystemTime;
 
@@ -14,6 +17,88 @@ use super::rewrite::{self, MutationPlan};
 use super::validate::{service_account_of, Validation};
 use crate::events::model::{Admission, AdmittedContainer, Client, Outcome};
 use crate::events::{Actor, ActorKind, Event, EventAction};
+
+/// The most characters of a client's User-Agent recorded.
+pub const MAX_USER_AGENT_CHARS: usize = 256;
+/// The most containers an admission event records (the rest are counted in `omittedContainers`).
+pub const MAX_CONTAINERS: usize = 64;
+/// The most characters of an image (and of every other text of a review: names, the rule, the message) recorded.
+pub const MAX_TEXT_CHARS: usize = 512;
+/// The most warnings an admission event records.
+pub const MAX_WARNINGS: usize = 16;
+
+/// `text` cut to `max` characters, the cut marked with `…`.
+pub fn clip(text: &str, max: usize) -> String {
+    match text.char_indices().nth(max) {
+        None => text.to_owned(),
+        Some((end, _)) => {
+            let mut cut: String = text[..end].chars().take(max.saturating_sub(1)).collect();
+            cut.push('…');
+            cut
+        }
+    }
+}
+
+fn clip_in_place(text: &mut String, max: usize) {
+    if text.chars().nth(max).is_some() {
+        *text = clip(text, max);
+    }
+}
+
+/// An admission event with what the caller posted bounded: at most [`MAX_CONTAINERS`] containers, [`MAX_WARNINGS`]
+/// warnings, [`MAX_TEXT_CHARS`] characters in each text, [`MAX_USER_AGENT_CHARS`] in the User-Agent.
+pub fn bound(mut event: Event) -> Event {
+    if let Some(client) = &mut event.client {
+        if let Some(agent) = &mut client.user_agent {
+            clip_in_place(agent, MAX_USER_AGENT_CHARS);
+        }
+    }
+    for text in [
+        event.actor.name.as_mut(),
+        event.request_id.as_mut(),
+        event.result.message.as_mut(),
+        event.result.code.as_mut(),
+    ]
+    .into_iter()
+    .flatten()
+    {
+        clip_in_place(text, MAX_TEXT_CHARS);
+    }
+    if let Some(admission) = &mut event.admission {
+        if admission.containers.len() > MAX_CONTAINERS {
+            admission.omitted_containers = admission
+                .omitted_containers
+                .saturating_add(admission.containers.len() - MAX_CONTAINERS);
+            admission.containers.truncate(MAX_CONTAINERS);
+        }
+        admission.warnings.truncate(MAX_WARNINGS);
+        for container in &mut admission.containers {
+            clip_in_place(&mut container.name, MAX_TEXT_CHARS);
+            clip_in_place(&mut container.image, MAX_TEXT_CHARS);
+            if let Some(rewritten) = &mut container.rewritten {
+                clip_in_place(rewritten, MAX_TEXT_CHARS);
+            }
+        }
+        for text in admission.warnings.iter_mut().chain([
+            &mut admission.namespace,
+            &mut admission.kind,
+            &mut admission.name,
+        ]) {
+            clip_in_place(text, MAX_TEXT_CHARS);
+        }
+        for text in [
+            admission.operation.as_mut(),
+            admission.service_account.as_mut(),
+            admission.rule.as_mut(),
+        ]
+        .into_iter()
+        .flatten()
+        {
+            clip_in_place(text, MAX_TEXT_CHARS);
+        }
+    }
+    event
+}
 
 /// Where the review came from and when, as the handler saw it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -50,7 +135,7 @@ pub fn validated(request: &Request, validation: &Validation, origin: &Origin) ->
     event.admission = Some(admission);
     event.result = outcome(response);
     event.request_id = Some(request.uid.clone());
-    event
+    bound(event)
 }
 
 /// The event of a `/mutate` answer, when it rewrote at least one image (`available` as given to
@@ -80,7 +165,7 @@ pub fn mutated(
     let mut event = origin.event(EventAction::Mutated, requester(request));
     event.admission = Some(admission);
     event.request_id = Some(request.uid.clone());
-    Some(event)
+    Some(bound(event))
 }
 
 /// The event of a review berth could not read: `denied` (that is what it answered), with why, under the review's
@@ -93,7 +178,7 @@ pub fn unreadable(why: &str, uid: Option<&str>, origin: &Origin) -> Event {
         message: Some(why.to_owned()),
     };
     event.request_id = uid.map(str::to_owned);
-    event
+    bound(event)
 }
 
 /// The API server, calling for the user the review names (`kubernetes` with that user's name; a controller's
@@ -134,6 +219,7 @@ fn details(request: &Request) -> Admission {
         rule: None,
         warnings: Vec::new(),
         dry_run: request.dry_run,
+        omitted_containers: 0,
     }
 }
 
@@ -170,6 +256,60 @@ mod tests {
             instance: "berth-0".into(),
             now: SystemTime::now(),
         }
+    }
+
+    #[test]
+    fn clip_cuts_at_a_character_and_marks_the_cut() {
+        let check = |text: &str, max: usize, expected: &str| {
+            assert_eq!(clip(text, max), expected, "{text} {max}")
+        };
+        check("", 3, "");
+        check("abc", 3, "abc");
+        check("abcd", 3, "ab…");
+        check("ééééé", 4, "ééé…");
+        check("ab", 0, "…");
+    }
+
+    #[test]
+    fn a_forged_review_cannot_write_a_large_event() {
+        let policy = Policy::from_yaml("defaultAction: allow\n").expect("policy");
+        let image = format!("registry.example/{}:1", "a".repeat(5000));
+        let containers: Vec<_> = (0..100)
+            .map(|i| json!({"name": format!("c{i}"), "image": image}))
+            .collect();
+        let review = request(
+            ("", "Pod"),
+            "CREATE",
+            "apps",
+            pod(json!({"containers": containers}), None),
+        );
+        let validation = validate::decide(&review, &policy, &scope());
+        let mut origin = origin();
+        origin.client = Some(Client {
+            address: Some("10.0.0.9".into()),
+            user_agent: Some("x".repeat(10_000)),
+        });
+        let event = validated(&review, &validation, &origin);
+        let admission = event.admission.as_ref().expect("admission details");
+        assert_eq!(admission.containers.len(), MAX_CONTAINERS);
+        assert_eq!(admission.omitted_containers, 100 - MAX_CONTAINERS);
+        assert!(admission
+            .containers
+            .iter()
+            .all(|c| c.image.chars().count() == MAX_TEXT_CHARS && c.image.ends_with('…')));
+        let agent = event.client.as_ref().and_then(|c| c.user_agent.as_deref());
+        assert_eq!(agent.map(|a| a.chars().count()), Some(MAX_USER_AGENT_CHARS));
+        let size = serde_json::to_vec(&event).expect("json").len();
+        assert!(size < 64 * 1024, "{size} bytes");
+
+        let mut warned = event.clone();
+        if let Some(admission) = &mut warned.admission {
+            admission.warnings = vec!["w".repeat(2000); 40];
+        }
+        let warned = bound(warned);
+        let warnings = &warned.admission.as_ref().expect("admission").warnings;
+        assert_eq!(warnings.len(), MAX_WARNINGS);
+        assert!(warnings.iter().all(|w| w.chars().count() == MAX_TEXT_CHARS));
     }
 
     /// Issue 12: each `/validate` decision is one event of its action, with the rule that decided, the containers,

@@ -16,6 +16,13 @@ use serde_json::Value;
 use super::report::short;
 use super::Event;
 
+/// The most bytes of one Server-Sent Event the reader buffers: a longer one is an error, not an ever-growing buffer.
+pub const MAX_SSE_EVENT: usize = 1024 * 1024;
+/// The most bytes of a JSON answer read (a page of 1000 events is far smaller).
+pub const MAX_JSON_BODY: usize = 64 * 1024 * 1024;
+/// The most bytes of an error answer read for its message.
+const MAX_ERROR_BODY: usize = 64 * 1024;
+
 /// Where berth is and how to prove who is asking.
 #[derive(Debug, Clone, clap::Args)]
 pub struct ConnectionArgs {
@@ -224,7 +231,11 @@ impl Client {
         if status.is_success() {
             return Ok(response);
         }
-        let text = response.text().await.unwrap_or_default();
+        let body = match read_capped(response, MAX_ERROR_BODY).await {
+            Ok(body) | Err(ReadError::TooLarge(body)) => body,
+            Err(ReadError::Http(_)) => Vec::new(),
+        };
+        let text = String::from_utf8_lossy(&body).into_owned();
         let message = serde_json::from_str::<Value>(&text)
             .ok()
             .and_then(|v| v["error"]["message"].as_str().map(str::to_owned))
@@ -232,16 +243,23 @@ impl Client {
         Err(ClientError::Refused {
             server: self.server.clone(),
             status: status.as_u16(),
-            message,
+            message: printable(&message),
         })
     }
 
     async fn get_json(&self, path: &str, query: &[(&str, String)]) -> Result<Value, ClientError> {
-        self.get(path, query, Some(Duration::from_secs(120)))
-            .await?
-            .json()
+        let response = self
+            .get(path, query, Some(Duration::from_secs(120)))
+            .await?;
+        let body = read_capped(response, MAX_JSON_BODY)
             .await
-            .map_err(|e| self.unexpected(e))
+            .map_err(|e| match e {
+                ReadError::Http(e) => self.http_error(error_chain(&e)),
+                ReadError::TooLarge(_) => {
+                    self.unexpected(format!("an answer of more than {MAX_JSON_BODY} bytes"))
+                }
+            })?;
+        serde_json::from_slice(&body).map_err(|e| self.unexpected(e))
     }
 
     fn unexpected(&self, why: impl std::fmt::Display) -> ClientError {
@@ -250,6 +268,45 @@ impl Client {
             why: why.to_string(),
         }
     }
+}
+
+/// Why [`read_capped`] stopped.
+enum ReadError {
+    Http(reqwest::Error),
+    /// The body is longer than the cap; what was read (the cap's worth).
+    TooLarge(Vec<u8>),
+}
+
+/// Reads a body up to `cap` bytes.
+async fn read_capped(response: reqwest::Response, cap: usize) -> Result<Vec<u8>, ReadError> {
+    let mut body = Vec::new();
+    let mut stream = response.bytes_stream();
+    while let Some(chunk) = stream.next().await {
+        let chunk = chunk.map_err(ReadError::Http)?;
+        if body.len().saturating_add(chunk.len()) > cap {
+            let room = cap - body.len();
+            body.extend_from_slice(&chunk[..room]);
+            return Err(ReadError::TooLarge(body));
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(body)
+}
+
+/// `text` safe to print on a terminal: control characters (ESC, CR, BEL, …, and newlines) shown as `\u{1b}`.
+pub fn printable(text: &str) -> String {
+    if !text.chars().any(char::is_control) {
+        return text.to_owned();
+    }
+    let mut shown = String::with_capacity(text.len() + 8);
+    for c in text.chars() {
+        if c.is_control() {
+            shown.push_str(&format!("\\u{{{:x}}}", u32::from(c)));
+        } else {
+            shown.push(c);
+        }
+    }
+    shown
 }
 
 /// An error with its sources (reqwest's own message says little: "error sending request").
@@ -332,11 +389,10 @@ async fn events_async(args: &EventsArgs, out: &mut dyn Write) -> Result<(), Clie
     }
     let response = client.get("/berth/v1/events", &follow_query, None).await?;
     let mut body = response.bytes_stream();
-    let mut buffer: Vec<u8> = Vec::new();
+    let mut buffer = SseBuffer::default();
     while let Some(chunk) = body.next().await {
         let chunk = chunk.map_err(|e| client.http_error(error_chain(&e)))?;
-        buffer.extend_from_slice(&chunk);
-        for data in take_sse_data(&mut buffer) {
+        for data in buffer.push(&chunk).map_err(|e| client.unexpected(e))? {
             let item: Value = serde_json::from_str(&data).map_err(|e| client.unexpected(e))?;
             print_event(&item, args.output, out)?;
             left -= 1;
@@ -349,23 +405,49 @@ async fn events_async(args: &EventsArgs, out: &mut dyn Write) -> Result<(), Clie
     Err(client.http_error("the event stream ended"))
 }
 
-/// Takes the complete messages off the front of an SSE `buffer` and returns their `data` (comments, `id:` and
-/// `retry:` lines are skipped; multi-line data is joined with newlines, as the SSE spec says).
-fn take_sse_data(buffer: &mut Vec<u8>) -> Vec<String> {
-    let mut found = Vec::new();
-    while let Some(end) = buffer.windows(2).position(|w| w == b"\n\n") {
-        let message: Vec<u8> = buffer.drain(..end + 2).collect();
-        let text = String::from_utf8_lossy(&message);
-        let data: Vec<&str> = text
-            .lines()
-            .filter_map(|line| line.strip_prefix("data:"))
-            .map(|d| d.strip_prefix(' ').unwrap_or(d))
-            .collect();
-        if !data.is_empty() {
-            found.push(data.join("\n"));
+/// What the stream sent that is not a whole message yet. Each message's end is looked for only in the bytes that
+/// came since the last look, and a message longer than [`MAX_SSE_EVENT`] is an error.
+#[derive(Debug, Default)]
+struct SseBuffer {
+    bytes: Vec<u8>,
+    /// How far `bytes` is known to hold no message end.
+    scanned: usize,
+}
+
+impl SseBuffer {
+    /// Adds `chunk` and takes the complete messages off the front; returns their `data` (comments, `id:` and
+    /// `retry:` lines are skipped; multi-line data is joined with newlines, as the SSE spec says).
+    fn push(&mut self, chunk: &[u8]) -> Result<Vec<String>, String> {
+        self.bytes.extend_from_slice(chunk);
+        let mut found = Vec::new();
+        loop {
+            // A `\n\n` may straddle the old bytes and the new: look from one byte before.
+            let from = self.scanned.saturating_sub(1);
+            let Some(at) = self.bytes[from..].windows(2).position(|w| w == b"\n\n") else {
+                self.scanned = self.bytes.len();
+                break;
+            };
+            let end = from + at + 2;
+            let message: Vec<u8> = self.bytes.drain(..end).collect();
+            self.scanned = 0;
+            if message.len() > MAX_SSE_EVENT {
+                return Err(format!("an event of more than {MAX_SSE_EVENT} bytes"));
+            }
+            let text = String::from_utf8_lossy(&message);
+            let data: Vec<&str> = text
+                .lines()
+                .filter_map(|line| line.strip_prefix("data:"))
+                .map(|d| d.strip_prefix(' ').unwrap_or(d))
+                .collect();
+            if !data.is_empty() {
+                found.push(data.join("\n"));
+            }
         }
+        if self.bytes.len() > MAX_SSE_EVENT {
+            return Err(format!("an event of more than {MAX_SSE_EVENT} bytes"));
+        }
+        Ok(found)
     }
-    found
 }
 
 fn print_event(item: &Value, output: Output, out: &mut dyn Write) -> Result<(), ClientError> {
@@ -404,10 +486,11 @@ pub fn event_row(event: Option<&Event>) -> String {
         None => event.result.status.to_string(),
     };
     format!(
-        "{time:<20}  {:<15}  {:<30}  {:<50}  {result}",
+        "{time:<20}  {:<15}  {:<30}  {:<50}  {}",
         event.action.as_str(),
-        event.actor.subject(),
-        target(event)
+        printable(&event.actor.subject()),
+        printable(&target(event)),
+        printable(&result)
     )
 }
 
@@ -592,6 +675,10 @@ fn nothing_outdated(running: &Value) -> String {
 
 /// Rows as columns padded to their widest cell, two spaces apart.
 fn align(rows: &[Vec<String>]) -> String {
+    let rows: Vec<Vec<String>> = rows
+        .iter()
+        .map(|row| row.iter().map(|cell| printable(cell)).collect())
+        .collect();
     let columns = rows.iter().map(Vec::len).max().unwrap_or(0);
     let widths: Vec<usize> = (0..columns)
         .map(|i| {
@@ -603,7 +690,7 @@ fn align(rows: &[Vec<String>]) -> String {
         })
         .collect();
     let mut text = String::new();
-    for row in rows {
+    for row in &rows {
         let mut line = String::new();
         for (i, cell) in row.iter().enumerate() {
             if i + 1 == row.len() {
@@ -625,10 +712,10 @@ mod tests {
     #[test]
     fn sse_messages_are_taken_whole_and_only_their_data_kept() {
         let check = |chunks: &[&str], expected: &[&[&str]]| {
-            let mut buffer = Vec::new();
+            let mut buffer = SseBuffer::default();
             for (chunk, expected) in chunks.iter().zip(expected) {
-                buffer.extend_from_slice(chunk.as_bytes());
-                assert_eq!(take_sse_data(&mut buffer), *expected, "{chunks:?}");
+                let found = buffer.push(chunk.as_bytes()).expect("small events");
+                assert_eq!(found, *expected, "{chunks:?}");
             }
         };
         check(
@@ -642,6 +729,49 @@ mod tests {
         check(&[": heartbeat\n\n"], &[&[]]);
         check(&["data:x\ndata: y\n\n"], &[&["x\ny"]]);
         check(&["id: 3\ndata: {}\n"], &[&[]]);
+        // The end of a message split across chunks.
+        check(&["data: a\n", "\ndata: b\n", "\n"], &[&[], &["a"], &["b"]]);
+    }
+
+    #[test]
+    fn an_sse_event_beyond_the_cap_is_an_error_and_only_new_bytes_are_scanned() {
+        let mut buffer = SseBuffer::default();
+        let piece = vec![b'x'; 64 * 1024];
+        for _ in 0..MAX_SSE_EVENT / piece.len() {
+            assert_eq!(buffer.push(&piece), Ok(vec![]));
+        }
+        assert_eq!(buffer.scanned, MAX_SSE_EVENT);
+        assert_eq!(
+            buffer.push(b"x"),
+            Err(format!("an event of more than {MAX_SSE_EVENT} bytes"))
+        );
+        let mut whole = SseBuffer::default();
+        let mut big = b"data: ".to_vec();
+        big.extend(vec![b'y'; MAX_SSE_EVENT]);
+        big.extend_from_slice(b"\n\n");
+        assert!(whole.push(&big).is_err());
+    }
+
+    #[test]
+    fn control_characters_are_shown_not_sent_to_the_terminal() {
+        let check = |text: &str, expected: &str| assert_eq!(printable(text), expected, "{text:?}");
+        check("team-a/app", "team-a/app");
+        check("\u{1b}[2Jgone", "\\u{1b}[2Jgone");
+        check("a\rb\nc\u{7}", "a\\u{d}b\\u{a}c\\u{7}");
+        check("\u{9b}31m", "\\u{9b}31m");
+        check("naïve", "naïve");
+        let mut event = event_with(super::super::model::Target {
+            repository: Some("evil\u{1b}]0;title\u{7}".into()),
+            ..Default::default()
+        });
+        event.actor = super::super::Actor::from(&crate::auth::Identity::User {
+            name: "\rroot".into(),
+        });
+        let row = event_row(Some(&event));
+        assert!(!row.chars().any(char::is_control), "{row:?}");
+        assert!(row.contains("user:\\u{d}root"), "{row}");
+        let table = align(&[vec!["a\u{1b}".into(), "b".into()]]);
+        assert_eq!(table, "a\\u{1b}  b\n");
     }
 
     #[test]

@@ -324,6 +324,13 @@ pub struct Admission {
     /// A dry run (`kubectl apply --dry-run=server`, a GitOps diff): decided, but nothing was created or changed.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub dry_run: bool,
+    /// Containers of the object not recorded (an event keeps at most the first 64).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub omitted_containers: usize,
+}
+
+fn is_zero(n: &usize) -> bool {
+    *n == 0
 }
 
 /// One container of an admitted object.

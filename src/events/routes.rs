@@ -20,10 +20,10 @@ use tokio::sync::watch;
 
 use super::report::{self, TagState};
 use super::store::{EventQuery, EventStore, StoreError, StoredEvent};
-use super::{Event, EventAction, EventLog};
+use super::{Actor, Event, EventAction, EventLog};
 use crate::auth::request::{self, Caller};
-use crate::auth::{Action, AuthError, Authenticator};
-use crate::cluster::running::RunningImages;
+use crate::auth::{Action, AuthError, Authenticator, Identity};
+use crate::cluster::running::{RunningContainer, RunningImages};
 use crate::registry::names::RepoName;
 use crate::registry::Registry;
 use crate::v2::route::Query;
@@ -39,6 +39,10 @@ const SCAN_BATCH: usize = 1000;
 const MAX_SCANS: usize = 10;
 /// A comment line on an idle stream this often, so proxies and clients keep the connection.
 const HEARTBEAT: Duration = Duration::from_secs(15);
+/// Streams one reader (an identity; with auth off, a client address) may have open at once.
+pub const STREAMS_PER_READER: usize = 8;
+/// Streams berth serves at once.
+pub const STREAMS_IN_ALL: usize = 256;
 /// Events sent in one chunk of a stream: the stream reads the next only once the client took this one, so a slow
 /// reader holds at most a page in berth's buffers.
 const STREAM_PAGE: usize = 100;
@@ -85,6 +89,12 @@ pub enum ApiError {
     /// Credentials not checked now (429 with `Retry-After`).
     #[error("{message}")]
     Busy { message: String, retry_after: u32 },
+    /// A reader already has [`STREAMS_PER_READER`] streams open (429).
+    #[error("{reader} already follows the event log in {limit} streams; close one before opening another")]
+    TooManyStreams { reader: String, limit: usize },
+    /// berth already serves [`STREAMS_IN_ALL`] streams (429 with `Retry-After`).
+    #[error("berth already serves {0} event streams; try again later")]
+    StreamsFull(usize),
     /// The event log is off (404).
     #[error("the event log is off (berth runs with --no-event-log)")]
     Off,
@@ -101,7 +111,9 @@ impl ApiError {
     fn code(&self) -> &'static str {
         match self {
             ApiError::Unauthorized { .. } => "UNAUTHORIZED",
-            ApiError::Busy { .. } => "TOOMANYREQUESTS",
+            ApiError::Busy { .. } | ApiError::TooManyStreams { .. } | ApiError::StreamsFull(_) => {
+                "TOOMANYREQUESTS"
+            }
             ApiError::Off => "NOT_FOUND",
             ApiError::Internal(_) => "INTERNAL",
             _ => "BAD_REQUEST",
@@ -113,7 +125,9 @@ impl ResponseError for ApiError {
     fn status_code(&self) -> StatusCode {
         match self {
             ApiError::Unauthorized { .. } => StatusCode::UNAUTHORIZED,
-            ApiError::Busy { .. } => StatusCode::TOO_MANY_REQUESTS,
+            ApiError::Busy { .. } | ApiError::TooManyStreams { .. } | ApiError::StreamsFull(_) => {
+                StatusCode::TOO_MANY_REQUESTS
+            }
             ApiError::Off => StatusCode::NOT_FOUND,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
             _ => StatusCode::BAD_REQUEST,
@@ -132,6 +146,9 @@ impl ResponseError for ApiError {
             }
             ApiError::Busy { retry_after, .. } => {
                 response.insert_header((header::RETRY_AFTER, retry_after.to_string()));
+            }
+            ApiError::StreamsFull(_) => {
+                response.insert_header((header::RETRY_AFTER, "10"));
             }
             _ => {}
         }
@@ -165,6 +182,83 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
             .route("/images", web::get().to(images))
             .route("/images/outdated", web::get().to(outdated)),
     );
+}
+
+/// The open event streams: how many each reader has, and in all. A stream holds a [`StreamSlot`] while it is
+/// open; dropping the stream frees it.
+#[derive(Debug)]
+pub struct StreamLimits {
+    per_reader: usize,
+    in_all: usize,
+    open: std::sync::Mutex<OpenStreams>,
+}
+
+#[derive(Debug, Default)]
+struct OpenStreams {
+    by_reader: HashMap<String, usize>,
+    total: usize,
+}
+
+impl Default for StreamLimits {
+    fn default() -> StreamLimits {
+        StreamLimits::new(STREAMS_PER_READER, STREAMS_IN_ALL)
+    }
+}
+
+impl StreamLimits {
+    /// At most `per_reader` streams for one reader and `in_all` in all.
+    pub fn new(per_reader: usize, in_all: usize) -> StreamLimits {
+        StreamLimits {
+            per_reader,
+            in_all,
+            open: std::sync::Mutex::new(OpenStreams::default()),
+        }
+    }
+
+    /// A slot for one more stream of `reader`, or why there is none.
+    fn open(self: &Arc<Self>, reader: &str) -> Result<StreamSlot, ApiError> {
+        let mut open = self.open.lock().unwrap_or_else(|e| e.into_inner());
+        if open.total >= self.in_all {
+            return Err(ApiError::StreamsFull(self.in_all));
+        }
+        let count = open.by_reader.entry(reader.to_owned()).or_default();
+        if *count >= self.per_reader {
+            return Err(ApiError::TooManyStreams {
+                reader: reader.to_owned(),
+                limit: self.per_reader,
+            });
+        }
+        *count += 1;
+        open.total += 1;
+        Ok(StreamSlot {
+            limits: self.clone(),
+            reader: reader.to_owned(),
+        })
+    }
+
+    /// Streams open now, in all.
+    pub fn open_streams(&self) -> usize {
+        self.open.lock().unwrap_or_else(|e| e.into_inner()).total
+    }
+}
+
+/// One open stream's place in [`StreamLimits`], given back when dropped.
+struct StreamSlot {
+    limits: Arc<StreamLimits>,
+    reader: String,
+}
+
+impl Drop for StreamSlot {
+    fn drop(&mut self) {
+        let mut open = self.limits.open.lock().unwrap_or_else(|e| e.into_inner());
+        open.total = open.total.saturating_sub(1);
+        if let Some(count) = open.by_reader.get_mut(&self.reader) {
+            *count = count.saturating_sub(1);
+            if *count == 0 {
+                open.by_reader.remove(&self.reader);
+            }
+        }
+    }
 }
 
 /// A parsed `/berth/v1/events` query.
@@ -305,6 +399,37 @@ impl Seer {
         }
     }
 
+    /// Whether the caller may see a running container: everyone when it sees everything, a ServiceAccount the
+    /// containers of its own namespace (in repositories it may pull), any other identity (users, the node proxy)
+    /// none: which pods run where is the cluster's business, not the registry's.
+    fn sees_container(&mut self, container: &RunningContainer) -> bool {
+        match &*self.visibility {
+            Visibility::All => true,
+            Visibility::Pullable(caller) => {
+                let Identity::ServiceAccount { namespace, .. } = &caller.authenticated.identity
+                else {
+                    return false;
+                };
+                *namespace == container.namespace
+                    && container
+                        .repository
+                        .as_deref()
+                        .is_some_and(|r| self.sees_repository(r))
+            }
+        }
+    }
+
+    /// Whether the caller may see where an event came from (its `client`: address and user agent): everyone who
+    /// sees everything; others only for their own events.
+    fn sees_client(&self, event: &Event) -> bool {
+        match &*self.visibility {
+            Visibility::All => true,
+            Visibility::Pullable(caller) => {
+                Actor::from(&caller.authenticated.identity).subject() == event.actor.subject()
+            }
+        }
+    }
+
     /// Events about no repository (admission decisions, a refused login) are for admins.
     fn sees(&mut self, event: &Event) -> bool {
         match (&*self.visibility, &event.target.repository) {
@@ -312,6 +437,18 @@ impl Seer {
             (Visibility::Pullable(_), Some(repository)) => self.sees_repository(repository),
             (Visibility::Pullable(_), None) => false,
         }
+    }
+}
+
+/// Who reads, for the stream limits: the identity's subject, or (auth off) the client's address.
+fn reader_of(req: &HttpRequest) -> String {
+    let identity = req.extensions().get::<Identity>().cloned();
+    match identity {
+        Some(identity) => Actor::from(&identity).subject(),
+        None => match req.peer_addr() {
+            Some(peer) => format!("address {}", peer.ip()),
+            None => "anonymous".to_owned(),
+        },
     }
 }
 
@@ -410,10 +547,14 @@ fn page(store: &dyn EventStore, query: &EventQuery, seer: &mut Seer) -> Result<P
     Ok(page)
 }
 
-/// An event as the API shows it: its JSON with its `seq` (the cursor after it).
-fn item(stored: &StoredEvent) -> Value {
+/// An event as the API shows it to this caller: its JSON with its `seq` (the cursor after it), without its
+/// `client` when the caller may not see it ([`Seer::sees_client`]).
+fn item(stored: &StoredEvent, seer: &Seer) -> Value {
     let mut value = serde_json::to_value(&stored.event).unwrap_or(Value::Null);
     if let Value::Object(map) = &mut value {
+        if !seer.sees_client(&stored.event) {
+            map.remove("client");
+        }
         map.insert("seq".into(), stored.seq.into());
     }
     value
@@ -424,17 +565,18 @@ async fn events(
     req: HttpRequest,
     log: web::Data<EventLog>,
     auth: web::Data<Authenticator>,
+    streams: web::Data<StreamLimits>,
 ) -> Result<HttpResponse, ApiError> {
     let visibility = visibility(&req, &auth).await?;
     let store = log.store().ok_or(ApiError::Off)?;
     let mut parsed = parse_events_query(&Query::parse(req.query_string()), log.now())?;
-    if parsed.query.after_seq.is_none() {
-        if let Some(id) = req.headers().get("last-event-id") {
-            let id = id
-                .to_str()
-                .map_err(|_| ApiError::BadCursor("<not text>".into()))?;
-            parsed.query.after_seq = Some(parse_cursor(id)?);
-        }
+    // `Last-Event-ID` wins over `cursor`: an EventSource reconnects with the URL it started with (its `cursor`)
+    // and the id of the last event it got.
+    if let Some(id) = req.headers().get("last-event-id") {
+        let id = id
+            .to_str()
+            .map_err(|_| ApiError::BadCursor("<not text>".into()))?;
+        parsed.query.after_seq = Some(parse_cursor(id)?);
     }
     let wants_stream = req
         .headers()
@@ -443,10 +585,12 @@ async fn events(
         .is_some_and(|v| v.contains("text/event-stream"));
     let mut seer = Seer::new(visibility);
     if parsed.follow || wants_stream {
-        return follow(store, parsed.query, seer, &log).await;
+        let slot = streams.into_inner().open(&reader_of(&req))?;
+        return follow(store, parsed.query, seer, &log, slot).await;
     }
     let query = parsed.query;
-    let page = web::block(move || page(&*store, &query, &mut seer)).await??;
+    let (page, seer) =
+        web::block(move || page(&*store, &query, &mut seer).map(|p| (p, seer))).await??;
     let next = if page.more {
         page.scanned.map(|seq| seq.to_string())
     } else {
@@ -455,7 +599,7 @@ async fn events(
     Ok(HttpResponse::Ok()
         .insert_header((header::CACHE_CONTROL, "no-store"))
         .json(json!({
-            "events": page.events.iter().map(item).collect::<Vec<_>>(),
+            "events": page.events.iter().map(|e| item(e, &seer)).collect::<Vec<_>>(),
             "next": next,
         })))
 }
@@ -470,6 +614,8 @@ struct Following {
     /// Whether to read the store before waiting (at the start, after a commit, after a full page).
     fetch: bool,
     started: bool,
+    /// Held while the stream is open.
+    _slot: StreamSlot,
 }
 
 /// The Server-Sent Events form: the events after the cursor (or from now), then each new one as it is committed;
@@ -479,6 +625,7 @@ async fn follow(
     query: EventQuery,
     seer: Seer,
     log: &EventLog,
+    slot: StreamSlot,
 ) -> Result<HttpResponse, ApiError> {
     let committed = log.subscribe().ok_or(ApiError::Off)?;
     let after = match query.after_seq {
@@ -499,6 +646,7 @@ async fn follow(
         committed,
         fetch: true,
         started: false,
+        _slot: slot,
     };
     let stream = futures_util::stream::unfold(state, |mut state| async move {
         let chunk = next_chunk(&mut state).await?;
@@ -531,7 +679,6 @@ async fn next_chunk(state: &mut Following) -> Option<Bytes> {
             let (result, seer) = web::block(move || (page(&*store, &query, &mut seer), seer))
                 .await
                 .ok()?;
-            state.seer = Some(seer);
             let page = match result {
                 Ok(page) => page,
                 Err(e) => {
@@ -546,9 +693,22 @@ async fn next_chunk(state: &mut Following) -> Option<Bytes> {
             if !page.events.is_empty() {
                 let mut text = String::new();
                 for stored in &page.events {
-                    text.push_str(&format!("id: {}\ndata: {}\n\n", stored.seq, item(stored)));
+                    text.push_str(&format!(
+                        "id: {}\ndata: {}\n\n",
+                        stored.seq,
+                        item(stored, &seer)
+                    ));
                 }
+                state.seer = Some(seer);
                 return Some(Bytes::from(text));
+            }
+            state.seer = Some(seer);
+            if page.more {
+                // The scan's budget ran out with nothing this reader may see: move the resume point (a client
+                // reconnecting starts after what was scanned) and let the runtime serve others before the next
+                // batch, rather than scanning the whole log in one go.
+                tokio::task::yield_now().await;
+                return Some(Bytes::from(format!("id: {}\n\n", state.after)));
             }
             continue;
         }
@@ -624,7 +784,13 @@ async fn images(
         None => (Vec::new(), Vec::new()),
     };
     let snapshot = running.snapshot();
-    let rows = report::images(&tags, &pulls, &pushes, &snapshot.containers);
+    let containers: Vec<_> = snapshot
+        .containers
+        .iter()
+        .filter(|c| seer.sees_container(c))
+        .cloned()
+        .collect();
+    let rows = report::images(&tags, &pulls, &pushes, &containers);
     Ok(HttpResponse::Ok()
         .insert_header((header::CACHE_CONTROL, "no-store"))
         .json(json!({
@@ -653,7 +819,8 @@ async fn outdated(
         .filter(|c| {
             c.repository
                 .as_deref()
-                .is_some_and(|r| r.starts_with(prefix) && seer.sees_repository(r))
+                .is_some_and(|r| r.starts_with(prefix))
+                && seer.sees_container(c)
         })
         .cloned()
         .collect();
@@ -681,6 +848,27 @@ async fn outdated(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn streams_are_capped_per_reader_and_in_all_and_freed_when_dropped() {
+        let limits = Arc::new(StreamLimits::new(2, 3));
+        let a1 = limits.open("user:a").expect("a's first");
+        let _a2 = limits.open("user:a").expect("a's second");
+        assert_eq!(
+            limits.open("user:a").err().map(|e| e.to_string()).as_deref(),
+            Some("user:a already follows the event log in 2 streams; close one before opening another")
+        );
+        let _b1 = limits.open("user:b").expect("b's first");
+        let full = limits.open("user:c").err().expect("berth is full");
+        assert_eq!(full.status_code(), StatusCode::TOO_MANY_REQUESTS);
+        assert_eq!(
+            full.to_string(),
+            "berth already serves 3 event streams; try again later"
+        );
+        drop(a1);
+        assert_eq!(limits.open_streams(), 2);
+        let _c1 = limits.open("user:c").expect("a place freed");
+    }
 
     #[test]
     fn the_events_query_grammar() {

@@ -324,6 +324,10 @@ access:
       repositories: ['team-a/.*']
       subjects: ['serviceaccount:team-a/ci']
       actions: [pull]
+    - name: carol-pulls-team-a
+      repositories: ['team-a/.*']
+      subjects: ['user:carol']
+      actions: [pull]
 "#;
 
 fn basic(user: &str) -> String {
@@ -333,13 +337,14 @@ fn basic(user: &str) -> String {
     )
 }
 
-/// berth with auth on: htpasswd users ops (an admin) and bob (who may pull nothing), the ServiceAccount
+/// berth with auth on: htpasswd users ops (an admin), bob (who may pull nothing) and carol (who may pull team-a/…), the ServiceAccount
 /// team-a/ci through a fake TokenReview, and [`POLICY`].
 async fn berth_with_auth() -> (Fixture, tempfile::TempDir) {
     let dir = tempfile::tempdir().expect("temporary directory");
     let hash = bcrypt::hash("secret", 4).expect("bcrypt");
     let htpasswd = dir.path().join("htpasswd");
-    std::fs::write(&htpasswd, format!("ops:{hash}\nbob:{hash}\n")).expect("write htpasswd");
+    std::fs::write(&htpasswd, format!("ops:{hash}\nbob:{hash}\ncarol:{hash}\n"))
+        .expect("write htpasswd");
     let path = htpasswd.clone();
     let mut fixture = Fixture::with_config(|config| config.auth.htpasswd = Some(path)).await;
     let clock: berth::clock::SharedClock = fixture.clock.clone();
@@ -547,16 +552,31 @@ async fn the_stream_sends_the_events_after_the_cursor_then_each_new_one() {
 
 /// Pushes an image manifest (a config blob and a manifest unique by `seed`) as `repository:tag`; its digest.
 async fn push_image(berth: &InProcess, repository: &str, tag: &str, seed: u32) -> String {
+    push_image_as(berth, repository, tag, seed, None).await
+}
+
+/// [`push_image`] with an `Authorization` header.
+async fn push_image_as(
+    berth: &InProcess,
+    repository: &str,
+    tag: &str,
+    seed: u32,
+    authorization: Option<&str>,
+) -> String {
+    let authorized = |request: TestRequest| match authorization {
+        Some(value) => request.insert_header(("authorization", value.to_owned())),
+        None => request,
+    };
     let config = br#"{"os":"linux"}"#;
     let pushed = berth
-        .send(
+        .send(authorized(
             TestRequest::post()
                 .uri(&format!(
                     "/v2/{repository}/blobs/uploads/?digest={}",
                     sha256(config)
                 ))
                 .set_payload(config.to_vec()),
-        )
+        ))
         .await;
     assert_eq!(pushed.status, 201, "{:?}", pushed.body);
     let manifest = serde_json::to_vec(&json!({
@@ -568,12 +588,12 @@ async fn push_image(berth: &InProcess, repository: &str, tag: &str, seed: u32) -
     }))
     .expect("json");
     let put = berth
-        .send(
+        .send(authorized(
             TestRequest::put()
                 .uri(&format!("/v2/{repository}/manifests/{tag}"))
                 .insert_header(("content-type", OCI_MANIFEST))
                 .set_payload(manifest.clone()),
-        )
+        ))
         .await;
     assert_eq!(put.status, 201, "{:?}", put.body);
     sha256(&manifest)
@@ -771,4 +791,241 @@ async fn a_reader_who_sees_little_gets_a_short_page_and_a_cursor_not_a_scan_of_t
     )
     .await;
     assert_eq!(seqs(&json_of(&second)), (vec![10_501], None));
+}
+
+#[actix_web::test]
+async fn non_admins_see_running_containers_of_their_own_namespace_and_no_one_elses_client() {
+    let (fixture, _dir) = berth_with_auth().await;
+    let berth = &fixture.berth;
+    let ops = basic("ops");
+    let carol = basic("carol");
+    let digest = push_image_as(berth, "team-a/app", "v1.0.0", 1, Some(&ops)).await;
+    push_image_as(berth, "team-a/app", "v1.1.0", 2, Some(&ops)).await;
+    let mut elsewhere = running("web-9", "team-a/app", "v1.0.0", &digest);
+    elsewhere.namespace = "team-b".into();
+    berth.state.running.replace(vec![
+        running("web-1", "team-a/app", "v1.0.0", &digest),
+        elsewhere,
+    ]);
+    let pods = |authorization: &str| {
+        let authorization = authorization.to_owned();
+        async move {
+            let images = get(berth, "/berth/v1/images", Some(&authorization)).await;
+            assert_eq!(images.status, 200, "{:?}", images.body);
+            let mut pods: Vec<String> = json_of(&images)["images"]
+                .as_array()
+                .expect("images")
+                .iter()
+                .flat_map(|i| i["running"].as_array().cloned().unwrap_or_default())
+                .map(|r| {
+                    format!(
+                        "{}/{}",
+                        r["namespace"].as_str().unwrap_or(""),
+                        r["pod"].as_str().unwrap_or("")
+                    )
+                })
+                .collect();
+            let outdated = get(berth, "/berth/v1/images/outdated", Some(&authorization)).await;
+            assert_eq!(outdated.status, 200, "{:?}", outdated.body);
+            pods.extend(
+                json_of(&outdated)["outdated"]
+                    .as_array()
+                    .expect("outdated")
+                    .iter()
+                    .map(|o| {
+                        format!(
+                            "outdated {}/{}",
+                            o["namespace"].as_str().unwrap_or(""),
+                            o["pod"].as_str().unwrap_or("")
+                        )
+                    }),
+            );
+            pods
+        }
+    };
+    assert_eq!(
+        pods(&ops).await,
+        [
+            "team-a/web-1",
+            "team-b/web-9",
+            "outdated team-a/web-1",
+            "outdated team-b/web-9"
+        ]
+    );
+    assert_eq!(
+        pods("Bearer sa-token").await,
+        ["team-a/web-1", "outdated team-a/web-1"]
+    );
+    assert_eq!(pods(&carol).await, Vec::<String>::new());
+
+    let from = |actor: Actor, address: &str| {
+        let mut e = event(&fixture, EventAction::Pull, Some("team-a/app"), actor);
+        e.client = Some(berth::events::model::Client {
+            address: Some(address.into()),
+            user_agent: Some("agent".into()),
+        });
+        e
+    };
+    commit(
+        &fixture,
+        vec![
+            from(user("ops"), "10.0.0.1"),
+            from(service_account("team-a", "ci"), "10.0.0.2"),
+        ],
+    )
+    .await;
+    let clients = |answer: Answer| -> Vec<(String, Value)> {
+        assert_eq!(answer.status, 200, "{:?}", answer.body);
+        json_of(&answer)["events"]
+            .as_array()
+            .expect("events")
+            .iter()
+            .filter(|e| e["action"] == "pull")
+            .map(|e| {
+                (
+                    format!(
+                        "{} {}",
+                        e["action"].as_str().unwrap_or(""),
+                        e["target"]["repository"].as_str().unwrap_or("")
+                    ),
+                    e["client"]["address"].clone(),
+                )
+            })
+            .collect()
+    };
+    let pull = "pull team-a/app".to_owned();
+    assert_eq!(
+        clients(get(berth, "/berth/v1/events", Some(&ops)).await),
+        [
+            (pull.clone(), json!("10.0.0.1")),
+            (pull.clone(), json!("10.0.0.2"))
+        ]
+    );
+    assert_eq!(
+        clients(get(berth, "/berth/v1/events", Some("Bearer sa-token")).await),
+        [
+            (pull.clone(), Value::Null),
+            (pull.clone(), json!("10.0.0.2"))
+        ]
+    );
+    assert_eq!(
+        clients(get(berth, "/berth/v1/events", Some(&carol)).await),
+        [(pull.clone(), Value::Null), (pull, Value::Null)]
+    );
+}
+
+/// Opens `/berth/v1/events` as a stream with these headers; the response.
+async fn open_stream(
+    berth: &InProcess,
+    uri: &str,
+    headers: &[(&str, &str)],
+) -> actix_web::dev::ServiceResponse {
+    let mut request = TestRequest::get()
+        .uri(uri)
+        .insert_header(("accept", "text/event-stream"));
+    for (name, value) in headers {
+        request = request.insert_header((name.to_string(), value.to_string()));
+    }
+    berth.call(request).await
+}
+
+#[actix_web::test]
+async fn a_stream_that_sees_nothing_in_a_scan_budget_moves_its_resume_point_instead_of_scanning_on()
+{
+    let (fixture, _dir) = berth_with_auth().await;
+    let hidden: Vec<Event> = (0..10_500)
+        .map(|_| event(&fixture, EventAction::Pull, Some("team-b/lib"), user("ops")))
+        .collect();
+    commit(&fixture, hidden).await;
+    commit(
+        &fixture,
+        vec![event(
+            &fixture,
+            EventAction::Pull,
+            Some("team-a/app"),
+            user("ops"),
+        )],
+    )
+    .await;
+    let response = open_stream(
+        &fixture.berth,
+        "/berth/v1/events?cursor=0",
+        &[("authorization", "Bearer sa-token")],
+    )
+    .await;
+    assert_eq!(response.status(), 200);
+    let mut body = response.into_body();
+    assert!(next_chunk(&mut body).await.starts_with("retry: "));
+    assert_eq!(next_chunk(&mut body).await, "id: 10000\n\n");
+    assert_eq!(
+        sse_events(&next_chunk(&mut body).await),
+        [(10_501, "pull".to_owned())]
+    );
+}
+
+#[actix_web::test]
+async fn a_reader_gets_eight_streams_at_once_and_the_ninth_is_refused_until_one_closes() {
+    let (fixture, _dir) = berth_with_auth().await;
+    let sa = [("authorization", "Bearer sa-token")];
+    let mut open = Vec::new();
+    for _ in 0..8 {
+        let response = open_stream(&fixture.berth, "/berth/v1/events", &sa).await;
+        assert_eq!(response.status(), 200);
+        open.push(response.into_body());
+    }
+    let refused = open_stream(&fixture.berth, "/berth/v1/events?follow=true", &sa).await;
+    assert_eq!(refused.status(), 429);
+    let body = actix_web::body::to_bytes(refused.into_body())
+        .await
+        .expect("body");
+    let error: Value = serde_json::from_slice(&body).expect("JSON");
+    assert_eq!(error["error"]["code"], "TOOMANYREQUESTS");
+    assert_eq!(
+        error["error"]["message"],
+        "serviceaccount:team-a/ci already follows the event log in 8 streams; close one before opening another"
+    );
+    // Another reader is not held up by this one's streams.
+    let ops = basic("ops");
+    let other = open_stream(
+        &fixture.berth,
+        "/berth/v1/events",
+        &[("authorization", ops.as_str())],
+    )
+    .await;
+    assert_eq!(other.status(), 200);
+    drop(open.pop());
+    let again = open_stream(&fixture.berth, "/berth/v1/events", &sa).await;
+    assert_eq!(again.status(), 200);
+}
+
+#[actix_web::test]
+async fn last_event_id_wins_over_the_cursor_of_the_url_an_event_source_reconnects_with() {
+    let fixture = Fixture::new().await;
+    commit(
+        &fixture,
+        (0..3)
+            .map(|_| {
+                event(
+                    &fixture,
+                    EventAction::Pull,
+                    Some("team-a/app"),
+                    user("alice"),
+                )
+            })
+            .collect(),
+    )
+    .await;
+    let response = open_stream(
+        &fixture.berth,
+        "/berth/v1/events?cursor=1",
+        &[("last-event-id", "2")],
+    )
+    .await;
+    assert_eq!(response.status(), 200);
+    let mut body = response.into_body();
+    assert!(next_chunk(&mut body).await.starts_with("retry: "));
+    assert_eq!(
+        sse_events(&next_chunk(&mut body).await),
+        [(3, "pull".to_owned())]
+    );
 }

@@ -150,7 +150,7 @@ impl std::fmt::Debug for EndpointSpec {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("EndpointSpec")
             .field("name", &self.name)
-            .field("url", &self.url)
+            .field("url", &shown_text(&self.url))
             .field("headers", &self.headers.keys().collect::<Vec<_>>())
             .field("ca_file", &self.ca_file)
             .field("actions", &self.actions)
@@ -206,13 +206,43 @@ impl EndpointConfig {
         self.actions.is_empty() || self.actions.contains(&action)
     }
 
-    /// The URL as shown in `/readyz` and the log: without its query (which may hold a token).
+    /// The URL as shown in `/readyz`, the log and errors: [`shown`].
     pub fn shown_url(&self) -> String {
-        let mut url = self.url.clone();
-        url.set_query(None);
-        url.set_fragment(None);
-        url.to_string()
+        shown(&self.url)
     }
+}
+
+/// A notification URL as berth shows it: `scheme://host[:port]` only. The path may be the secret (a Slack or
+/// Teams webhook is `https://hooks.slack.com/services/T…/B…/<secret>`), the query may hold a token, the user
+/// information a password.
+pub fn shown(url: &reqwest::Url) -> String {
+    let mut text = format!("{}://{}", url.scheme(), url.host_str().unwrap_or(""));
+    if let Some(port) = url.port() {
+        text.push_str(&format!(":{port}"));
+    }
+    text
+}
+
+/// [`shown`] for text that may not parse as a URL: what comes before the first `/`, `?` or `#` after the
+/// scheme, without user information (`hooks.slack.com/services/…` shows as `hooks.slack.com/…`).
+fn shown_text(text: &str) -> String {
+    let (scheme, rest) = match text.split_once("://") {
+        Some((scheme, rest)) => (Some(scheme), rest),
+        None => (None, text),
+    };
+    let end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    let mut authority = &rest[..end];
+    if let Some((_, host)) = authority.rsplit_once('@') {
+        authority = host;
+    }
+    let mut shown = match scheme {
+        Some(scheme) => format!("{scheme}://{authority}"),
+        None => authority.to_owned(),
+    };
+    if end < rest.len() {
+        shown.push_str("/…");
+    }
+    shown
 }
 
 /// Headers are secrets: `Debug` shows their names only.
@@ -265,7 +295,7 @@ impl EndpointSpec {
     fn validate(&self, index: usize) -> Result<EndpointConfig, NotifyConfigError> {
         let url_error = |why: &str| NotifyConfigError::Url {
             index,
-            url: self.url.clone(),
+            url: shown_text(&self.url),
             why: why.to_owned(),
         };
         let url = reqwest::Url::parse(&self.url).map_err(|e| url_error(&e.to_string()))?;
@@ -277,13 +307,9 @@ impl EndpointSpec {
             _ => return Err(url_error("no host")),
         };
         if !url.username().is_empty() || url.password().is_some() {
-            let mut shown = url.clone();
-            // Not the password itself: the message is printed.
-            let _ = shown.set_password(url.password().map(|_| "***"));
-            return Err(NotifyConfigError::UrlCredentials {
-                index,
-                url: shown.to_string(),
-            });
+            // Neither the user nor the password: the message is printed.
+            let shown = shown(&url).replacen("://", "://***@", 1);
+            return Err(NotifyConfigError::UrlCredentials { index, url: shown });
         }
         let name = self.name.clone().unwrap_or(host);
         if !valid_name(&name) {
@@ -423,7 +449,46 @@ mod tests {
         assert_eq!(endpoint.backoff_max, DEFAULT_BACKOFF_MAX);
         assert_eq!(endpoint.start, Start::Latest);
         assert!(endpoint.wants(EventAction::Pull) && endpoint.wants(EventAction::Denied));
-        assert_eq!(endpoint.shown_url(), "https://hooks.example.com/berth");
+        assert_eq!(endpoint.shown_url(), "https://hooks.example.com");
+    }
+
+    #[test]
+    fn a_url_is_shown_as_its_scheme_host_and_port_only() {
+        let check = |url: &str, expected: &str| {
+            let parsed = reqwest::Url::parse(url).expect(url);
+            assert_eq!(shown(&parsed), expected, "{url}");
+            assert_eq!(shown_text(url), expected, "{url} as text");
+        };
+        check("https://hooks.slack.com", "https://hooks.slack.com");
+        check("http://127.0.0.1:9000", "http://127.0.0.1:9000");
+        check("http://[::1]:9000", "http://[::1]:9000");
+        let check_parsed = |url: &str, expected: &str| {
+            let parsed = reqwest::Url::parse(url).expect(url);
+            assert_eq!(shown(&parsed), expected, "{url}");
+        };
+        check_parsed(
+            "https://hooks.slack.com/services/T000/B000/s3cret",
+            "https://hooks.slack.com",
+        );
+        check_parsed(
+            "https://h.example:8443/x?token=s3cret#f",
+            "https://h.example:8443",
+        );
+        check_parsed("https://h.example:443/x", "https://h.example");
+        let check_text =
+            |text: &str, expected: &str| assert_eq!(shown_text(text), expected, "{text}");
+        check_text("hooks.slack.com/services/T/B/s3cret", "hooks.slack.com/…");
+        check_text("http://u:s3cret@h:1/x", "http://h:1/…");
+        check_text("not a url", "not a url");
+        check_text("ht!tp://h/s3cret?x", "ht!tp://h/…");
+        let spec: NotificationsSpec = serde_yaml_ng::from_str(
+            "endpoints: [{url: 'https://hooks.slack.com/services/T/B/s3cret'}]",
+        )
+        .expect("spec");
+        let config = spec.validate().expect("valid");
+        for shown in [format!("{spec:?}"), format!("{config:?}")] {
+            assert!(!shown.contains("s3cret"), "{shown}");
+        }
     }
 
     #[test]
@@ -472,12 +537,12 @@ mod tests {
         };
         check(
             "{url: 'ftp://h/x'}",
-            r#"url "ftp://h/x": the scheme must be http or https"#,
+            r#"url "ftp://h/…": the scheme must be http or https"#,
         );
         check("{url: 'not a url'}", r#"endpoints[0].url "not a url""#);
         check(
             "{url: 'http://u:s3cret@h/x'}",
-            r#"url "http://u:***@h/x": no credentials in the URL"#,
+            r#"url "http://***@h": no credentials in the URL"#,
         );
         check(
             "{url: 'http://h/', name: 'a b'}",
