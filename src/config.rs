@@ -1104,7 +1104,7 @@ mod tests {
         let refused = Config::build(&ServeArgs::default(), Some(&bad), &|_| None).expect_err("ftp");
         assert_eq!(
             refused.to_string(),
-            r#"notifications.endpoints[0].url "ftp://h/x": the scheme must be http or https"#
+            r#"notifications.endpoints[0].url "ftp://h/…": the scheme must be http or https"#
         );
     }
 }
