@@ -10,8 +10,6 @@ use std::time::Duration;
 use serde_json::{json, Value};
 
 use crate::api::sha256;
-use crate::cluster::Cluster;
-use crate::manifests::{documents, render, BASE};
 use crate::support::{poll_until, Berth, Options};
 
 const OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
@@ -109,25 +107,7 @@ fn reasons(outdated: &Value) -> Vec<(String, String, String)> {
 /// pod running the digest it runs.
 #[test]
 fn a_moved_tag_and_a_newer_version_make_a_running_pod_outdated() {
-    let cluster = Cluster::start();
-    for doc in documents(&render(BASE)) {
-        if doc["metadata"]["name"] == "berth-pod-watch" {
-            let output = cluster.apply_yaml(&doc.to_string());
-            assert!(
-                output.status.success(),
-                "{}",
-                String::from_utf8_lossy(&output.stderr)
-            );
-        }
-    }
-    cluster.kubectl_ok(&["create", "namespace", "team-a"]);
-    let kubeconfig = cluster.kubeconfig_for(
-        "system:serviceaccount:berth-system:berth",
-        &[
-            "system:serviceaccounts",
-            "system:serviceaccounts:berth-system",
-        ],
-    );
+    let (cluster, kubeconfig) = crate::pod_watch::cluster_as_berth_watching_team_a();
     let berth = Berth::start(Options {
         env: vec![("KUBECONFIG".into(), kubeconfig.display().to_string())],
         extra_args: vec!["--watch-pods".into()],

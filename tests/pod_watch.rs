@@ -27,24 +27,10 @@ fn pod_yaml(name: &str, node: Option<&str>, image: &str) -> String {
     )
 }
 
-/// The containers of `pod` in the snapshot, if it has any.
-fn containers_of(running: &RunningImages, pod: &str) -> Vec<RunningContainer> {
-    running
-        .snapshot()
-        .containers
-        .iter()
-        .filter(|c| c.namespace == "team-a" && c.pod == pod)
-        .cloned()
-        .collect()
-}
-
-/// Issue 12 ("what runs, and what is out of date"): with only the ClusterRole the manifests give berth, the watch
-/// sees every container and init container with its node, ServiceAccount, berth's repository and tag, and the
-/// digest the status reports (else the spec's); a finished pod and a deleted one are no longer running.
-#[test]
-fn the_pod_watch_shows_what_runs_where() {
+/// The test cluster with the manifests' pod-watch role and binding (exactly as shipped) and a namespace `team-a`,
+/// and a kubeconfig for berth's ServiceAccount with nothing more: what `berth serve --watch-pods` runs as.
+pub(crate) fn cluster_as_berth_watching_team_a() -> (Cluster, std::path::PathBuf) {
     let cluster = Cluster::start();
-    // The manifests' pod-watch role and binding, exactly as shipped.
     for doc in documents(&render(BASE)) {
         if doc["metadata"]["name"] == "berth-pod-watch" {
             let output = cluster.apply_yaml(&doc.to_string());
@@ -63,6 +49,26 @@ fn the_pod_watch_shows_what_runs_where() {
             "system:serviceaccounts:berth-system",
         ],
     );
+    (cluster, kubeconfig)
+}
+
+/// The containers of `pod` in the snapshot, if it has any.
+fn containers_of(running: &RunningImages, pod: &str) -> Vec<RunningContainer> {
+    running
+        .snapshot()
+        .containers
+        .iter()
+        .filter(|c| c.namespace == "team-a" && c.pod == pod)
+        .cloned()
+        .collect()
+}
+
+/// Issue 12 ("what runs, and what is out of date"): with only the ClusterRole the manifests give berth, the watch
+/// sees every container and init container with its node, ServiceAccount, berth's repository and tag, and the
+/// digest the status reports (else the spec's); a finished pod and a deleted one are no longer running.
+#[test]
+fn the_pod_watch_shows_what_runs_where() {
+    let (cluster, kubeconfig) = cluster_as_berth_watching_team_a();
 
     let runtime = tokio::runtime::Runtime::new().expect("a tokio runtime");
     let running = Arc::new(RunningImages::new());
