@@ -610,6 +610,41 @@ fn an_unreadable_stored_event_is_passed_and_counted_and_the_others_still_sent() 
     assert_eq!(status["lost"], 1, "{status}");
 }
 
+/// Review finding: with a gap the retention left before an unreadable event, reading "as many events as lie
+/// before it" reached it again, for ever. The read is now bounded by its number.
+#[test]
+fn an_unreadable_event_after_a_pruned_gap_is_passed_too() {
+    let runtime = runtime();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (log, _store) = open_log(dir.path());
+    let recorded: Vec<String> = record(&runtime, &log, &[EventAction::Push], 5)
+        .into_iter()
+        .map(|(id, _)| id)
+        .collect();
+    let database = rusqlite::Connection::open(SqliteStore::path_in(dir.path())).expect("open");
+    database
+        .execute("DELETE FROM events WHERE seq <= 2", [])
+        .expect("prune events 1 and 2");
+    database
+        .execute("UPDATE events SET body = '{' WHERE seq = 5", [])
+        .expect("corrupt event 5");
+    drop(database);
+    let receiver = Receiver::start(0);
+    let (notifications, _delivery) = notify(
+        &runtime,
+        &log,
+        &endpoint("audit", &receiver.url(), ", start: oldest"),
+    );
+    poll_until(DELIVERED, "the readable events", || {
+        (receiver.unique_ids() == recorded[2..4]).then_some(())
+    });
+    let status = poll_until(DELIVERED, "the lag at 0", || {
+        let status = status_of(&notifications, "audit");
+        (status["lag"] == 0).then_some(status)
+    });
+    assert_eq!(status["lost"], 1, "{status}");
+}
+
 #[test]
 fn with_max_batch_events_arrive_in_batches_in_order() {
     let runtime = runtime();

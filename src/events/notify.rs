@@ -388,8 +388,8 @@ async fn deliver_forever(
     endpoint.progress.detail().started = true;
     let mut saved = cursor;
     let mut last_save = Instant::now();
-    // Events asked for at once: a page, or fewer to reach an unreadable event.
-    let mut limit = PAGE;
+    // An unreadable event ahead: the events before it are read (and sent) first, then it is passed.
+    let mut before: Option<u64> = None;
     loop {
         // Read before the query: what is committed up to here is in the store or was pruned.
         let last_committed = *committed.borrow_and_update();
@@ -397,7 +397,8 @@ async fn deliver_forever(
             let store = store.clone();
             let query = EventQuery {
                 after_seq: Some(cursor),
-                limit,
+                before_seq: before,
+                limit: PAGE,
                 ..EventQuery::default()
             };
             blocking(move || store.query(&query)).await
@@ -406,8 +407,12 @@ async fn deliver_forever(
             Ok(page) => page,
             // An event that cannot be read back can never be sent: it is passed (and counted), or the endpoint
             // would stop there for good; the events before it are read (and sent) first.
-            Err(StoreError::Unreadable { seq, .. }) if seq > cursor.saturating_add(1) => {
-                limit = usize::try_from(seq - cursor - 1).map_or(PAGE, |before| before.min(PAGE));
+            // Bounded by the unreadable event's own number (not by a count, which a gap the retention left would
+            // make reach it again).
+            Err(StoreError::Unreadable { seq, .. })
+                if seq > cursor.saturating_add(1) && before.is_none_or(|b| seq < b) =>
+            {
+                before = Some(seq);
                 continue;
             }
             Err(StoreError::Unreadable { seq, why }) if seq > cursor => {
@@ -429,9 +434,11 @@ async fn deliver_forever(
         };
         // Sequence numbers are never reused and pruning takes the oldest first: a gap after the cursor is what
         // the retention deleted before this endpoint got it.
+        // Read up to an unreadable event, an empty page means a gap up to it (not up to the last commit).
+        let up_to = before.map_or(last_committed, |b| b.saturating_sub(1));
         let next = page
             .first()
-            .map_or(last_committed, |first| first.seq.saturating_sub(1));
+            .map_or(up_to, |first| first.seq.saturating_sub(1));
         if next > cursor && cursor == 0 {
             // Never delivered anything and starting at the oldest event kept: nothing it was owed is missing.
             log::info!(
@@ -451,8 +458,8 @@ async fn deliver_forever(
             cursor = next;
             endpoint.progress.cursor.store(cursor, Ordering::Relaxed);
         }
-        let caught_up = page.len() < limit;
-        limit = PAGE;
+        let caught_up = before.is_none() && page.len() < PAGE;
+        before = None;
         for batch in batches(&page, &endpoint.config) {
             loop {
                 match endpoint.send(batch.events).await {

@@ -314,6 +314,7 @@ pub fn parse_events_query(query: &Query, now: SystemTime) -> Result<EventsReques
                 .map(|v| time_param("until", v, now))
                 .transpose()?,
             after_seq: query.get("cursor").map(parse_cursor).transpose()?,
+            before_seq: None,
             limit,
         },
         follow,
@@ -523,12 +524,15 @@ fn page(store: &dyn EventStore, query: &EventQuery, seer: &mut Seer) -> Result<P
         } else {
             SCAN_BATCH
         };
-        let batch = store.query(&EventQuery {
-            after_seq: page.scanned,
-            limit: asked,
-            ..query.clone()
-        })?;
-        let exhausted = batch.len() < asked;
+        let (batch, passed) = readable_batch(
+            store,
+            &EventQuery {
+                after_seq: page.scanned,
+                limit: asked,
+                ..query.clone()
+            },
+        )?;
+        let exhausted = passed.is_none() && batch.len() < asked;
         for stored in batch {
             page.scanned = Some(stored.seq);
             if seer.sees(&stored.event) {
@@ -539,12 +543,43 @@ fn page(store: &dyn EventStore, query: &EventQuery, seer: &mut Seer) -> Result<P
                 }
             }
         }
+        if let Some(passed) = passed {
+            page.scanned = Some(passed);
+        }
         if exhausted {
             return Ok(page);
         }
     }
     page.more = true;
     Ok(page)
+}
+
+/// Most unreadable events one batch passes over before it gives up with the error.
+const MAX_UNREADABLE: usize = 64;
+
+/// One batch of `query`, reading up to the first event that cannot be read back (a row written by a newer berth,
+/// say) and returning its number to be passed over: one bad row must not make every page that covers it fail.
+fn readable_batch(
+    store: &dyn EventStore,
+    query: &EventQuery,
+) -> Result<(Vec<StoredEvent>, Option<u64>), StoreError> {
+    let mut before = query.before_seq;
+    for _ in 0..MAX_UNREADABLE {
+        match store.query(&EventQuery {
+            before_seq: before,
+            ..query.clone()
+        }) {
+            Ok(batch) => return Ok((batch, before.filter(|b| Some(*b) != query.before_seq))),
+            Err(StoreError::Unreadable { seq, why }) if before.is_none_or(|b| seq < b) => {
+                ::log::warn!("events API: stored event {seq} is unreadable ({why}); passed over");
+                before = Some(seq);
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    Err(StoreError::Database(format!(
+        "more than {MAX_UNREADABLE} unreadable events in one batch"
+    )))
 }
 
 /// An event as the API shows it to this caller: its JSON with its `seq` (the cursor after it), without its

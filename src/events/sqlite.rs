@@ -284,6 +284,10 @@ impl EventStore for SqliteStore {
             sql.push_str(" AND seq > ?");
             values.push(i64::try_from(after).unwrap_or(i64::MAX).into());
         }
+        if let Some(before) = query.before_seq {
+            sql.push_str(" AND seq < ?");
+            values.push(i64::try_from(before).unwrap_or(i64::MAX).into());
+        }
         sql.push_str(" ORDER BY seq LIMIT ?");
         values.push(i64::try_from(query.limit).unwrap_or(i64::MAX).into());
         self.read(|connection| {

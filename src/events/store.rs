@@ -47,6 +47,8 @@ pub struct EventQuery {
     pub until_millis: Option<i64>,
     /// Only events committed after this sequence number (the cursor of the page before).
     pub after_seq: Option<u64>,
+    /// Only events committed before this sequence number (to read up to an event that cannot be read back).
+    pub before_seq: Option<u64>,
     /// At most this many, oldest first.
     pub limit: usize,
 }
