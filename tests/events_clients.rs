@@ -242,8 +242,9 @@ fn docker_skopeo_podman_ctr_and_the_node_proxy_show_in_the_events_and_the_images
     assert_eq!(pushes[0]["target"]["tag"], "1.0");
     assert_eq!(pushes[0]["target"]["digest"], digest.as_str());
 
-    // Each client GETs the (single, docker schema 2) manifest once by tag: skopeo and podman read it by tag;
-    // ctr resolves the tag with a HEAD (no pull event) and then GETs the manifest by digest.
+    // Each client GETs the (single, docker schema 2) manifest exactly once: skopeo and podman by tag; ctr resolves
+    // the tag with a HEAD (no pull event) and then GETs the manifest by digest. docker's push only HEADs and PUTs.
+    // So bob 2 (skopeo, ctr), alice 1 (podman).
     let pulls = pull_events(&berth);
     assert!(
         pulls.iter().all(|(_, d, _)| *d == digest),
@@ -263,8 +264,15 @@ fn docker_skopeo_podman_ctr_and_the_node_proxy_show_in_the_events_and_the_images
         );
     }
     // The order: skopeo (bob), podman (alice), ctr (bob).
-    let order: Vec<&str> = pulls.iter().map(|(a, _, _)| a.as_str()).collect();
-    assert_eq!(order, ["user:bob", "user:alice", "user:bob"], "{pulls:?}");
+    let order: Vec<(&str, &str)> = pulls
+        .iter()
+        .map(|(a, _, tag)| (a.as_str(), tag.as_str()))
+        .collect();
+    assert_eq!(
+        order,
+        [("user:bob", "1.0"), ("user:alice", "1.0"), ("user:bob", "")],
+        "{pulls:?}"
+    );
 
     let row = image_row(&berth);
     assert_eq!(row["tag"], "1.0", "{row}");
