@@ -20,10 +20,10 @@ use crate::docker::{verified_tls_host, verified_tls_options, CertsD, Docker};
 use crate::support::{poll_until, write_file, Berth, Options};
 
 /// Deadline for one client command here (the images are a few kilobytes).
-const CLIENT_TIMEOUT: Duration = Duration::from_secs(120);
+pub(crate) const CLIENT_TIMEOUT: Duration = Duration::from_secs(120);
 
 /// An htpasswd file of `users` (name, password) in `dir`, bcrypt at cost 4.
-fn htpasswd(dir: &Path, users: &[(&str, &str)]) -> PathBuf {
+pub(crate) fn htpasswd(dir: &Path, users: &[(&str, &str)]) -> PathBuf {
     let mut text = String::new();
     for (user, password) in users {
         let hash = bcrypt::hash(password, 4).expect("bcrypt hash");
@@ -35,7 +35,12 @@ fn htpasswd(dir: &Path, users: &[(&str, &str)]) -> PathBuf {
 }
 
 /// Starts berth with `--htpasswd` of `users` and `--policy-file` holding `policy` (files under `dir`).
-fn berth_with_auth(dir: &Path, users: &[(&str, &str)], policy: &str, mut opts: Options) -> Berth {
+pub(crate) fn berth_with_auth(
+    dir: &Path,
+    users: &[(&str, &str)],
+    policy: &str,
+    mut opts: Options,
+) -> Berth {
     let users = htpasswd(dir, users);
     let policy_file = dir.join("policy.yaml");
     write_file(&policy_file, policy);
@@ -78,7 +83,7 @@ fn assert_shows(out: &Output, expected: &str) {
 }
 
 /// Requires berth's request log to hold no 5xx answer: every refusal here is the client's (401, 403, 404).
-fn assert_no_server_errors(berth: &Berth) {
+pub(crate) fn assert_no_server_errors(berth: &Berth) {
     let log = berth.log();
     let errors: Vec<&str> = log
         .lines()
@@ -98,7 +103,7 @@ fn assert_no_server_errors(berth: &Berth) {
 }
 
 /// `podman login` of `user` (name, password) to `host`, the password on stdin, in `env`'s own auth file.
-fn podman_login(env: &ClientEnv, host: &str, user: (&str, &str)) -> Output {
+pub(crate) fn podman_login(env: &ClientEnv, host: &str, user: (&str, &str)) -> Output {
     run_with_input(
         env.reg_cmd(
             "podman",
@@ -111,12 +116,12 @@ fn podman_login(env: &ClientEnv, host: &str, user: (&str, &str)) -> Output {
 }
 
 /// Requires `out` to have succeeded.
-fn assert_ok(out: &Output) {
+pub(crate) fn assert_ok(out: &Output) {
     assert!(out.status.success(), "{}", out.describe());
 }
 
 /// The digest in `docker push`'s output (`<tag>: digest: sha256:… size: N`).
-fn pushed_digest(output: &str) -> String {
+pub(crate) fn pushed_digest(output: &str) -> String {
     output
         .lines()
         .find_map(|line| {
@@ -255,7 +260,7 @@ fn inspected_digest(out: &Output) -> String {
 }
 
 /// `user:password`, as `--creds` takes it.
-fn creds((user, password): (&str, &str)) -> String {
+pub(crate) fn creds((user, password): (&str, &str)) -> String {
     format!("{user}:{password}")
 }
 

@@ -12,6 +12,7 @@ mod docker;
 mod e2e;
 mod events;
 mod events_cli;
+mod events_clients;
 mod inprocess;
 mod lifecycle;
 mod manifests;
