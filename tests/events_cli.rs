@@ -45,36 +45,53 @@ fn stdout(output: &Output) -> String {
 
 /// Pushes a one-blob image as `ops` and returns its digest.
 fn push(berth: &Berth, repository: &str, tag: &str) -> String {
+    push_image(
+        berth,
+        repository,
+        tag,
+        br#"{"os":"linux"}"#,
+        Some(("ops", "secret")),
+    )
+}
+
+/// Pushes an image of no layers whose config blob is `config` as `repository:tag` (with Basic `credentials`, if
+/// any) and returns the manifest's digest.
+pub(crate) fn push_image(
+    berth: &Berth,
+    repository: &str,
+    tag: &str,
+    config: &[u8],
+    credentials: Option<(&str, &str)>,
+) -> String {
     let client = berth.client();
-    let config = br#"{"os":"linux"}"#.to_vec();
-    let blob = client
-        .post(format!(
-            "{}/v2/{repository}/blobs/uploads/?digest={}",
-            berth.base_url,
-            sha256(&config)
-        ))
-        .basic_auth("ops", Some("secret"))
-        .body(config.clone())
-        .send()
-        .expect("push blob");
+    let authorized = |request: reqwest::blocking::RequestBuilder| match credentials {
+        Some((user, password)) => request.basic_auth(user, Some(password)),
+        None => request,
+    };
+    let blob = authorized(client.post(format!(
+        "{}/v2/{repository}/blobs/uploads/?digest={}",
+        berth.base_url,
+        sha256(config)
+    )))
+    .body(config.to_vec())
+    .send()
+    .expect("push blob");
     assert_eq!(blob.status(), 201);
     let manifest = serde_json::to_vec(&json!({
         "schemaVersion": 2,
         "mediaType": OCI_MANIFEST,
-        "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": sha256(&config), "size": config.len()},
+        "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": sha256(config), "size": config.len()},
         "layers": [],
     }))
     .expect("json");
-    let put = client
-        .put(format!(
-            "{}/v2/{repository}/manifests/{tag}",
-            berth.base_url
-        ))
-        .basic_auth("ops", Some("secret"))
-        .header("content-type", OCI_MANIFEST)
-        .body(manifest.clone())
-        .send()
-        .expect("push manifest");
+    let put = authorized(client.put(format!(
+        "{}/v2/{repository}/manifests/{tag}",
+        berth.base_url
+    )))
+    .header("content-type", OCI_MANIFEST)
+    .body(manifest.clone())
+    .send()
+    .expect("push manifest");
     assert_eq!(put.status(), 201);
     sha256(&manifest)
 }

@@ -9,10 +9,8 @@ use std::time::Duration;
 
 use serde_json::{json, Value};
 
-use crate::api::sha256;
 use crate::support::{poll_until, Berth, Options};
 
-const OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
 /// The node-local spelling of berth's images, which the pod watch maps back to berth's repositories.
 const IMAGE: &str = "127.0.0.1:5050/team-a/app:v1.0.0";
 /// How long the pod watch and the report may take to see a change.
@@ -20,38 +18,10 @@ const SEEN_WITHIN: Duration = Duration::from_secs(20);
 
 /// Pushes a one-blob image whose config says `version`, as `repository:tag`, and returns its digest.
 fn push(berth: &Berth, repository: &str, tag: &str, version: &str) -> String {
-    let client = berth.client();
     let config =
         serde_json::to_vec(&json!({"os": "linux", "config": {"Labels": {"version": version}}}))
             .expect("json");
-    let blob = client
-        .post(format!(
-            "{}/v2/{repository}/blobs/uploads/?digest={}",
-            berth.base_url,
-            sha256(&config)
-        ))
-        .body(config.clone())
-        .send()
-        .expect("push blob");
-    assert_eq!(blob.status(), 201);
-    let manifest = serde_json::to_vec(&json!({
-        "schemaVersion": 2,
-        "mediaType": OCI_MANIFEST,
-        "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": sha256(&config), "size": config.len()},
-        "layers": [],
-    }))
-    .expect("json");
-    let put = client
-        .put(format!(
-            "{}/v2/{repository}/manifests/{tag}",
-            berth.base_url
-        ))
-        .header("content-type", OCI_MANIFEST)
-        .body(manifest.clone())
-        .send()
-        .expect("push manifest");
-    assert_eq!(put.status(), 201);
-    sha256(&manifest)
+    crate::events_cli::push_image(berth, repository, tag, &config, None)
 }
 
 /// `berth images <args> --server … --ca-file …`, the real binary; its stdout (it must succeed).
