@@ -30,10 +30,12 @@ pub const QUEUE_CAPACITY: usize = 131_072;
 const MAX_BATCH: usize = 16_384;
 
 /// How long the writer lets the queue fill after a batch without a durable record or a flush waiting on it. While
-/// it sleeps, [`EventLog::record`] wakes nobody: a writer parked on an empty queue costs every record a thread
+/// it waits, [`EventLog::record`] wakes nobody: a writer parked on an empty queue costs every record a thread
 /// wake-up (the manifest-GET benchmark ran at 0.65x of berth without the log so), and one commit carries what these
-/// milliseconds brought. A durable record arriving meanwhile waits at most this long more.
-const BATCH_WINDOW: Duration = Duration::from_millis(5);
+/// milliseconds brought (each commit costs the store an fsync and its index pages again, so fewer and larger is
+/// cheaper). A durable record or a flush wakes it at once. Well within the second in which a pull's event is
+/// committed.
+const BATCH_WINDOW: Duration = Duration::from_millis(50);
 
 /// How often old events are pruned.
 const PRUNE_INTERVAL: Duration = Duration::from_secs(60);
@@ -92,6 +94,16 @@ struct Inner {
     queue: mpsc::Sender<Message>,
     shared: Arc<Shared>,
     writer: Mutex<Option<std::thread::JoinHandle<()>>>,
+    /// The writer thread, woken by a durable record or a flush from its [`BATCH_WINDOW`].
+    waker: Option<std::thread::Thread>,
+}
+
+impl Inner {
+    fn wake(&self) {
+        if let Some(writer) = &self.waker {
+            writer.unpark();
+        }
+    }
 }
 
 impl EventLog {
@@ -134,6 +146,7 @@ impl EventLog {
             inner: Some(Arc::new(Inner {
                 queue,
                 shared,
+                waker: writer.as_ref().map(|handle| handle.thread().clone()),
                 writer: Mutex::new(writer),
             })),
         }
@@ -216,6 +229,7 @@ impl EventLog {
             inner.shared.stats.queued.fetch_sub(1, Ordering::Relaxed);
             return Err(EventLogError::Stopped);
         }
+        inner.wake();
         answer.await.map_err(|_| EventLogError::Stopped)?
     }
 
@@ -224,6 +238,7 @@ impl EventLog {
         let Some(inner) = &self.inner else { return };
         let (done, answer) = oneshot::channel();
         if inner.queue.send(Message::Flush(done)).await.is_ok() {
+            inner.wake();
             let _ = answer.await;
         }
     }
@@ -384,7 +399,8 @@ fn write_loop(mut receiver: mpsc::Receiver<Message>, shared: &Shared) {
             let _ = done.send(());
         }
         if !answered {
-            std::thread::sleep(BATCH_WINDOW);
+            // Woken early by a durable record or a flush (an unpark before this returns at once).
+            std::thread::park_timeout(BATCH_WINDOW);
         }
     }
 }

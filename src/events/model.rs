@@ -43,7 +43,7 @@ impl Event {
     pub fn new(action: EventAction, actor: Actor, instance: &str, now: SystemTime) -> Event {
         Event {
             id: new_id(now),
-            time: time::OffsetDateTime::from(now),
+            time: to_millisecond(now),
             action,
             actor,
             client: None,
@@ -365,6 +365,14 @@ impl Outcome {
             message: None,
         }
     }
+}
+
+/// `now` to the millisecond: what an event says and the store keeps.
+fn to_millisecond(now: SystemTime) -> time::OffsetDateTime {
+    let exact = time::OffsetDateTime::from(now);
+    exact
+        .replace_nanosecond(u32::from(exact.millisecond()) * 1_000_000)
+        .unwrap_or(exact)
 }
 
 /// The last id made and the milliseconds it was made in, so ids made in one millisecond still increase.

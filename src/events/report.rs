@@ -142,7 +142,11 @@ pub fn images(
                 tag: tag.tag.clone(),
                 digest: tag.digest.clone(),
                 pushed: pushes
-                    .get(&(tag.repository.as_str(), tag.tag.as_str()))
+                    .get(&(
+                        tag.repository.as_str(),
+                        tag.tag.as_str(),
+                        tag.digest.as_str(),
+                    ))
                     .map(|p| Who::at(p.millis, &p.actor)),
                 pulls: stats.map_or_else(Pulls::default, |s| Pulls {
                     total: s.total,
@@ -202,7 +206,7 @@ pub fn outdated(
                     reasons.push(tag_moved(
                         repository,
                         now,
-                        pushes.get(&(repository.as_str(), tag.as_str())),
+                        pushes.get(&(repository.as_str(), tag.as_str(), now.digest.as_str())),
                     ));
                 }
             }
@@ -234,7 +238,7 @@ pub fn outdated(
 
 fn tag_moved(repository: &str, now: &TagState, push: Option<&&PushRecord>) -> Reason {
     let mut message = format!("tag {} now points at {}", now.tag, short(&now.digest));
-    if let Some(push) = push.filter(|p| p.digest.as_deref() == Some(now.digest.as_str())) {
+    if let Some(push) = push {
         message.push_str(&format!(
             " (pushed {} by {})",
             rfc3339(push.millis),
@@ -289,11 +293,15 @@ pub fn version(tag: &str) -> Option<Version> {
     Version::parse(tag.strip_prefix('v').unwrap_or(tag)).ok()
 }
 
-/// The last push of each (repository, tag).
-fn last_push_index(pushes: &[PushRecord]) -> BTreeMap<(&str, &str), &PushRecord> {
-    let mut index: BTreeMap<(&str, &str), &PushRecord> = BTreeMap::new();
+/// The last push of each (repository, tag, digest): the push that made a tag point at its digest, whatever
+/// order the events of racing pushes to one tag were committed in.
+fn last_push_index(pushes: &[PushRecord]) -> BTreeMap<(&str, &str, &str), &PushRecord> {
+    let mut index: BTreeMap<(&str, &str, &str), &PushRecord> = BTreeMap::new();
     for push in pushes {
-        let key = (push.repository.as_str(), push.tag.as_str());
+        let Some(digest) = push.digest.as_deref() else {
+            continue;
+        };
+        let key = (push.repository.as_str(), push.tag.as_str(), digest);
         if index.get(&key).is_none_or(|p| p.millis <= push.millis) {
             index.insert(key, push);
         }
@@ -505,13 +513,24 @@ mod tests {
             pullers: 2,
             nodes: vec!["node-1".into()],
         }];
-        let pushes = [PushRecord {
-            repository: "team-a/app".into(),
-            tag: "v1".into(),
-            digest: Some(NEW.into()),
-            millis: 1_764_500_000_000,
-            actor: "user:alice".into(),
-        }];
+        let pushes = [
+            PushRecord {
+                repository: "team-a/app".into(),
+                tag: "v1".into(),
+                digest: Some(NEW.into()),
+                millis: 1_764_500_000_000,
+                actor: "user:alice".into(),
+            },
+            // A racing push to the same tag whose event was committed after alice's but whose change came first:
+            // the tag holds alice's digest, so hers is the push reported.
+            PushRecord {
+                repository: "team-a/app".into(),
+                tag: "v1".into(),
+                digest: Some(OLD.into()),
+                millis: 1_764_500_000_001,
+                actor: "user:mallory".into(),
+            },
+        ];
         let running = [
             container(
                 "team-a/app",

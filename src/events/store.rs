@@ -60,7 +60,8 @@ pub struct PullStats {
     /// The manifest pulled (by tag or by digest: a pull event names the digest it sent).
     pub digest: String,
     pub total: u64,
-    /// Pulls at or after the `day_since` given to [`EventStore::pull_stats`].
+    /// Pulls at or after the `day_since` given to [`EventStore::pull_stats`] (to the minute: the store may count
+    /// those of the minute it falls in).
     pub last_day: u64,
     /// Pulls at or after its `week_since`.
     pub last_week: u64,
@@ -73,7 +74,7 @@ pub struct PullStats {
     pub nodes: Vec<String>,
 }
 
-/// The last push of one tag of one repository.
+/// The last push of one digest to one tag of one repository.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct PushRecord {
     pub repository: String,
@@ -140,6 +141,7 @@ pub trait EventStore: Send + Sync + 'static {
         week_since: i64,
     ) -> Result<Vec<PullStats>>;
 
-    /// The last push of each tag of `repositories` (pushes by digest alone name no tag and are left out).
+    /// The last push of each digest to each tag of `repositories` (pushes by digest alone name no tag and are
+    /// left out).
     fn last_pushes(&self, repositories: &[String]) -> Result<Vec<PushRecord>>;
 }
