@@ -20,7 +20,7 @@ not in the push, listing and admission rows (their figures would be berth's own 
 
 berth-noevents is berth (plain HTTP, the same policy) with `--no-event-log`: it takes part in manifest GET only, in
 the same interleaved rounds as berth, whose every GET records a pull event; "event log on / off" is berth's figure
-over its own.
+over its own, as the median of 8 back-to-back A/B pairs in ABBA order (ab_ratio), as is "Bearer / anonymous".
 """
 
 import atexit
@@ -54,6 +54,7 @@ N_REPOS = 500 if QUICK else 10_000
 LOAD_SECONDS = 2 if QUICK else 5
 LIST_SECONDS = 2 if QUICK else 3
 REPS = 3
+AB_PAIRS = 2 if QUICK else 8  # pairs of an A/B ratio (ab_ratio)
 STARTS = 10
 DEADLINE_SECONDS = 50 * 60
 OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
@@ -687,6 +688,26 @@ def interleaved(servers, measure, reps=REPS, pick=median):
     return {name: pick(v) for name, v in values.items()}
 
 
+def ab_ratio(a, b, measure, pairs=None):
+    """a's figure over b's: the median of the ratios of `pairs` back-to-back pairs, run in ABBA order (a then b, b
+    then a, ...) each after a quiet wait. On this noisy machine a round's figures swing by a third; within a pair
+    the two servers meet nearly the same machine, and the alternating order cancels the advantage of either place
+    in a pair, so the ratio is steadier than one of medians."""
+    ratios = []
+    for i in range(AB_PAIRS if pairs is None else pairs):
+        wait_quiet()
+        if i % 2 == 0:
+            x = measure(a)
+            y = measure(b)
+        else:
+            y = measure(b)
+            x = measure(a)
+        if x and y:
+            ratios.append(x / y)
+    log(f"  {a.name} / {b.name}: " + ", ".join(f"{r:.3f}" for r in ratios))
+    return median(ratios) if ratios else None
+
+
 def record(results, key, per_server):
     for name, value in per_server.items():
         results.setdefault(name, {})[key] = value
@@ -792,17 +813,21 @@ def scenario(all_servers, blob, digest, results):
     record_wrk(results, "manifest", interleaved(
         servers + authed + bare, lambda s: wrk(s, manifest_path(s), seconds=LOAD_SECONDS, headers=[ACCEPT]),
         pick=list))
+    def manifest_rps(server):
+        return wrk(server, manifest_path(server), seconds=LOAD_SECONDS, headers=[ACCEPT])["rps"]
+    anonymous_berth = by_name.get("berth")
     for server in bare:
-        with_log = results.get("berth", {}).get("manifest_rps")
-        without = results[server.name].get("manifest_rps")
-        if with_log and without:
-            results["berth"]["manifest_rps_events_on_vs_off"] = with_log / without
+        if anonymous_berth:
+            log("manifest GET: event log on / off, A/B pairs")
+            results["berth"]["manifest_rps_events_on_vs_off"] = ab_ratio(anonymous_berth, server, manifest_rps)
     for server in authed:
         anonymous = results.get("berth", {})
         mine = results[server.name]
-        for key in ("pull_1", "manifest_rps"):
-            if anonymous.get(key) and mine.get(key):
-                mine[f"{key}_vs_anonymous"] = mine[key] / anonymous[key]
+        if anonymous.get("pull_1") and mine.get("pull_1"):
+            mine["pull_1_vs_anonymous"] = mine["pull_1"] / anonymous["pull_1"]
+        if anonymous_berth:
+            log("manifest GET: Bearer / anonymous, A/B pairs")
+            mine["manifest_rps_vs_anonymous"] = ab_ratio(server, anonymous_berth, manifest_rps)
     if authed:
         # The token endpoint itself: Basic credentials (bcrypt checked once, then remembered for 5 minutes), the
         # access rules for each scope, an ES256 signature and the JSON answer, per request.
@@ -1111,9 +1136,10 @@ and berth's own admission answers as a fixed `return 200`), so its column is the
 a registry. Ratios are berth (plain HTTP) over the peer, from this run; for ms and MB a lower ratio is better.
 The rows "with a Bearer token" are a third berth (plain HTTP, the same policy plus access rules, an htpasswd user)
 with auth on, in the same rounds as the others: the harness logged in once at `/auth/token` and sent that token
-with every request; "Bearer / anonymous" is its figure over anonymous berth's from the same rounds. The row "with
-the event log off" is a fourth berth run with `--no-event-log`, in the same manifest GET rounds; "event log on / off"
-is berth's figure (every GET recording a pull event) over it.
+with every request. The row "with the event log off" is a fourth berth run with `--no-event-log`, in the same
+manifest GET rounds. The ratios "Bearer / anonymous" and "event log on / off" (every GET recording a pull event)
+of manifest GET are each the median of 8 back-to-back pairs of the two servers, run in ABBA order after a quiet
+wait each (a round's figures swing by a third on this machine; within a pair both meet nearly the same one).
 
 """
     caveats = []

@@ -1,7 +1,7 @@
 //! What one event says: the operation ([`EventAction`]), who did it ([`Actor`]), from where ([`Client`]), on what
 //! ([`Target`], or the admission details [`Admission`]), and how it ended ([`Outcome`]). Plain data with its JSON
-//! shape (camelCase, absent fields left out); the store keeps it as that JSON beside a few indexed columns. Pure: no
-//! I/O, no knowledge of HTTP or of the store.
+//! shape (camelCase, absent fields left out), which the API and notifications send (the SQLite store keeps it in
+//! columns, see `sqlite/row.rs`). Pure: no I/O, no knowledge of HTTP or of the store.
 
 use std::time::{SystemTime, UNIX_EPOCH};
 

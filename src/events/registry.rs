@@ -109,14 +109,37 @@ pub struct Request {
 }
 
 impl Request {
-    /// The event of `fact` for this request, ended with `result`.
-    pub fn event(&self, fact: Fact, result: Outcome, instance: &str, now: SystemTime) -> Event {
-        let mut event = Event::new(fact.action, self.actor.clone(), instance, now);
-        event.client = Some(self.client.clone());
-        event.target = fact.target;
-        event.result = result;
-        event.request_id = Some(self.request_id.clone());
-        event
+    /// The events of `facts` for this request, each ended with `result`: the last one takes the request's actor,
+    /// client and id rather than copies (most requests make one event).
+    pub fn events(
+        self,
+        facts: Vec<Fact>,
+        result: Outcome,
+        instance: &str,
+        now: SystemTime,
+    ) -> Vec<Event> {
+        let mut events = Vec::with_capacity(facts.len());
+        let mut facts = facts.into_iter().peekable();
+        while let Some(fact) = facts.next() {
+            let mut event = if facts.peek().is_some() {
+                let mut event = Event::new(fact.action, self.actor.clone(), instance, now);
+                event.client = Some(self.client.clone());
+                event.request_id = Some(self.request_id.clone());
+                event.result = result.clone();
+                event
+            } else {
+                let mut event = Event::new(fact.action, self.actor, instance, now);
+                event.client = Some(self.client);
+                event.request_id = Some(self.request_id);
+                event.result = result;
+                event.target = fact.target;
+                events.push(event);
+                return events;
+            };
+            event.target = fact.target;
+            events.push(event);
+        }
+        events
     }
 }
 
@@ -188,6 +211,51 @@ mod tests {
         check(Some(b"line\nbreak"), false);
         check(Some("caf\u{e9}".as_bytes()), false);
         check(None, false);
+    }
+
+    #[test]
+    fn every_event_of_a_request_has_its_actor_client_id_and_result() {
+        let request = Request {
+            actor: Actor::of_kind(ActorKind::Berth),
+            client: Client {
+                address: Some("10.0.0.1".into()),
+                user_agent: Some("docker/27".into()),
+            },
+            request_id: "req-1".into(),
+        };
+        let fact = |tag: &str| Fact {
+            action: EventAction::Push,
+            target: Target {
+                tag: Some(tag.into()),
+                ..Target::default()
+            },
+        };
+        for tags in [vec![], vec!["a"], vec!["a", "b", "c"]] {
+            let facts = tags.iter().map(|t| fact(t)).collect();
+            let events = request
+                .clone()
+                .events(facts, Outcome::ok(201), "berth-0", now());
+            let made: Vec<Option<&str>> = events.iter().map(|e| e.target.tag.as_deref()).collect();
+            assert_eq!(made, tags.iter().map(|t| Some(*t)).collect::<Vec<_>>());
+            for event in &events {
+                assert_eq!(
+                    (
+                        &event.actor,
+                        event.client.as_ref(),
+                        event.request_id.as_deref(),
+                        event.result.status,
+                        event.instance.as_str(),
+                    ),
+                    (
+                        &request.actor,
+                        Some(&request.client),
+                        Some("req-1"),
+                        201,
+                        "berth-0"
+                    )
+                );
+            }
+        }
     }
 
     #[test]

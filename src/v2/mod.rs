@@ -220,8 +220,7 @@ async fn record(
     };
     let now = events.now();
     let mut durable = Vec::new();
-    for fact in facts {
-        let event = request.event(fact, result.clone(), events.instance(), now);
+    for event in request.events(facts, result, events.instance(), now) {
         if event.action.durable() {
             durable.push(events.record_durable(event));
         } else {
