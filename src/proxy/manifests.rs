@@ -19,6 +19,7 @@ use crate::events::model::Target;
 use crate::events::registry::proxy_fetch;
 use crate::events::EventLog;
 use crate::registry::error::RegistryError;
+use crate::registry::manifests::manifest_target;
 use crate::registry::names::{Digest, Reference, RepoName, Tag};
 use crate::registry::service::cache::CacheError;
 use crate::registry::storage::StoredManifest;
@@ -222,16 +223,8 @@ impl Manifests {
         );
         if self.events.enabled() {
             let fetched = Target {
-                repository: Some(target.local_repo.to_string()),
-                tag: match reference {
-                    Reference::Tag(tag) => Some(tag.to_string()),
-                    Reference::Digest(_) => None,
-                },
-                digest: Some(digest.to_string()),
-                media_type: Some(manifest.media_type.clone()),
-                size: Some(manifest.bytes.len() as u64),
                 upstream: Some(upstream.name().to_owned()),
-                ..Target::default()
+                ..manifest_target(target.local_repo.as_str(), reference, &digest, &manifest)
             };
             self.events.record(proxy_fetch(
                 fetched,

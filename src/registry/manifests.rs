@@ -30,17 +30,7 @@ pub fn served(
 ) -> HttpResponse {
     let facts = EventFacts::one(
         EventAction::Pull,
-        Target {
-            repository: Some(repository.to_owned()),
-            tag: match reference {
-                Reference::Tag(tag) => Some(tag.to_string()),
-                Reference::Digest(_) => None,
-            },
-            digest: Some(digest.to_string()),
-            media_type: Some(manifest.media_type.clone()),
-            size: Some(manifest.bytes.len() as u64),
-            ..Target::default()
-        },
+        manifest_target(repository, reference, digest, &manifest),
     );
     let mut response = HttpResponse::Ok()
         .insert_header((header::CONTENT_TYPE, manifest.media_type))
@@ -49,6 +39,27 @@ pub fn served(
         .body(manifest.bytes);
     response.extensions_mut().insert(facts);
     response
+}
+
+/// An event's target for `manifest` of `repository`, asked for by `reference` (a pull, a proxy fetch): the tag when
+/// asked by tag, the digest, media type and size.
+pub fn manifest_target(
+    repository: &str,
+    reference: &Reference,
+    digest: &super::names::Digest,
+    manifest: &crate::registry::storage::StoredManifest,
+) -> Target {
+    Target {
+        repository: Some(repository.to_owned()),
+        tag: match reference {
+            Reference::Tag(tag) => Some(tag.to_string()),
+            Reference::Digest(_) => None,
+        },
+        digest: Some(digest.to_string()),
+        media_type: Some(manifest.media_type.clone()),
+        size: Some(manifest.bytes.len() as u64),
+        ..Target::default()
+    }
 }
 
 /// Reads the whole body, refusing more than the manifest size limit. The time it may take and the memory all
