@@ -590,7 +590,7 @@ fn check_unreadable_passed(pruned: i64, corrupt: i64, delivered: std::ops::Range
         .execute("DELETE FROM events WHERE seq <= ?1", [pruned])
         .expect("prune");
     database
-        .execute("UPDATE events SET body = '{' WHERE seq = ?1", [corrupt])
+        .execute("UPDATE events SET rest = '{' WHERE seq = ?1", [corrupt])
         .expect("corrupt an event");
     drop(database);
     let receiver = Receiver::start(0);

@@ -156,7 +156,7 @@ impl std::fmt::Display for EventAction {
 }
 
 /// Who did it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Actor {
     pub kind: ActorKind,
@@ -256,7 +256,7 @@ impl From<&Identity> for Actor {
 }
 
 /// Where the request came from.
-#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Client {
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -423,13 +423,45 @@ fn random_u64() -> u64 {
 }
 
 /// Crockford's base32 of a 128-bit value, 26 characters (the ULID text form).
-fn encode_base32(value: u128) -> String {
-    const ALPHABET: &[u8; 32] = b"0123456789ABCDEFGHJKMNPQRSTVWXYZ";
-    (0..26)
-        .rev()
-        .map(|i| ALPHABET[((value >> (i * 5)) & 31) as usize] as char)
-        .collect()
+pub fn encode_base32(value: u128) -> String {
+    let mut text = [0u8; 26];
+    for (i, c) in text.iter_mut().rev().enumerate() {
+        *c = ULID_ALPHABET[((value >> (i * 5)) & 31) as usize];
+    }
+    // The alphabet is ASCII.
+    String::from_utf8_lossy(&text).into_owned()
 }
+
+/// The 128-bit value of a ULID in its canonical text form (what [`encode_base32`] makes: 26 characters of
+/// Crockford's alphabet in upper case, at most 128 bits); `None` for anything else, so that encoding the value
+/// gives back exactly `text`.
+pub fn decode_base32(text: &str) -> Option<u128> {
+    let bytes = text.as_bytes();
+    if bytes.len() != 26 || bytes[0] > b'7' {
+        return None;
+    }
+    bytes
+        .iter()
+        .try_fold(0u128, |value, &c| match ULID_DIGITS[usize::from(c)] {
+            NOT_A_DIGIT => None,
+            digit => Some((value << 5) | u128::from(digit)),
+        })
+}
+
+const ULID_ALPHABET: &[u8; 32] = b"0123456789ABCDEFGHJKMNPQRSTVWXYZ";
+
+const NOT_A_DIGIT: u8 = u8::MAX;
+
+/// The value of each byte as a digit of [`ULID_ALPHABET`] ([`NOT_A_DIGIT`] for the others).
+const ULID_DIGITS: [u8; 256] = {
+    let mut digits = [NOT_A_DIGIT; 256];
+    let mut i = 0;
+    while i < ULID_ALPHABET.len() {
+        digits[ULID_ALPHABET[i] as usize] = i as u8;
+        i += 1;
+    }
+    digits
+};
 
 #[cfg(test)]
 mod tests {
@@ -448,6 +480,31 @@ mod tests {
         let later = new_id(now + Duration::from_secs(1));
         assert!(earlier < later);
         assert!(later.chars().all(|c| c.is_ascii_alphanumeric()));
+    }
+
+    #[test]
+    fn canonical_ulids_decode_to_the_value_they_encode_and_nothing_else_does() {
+        for value in [0, 1, u128::MAX, 0x0123_4567_89ab_cdef_0123_4567_89ab_cdef] {
+            let text = encode_base32(value);
+            assert_eq!(text.len(), 26);
+            assert_eq!(decode_base32(&text), Some(value), "{text}");
+        }
+        let id = new_id(UNIX_EPOCH + Duration::from_millis(1_764_600_000_000));
+        assert_eq!(decode_base32(&id).map(encode_base32), Some(id.clone()));
+        for other in [
+            "",
+            "client-id-1",
+            &id.to_lowercase(),
+            &id[..25],
+            &format!("{id}0"),
+            // More than 128 bits.
+            "8ZZZZZZZZZZZZZZZZZZZZZZZZZ",
+            // Letters Crockford leaves out.
+            "01ARZ3NDEKTSV4RRFFQ69G5FAI",
+            "01ARZ3NDEKTSV4RRFFQ69G5FAU",
+        ] {
+            assert_eq!(decode_base32(other), None, "{other:?}");
+        }
     }
 
     #[test]

@@ -6,15 +6,16 @@
 //! Must not: be reached other than through [`EventStore`].
 
 use std::collections::HashMap;
+use std::hash::{BuildHasher, Hash, RandomState};
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use rusqlite::{params, params_from_iter, Connection, OpenFlags, OptionalExtension};
 
 mod row;
 
-use super::model::{Event, EventAction};
+use super::model::{Actor, Client, Event, EventAction, Target};
 use super::store::{
     EventQuery, EventStore, Pruned, PullStats, PushRecord, Result, Retention, StoreError,
     StoredEvent,
@@ -24,7 +25,13 @@ use super::store::{
 /// 2: the target's digest and tag in their own columns, for the images report's indexes.
 /// 3: an event's fields in columns of their own, not one JSON document ([`row`]); pull counts per manifest,
 /// actor and minute in a table of their own (`pulls`), in place of an index over every pull event.
-const SCHEMA_VERSION: i64 = 3;
+/// 4: an event's source (actor, client, instance) and target (repository, tag, digest, media type, size) in tables
+/// of their own that its row refers to ([`row`]); ids as 16 bytes; sequence numbers given by the writer.
+const SCHEMA_VERSION: i64 = 4;
+
+/// Sources and targets the writer remembers (each a few hundred bytes); past this many it forgets them all and
+/// looks them up again.
+const REMEMBERED: usize = 8_192;
 
 /// The width of a `pulls` bucket.
 const PULL_BUCKET_MILLIS: i64 = 60_000;
@@ -59,8 +66,105 @@ impl From<rusqlite::Error> for StoreError {
 /// The SQLite store.
 pub struct SqliteStore {
     path: PathBuf,
-    writer: Mutex<Connection>,
+    writer: Mutex<Writer>,
     readers: Mutex<Vec<Connection>>,
+}
+
+/// The writing connection, with what it remembers between batches.
+struct Writer {
+    connection: Connection,
+    /// The last sequence number given (never less than any event's, stored or pruned).
+    last_seq: i64,
+    sources: Sources,
+    targets: Remembered<Target, i64>,
+}
+
+/// A source row as the writer remembers it: what it holds (actor, client, instance), its number and the actor's
+/// subject.
+type Sources = Remembered<(Actor, Option<Client>, String), Source>;
+
+/// A source row's number and its actor's subject.
+type Source = (i64, Arc<str>);
+
+/// What a target row holds: repository, tag, digest, media type and size.
+type TargetView<'a> = (
+    Option<&'a str>,
+    Option<&'a str>,
+    Option<&'a str>,
+    Option<&'a str>,
+    Option<u64>,
+);
+
+impl std::ops::Deref for Writer {
+    type Target = Connection;
+    fn deref(&self) -> &Connection {
+        &self.connection
+    }
+}
+
+impl std::ops::DerefMut for Writer {
+    fn deref_mut(&mut self) -> &mut Connection {
+        &mut self.connection
+    }
+}
+
+/// Rows of `sources` or `targets` the writer has looked up or made, found by a hash of what they hold, so that an
+/// event of a client and image seen before costs no query.
+struct Remembered<K, V> {
+    hasher: RandomState,
+    entries: HashMap<u64, Vec<(K, V)>>,
+    len: usize,
+}
+
+impl<K, V: Clone> Remembered<K, V> {
+    fn new() -> Self {
+        Remembered {
+            hasher: RandomState::new(),
+            entries: HashMap::new(),
+            len: 0,
+        }
+    }
+
+    fn hash(&self, view: &impl Hash) -> u64 {
+        self.hasher.hash_one(view)
+    }
+
+    fn get(&self, hash: u64, matches: impl Fn(&K) -> bool) -> Option<V> {
+        self.entries
+            .get(&hash)?
+            .iter()
+            .find(|(key, _)| matches(key))
+            .map(|(_, value)| value.clone())
+    }
+
+    fn insert(&mut self, hash: u64, key: K, value: V) {
+        if self.len >= REMEMBERED {
+            self.clear();
+        }
+        self.entries.entry(hash).or_default().push((key, value));
+        self.len += 1;
+    }
+
+    fn clear(&mut self) {
+        self.entries.clear();
+        self.len = 0;
+    }
+}
+
+/// What a source is told apart by, borrowed from an event.
+fn source_view(event: &Event) -> (&Actor, Option<&Client>, &str) {
+    (&event.actor, event.client.as_ref(), event.instance.as_str())
+}
+
+/// What a target row holds, borrowed from a target.
+fn target_view(target: &Target) -> TargetView<'_> {
+    (
+        target.repository.as_deref(),
+        target.tag.as_deref(),
+        target.digest.as_deref(),
+        target.media_type.as_deref(),
+        target.size,
+    )
 }
 
 impl std::fmt::Debug for SqliteStore {
@@ -97,27 +201,6 @@ impl SqliteStore {
         writer.pragma_update(None, "synchronous", "FULL")?;
         writer.execute_batch(
             "CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL);
-             CREATE TABLE IF NOT EXISTS events (
-                 seq INTEGER PRIMARY KEY AUTOINCREMENT,
-                 id TEXT NOT NULL,
-                 time_ms INTEGER NOT NULL,
-                 action TEXT NOT NULL,
-                 actor TEXT NOT NULL,
-                 namespace TEXT,
-                 repository TEXT,
-                 body TEXT NOT NULL,
-                 digest TEXT,
-                 tag TEXT,
-                 status INTEGER,
-                 request_id TEXT,
-                 address TEXT,
-                 user_agent TEXT,
-                 media_type TEXT,
-                 size INTEGER,
-                 instance TEXT,
-                 rest TEXT
-             );
-             CREATE INDEX IF NOT EXISTS events_repository ON events (repository, seq);
              CREATE TABLE IF NOT EXISTS cursors (name TEXT PRIMARY KEY, seq INTEGER NOT NULL);",
         )?;
         let version: Option<i64> = writer
@@ -125,30 +208,46 @@ impl SqliteStore {
                 row.get(0)
             })
             .optional()?;
-        match version {
-            None => {
-                writer.execute(
-                    "INSERT INTO meta (key, value) VALUES ('schema', ?1)",
-                    [SCHEMA_VERSION],
-                )?;
-            }
-            Some(v) if v > SCHEMA_VERSION => {
-                return Err(StoreError::Database(format!(
-                    "{}: schema version {v} is newer than this berth's ({SCHEMA_VERSION})",
-                    path.display()
-                )))
-            }
-            Some(v) if v < SCHEMA_VERSION => {
-                writer.execute(
-                    "UPDATE meta SET value = ?1 WHERE key = 'schema'",
-                    [SCHEMA_VERSION],
-                )?;
-            }
-            Some(_) => {}
+        if let Some(v) = version.filter(|&v| v > SCHEMA_VERSION) {
+            return Err(StoreError::Database(format!(
+                "{}: schema version {v} is newer than this berth's ({SCHEMA_VERSION})",
+                path.display()
+            )));
         }
-        add_target_columns(&writer)?;
-        add_event_columns(&writer)?;
-        add_report_tables(&writer)?;
+        let mut writer = Writer {
+            connection: writer,
+            last_seq: 0,
+            sources: Remembered::new(),
+            targets: Remembered::new(),
+        };
+        let has_events: bool = writer.query_row(
+            "SELECT count(*) > 0 FROM sqlite_master WHERE type = 'table' AND name = 'events'",
+            [],
+            |row| row.get(0),
+        )?;
+        let has_sources: bool = writer.query_row(
+            "SELECT count(*) > 0 FROM sqlite_master WHERE type = 'table' AND name = 'sources'",
+            [],
+            |row| row.get(0),
+        )?;
+        match (has_events, has_sources) {
+            (false, _) => {
+                writer.execute_batch(&format!("BEGIN; {} {REPORT_TABLES} COMMIT;", row::CREATE))?
+            }
+            (true, false) => {
+                add_target_columns(&writer)?;
+                add_event_columns(&writer)?;
+                add_report_tables(&writer)?;
+                migrate_to_v4(&mut writer)?;
+            }
+            (true, true) => {}
+        }
+        writer.execute(
+            "INSERT INTO meta (key, value) VALUES ('schema', ?1)
+             ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+            [SCHEMA_VERSION],
+        )?;
+        writer.last_seq = high_water(&writer)?;
         Ok(SqliteStore {
             path: path.to_owned(),
             writer: Mutex::new(writer),
@@ -156,7 +255,7 @@ impl SqliteStore {
         })
     }
 
-    fn writer(&self) -> std::sync::MutexGuard<'_, Connection> {
+    fn writer(&self) -> std::sync::MutexGuard<'_, Writer> {
         self.writer
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
@@ -285,30 +384,12 @@ fn add_report_tables(writer: &Connection) -> Result<()> {
     }
     writer.execute_batch(&format!(
         "BEGIN;
-         CREATE TABLE pulls (
-             repository TEXT NOT NULL,
-             digest TEXT NOT NULL,
-             actor TEXT NOT NULL,
-             minute INTEGER NOT NULL,
-             count INTEGER NOT NULL,
-             last_ms INTEGER NOT NULL,
-             PRIMARY KEY (repository, digest, actor, minute)
-         ) WITHOUT ROWID;
-         CREATE INDEX pulls_minute ON pulls (minute);
+         {REPORT_TABLES}
          INSERT INTO pulls (repository, digest, actor, minute, count, last_ms)
              SELECT repository, digest, actor, time_ms / {PULL_BUCKET_MILLIS}, count(*), max(time_ms)
              FROM events
              WHERE action = 'pull' AND repository IS NOT NULL AND digest IS NOT NULL
              GROUP BY 1, 2, 3, 4;
-         CREATE TABLE tags (
-             repository TEXT NOT NULL,
-             tag TEXT NOT NULL,
-             digest TEXT NOT NULL,
-             time_ms INTEGER NOT NULL,
-             actor TEXT NOT NULL,
-             seq INTEGER NOT NULL,
-             PRIMARY KEY (repository, tag, digest)
-         ) WITHOUT ROWID;
          INSERT INTO tags (repository, tag, digest, time_ms, actor, seq)
              SELECT repository, tag, digest, time_ms, actor, max(seq)
              FROM events
@@ -322,29 +403,315 @@ fn add_report_tables(writer: &Connection) -> Result<()> {
     Ok(())
 }
 
-/// The pull events of a batch as `pulls` rows: (repository, digest, actor, minute) → (count, last time).
-fn pull_counts(events: &[Event]) -> HashMap<(&str, &str, String, i64), (i64, i64)> {
-    let mut counts: HashMap<(&str, &str, String, i64), (i64, i64)> = HashMap::new();
-    for event in events {
-        if event.action != EventAction::Pull {
+/// The images report's tables (see [`add_report_tables`]).
+const REPORT_TABLES: &str = "
+    CREATE TABLE pulls (
+        repository TEXT NOT NULL,
+        digest TEXT NOT NULL,
+        actor TEXT NOT NULL,
+        minute INTEGER NOT NULL,
+        count INTEGER NOT NULL,
+        last_ms INTEGER NOT NULL,
+        PRIMARY KEY (repository, digest, actor, minute)
+    ) WITHOUT ROWID;
+    CREATE INDEX pulls_minute ON pulls (minute);
+    CREATE TABLE tags (
+        repository TEXT NOT NULL,
+        tag TEXT NOT NULL,
+        digest TEXT NOT NULL,
+        time_ms INTEGER NOT NULL,
+        actor TEXT NOT NULL,
+        seq INTEGER NOT NULL,
+        PRIMARY KEY (repository, tag, digest)
+    ) WITHOUT ROWID;";
+
+/// Schema 4: every event of the schema-3 table (and the older rows in it, read from their JSON) copied into the
+/// tables of [`row`], keeping its sequence number, in one transaction (a crash in between leaves the store as it
+/// was, and the next start copies again). The report tables were filled before and are left as they are. A row
+/// that cannot be read is left out and logged: it could not be read before either.
+fn migrate_to_v4(writer: &mut Writer) -> Result<()> {
+    let has_sequence: bool = writer.query_row(
+        "SELECT count(*) > 0 FROM sqlite_master WHERE type = 'table' AND name = 'sqlite_sequence'",
+        [],
+        |row| row.get(0),
+    )?;
+    let given: i64 = if has_sequence {
+        writer
+            .query_row(
+                "SELECT seq FROM sqlite_sequence WHERE name = 'events'",
+                [],
+                |row| row.get(0),
+            )
+            .optional()?
+            .unwrap_or(0)
+    } else {
+        0
+    };
+    let Writer {
+        connection,
+        sources,
+        targets,
+        ..
+    } = writer;
+    let transaction = connection.transaction()?;
+    transaction.execute_batch(&format!(
+        "ALTER TABLE events RENAME TO events_v3; DROP INDEX IF EXISTS events_repository; {}",
+        row::CREATE
+    ))?;
+    let (mut copied, mut unreadable, mut last) = (0u64, 0u64, given);
+    {
+        let mut select = transaction.prepare(&format!(
+            "SELECT {} FROM events_v3 ORDER BY seq",
+            row::COLUMNS_V3
+        ))?;
+        let mut rows = select.query([])?;
+        let mut batch: Vec<(i64, Event)> = Vec::new();
+        loop {
+            let next = rows.next()?;
+            if let Some(found) = next {
+                match row::read_v3(found) {
+                    Ok(stored) => {
+                        let seq = i64::try_from(stored.seq).unwrap_or(i64::MAX);
+                        last = last.max(seq);
+                        batch.push((seq, stored.event));
+                    }
+                    Err(e) => {
+                        unreadable += 1;
+                        log::warn!("event log: not copying an unreadable event to schema 4: {e}");
+                    }
+                }
+            }
+            if batch.len() >= 1_000 || (next.is_none() && !batch.is_empty()) {
+                let numbered: Vec<(i64, &Event)> =
+                    batch.iter().map(|(seq, event)| (*seq, event)).collect();
+                write_batch(&transaction, sources, targets, &numbered, false)?;
+                copied += batch.len() as u64;
+                batch.clear();
+            }
+            if next.is_none() {
+                break;
+            }
+        }
+    }
+    transaction.execute_batch("DROP TABLE events_v3;")?;
+    transaction.execute(
+        "INSERT INTO meta (key, value) VALUES ('last_seq', ?1)
+         ON CONFLICT (key) DO UPDATE SET value = max(value, excluded.value)",
+        [last],
+    )?;
+    transaction.commit()?;
+    log::info!(
+        "event log: {copied} events copied to schema 4{}",
+        if unreadable > 0 {
+            format!(", {unreadable} unreadable left out")
+        } else {
+            String::new()
+        }
+    );
+    Ok(())
+}
+
+/// The last sequence number given: the highest of the events' and the one kept in `meta` (which outlives the
+/// events when all of them are pruned).
+fn high_water(connection: &Connection) -> Result<i64> {
+    Ok(connection.query_row(
+        "SELECT max(coalesce((SELECT value FROM meta WHERE key = 'last_seq'), 0),
+                    coalesce((SELECT max(seq) FROM events), 0))",
+        [],
+        |row| row.get(0),
+    )?)
+}
+
+/// The pulls of one target by one source in one minute: how many, the last one's time, and the repository,
+/// digest and actor of the `pulls` row.
+type PullCount<'a> = (i64, i64, &'a str, &'a str, Arc<str>);
+
+/// A batch's pulls by target, source and minute.
+type PullCounts<'a> = HashMap<(i64, i64, i64), PullCount<'a>>;
+
+fn add_pulls<'a>(
+    pulls: &mut PullCounts<'a>,
+    key: (i64, i64, i64),
+    n: i64,
+    last: i64,
+    repository: &'a str,
+    digest: &'a str,
+    actor: Arc<str>,
+) {
+    let entry = pulls
+        .entry(key)
+        .or_insert((0, last, repository, digest, actor));
+    entry.0 += n;
+    entry.1 = entry.1.max(last);
+}
+
+/// Writes `events` (each with its sequence number) in `transaction`: each event's row, the source and target
+/// rows it refers to (looked up, or made, once per distinct source and target), their last use; with `reports`,
+/// also the images report's tables (`tags` for pushes to a tag, `pulls` counted per manifest, actor and minute).
+fn write_batch<'a>(
+    transaction: &rusqlite::Transaction<'_>,
+    sources: &mut Sources,
+    targets: &mut Remembered<Target, i64>,
+    events: &[(i64, &'a Event)],
+    reports: bool,
+) -> Result<()> {
+    let mut insert = transaction.prepare_cached(row::INSERT)?;
+    let mut tag = transaction.prepare_cached(
+        "INSERT INTO tags (repository, tag, digest, time_ms, actor, seq)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6)
+         ON CONFLICT (repository, tag, digest) DO UPDATE SET
+             time_ms = excluded.time_ms, actor = excluded.actor, seq = excluded.seq",
+    )?;
+    // Per source and target used: the last event that refers to it.
+    let mut used_sources: HashMap<i64, i64> = HashMap::new();
+    let mut used_targets: HashMap<i64, i64> = HashMap::new();
+    // Pulls per target, source and minute: (count, last time), with the names the `pulls` row needs.
+    let mut pulls: PullCounts<'a> = HashMap::new();
+    // The pulls of one run of events with the same key, added to `pulls` when the key changes.
+    let mut counting: Option<((i64, i64, i64), PullCount<'a>)> = None;
+    // The source and target of the event before: most events of a batch share them with it.
+    let mut previous: Option<(i64, &Event, Source, Option<i64>)> = None;
+    for &(seq, event) in events {
+        let view = source_view(event);
+        let same_source = previous
+            .as_ref()
+            .filter(|(_, before, _, _)| source_view(before) == view)
+            .map(|(_, _, found, _)| found.clone());
+        let same_target = previous
+            .as_ref()
+            .filter(|(_, before, _, _)| target_view(&before.target) == target_view(&event.target))
+            .map(|(_, _, _, found)| *found);
+        let (source, subject) = match same_source {
+            Some(found) => found,
+            None => match sources.get(sources.hash(&view), |(actor, client, instance)| {
+                (actor, client.as_ref(), instance.as_str()) == view
+            }) {
+                Some(found) => found,
+                None => {
+                    let hash = sources.hash(&view);
+                    let (made, subject) = row::find_or_insert_source(
+                        transaction,
+                        &event.actor,
+                        event.client.as_ref(),
+                        &event.instance,
+                        seq,
+                    )?;
+                    let found = (made, Arc::<str>::from(subject));
+                    sources.insert(
+                        hash,
+                        (
+                            event.actor.clone(),
+                            event.client.clone(),
+                            event.instance.clone(),
+                        ),
+                        found.clone(),
+                    );
+                    found
+                }
+            },
+        };
+        let view = target_view(&event.target);
+        let target = if let Some(found) = same_target {
+            found
+        } else if view == (None, None, None, None, None) {
+            None
+        } else {
+            let hash = targets.hash(&view);
+            match targets.get(hash, |known| target_view(known) == view) {
+                Some(found) => Some(found),
+                None => {
+                    let made = row::find_or_insert_target(transaction, &event.target, seq)?;
+                    let known = Target {
+                        repository: event.target.repository.clone(),
+                        tag: event.target.tag.clone(),
+                        digest: event.target.digest.clone(),
+                        media_type: event.target.media_type.clone(),
+                        size: event.target.size,
+                        ..Target::default()
+                    };
+                    targets.insert(hash, known, made);
+                    Some(made)
+                }
+            }
+        };
+        row::insert(&mut insert, seq, event, row::Refs { source, target })?;
+        // A source's or target's last use is noted when the next event has another one, and after the loop.
+        if let Some((before_seq, _, (before_source, _), before_target)) = &previous {
+            if *before_source != source {
+                used_sources.insert(*before_source, *before_seq);
+            }
+            if let Some(before_target) = before_target.filter(|_| *before_target != target) {
+                used_targets.insert(before_target, *before_seq);
+            }
+        }
+        previous = Some((seq, event, (source, subject.clone()), target));
+        if !reports {
             continue;
         }
-        let (Some(repository), Some(digest)) = (&event.target.repository, &event.target.digest)
-        else {
-            continue;
-        };
-        let at = event.unix_millis();
-        let key = (
-            repository.as_str(),
-            digest.as_str(),
-            event.actor.subject(),
-            at.div_euclid(PULL_BUCKET_MILLIS),
+        let names = (
+            event.target.repository.as_deref(),
+            event.target.tag.as_deref(),
+            event.target.digest.as_deref(),
         );
-        let entry = counts.entry(key).or_insert((0, at));
-        entry.0 += 1;
-        entry.1 = entry.1.max(at);
+        match (event.action, target, names) {
+            (EventAction::Push, _, (Some(repository), Some(name), Some(digest))) => {
+                tag.execute(params![
+                    repository,
+                    name,
+                    digest,
+                    event.unix_millis(),
+                    &*subject,
+                    seq,
+                ])?;
+            }
+            (EventAction::Pull, Some(target), (Some(repository), _, Some(digest))) => {
+                let at = event.unix_millis();
+                let key = (target, source, at.div_euclid(PULL_BUCKET_MILLIS));
+                match &mut counting {
+                    Some((counted, (n, last, ..))) if *counted == key => {
+                        *n += 1;
+                        *last = (*last).max(at);
+                    }
+                    _ => {
+                        if let Some((key, (n, last, repository, digest, actor))) = counting.take() {
+                            add_pulls(&mut pulls, key, n, last, repository, digest, actor);
+                        }
+                        counting = Some((key, (1, at, repository, digest, subject.clone())));
+                    }
+                }
+            }
+            _ => {}
+        }
     }
-    counts
+    if let Some((key, (n, last, repository, digest, actor))) = counting.take() {
+        add_pulls(&mut pulls, key, n, last, repository, digest, actor);
+    }
+    if let Some((seq, _, (source, _), target)) = previous {
+        used_sources.insert(source, seq);
+        if let Some(target) = target {
+            used_targets.insert(target, seq);
+        }
+    }
+    let mut count = transaction.prepare_cached(
+        "INSERT INTO pulls (repository, digest, actor, minute, count, last_ms)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6)
+         ON CONFLICT (repository, digest, actor, minute)
+         DO UPDATE SET count = count + excluded.count, last_ms = max(last_ms, excluded.last_ms)",
+    )?;
+    for ((_, _, minute), (n, at, repository, digest, actor)) in pulls {
+        count.execute(params![repository, digest, &*actor, minute, n, at])?;
+    }
+    let mut source_used = transaction
+        .prepare_cached("UPDATE sources SET last_seq = max(last_seq, ?2) WHERE ref = ?1")?;
+    for (source, seq) in used_sources {
+        source_used.execute([source, seq])?;
+    }
+    let mut target_used = transaction
+        .prepare_cached("UPDATE targets SET last_seq = max(last_seq, ?2) WHERE ref = ?1")?;
+    for (target, seq) in used_targets {
+        target_used.execute([target, seq])?;
+    }
+    Ok(())
 }
 
 fn millis(time: SystemTime) -> i64 {
@@ -355,54 +722,51 @@ fn millis(time: SystemTime) -> i64 {
 impl EventStore for SqliteStore {
     fn append(&self, events: &[Event]) -> Result<u64> {
         let mut writer = self.writer();
-        let transaction = writer.transaction()?;
-        let last = {
-            let mut insert = transaction.prepare_cached(row::INSERT)?;
-            let mut tag = transaction.prepare_cached(
-                "INSERT INTO tags (repository, tag, digest, time_ms, actor, seq)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)
-                 ON CONFLICT (repository, tag, digest) DO UPDATE SET
-                     time_ms = excluded.time_ms, actor = excluded.actor, seq = excluded.seq",
+        let Writer {
+            connection,
+            last_seq,
+            sources,
+            targets,
+        } = &mut *writer;
+        let first = *last_seq;
+        let written = (|| -> Result<i64> {
+            let transaction = connection.transaction()?;
+            let mut last = first;
+            let batch: Vec<(i64, &Event)> = events
+                .iter()
+                .map(|event| {
+                    last = last.saturating_add(1);
+                    (last, event)
+                })
+                .collect();
+            write_batch(&transaction, sources, targets, &batch, true)?;
+            transaction.execute(
+                "INSERT INTO meta (key, value) VALUES ('last_seq', ?1)
+                 ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+                [last],
             )?;
-            for event in events {
-                row::insert(&mut insert, event)?;
-                if let (EventAction::Push, Some(repository), Some(name), Some(digest)) = (
-                    event.action,
-                    &event.target.repository,
-                    &event.target.tag,
-                    &event.target.digest,
-                ) {
-                    tag.execute(params![
-                        repository,
-                        name,
-                        digest,
-                        event.unix_millis(),
-                        event.actor.subject(),
-                        transaction.last_insert_rowid(),
-                    ])?;
-                }
+            transaction.commit()?;
+            Ok(last)
+        })();
+        match written {
+            Ok(last) => {
+                *last_seq = last;
+                Ok(u64::try_from(last).unwrap_or(0))
             }
-            let last = transaction.last_insert_rowid();
-            let mut count = transaction.prepare_cached(
-                "INSERT INTO pulls (repository, digest, actor, minute, count, last_ms)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)
-                 ON CONFLICT (repository, digest, actor, minute)
-                 DO UPDATE SET count = count + excluded.count, last_ms = max(last_ms, excluded.last_ms)",
-            )?;
-            for ((repository, digest, actor, minute), (n, at)) in pull_counts(events) {
-                count.execute(params![repository, digest, actor, minute, n, at])?;
+            Err(e) => {
+                // Rows it made were rolled back with the batch.
+                sources.clear();
+                targets.clear();
+                Err(e)
             }
-            last
-        };
-        transaction.commit()?;
-        Ok(u64::try_from(last).unwrap_or(0))
+        }
     }
 
     fn query(&self, query: &EventQuery) -> Result<Vec<StoredEvent>> {
-        let mut sql = format!("SELECT {} FROM events WHERE 1=1", row::COLUMNS);
+        let mut sql = format!("{} WHERE 1=1", row::SELECT);
         let mut values: Vec<rusqlite::types::Value> = Vec::new();
         if !query.actions.is_empty() {
-            sql.push_str(" AND action IN (");
+            sql.push_str(" AND e.action IN (");
             for (i, action) in query.actions.iter().enumerate() {
                 sql.push_str(if i == 0 { "?" } else { ", ?" });
                 values.push(action.as_str().to_owned().into());
@@ -411,54 +775,63 @@ impl EventStore for SqliteStore {
         }
         if let Some(prefix) = &query.repository_prefix {
             // A range on the index rather than LIKE, whose wildcards a repository name would have to escape.
-            sql.push_str(" AND repository >= ? AND repository < ?");
+            sql.push_str(
+                " AND e.target IN (SELECT ref FROM targets WHERE repository >= ? AND repository < ?)",
+            );
             values.push(prefix.clone().into());
             values.push(format!("{prefix}\u{10FFFF}").into());
         }
         if let Some(actor) = &query.actor {
             match actor.strip_suffix('*') {
                 Some(prefix) => {
-                    sql.push_str(" AND substr(actor, 1, ?) = ?");
+                    sql.push_str(
+                        " AND e.source IN (SELECT ref FROM sources WHERE substr(actor, 1, ?) = ?)",
+                    );
                     values.push(i64::try_from(prefix.chars().count()).unwrap_or(0).into());
                     values.push(prefix.to_owned().into());
                 }
                 None => {
-                    sql.push_str(" AND actor = ?");
+                    sql.push_str(" AND e.source IN (SELECT ref FROM sources WHERE actor = ?)");
                     values.push(actor.clone().into());
                 }
             }
         }
         if let Some(namespace) = &query.namespace {
-            sql.push_str(" AND namespace = ?");
+            // An admission's namespace, else the actor's (what `Event::namespace` says).
+            sql.push_str(
+                " AND (e.namespace = ? OR (e.namespace IS NULL
+                       AND e.source IN (SELECT ref FROM sources WHERE namespace = ?)))",
+            );
+            values.push(namespace.clone().into());
             values.push(namespace.clone().into());
         }
         // A time is a range of sequence numbers (no index on time: see `add_report_tables`); the times themselves are
         // compared too, so that only the scan's length depends on events being committed in time order.
         if let Some(since) = query.since_millis {
-            sql.push_str(" AND time_ms >= ?");
+            sql.push_str(" AND e.time_ms >= ?");
             values.push(since.into());
             if let Some(first) = self.read(|connection| first_seq_at(connection, since))? {
-                sql.push_str(" AND seq >= ?");
+                sql.push_str(" AND e.seq >= ?");
                 values.push(first.into());
             }
         }
         if let Some(until) = query.until_millis {
-            sql.push_str(" AND time_ms < ?");
+            sql.push_str(" AND e.time_ms < ?");
             values.push(until.into());
             if let Some(first) = self.read(|connection| first_seq_at(connection, until))? {
-                sql.push_str(" AND seq < ?");
+                sql.push_str(" AND e.seq < ?");
                 values.push(first.into());
             }
         }
         if let Some(after) = query.after_seq {
-            sql.push_str(" AND seq > ?");
+            sql.push_str(" AND e.seq > ?");
             values.push(i64::try_from(after).unwrap_or(i64::MAX).into());
         }
         if let Some(before) = query.before_seq {
-            sql.push_str(" AND seq < ?");
+            sql.push_str(" AND e.seq < ?");
             values.push(i64::try_from(before).unwrap_or(i64::MAX).into());
         }
-        sql.push_str(" ORDER BY seq LIMIT ?");
+        sql.push_str(" ORDER BY e.seq LIMIT ?");
         values.push(i64::try_from(query.limit).unwrap_or(i64::MAX).into());
         self.read(|connection| {
             let mut statement = connection.prepare_cached(&sql)?;
@@ -472,11 +845,7 @@ impl EventStore for SqliteStore {
     }
 
     fn last_seq(&self) -> Result<u64> {
-        self.read(|connection| {
-            let seq: Option<i64> =
-                connection.query_row("SELECT max(seq) FROM events", [], |row| row.get(0))?;
-            Ok(seq.and_then(|s| u64::try_from(s).ok()).unwrap_or(0))
-        })
+        self.read(|connection| Ok(u64::try_from(high_water(connection)?).unwrap_or(0)))
     }
 
     fn prune(&self, retention: &Retention, now: SystemTime) -> Result<Pruned> {
@@ -538,7 +907,19 @@ impl EventStore for SqliteStore {
             pruned.by_size += deleted as u64;
         }
         if pruned.by_age + pruned.by_size > 0 {
-            let writer = self.writer();
+            let mut writer = self.writer();
+            // The sources and targets no event refers to any more (each keeps the last event that did).
+            let oldest: i64 = writer.query_row(
+                "SELECT coalesce(min(seq), 9223372036854775807) FROM events",
+                [],
+                |row| row.get(0),
+            )?;
+            let sources = writer.execute("DELETE FROM sources WHERE last_seq < ?1", [oldest])?;
+            let targets = writer.execute("DELETE FROM targets WHERE last_seq < ?1", [oldest])?;
+            if sources + targets > 0 {
+                writer.sources.clear();
+                writer.targets.clear();
+            }
             writer.execute_batch("PRAGMA incremental_vacuum; PRAGMA wal_checkpoint(TRUNCATE);")?;
         }
         Ok(pruned)
@@ -957,15 +1338,18 @@ mod tests {
         let store = SqliteStore::open(&SqliteStore::path_in(dir.path())).expect("open");
         let stored = [pulled, refused, moved, admitted, fetched];
         store.append(&stored).expect("append");
-        // A row stored before schema 3: its whole event as JSON in `body`.
-        let old = at(6);
+        // A request id that looks like a number stays text, and a client's id that is a ULID is kept as given.
+        let numbered = Event {
+            request_id: Some("12345".into()),
+            ..at(6)
+        };
+        let given = Event {
+            request_id: Some(crate::events::model::new_id(UNIX_EPOCH)),
+            ..at(7)
+        };
         store
-            .writer()
-            .execute(
-                "INSERT INTO events (id, time_ms, action, actor, body) VALUES (?1, 6, 'pull', 'anonymous', ?2)",
-                params![old.id, serde_json::to_string(&old).expect("json")],
-            )
-            .expect("old row");
+            .append(&[numbered.clone(), given.clone()])
+            .expect("append");
         let read: Vec<Event> = store
             .query(&EventQuery {
                 limit: 100,
@@ -976,9 +1360,22 @@ mod tests {
             .map(|stored| stored.event)
             .collect();
         let mut expected = stored.to_vec();
-        expected.push(old);
+        expected.extend([numbered, given]);
         assert_eq!(read, expected);
-        // A pull by a client with a plain actor is stored without any JSON.
+        // The namespace is an admission's, else the actor's.
+        let in_namespace: Vec<EventAction> = store
+            .query(&EventQuery {
+                namespace: Some("team-a".into()),
+                limit: 100,
+                ..Default::default()
+            })
+            .expect("query")
+            .into_iter()
+            .map(|stored| stored.event.action)
+            .collect();
+        assert_eq!(in_namespace, [EventAction::TagMoved, EventAction::Mutated]);
+        // Only what few events have is JSON: a node proxy's pull has none (its actor is its source's), and nor
+        // has the cache's fetch.
         let rests: Vec<Option<String>> = store
             .read(|connection| {
                 let mut statement = connection.prepare("SELECT rest FROM events ORDER BY seq")?;
@@ -986,8 +1383,199 @@ mod tests {
                 Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
             })
             .expect("rests");
-        assert_eq!(rests[4], None, "{rests:?}");
-        assert!(rests[..4].iter().all(Option::is_some), "{rests:?}");
+        let with_json: Vec<bool> = rests.iter().map(Option::is_some).collect();
+        assert_eq!(
+            with_json,
+            [false, true, true, true, false, false, false],
+            "{rests:?}"
+        );
+        // Ids are kept as 16 bytes, and so are request ids that are ULIDs; others as text.
+        let kinds: Vec<(String, String)> = store
+            .read(|connection| {
+                let mut statement = connection
+                    .prepare("SELECT typeof(id), typeof(request_id) FROM events ORDER BY seq")?;
+                let rows = statement.query_map([], |row| Ok((row.get(0)?, row.get(1)?)))?;
+                Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
+            })
+            .expect("types");
+        assert!(kinds.iter().all(|(id, _)| id == "blob"), "{kinds:?}");
+        assert_eq!(
+            kinds.iter().map(|(_, r)| r.as_str()).collect::<Vec<_>>(),
+            ["text", "null", "null", "null", "null", "text", "blob"]
+        );
+    }
+
+    /// A store of schema 3 as berth made it: its tables and rows (written here as that berth wrote them).
+    fn schema_3_store(path: &Path) -> Connection {
+        std::fs::create_dir_all(path.parent().expect("dir")).expect("mkdir");
+        let old = Connection::open(path).expect("open");
+        old.execute_batch(&format!(
+            "PRAGMA journal_mode=WAL;
+             CREATE TABLE meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL);
+             INSERT INTO meta VALUES ('schema', 3);
+             CREATE TABLE events (
+                 seq INTEGER PRIMARY KEY AUTOINCREMENT, id TEXT NOT NULL, time_ms INTEGER NOT NULL,
+                 action TEXT NOT NULL, actor TEXT NOT NULL, namespace TEXT, repository TEXT,
+                 body TEXT NOT NULL, digest TEXT, tag TEXT, status INTEGER, request_id TEXT,
+                 address TEXT, user_agent TEXT, media_type TEXT, size INTEGER, instance TEXT, rest TEXT);
+             CREATE INDEX events_repository ON events (repository, seq);
+             CREATE TABLE cursors (name TEXT PRIMARY KEY, seq INTEGER NOT NULL);
+             {REPORT_TABLES}"
+        ))
+        .expect("schema 3");
+        old
+    }
+
+    #[test]
+    fn a_schema_3_store_is_copied_to_schema_4_with_its_sequence_numbers() {
+        use crate::events::model::{ActorKind, Client};
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = SqliteStore::path_in(dir.path());
+        let old = schema_3_store(&path);
+        // From before schema 3: the whole event as JSON.
+        let mut from_json = event(EventAction::Push, "team-a/app", 1_000);
+        from_json.target.tag = Some("v1".into());
+        from_json.target.digest = Some("sha256:aa".into());
+        old.execute(
+            "INSERT INTO events (seq, id, time_ms, action, actor, repository, digest, tag, body)
+             VALUES (5, ?1, 1000, 'push', 'anonymous', 'team-a/app', 'sha256:aa', 'v1', ?2)",
+            params![
+                from_json.id,
+                serde_json::to_string(&from_json).expect("json")
+            ],
+        )
+        .expect("json row");
+        // Schema 3's columns: a node proxy's pull (its actor in `rest`).
+        let node_proxy = Actor {
+            kind: ActorKind::NodeProxy,
+            name: Some("berth-node-proxy".into()),
+            namespace: Some("berth-system".into()),
+            node: Some("node-1".into()),
+        };
+        let mut pulled = event(EventAction::Pull, "team-a/app", 2_000);
+        pulled.actor = node_proxy.clone();
+        pulled.client = Some(Client {
+            address: Some("10.0.0.7".into()),
+            user_agent: Some("containerd/2.0".into()),
+        });
+        pulled.target.digest = Some("sha256:aa".into());
+        pulled.target.size = Some(42);
+        pulled.request_id = Some("client-id".into());
+        old.execute(
+            "INSERT INTO events (seq, id, time_ms, action, actor, repository, body, digest, status,
+                                 request_id, address, user_agent, size, instance, rest)
+             VALUES (9, ?1, 2000, 'pull', 'node-proxy:node-1', 'team-a/app', '', 'sha256:aa', 200,
+                     'client-id', '10.0.0.7', 'containerd/2.0', 42, 'test', ?2)",
+            params![
+                pulled.id,
+                serde_json::json!({"actor": node_proxy}).to_string()
+            ],
+        )
+        .expect("column row");
+        // An unreadable row is left out; the newest event (12) was pruned.
+        old.execute(
+            "INSERT INTO events (seq, id, time_ms, action, actor, body) VALUES (11, 'x', 3000, 'gone', 'anonymous', '')",
+            [],
+        )
+        .expect("unreadable row");
+        old.execute_batch(
+            "INSERT INTO events (seq, id, time_ms, action, actor, body) VALUES (12, 'y', 4000, 'pull', 'anonymous', '');
+             DELETE FROM events WHERE seq = 12;
+             INSERT INTO pulls VALUES ('team-a/app', 'sha256:aa', 'node-proxy:node-1', 0, 1, 2000);",
+        )
+        .expect("pruned row");
+        drop(old);
+
+        let store = SqliteStore::open(&path).expect("migrated");
+        let read: Vec<(u64, Event)> = store
+            .query(&EventQuery {
+                limit: 100,
+                ..Default::default()
+            })
+            .expect("query")
+            .into_iter()
+            .map(|stored| (stored.seq, stored.event))
+            .collect();
+        assert_eq!(read, [(5, from_json), (9, pulled)]);
+        assert_eq!(store.last_seq().expect("last"), 12);
+        let mut later = event(EventAction::Pull, "team-a/app", 5_000);
+        later.target.digest = Some("sha256:aa".into());
+        let next = store.append(&[later]).expect("append");
+        assert_eq!(next, 13, "sequence numbers go on from the old store's");
+        // The report tables were not counted again.
+        let stats = store
+            .pull_stats(&["team-a/app".to_owned()], 0, 0)
+            .expect("stats");
+        assert_eq!(stats.iter().map(|s| s.total).sum::<u64>(), 2);
+        let version: i64 = store
+            .writer()
+            .query_row("SELECT value FROM meta WHERE key = 'schema'", [], |row| {
+                row.get(0)
+            })
+            .expect("version");
+        assert_eq!(version, SCHEMA_VERSION);
+        let tables: i64 = store
+            .writer()
+            .query_row(
+                "SELECT count(*) FROM sqlite_master WHERE name IN ('events_v3', 'events_repository')",
+                [],
+                |row| row.get(0),
+            )
+            .expect("tables");
+        assert_eq!(tables, 0);
+        // A second start finds schema 4 and copies nothing.
+        drop(store);
+        let store = SqliteStore::open(&path).expect("reopened");
+        assert_eq!(store.last_seq().expect("last"), 13);
+    }
+
+    #[test]
+    fn sources_and_targets_no_event_refers_to_are_pruned_and_made_again() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = SqliteStore::open(&SqliteStore::path_in(dir.path())).expect("open");
+        let day = 86_400_000;
+        let mut old = event(EventAction::Pull, "team-a/old", 0);
+        old.actor = Actor {
+            name: Some("alice".into()),
+            ..Actor::of_kind(crate::events::model::ActorKind::User)
+        };
+        let young = event(EventAction::Pull, "team-a/young", 9 * day);
+        store
+            .append(&[old.clone(), young.clone(), young.clone()])
+            .expect("append");
+        let count = |table: &str| -> i64 {
+            store
+                .writer()
+                .query_row(&format!("SELECT count(*) FROM {table}"), [], |row| {
+                    row.get(0)
+                })
+                .expect("count")
+        };
+        assert_eq!((count("sources"), count("targets")), (2, 2));
+        let pruned = store
+            .prune(
+                &Retention {
+                    max_age: Duration::from_millis(5 * day),
+                    max_bytes: u64::MAX,
+                },
+                UNIX_EPOCH + Duration::from_millis(10 * day),
+            )
+            .expect("prune");
+        assert_eq!(pruned.by_age, 1);
+        assert_eq!((count("sources"), count("targets")), (1, 1));
+        // The pruned source and target are made again when an event needs them.
+        store.append(&[old.clone()]).expect("append");
+        assert_eq!((count("sources"), count("targets")), (2, 2));
+        let read: Vec<Event> = store
+            .query(&EventQuery {
+                limit: 10,
+                ..Default::default()
+            })
+            .expect("query")
+            .into_iter()
+            .map(|stored| stored.event)
+            .collect();
+        assert_eq!(read, [young.clone(), young, old]);
     }
 
     #[test]

@@ -1051,7 +1051,7 @@ async fn an_unreadable_stored_event_is_passed_over_and_the_others_listed() {
     ))
     .expect("open the event store");
     database
-        .execute("UPDATE events SET body = '{' WHERE seq IN (2, 4)", [])
+        .execute("UPDATE events SET rest = '{' WHERE seq IN (2, 4)", [])
         .expect("corrupt events 2 and 4");
     drop(database);
     let listed = all(&fixture.berth, "/berth/v1/events?limit=2").await;

@@ -1,33 +1,88 @@
-//! One event as one row (schema 3): every field of an event that most events have in a column of its own, and
-//! what is left (an admission's details, an error's code and message, the extra names of a target, an actor the
-//! `actor` column cannot say in full) as a small JSON document in `rest`, absent when nothing is left. A pull is
-//! stored without any JSON: under the manifest-GET benchmark, encoding every event as one JSON document and
-//! writing it twice its size cost the writer most of its time. Rows from before schema 3 keep their whole event
-//! as JSON in `body`; a row of schema 3 has an empty `body`, so both read back the same.
+//! One event as one row (schema 4). An event is mostly what the events before it were too: who asked, from where
+//! and through which berth (a **source**: actor, client address, user agent, instance) and what about (a
+//! **target**: repository, tag, digest, media type, size). Those are rows of their own in `sources` and
+//! `targets`, and an event row refers to them by number; the rest of an event is a handful of numbers, its id
+//! and request id as 16 bytes when they are ULIDs (text otherwise), and what few events have (an admission's
+//! details, an error's code and message, the extra names of a target) as a small JSON document in `rest`,
+//! absent when nothing is left. A pull's row is about 80 bytes and has no JSON: under the manifest-GET benchmark
+//! the writer's time goes by the bytes and the values it binds (schema 3, with every field in a column of its
+//! own, took twice as long per event).
 //!
 //! Must not: lose or change a field on the way through; [`insert`] then [`read`] gives back the event as given
 //! (its time to the millisecond, which is what [`Event::new`] makes).
 
 use std::borrow::Cow;
 
-use rusqlite::{params, Row, Statement};
+use rusqlite::types::{ToSqlOutput, Value, ValueRef};
+use rusqlite::{params, Connection, OptionalExtension, Row, Statement, ToSql};
 use serde::{Deserialize, Serialize};
 
-use super::super::model::{Actor, ActorKind, Admission, Client, Event, EventAction, Outcome};
+use super::super::model::{
+    decode_base32, encode_base32, Actor, ActorKind, Admission, Client, Event, EventAction, Outcome,
+    Target,
+};
 use super::super::store::{Result, StoreError, StoredEvent};
 
-/// The columns [`read`] reads, in its order.
-pub(super) const COLUMNS: &str =
-    "seq, body, id, time_ms, action, actor, repository, digest, tag, status, \
-     request_id, address, user_agent, media_type, size, instance, rest";
+/// The tables of schema 4 (the report tables `pulls` and `tags` are the same as in schema 3). A source or target
+/// row keeps the last sequence number that refers to it, so that pruning can drop those no event refers to any
+/// more. `seq` is given by the writer, not by SQLite, so that it never goes back even when every event is pruned.
+pub(super) const CREATE: &str = "
+    CREATE TABLE events (
+        seq INTEGER PRIMARY KEY,
+        id BLOB NOT NULL,
+        time_ms INTEGER NOT NULL,
+        action TEXT NOT NULL,
+        source INTEGER NOT NULL,
+        target INTEGER,
+        namespace TEXT,
+        status INTEGER NOT NULL,
+        request_id BLOB,
+        rest TEXT
+    );
+    CREATE INDEX events_target ON events (target, seq);
+    CREATE TABLE sources (
+        ref INTEGER PRIMARY KEY,
+        actor TEXT NOT NULL,
+        actor_detail TEXT,
+        namespace TEXT,
+        client INTEGER NOT NULL,
+        address TEXT,
+        user_agent TEXT,
+        instance TEXT NOT NULL,
+        last_seq INTEGER NOT NULL
+    );
+    CREATE INDEX sources_actor ON sources (actor);
+    CREATE INDEX sources_last ON sources (last_seq);
+    CREATE TABLE targets (
+        ref INTEGER PRIMARY KEY,
+        repository TEXT,
+        tag TEXT,
+        digest TEXT,
+        media_type TEXT,
+        size INTEGER,
+        last_seq INTEGER NOT NULL
+    );
+    CREATE INDEX targets_repository ON targets (repository, digest);
+    CREATE INDEX targets_last ON targets (last_seq);";
+
+/// What [`read`] reads, from `events e` joined with its source `s` and target `t`.
+pub(super) const SELECT: &str =
+    "SELECT e.seq, e.id, e.time_ms, e.action, e.status, e.request_id, e.rest, \
+     s.actor, s.actor_detail, s.client, s.address, s.user_agent, s.instance, \
+     t.repository, t.tag, t.digest, t.media_type, t.size \
+     FROM events e JOIN sources s ON s.ref = e.source LEFT JOIN targets t ON t.ref = e.target";
 
 /// The statement [`insert`] runs.
 pub(super) const INSERT: &str =
-    "INSERT INTO events (id, time_ms, action, actor, namespace, repository, body, \
-     digest, tag, status, request_id, address, user_agent, media_type, size, instance, rest)
-     VALUES (?1, ?2, ?3, ?4, ?5, ?6, '', ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16)";
+    "INSERT INTO events (seq, id, time_ms, action, source, target, namespace, status, request_id, rest)
+     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)";
 
-/// The columns schema 3 adds to a store made before it (`ALTER TABLE events ADD COLUMN …`).
+/// The columns of a schema-3 row, in the order [`read_v3`] reads them.
+pub(super) const COLUMNS_V3: &str =
+    "seq, body, id, time_ms, action, actor, repository, digest, tag, status, \
+     request_id, address, user_agent, media_type, size, instance, rest";
+
+/// The columns schema 3 added to a store made before it (`ALTER TABLE events ADD COLUMN …`).
 pub(super) const ADDED_COLUMNS: [&str; 8] = [
     "status INTEGER",
     "request_id TEXT",
@@ -39,7 +94,8 @@ pub(super) const ADDED_COLUMNS: [&str; 8] = [
     "rest TEXT",
 ];
 
-/// What of an event its columns do not hold.
+/// What of an event its columns and its source and target do not hold (in schema 3, also the actor and an
+/// empty client, which schema 4 keeps in `sources`).
 #[derive(Debug, Default, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 struct Rest<'a> {
@@ -92,15 +148,62 @@ fn sql_int(n: u64) -> i64 {
     i64::try_from(n).unwrap_or(i64::MAX)
 }
 
-/// Stores `event` with the [`INSERT`] statement.
-pub(super) fn insert(statement: &mut Statement<'_>, event: &Event) -> Result<()> {
-    let subject = event.actor.subject();
-    let client = event.client.as_ref();
+/// An id as stored: the 16 bytes of a ULID in its canonical text form, any other text as it is.
+struct StoredId<'a>(&'a str);
+
+impl ToSql for StoredId<'_> {
+    fn to_sql(&self) -> rusqlite::Result<ToSqlOutput<'_>> {
+        Ok(match decode_base32(self.0) {
+            Some(value) => ToSqlOutput::Owned(Value::Blob(value.to_be_bytes().to_vec())),
+            None => ToSqlOutput::Borrowed(ValueRef::Text(self.0.as_bytes())),
+        })
+    }
+}
+
+/// The text of an id stored by [`StoredId`] (`None` for NULL).
+fn read_id(row: &Row<'_>, index: usize) -> rusqlite::Result<Option<String>> {
+    Ok(match row.get_ref(index)? {
+        ValueRef::Null => None,
+        ValueRef::Blob(bytes) => match <[u8; 16]>::try_from(bytes) {
+            Ok(bytes) => Some(encode_base32(u128::from_be_bytes(bytes))),
+            Err(_) => {
+                return Err(rusqlite::Error::InvalidColumnType(
+                    index,
+                    "id".into(),
+                    rusqlite::types::Type::Blob,
+                ))
+            }
+        },
+        ValueRef::Text(text) => Some(String::from_utf8_lossy(text).into_owned()),
+        other => {
+            return Err(rusqlite::Error::InvalidColumnType(
+                index,
+                "id".into(),
+                other.data_type(),
+            ))
+        }
+    })
+}
+
+/// The rows an event refers to.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Refs {
+    pub source: i64,
+    /// `None` for an event without repository, tag, digest, media type or size.
+    pub target: Option<i64>,
+}
+
+/// Stores `event` as number `seq` with the [`INSERT`] statement.
+pub(super) fn insert(
+    statement: &mut Statement<'_>,
+    seq: i64,
+    event: &Event,
+    refs: Refs,
+) -> Result<()> {
     let target = &event.target;
     let rest = Rest {
-        actor: (actor_of_subject(&subject).as_ref() != Some(&event.actor))
-            .then_some(Cow::Borrowed(&event.actor)),
-        empty_client: client.is_some_and(|c| c.address.is_none() && c.user_agent.is_none()),
+        actor: None,
+        empty_client: false,
         old_digest: target.old_digest.as_deref().map(Cow::Borrowed),
         from: target.from.as_deref().map(Cow::Borrowed),
         upstream: target.upstream.as_deref().map(Cow::Borrowed),
@@ -118,28 +221,182 @@ pub(super) fn insert(statement: &mut Statement<'_>, event: &Event) -> Result<()>
         )
     };
     statement.execute(params![
-        event.id,
+        seq,
+        StoredId(&event.id),
         event.unix_millis(),
         event.action.as_str(),
-        subject,
-        event.namespace(),
-        target.repository,
-        target.digest,
-        target.tag,
+        refs.source,
+        refs.target,
+        event.admission.as_ref().map(|a| a.namespace.as_str()),
         event.result.status,
-        event.request_id,
-        client.and_then(|c| c.address.as_deref()),
-        client.and_then(|c| c.user_agent.as_deref()),
-        target.media_type,
-        target.size.map(sql_int),
-        event.instance,
+        event.request_id.as_deref().map(StoredId),
         rest,
     ])?;
     Ok(())
 }
 
-/// The event of a row selected with [`COLUMNS`]; [`StoreError::Unreadable`] when it does not decode.
+/// A source as stored: the actor's subject (what filters and the report tables name it by), the whole actor as
+/// JSON when the subject does not say all of it (a node proxy's ServiceAccount), its namespace (for the
+/// namespace filter), whether the event had a client at all, and the client's address and user agent.
+pub(super) fn find_or_insert_source(
+    connection: &Connection,
+    actor: &Actor,
+    client: Option<&Client>,
+    instance: &str,
+    seq: i64,
+) -> Result<(i64, String)> {
+    let subject = actor.subject();
+    let detail = if actor_of_subject(&subject).as_ref() == Some(actor) {
+        None
+    } else {
+        Some(
+            serde_json::to_string(actor)
+                .map_err(|e| StoreError::Database(format!("encoding actor: {e}")))?,
+        )
+    };
+    let address = client.and_then(|c| c.address.as_deref());
+    let user_agent = client.and_then(|c| c.user_agent.as_deref());
+    let found: Option<i64> = connection
+        .prepare_cached(
+            "SELECT ref FROM sources WHERE actor = ?1 AND actor_detail IS ?2 AND client = ?3
+                 AND address IS ?4 AND user_agent IS ?5 AND instance = ?6 LIMIT 1",
+        )?
+        .query_row(
+            params![
+                subject,
+                detail,
+                client.is_some(),
+                address,
+                user_agent,
+                instance
+            ],
+            |row| row.get(0),
+        )
+        .optional()?;
+    if let Some(found) = found {
+        return Ok((found, subject));
+    }
+    connection
+        .prepare_cached(
+            "INSERT INTO sources (actor, actor_detail, namespace, client, address, user_agent, instance, last_seq)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+        )?
+        .execute(params![
+            subject,
+            detail,
+            actor.namespace,
+            client.is_some(),
+            address,
+            user_agent,
+            instance,
+            seq
+        ])?;
+    Ok((connection.last_insert_rowid(), subject))
+}
+
+/// A target as stored (the names only some events have go in `rest`): the row that holds its repository, tag,
+/// digest, media type and size, made when there is none.
+pub(super) fn find_or_insert_target(
+    connection: &Connection,
+    target: &Target,
+    seq: i64,
+) -> Result<i64> {
+    let size = target.size.map(sql_int);
+    let found: Option<i64> = connection
+        .prepare_cached(
+            "SELECT ref FROM targets WHERE repository IS ?1 AND tag IS ?2 AND digest IS ?3
+                 AND media_type IS ?4 AND size IS ?5 LIMIT 1",
+        )?
+        .query_row(
+            params![
+                target.repository,
+                target.tag,
+                target.digest,
+                target.media_type,
+                size
+            ],
+            |row| row.get(0),
+        )
+        .optional()?;
+    if let Some(found) = found {
+        return Ok(found);
+    }
+    connection
+        .prepare_cached(
+            "INSERT INTO targets (repository, tag, digest, media_type, size, last_seq)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+        )?
+        .execute(params![
+            target.repository,
+            target.tag,
+            target.digest,
+            target.media_type,
+            size,
+            seq
+        ])?;
+    Ok(connection.last_insert_rowid())
+}
+
+/// The event of a row selected with [`SELECT`]; [`StoreError::Unreadable`] when it does not decode.
 pub(super) fn read(row: &Row<'_>) -> Result<StoredEvent> {
+    let seq = u64::try_from(row.get::<_, i64>(0)?).unwrap_or(0);
+    let unreadable = |why: String| StoreError::Unreadable { seq, why };
+    let action: String = row.get(3)?;
+    let action = EventAction::parse(&action)
+        .ok_or_else(|| unreadable(format!("unknown action {action:?}")))?;
+    let rest: Rest<'static> = match row.get::<_, Option<String>>(6)? {
+        Some(json) => serde_json::from_str(&json).map_err(|e| unreadable(e.to_string()))?,
+        None => Rest::default(),
+    };
+    let subject: String = row.get(7)?;
+    let actor = match row.get::<_, Option<String>>(8)? {
+        Some(json) => serde_json::from_str(&json).map_err(|e| unreadable(e.to_string()))?,
+        None => actor_of_subject(&subject)
+            .ok_or_else(|| unreadable(format!("actor {subject:?} without its details")))?,
+    };
+    let client = row.get::<_, bool>(9)?.then(|| -> rusqlite::Result<Client> {
+        Ok(Client {
+            address: row.get(10)?,
+            user_agent: row.get(11)?,
+        })
+    });
+    let millis: i64 = row.get(2)?;
+    let time = time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(millis) * 1_000_000)
+        .map_err(|e| unreadable(e.to_string()))?;
+    let status: i64 = row.get(4)?;
+    let size: Option<i64> = row.get(17)?;
+    let event = Event {
+        id: read_id(row, 1)?.ok_or_else(|| unreadable("no id".into()))?,
+        time,
+        action,
+        actor,
+        client: client.transpose()?,
+        target: Target {
+            repository: row.get(13)?,
+            tag: row.get(14)?,
+            digest: row.get(15)?,
+            media_type: row.get(16)?,
+            size: size.map(|s| u64::try_from(s).unwrap_or(0)),
+            old_digest: rest.old_digest.map(Cow::into_owned),
+            from: rest.from.map(Cow::into_owned),
+            upstream: rest.upstream.map(Cow::into_owned),
+            scope: rest.scope.map(Cow::into_owned),
+        },
+        admission: rest.admission.map(Cow::into_owned),
+        result: Outcome {
+            status: u16::try_from(status).map_err(|e| unreadable(e.to_string()))?,
+            code: rest.code.map(Cow::into_owned),
+            message: rest.message.map(Cow::into_owned),
+        },
+        request_id: read_id(row, 5)?,
+        instance: row.get(12)?,
+    };
+    Ok(StoredEvent { seq, event })
+}
+
+/// The event of a schema-3 row selected with [`COLUMNS_V3`] (what [`super::migrate_to_v4`] copies);
+/// [`StoreError::Unreadable`] when it does not decode.
+pub(super) fn read_v3(row: &Row<'_>) -> Result<StoredEvent> {
     let seq = u64::try_from(row.get::<_, i64>(0)?).unwrap_or(0);
     let unreadable = |why: String| StoreError::Unreadable { seq, why };
     let body: String = row.get(1)?;
