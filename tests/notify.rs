@@ -244,12 +244,12 @@ fn event(action: EventAction, i: usize) -> Event {
         action,
         EventAction::Admitted | EventAction::Denied | EventAction::Warned | EventAction::Mutated
     ) {
-        event.admission = Some(Admission {
+        event.admission = Some(Box::new(Admission {
             namespace: "team-a".into(),
             kind: "Pod".into(),
             name: format!("web-{i}"),
             ..Admission::default()
-        });
+        }));
     } else {
         event.target.repository = Some("team-a/app".into());
         event.target.tag = Some(format!("v{i}"));

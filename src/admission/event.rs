@@ -105,13 +105,13 @@ pub fn bound(mut event: Event) -> Event {
 pub struct Origin {
     pub client: Option<Client>,
     /// The berth recording it.
-    pub instance: String,
+    pub instance: std::sync::Arc<str>,
     pub now: SystemTime,
 }
 
 impl Origin {
     fn event(&self, action: EventAction, actor: Actor) -> Event {
-        let mut event = Event::new(action, actor, &self.instance, self.now);
+        let mut event = Event::new(action, actor, self.instance.clone(), self.now);
         event.client = self.client.clone();
         event
     }
@@ -132,7 +132,7 @@ pub fn validated(request: &Request, validation: &Validation, origin: &Origin) ->
     let mut admission = details(request);
     admission.rule = validation.rule.clone();
     admission.warnings = response.warnings.clone().unwrap_or_default();
-    event.admission = Some(admission);
+    event.admission = Some(Box::new(admission));
     event.result = outcome(response);
     event.request_id = Some(request.uid.clone());
     bound(event)
@@ -163,7 +163,7 @@ pub fn mutated(
     admission.rule = Some(rule);
     admission.warnings = warnings.to_vec();
     let mut event = origin.event(EventAction::Mutated, requester(request));
-    event.admission = Some(admission);
+    event.admission = Some(Box::new(admission));
     event.request_id = Some(request.uid.clone());
     Some(bound(event))
 }

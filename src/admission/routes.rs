@@ -100,7 +100,7 @@ fn origin(req: &HttpRequest, events: &EventLog) -> Origin {
             address: req.peer_addr().map(|a| a.ip().to_string()),
             user_agent,
         }),
-        instance: events.instance().to_owned(),
+        instance: events.shared_instance(),
         now: events.now(),
     }
 }

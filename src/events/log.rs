@@ -74,7 +74,7 @@ pub struct EventStats {
 }
 
 struct Shared {
-    instance: String,
+    instance: Arc<str>,
     store: Arc<dyn EventStore>,
     stats: EventStats,
     /// The store's last error and when it happened; cleared by the next commit.
@@ -124,7 +124,7 @@ impl EventLog {
             ),
         };
         let shared = Arc::new(Shared {
-            instance: instance.to_owned(),
+            instance: instance.into(),
             store,
             stats: EventStats::default(),
             last_error: Mutex::new(error),
@@ -161,7 +161,14 @@ impl EventLog {
     pub fn instance(&self) -> &str {
         self.inner
             .as_ref()
-            .map_or("berth", |inner| inner.shared.instance.as_str())
+            .map_or("berth", |inner| &inner.shared.instance)
+    }
+
+    /// [`EventLog::instance`] as the string events share.
+    pub fn shared_instance(&self) -> Arc<str> {
+        self.inner
+            .as_ref()
+            .map_or_else(|| Arc::from("berth"), |inner| inner.shared.instance.clone())
     }
 
     /// The time events are stamped with.

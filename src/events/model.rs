@@ -3,6 +3,7 @@
 //! shape (camelCase, absent fields left out), which the API and notifications send (the SQLite store keeps it in
 //! columns, see `sqlite/row.rs`). Pure: no I/O, no knowledge of HTTP or of the store.
 
+use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
@@ -28,19 +29,25 @@ pub struct Event {
     pub target: Target,
     /// What was admitted, denied, warned about or mutated (admission events).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub admission: Option<Admission>,
+    pub admission: Option<Box<Admission>>,
     pub result: Outcome,
     /// The request's id (`X-Request-Id`, given by the client or made by berth).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub request_id: Option<String>,
-    /// The berth that recorded it (`--instance`, by default the pod's or host's name).
-    pub instance: String,
+    /// The berth that recorded it (`--instance`, by default the pod's or host's name); one string that every event
+    /// of this berth shares.
+    pub instance: Arc<str>,
 }
 
 impl Event {
     /// An event of `action` by `actor` now, with a fresh id, an empty target and a 200 result: the caller fills
     /// in the rest.
-    pub fn new(action: EventAction, actor: Actor, instance: &str, now: SystemTime) -> Event {
+    pub fn new(
+        action: EventAction,
+        actor: Actor,
+        instance: impl Into<Arc<str>>,
+        now: SystemTime,
+    ) -> Event {
         Event {
             id: new_id(now),
             time: to_millisecond(now),
@@ -51,7 +58,7 @@ impl Event {
             admission: None,
             result: Outcome::ok(200),
             request_id: None,
-            instance: instance.to_owned(),
+            instance: instance.into(),
         }
     }
 

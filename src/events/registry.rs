@@ -115,14 +115,14 @@ impl Request {
         self,
         facts: Vec<Fact>,
         result: Outcome,
-        instance: &str,
+        instance: std::sync::Arc<str>,
         now: SystemTime,
     ) -> Vec<Event> {
         let mut events = Vec::with_capacity(facts.len());
         let mut facts = facts.into_iter().peekable();
         while let Some(fact) = facts.next() {
             let mut event = if facts.peek().is_some() {
-                let mut event = Event::new(fact.action, self.actor.clone(), instance, now);
+                let mut event = Event::new(fact.action, self.actor.clone(), instance.clone(), now);
                 event.client = Some(self.client.clone());
                 event.request_id = Some(self.request_id.clone());
                 event.result = result.clone();
@@ -234,7 +234,7 @@ mod tests {
             let facts = tags.iter().map(|t| fact(t)).collect();
             let events = request
                 .clone()
-                .events(facts, Outcome::ok(201), "berth-0", now());
+                .events(facts, Outcome::ok(201), "berth-0".into(), now());
             let made: Vec<Option<&str>> = events.iter().map(|e| e.target.tag.as_deref()).collect();
             assert_eq!(made, tags.iter().map(|t| Some(*t)).collect::<Vec<_>>());
             for event in &events {
@@ -244,7 +244,7 @@ mod tests {
                         event.client.as_ref(),
                         event.request_id.as_deref(),
                         event.result.status,
-                        event.instance.as_str(),
+                        &*event.instance,
                     ),
                     (
                         &request.actor,

@@ -81,7 +81,7 @@ struct Writer {
 
 /// A source row as the writer remembers it: what it holds (actor, client, instance), its number and the actor's
 /// subject.
-type Sources = Remembered<(Actor, Option<Client>, String), Source>;
+type Sources = Remembered<(Actor, Option<Client>, Arc<str>), Source>;
 
 /// A source row's number and its actor's subject.
 type Source = (i64, Arc<str>);
@@ -153,7 +153,7 @@ impl<K, V: Clone> Remembered<K, V> {
 
 /// What a source is told apart by, borrowed from an event.
 fn source_view(event: &Event) -> (&Actor, Option<&Client>, &str) {
-    (&event.actor, event.client.as_ref(), event.instance.as_str())
+    (&event.actor, event.client.as_ref(), &*event.instance)
 }
 
 /// What a target row holds, borrowed from a target.
@@ -584,7 +584,7 @@ fn write_batch<'a>(
         let (source, subject) = match same_source {
             Some(found) => found,
             None => match sources.get(sources.hash(&view), |(actor, client, instance)| {
-                (actor, client.as_ref(), instance.as_str()) == view
+                (actor, client.as_ref(), &**instance) == view
             }) {
                 Some(found) => found,
                 None => {
@@ -1313,7 +1313,7 @@ mod tests {
             "berth-1",
             UNIX_EPOCH + Duration::from_millis(4),
         );
-        admitted.admission = Some(Admission {
+        admitted.admission = Some(Box::new(Admission {
             namespace: "team-a".into(),
             kind: "Pod".into(),
             name: "web-1".into(),
@@ -1328,7 +1328,7 @@ mod tests {
             warnings: vec!["w".into()],
             dry_run: true,
             omitted_containers: 3,
-        });
+        }));
         let fetched = Event {
             actor: Actor::of_kind(ActorKind::Berth),
             action: EventAction::ProxyFetch,

@@ -66,14 +66,15 @@ async fn dispatch(
         req.headers().get(REQUEST_ID).map(|v| v.as_bytes()),
         events.now(),
     );
+    // A sane id, or a fresh one: always a valid header value.
+    let id_header = header::HeaderValue::from_str(&request_id).ok();
     let answered = answer(&req, body, &registry, proxy, &auth).await;
     let mut response = if events.enabled() {
-        record(&req, &events, &request_id, answered).await
+        record(&req, &events, request_id, answered).await
     } else {
         answered.unwrap_or_else(|failed| failed.error().error_response())
     };
-    // A sane id, or a fresh one: always a valid header value.
-    if let Ok(value) = header::HeaderValue::from_str(&request_id) {
+    if let Some(value) = id_header {
         response
             .headers_mut()
             .insert(header::HeaderName::from_static(REQUEST_ID), value);
@@ -172,7 +173,7 @@ async fn answer(
 async fn record(
     req: &HttpRequest,
     events: &EventLog,
-    request_id: &str,
+    request_id: String,
     answered: std::result::Result<HttpResponse, Failed>,
 ) -> HttpResponse {
     let (response, facts, result) = match answered {
@@ -216,11 +217,11 @@ async fn record(
                 .get(header::USER_AGENT)
                 .map(|v| events::registry::user_agent(v.as_bytes())),
         },
-        request_id: request_id.to_owned(),
+        request_id,
     };
     let now = events.now();
     let mut durable = Vec::new();
-    for event in request.events(facts, result, events.instance(), now) {
+    for event in request.events(facts, result, events.shared_instance(), now) {
         if event.action.durable() {
             durable.push(events.record_durable(event));
         } else {

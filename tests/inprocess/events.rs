@@ -243,7 +243,7 @@ async fn each_registry_operation_is_recorded_once_with_its_fields() {
     assert_eq!(first.target.size, Some(m1.len() as u64));
     assert_eq!(first.result.status, 201);
     assert_eq!(first.actor.kind, ActorKind::Anonymous);
-    assert_eq!(first.instance, "berth");
+    assert_eq!(&*first.instance, "berth");
     let moved = &events[2];
     assert_eq!(moved.target.old_digest.as_deref(), Some(d1.as_str()));
     assert_eq!(moved.target.digest.as_deref(), Some(d2.as_str()));
@@ -602,5 +602,5 @@ async fn a_broken_store_fails_pushes_with_503_never_a_pull_and_shows_in_readyz()
             entry(EventAction::Push, "team/app", Some("v2")),
         ]
     );
-    assert_eq!(stored[1].instance, "berth-0");
+    assert_eq!(&*stored[1].instance, "berth-0");
 }

@@ -36,12 +36,12 @@ fn event(fixture: &Fixture, action: EventAction, repository: Option<&str>, actor
     match repository {
         Some(repository) => event.target.repository = Some(repository.to_owned()),
         None => {
-            event.admission = Some(Admission {
+            event.admission = Some(Box::new(Admission {
                 namespace: "team-a".into(),
                 kind: "Pod".into(),
                 name: "web-1".into(),
                 ..Admission::default()
-            })
+            }))
         }
     }
     event

@@ -130,11 +130,13 @@ mod tests {
             event.target.repository = repository.map(str::to_owned);
             event.target.tag = tag.map(str::to_owned);
             event.target.digest = digest.map(str::to_owned);
-            event.admission = admission.map(|(namespace, name)| Admission {
-                namespace: namespace.into(),
-                name: name.into(),
-                kind: "Pod".into(),
-                ..Admission::default()
+            event.admission = admission.map(|(namespace, name)| {
+                Box::new(Admission {
+                    namespace: namespace.into(),
+                    name: name.into(),
+                    kind: "Pod".into(),
+                    ..Admission::default()
+                })
             });
             assert_eq!(subject(&event).as_deref(), expected);
         };

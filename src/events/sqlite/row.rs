@@ -208,7 +208,7 @@ pub(super) fn insert(
         from: target.from.as_deref().map(Cow::Borrowed),
         upstream: target.upstream.as_deref().map(Cow::Borrowed),
         scope: target.scope.as_deref().map(Cow::Borrowed),
-        admission: event.admission.as_ref().map(Cow::Borrowed),
+        admission: event.admission.as_deref().map(Cow::Borrowed),
         code: event.result.code.as_deref().map(Cow::Borrowed),
         message: event.result.message.as_deref().map(Cow::Borrowed),
     };
@@ -382,14 +382,14 @@ pub(super) fn read(row: &Row<'_>) -> Result<StoredEvent> {
             upstream: rest.upstream.map(Cow::into_owned),
             scope: rest.scope.map(Cow::into_owned),
         },
-        admission: rest.admission.map(Cow::into_owned),
+        admission: rest.admission.map(|a| Box::new(a.into_owned())),
         result: Outcome {
             status: u16::try_from(status).map_err(|e| unreadable(e.to_string()))?,
             code: rest.code.map(Cow::into_owned),
             message: rest.message.map(Cow::into_owned),
         },
         request_id: read_id(row, 5)?,
-        instance: row.get(12)?,
+        instance: row.get::<_, String>(12)?.into(),
     };
     Ok(StoredEvent { seq, event })
 }
@@ -447,14 +447,14 @@ pub(super) fn read_v3(row: &Row<'_>) -> Result<StoredEvent> {
             upstream: rest.upstream.map(Cow::into_owned),
             scope: rest.scope.map(Cow::into_owned),
         },
-        admission: rest.admission.map(Cow::into_owned),
+        admission: rest.admission.map(|a| Box::new(a.into_owned())),
         result: Outcome {
             status: u16::try_from(status).map_err(|e| unreadable(e.to_string()))?,
             code: rest.code.map(Cow::into_owned),
             message: rest.message.map(Cow::into_owned),
         },
         request_id: row.get(10)?,
-        instance: row.get::<_, Option<String>>(15)?.unwrap_or_default(),
+        instance: row.get::<_, Option<String>>(15)?.unwrap_or_default().into(),
     };
     Ok(StoredEvent { seq, event })
 }
