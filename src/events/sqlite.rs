@@ -1075,6 +1075,29 @@ mod tests {
     use super::*;
     use crate::events::model::{Actor, EventAction};
 
+    /// The schema version `store` says it has.
+    fn schema_of(store: &SqliteStore) -> i64 {
+        store
+            .writer()
+            .query_row("SELECT value FROM meta WHERE key = 'schema'", [], |row| {
+                row.get(0)
+            })
+            .expect("version")
+    }
+
+    /// The first `limit` events of `store`, in order.
+    fn events_of(store: &SqliteStore, limit: usize) -> Vec<Event> {
+        store
+            .query(&EventQuery {
+                limit,
+                ..Default::default()
+            })
+            .expect("query")
+            .into_iter()
+            .map(|stored| stored.event)
+            .collect()
+    }
+
     fn event(action: EventAction, repository: &str, at_millis: u64) -> Event {
         let mut event = Event::new(
             action,
@@ -1350,15 +1373,7 @@ mod tests {
         store
             .append(&[numbered.clone(), given.clone()])
             .expect("append");
-        let read: Vec<Event> = store
-            .query(&EventQuery {
-                limit: 100,
-                ..Default::default()
-            })
-            .expect("query")
-            .into_iter()
-            .map(|stored| stored.event)
-            .collect();
+        let read: Vec<Event> = events_of(&store, 100);
         let mut expected = stored.to_vec();
         expected.extend([numbered, given]);
         assert_eq!(read, expected);
@@ -1507,13 +1522,7 @@ mod tests {
             .pull_stats(&["team-a/app".to_owned()], 0, 0)
             .expect("stats");
         assert_eq!(stats.iter().map(|s| s.total).sum::<u64>(), 2);
-        let version: i64 = store
-            .writer()
-            .query_row("SELECT value FROM meta WHERE key = 'schema'", [], |row| {
-                row.get(0)
-            })
-            .expect("version");
-        assert_eq!(version, SCHEMA_VERSION);
+        assert_eq!(schema_of(&store), SCHEMA_VERSION);
         let tables: i64 = store
             .writer()
             .query_row(
@@ -1566,15 +1575,7 @@ mod tests {
         // The pruned source and target are made again when an event needs them.
         store.append(&[old.clone()]).expect("append");
         assert_eq!((count("sources"), count("targets")), (2, 2));
-        let read: Vec<Event> = store
-            .query(&EventQuery {
-                limit: 10,
-                ..Default::default()
-            })
-            .expect("query")
-            .into_iter()
-            .map(|stored| stored.event)
-            .collect();
+        let read: Vec<Event> = events_of(&store, 10);
         assert_eq!(read, [young.clone(), young, old]);
     }
 
@@ -1814,12 +1815,6 @@ mod tests {
             (stats.len(), stats[0].digest.as_str(), stats[0].total),
             (1, "sha256:aa", 1)
         );
-        let version: i64 = store
-            .writer()
-            .query_row("SELECT value FROM meta WHERE key = 'schema'", [], |row| {
-                row.get(0)
-            })
-            .expect("version");
-        assert_eq!(version, SCHEMA_VERSION);
+        assert_eq!(schema_of(&store), SCHEMA_VERSION);
     }
 }

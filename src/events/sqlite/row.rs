@@ -337,60 +337,110 @@ pub(super) fn find_or_insert_target(
     Ok(connection.last_insert_rowid())
 }
 
+/// What an event's columns (with its source and target rows) say: [`Columns::event`] completes it with its
+/// [`Rest`].
+struct Columns {
+    id: String,
+    millis: i64,
+    action: String,
+    actor: Actor,
+    client: Option<Client>,
+    /// Its repository, tag, digest, media type and size.
+    target: Target,
+    status: i64,
+    request_id: Option<String>,
+    instance: String,
+}
+
+impl Columns {
+    /// The event, or why it is unreadable.
+    fn event(self, rest: Rest<'static>) -> std::result::Result<Event, String> {
+        let action = EventAction::parse(&self.action)
+            .ok_or_else(|| format!("unknown action {:?}", self.action))?;
+        let time =
+            time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(self.millis) * 1_000_000)
+                .map_err(|e| e.to_string())?;
+        Ok(Event {
+            id: self.id,
+            time,
+            action,
+            actor: self.actor,
+            client: self.client,
+            target: Target {
+                old_digest: rest.old_digest.map(Cow::into_owned),
+                from: rest.from.map(Cow::into_owned),
+                upstream: rest.upstream.map(Cow::into_owned),
+                scope: rest.scope.map(Cow::into_owned),
+                ..self.target
+            },
+            admission: rest.admission.map(|a| Box::new(a.into_owned())),
+            result: Outcome {
+                status: u16::try_from(self.status).map_err(|e| e.to_string())?,
+                code: rest.code.map(Cow::into_owned),
+                message: rest.message.map(Cow::into_owned),
+            },
+            request_id: self.request_id,
+            instance: self.instance.into(),
+        })
+    }
+}
+
+/// The `rest` document in column `index` (none: nothing left).
+fn read_rest(row: &Row<'_>, index: usize) -> std::result::Result<Rest<'static>, String> {
+    match row
+        .get::<_, Option<String>>(index)
+        .map_err(|e| e.to_string())?
+    {
+        Some(json) => serde_json::from_str(&json).map_err(|e| e.to_string()),
+        None => Ok(Rest::default()),
+    }
+}
+
+/// The actor a subject names, when it says all of it.
+fn subject_actor(subject: &str) -> std::result::Result<Actor, String> {
+    actor_of_subject(subject).ok_or_else(|| format!("actor {subject:?} without its details"))
+}
+
+fn size_of(size: Option<i64>) -> Option<u64> {
+    size.map(|s| u64::try_from(s).unwrap_or(0))
+}
+
 /// The event of a row selected with [`SELECT`]; [`StoreError::Unreadable`] when it does not decode.
 pub(super) fn read(row: &Row<'_>) -> Result<StoredEvent> {
     let seq = u64::try_from(row.get::<_, i64>(0)?).unwrap_or(0);
     let unreadable = |why: String| StoreError::Unreadable { seq, why };
-    let action: String = row.get(3)?;
-    let action = EventAction::parse(&action)
-        .ok_or_else(|| unreadable(format!("unknown action {action:?}")))?;
-    let rest: Rest<'static> = match row.get::<_, Option<String>>(6)? {
-        Some(json) => serde_json::from_str(&json).map_err(|e| unreadable(e.to_string()))?,
-        None => Rest::default(),
-    };
-    let subject: String = row.get(7)?;
+    let rest = read_rest(row, 6).map_err(unreadable)?;
     let actor = match row.get::<_, Option<String>>(8)? {
         Some(json) => serde_json::from_str(&json).map_err(|e| unreadable(e.to_string()))?,
-        None => actor_of_subject(&subject)
-            .ok_or_else(|| unreadable(format!("actor {subject:?} without its details")))?,
+        None => subject_actor(&row.get::<_, String>(7)?).map_err(unreadable)?,
     };
-    let client = row.get::<_, bool>(9)?.then(|| -> rusqlite::Result<Client> {
-        Ok(Client {
+    let client = if row.get::<_, bool>(9)? {
+        Some(Client {
             address: row.get(10)?,
             user_agent: row.get(11)?,
         })
-    });
-    let millis: i64 = row.get(2)?;
-    let time = time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(millis) * 1_000_000)
-        .map_err(|e| unreadable(e.to_string()))?;
-    let status: i64 = row.get(4)?;
-    let size: Option<i64> = row.get(17)?;
-    let event = Event {
+    } else {
+        None
+    };
+    let columns = Columns {
         id: read_id(row, 1)?.ok_or_else(|| unreadable("no id".into()))?,
-        time,
-        action,
+        millis: row.get(2)?,
+        action: row.get(3)?,
         actor,
-        client: client.transpose()?,
+        client,
         target: Target {
             repository: row.get(13)?,
             tag: row.get(14)?,
             digest: row.get(15)?,
             media_type: row.get(16)?,
-            size: size.map(|s| u64::try_from(s).unwrap_or(0)),
-            old_digest: rest.old_digest.map(Cow::into_owned),
-            from: rest.from.map(Cow::into_owned),
-            upstream: rest.upstream.map(Cow::into_owned),
-            scope: rest.scope.map(Cow::into_owned),
+            size: size_of(row.get(17)?),
+            ..Target::default()
         },
-        admission: rest.admission.map(|a| Box::new(a.into_owned())),
-        result: Outcome {
-            status: u16::try_from(status).map_err(|e| unreadable(e.to_string()))?,
-            code: rest.code.map(Cow::into_owned),
-            message: rest.message.map(Cow::into_owned),
-        },
+        status: row.get(4)?,
         request_id: read_id(row, 5)?,
-        instance: row.get::<_, String>(12)?.into(),
+        instance: row.get(12)?,
     };
+    let event = columns.event(rest).map_err(unreadable)?;
     Ok(StoredEvent { seq, event })
 }
 
@@ -405,22 +455,11 @@ pub(super) fn read_v3(row: &Row<'_>) -> Result<StoredEvent> {
         let event = serde_json::from_str(&body).map_err(|e| unreadable(e.to_string()))?;
         return Ok(StoredEvent { seq, event });
     }
-    let rest: Rest<'static> = match row.get::<_, Option<String>>(16)? {
-        Some(json) => serde_json::from_str(&json).map_err(|e| unreadable(e.to_string()))?,
-        None => Rest::default(),
-    };
-    let action: String = row.get(4)?;
-    let action = EventAction::parse(&action)
-        .ok_or_else(|| unreadable(format!("unknown action {action:?}")))?;
-    let subject: String = row.get(5)?;
-    let actor = match rest.actor {
+    let mut rest = read_rest(row, 16).map_err(unreadable)?;
+    let actor = match rest.actor.take() {
         Some(actor) => actor.into_owned(),
-        None => actor_of_subject(&subject)
-            .ok_or_else(|| unreadable(format!("actor {subject:?} without its details")))?,
+        None => subject_actor(&row.get::<_, String>(5)?).map_err(unreadable)?,
     };
-    let millis: i64 = row.get(3)?;
-    let time = time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(millis) * 1_000_000)
-        .map_err(|e| unreadable(e.to_string()))?;
     let address: Option<String> = row.get(11)?;
     let user_agent: Option<String> = row.get(12)?;
     let client =
@@ -428,34 +467,25 @@ pub(super) fn read_v3(row: &Row<'_>) -> Result<StoredEvent> {
             address,
             user_agent,
         });
-    let status: i64 = row.get::<_, Option<i64>>(9)?.unwrap_or(0);
-    let size: Option<i64> = row.get(14)?;
-    let event = Event {
+    let columns = Columns {
         id: row.get(2)?,
-        time,
-        action,
+        millis: row.get(3)?,
+        action: row.get(4)?,
         actor,
         client,
-        target: super::super::model::Target {
+        target: Target {
             repository: row.get(6)?,
             tag: row.get(8)?,
             digest: row.get(7)?,
             media_type: row.get(13)?,
-            size: size.map(|s| u64::try_from(s).unwrap_or(0)),
-            old_digest: rest.old_digest.map(Cow::into_owned),
-            from: rest.from.map(Cow::into_owned),
-            upstream: rest.upstream.map(Cow::into_owned),
-            scope: rest.scope.map(Cow::into_owned),
+            size: size_of(row.get(14)?),
+            ..Target::default()
         },
-        admission: rest.admission.map(|a| Box::new(a.into_owned())),
-        result: Outcome {
-            status: u16::try_from(status).map_err(|e| unreadable(e.to_string()))?,
-            code: rest.code.map(Cow::into_owned),
-            message: rest.message.map(Cow::into_owned),
-        },
+        status: row.get::<_, Option<i64>>(9)?.unwrap_or(0),
         request_id: row.get(10)?,
-        instance: row.get::<_, Option<String>>(15)?.unwrap_or_default().into(),
+        instance: row.get::<_, Option<String>>(15)?.unwrap_or_default(),
     };
+    let event = columns.event(rest).map_err(unreadable)?;
     Ok(StoredEvent { seq, event })
 }
 
