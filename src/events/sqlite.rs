@@ -581,14 +581,15 @@ fn write_batch<'a>(
             .as_ref()
             .filter(|(_, before, _, _)| target_view(&before.target) == target_view(&event.target))
             .map(|(_, _, _, found)| *found);
-        let (source, subject) = match same_source {
-            Some(found) => found,
-            None => match sources.get(sources.hash(&view), |(actor, client, instance)| {
+        let (source, subject) = if let Some(found) = same_source {
+            found
+        } else {
+            let hash = sources.hash(&view);
+            match sources.get(hash, |(actor, client, instance)| {
                 (actor, client.as_ref(), &**instance) == view
             }) {
                 Some(found) => found,
                 None => {
-                    let hash = sources.hash(&view);
                     let (made, subject) = row::find_or_insert_source(
                         transaction,
                         &event.actor,
@@ -597,18 +598,15 @@ fn write_batch<'a>(
                         seq,
                     )?;
                     let found = (made, Arc::<str>::from(subject));
-                    sources.insert(
-                        hash,
-                        (
-                            event.actor.clone(),
-                            event.client.clone(),
-                            event.instance.clone(),
-                        ),
-                        found.clone(),
+                    let known = (
+                        event.actor.clone(),
+                        event.client.clone(),
+                        event.instance.clone(),
                     );
+                    sources.insert(hash, known, found.clone());
                     found
                 }
-            },
+            }
         };
         let view = target_view(&event.target);
         let target = if let Some(found) = same_target {
