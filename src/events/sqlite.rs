@@ -220,16 +220,8 @@ impl SqliteStore {
             sources: Remembered::new(),
             targets: Remembered::new(),
         };
-        let has_events: bool = writer.query_row(
-            "SELECT count(*) > 0 FROM sqlite_master WHERE type = 'table' AND name = 'events'",
-            [],
-            |row| row.get(0),
-        )?;
-        let has_sources: bool = writer.query_row(
-            "SELECT count(*) > 0 FROM sqlite_master WHERE type = 'table' AND name = 'sources'",
-            [],
-            |row| row.get(0),
-        )?;
+        let has_events = has_table(&writer, "events")?;
+        let has_sources = has_table(&writer, "sources")?;
         match (has_events, has_sources) {
             (false, _) => {
                 writer.execute_batch(&format!("BEGIN; {} {REPORT_TABLES} COMMIT;", row::CREATE))?
@@ -374,11 +366,7 @@ fn first_seq_at(connection: &Connection, millis: i64) -> Result<Option<i64>> {
 /// ([`first_seq_at`]). A store from before gets the tables filled from its events, in one
 /// transaction with dropping the old indexes.
 fn add_report_tables(writer: &Connection) -> Result<()> {
-    let has_tables: bool = writer.query_row(
-        "SELECT count(*) > 0 FROM sqlite_master WHERE type = 'table' AND name = 'pulls'",
-        [],
-        |row| row.get(0),
-    )?;
+    let has_tables = has_table(writer, "pulls")?;
     if has_tables {
         return Ok(());
     }
@@ -430,11 +418,7 @@ const REPORT_TABLES: &str = "
 /// was, and the next start copies again). The report tables were filled before and are left as they are. A row
 /// that cannot be read is left out and logged: it could not be read before either.
 fn migrate_to_v4(writer: &mut Writer) -> Result<()> {
-    let has_sequence: bool = writer.query_row(
-        "SELECT count(*) > 0 FROM sqlite_master WHERE type = 'table' AND name = 'sqlite_sequence'",
-        [],
-        |row| row.get(0),
-    )?;
+    let has_sequence = has_table(writer, "sqlite_sequence")?;
     let given: i64 = if has_sequence {
         writer
             .query_row(
@@ -494,11 +478,7 @@ fn migrate_to_v4(writer: &mut Writer) -> Result<()> {
         }
     }
     transaction.execute_batch("DROP TABLE events_v3;")?;
-    transaction.execute(
-        "INSERT INTO meta (key, value) VALUES ('last_seq', ?1)
-         ON CONFLICT (key) DO UPDATE SET value = max(value, excluded.value)",
-        [last],
-    )?;
+    keep_last_seq(&transaction, last)?;
     transaction.commit()?;
     log::info!(
         "event log: {copied} events copied to schema 4{}",
@@ -508,6 +488,25 @@ fn migrate_to_v4(writer: &mut Writer) -> Result<()> {
             String::new()
         }
     );
+    Ok(())
+}
+
+/// Whether the store has a table called `name`.
+fn has_table(connection: &Connection, name: &str) -> Result<bool> {
+    Ok(connection.query_row(
+        "SELECT count(*) > 0 FROM sqlite_master WHERE type = 'table' AND name = ?1",
+        [name],
+        |row| row.get(0),
+    )?)
+}
+
+/// Keeps `last` as the last sequence number given (never lowering the one kept), for [`high_water`].
+fn keep_last_seq(connection: &Connection, last: i64) -> Result<()> {
+    connection.execute(
+        "INSERT INTO meta (key, value) VALUES ('last_seq', ?1)
+         ON CONFLICT (key) DO UPDATE SET value = max(value, excluded.value)",
+        [last],
+    )?;
     Ok(())
 }
 
@@ -738,11 +737,7 @@ impl EventStore for SqliteStore {
                 })
                 .collect();
             write_batch(&transaction, sources, targets, &batch, true)?;
-            transaction.execute(
-                "INSERT INTO meta (key, value) VALUES ('last_seq', ?1)
-                 ON CONFLICT (key) DO UPDATE SET value = excluded.value",
-                [last],
-            )?;
+            keep_last_seq(&transaction, last)?;
             transaction.commit()?;
             Ok(last)
         })();
